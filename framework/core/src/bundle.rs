@@ -1,0 +1,269 @@
+//! Bundle manifests: what an app build ships and what the service worker installs.
+//!
+//! A build writes `stead-bundle.json` beside the app's files. It lists every file with its
+//! SHA-256, size and MIME type, and carries a version id that is itself a hash of that list,
+//! so two builds with the same files have the same version and any changed byte gives a
+//! new one. The service worker stores files by hash, so moving from one version to the
+//! next downloads only the hashes it does not have yet ([`BundleManifest::missing`]).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The file name a build writes next to the app's files.
+pub const MANIFEST_FILE: &str = "stead-bundle.json";
+
+/// The manifest format this code reads and writes.
+pub const FORMAT: u32 = 1;
+
+/// One file of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// Path relative to the bundle root, `/`-separated, without a leading slash.
+    pub path: String,
+    /// Lower-case hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+    /// True when the file name carries a content hash, so a browser may cache it forever.
+    #[serde(default)]
+    pub immutable: bool,
+}
+
+/// The list of files of one app version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleManifest {
+    pub format: u32,
+    /// Hex SHA-256 over the canonical file list (see [`version_of`]).
+    pub version: String,
+    /// The document served for navigations, usually `index.html`.
+    pub entry: String,
+    /// Sorted by path, no duplicates.
+    pub files: Vec<BundleFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("bundle manifest format {0} is not supported (this build reads format {FORMAT})")]
+    UnsupportedFormat(u32),
+    #[error("bundle path {0:?} is not a clean relative path")]
+    BadPath(String),
+    #[error("bundle file {path:?} has a malformed sha256 {sha256:?}")]
+    BadHash { path: String, sha256: String },
+    #[error("bundle lists {0:?} twice")]
+    Duplicate(String),
+    #[error("bundle entry {0:?} is not among its files")]
+    MissingEntry(String),
+    #[error("bundle version {declared} does not match its files (computed {computed})")]
+    VersionMismatch { declared: String, computed: String },
+}
+
+impl BundleManifest {
+    /// Builds a manifest from a file list in any order and computes its version.
+    pub fn new(entry: &str, mut files: Vec<BundleFile>) -> Result<Self, BundleError> {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        validate_files(entry, &files)?;
+        let version = version_of(&files);
+        Ok(BundleManifest { format: FORMAT, version, entry: entry.to_owned(), files })
+    }
+
+    /// Parses and fully validates a manifest, including that its version matches its files.
+    pub fn parse(json: &[u8]) -> Result<Self, BundleError> {
+        let manifest: BundleManifest =
+            serde_json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
+        if manifest.format != FORMAT {
+            return Err(BundleError::UnsupportedFormat(manifest.format));
+        }
+        if !manifest.files.is_sorted_by(|a, b| a.path < b.path) {
+            // Sorted input is part of the canonical form; reject rather than guess.
+            let dup = manifest.files.windows(2).find(|w| w[0].path == w[1].path);
+            return Err(match dup {
+                Some(w) => BundleError::Duplicate(w[0].path.clone()),
+                None => BundleError::BadPath("files are not sorted by path".to_owned()),
+            });
+        }
+        validate_files(&manifest.entry, &manifest.files)?;
+        let computed = version_of(&manifest.files);
+        if computed != manifest.version {
+            return Err(BundleError::VersionMismatch { declared: manifest.version, computed });
+        }
+        Ok(manifest)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a manifest always serializes")
+    }
+
+    /// The file at `path` (relative, no leading slash).
+    pub fn file(&self, path: &str) -> Option<&BundleFile> {
+        self.files.binary_search_by(|f| f.path.as_str().cmp(path)).ok().map(|i| &self.files[i])
+    }
+
+    /// The distinct content hashes this version needs.
+    pub fn hashes(&self) -> BTreeSet<&str> {
+        self.files.iter().map(|f| f.sha256.as_str()).collect()
+    }
+
+    /// Files whose content is not yet stored, one per distinct hash, in path order.
+    pub fn missing(&self, is_stored: impl Fn(&BundleFile) -> bool) -> Vec<&BundleFile> {
+        let mut seen = BTreeSet::new();
+        self.files.iter().filter(|f| seen.insert(f.sha256.as_str()) && !is_stored(f)).collect()
+    }
+
+    /// Total bytes of the distinct contents of this version.
+    pub fn total_size(&self) -> u64 {
+        let mut seen = BTreeSet::new();
+        self.files.iter().filter(|f| seen.insert(f.sha256.as_str())).map(|f| f.size).sum()
+    }
+}
+
+/// The version id of a file list: SHA-256 over one line per file (path, hash, size, MIME),
+/// in path order. Paths cannot hold a newline or a NUL, so the encoding is unambiguous.
+pub fn version_of(files: &[BundleFile]) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("stead-bundle/{FORMAT}\n"));
+    for f in files {
+        h.update(format!("{}\0{}\0{}\0{}\n", f.path, f.sha256, f.size, f.mime));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Whether a file name carries a content hash the way trunk writes them
+/// (`name-0123456789abcdef.js`, `name-0123456789abcdef_bg.wasm`): at least 16 hex digits
+/// after the last `-` of the stem.
+pub fn is_content_hashed(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let stem = name.split('.').next().unwrap_or(name);
+    match stem.rsplit_once('-') {
+        Some((_, tail)) => {
+            let tail = tail.strip_suffix("_bg").unwrap_or(tail);
+            tail.len() >= 16 && tail.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
+fn validate_files(entry: &str, files: &[BundleFile]) -> Result<(), BundleError> {
+    for w in files.windows(2) {
+        if w[0].path == w[1].path {
+            return Err(BundleError::Duplicate(w[0].path.clone()));
+        }
+    }
+    for f in files {
+        if !is_clean_path(&f.path) {
+            return Err(BundleError::BadPath(f.path.clone()));
+        }
+        let hex_ok = f.sha256.len() == 64
+            && f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex_ok {
+            return Err(BundleError::BadHash { path: f.path.clone(), sha256: f.sha256.clone() });
+        }
+    }
+    if files.binary_search_by(|f| f.path.as_str().cmp(entry)).is_err() {
+        return Err(BundleError::MissingEntry(entry.to_owned()));
+    }
+    Ok(())
+}
+
+fn is_clean_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains(['\\', '\0', '\n', '?', '#'])
+        && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str) -> BundleFile {
+        BundleFile {
+            path: path.to_owned(),
+            sha256: sha256_hex(content.as_bytes()),
+            size: content.len() as u64,
+            mime: "text/plain".to_owned(),
+            immutable: is_content_hashed(path),
+        }
+    }
+
+    fn app(files: &[(&str, &str)]) -> BundleManifest {
+        BundleManifest::new("index.html", files.iter().map(|(p, c)| file(p, c)).collect())
+            .expect("valid bundle")
+    }
+
+    #[test]
+    fn version_depends_on_content_not_order() {
+        let a = app(&[("index.html", "<h1>"), ("app.js", "x")]);
+        let b = app(&[("app.js", "x"), ("index.html", "<h1>")]);
+        let c = app(&[("app.js", "y"), ("index.html", "<h1>")]);
+        assert_eq!(a.version, b.version);
+        assert_ne!(a.version, c.version);
+        assert_eq!(a.files[0].path, "app.js");
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let a = app(&[("index.html", "<h1>"), ("assets/app-0123456789abcdef.js", "x")]);
+        assert_eq!(BundleManifest::parse(a.to_json().as_bytes()), Ok(a));
+    }
+
+    #[test]
+    fn missing_lists_each_hash_once() {
+        let a = app(&[("index.html", "<h1>"), ("a.txt", "same"), ("b.txt", "same"), ("c.txt", "c")]);
+        let stored = sha256_hex(b"c");
+        let missing: Vec<&str> =
+            a.missing(|f| f.sha256 == stored).iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(missing, ["a.txt", "index.html"]);
+        assert_eq!(a.total_size(), 4 + 4 + 1);
+    }
+
+    fn check_parse(mutate: impl FnOnce(&mut serde_json::Value), expect: &str) {
+        let mut v = serde_json::to_value(app(&[("index.html", "<h1>"), ("a.js", "a")])).unwrap();
+        mutate(&mut v);
+        let err = BundleManifest::parse(v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), expect);
+    }
+
+    #[test]
+    fn rejects_bad_manifests() {
+        check_parse(|v| v["format"] = 9.into(), "bundle manifest format 9 is not supported (this build reads format 1)");
+        check_parse(|v| v["files"][0]["path"] = "../a.js".into(), "bundle path \"../a.js\" is not a clean relative path");
+        check_parse(|v| v["files"][0]["path"] = "/a.js".into(), "bundle path \"/a.js\" is not a clean relative path");
+        check_parse(|v| v["files"][0]["sha256"] = "zz".into(), "bundle file \"a.js\" has a malformed sha256 \"zz\"");
+        check_parse(|v| v["entry"] = "main.html".into(), "bundle entry \"main.html\" is not among its files");
+        check_parse(|v| v["files"][1]["path"] = "a.js".into(), "bundle lists \"a.js\" twice");
+        check_parse(|v| v["files"][0]["size"] = 2.into(), &{
+            let mut files = app(&[("index.html", "<h1>"), ("a.js", "a")]).files;
+            files[0].size = 2;
+            format!(
+                "bundle version {} does not match its files (computed {})",
+                app(&[("index.html", "<h1>"), ("a.js", "a")]).version,
+                version_of(&files)
+            )
+        });
+        let err = BundleManifest::parse(b"{").unwrap_err();
+        assert!(matches!(err, BundleError::Json(_)), "{err}");
+    }
+
+    #[test]
+    fn recognises_content_hashed_names() {
+        for (path, expect) in [
+            ("todo-2f4c0a9b1e3d5f70.js", true),
+            ("assets/todo-2f4c0a9b1e3d5f70_bg.wasm", true),
+            ("todo-2f4c0a9b1e3d5f70.wasm.map", true),
+            ("todo-2f4c0a9b.js", false),
+            ("index.html", false),
+            ("style-abc.css", false),
+        ] {
+            assert_eq!(is_content_hashed(path), expect, "{path}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Adapters of stead-core's `Store` trait over real storage.
