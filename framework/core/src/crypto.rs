@@ -1,0 +1,245 @@
+//! End-to-end encryption of payloads and the wrapping of a space key for a new device.
+//!
+//! A payload is `nonce (24) ‖ XChaCha20-Poly1305(space key, nonce, aad, packed batch)`, where
+//! the associated data binds it to its entry's (space, replica, seq), and the packed batch
+//! is the encoded ops compressed with LZ4 (when that helps) and zero-padded to a Padmé
+//! length, so the ciphertext length reveals only a coarse size class. The server never
+//! holds the space key: a new device receives it wrapped to its X25519 public key
+//! ([`wrap_space_key`]) inside the membership event that adds it.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::ids::{ReplicaId, SpaceId};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+const PACK_RAW: u8 = 0;
+const PACK_LZ4: u8 = 1;
+const PACK_HEADER: usize = 1 + 4 + 4;
+
+/// The symmetric key of a space, known only to member devices.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SpaceKey(pub [u8; 32]);
+
+impl std::fmt::Debug for SpaceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpaceKey(..)")
+    }
+}
+
+fn aad(space: SpaceId, replica: ReplicaId, seq: u64) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..16].copy_from_slice(space.as_bytes());
+    out[16..32].copy_from_slice(replica.as_bytes());
+    out[32..].copy_from_slice(&seq.to_le_bytes());
+    out
+}
+
+/// Encrypts a packed batch for entry (space, replica, seq).
+pub fn seal(
+    key: &SpaceKey,
+    nonce: [u8; NONCE_LEN],
+    space: SpaceId,
+    replica: ReplicaId,
+    seq: u64,
+    packed: &[u8],
+) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new((&key.0).into());
+    let ad = aad(space, replica, seq);
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: packed, aad: &ad })
+        .expect("xchacha20poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Decrypts a payload sealed by [`seal`] for the same (space, replica, seq).
+pub fn open(
+    key: &SpaceKey,
+    space: SpaceId,
+    replica: ReplicaId,
+    seq: u64,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let fail = || Error::Decrypt { replica, seq };
+    if payload.len() < NONCE_LEN + TAG_LEN {
+        return Err(fail());
+    }
+    let (nonce, ct) = payload.split_at(NONCE_LEN);
+    let cipher = XChaCha20Poly1305::new((&key.0).into());
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &aad(space, replica, seq) })
+        .map_err(|_| fail())
+}
+
+/// Padmé: the padded length leaks O(log log n) bits of the true length, overhead ≤ 12%.
+pub fn padme(len: usize) -> usize {
+    if len < 2 {
+        return len;
+    }
+    let e = usize::BITS - 1 - len.leading_zeros();
+    let s = u32::BITS - 1 - e.leading_zeros() + 1;
+    let last_bits = e - s;
+    let mask = (1usize << last_bits) - 1;
+    (len + mask) & !mask
+}
+
+/// Compresses (when it pays) and pads an encoded ops batch.
+pub fn pack(batch: &[u8]) -> Vec<u8> {
+    let compressed = lz4_flex::block::compress(batch);
+    let (codec, body) = if compressed.len() < batch.len() {
+        (PACK_LZ4, compressed.as_slice())
+    } else {
+        (PACK_RAW, batch)
+    };
+    let mut w = Writer::with_capacity(padme(PACK_HEADER + body.len()));
+    w.u8(codec);
+    w.u32(batch.len() as u32);
+    w.u32(body.len() as u32);
+    w.fixed(body);
+    let padded = padme(w.buf.len());
+    w.buf.resize(padded, 0);
+    w.finish()
+}
+
+/// Reverses [`pack`]; refuses batches over `max_len` bytes before decompressing them.
+pub fn unpack(packed: &[u8], max_len: usize) -> Result<Vec<u8>> {
+    let mut r = Reader::new(packed, "packed batch");
+    let codec = r.u8()?;
+    let raw_len = r.u32()? as usize;
+    let body_len = r.u32()? as usize;
+    if raw_len > max_len {
+        return Err(Error::TooLarge { what: "ops batch", size: raw_len, limit: max_len });
+    }
+    let body = r.take(body_len)?;
+    let padding = r.take(r.remaining())?;
+    if padding.iter().any(|&b| b != 0) || packed.len() != padme(PACK_HEADER + body_len) {
+        return Err(r.err("bad padding"));
+    }
+    match codec {
+        PACK_RAW if body_len == raw_len => Ok(body.to_vec()),
+        PACK_LZ4 => {
+            let out = lz4_flex::block::decompress(body, raw_len)
+                .map_err(|_| r.err("lz4 data is corrupt"))?;
+            if out.len() != raw_len {
+                return Err(r.err("lz4 data has the wrong length"));
+            }
+            Ok(out)
+        }
+        _ => Err(r.err("unknown compression codec")),
+    }
+}
+
+/// A device's X25519 key pair for receiving wrapped space keys.
+pub fn agreement_public(secret: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+fn wrapping_key(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], space: SpaceId) -> SpaceKey {
+    let mut h = Sha256::new();
+    h.update(b"stead-wrap-v1\0");
+    h.update(shared);
+    h.update(eph);
+    h.update(recipient);
+    h.update(space.as_bytes());
+    SpaceKey(h.finalize().into())
+}
+
+/// Wraps the space key to a device's X25519 public key: `eph_pub (32) ‖ nonce ‖ ciphertext`.
+/// `ephemeral` and `nonce` must be fresh random bytes.
+pub fn wrap_space_key(
+    key: &SpaceKey,
+    space: SpaceId,
+    recipient: &[u8; 32],
+    ephemeral: [u8; 32],
+    nonce: [u8; NONCE_LEN],
+) -> Vec<u8> {
+    let eph = StaticSecret::from(ephemeral);
+    let eph_pub = PublicKey::from(&eph).to_bytes();
+    let shared = eph.diffie_hellman(&PublicKey::from(*recipient)).to_bytes();
+    let kek = wrapping_key(&shared, &eph_pub, recipient, space);
+    let cipher = XChaCha20Poly1305::new((&kek.0).into());
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &key.0, aad: space.as_bytes() })
+        .expect("xchacha20poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(32 + NONCE_LEN + ct.len());
+    out.extend_from_slice(&eph_pub);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Unwraps a space key with the device's X25519 secret.
+pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Result<SpaceKey> {
+    let bad = Error::Decode { what: "wrapped space key", reason: "does not decrypt" };
+    if wrapped.len() != 32 + NONCE_LEN + 32 + TAG_LEN {
+        return Err(bad);
+    }
+    let eph_pub: [u8; 32] = wrapped[..32].try_into().expect("length checked");
+    let nonce = &wrapped[32..32 + NONCE_LEN];
+    let secret = StaticSecret::from(*secret);
+    let recipient = PublicKey::from(&secret).to_bytes();
+    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub)).to_bytes();
+    let kek = wrapping_key(&shared, &eph_pub, &recipient, space);
+    let cipher = XChaCha20Poly1305::new((&kek.0).into());
+    let plain = cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: &wrapped[32 + NONCE_LEN..], aad: space.as_bytes() })
+        .map_err(|_| bad.clone())?;
+    Ok(SpaceKey(plain.try_into().map_err(|_| bad)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn padme_sizes() {
+        let check = |len: usize, expect: usize| assert_eq!(padme(len), expect, "padme({len})");
+        check(0, 0);
+        check(9, 10);
+        check(100, 104);
+        check(1000, 1024);
+        check(1025, 1088);
+        for n in 1..5000 {
+            assert!(padme(n) >= n && padme(n) <= n + n / 8 + 1, "padme({n}) = {}", padme(n));
+        }
+    }
+
+    #[test]
+    fn wrapped_key_opens_only_for_its_device_and_space() {
+        let key = SpaceKey([7; 32]);
+        let space = SpaceId([1; 16]);
+        let device_secret = [9u8; 32];
+        let wrapped = wrap_space_key(&key, space, &agreement_public(&device_secret), [3; 32], [4; 24]);
+        assert_eq!(unwrap_space_key(&wrapped, space, &device_secret).unwrap(), key);
+        assert!(unwrap_space_key(&wrapped, space, &[8u8; 32]).is_err());
+        assert!(unwrap_space_key(&wrapped, SpaceId([2; 16]), &device_secret).is_err());
+    }
+
+    #[test]
+    fn payload_is_bound_to_its_entry() {
+        let key = SpaceKey([7; 32]);
+        let (s, r) = (SpaceId([1; 16]), ReplicaId([2; 16]));
+        let sealed = seal(&key, [5; 24], s, r, 3, b"hello");
+        assert_eq!(open(&key, s, r, 3, &sealed).unwrap(), b"hello");
+        assert!(open(&key, s, r, 4, &sealed).is_err());
+        assert!(open(&SpaceKey([8; 32]), s, r, 3, &sealed).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn pack_round_trips(data in proptest::collection::vec(0u8..4, 0..3000)) {
+            let packed = pack(&data);
+            prop_assert_eq!(packed.len(), padme(packed.len()));
+            prop_assert_eq!(unpack(&packed, 1 << 20).unwrap(), data);
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The membership log of a space: signed announcements of who may write to it.
+//!
+//! The creator signs a genesis event naming itself; every later event (add or remove a
+//! member) is signed by a member active at that point and names the hash of the event
+//! before it, so the log is a single hash chain. Anyone — the server included — can
+//! verify it with public keys alone. An add carries the space key wrapped to the new
+//! device's X25519 key, so the key travels with the membership and the server sees only
+//! ciphertext. A remove names the last seq of the removed replica that stays valid;
+//! entries it signs after that are refused as from an unknown replica.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{Error, Result};
+use crate::ids::{ReplicaId, SpaceId};
+use crate::log::Hash;
+
+pub const MEMBERSHIP_VERSION: u8 = 1;
+const SIGN_DOMAIN: &[u8] = b"stead-member-v1\0";
+
+/// A device's public identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub replica: ReplicaId,
+    /// Ed25519 public key that signs its entries.
+    pub signing: [u8; 32],
+    /// X25519 public key that space keys are wrapped to.
+    pub agreement: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    Genesis { space: SpaceId, creator: Member },
+    Add { member: Member, wrapped_key: Vec<u8> },
+    /// Entries of `replica` with seq ≤ `last_seq` stay valid; `None` keeps none.
+    Remove { replica: ReplicaId, last_seq: Option<u64> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEvent {
+    pub prev: Hash,
+    pub by: ReplicaId,
+    pub event: MemberEvent,
+    pub sig: [u8; 64],
+}
+
+fn write_member(w: &mut Writer, m: &Member) {
+    w.fixed(m.replica.as_bytes());
+    w.fixed(&m.signing);
+    w.fixed(&m.agreement);
+}
+
+fn read_member(r: &mut Reader<'_>) -> Result<Member> {
+    Ok(Member { replica: ReplicaId(r.array()?), signing: r.array()?, agreement: r.array()? })
+}
+
+impl SignedEvent {
+    fn body(prev: &Hash, by: ReplicaId, event: &MemberEvent) -> Writer {
+        let mut w = Writer::new();
+        w.u8(MEMBERSHIP_VERSION);
+        w.fixed(prev);
+        w.fixed(by.as_bytes());
+        match event {
+            MemberEvent::Genesis { space, creator } => {
+                w.u8(0);
+                w.fixed(space.as_bytes());
+                write_member(&mut w, creator);
+            }
+            MemberEvent::Add { member, wrapped_key } => {
+                w.u8(1);
+                write_member(&mut w, member);
+                w.bytes(wrapped_key);
+            }
+            MemberEvent::Remove { replica, last_seq } => {
+                w.u8(2);
+                w.fixed(replica.as_bytes());
+                match last_seq {
+                    None => w.u8(0),
+                    Some(s) => {
+                        w.u8(1);
+                        w.u64(*s);
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    pub fn sign(prev: Hash, by: ReplicaId, event: MemberEvent, key: &SigningKey) -> SignedEvent {
+        let body = SignedEvent::body(&prev, by, &event).finish();
+        let mut msg = SIGN_DOMAIN.to_vec();
+        msg.extend_from_slice(&body);
+        SignedEvent { prev, by, event, sig: key.sign(&msg).to_bytes() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = SignedEvent::body(&self.prev, self.by, &self.event);
+        w.fixed(&self.sig);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SignedEvent> {
+        let mut r = Reader::new(bytes, "membership event");
+        let ev = SignedEvent::read(&mut r)?;
+        r.finish()?;
+        Ok(ev)
+    }
+
+    pub fn read(r: &mut Reader<'_>) -> Result<SignedEvent> {
+        let version = r.u8()?;
+        if version != MEMBERSHIP_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "membership event",
+                found: version as u32,
+                supported: MEMBERSHIP_VERSION as u32,
+            });
+        }
+        let prev = r.array()?;
+        let by = ReplicaId(r.array()?);
+        let event = match r.u8()? {
+            0 => MemberEvent::Genesis { space: SpaceId(r.array()?), creator: read_member(r)? },
+            1 => MemberEvent::Add { member: read_member(r)?, wrapped_key: r.bytes()?.to_vec() },
+            2 => MemberEvent::Remove {
+                replica: ReplicaId(r.array()?),
+                last_seq: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.u64()?),
+                    _ => return Err(r.err("bad option tag")),
+                },
+            },
+            _ => return Err(r.err("unknown event kind")),
+        };
+        Ok(SignedEvent { prev, by, event, sig: r.array()? })
+    }
+
+    pub fn hash(&self) -> Hash {
+        Sha256::digest(self.encode()).into()
+    }
+
+    fn verify_sig(&self, key: &VerifyingKey) -> bool {
+        let mut msg = SIGN_DOMAIN.to_vec();
+        msg.extend_from_slice(&SignedEvent::body(&self.prev, self.by, &self.event).finish());
+        key.verify(&msg, &Signature::from_bytes(&self.sig)).is_ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberState {
+    member: Member,
+    key: VerifyingKey,
+    /// `None` while active; `Some(last valid seq)` once removed.
+    removed: Option<Option<u64>>,
+}
+
+/// The verified state of a membership log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    space: SpaceId,
+    members: BTreeMap<ReplicaId, MemberState>,
+    events: Vec<SignedEvent>,
+    head: Hash,
+}
+
+impl Membership {
+    /// Creates a space's membership with its creator as the only member.
+    pub fn genesis(space: SpaceId, creator: Member, key: &SigningKey) -> Result<Membership> {
+        let by = creator.replica;
+        let ev = SignedEvent::sign([0; 32], by, MemberEvent::Genesis { space, creator }, key);
+        Membership::verify(std::slice::from_ref(&ev))
+    }
+
+    /// Verifies a whole membership log from its genesis.
+    pub fn verify(events: &[SignedEvent]) -> Result<Membership> {
+        let first = events.first().ok_or(Error::Membership { index: 0, reason: "the log is empty" })?;
+        let MemberEvent::Genesis { space, creator } = &first.event else {
+            return Err(Error::Membership { index: 0, reason: "the first event is not a genesis" });
+        };
+        let key = VerifyingKey::from_bytes(&creator.signing)
+            .map_err(|_| Error::Membership { index: 0, reason: "bad public key" })?;
+        if first.prev != [0; 32] || first.by != creator.replica || !first.verify_sig(&key) {
+            return Err(Error::Membership { index: 0, reason: "genesis is not signed by its creator" });
+        }
+        let mut m = Membership {
+            space: *space,
+            members: BTreeMap::new(),
+            events: vec![first.clone()],
+            head: first.hash(),
+        };
+        m.members
+            .insert(creator.replica, MemberState { member: creator.clone(), key, removed: None });
+        for ev in &events[1..] {
+            m.apply(ev.clone())?;
+        }
+        Ok(m)
+    }
+
+    /// Appends one event signed by an active member.
+    pub fn apply(&mut self, ev: SignedEvent) -> Result<()> {
+        let index = self.events.len();
+        let fail = |reason| Error::Membership { index, reason };
+        if ev.prev != self.head {
+            return Err(fail("does not chain to the previous event"));
+        }
+        let signer = self.members.get(&ev.by).filter(|s| s.removed.is_none());
+        let Some(signer) = signer else {
+            return Err(fail("signed by a replica that is not an active member"));
+        };
+        if !ev.verify_sig(&signer.key) {
+            return Err(fail("bad signature"));
+        }
+        match &ev.event {
+            MemberEvent::Genesis { .. } => return Err(fail("a second genesis")),
+            MemberEvent::Add { member, .. } => {
+                if self.members.contains_key(&member.replica) {
+                    return Err(fail("the replica was already a member"));
+                }
+                let key =
+                    VerifyingKey::from_bytes(&member.signing).map_err(|_| fail("bad public key"))?;
+                self.members
+                    .insert(member.replica, MemberState { member: member.clone(), key, removed: None });
+            }
+            MemberEvent::Remove { replica, last_seq } => {
+                let target = self
+                    .members
+                    .get_mut(replica)
+                    .filter(|s| s.removed.is_none())
+                    .ok_or(fail("removes a replica that is not an active member"))?;
+                target.removed = Some(*last_seq);
+            }
+        }
+        self.head = ev.hash();
+        self.events.push(ev);
+        Ok(())
+    }
+
+    /// Signs and applies an add of `member`, with the space key already wrapped to it.
+    pub fn add(&mut self, by: ReplicaId, key: &SigningKey, member: Member, wrapped_key: Vec<u8>) -> Result<SignedEvent> {
+        let ev = SignedEvent::sign(self.head, by, MemberEvent::Add { member, wrapped_key }, key);
+        self.apply(ev.clone())?;
+        Ok(ev)
+    }
+
+    pub fn remove(&mut self, by: ReplicaId, key: &SigningKey, replica: ReplicaId, last_seq: Option<u64>) -> Result<SignedEvent> {
+        let ev = SignedEvent::sign(self.head, by, MemberEvent::Remove { replica, last_seq }, key);
+        self.apply(ev.clone())?;
+        Ok(ev)
+    }
+
+    pub fn space(&self) -> SpaceId {
+        self.space
+    }
+
+    pub fn events(&self) -> &[SignedEvent] {
+        &self.events
+    }
+
+    /// The key that must have signed entry `seq` of `replica`, if that entry may exist.
+    pub fn key_for(&self, replica: ReplicaId, seq: u64) -> Option<VerifyingKey> {
+        let s = self.members.get(&replica)?;
+        match s.removed {
+            None => Some(s.key),
+            Some(Some(last)) if seq <= last => Some(s.key),
+            Some(_) => None,
+        }
+    }
+
+    pub fn is_active(&self, replica: ReplicaId) -> bool {
+        self.members.get(&replica).is_some_and(|s| s.removed.is_none())
+    }
+
+    pub fn member(&self, replica: ReplicaId) -> Option<&Member> {
+        self.members.get(&replica).map(|s| &s.member)
+    }
+
+    /// The wrapped space key carried by the event that added `replica`.
+    pub fn wrapped_key_for(&self, replica: ReplicaId) -> Option<&[u8]> {
+        self.events.iter().find_map(|ev| match &ev.event {
+            MemberEvent::Add { member, wrapped_key } if member.replica == replica => {
+                Some(wrapped_key.as_slice())
+            }
+            _ => None,
+        })
+    }
+
+    /// The whole log, encoded as a sequence of length-prefixed events.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.varint(self.events.len() as u64);
+        for ev in &self.events {
+            w.bytes(&ev.encode());
+        }
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Membership> {
+        let mut r = Reader::new(bytes, "membership log");
+        let n = r.len(1)?;
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(SignedEvent::decode(r.bytes()?)?);
+        }
+        r.finish()?;
+        Membership::verify(&events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(n: u8) -> (Member, SigningKey) {
+        let key = SigningKey::from_bytes(&[n; 32]);
+        let m = Member {
+            replica: ReplicaId([n; 16]),
+            signing: key.verifying_key().to_bytes(),
+            agreement: crate::crypto::agreement_public(&[n; 32]),
+        };
+        (m, key)
+    }
+
+    #[test]
+    fn members_add_and_remove_each_other() {
+        let (a, ka) = member(1);
+        let (b, kb) = member(2);
+        let (c, kc) = member(3);
+        let mut m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        assert!(m.key_for(b.replica, 0).is_none());
+        m.add(a.replica, &ka, b.clone(), vec![]).unwrap();
+        m.add(b.replica, &kb, c.clone(), vec![1, 2]).unwrap();
+        m.remove(b.replica, &kb, c.replica, Some(4)).unwrap();
+        assert!(m.key_for(c.replica, 4).is_some());
+        assert!(m.key_for(c.replica, 5).is_none());
+        // A removed member cannot sign membership events any more.
+        let err = m.remove(c.replica, &kc, a.replica, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid membership event 4: signed by a replica that is not an active member"
+        );
+        let again = Membership::decode(&m.encode()).unwrap();
+        assert_eq!(again, m);
+        assert_eq!(again.wrapped_key_for(c.replica), Some(&[1u8, 2][..]));
+    }
+
+    #[test]
+    fn tampered_membership_logs_are_refused() {
+        let (a, ka) = member(1);
+        let (b, _) = member(2);
+        let mut m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        m.add(a.replica, &ka, b, vec![5; 8]).unwrap();
+        let bytes = m.encode();
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut t = bytes.clone();
+                t[i] ^= bit;
+                assert!(Membership::decode(&t).is_err(), "flip of byte {i} bit {bit:#x} went unseen");
+            }
+        }
+    }
+
+    #[test]
+    fn an_outsider_cannot_add_itself() {
+        let (a, ka) = member(1);
+        let (b, kb) = member(2);
+        let mut m = Membership::genesis(SpaceId([9; 16]), a, &ka).unwrap();
+        let err = m.add(b.replica, &kb, b.clone(), vec![]).unwrap_err();
+        assert!(matches!(err, Error::Membership { index: 1, .. }));
+    }
+}

@@ -1,0 +1,584 @@
+//! A replica: one device's verified log, decrypted state, indexes, history and undo.
+//!
+//! [`Replica`] ties the pieces together. Local writes become signed, encrypted entries
+//! ([`Replica::commit`]); remote entries are verified, decrypted and merged
+//! ([`Replica::ingest`]); opening reads the latest snapshot and replays the log tail.
+//! The replica's only I/O is the injected [`Store`]; time and randomness are arguments.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::SigningKey;
+
+use crate::codec::{Reader, Writer};
+use crate::crypto::{self, SpaceKey};
+use crate::env::Random;
+use crate::error::{Error, Result};
+use crate::hlc::{Hlc, HlcClock};
+use crate::ids::{RecordId, ReplicaId, SpaceId};
+use crate::log::{verify_entry, ChainTip, Entry, Limits, Verified, VersionVector};
+use crate::membership::Membership;
+use crate::ops::{decode_batch, encode_batch, Op, Tag, Value};
+use crate::query::{Indexes, Page, Query};
+use crate::schema::Schema;
+use crate::state::{Stamp, State, Version};
+use crate::store::Store;
+
+pub const SNAPSHOT_VERSION: u8 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How far ahead of local time a remote entry's clock may be.
+    pub max_drift_ms: u64,
+    pub limits: Limits,
+    /// The largest decrypted ops batch accepted.
+    pub max_batch_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { max_drift_ms: 5 * 60 * 1000, limits: Limits::default(), max_batch_len: 16 << 20 }
+    }
+}
+
+/// Who this replica is and the secrets it holds.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub space: SpaceId,
+    pub replica: ReplicaId,
+    pub signing: SigningKey,
+    pub space_key: SpaceKey,
+}
+
+/// The result of taking in an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Applied,
+    Duplicate,
+    /// Valid in the chain but its payload could not be read; kept so the chain goes on,
+    /// and skipped alike by every replica.
+    Unreadable(Error),
+}
+
+/// One op of a record's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryItem {
+    pub stamp: Stamp,
+    pub op: Op,
+}
+
+pub struct Replica {
+    me: Identity,
+    config: Config,
+    clock: HlcClock,
+    members: Membership,
+    schema: Option<Schema>,
+    tips: BTreeMap<ReplicaId, ChainTip>,
+    state: State,
+    store: Box<dyn Store>,
+    /// Own seqs that undo can still take back, oldest first.
+    undo: Vec<u64>,
+    indexes: Option<Indexes>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("replica", &self.me.replica).field("tips", &self.tips).finish()
+    }
+}
+
+impl Replica {
+    /// Opens a replica from its store: the snapshot if there is a usable one, then every
+    /// stored entry after it, each verified again (so a changed byte at rest is caught).
+    pub fn open(me: Identity, members: Membership, store: Box<dyn Store>, config: Config) -> Result<Replica> {
+        if members.space() != me.space {
+            return Err(Error::WrongSpace { expected: me.space, found: members.space() });
+        }
+        let mut r = Replica {
+            clock: HlcClock::new(config.max_drift_ms),
+            me,
+            config,
+            members,
+            schema: None,
+            tips: BTreeMap::new(),
+            state: State::default(),
+            store,
+            undo: Vec::new(),
+            indexes: None,
+        };
+        let heads = r.store.heads()?;
+        if let Some(bytes) = r.store.snapshot()? {
+            let snap = Snapshot::decode(&bytes)?;
+            // A snapshot that covers entries the log lost (a torn tail) cannot be trusted to
+            // serve sync; replay the log alone then.
+            let covered = snap.tips.iter().all(|(rid, t)| heads.get(rid).copied().unwrap_or(0) >= t.next_seq);
+            if snap.space == r.me.space && covered {
+                r.state = snap.state;
+                r.tips = snap.tips;
+                r.undo = snap.undo;
+                r.clock.observe(snap.hlc);
+            }
+        }
+        for (rid, head) in heads {
+            let mut next = r.tips.get(&rid).map_or(0, |t| t.next_seq);
+            while next < head {
+                let batch = r.store.read(rid, next, 256)?;
+                if batch.is_empty() {
+                    return Err(Error::Storage(format!("store lost entries of {rid} from seq {next}")));
+                }
+                for entry in batch {
+                    next = entry.header.seq + 1;
+                    // Own entries replayed past the snapshot are not offered to undo: the
+                    // log does not say which of them were undo entries themselves.
+                    r.ingest_inner(entry, None, false)?;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.me.replica
+    }
+    pub fn space(&self) -> SpaceId {
+        self.me.space
+    }
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.me.signing
+    }
+    pub fn members(&self) -> &Membership {
+        &self.members
+    }
+    pub fn clock(&self) -> Hlc {
+        self.clock.last()
+    }
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+    /// Gives the store back, e.g. to reopen it.
+    pub fn into_store(self) -> Box<dyn Store> {
+        self.store
+    }
+
+    /// Replaces the membership with a longer verified log of the same space.
+    pub fn set_members(&mut self, members: Membership) -> Result<()> {
+        if members.space() != self.me.space {
+            return Err(Error::WrongSpace { expected: self.me.space, found: members.space() });
+        }
+        self.store.put_meta("membership", &members.encode())?;
+        self.members = members;
+        Ok(())
+    }
+
+    /// Sets the schema writes are validated against (after checking the upgrade path).
+    pub fn set_schema(&mut self, schema: Schema) -> Result<()> {
+        if let Some(old) = &self.schema {
+            old.check_upgrade(&schema)?;
+        } else {
+            schema.check()?;
+        }
+        self.schema = Some(schema);
+        self.indexes = None;
+        Ok(())
+    }
+
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_ref()
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        self.tips.iter().map(|(r, t)| (*r, t.next_seq)).collect()
+    }
+
+    pub fn tips(&self) -> &BTreeMap<ReplicaId, ChainTip> {
+        &self.tips
+    }
+
+    /// A visible record (never written or deleted ones are `None`).
+    pub fn get(&self, collection: &str, record: RecordId) -> Option<&crate::state::RecordState> {
+        self.state.visible(collection, record)
+    }
+
+    /// A field as the schema shows it: the register, a default, or `None`.
+    pub fn value(&self, collection: &str, record: RecordId, field: &str) -> Option<Value> {
+        let rec = self.get(collection, record)?;
+        rec.field(field)
+            .and_then(|s| s.register().cloned())
+            .or_else(|| self.schema.as_ref()?.default_value(collection, field))
+    }
+
+    pub fn version(&self, collection: &str, record: RecordId) -> Version {
+        self.state.version(collection, record)
+    }
+
+    /// Writes `ops` as one new entry of this replica. Returns the entry for sending.
+    pub fn commit(&mut self, ops: Vec<Op>, now_ms: u64, rng: &mut dyn Random) -> Result<Entry> {
+        self.validate(&ops)?;
+        self.commit_inner(ops, now_ms, rng, true)
+    }
+
+    /// Compare-and-swap: commits `ops` only if `record` is still at `expected`.
+    pub fn update_if(
+        &mut self,
+        collection: &str,
+        record: RecordId,
+        expected: Version,
+        ops: Vec<Op>,
+        now_ms: u64,
+        rng: &mut dyn Random,
+    ) -> Result<Entry> {
+        let current = self.version(collection, record);
+        if current != expected {
+            return Err(Error::Conflict { collection: collection.to_owned(), record, expected, current });
+        }
+        self.commit(ops, now_ms, rng)
+    }
+
+    fn validate(&self, ops: &[Op]) -> Result<()> {
+        let Some(schema) = &self.schema else { return Ok(()) };
+        let mut new_records: BTreeMap<(&str, RecordId), BTreeSet<&str>> = BTreeMap::new();
+        for op in ops {
+            schema.validate_op(op)?;
+            if self.state.record(op.collection(), op.record()).is_none() {
+                let fields = new_records.entry((op.collection(), op.record())).or_default();
+                if let Op::Set { field, value, .. } = op {
+                    if *value != Value::Null {
+                        fields.insert(field);
+                    }
+                }
+            }
+        }
+        for ((coll, _), set) in &new_records {
+            for req in schema.required_fields(coll) {
+                if !set.contains(req) {
+                    return Err(Error::Validation {
+                        collection: coll.to_string(),
+                        field: req.to_owned(),
+                        value: "null".into(),
+                        reason: "a new record must set this required field".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, ops: Vec<Op>, now_ms: u64, rng: &mut dyn Random, undoable: bool) -> Result<Entry> {
+        let tip = self.tips.get(&self.me.replica);
+        let seq = tip.map_or(0, |t| t.next_seq);
+        let prev = tip.map_or([0; 32], |t| t.last_hash);
+        let hlc = self.clock.tick(now_ms);
+        let packed = crypto::pack(&encode_batch(&ops));
+        let mut nonce = [0u8; crypto::NONCE_LEN];
+        rng.fill(&mut nonce);
+        let payload = crypto::seal(&self.me.space_key, nonce, self.me.space, self.me.replica, seq, &packed);
+        if payload.len() > self.config.limits.max_payload {
+            return Err(Error::TooLarge {
+                what: "entry payload",
+                size: payload.len(),
+                limit: self.config.limits.max_payload,
+            });
+        }
+        let entry = Entry::sign(self.me.space, self.me.replica, seq, hlc, prev, payload, &self.me.signing);
+        let hash = entry.hash();
+        self.store.append(&entry)?;
+        self.apply_ops(&entry, &ops);
+        self.tips.insert(self.me.replica, ChainTip { next_seq: seq + 1, last_hash: hash, last_hlc: hlc });
+        if undoable {
+            self.undo.push(seq);
+        }
+        Ok(entry)
+    }
+
+    /// Takes in an entry from elsewhere: verifies it, stores it, merges its ops.
+    pub fn ingest(&mut self, entry: Entry, now_ms: u64) -> Result<Ingested> {
+        self.ingest_inner(entry, Some(now_ms), true)
+    }
+
+    fn ingest_inner(&mut self, entry: Entry, now_ms: Option<u64>, store: bool) -> Result<Ingested> {
+        let rid = entry.header.replica;
+        let tip = self.tips.get(&rid);
+        let store_ref = &self.store;
+        let (verdict, hash) = verify_entry(&entry, self.me.space, &self.members, tip, &self.config.limits, |seq| {
+            Ok(store_ref.read(rid, seq, 1)?.first().map(Entry::hash))
+        })?;
+        if verdict == Verified::Duplicate {
+            return Ok(Ingested::Duplicate);
+        }
+        if let Some(now) = now_ms {
+            self.clock.check(entry.header.hlc, now)?;
+        }
+        let ops = self.decrypt(&entry);
+        if store {
+            self.store.append(&entry)?;
+        }
+        let h = &entry.header;
+        self.tips.insert(rid, ChainTip { next_seq: h.seq + 1, last_hash: hash, last_hlc: h.hlc });
+        self.clock.observe(h.hlc);
+        match ops {
+            Ok(ops) => {
+                self.apply_ops(&entry, &ops);
+                Ok(Ingested::Applied)
+            }
+            Err(e) => Ok(Ingested::Unreadable(e)),
+        }
+    }
+
+    fn decrypt(&self, entry: &Entry) -> Result<Vec<Op>> {
+        let h = &entry.header;
+        let packed = crypto::open(&self.me.space_key, h.space, h.replica, h.seq, &entry.payload)?;
+        decode_batch(&crypto::unpack(&packed, self.config.max_batch_len)?)
+    }
+
+    fn apply_ops(&mut self, entry: &Entry, ops: &[Op]) {
+        let h = &entry.header;
+        for (n, op) in ops.iter().enumerate() {
+            let stamp = Stamp { hlc: h.hlc, replica: h.replica, seq: h.seq, n: n as u32 };
+            self.state.apply(stamp, op);
+        }
+        if let (Some(ix), Some(schema)) = (&mut self.indexes, &self.schema) {
+            for op in ops {
+                ix.update(schema, &self.state, op.collection(), op.record());
+            }
+        }
+    }
+
+    /// Runs a query through the schema's indexes (built on first use).
+    pub fn query(&mut self, q: &Query) -> Result<Page> {
+        let schema = self.schema.as_ref().ok_or_else(|| Error::Schema("no schema set".into()))?;
+        let ix = self.indexes.get_or_insert_with(|| Indexes::build(schema, &self.state));
+        ix.query(&self.state, q)
+    }
+
+    /// Every op ever applied to a record, in merge order, read back from the log.
+    pub fn history(&self, collection: &str, record: RecordId) -> Result<Vec<HistoryItem>> {
+        let mut out = Vec::new();
+        for (rid, tip) in &self.tips {
+            let mut next = 0;
+            while next < tip.next_seq {
+                let batch = self.store.read(*rid, next, 256)?;
+                if batch.is_empty() {
+                    break;
+                }
+                for entry in &batch {
+                    next = entry.header.seq + 1;
+                    let Ok(ops) = self.decrypt(entry) else { continue };
+                    let h = &entry.header;
+                    for (n, op) in ops.into_iter().enumerate() {
+                        if op.record() == record && op.collection() == collection {
+                            let stamp = Stamp { hlc: h.hlc, replica: h.replica, seq: h.seq, n: n as u32 };
+                            out.push(HistoryItem { stamp, op });
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|i| i.stamp);
+        Ok(out)
+    }
+
+    /// Undoes this replica's last `n` local changes by writing one entry of inverse ops,
+    /// which syncs like any edit. Values since overwritten by someone else are left alone.
+    pub fn undo(&mut self, n: usize, now_ms: u64, rng: &mut dyn Random) -> Result<Option<Entry>> {
+        let take = n.min(self.undo.len());
+        if take == 0 {
+            return Ok(None);
+        }
+        let seqs: Vec<u64> = self.undo[self.undo.len() - take..].to_vec();
+        let undone: BTreeSet<u64> = seqs.iter().copied().collect();
+        let mine = |s: &Stamp| s.replica == self.me.replica && undone.contains(&s.seq);
+        let mut inverse = Vec::new();
+        for &seq in seqs.iter().rev() {
+            let entry = self
+                .store
+                .read(self.me.replica, seq, 1)?
+                .pop()
+                .ok_or_else(|| Error::Storage(format!("own entry {seq} is missing")))?;
+            let ops = self.decrypt(&entry)?;
+            let h = &entry.header;
+            for (i, op) in ops.iter().enumerate().rev() {
+                let stamp = Stamp { hlc: h.hlc, replica: h.replica, seq, n: i as u32 };
+                let rec = self.state.record(op.collection(), op.record());
+                match op {
+                    Op::Set { collection, record, field, .. } => {
+                        let current = rec.and_then(|r| r.field(field)).and_then(|s| s.reg.as_ref());
+                        if current.is_some_and(|(s, _)| mine(s)) {
+                            let before = self
+                                .history(collection, *record)?
+                                .into_iter()
+                                .filter(|it| it.stamp < stamp)
+                                .filter_map(|it| match it.op {
+                                    Op::Set { field: f, value, .. } if f == *field => Some(value),
+                                    _ => None,
+                                })
+                                .next_back()
+                                .unwrap_or(Value::Null);
+                            inverse.push(Op::Set {
+                                collection: collection.clone(),
+                                record: *record,
+                                field: field.clone(),
+                                value: before,
+                            });
+                        }
+                    }
+                    Op::Delete { collection, record } | Op::Restore { collection, record } => {
+                        if rec.and_then(|r| r.deleted).is_some_and(|(s, _)| mine(&s)) {
+                            inverse.push(if matches!(op, Op::Delete { .. }) {
+                                Op::Restore { collection: collection.clone(), record: *record }
+                            } else {
+                                Op::Delete { collection: collection.clone(), record: *record }
+                            });
+                        }
+                    }
+                    Op::CounterAdd { collection, record, field, delta } => inverse.push(Op::CounterAdd {
+                        collection: collection.clone(),
+                        record: *record,
+                        field: field.clone(),
+                        delta: delta.wrapping_neg(),
+                    }),
+                    Op::SetAdd { collection, record, field, elem } => {
+                        let tag = Tag { replica: h.replica, seq, n: i as u32 };
+                        let live = rec.and_then(|r| r.field(field)).is_some_and(|s| s.set_tags(elem).contains(&tag));
+                        if live {
+                            inverse.push(Op::SetRemove {
+                                collection: collection.clone(),
+                                record: *record,
+                                field: field.clone(),
+                                elem: elem.clone(),
+                                tags: vec![tag],
+                            });
+                        }
+                    }
+                    Op::SetRemove { collection, record, field, elem, .. } => {
+                        let present = rec.and_then(|r| r.field(field)).is_some_and(|s| !s.set_tags(elem).is_empty());
+                        if !present {
+                            inverse.push(Op::SetAdd {
+                                collection: collection.clone(),
+                                record: *record,
+                                field: field.clone(),
+                                elem: elem.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.undo.truncate(self.undo.len() - take);
+        if inverse.is_empty() {
+            return Ok(None);
+        }
+        self.commit_inner(inverse, now_ms, rng, false).map(Some)
+    }
+
+    /// The snapshot of this replica's derived state (not its secrets).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            space: self.me.space,
+            hlc: self.clock.last(),
+            tips: self.tips.clone(),
+            undo: self.undo.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// Writes a snapshot to the store so the next open replays only the tail.
+    pub fn save_snapshot(&mut self) -> Result<()> {
+        let bytes = self.snapshot().encode();
+        self.store.put_snapshot(&bytes)
+    }
+
+    /// Entries of `replica` from `from_seq`, bounded by count and total bytes (at least one).
+    pub fn entries_from(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>> {
+        let mut out = self.store.read(replica, from_seq, max_entries)?;
+        let mut total = 0;
+        let keep = out
+            .iter()
+            .position(|e| {
+                total += e.encoded_len();
+                total > max_bytes
+            })
+            .unwrap_or(out.len())
+            .max(1);
+        out.truncate(keep);
+        Ok(out)
+    }
+}
+
+/// State + version vector (with chain tips) + clock: what opening needs before the tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub space: SpaceId,
+    pub hlc: Hlc,
+    pub tips: BTreeMap<ReplicaId, ChainTip>,
+    pub undo: Vec<u64>,
+    pub state: State,
+}
+
+impl Snapshot {
+    /// `version (1) ‖ raw length (u32) ‖ LZ4 block of the body`; see LOG-FORMAT.md.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.fixed(self.space.as_bytes());
+        w.u64(self.hlc.to_u64());
+        w.varint(self.tips.len() as u64);
+        for (r, t) in &self.tips {
+            w.fixed(r.as_bytes());
+            w.varint(t.next_seq);
+            w.fixed(&t.last_hash);
+            w.u64(t.last_hlc.to_u64());
+        }
+        w.varint(self.undo.len() as u64);
+        for s in &self.undo {
+            w.varint(*s);
+        }
+        self.state.encode_into(&mut w);
+        let body = w.finish();
+        let mut out = Writer::with_capacity(body.len() / 2 + 8);
+        out.u8(SNAPSHOT_VERSION);
+        out.u32(body.len() as u32);
+        out.fixed(&lz4_flex::block::compress(&body));
+        out.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot> {
+        let mut r = Reader::new(bytes, "snapshot");
+        let version = r.u8()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "snapshot",
+                found: version as u32,
+                supported: SNAPSHOT_VERSION as u32,
+            });
+        }
+        let raw_len = r.u32()? as usize;
+        // LZ4 expands at most ~255×; a larger claim is a forgery, not a snapshot.
+        if raw_len > r.remaining().saturating_mul(255) + 16 {
+            return Err(r.err("length exceeds what the data can hold"));
+        }
+        let body = lz4_flex::block::decompress(r.take(r.remaining())?, raw_len)
+            .map_err(|_| r.err("lz4 data is corrupt"))?;
+        let mut r = Reader::new(&body, "snapshot");
+        let space = SpaceId(r.array()?);
+        let hlc = Hlc::from_u64(r.u64()?);
+        let mut tips = BTreeMap::new();
+        let n = r.len(57)?;
+        for _ in 0..n {
+            let rid = ReplicaId(r.array()?);
+            let tip = ChainTip { next_seq: r.varint()?, last_hash: r.array()?, last_hlc: Hlc::from_u64(r.u64()?) };
+            if tips.last_key_value().is_some_and(|(l, _)| *l >= rid) {
+                return Err(r.err("tips out of order"));
+            }
+            tips.insert(rid, tip);
+        }
+        let n = r.len(1)?;
+        let mut undo = Vec::with_capacity(n);
+        for _ in 0..n {
+            undo.push(r.varint()?);
+        }
+        let state = State::read(&mut r)?;
+        r.finish()?;
+        Ok(Snapshot { space, hlc, tips, undo, state })
+    }
+}
