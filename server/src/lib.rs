@@ -1,0 +1,150 @@
+//! Stead's server: serves a built app bundle to browsers.
+//!
+//! Files are read from the bundle folder on every request, so a rebuilt bundle is served
+//! at once. The headers are chosen for the service worker: its script and the bundle
+//! manifest are `no-cache` (the worker must always see the newest), content-hashed files
+//! are `immutable`, and every file carries an `ETag` equal to its SHA-256 so revalidation
+//! is cheap.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use stead_core::bundle::{self, MANIFEST_FILE};
+
+/// The worker's script name, as the build writes it and pages register it.
+pub const WORKER_SCRIPT: &str = "stead-sw.js";
+
+/// The MIME type the server and the bundle manifest give a path.
+pub fn mime_for(path: &str) -> String {
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let text = mime.type_() == "text"
+        || matches!(mime.essence_str(), "application/javascript" | "application/json");
+    if text { format!("{}; charset=utf-8", mime.essence_str()) } else { mime.essence_str().to_owned() }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The folder holding the built app (its `index.html`, assets and `stead-bundle.json`).
+    pub bundle_dir: PathBuf,
+}
+
+/// The server's routes: `/healthz` and the bundle's files.
+pub fn router(config: Config) -> Router {
+    let state = Arc::new(config);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(serve_file)
+        .with_state(state)
+}
+
+async fn serve_file(
+    State(config): State<Arc<Config>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here").into_response();
+    }
+    let Some(rel) = clean_path(uri.path()) else {
+        return (StatusCode::BAD_REQUEST, "bad path").into_response();
+    };
+    let rel = if rel.is_empty() { "index.html".to_owned() } else { rel };
+    let mut found = read(&config.bundle_dir, &rel).await;
+    let mut served = rel.clone();
+    // A navigation to an app route that is not a file gets the app's entry document.
+    if found.is_none() && !rel.rsplit('/').next().unwrap_or("").contains('.') && wants_html(&headers) {
+        served = "index.html".to_owned();
+        found = read(&config.bundle_dir, &served).await;
+    }
+    let Some(bytes) = found else {
+        return (StatusCode::NOT_FOUND, format!("no file {rel:?} in this bundle")).into_response();
+    };
+
+    let etag = format!("\"{}\"", bundle::sha256_hex(&bytes));
+    let cache = if served == WORKER_SCRIPT || served == MANIFEST_FILE || !bundle::is_content_hashed(&served) {
+        "no-cache"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
+    let mut response = if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if method == Method::HEAD {
+        let mut r = Response::new(Body::empty());
+        r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        r
+    } else {
+        Response::new(Body::from(bytes))
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&mime_for(&served)).expect("ascii mime"));
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii etag"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if served == WORKER_SCRIPT {
+        // The worker controls the whole origin even when its script sits elsewhere.
+        h.insert("service-worker-allowed", HeaderValue::from_static("/"));
+    }
+    response
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// The request path as a relative bundle path, or `None` when it tries to leave the folder.
+fn clean_path(path: &str) -> Option<String> {
+    let decoded = percent_decode(path.trim_start_matches('/'))?;
+    let ok = decoded
+        .split('/')
+        .all(|seg| seg != ".." && seg != "." && !seg.contains(['\\', '\0']));
+    ok.then_some(decoded)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hi = (bytes.next()? as char).to_digit(16)?;
+            let lo = (bytes.next()? as char).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn read(dir: &Path, rel: &str) -> Option<Vec<u8>> {
+    match tokio::fs::read(dir.join(rel)).await {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::IsADirectory => None,
+        Err(e) => {
+            tracing::warn!("cannot read {rel}: {e}");
+            None
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    axum::serve(listener, router(config)).with_graceful_shutdown(shutdown).await
+}
