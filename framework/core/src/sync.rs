@@ -273,6 +273,8 @@ pub struct Sync {
     acks_due: BTreeMap<ReplicaId, u64>,
     acked: VersionVector,
     outgoing_error: Option<(u16, String)>,
+    /// A fatal error is queued: further frames are ignored until it is sent.
+    failed: bool,
     closed: bool,
 }
 
@@ -303,6 +305,7 @@ impl Sync {
             acks_due: BTreeMap::new(),
             acked: VersionVector::new(),
             outgoing_error: None,
+            failed: false,
             closed: false,
         }
     }
@@ -393,14 +396,17 @@ impl Sync {
     }
 
     fn fail(&mut self, code: u16, err: Error) -> Error {
-        self.outgoing_error = Some((code, err.to_string()));
+        if !self.failed {
+            self.outgoing_error = Some((code, err.to_string()));
+            self.failed = code::is_fatal(code);
+        }
         err
     }
 
     /// Takes in one received frame. Errors are also queued as an error frame for the peer
     /// when they are the peer's fault; a rejected entry does not end the connection.
     pub fn receive(&mut self, bytes: &[u8], local: &mut dyn SyncPeer, now_ms: u64) -> Result<()> {
-        if self.closed {
+        if self.closed || self.failed {
             return Ok(());
         }
         let frame = match Frame::decode(bytes, &self.config.limits) {
