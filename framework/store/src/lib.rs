@@ -1,1 +1,34 @@
 //! Adapters of stead-core's `Store` trait over real storage.
+//!
+//! - [`FileStore`]: native files. Each replica's log is a folder of segment files of
+//!   bounded size, so an append writes only to the end of the newest segment and its cost
+//!   does not grow with the log. Every record carries a CRC-32; on open, a torn or garbled
+//!   tail of the newest segment is cut off with a warning and the valid prefix kept.
+//!   Snapshots and metadata are replaced atomically (temp file, fsync, rename, fsync of
+//!   the folder).
+//!
+//! OPFS and IndexedDB adapters for the service worker come next; they follow the same
+//! segment layout because OPFS `createWritable` copies a whole file per write.
+
+mod file;
+
+pub use file::{FileStore, Options, Recovery};
+
+/// Errors of the storage adapters.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("i/o error on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("corrupt log segment {path} at byte {offset}: {reason}")]
+    Corrupt { path: String, offset: u64, reason: String },
+    #[error("append of {replica} seq {seq} does not follow the stored head {head}")]
+    OutOfOrder { replica: String, seq: u64, head: u64 },
+    #[error("invalid metadata key {0:?}")]
+    BadKey(String),
+}
+
+impl From<StoreError> for stead_core::Error {
+    fn from(e: StoreError) -> Self {
+        stead_core::Error::Storage(e.to_string())
+    }
+}

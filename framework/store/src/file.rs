@@ -1,0 +1,349 @@
+//! The native file store: segmented per-replica logs, atomic snapshots and metadata.
+//!
+//! Layout under the root folder:
+//! - `log/<replica hex>/<first seq, 20 digits>.seg`: records
+//!   `u32 length ‖ u32 CRC-32 of the entry ‖ encoded entry`, seqs consecutive;
+//! - `snapshot.bin`, `meta/<key>`: whole files replaced by rename.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use stead_core::ids::ReplicaId;
+use stead_core::log::{Entry, Limits, VersionVector};
+use stead_core::store::Store;
+
+use crate::StoreError;
+
+const RECORD_HEADER: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A new segment starts once the newest one reaches this size.
+    pub segment_bytes: u64,
+    /// fsync after every append (what lets the sync protocol acknowledge an entry).
+    pub fsync: bool,
+    /// The largest entry payload read back.
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_bytes: 4 << 20, fsync: true, limits: Limits { max_payload: 64 << 20 } }
+    }
+}
+
+/// A torn or garbled tail cut off when opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub path: PathBuf,
+    /// Length kept: everything before the first bad record.
+    pub kept_bytes: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    /// Byte offset of each record; record `i` holds seq `first_seq + i`.
+    offsets: Vec<u64>,
+    len: u64,
+}
+
+#[derive(Debug, Default)]
+struct ReplicaLog {
+    segments: Vec<Segment>,
+    /// Open handle on the newest segment, for appends.
+    tail: Option<File>,
+}
+
+impl ReplicaLog {
+    fn head(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.first_seq + s.offsets.len() as u64)
+    }
+}
+
+/// A [`Store`] over a folder of the native file system.
+#[derive(Debug)]
+pub struct FileStore {
+    root: PathBuf,
+    options: Options,
+    logs: BTreeMap<ReplicaId, ReplicaLog>,
+    recovered: Vec<Recovery>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.display().to_string(), source }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    // Directory fsync makes a rename durable; some platforms cannot open folders.
+    match File::open(dir) {
+        Ok(f) => f.sync_all().or(Ok(())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of the folder.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("store paths have a parent");
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(dir)
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+impl FileStore {
+    /// Opens (or creates) a store in `root`, scanning every segment. A bad record in the
+    /// newest segment of a replica ends that segment: the rest is cut off and reported in
+    /// [`FileStore::recovered`]; a bad record anywhere else is an error.
+    pub fn open(root: impl Into<PathBuf>, options: Options) -> Result<FileStore, StoreError> {
+        let root = root.into();
+        let log_dir = root.join("log");
+        fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
+        let mut store = FileStore { root, options, logs: BTreeMap::new(), recovered: Vec::new() };
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&log_dir)
+            .map_err(io(&log_dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let Some(replica) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| hex::decode(n).ok())
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .map(ReplicaId)
+            else {
+                continue;
+            };
+            let log = store.scan_replica(replica, &dir)?;
+            store.logs.insert(replica, log);
+        }
+        Ok(store)
+    }
+
+    /// Tails cut off by the last open.
+    pub fn recovered(&self) -> &[Recovery] {
+        &self.recovered
+    }
+
+    /// How many segment files hold `replica`'s log.
+    pub fn segment_count(&self, replica: ReplicaId) -> usize {
+        self.logs.get(&replica).map_or(0, |l| l.segments.len())
+    }
+
+    fn replica_dir(&self, replica: ReplicaId) -> PathBuf {
+        self.root.join("log").join(hex::encode(replica.as_bytes()))
+    }
+
+    fn scan_replica(&mut self, replica: ReplicaId, dir: &Path) -> Result<ReplicaLog, StoreError> {
+        let mut files: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+            .map_err(io(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .filter_map(|p| {
+                let seq = p.file_stem()?.to_str()?.parse().ok()?;
+                Some((seq, p))
+            })
+            .collect();
+        files.sort();
+        let mut log = ReplicaLog::default();
+        let count = files.len();
+        for (i, (first_seq, path)) in files.into_iter().enumerate() {
+            let newest = i + 1 == count;
+            let expected = log.head();
+            if first_seq != expected {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: 0,
+                    reason: format!("segment starts at seq {first_seq}, expected {expected}"),
+                });
+            }
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            let mut offsets = Vec::new();
+            let mut pos = 0usize;
+            let mut bad: Option<String> = None;
+            while pos < bytes.len() {
+                let seq = first_seq + offsets.len() as u64;
+                match self.check_record(&bytes[pos..], replica, seq) {
+                    Ok((len, _)) => {
+                        offsets.push(pos as u64);
+                        pos += len;
+                    }
+                    Err(reason) => {
+                        bad = Some(reason);
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = bad {
+                if !newest {
+                    return Err(StoreError::Corrupt { path: path.display().to_string(), offset: pos as u64, reason });
+                }
+                let dropped = (bytes.len() - pos) as u64;
+                tracing::warn!(
+                    path = %path.display(),
+                    kept = pos,
+                    dropped,
+                    %reason,
+                    "dropping a torn or garbled tail of a log segment"
+                );
+                let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                f.set_len(pos as u64).map_err(io(&path))?;
+                f.sync_all().map_err(io(&path))?;
+                self.recovered.push(Recovery { path: path.clone(), kept_bytes: pos as u64, dropped_bytes: dropped, reason });
+            }
+            log.segments.push(Segment { first_seq, path, offsets, len: pos as u64 });
+        }
+        Ok(log)
+    }
+
+    /// Checks one record at the start of `bytes`; returns its length and entry.
+    fn check_record(&self, bytes: &[u8], replica: ReplicaId, seq: u64) -> Result<(usize, Entry), String> {
+        if bytes.len() < RECORD_HEADER {
+            return Err("truncated record header".into());
+        }
+        let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        let body = bytes.get(RECORD_HEADER..RECORD_HEADER + len).ok_or("truncated record")?;
+        if crc32fast::hash(body) != crc {
+            return Err("checksum mismatch".into());
+        }
+        let entry = Entry::decode(body, &self.options.limits).map_err(|e| e.to_string())?;
+        if entry.header.replica != replica || entry.header.seq != seq {
+            return Err(format!("record holds {}/{}, expected seq {seq}", entry.header.replica, entry.header.seq));
+        }
+        Ok((RECORD_HEADER + len, entry))
+    }
+
+    fn append_inner(&mut self, entry: &Entry) -> Result<(), StoreError> {
+        let replica = entry.header.replica;
+        let dir = self.replica_dir(replica);
+        let segment_bytes = self.options.segment_bytes;
+        let fsync = self.options.fsync;
+        let log = self.logs.entry(replica).or_default();
+        let head = log.head();
+        if entry.header.seq != head {
+            return Err(StoreError::OutOfOrder { replica: replica.to_string(), seq: entry.header.seq, head });
+        }
+        let roll = log.segments.last().is_none_or(|s| s.len >= segment_bytes);
+        if roll {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let path = dir.join(format!("{head:020}.seg"));
+            let f = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(io(&path))?;
+            if fsync {
+                sync_dir(&dir)?;
+            }
+            log.segments.push(Segment { first_seq: head, path, offsets: Vec::new(), len: 0 });
+            log.tail = Some(f);
+        }
+        let seg = log.segments.last_mut().expect("a segment exists");
+        if log.tail.is_none() {
+            let f = OpenOptions::new().append(true).open(&seg.path).map_err(io(&seg.path))?;
+            log.tail = Some(f);
+        }
+        let body = entry.encode();
+        let mut rec = Vec::with_capacity(RECORD_HEADER + body.len());
+        rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        rec.extend_from_slice(&body);
+        let f = log.tail.as_mut().expect("opened above");
+        f.seek(SeekFrom::Start(seg.len)).map_err(io(&seg.path))?;
+        f.write_all(&rec).map_err(io(&seg.path))?;
+        if fsync {
+            f.sync_data().map_err(io(&seg.path))?;
+        }
+        seg.offsets.push(seg.len);
+        seg.len += rec.len() as u64;
+        Ok(())
+    }
+
+    fn read_inner(&self, replica: ReplicaId, from_seq: u64, max: usize) -> Result<Vec<Entry>, StoreError> {
+        let Some(log) = self.logs.get(&replica) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        let start = log.segments.partition_point(|s| s.first_seq + s.offsets.len() as u64 <= from_seq);
+        let mut seq = from_seq;
+        for seg in &log.segments[start..] {
+            if out.len() >= max {
+                break;
+            }
+            let i = (seq - seg.first_seq) as usize;
+            if i >= seg.offsets.len() {
+                continue;
+            }
+            let n = (seg.offsets.len() - i).min(max - out.len());
+            let begin = seg.offsets[i];
+            let end = seg.offsets.get(i + n).copied().unwrap_or(seg.len);
+            let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
+            f.seek(SeekFrom::Start(begin)).map_err(io(&seg.path))?;
+            let mut buf = vec![0u8; (end - begin) as usize];
+            f.read_exact(&mut buf).map_err(io(&seg.path))?;
+            let mut pos = 0;
+            for _ in 0..n {
+                let (len, entry) = self.check_record(&buf[pos..], replica, seq).map_err(|reason| {
+                    StoreError::Corrupt { path: seg.path.display().to_string(), offset: begin + pos as u64, reason }
+                })?;
+                out.push(entry);
+                pos += len;
+                seq += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn meta_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let ok = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(StoreError::BadKey(key.to_owned()));
+        }
+        Ok(self.root.join("meta").join(key))
+    }
+}
+
+impl Store for FileStore {
+    fn append(&mut self, entry: &Entry) -> stead_core::Result<()> {
+        Ok(self.append_inner(entry)?)
+    }
+
+    fn read(&self, replica: ReplicaId, from_seq: u64, max: usize) -> stead_core::Result<Vec<Entry>> {
+        Ok(self.read_inner(replica, from_seq, max)?)
+    }
+
+    fn heads(&self) -> stead_core::Result<VersionVector> {
+        Ok(self.logs.iter().map(|(r, l)| (*r, l.head())).filter(|(_, h)| *h > 0).collect())
+    }
+
+    fn put_snapshot(&mut self, bytes: &[u8]) -> stead_core::Result<()> {
+        Ok(write_atomic(&self.root.join("snapshot.bin"), bytes)?)
+    }
+
+    fn snapshot(&self) -> stead_core::Result<Option<Vec<u8>>> {
+        Ok(read_optional(&self.root.join("snapshot.bin"))?)
+    }
+
+    fn put_meta(&mut self, key: &str, bytes: &[u8]) -> stead_core::Result<()> {
+        Ok(write_atomic(&self.meta_path(key)?, bytes)?)
+    }
+
+    fn meta(&self, key: &str) -> stead_core::Result<Option<Vec<u8>>> {
+        Ok(read_optional(&self.meta_path(key)?)?)
+    }
+}
