@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 /// The file name a build writes next to the app's files.
 pub const MANIFEST_FILE: &str = "stead-bundle.json";
 
+/// The service worker's script, which the build writes next to the app's files. It is not
+/// part of the bundle: the browser installs and updates it.
+pub const WORKER_SCRIPT: &str = "stead-sw.js";
+
 /// The manifest format this code reads and writes.
 pub const FORMAT: u32 = 1;
 

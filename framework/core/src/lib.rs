@@ -15,6 +15,7 @@
 //! - [`ops`], [`state`]: ops and the CRDT state they merge into.
 //! - [`schema`], [`query`]: the metaschema, validation, indexes and paged queries.
 //! - [`replica`]: a device's replica: commit, ingest, CAS, history, undo, snapshots.
+//! - [`relay`]: the keyless verifying log a sync server keeps for a space.
 //! - [`store`]: the `Store` trait and the in-memory store.
 //! - [`sync`]: the sans-IO sync protocol and its frame codec (`SYNC.md`).
 //! - [`testing`]: seeded fixtures for tests, the simulator and benchmarks.
@@ -30,6 +31,7 @@ pub mod log;
 pub mod membership;
 pub mod ops;
 pub mod query;
+pub mod relay;
 pub mod replica;
 pub mod schema;
 pub mod state;

@@ -245,3 +245,39 @@ proptest! {
         let _ = State::read(&mut r);
     }
 }
+
+#[test]
+fn two_clients_sync_through_a_relay_that_cannot_read() {
+    use stead_core::relay::Relay;
+    let mut rng = SeededRandom::new(8);
+    let space = Space::new(2, &mut rng);
+    let (mut a, mut b) = (space.open(0), space.open(1));
+    let server_key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let mut relay = Relay::open(ReplicaId([0xee; 16]), server_key, space.members.clone(), Box::new(stead_core::store::MemStore::new()), Limits::default()).unwrap();
+    a.commit(vec![set(1, 1)], NOW, &mut rng).unwrap();
+    b.commit(vec![set(1, 2)], NOW + 1, &mut rng).unwrap();
+    // Clients do not require the server to be a member; the server requires clients to be.
+    let client = SyncConfig { require_member: false, ..SyncConfig::default() };
+    for _ in 0..2 {
+        for r in [&mut a, &mut b] {
+            let mut sc = Sync::new(client.clone(), &mut rng);
+            let mut ss = Sync::new(SyncConfig::default(), &mut rng);
+            let mut trace_errors = Vec::new();
+            for _ in 0..100 {
+                let mut quiet = true;
+                while let Some(f) = sc.generate(r) {
+                    quiet = false;
+                    if let Err(e) = ss.receive(&f.encode(), &mut relay, NOW) { trace_errors.push(e); }
+                }
+                while let Some(f) = ss.generate(&relay) {
+                    quiet = false;
+                    if let Err(e) = sc.receive(&f.encode(), r, NOW) { trace_errors.push(e); }
+                }
+                if quiet { break; }
+            }
+            assert!(trace_errors.is_empty(), "{trace_errors:?}");
+        }
+    }
+    assert_eq!(a.state(), b.state());
+    assert_eq!(relay.version_vector(), a.version_vector());
+}
