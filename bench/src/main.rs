@@ -9,6 +9,11 @@
 //! at 1k vs 100k records. Prints ratios Stead/anchor and writes raw numbers to CSV.
 //!
 //! Run with `cargo run --release -p stead-bench -- core [--quick] [--csv PATH]`.
+//!
+//! The workspace release profile is `opt-level = "z"` (small wasm), which makes
+//! curve25519-dalek's signature checks many times slower and Stead's merge ~15× slower
+//! than at `opt-level = 3`; measure with `CARGO_PROFILE_RELEASE_OPT_LEVEL=3` (or a
+//! dedicated profile) until the workspace gives the bench one.
 
 use std::io::Write;
 use std::path::PathBuf;
