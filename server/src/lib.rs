@@ -20,10 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use stead_core::bundle::{self, MANIFEST_FILE};
-
-/// The worker's script name, as the build writes it and pages register it.
-pub const WORKER_SCRIPT: &str = "stead-sw.js";
+use stead_core::bundle::{self, MANIFEST_FILE, WORKER_SCRIPT};
 
 /// The MIME type the server and the bundle manifest give a path.
 pub fn mime_for(path: &str) -> String {

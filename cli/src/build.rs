@@ -1,0 +1,258 @@
+//! The build pipeline: app (trunk) + service worker (cargo, wasm-bindgen, wasm-opt) +
+//! bundle manifest.
+//!
+//! The worker's wasm is base64-encoded into `stead-sw.js` together with wasm-bindgen's
+//! glue and the shim. A worker that fetched its `.wasm` at start-up could not start again
+//! offline once the browser stopped it; scripts a worker imports (or is) are stored with
+//! the worker itself, so this single script is all a cold start needs.
+
+use std::{
+    ffi::OsString,
+    fs,
+    io,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use base64::Engine as _;
+use stead_core::bundle::{self, BundleFile, BundleManifest, MANIFEST_FILE, WORKER_SCRIPT};
+
+const SHIM: &str = include_str!("../../sw/js/shim.js");
+const WORKER_CRATE: &str = "stead-sw";
+const WORKER_WASM: &str = "stead_sw";
+
+/// Feature flags for wasm-opt: rustc emits these, and a stripped module no longer says so.
+const WASM_FEATURES: &[&str] = &[
+    "--enable-bulk-memory",
+    "--enable-nontrapping-float-to-int",
+    "--enable-sign-ext",
+    "--enable-mutable-globals",
+    "--enable-reference-types",
+    "--enable-multivalue",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot run {tool}: {source}")]
+    Spawn { tool: String, source: io::Error },
+    #[error("{tool} failed ({status})")]
+    Tool { tool: String, status: std::process::ExitStatus },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Bundle(#[from] bundle::BundleError),
+    #[error("{0} has no index.html: is it an app's build folder?")]
+    NoEntry(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io { path: path.to_path_buf(), source }
+}
+
+/// Where the external tools are.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub cargo: PathBuf,
+    pub trunk: PathBuf,
+    pub wasm_bindgen: PathBuf,
+    /// binaryen's wasm-opt; without it the worker ships unoptimised.
+    pub wasm_opt: Option<PathBuf>,
+    /// PATH for the tools' children (trunk looks up wasm-opt and wasm-bindgen on it).
+    pub path: Option<OsString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The workspace holding the `stead-sw` crate.
+    pub workspace: PathBuf,
+    /// The app's `Trunk.toml`.
+    pub trunk_config: PathBuf,
+    pub dist: PathBuf,
+    pub release: bool,
+}
+
+/// Sizes of what the build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub worker_wasm_raw: u64,
+    pub worker_wasm_optimized: u64,
+    pub worker_script: u64,
+    pub manifest: BundleManifest,
+}
+
+/// Builds the app, its worker and its manifest into `config.dist`.
+pub fn build(config: &BuildConfig, tools: &Tools) -> Result<BuildReport, BuildError> {
+    build_app(config, tools)?;
+    let (raw, optimized, script) = build_worker(config, tools)?;
+    let manifest = write_bundle_manifest(&config.dist)?;
+    Ok(BuildReport { worker_wasm_raw: raw, worker_wasm_optimized: optimized, worker_script: script, manifest })
+}
+
+fn run(tools: &Tools, program: &Path, args: &[&std::ffi::OsStr], dir: &Path) -> Result<(), BuildError> {
+    let tool = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned();
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    if let Some(path) = &tools.path {
+        cmd.env("PATH", path);
+    }
+    let status = cmd.status().map_err(|source| BuildError::Spawn { tool: tool.clone(), source })?;
+    if !status.success() {
+        return Err(BuildError::Tool { tool, status });
+    }
+    Ok(())
+}
+
+/// Runs trunk on the app.
+pub fn build_app(config: &BuildConfig, tools: &Tools) -> Result<(), BuildError> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--config".as_ref(),
+        config.trunk_config.as_os_str(),
+        "build".as_ref(),
+        "--dist".as_ref(),
+        config.dist.as_os_str(),
+    ];
+    if config.release {
+        args.push("--release".as_ref());
+    }
+    let dir = config.trunk_config.parent().unwrap_or(Path::new("."));
+    run(tools, &tools.trunk, &args, dir)
+}
+
+/// Builds the worker to wasm and writes `stead-sw.js` into the dist folder.
+/// Returns the raw wasm size, the optimised size and the script size.
+pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<(u64, u64, u64), BuildError> {
+    // Always release: the worker's size is its start-up time, and tests should run
+    // what ships.
+    run(
+        tools,
+        &tools.cargo,
+        &["build", "--package", WORKER_CRATE, "--lib", "--target", "wasm32-unknown-unknown", "--release"]
+            .map(std::ffi::OsStr::new),
+        &config.workspace,
+    )?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| config.workspace.join("target"));
+    let wasm = target_dir.join(format!("wasm32-unknown-unknown/release/{WORKER_WASM}.wasm"));
+    let out = target_dir.join("stead-sw");
+    fs::create_dir_all(&out).map_err(io_err(&out))?;
+    run(
+        tools,
+        &tools.wasm_bindgen,
+        &["--target".as_ref(), "no-modules".as_ref(), "--no-typescript".as_ref(), "--out-dir".as_ref(), out.as_os_str(), wasm.as_os_str()],
+        &config.workspace,
+    )?;
+    let bg = out.join(format!("{WORKER_WASM}_bg.wasm"));
+    let raw = fs::metadata(&bg).map_err(io_err(&bg))?.len();
+    if let Some(wasm_opt) = &tools.wasm_opt {
+        let opt = out.join(format!("{WORKER_WASM}_opt.wasm"));
+        let mut args: Vec<&std::ffi::OsStr> = vec!["-Oz".as_ref()];
+        args.extend(WASM_FEATURES.iter().map(std::ffi::OsStr::new));
+        args.extend([bg.as_os_str(), "-o".as_ref(), opt.as_os_str()]);
+        run(tools, wasm_opt, &args, &config.workspace)?;
+        fs::rename(&opt, &bg).map_err(io_err(&bg))?;
+    }
+    let wasm_bytes = fs::read(&bg).map_err(io_err(&bg))?;
+    let glue_path = out.join(format!("{WORKER_WASM}.js"));
+    let glue = fs::read_to_string(&glue_path).map_err(io_err(&glue_path))?;
+    let script = worker_script(&glue, &wasm_bytes);
+    fs::create_dir_all(&config.dist).map_err(io_err(&config.dist))?;
+    let script_path = config.dist.join(WORKER_SCRIPT);
+    fs::write(&script_path, &script).map_err(io_err(&script_path))?;
+    Ok((raw, wasm_bytes.len() as u64, script.len() as u64))
+}
+
+/// The worker's single script: the wasm as base64, wasm-bindgen's glue, then the shim.
+pub fn worker_script(glue: &str, wasm: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(wasm);
+    format!("self.__STEAD_SW_WASM = \"{b64}\";\n{glue}\n{SHIM}")
+}
+
+/// Lists every file of a build folder into `stead-bundle.json` and returns the manifest.
+/// The worker script, the manifest itself and dotfiles (trunk's `.trunk-lock`) are not
+/// part of the bundle.
+pub fn write_bundle_manifest(dist: &Path) -> Result<BundleManifest, BuildError> {
+    let mut files = Vec::new();
+    collect(dist, dist, &mut files)?;
+    if !files.iter().any(|f| f.path == "index.html") {
+        return Err(BuildError::NoEntry(dist.to_path_buf()));
+    }
+    let manifest = BundleManifest::new("index.html", files)?;
+    let path = dist.join(MANIFEST_FILE);
+    fs::write(&path, manifest.to_json()).map_err(io_err(&path))?;
+    Ok(manifest)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<BundleFile>) -> Result<(), BuildError> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
+            collect(root, &path, out)?;
+            continue;
+        }
+        let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+        if rel == WORKER_SCRIPT || rel == MANIFEST_FILE {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        out.push(BundleFile {
+            sha256: bundle::sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            mime: stead_server::mime_for(&rel),
+            immutable: bundle::is_content_hashed(&rel),
+            path: rel,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lists_app_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("assets")).unwrap();
+        for (p, c) in [
+            ("index.html", "<h1>"),
+            ("todo-0123456789abcdef.js", "js"),
+            ("assets/logo.svg", "<svg/>"),
+            (".trunk-lock", ""),
+            (WORKER_SCRIPT, "sw"),
+            (MANIFEST_FILE, "{}"),
+        ] {
+            fs::write(d.join(p), c).unwrap();
+        }
+        let m = write_bundle_manifest(d).unwrap();
+        let paths: Vec<_> = m.files.iter().map(|f| (f.path.as_str(), f.mime.as_str(), f.immutable)).collect();
+        assert_eq!(paths, [
+            ("assets/logo.svg", "image/svg+xml", false),
+            ("index.html", "text/html; charset=utf-8", false),
+            ("todo-0123456789abcdef.js", "text/javascript; charset=utf-8", true),
+        ]);
+        let written = BundleManifest::parse(&fs::read(d.join(MANIFEST_FILE)).unwrap()).unwrap();
+        assert_eq!(written, m);
+    }
+
+    #[test]
+    fn a_folder_without_index_html_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("app.js"), "x").unwrap();
+        let err = write_bundle_manifest(dir.path()).unwrap_err();
+        assert!(err.to_string().ends_with("has no index.html: is it an app's build folder?"), "{err}");
+    }
+
+    #[test]
+    fn worker_script_carries_the_wasm_before_the_shim() {
+        let script = worker_script("let wasm_bindgen = {};", b"\0asm\x01");
+        assert!(script.starts_with("self.__STEAD_SW_WASM = \"AGFzbQE=\";\nlet wasm_bindgen"));
+        assert!(script.ends_with(SHIM));
+    }
+}

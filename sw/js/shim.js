@@ -1,0 +1,18 @@
+// Stead's service worker shim. The build puts this after wasm-bindgen's glue and the
+// worker's wasm (base64) in one script, stead-sw.js: the browser stores a worker's
+// scripts with the worker itself, so it can start again with no network.
+//
+// The wasm is compiled synchronously on first evaluation (allowed in workers), so every
+// listener is registered at once and can decide synchronously whether to respond.
+(() => {
+  const b64 = self.__STEAD_SW_WASM;
+  delete self.__STEAD_SW_WASM;
+  const bytes = typeof Uint8Array.fromBase64 === "function"
+    ? Uint8Array.fromBase64(b64)
+    : Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  wasm_bindgen.initSync({ module: bytes });
+  self.addEventListener("install", (e) => wasm_bindgen.on_install(e));
+  self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));
+  self.addEventListener("fetch", (e) => wasm_bindgen.on_fetch(e));
+  self.addEventListener("message", (e) => wasm_bindgen.on_message(e));
+})();

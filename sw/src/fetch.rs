@@ -1,0 +1,134 @@
+//! Answering fetches: the active version's files from OPFS, status, and the network for
+//! everything else.
+
+use std::rc::Rc;
+
+use js_sys::Reflect;
+use stead_core::bundle::{BundleFile, MANIFEST_FILE, WORKER_SCRIPT};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+use web_sys::{FetchEvent, Headers, Request, RequestMode, Response, ResponseInit};
+
+use crate::worker::Worker;
+
+pub const STATUS_PATH: &str = "_stead/v1/status";
+
+/// What the worker does with a request path (relative to the scope, query removed).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Not the worker's business: the browser handles it as if there were no worker.
+    PassThrough,
+    Status,
+    /// A file of the bundle, or the entry document for navigations.
+    Bundle,
+}
+
+pub fn route(rel: &str) -> Route {
+    if rel == STATUS_PATH {
+        Route::Status
+    } else if rel == "sync" || rel.starts_with("_stead/") || rel == WORKER_SCRIPT || rel == MANIFEST_FILE {
+        Route::PassThrough
+    } else {
+        Route::Bundle
+    }
+}
+
+pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
+    let request = event.request();
+    if request.method() != "GET" {
+        return;
+    }
+    let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
+    let route = route(&rel);
+    if route == Route::PassThrough {
+        return;
+    }
+    let navigate = request.mode() == RequestMode::Navigate;
+    let client = if navigate {
+        Reflect::get(&event, &"resultingClientId".into()).ok().and_then(|v| v.as_string())
+    } else {
+        event.client_id()
+    };
+    let w = worker.clone();
+    let promise = future_to_promise(async move {
+        match route {
+            Route::Status => Ok(json_response(&w.status().await)?.into()),
+            _ => respond(&w, &request, &rel, navigate, client.as_deref()).await,
+        }
+    });
+    let _ = event.respond_with(&promise);
+    if navigate {
+        // Look for a new version while the page loads from the current one.
+        let w = worker.clone();
+        let check = future_to_promise(async move {
+            let _ = w.update().await;
+            Ok(JsValue::UNDEFINED)
+        });
+        let _ = event.wait_until(&check);
+    }
+}
+
+/// The request URL as a path relative to the worker's scope, without query or fragment;
+/// `None` when the URL is outside the scope.
+pub fn relative_path(base: &str, url: &str) -> Option<String> {
+    let rest = url.strip_prefix(base)?;
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let raw = &rest[..end];
+    Some(js_sys::decode_uri_component(raw).ok().and_then(|s| s.as_string()).unwrap_or_else(|| raw.to_owned()))
+}
+
+async fn respond(
+    w: &Rc<Worker>,
+    request: &Request,
+    rel: &str,
+    navigate: bool,
+    client: Option<&str>,
+) -> Result<JsValue, JsValue> {
+    if w.load().await.is_ok() {
+        let version = if navigate { w.pin_active(client.unwrap_or_default()) } else { w.version_for(client) };
+        if let Some(version) = version {
+            let file = match version.file(rel) {
+                Some(f) if !rel.is_empty() => Some(f),
+                _ if navigate || rel.is_empty() => version.file(&version.entry),
+                _ => None,
+            };
+            if let Some(file) = file {
+                if let Ok(Some(blob)) = w.blob(&file.sha256).await {
+                    return Ok(file_response(request, file, &blob, &version.version)?.into());
+                }
+            }
+        }
+    }
+    // Not in the bundle (or not installed yet): the network, as if there were no worker.
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    JsFuture::from(scope.fetch_with_request(request)).await
+}
+
+fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::File, version: &str) -> Result<Response, JsValue> {
+    let etag = format!("\"{}\"", file.sha256);
+    let headers = Headers::new()?;
+    headers.set("content-type", &file.mime)?;
+    headers.set("etag", &etag)?;
+    headers.set(
+        "cache-control",
+        if file.immutable { "public, max-age=31536000, immutable" } else { "no-cache" },
+    )?;
+    headers.set("x-stead-version", version)?;
+    let init = ResponseInit::new();
+    init.set_headers(&headers);
+    if request.headers().get("if-none-match")?.as_deref() == Some(etag.as_str()) {
+        init.set_status(304);
+        return Response::new_with_opt_blob_and_init(None, &init);
+    }
+    headers.set("content-length", &file.size.to_string())?;
+    Response::new_with_opt_blob_and_init(Some(blob), &init)
+}
+
+fn json_response(value: &serde_json::Value) -> Result<Response, JsValue> {
+    let headers = Headers::new()?;
+    headers.set("content-type", "application/json")?;
+    headers.set("cache-control", "no-store")?;
+    let init = ResponseInit::new();
+    init.set_headers(&headers);
+    Response::new_with_opt_str_and_init(Some(&value.to_string()), &init)
+}

@@ -1,0 +1,64 @@
+//! Stead's service worker, compiled to wasm and driven by a small JS shim.
+//!
+//! The shim (`js/shim.js`) instantiates this module synchronously when the worker script
+//! is first evaluated and forwards `install`, `activate`, `fetch` and `message` events to
+//! the `on_*` functions below. The worker:
+//!
+//! - installs the app's bundle (`stead-bundle.json`) into OPFS, content-addressed and
+//!   verified, resuming where an interrupted install stopped ([`worker`]);
+//! - serves the active version's files from OPFS, offline or not ([`fetch`]);
+//! - checks for a new bundle on navigation and on page heartbeats, downloads only
+//!   changed contents, tells pages "update ready" on the `stead` BroadcastChannel and
+//!   switches when a page asks;
+//! - answers `/_stead/v1/status`.
+
+pub mod fetch;
+pub mod opfs;
+pub mod store;
+pub mod worker;
+
+use wasm_bindgen::prelude::*;
+use web_sys::{ExtendableEvent, ExtendableMessageEvent, FetchEvent};
+
+/// Everything that can go wrong in the worker, as text a status page can show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwError {
+    #[error("{0}")]
+    Js(String),
+    #[error("network error fetching {path}: {message}")]
+    Network { path: String, message: String },
+    #[error("{path}: server answered HTTP {status}")]
+    Http { path: String, status: u16 },
+    #[error("{path}: sha256 mismatch (expected {expected}, got {actual})")]
+    Hash { path: String, expected: String, actual: String },
+    #[error("{path}: size mismatch (expected {expected} bytes, got {actual})")]
+    Size { path: String, expected: u64, actual: u64 },
+    #[error(transparent)]
+    Bundle(#[from] stead_core::bundle::BundleError),
+}
+
+impl SwError {
+    fn network(e: JsValue) -> Self {
+        SwError::Network { path: String::new(), message: store::describe(&e) }
+    }
+}
+
+#[wasm_bindgen]
+pub fn on_install(event: ExtendableEvent) {
+    worker::Worker::get().on_install(event);
+}
+
+#[wasm_bindgen]
+pub fn on_activate(event: ExtendableEvent) {
+    worker::Worker::get().on_activate(event);
+}
+
+#[wasm_bindgen]
+pub fn on_fetch(event: FetchEvent) {
+    fetch::on_fetch(&worker::Worker::get(), event);
+}
+
+#[wasm_bindgen]
+pub fn on_message(event: ExtendableMessageEvent) {
+    worker::Worker::get().on_message(event);
+}

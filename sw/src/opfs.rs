@@ -1,0 +1,140 @@
+//! Thin async helpers over OPFS's handle API, the only one a service worker has.
+//!
+//! They work in any scope that has `navigator.storage` (page, dedicated, shared and
+//! service worker), and turn "not found" into `None` instead of an exception.
+
+use js_sys::{AsyncIterator, Promise, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue, prelude::wasm_bindgen};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{
+    File, FileSystemDirectoryHandle, FileSystemFileHandle, FileSystemGetDirectoryOptions,
+    FileSystemGetFileOptions, FileSystemRemoveOptions, FileSystemWritableFileStream, StorageManager,
+};
+
+use crate::SwError;
+
+#[wasm_bindgen]
+extern "C" {
+    /// A file handle seen through the part of its API web-sys does not bind.
+    #[wasm_bindgen(extends = js_sys::Object)]
+    type MovableHandle;
+    /// `FileSystemHandle.move(newName)`: a rename inside the same folder.
+    #[wasm_bindgen(method, js_name = move)]
+    fn rename_to(this: &MovableHandle, new_name: &str) -> Promise;
+}
+
+pub type Dir = FileSystemDirectoryHandle;
+
+/// The storage manager of the current global scope, whichever kind it is.
+pub fn storage() -> Result<StorageManager, SwError> {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into())?;
+    Ok(Reflect::get(&navigator, &"storage".into())?.unchecked_into())
+}
+
+/// The origin's OPFS root.
+pub async fn root() -> Result<Dir, SwError> {
+    Ok(JsFuture::from(storage()?.get_directory()).await?.unchecked_into())
+}
+
+fn is_not_found(e: &JsValue) -> bool {
+    Reflect::get(e, &"name".into()).ok().and_then(|n| n.as_string()).is_some_and(|n| {
+        n == "NotFoundError" || n == "TypeMismatchError"
+    })
+}
+
+pub async fn dir(parent: &Dir, name: &str, create: bool) -> Result<Option<Dir>, SwError> {
+    let opts = FileSystemGetDirectoryOptions::new();
+    opts.set_create(create);
+    match JsFuture::from(parent.get_directory_handle_with_options(name, &opts)).await {
+        Ok(h) => Ok(Some(h.unchecked_into())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn file_handle(parent: &Dir, name: &str, create: bool) -> Result<Option<FileSystemFileHandle>, SwError> {
+    let opts = FileSystemGetFileOptions::new();
+    opts.set_create(create);
+    match JsFuture::from(parent.get_file_handle_with_options(name, &opts)).await {
+        Ok(h) => Ok(Some(h.unchecked_into())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A `File` snapshot of the named file. For files that never change (content-addressed),
+/// the snapshot stays valid and can be kept and served again.
+pub async fn file(parent: &Dir, name: &str) -> Result<Option<File>, SwError> {
+    match file_handle(parent, name, false).await? {
+        Some(h) => match JsFuture::from(h.get_file()).await {
+            Ok(f) => Ok(Some(f.unchecked_into())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        None => Ok(None),
+    }
+}
+
+pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, SwError> {
+    match file(parent, name).await? {
+        Some(f) => {
+            let buf = JsFuture::from(f.array_buffer()).await?;
+            Ok(Some(Uint8Array::new(&buf).to_vec()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Writes the whole file. `createWritable` writes to a swap file and replaces the
+/// contents only on `close`, so a reader sees the old bytes or the new, never a mix.
+pub async fn write_bytes(parent: &Dir, name: &str, bytes: &[u8]) -> Result<(), SwError> {
+    let handle = file_handle(parent, name, true).await?.expect("create makes the file");
+    let w = writable(&handle).await?;
+    let written = async {
+        JsFuture::from(w.write_with_u8_array(bytes)?).await?;
+        JsFuture::from(w.close()).await?;
+        Ok::<_, JsValue>(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = JsFuture::from(w.abort()).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+pub async fn writable(handle: &FileSystemFileHandle) -> Result<FileSystemWritableFileStream, SwError> {
+    Ok(JsFuture::from(handle.create_writable()).await?.unchecked_into())
+}
+
+pub async fn rename(handle: &FileSystemFileHandle, new_name: &str) -> Result<(), SwError> {
+    JsFuture::from(handle.unchecked_ref::<MovableHandle>().rename_to(new_name)).await?;
+    Ok(())
+}
+
+/// Removes an entry; `false` when it was not there.
+pub async fn remove(parent: &Dir, name: &str, recursive: bool) -> Result<bool, SwError> {
+    let opts = FileSystemRemoveOptions::new();
+    opts.set_recursive(recursive);
+    match JsFuture::from(parent.remove_entry_with_options(name, &opts)).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The names of a folder's entries.
+pub async fn names(dir: &Dir) -> Result<Vec<String>, SwError> {
+    let iter: AsyncIterator = dir.keys();
+    let mut out = Vec::new();
+    loop {
+        let next = JsFuture::from(iter.next()?).await?;
+        if Reflect::get(&next, &"done".into())?.is_truthy() {
+            break;
+        }
+        if let Some(name) = Reflect::get(&next, &"value".into())?.as_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,449 @@
+//! The worker's state and its life cycle: install, update checks, activation, clean-up,
+//! status and the kill switch.
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeSet, HashMap},
+    rc::Rc,
+};
+
+use futures::{
+    FutureExt, StreamExt,
+    future::{LocalBoxFuture, Shared},
+};
+use js_sys::{Array, Date, JSON, Reflect};
+use serde_json::json;
+use stead_core::bundle::{BundleFile, BundleManifest, MANIFEST_FILE};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+use web_sys::{
+    BroadcastChannel, Client, ClientQueryOptions, ClientType, ExtendableEvent, ExtendableMessageEvent, File,
+    RequestCache, RequestInit, Response, ServiceWorkerGlobalScope,
+};
+
+use crate::{
+    SwError,
+    store::{ACTIVE, BundleStore, Meta, PENDING},
+};
+
+/// Downloads at once during install and update: a browser opens six connections per host.
+const DOWNLOADS_AT_ONCE: usize = 6;
+/// A page heartbeat triggers an update check when the last one is older than this.
+const HEARTBEAT_CHECK_MS: f64 = 5.0 * 60.0 * 1000.0;
+/// The channel every page of the origin listens on.
+pub const CHANNEL: &str = "stead";
+
+type SharedResult<T> = Shared<LocalBoxFuture<'static, Result<T, SwError>>>;
+
+/// What an update check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    UpToDate,
+    /// First install: the version is active at once.
+    Installed(String),
+    /// An update is stored and waits for a page to activate it.
+    Pending(String),
+    Offline(String),
+    Killed,
+}
+
+pub struct Worker {
+    scope: ServiceWorkerGlobalScope,
+    /// The registration scope, ending in `/`; bundle paths are relative to it.
+    pub base: String,
+    channel: Option<BroadcastChannel>,
+    state: RefCell<State>,
+    loading: RefCell<Option<SharedResult<BundleStore>>>,
+    updating: RefCell<Option<SharedResult<Checked>>>,
+}
+
+#[derive(Default)]
+struct State {
+    store: Option<BundleStore>,
+    active: Option<Rc<BundleManifest>>,
+    pending: Option<Rc<BundleManifest>>,
+    meta: Meta,
+    /// `File` snapshots of stored contents: content-addressed files never change, so a
+    /// snapshot can be served again without touching OPFS handles.
+    blobs: HashMap<String, File>,
+    /// The version each page was loaded with, so no page sees two versions mixed.
+    clients: HashMap<String, Rc<BundleManifest>>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Rc<Worker>>> = const { RefCell::new(None) };
+}
+
+impl Worker {
+    pub fn get() -> Rc<Worker> {
+        WORKER.with(|w| w.borrow_mut().get_or_insert_with(|| Rc::new(Worker::new())).clone())
+    }
+
+    fn new() -> Worker {
+        let scope: ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+        let base = scope.registration().scope();
+        Worker {
+            scope,
+            base,
+            channel: BroadcastChannel::new(CHANNEL).ok(),
+            state: RefCell::default(),
+            loading: RefCell::default(),
+            updating: RefCell::default(),
+        }
+    }
+
+    pub fn on_install(self: &Rc<Self>, event: ExtendableEvent) {
+        let _ = self.scope.skip_waiting();
+        let w = self.clone();
+        wait_until(&event, async move {
+            match w.update().await? {
+                Checked::Offline(why) => Err(SwError::Js(format!("cannot install offline: {why}"))),
+                _ if w.state.borrow().active.is_none() => Err(SwError::Js("no version is active".into())),
+                _ => Ok(()),
+            }
+        });
+    }
+
+    pub fn on_activate(self: &Rc<Self>, event: ExtendableEvent) {
+        let claim = self.scope.clients().claim();
+        wait_until(&event, async move {
+            JsFuture::from(claim).await?;
+            Ok(())
+        });
+    }
+
+    pub fn on_message(self: &Rc<Self>, event: ExtendableMessageEvent) {
+        let kind = Reflect::get(&event.data(), &"type".into()).ok().and_then(|t| t.as_string());
+        let w = self.clone();
+        match kind.as_deref() {
+            Some("activate-update") => wait_until(&event, async move { w.activate_pending().await }),
+            Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
+            Some("heartbeat") => wait_until(&event, async move {
+                w.load().await?;
+                let last = w.state.borrow().meta.last_update_check.unwrap_or(0.0);
+                if Date::now() - last > HEARTBEAT_CHECK_MS {
+                    w.update().await?;
+                }
+                Ok(())
+            }),
+            Some("kill") => wait_until(&event, async move { w.kill().await }),
+            _ => {}
+        }
+    }
+
+    /// Opens the store and reads the versions once per worker life; concurrent callers
+    /// share the same load.
+    pub async fn load(self: &Rc<Self>) -> Result<BundleStore, SwError> {
+        if let Some(store) = self.state.borrow().store.clone() {
+            return Ok(store);
+        }
+        let shared = self
+            .loading
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let w = self.clone();
+                async move {
+                    let store = BundleStore::open().await?;
+                    let active = store.manifest(ACTIVE).await?;
+                    let pending = store.manifest(PENDING).await?;
+                    let meta = store.meta().await;
+                    let mut s = w.state.borrow_mut();
+                    s.active = active.map(Rc::new);
+                    s.pending = pending.map(Rc::new);
+                    s.meta = meta;
+                    s.store = Some(store.clone());
+                    Ok(store)
+                }
+                .boxed_local()
+                .shared()
+            })
+            .clone();
+        let result = shared.await;
+        if result.is_err() {
+            *self.loading.borrow_mut() = None;
+        }
+        result
+    }
+
+    pub fn active(&self) -> Option<Rc<BundleManifest>> {
+        self.state.borrow().active.clone()
+    }
+
+    /// The version a client sees: the one it was loaded with, else the active one.
+    pub fn version_for(&self, client: Option<&str>) -> Option<Rc<BundleManifest>> {
+        let s = self.state.borrow();
+        client.and_then(|c| s.clients.get(c).cloned()).or_else(|| s.active.clone())
+    }
+
+    /// Pins the active version for a page being loaded.
+    pub fn pin_active(&self, client: &str) -> Option<Rc<BundleManifest>> {
+        let mut s = self.state.borrow_mut();
+        let active = s.active.clone()?;
+        if !client.is_empty() {
+            s.clients.insert(client.to_owned(), active.clone());
+        }
+        Some(active)
+    }
+
+    /// A `File` for stored content, from the snapshot cache when possible.
+    pub async fn blob(self: &Rc<Self>, sha256: &str) -> Result<Option<File>, SwError> {
+        if let Some(f) = self.state.borrow().blobs.get(sha256) {
+            return Ok(Some(f.clone()));
+        }
+        let store = self.load().await?;
+        let file = store.file(sha256).await?;
+        if let Some(f) = &file {
+            self.state.borrow_mut().blobs.insert(sha256.to_owned(), f.clone());
+        }
+        Ok(file)
+    }
+
+    /// Checks the server for a new bundle and downloads it; concurrent callers share one
+    /// check. The outcome and any error are kept for status.
+    pub async fn update(self: &Rc<Self>) -> Result<Checked, SwError> {
+        let shared = self
+            .updating
+            .borrow_mut()
+            .get_or_insert_with(|| {
+                let w = self.clone();
+                async move {
+                    let result = w.check_and_download().await;
+                    *w.updating.borrow_mut() = None;
+                    w.record(&result).await;
+                    result
+                }
+                .boxed_local()
+                .shared()
+            })
+            .clone();
+        shared.await
+    }
+
+    async fn record(self: &Rc<Self>, result: &Result<Checked, SwError>) {
+        let Ok(store) = self.load().await else { return };
+        let meta = {
+            let mut s = self.state.borrow_mut();
+            s.meta.last_update_check = Some(Date::now());
+            match result {
+                Ok(Checked::Offline(why)) => s.meta.last_check_result = Some(format!("offline: {why}")),
+                Ok(Checked::UpToDate) => {
+                    s.meta.last_check_result = Some("up-to-date".into());
+                    s.meta.last_error = None;
+                }
+                Ok(Checked::Installed(v) | Checked::Pending(v)) => {
+                    s.meta.last_check_result = Some(format!("downloaded {v}"));
+                    s.meta.last_error = None;
+                }
+                Ok(Checked::Killed) => return,
+                Err(e) => {
+                    s.meta.last_check_result = Some("error".into());
+                    s.meta.last_error = Some(e.to_string());
+                }
+            }
+            s.meta.clone()
+        };
+        if let Err(e) = &result {
+            web_sys::console::warn_1(&format!("stead: update failed: {e}").into());
+            self.broadcast(json!({"type": "error", "message": e.to_string()}));
+        }
+        let _ = store.write_meta(&meta).await;
+    }
+
+    async fn check_and_download(self: &Rc<Self>) -> Result<Checked, SwError> {
+        let store = self.load().await?;
+        let url = format!("{}{MANIFEST_FILE}", self.base);
+        let response = match self.fetch_fresh(&url).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Checked::Offline(e.to_string())),
+        };
+        if response.status() == 410 {
+            self.kill().await?;
+            return Ok(Checked::Killed);
+        }
+        if !response.ok() {
+            return Err(SwError::Http { path: MANIFEST_FILE.into(), status: response.status() });
+        }
+        let bytes = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
+        let manifest = BundleManifest::parse(&js_sys::Uint8Array::new(&bytes).to_vec())?;
+        let (active, pending) = {
+            let s = self.state.borrow();
+            (s.active.clone(), s.pending.clone())
+        };
+        if active.as_ref().is_some_and(|a| a.version == manifest.version) {
+            return Ok(Checked::UpToDate);
+        }
+        if pending.as_ref().is_some_and(|p| p.version == manifest.version) {
+            self.broadcast(json!({"type": "update-ready", "version": manifest.version}));
+            return Ok(Checked::Pending(manifest.version));
+        }
+
+        let stored = store.stored().await?;
+        let missing = manifest.missing(|f| stored.get(&f.sha256) == Some(&f.size));
+        let errors: Vec<SwError> = futures::stream::iter(missing)
+            .map(|f| self.download(&store, f))
+            .buffer_unordered(DOWNLOADS_AT_ONCE)
+            .filter_map(|r| async move { r.err() })
+            .collect()
+            .await;
+        if let Some(first) = errors.first() {
+            return Err(match errors.len() {
+                1 => first.clone(),
+                n => SwError::Js(format!("{first} (and {} more failed downloads)", n - 1)),
+            });
+        }
+
+        let version = manifest.version.clone();
+        if active.is_none() {
+            store.write_manifest(ACTIVE, &manifest).await?;
+            self.state.borrow_mut().active = Some(Rc::new(manifest));
+            self.gc().await?;
+            Ok(Checked::Installed(version))
+        } else {
+            store.write_manifest(PENDING, &manifest).await?;
+            self.state.borrow_mut().pending = Some(Rc::new(manifest));
+            self.broadcast(json!({"type": "update-ready", "version": version}));
+            Ok(Checked::Pending(version))
+        }
+    }
+
+    async fn fetch_fresh(&self, url: &str) -> Result<Response, SwError> {
+        let init = RequestInit::new();
+        // Revalidate with the server: the HTTP cache must never stand in for it.
+        init.set_cache(RequestCache::NoCache);
+        let headers = web_sys::Headers::new()?;
+        headers.set("stead-fetch", "install")?;
+        init.set_headers(&headers);
+        let promise = self.scope.fetch_with_str_and_init(url, &init);
+        let response = JsFuture::from(promise)
+            .await
+            .map_err(|e| SwError::Network { path: url.to_owned(), message: crate::store::describe(&e) })?;
+        Ok(response.unchecked_into())
+    }
+
+    async fn download(&self, store: &BundleStore, file: &BundleFile) -> Result<(), SwError> {
+        let url = web_sys::Url::new_with_base(&file.path, &self.base)?.href();
+        let response = self.fetch_fresh(&url).await.map_err(|e| match e {
+            SwError::Network { message, .. } => SwError::Network { path: file.path.clone(), message },
+            other => other,
+        })?;
+        if !response.ok() {
+            return Err(SwError::Http { path: file.path.clone(), status: response.status() });
+        }
+        store.put(file, &response).await.map_err(|e| match e {
+            SwError::Network { message, .. } => SwError::Network { path: file.path.clone(), message },
+            other => other,
+        })
+    }
+
+    /// Makes the downloaded update the served version. Pages loaded before keep the
+    /// version they started with until they reload.
+    pub async fn activate_pending(self: &Rc<Self>) -> Result<(), SwError> {
+        let store = self.load().await?;
+        let Some(pending) = self.state.borrow().pending.clone() else {
+            return Ok(());
+        };
+        store.write_manifest(ACTIVE, &pending).await?;
+        store.remove_manifest(PENDING).await?;
+        {
+            let mut s = self.state.borrow_mut();
+            s.active = Some(pending.clone());
+            s.pending = None;
+        }
+        self.broadcast(json!({"type": "activated", "version": pending.version}));
+        self.gc().await
+    }
+
+    /// Deletes stored contents that no version in use needs any more.
+    pub async fn gc(self: &Rc<Self>) -> Result<(), SwError> {
+        let store = self.load().await?;
+        let live = self.live_clients().await?;
+        let in_progress = self.updating.borrow().is_some();
+        let keep: BTreeSet<String> = {
+            let mut s = self.state.borrow_mut();
+            s.clients.retain(|id, _| live.contains(id));
+            let versions = s.active.iter().chain(s.pending.iter()).chain(s.clients.values());
+            versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).collect()
+        };
+        for name in store.file_names().await? {
+            let hash = name.strip_suffix(".part").unwrap_or(&name);
+            let unfinished = hash.len() != name.len();
+            if keep.contains(&name) || (unfinished && in_progress) {
+                continue;
+            }
+            store.delete(&name).await?;
+            self.state.borrow_mut().blobs.remove(hash);
+        }
+        Ok(())
+    }
+
+    async fn live_clients(&self) -> Result<BTreeSet<String>, SwError> {
+        let opts = ClientQueryOptions::new();
+        opts.set_include_uncontrolled(true);
+        opts.set_type(ClientType::All);
+        let list: Array = JsFuture::from(self.scope.clients().match_all_with_options(&opts)).await?.unchecked_into();
+        Ok(list.iter().map(|c| c.unchecked_into::<Client>().id()).collect())
+    }
+
+    /// The kill switch: forget every stored file and version, and unregister.
+    pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
+        BundleStore::wipe(&crate::opfs::root().await?).await?;
+        *self.state.borrow_mut() = State::default();
+        *self.loading.borrow_mut() = None;
+        self.broadcast(json!({"type": "killed"}));
+        JsFuture::from(self.scope.registration().unregister()?).await?;
+        Ok(())
+    }
+
+    pub async fn status(self: &Rc<Self>) -> serde_json::Value {
+        let store = match self.load().await {
+            Ok(s) => s,
+            Err(e) => return json!({"error": e.to_string()}),
+        };
+        let stored = store.stored().await.unwrap_or_default();
+        let estimate = storage_estimate().await;
+        let s = self.state.borrow();
+        let files: Vec<_> = s.active.iter().flat_map(|a| a.files.iter()).map(|f| {
+            json!({
+                "path": f.path, "sha256": f.sha256, "size": f.size,
+                "stored": stored.get(&f.sha256) == Some(&f.size),
+            })
+        }).collect();
+        json!({
+            "active_version": s.active.as_ref().map(|a| &a.version),
+            "pending_version": s.pending.as_ref().map(|p| &p.version),
+            "files": files,
+            "stored": stored.keys().collect::<Vec<_>>(),
+            "stored_bytes": stored.values().sum::<u64>(),
+            "last_update_check": s.meta.last_update_check,
+            "last_check_result": s.meta.last_check_result,
+            "last_error": s.meta.last_error,
+            "storage": estimate,
+        })
+    }
+
+    fn broadcast(&self, message: serde_json::Value) {
+        if let (Some(channel), Ok(value)) = (&self.channel, JSON::parse(&message.to_string())) {
+            let _ = channel.post_message(&value);
+        }
+    }
+}
+
+async fn storage_estimate() -> serde_json::Value {
+    let Ok(storage) = crate::opfs::storage() else { return serde_json::Value::Null };
+    let Ok(promise) = storage.estimate() else { return serde_json::Value::Null };
+    match JsFuture::from(promise).await {
+        Ok(e) => {
+            let num = |k: &str| Reflect::get(&e, &k.into()).ok().and_then(|v| v.as_f64());
+            json!({"usage": num("usage"), "quota": num("quota")})
+        }
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Keeps the worker alive until `work` ends; a failure rejects the event's promise.
+fn wait_until(event: &ExtendableEvent, work: impl Future<Output = Result<(), SwError>> + 'static) {
+    let promise = future_to_promise(async move {
+        work.await.map(|()| JsValue::UNDEFINED).map_err(|e| js_sys::Error::new(&e.to_string()).into())
+    });
+    let _ = event.wait_until(&promise);
+}

@@ -1,0 +1,94 @@
+//! The worker's OPFS store, run inside a real service worker in Chromium
+//! (`cargo test -p stead-sw --target wasm32-unknown-unknown`).
+
+#![cfg(target_arch = "wasm32")]
+
+use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
+use stead_sw::{SwError, opfs, store::BundleStore};
+use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use web_sys::Response;
+
+wasm_bindgen_test_configure!(run_in_service_worker);
+
+fn bundle_file(path: &str, bytes: &[u8]) -> BundleFile {
+    BundleFile {
+        path: path.to_owned(),
+        sha256: sha256_hex(bytes),
+        size: bytes.len() as u64,
+        mime: "text/plain".to_owned(),
+        immutable: false,
+    }
+}
+
+fn response(bytes: &[u8]) -> Response {
+    Response::new_with_opt_u8_array(Some(&mut bytes.to_vec())).unwrap()
+}
+
+/// A store in a folder of the test's own, so tests do not see each other's files.
+async fn fresh(name: &str) -> (opfs::Dir, BundleStore) {
+    let root = opfs::root().await.unwrap();
+    opfs::remove(&root, name, true).await.unwrap();
+    let parent = opfs::dir(&root, name, true).await.unwrap().unwrap();
+    let store = BundleStore::open_in(&parent).await.unwrap();
+    (parent, store)
+}
+
+#[wasm_bindgen_test]
+async fn verified_content_is_stored_under_its_hash() {
+    let (_, store) = fresh("t-verified").await;
+    let body = vec![7u8; 300_000];
+    let file = bundle_file("big.bin", &body);
+    store.put(&file, &response(&body)).await.unwrap();
+    let stored = store.stored().await.unwrap();
+    assert_eq!(stored.get(&file.sha256), Some(&300_000));
+    let f = store.file(&file.sha256).await.unwrap().unwrap();
+    assert_eq!(f.size() as u64, file.size);
+    assert_eq!(store.file_names().await.unwrap(), vec![file.sha256.clone()]);
+}
+
+#[wasm_bindgen_test]
+async fn corrupt_content_is_refused_and_leaves_nothing() {
+    let (_, store) = fresh("t-corrupt").await;
+    let file = bundle_file("index.html", b"<h1>hello</h1>");
+    let err = store.put(&file, &response(b"<h1>hellO</h1>")).await.unwrap_err();
+    assert!(matches!(err, SwError::Hash { ref path, .. } if path == "index.html"), "{err}");
+    let err = store.put(&file, &response(b"<h1>hello</h1>!")).await.unwrap_err();
+    assert!(matches!(err, SwError::Size { expected: 14, actual: 15, .. }), "{err}");
+    assert!(store.file_names().await.unwrap().is_empty());
+    assert!(store.file(&file.sha256).await.unwrap().is_none());
+}
+
+#[wasm_bindgen_test]
+async fn manifests_and_meta_survive_reopening() {
+    let (parent, store) = fresh("t-manifest").await;
+    let m = BundleManifest::new("index.html", vec![bundle_file("index.html", b"<h1>")]).unwrap();
+    assert_eq!(store.manifest("active.json").await.unwrap(), None);
+    store.write_manifest("active.json", &m).await.unwrap();
+    let meta = stead_sw::store::Meta { last_error: Some("boom".into()), ..Default::default() };
+    store.write_meta(&meta).await.unwrap();
+
+    let again = BundleStore::open_in(&parent).await.unwrap();
+    assert_eq!(again.manifest("active.json").await.unwrap(), Some(m));
+    assert_eq!(again.meta().await, meta);
+    again.remove_manifest("active.json").await.unwrap();
+    assert_eq!(again.manifest("active.json").await.unwrap(), None);
+}
+
+#[wasm_bindgen_test]
+async fn a_garbled_manifest_is_an_error_not_a_panic() {
+    let (parent, store) = fresh("t-garbled").await;
+    let stead = opfs::dir(&parent, "stead", false).await.unwrap().unwrap();
+    opfs::write_bytes(&stead, "active.json", b"{\"format\":1,").await.unwrap();
+    let err = store.manifest("active.json").await.unwrap_err();
+    assert!(err.to_string().starts_with("bundle manifest is not valid JSON"), "{err}");
+}
+
+#[wasm_bindgen_test]
+async fn wipe_removes_everything() {
+    let (parent, store) = fresh("t-wipe").await;
+    let file = bundle_file("a.txt", b"a");
+    store.put(&file, &response(b"a")).await.unwrap();
+    BundleStore::wipe(&parent).await.unwrap();
+    assert!(opfs::dir(&parent, "stead", false).await.unwrap().is_none());
+    assert!(opfs::names(&parent).await.unwrap().is_empty());
+}

@@ -1,0 +1,160 @@
+//! `cargo xtask`: every piece of Stead's automation, in Rust instead of shell scripts.
+//!
+//! - `setup` installs what is missing (wasm target, wasm-bindgen-cli at the lockfile's
+//!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver) and skips the rest;
+//! - `demo` builds the todo example with its service worker and serves it;
+//! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
+//! - `build` builds the todo example into a folder.
+
+mod setup;
+mod util;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use setup::Tools;
+use util::{cargo, step};
+
+#[derive(Parser)]
+#[command(about = "Stead's automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the tools the build and tests need, skipping what is there.
+    Setup,
+    /// Build the todo example with its service worker and serve it on 127.0.0.1.
+    Demo {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Build the todo example (app, service worker, bundle manifest) into a folder.
+    Build {
+        #[arg(long, default_value = "dist")]
+        dist: PathBuf,
+        /// A debug build of the app (the worker is always a release build).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run every test: native, wasm in Chromium, end to end.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = util::workspace_root();
+    match cli.command {
+        Command::Setup => {
+            setup::run(&root)?;
+        }
+        Command::Demo { port } => {
+            let tools = setup::run(&root)?;
+            demo(&root, &tools, port)?;
+        }
+        Command::Build { dist, debug } => {
+            let tools = setup::run(&root)?;
+            build_example(&root, &tools, &root.join(dist), !debug)?;
+        }
+        Command::Test => {
+            let tools = setup::run(&root)?;
+            test(&root, &tools)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds examples/todo with its worker and manifest into `dist`.
+fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
+    step(&format!("build examples/todo into {}", dist.display()));
+    // trunk runs cargo offline: fetch first so a fresh clone has its crates.
+    cargo(root).args(["fetch", "--quiet"]).run()?;
+    let build_tools = stead_cli::build::Tools {
+        cargo: std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into()),
+        trunk: tools.trunk.clone(),
+        wasm_bindgen: tools.wasm_bindgen.clone(),
+        wasm_opt: Some(tools.wasm_opt()),
+        path: Some(tools.path_env()),
+    };
+    let config = stead_cli::build::BuildConfig {
+        workspace: root.to_path_buf(),
+        trunk_config: root.join("Trunk.toml"),
+        dist: dist.to_path_buf(),
+        release,
+    };
+    let report = stead_cli::build::build(&config, &build_tools).context("build failed")?;
+    eprintln!(
+        "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes; bundle {} files, {} bytes, version {}",
+        report.worker_wasm_optimized,
+        report.worker_wasm_raw,
+        report.worker_script,
+        report.manifest.files.len(),
+        report.manifest.total_size(),
+        &report.manifest.version[..16],
+    );
+    Ok(report)
+}
+
+fn server_binary(root: &Path) -> Result<PathBuf> {
+    cargo(root).args(["build", "--package", "stead-server", "--bin", "stead-server"]).run()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    Ok(target.join("debug/stead-server"))
+}
+
+fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
+    let dist = root.join("dist");
+    build_example(root, tools, &dist, true)?;
+    let server = server_binary(root)?;
+    step("serve");
+    let mut child = std::process::Command::new(&server)
+        .args(["--dir".as_ref(), dist.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", server.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    if let Some(Ok(line)) = lines.next() {
+        let url = line.trim_start_matches("listening on ").replace("127.0.0.1", "localhost");
+        println!("\nStead demo: {url}/\n(stop the server, reload: it still works offline; Ctrl-C to quit)");
+    }
+    // Ctrl-C reaches the server too (same process group); it shuts down gracefully.
+    let status = child.wait()?;
+    eprintln!("server stopped ({status})");
+    Ok(())
+}
+
+fn test(root: &Path, tools: &Tools) -> Result<()> {
+    step("native tests");
+    cargo(root)
+        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e"])
+        .run()?;
+
+    step("service worker tests in Chromium (wasm-bindgen-test, service worker scope)");
+    cargo(root)
+        .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("PATH", tools.path_env())
+        .run()?;
+
+    let dist = root.join("target/e2e-dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    build_example(root, tools, &dist, true)?;
+    let server = server_binary(root)?;
+
+    step("end-to-end tests in Chromium");
+    cargo(root)
+        .args(["test", "--package", "stead-e2e", "--", "--test-threads", "2"])
+        .env("STEAD_E2E_DIST", &dist)
+        .env("STEAD_SERVER_BIN", &server)
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("CHROMIUM", &tools.chromium)
+        .run()?;
+    Ok(())
+}

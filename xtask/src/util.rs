@@ -1,0 +1,82 @@
+//! Small helpers for running commands and printing steps.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+/// A command that echoes itself and fails with its exit status.
+pub struct Cmd(Command);
+
+pub fn cmd(program: impl AsRef<OsStr>) -> Cmd {
+    Cmd(Command::new(program))
+}
+
+pub fn cargo(root: &Path) -> Cmd {
+    let mut c = cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.0.current_dir(root);
+    c
+}
+
+impl Cmd {
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.0.args(args);
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.0.arg(arg);
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.0.env(key, value);
+        self
+    }
+
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.0.current_dir(dir);
+        self
+    }
+
+    fn describe(&self) -> String {
+        let mut s = self.0.get_program().to_string_lossy().into_owned();
+        for a in self.0.get_args() {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    /// Runs with inherited output; an unsuccessful exit is an error.
+    pub fn run(mut self) -> Result<()> {
+        let what = self.describe();
+        eprintln!("$ {what}");
+        let status = self.0.stdin(Stdio::null()).status().with_context(|| format!("cannot start `{what}`"))?;
+        if !status.success() {
+            bail!("`{what}` failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Runs quietly and returns stdout, or `None` when the program is missing or fails.
+    pub fn probe(mut self) -> Option<String> {
+        let out = self.0.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
