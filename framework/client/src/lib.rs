@@ -1,0 +1,1 @@
+//! Stead's native client: stead-core and the file store over tokio and WebSockets.
