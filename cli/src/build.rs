@@ -20,6 +20,8 @@ use stead_core::bundle::{self, BundleFile, BundleManifest, MANIFEST_FILE, WORKER
 const SHIM: &str = include_str!("../../sw/js/shim.js");
 const WORKER_CRATE: &str = "stead-sw";
 const WORKER_WASM: &str = "stead_sw";
+/// The cargo profile for what ships to browsers (the workspace defines it: opt-level z).
+pub const WASM_PROFILE: &str = "wasm-release";
 
 /// Feature flags for wasm-opt: rustc emits these, and a stripped module no longer says so.
 const WASM_FEATURES: &[&str] = &[
@@ -112,7 +114,7 @@ pub fn build_app(config: &BuildConfig, tools: &Tools) -> Result<(), BuildError> 
         config.dist.as_os_str(),
     ];
     if config.release {
-        args.push("--release".as_ref());
+        args.extend(["--release".as_ref(), "--cargo-profile".as_ref(), WASM_PROFILE.as_ref()]);
     }
     let dir = config.trunk_config.parent().unwrap_or(Path::new("."));
     run(tools, &tools.trunk, &args, dir)
@@ -126,14 +128,14 @@ pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<(u64, u64, u6
     run(
         tools,
         &tools.cargo,
-        &["build", "--package", WORKER_CRATE, "--lib", "--target", "wasm32-unknown-unknown", "--release"]
+        &["build", "--package", WORKER_CRATE, "--lib", "--target", "wasm32-unknown-unknown", "--profile", WASM_PROFILE]
             .map(std::ffi::OsStr::new),
         &config.workspace,
     )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| config.workspace.join("target"));
-    let wasm = target_dir.join(format!("wasm32-unknown-unknown/release/{WORKER_WASM}.wasm"));
+    let wasm = target_dir.join(format!("wasm32-unknown-unknown/{WASM_PROFILE}/{WORKER_WASM}.wasm"));
     let out = target_dir.join("stead-sw");
     fs::create_dir_all(&out).map_err(io_err(&out))?;
     run(
