@@ -114,7 +114,7 @@ pub fn build_app(config: &BuildConfig, tools: &Tools) -> Result<(), BuildError> 
         config.dist.as_os_str(),
     ];
     if config.release {
-        args.extend(["--release".as_ref(), "--cargo-profile".as_ref(), WASM_PROFILE.as_ref()]);
+        args.extend(["--release", "--cargo-profile", WASM_PROFILE].map(std::ffi::OsStr::new));
     }
     let dir = config.trunk_config.parent().unwrap_or(Path::new("."));
     run(tools, &tools.trunk, &args, dir)
