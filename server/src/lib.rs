@@ -1,4 +1,10 @@
-//! Stead's server: serves a built app bundle to browsers.
+//! Stead's server: serves a built app bundle to browsers, and syncs spaces.
+//!
+//! Sync (when [`Config::sync`] holds a [`Service`]): `/sync` is the WebSocket of
+//! stead-core's sync protocol, with entries verified before they are stored and
+//! acknowledged only once committed; `/spaces/{space}/members` takes and serves membership
+//! logs; `/blobs/{sha256}` stores encrypted blobs; `/metrics` is Prometheus text. Storage
+//! is SQLite by default and PostgreSQL for several nodes ([`storage`]).
 //!
 //! Files are read from the bundle folder on every request, so a rebuilt bundle is served
 //! at once. The headers are chosen for the service worker: its script and the bundle
@@ -15,12 +21,22 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::State,
+    extract::{State, WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use stead_core::bundle::{self, MANIFEST_FILE, WORKER_SCRIPT};
+
+pub mod error;
+mod http;
+pub mod metrics;
+pub mod service;
+pub mod storage;
+mod sync;
+
+pub use error::{Error, Result};
+pub use service::{Limits, Service};
 
 /// The MIME type the server and the bundle manifest give a path.
 pub fn mime_for(path: &str) -> String {
@@ -30,19 +46,40 @@ pub fn mime_for(path: &str) -> String {
     if text { format!("{}; charset=utf-8", mime.essence_str()) } else { mime.essence_str().to_owned() }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     /// The folder holding the built app (its `index.html`, assets and `stead-bundle.json`).
     pub bundle_dir: PathBuf,
+    /// The sync service; `None` serves the bundle alone.
+    pub sync: Option<Arc<Service>>,
 }
 
-/// The server's routes: `/healthz` and the bundle's files.
+/// The server's routes: `/healthz`, sync (when configured) and the bundle's files.
 pub fn router(config: Config) -> Router {
-    let state = Arc::new(config);
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .fallback(serve_file)
-        .with_state(state)
+    let mut router = Router::new().route("/healthz", get(|| async { "ok" }));
+    if let Some(service) = config.sync.clone() {
+        let limit = service.limits.max_blob_bytes + 1;
+        let sync = Router::new()
+            .route("/sync", get(sync_socket))
+            .route("/spaces/{space}/members", get(http::get_members).put(http::put_members))
+            .route("/blobs/{sha256}", get(http::get_blob).put(http::put_blob))
+            .route("/metrics", get(http::metrics))
+            .layer(axum::extract::DefaultBodyLimit::max(limit))
+            .with_state(service);
+        router = router.merge(sync);
+    }
+    router.fallback(serve_file).with_state(Arc::new(config))
+}
+
+async fn sync_socket(State(service): State<Arc<Service>>, ws: WebSocketUpgrade) -> Response {
+    // Twice the limit, so a frame somewhat above it still arrives and is answered with a
+    // clear error frame instead of a dropped socket.
+    let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| sync::connection(service, socket))
 }
 
 async fn serve_file(
@@ -137,11 +174,20 @@ async fn read(dir: &Path, rel: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Serves until `shutdown` resolves, then finishes the requests in flight: each sync
+/// connection completes the frame in hand (commit and acks), is told the server is
+/// shutting down, and closes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, router(config)).with_graceful_shutdown(shutdown).await
+    let service = config.sync.clone();
+    let signal = async move {
+        shutdown.await;
+        if let Some(service) = service {
+            service.shutdown(std::time::Duration::from_secs(10)).await;
+        }
+    };
+    axum::serve(listener, router(config)).with_graceful_shutdown(signal).await
 }

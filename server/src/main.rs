@@ -1,7 +1,8 @@
-//! `stead-server`: serves a built Stead app.
+//! `stead-server`: serves a built Stead app and syncs its spaces.
 //!
 //! Run with `stead-server --dir dist --port 8080`; `--port 0` picks a free port. The first
-//! line on stdout is `listening on http://ADDR`, which scripts and tests read.
+//! line on stdout is `listening on http://ADDR`, which scripts and tests read. Sync data
+//! goes to `--database` (a SQLite file, created on first start, or `postgres://...`).
 
 use std::{io::Write, net::IpAddr, path::PathBuf};
 
@@ -11,9 +12,35 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about = "Serve a built Stead app")]
 struct Args {
-    /// The built app folder (holds index.html and stead-bundle.json).
-    #[arg(long, default_value = "dist")]
-    dir: PathBuf,
+    /// The built app folder (holds index.html and stead-bundle.json); without it, and
+    /// with no `dist` folder here, only sync is served.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Sync storage: a SQLite file path (created and migrated on first start) or a
+    /// `postgres://` URL (several nodes may share one database).
+    #[arg(long, default_value = "stead.sqlite3")]
+    database: String,
+    /// Serve the bundle only, with no sync routes.
+    #[arg(long)]
+    no_sync: bool,
+    /// Largest sync frame in bytes.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_frame_bytes)]
+    max_frame_bytes: usize,
+    /// Most entries in one sync frame.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_batch_entries)]
+    max_batch_entries: usize,
+    /// Sync frames per second one connection may send on average.
+    #[arg(long, default_value_t = stead_server::Limits::default().frames_per_sec)]
+    frames_per_sec: u32,
+    /// Most connections to one space.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_conns_per_space)]
+    max_conns_per_space: usize,
+    /// Change notifications a connection may have pending before it is cut off as too slow.
+    #[arg(long, default_value_t = stead_server::Limits::default().queue)]
+    queue: usize,
+    /// Largest blob in bytes.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes)]
+    max_blob_bytes: usize,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -31,15 +58,44 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    anyhow::ensure!(args.dir.is_dir(), "bundle folder {} does not exist", args.dir.display());
+    let dir = match &args.dir {
+        Some(dir) => {
+            anyhow::ensure!(dir.is_dir(), "bundle folder {} does not exist", dir.display());
+            dir.clone()
+        }
+        None => PathBuf::from("dist"),
+    };
+    anyhow::ensure!(!args.no_sync || dir.is_dir(), "bundle folder {} does not exist", dir.display());
+    let sync = if args.no_sync {
+        None
+    } else {
+        let defaults = stead_server::Limits::default();
+        let limits = stead_server::Limits {
+            max_frame_bytes: args.max_frame_bytes,
+            max_batch_entries: args.max_batch_entries,
+            frames_per_sec: args.frames_per_sec,
+            frames_burst: args.frames_per_sec.saturating_mul(2),
+            max_conns_per_space: args.max_conns_per_space,
+            queue: args.queue,
+            max_blob_bytes: args.max_blob_bytes,
+            ..defaults
+        };
+        let node: [u8; 16] = stead_core::env::Random::array(&mut stead_server::service::OsRandom);
+        let database = args.database.clone();
+        let backend = tokio::task::spawn_blocking(move || stead_server::storage::open(&database, node))
+            .await?
+            .with_context(|| format!("cannot open the database {}", redact(&args.database)))?;
+        tracing::info!(backend = backend.kind(), "sync storage ready");
+        Some(stead_server::Service::new(backend, limits))
+    };
     let listener = tokio::net::TcpListener::bind((args.host, args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    tracing::info!(dir = %args.dir.display(), "serving");
-    stead_server::serve(listener, stead_server::Config { bundle_dir: args.dir }, shutdown_signal()).await?;
+    tracing::info!(dir = %dir.display(), "serving");
+    stead_server::serve(listener, stead_server::Config { bundle_dir: dir, sync }, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -60,4 +116,15 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
 }

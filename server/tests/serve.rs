@@ -29,7 +29,7 @@ async fn serve(files: &[(&str, &[u8])]) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let config = stead_server::Config { bundle_dir: dir.path().to_path_buf() };
+    let config = stead_server::Config { bundle_dir: dir.path().to_path_buf(), ..Default::default() };
     tokio::spawn(stead_server::serve(listener, config, async {
         let _ = stopped.await;
     }));

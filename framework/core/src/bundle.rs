@@ -141,15 +141,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Whether a file name carries a content hash the way trunk writes them
-/// (`name-0123456789abcdef.js`, `name-0123456789abcdef_bg.wasm`): at least 16 hex digits
-/// after the last `-` of the stem.
+/// (`name-0123456789abcdef.js`, `name-0123456789abcdef_bg.wasm`): at least 10 hex digits
+/// after the last `-` of the stem (trunk prints a 64-bit hash without leading zeros).
 pub fn is_content_hashed(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     let stem = name.split('.').next().unwrap_or(name);
     match stem.rsplit_once('-') {
         Some((_, tail)) => {
             let tail = tail.strip_suffix("_bg").unwrap_or(tail);
-            tail.len() >= 16 && tail.bytes().all(|b| b.is_ascii_hexdigit())
+            tail.len() >= 10 && tail.bytes().all(|b| b.is_ascii_hexdigit())
         }
         None => false,
     }
@@ -263,6 +263,7 @@ mod tests {
             ("todo-2f4c0a9b1e3d5f70.js", true),
             ("assets/todo-2f4c0a9b1e3d5f70_bg.wasm", true),
             ("todo-2f4c0a9b1e3d5f70.wasm.map", true),
+            ("todo-36c45d4ed63009d_bg.wasm", true),
             ("todo-2f4c0a9b.js", false),
             ("index.html", false),
             ("style-abc.css", false),

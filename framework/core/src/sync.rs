@@ -61,6 +61,7 @@ pub const PROTOCOL_MIN: u16 = 1;
 pub const PROTOCOL_MAX: u16 = 1;
 const HELLO_MAGIC: &[u8; 5] = b"STEAD";
 const PROOF_DOMAIN: &[u8] = b"stead-proof-v1\0";
+const REQUEST_DOMAIN: &[u8] = b"stead-request-v1\0";
 
 /// Error codes carried by [`Frame::Error`].
 pub mod code {
@@ -71,6 +72,16 @@ pub mod code {
     pub const REJECTED_ENTRY: u16 = 5;
     pub const UNEXPECTED: u16 = 6;
     pub const INTERNAL: u16 = 7;
+    /// A frame above the receiver's size limit, or a batch with too many entries.
+    pub const TOO_LARGE: u16 = 8;
+    /// The connection sent faster than the receiver allows.
+    pub const RATE_LIMITED: u16 = 9;
+    /// The space already has as many connections as the receiver allows.
+    pub const BUSY: u16 = 10;
+    /// The connection fell too far behind the changes sent to it; reconnect to catch up.
+    pub const TOO_SLOW: u16 = 11;
+    /// The receiver is shutting down; reconnect later.
+    pub const SHUTTING_DOWN: u16 = 12;
 
     /// Errors after which the connection is closed.
     pub fn is_fatal(code: u16) -> bool {
@@ -186,6 +197,20 @@ impl Frame {
         r.finish()?;
         Ok(frame)
     }
+}
+
+/// The message a member signs to prove itself on a plain request (HTTP) to a server:
+/// `"stead-request-v1\0" ‖ u64 time in ms ‖ space ‖ replica ‖ str method ‖ str path`.
+/// The server accepts it only within a few minutes of its own time.
+pub fn request_message(time_ms: u64, space: SpaceId, replica: ReplicaId, method: &str, path: &str) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.fixed(REQUEST_DOMAIN);
+    w.u64(time_ms);
+    w.fixed(space.as_bytes());
+    w.fixed(replica.as_bytes());
+    w.str(method);
+    w.str(path);
+    w.finish()
 }
 
 /// What one side of a sync connection works against: a [`Replica`], or a server's

@@ -1,0 +1,290 @@
+//! The sync service: per-space membership, the fan-out hub, limits, shutdown and the
+//! server's own handshake identity. One [`Service`] is shared by every connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use stead_core::env::Random;
+use stead_core::ids::{ReplicaId, SpaceId};
+use stead_core::log::Entry;
+use stead_core::membership::Membership;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::storage::Backend;
+
+/// Bounds on what one connection may do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest WebSocket message accepted; larger ones get `Error{8}` and the connection closes.
+    pub max_frame_bytes: usize,
+    /// Most entries in one Entries frame.
+    pub max_batch_entries: usize,
+    /// Largest entry payload (ciphertext).
+    pub max_payload: usize,
+    /// Frames per second a connection may send on average, and the burst above it.
+    pub frames_per_sec: u32,
+    pub frames_burst: u32,
+    pub max_conns_per_space: usize,
+    /// Change notifications a connection may have pending before it counts as too slow.
+    pub queue: usize,
+    /// How long one send to a client may take before the client counts as too slow.
+    pub send_timeout: Duration,
+    pub max_blob_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 4 << 20,
+            max_batch_entries: 1024,
+            max_payload: 1 << 20,
+            frames_per_sec: 1000,
+            frames_burst: 2000,
+            max_conns_per_space: 20_000,
+            queue: 256,
+            send_timeout: Duration::from_secs(20),
+            max_blob_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The OS's random source.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsRandom;
+
+impl Random for OsRandom {
+    fn fill(&mut self, dest: &mut [u8]) {
+        getrandom::getrandom(dest).expect("the operating system provides random bytes");
+    }
+}
+
+/// What a connection learns about new entries of its space.
+pub(crate) type Note = Arc<Vec<Entry>>;
+
+pub(crate) struct Subscriber {
+    tx: mpsc::Sender<Note>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// A connection's place in the hub; leaves it when dropped.
+pub(crate) struct Registration {
+    service: Arc<Service>,
+    space: SpaceId,
+    id: u64,
+    pub(crate) rx: mpsc::Receiver<Note>,
+    pub(crate) lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut hub = self.service.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = hub.get_mut(&self.space) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                hub.remove(&self.space);
+            }
+        }
+    }
+}
+
+/// The server's sync state shared by all connections.
+pub struct Service {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) limits: Limits,
+    pub(crate) id: ReplicaId,
+    pub(crate) signing: SigningKey,
+    pub(crate) metrics: Metrics,
+    hub: Mutex<HashMap<SpaceId, HashMap<u64, Subscriber>>>,
+    members: Mutex<HashMap<SpaceId, (i64, Arc<Membership>)>>,
+    next_conn: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("backend", &self.backend.kind()).field("limits", &self.limits).finish()
+    }
+}
+
+/// Counts a running connection until dropped.
+pub(crate) struct Active(Arc<Service>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Service {
+    pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Service> {
+        let mut rng = OsRandom;
+        let service = Arc::new(Service {
+            backend,
+            limits,
+            id: ReplicaId(rng.array()),
+            signing: SigningKey::from_bytes(&rng.array()),
+            metrics: Metrics::default(),
+            hub: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        service.spawn_listener();
+        service
+    }
+
+    /// Wakes local connections when other nodes commit (PostgreSQL only).
+    fn spawn_listener(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        // A plain thread: the blocking wait would otherwise hold a blocking-pool thread forever.
+        let spawned = std::thread::Builder::new().name("stead-listen".into()).spawn(move || {
+            loop {
+                let Some(service) = weak.upgrade() else { return };
+                if *service.shutdown.borrow() {
+                    return;
+                }
+                let backend = service.backend.clone();
+                drop(service);
+                let got = backend.listen(Duration::from_millis(500));
+                let Some(service) = weak.upgrade() else { return };
+                match got {
+                    None => return,
+                    Some(Ok(spaces)) => {
+                        for space in spaces {
+                            service.publish(space, None, Arc::new(Vec::new()));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // Notifications may have been lost while disconnected: wake everyone.
+                        tracing::warn!("listening for other nodes failed: {e}");
+                        let spaces: Vec<SpaceId> = service.hub.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                        for space in spaces {
+                            service.publish(space, None, Arc::new(Vec::new()));
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the listener thread: {e}");
+        }
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn enter(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.clone())
+    }
+
+    /// Tells every connection to finish the frame in hand (its commit and acks) and close,
+    /// then waits for them, at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.send_replace(true);
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.active.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(grace, wait).await.is_err() {
+            tracing::warn!("{} connections still open after the grace period", self.active.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Joins the hub of `space`, unless it is full.
+    pub(crate) fn register(self: &Arc<Self>, space: SpaceId) -> Option<Registration> {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = hub.entry(space).or_default();
+        if conns.len() >= self.limits.max_conns_per_space {
+            return None;
+        }
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
+        let lagged = Arc::new(AtomicBool::new(false));
+        conns.insert(id, Subscriber { tx, lagged: lagged.clone() });
+        Some(Registration { service: self.clone(), space, id, rx, lagged })
+    }
+
+    /// Tells every connection of `space` but `from` about newly committed entries. One
+    /// whose queue is full is cut off: it is told why and catches up when it reconnects.
+    pub(crate) fn publish(&self, space: SpaceId, from: Option<u64>, note: Note) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = hub.get_mut(&space) else { return };
+        conns.retain(|id, sub| {
+            if Some(*id) == from {
+                return true;
+            }
+            match sub.tx.try_send(note.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.lagged.store(true, Ordering::SeqCst);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    pub(crate) fn registration_id(reg: &Registration) -> u64 {
+        reg.id
+    }
+
+    /// The verified membership of `space` (cached by version); `None` for an unknown space.
+    pub(crate) fn members(&self, space: SpaceId) -> Result<Option<(i64, Arc<Membership>)>> {
+        let Some(stored) = self.backend.members(space)? else { return Ok(None) };
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, m)) = cache.get(&space) {
+            if *v == stored.version {
+                return Ok(Some((*v, m.clone())));
+            }
+        }
+        let m = Arc::new(Membership::decode(&stored.bytes)?);
+        cache.insert(space, (stored.version, m.clone()));
+        Ok(Some((stored.version, m)))
+    }
+
+    /// Creates a space from its genesis log, or extends its membership log.
+    pub(crate) fn put_members(&self, space: SpaceId, bytes: &[u8]) -> Result<i64> {
+        let new = Membership::decode(bytes)?;
+        if new.space() != space {
+            return Err(Error::BadRequest(format!("the log is of space {}, not {space}", new.space())));
+        }
+        let check = |old: Option<&[u8]>| -> Result<()> {
+            let Some(old) = old else { return Ok(()) };
+            let old = Membership::decode(old)?;
+            let n = old.events().len();
+            if new.events().len() < n || new.events()[..n] != *old.events() {
+                return Err(Error::NotAnExtension);
+            }
+            Ok(())
+        };
+        let version = self.backend.put_members(space, bytes, &check)?;
+        self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(space, (version, Arc::new(new)));
+        Ok(version)
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.len()).sum()
+    }
+}

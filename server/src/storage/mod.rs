@@ -1,0 +1,92 @@
+//! Where the server keeps spaces: their membership logs, verified entries and blobs.
+//!
+//! [`Backend`] is blocking: callers run it on tokio's blocking pool. Two implementations
+//! share one table layout: SQLite (WAL, `synchronous=FULL`, the default) and PostgreSQL
+//! (several server nodes on one database). A [`WriteTx`] is one database transaction:
+//! entries verified inside it are visible to others, and acknowledged, only once
+//! [`WriteTx::commit`] has returned.
+
+mod pool;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use stead_core::ids::{ReplicaId, SpaceId};
+use stead_core::log::{ChainTip, Entry, Hash, VersionVector};
+
+use crate::error::{Error, Result};
+
+/// The stored membership log of a space and its version (bumped on every change).
+#[derive(Debug, Clone)]
+pub struct StoredMembers {
+    pub version: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// One database transaction on one space's log.
+pub trait WriteTx: Send {
+    /// The membership version as of this transaction.
+    fn members_version(&mut self) -> Result<i64>;
+    /// The end of `replica`'s stored chain.
+    fn tip(&mut self, replica: ReplicaId) -> Result<Option<ChainTip>>;
+    /// The hash of a stored entry.
+    fn hash_at(&mut self, replica: ReplicaId, seq: u64) -> Result<Option<Hash>>;
+    /// Stores a verified entry (the next of its chain).
+    fn insert(&mut self, entry: &Entry, hash: &Hash) -> Result<()>;
+    /// Commits durably; other nodes sharing the database are told about the space.
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// Storage of a server (or of several server nodes sharing it).
+pub trait Backend: Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn kind(&self) -> &'static str;
+    fn members(&self, space: SpaceId) -> Result<Option<StoredMembers>>;
+    /// Creates a space with `new`, or replaces its log when `new` extends the stored one
+    /// (`check` decides that on the stored bytes, inside the transaction).
+    fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64>;
+    fn begin(&self, space: SpaceId) -> Result<Box<dyn WriteTx>>;
+    fn vector(&self, space: SpaceId) -> Result<VersionVector>;
+    /// Up to `max` entries of `replica` from `from_seq` on, at most about `max_bytes`.
+    fn read(&self, space: SpaceId, replica: ReplicaId, from_seq: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>>;
+    /// Stores a blob; `false` when it was already there.
+    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool>;
+    fn blob(&self, space: SpaceId, hash: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+    /// Waits (up to `timeout`) for other nodes' commits; returns the spaces they touched.
+    /// A backend with no other nodes returns `None` at once, and the caller stops asking.
+    fn listen(&self, timeout: std::time::Duration) -> Option<Result<Vec<SpaceId>>>;
+}
+
+/// Opens storage from `--database`: a `postgres://` URL, or else a SQLite file path.
+pub fn open(database: &str, node: [u8; 16]) -> Result<Arc<dyn Backend>> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::Postgres::open(database, node)?))
+    } else if database.contains("://") {
+        Err(Error::BadDatabaseUrl(database.to_owned()))
+    } else {
+        Ok(Arc::new(sqlite::Sqlite::open(std::path::Path::new(database))?))
+    }
+}
+
+/// Trims `entries` to at most `max_bytes` (keeping at least one).
+pub(crate) fn trim_bytes(entries: &mut Vec<Entry>, max_bytes: usize) {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += e.encoded_len();
+            total > max_bytes
+        })
+        .unwrap_or(entries.len())
+        .max(1);
+    entries.truncate(keep);
+}
+
+pub(crate) fn hash32(bytes: &[u8]) -> Result<Hash> {
+    bytes.try_into().map_err(|_| Error::Core(stead_core::Error::Storage("stored hash is not 32 bytes".into())))
+}
+
+pub(crate) fn id16(bytes: &[u8]) -> Result<[u8; 16]> {
+    bytes.try_into().map_err(|_| Error::Core(stead_core::Error::Storage("stored id is not 16 bytes".into())))
+}

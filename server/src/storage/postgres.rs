@@ -1,0 +1,293 @@
+//! PostgreSQL storage, for several stateless server nodes on one database.
+//!
+//! Same tables as SQLite. A write transaction takes a transaction-scoped advisory lock per
+//! (space, replica) before reading the chain tip, so two nodes never extend one chain at
+//! once. Each commit that stored entries sends `NOTIFY stead_entries, '<space>:<node>'`;
+//! every node listens and wakes its own connections of that space, which read the new
+//! entries from the database.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+use sha2::{Digest, Sha256};
+use stead_core::hlc::Hlc;
+use stead_core::ids::{ReplicaId, SpaceId};
+use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
+
+use super::pool::{Pool, Pooled};
+use super::{Backend, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use crate::error::Result;
+
+const CHANNEL: &str = "stead_entries";
+
+const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS spaces (
+    id BYTEA PRIMARY KEY,
+    members BYTEA NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    space BYTEA NOT NULL,
+    replica BYTEA NOT NULL,
+    seq BIGINT NOT NULL,
+    hlc BIGINT NOT NULL,
+    hash BYTEA NOT NULL,
+    bytes BYTEA NOT NULL,
+    PRIMARY KEY (space, replica, seq)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    space BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
+    bytes BYTEA NOT NULL,
+    PRIMARY KEY (space, hash)
+);
+";
+
+pub struct Postgres {
+    url: String,
+    node: String,
+    pool: Pool<Client>,
+    listener: Mutex<Option<Client>>,
+}
+
+impl Postgres {
+    /// Connects, and creates the tables on first start (under an advisory lock, so nodes
+    /// starting together do not race).
+    pub fn open(url: &str, node: [u8; 16]) -> Result<Postgres> {
+        let mut client = Client::connect(url, NoTls)?;
+        client.batch_execute(&format!("SELECT pg_advisory_lock(7465616400); {MIGRATION} SELECT pg_advisory_unlock(7465616400);"))?;
+        let u = url.to_owned();
+        let pool = Pool::new(16, move || Ok(Client::connect(&u, NoTls)?));
+        Ok(Postgres { url: url.to_owned(), node: hex::encode(node), pool, listener: Mutex::new(None) })
+    }
+}
+
+struct PgTx {
+    conn: Option<Pooled<Client>>,
+    space: SpaceId,
+    node: String,
+    wrote: bool,
+}
+
+impl PgTx {
+    fn conn(&mut self) -> &mut Client {
+        self.conn.as_mut().expect("a transaction holds its connection until it ends")
+    }
+}
+
+fn chain_lock_key(space: SpaceId, replica: ReplicaId) -> i64 {
+    let h = Sha256::new().chain_update(space.0).chain_update(replica.0).finalize();
+    i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+impl WriteTx for PgTx {
+    fn members_version(&mut self) -> Result<i64> {
+        let space = self.space;
+        let row = self.conn().query_opt("SELECT version FROM spaces WHERE id = $1", &[&&space.0[..]])?;
+        Ok(row.map_or(0, |r| r.get(0)))
+    }
+
+    fn tip(&mut self, replica: ReplicaId) -> Result<Option<ChainTip>> {
+        let space = self.space;
+        let key = chain_lock_key(space, replica);
+        self.conn().execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+        let row = self.conn().query_opt(
+            "SELECT seq, hash, hlc FROM entries WHERE space = $1 AND replica = $2 ORDER BY seq DESC LIMIT 1",
+            &[&&space.0[..], &&replica.0[..]],
+        )?;
+        row.map(|r| {
+            let (seq, hash, hlc): (i64, Vec<u8>, i64) = (r.get(0), r.get(1), r.get(2));
+            Ok(ChainTip { next_seq: seq as u64 + 1, last_hash: hash32(&hash)?, last_hlc: Hlc::from_u64(hlc as u64) })
+        })
+        .transpose()
+    }
+
+    fn hash_at(&mut self, replica: ReplicaId, seq: u64) -> Result<Option<Hash>> {
+        let space = self.space;
+        let row = self.conn().query_opt(
+            "SELECT hash FROM entries WHERE space = $1 AND replica = $2 AND seq = $3",
+            &[&&space.0[..], &&replica.0[..], &(seq as i64)],
+        )?;
+        row.map(|r| hash32(&r.get::<_, Vec<u8>>(0))).transpose()
+    }
+
+    fn insert(&mut self, entry: &Entry, hash: &Hash) -> Result<()> {
+        let space = self.space;
+        let h = &entry.header;
+        self.conn().execute(
+            "INSERT INTO entries (space, replica, seq, hlc, hash, bytes) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&&space.0[..], &&h.replica.0[..], &(h.seq as i64), &(h.hlc.to_u64() as i64), &&hash[..], &entry.encode()],
+        )?;
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.wrote {
+            let payload = format!("{}:{}", hex::encode(self.space.0), self.node);
+            self.conn().execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+        }
+        let mut conn = self.conn.take().expect("a transaction is committed once");
+        match conn.batch_execute("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                conn.discard();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            if conn.batch_execute("ROLLBACK").is_err() {
+                conn.discard();
+            }
+        }
+    }
+}
+
+/// Runs `f` on a pooled client, dropping the client if the query failed on a closed
+/// connection.
+fn with<T>(pool: &Pool<Client>, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+    let mut conn = pool.get()?;
+    let out = f(&mut conn);
+    if out.is_err() && conn.is_closed() {
+        conn.discard();
+    }
+    out
+}
+
+impl Backend for Postgres {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn members(&self, space: SpaceId) -> Result<Option<StoredMembers>> {
+        with(&self.pool, |c| {
+            let row = c.query_opt("SELECT version, members FROM spaces WHERE id = $1", &[&&space.0[..]])?;
+            Ok(row.map(|r| StoredMembers { version: r.get(0), bytes: r.get(1) }))
+        })
+    }
+
+    fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64> {
+        with(&self.pool, |c| {
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&chain_lock_key(space, ReplicaId([0; 16]))])?;
+            let old = tx.query_opt("SELECT version, members FROM spaces WHERE id = $1", &[&&space.0[..]])?;
+            let old: Option<(i64, Vec<u8>)> = old.map(|r| (r.get(0), r.get(1)));
+            check(old.as_ref().map(|(_, b)| b.as_slice()))?;
+            let version = old.map_or(1, |(v, _)| v + 1);
+            tx.execute(
+                "INSERT INTO spaces (id, members, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET members = excluded.members, version = excluded.version",
+                &[&&space.0[..], &new, &version],
+            )?;
+            tx.commit()?;
+            Ok(version)
+        })
+    }
+
+    fn begin(&self, space: SpaceId) -> Result<Box<dyn WriteTx>> {
+        let mut conn = self.pool.get()?;
+        if let Err(e) = conn.batch_execute("BEGIN") {
+            conn.discard();
+            return Err(e.into());
+        }
+        Ok(Box::new(PgTx { conn: Some(conn), space, node: self.node.clone(), wrote: false }))
+    }
+
+    fn vector(&self, space: SpaceId) -> Result<VersionVector> {
+        with(&self.pool, |c| {
+            let rows = c.query("SELECT replica, MAX(seq) FROM entries WHERE space = $1 GROUP BY replica", &[&&space.0[..]])?;
+            let mut vv = VersionVector::new();
+            for r in rows {
+                let (rid, max): (Vec<u8>, i64) = (r.get(0), r.get(1));
+                vv.insert(ReplicaId(id16(&rid)?), max as u64 + 1);
+            }
+            Ok(vv)
+        })
+    }
+
+    fn read(&self, space: SpaceId, replica: ReplicaId, from_seq: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>> {
+        with(&self.pool, |c| {
+            let rows = c.query(
+                "SELECT bytes FROM entries WHERE space = $1 AND replica = $2 AND seq >= $3 ORDER BY seq LIMIT $4",
+                &[&&space.0[..], &&replica.0[..], &(from_seq as i64), &(max as i64)],
+            )?;
+            let limits = Limits { max_payload: usize::MAX };
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(Entry::decode(r.get::<_, &[u8]>(0), &limits)?);
+            }
+            trim_bytes(&mut out, max_bytes);
+            Ok(out)
+        })
+    }
+
+    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool> {
+        with(&self.pool, |c| {
+            let n = c.execute(
+                "INSERT INTO blobs (space, hash, bytes) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&&space.0[..], &&hash[..], &bytes],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn blob(&self, space: SpaceId, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        with(&self.pool, |c| {
+            let row = c.query_opt("SELECT bytes FROM blobs WHERE space = $1 AND hash = $2", &[&&space.0[..], &&hash[..]])?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn listen(&self, timeout: Duration) -> Option<Result<Vec<SpaceId>>> {
+        let mut g = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_none_or(|c| c.is_closed()) {
+            let connected = Client::connect(&self.url, NoTls).and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+                Ok(c)
+            });
+            match connected {
+                Ok(c) => *g = Some(c),
+                Err(e) => {
+                    drop(g);
+                    std::thread::sleep(timeout);
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        let client = g.as_mut().expect("connected above");
+        let mut spaces = Vec::new();
+        let mut notes = client.notifications();
+        let mut wait = timeout;
+        loop {
+            // After the first notification, take what else has arrived without waiting.
+            let next = notes.timeout_iter(wait).next();
+            wait = Duration::ZERO;
+            match next {
+                Ok(Some(n)) => {
+                    let mut parts = n.payload().split(':');
+                    let (Some(space), Some(node)) = (parts.next(), parts.next()) else { continue };
+                    if node == self.node {
+                        continue;
+                    }
+                    if let Ok(Ok(id)) = hex::decode(space).map(|b| id16(&b)) {
+                        spaces.push(SpaceId(id));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    drop(notes);
+                    *g = None;
+                    return Some(Err(e.into()));
+                }
+            }
+        }
+        Some(Ok(spaces))
+    }
+}
