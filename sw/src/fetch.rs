@@ -58,10 +58,12 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
     });
     let _ = event.respond_with(&promise);
     if navigate {
-        // Look for a new version while the page loads from the current one.
+        // Look for a new version while the page loads from the current one, then drop
+        // contents only closed pages still pinned.
         let w = worker.clone();
         let check = future_to_promise(async move {
             let _ = w.update().await;
+            let _ = w.gc().await;
             Ok(JsValue::UNDEFINED)
         });
         let _ = event.wait_until(&check);

@@ -51,6 +51,9 @@ pub struct Worker {
     scope: ServiceWorkerGlobalScope,
     /// The registration scope, ending in `/`; bundle paths are relative to it.
     pub base: String,
+    /// When this worker instance started (ms since the epoch): a cold start shows as a
+    /// new value in status.
+    started: f64,
     channel: Option<BroadcastChannel>,
     state: RefCell<State>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
@@ -85,6 +88,7 @@ impl Worker {
         Worker {
             scope,
             base,
+            started: Date::now(),
             channel: BroadcastChannel::new(CHANNEL).ok(),
             state: RefCell::default(),
             loading: RefCell::default(),
@@ -116,7 +120,14 @@ impl Worker {
         let kind = Reflect::get(&event.data(), &"type".into()).ok().and_then(|t| t.as_string());
         let w = self.clone();
         match kind.as_deref() {
-            Some("activate-update") => wait_until(&event, async move { w.activate_pending().await }),
+            Some("activate-update") => {
+                // The asking page reloads into the new version: its pin must not keep the
+                // old files alive.
+                if let Some(id) = event.source().and_then(|s| Reflect::get(&s, &"id".into()).ok()).and_then(|v| v.as_string()) {
+                    self.state.borrow_mut().clients.remove(&id);
+                }
+                wait_until(&event, async move { w.activate_pending().await })
+            }
             Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
             Some("heartbeat") => wait_until(&event, async move {
                 w.load().await?;
@@ -418,6 +429,7 @@ impl Worker {
             "last_check_result": s.meta.last_check_result,
             "last_error": s.meta.last_error,
             "storage": estimate,
+            "worker_started": self.started,
         })
     }
 

@@ -1,0 +1,267 @@
+//! Harness for Stead's end-to-end tests: a real server process, a real Chromium driven by
+//! ChromeDriver (WebDriver + CDP), and a counting, cuttable proxy between them.
+//!
+//! `cargo xtask test` builds the todo example and the server and passes their paths in
+//! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`. Every test starts its own processes on free
+//! loopback ports with a fresh browser profile and stops them by their own PIDs.
+
+pub mod proxy;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use thirtyfour::prelude::*;
+
+/// Paths handed over by `cargo xtask test`.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub dist: PathBuf,
+    pub server_bin: PathBuf,
+    pub chromedriver: PathBuf,
+    pub chromium: PathBuf,
+}
+
+impl Env {
+    pub fn get() -> Result<Env> {
+        let var = |name: &str| {
+            std::env::var_os(name).map(PathBuf::from).with_context(|| {
+                format!("{name} is not set: run the end-to-end tests through `cargo xtask test`")
+            })
+        };
+        Ok(Env {
+            dist: var("STEAD_E2E_DIST")?,
+            server_bin: var("STEAD_SERVER_BIN")?,
+            chromedriver: std::env::var_os("CHROMEDRIVER").map(PathBuf::from).unwrap_or("/usr/bin/chromedriver".into()),
+            chromium: std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or("/usr/bin/chromium".into()),
+        })
+    }
+
+    /// A private copy of the built app that a test may change.
+    pub fn copy_dist(&self) -> Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir()?;
+        copy_dir(&self.dist, dir.path())?;
+        Ok(dir)
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+#[derive(Debug)]
+pub struct Process(Option<Child>);
+
+impl Process {
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `stead-server` process.
+#[derive(Debug)]
+pub struct Server {
+    process: Process,
+    pub url: String,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start(env: &Env, dir: &Path) -> Result<Server> {
+        let mut child = Command::new(&env.server_bin)
+            .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), "0".as_ref()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", env.server_bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let process = Process(Some(child));
+        let addr = line.trim().strip_prefix("listening on http://").with_context(|| format!("server said {line:?}"))?;
+        let port: u16 = addr.rsplit(':').next().unwrap_or_default().parse()?;
+        Ok(Server { process, url: format!("http://localhost:{port}/"), port })
+    }
+
+    /// Kills the process (SIGKILL): the network is gone for the browser.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Chromium with a fresh profile, driven through its own ChromeDriver.
+pub struct Browser {
+    pub driver: WebDriver,
+    _chromedriver: Process,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    pub async fn start(env: &Env) -> Result<Browser> {
+        let port = free_port()?;
+        let child = Command::new(&env.chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", env.chromedriver.display()))?;
+        let chromedriver = Process(Some(child));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("chromedriver to listen", Duration::from_secs(20), || async {
+            Ok(reqwest::get(format!("{url}/status")).await.is_ok().then_some(()))
+        })
+        .await?;
+        let profile = tempfile::tempdir()?;
+        let mut caps = DesiredCapabilities::chrome();
+        caps.set_binary(&env.chromium.to_string_lossy())?;
+        for arg in [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ] {
+            caps.add_arg(arg)?;
+        }
+        caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        let driver = WebDriver::new(&url, caps).await.context("cannot open a Chromium session")?;
+        Ok(Browser { driver, _chromedriver: chromedriver, _profile: profile })
+    }
+
+    pub async fn quit(self) -> Result<()> {
+        self.driver.quit().await?;
+        Ok(())
+    }
+
+    pub async fn js(&self, script: &str) -> Result<Value> {
+        Ok(self.driver.execute(script, Vec::new()).await?.json().clone())
+    }
+
+    /// Runs an async function body (`return await ...`) in the page.
+    pub async fn js_async(&self, body: &str) -> Result<Value> {
+        let script = format!(
+            "const done = arguments[arguments.length - 1];\
+             (async () => {{ {body} }})().then(done, (e) => done({{ error: String(e) }}));"
+        );
+        Ok(self.driver.execute_async(script, Vec::new()).await?.json().clone())
+    }
+
+    /// Waits until a service worker controls the page.
+    pub async fn wait_controlled(&self) -> Result<()> {
+        wait_for("a service worker to control the page", Duration::from_secs(30), || async {
+            Ok(self.js("return !!navigator.serviceWorker.controller").await?.as_bool().unwrap_or(false).then_some(()))
+        })
+        .await
+    }
+
+    /// The worker's `/_stead/v1/status`.
+    pub async fn status(&self) -> Result<Value> {
+        let v = self
+            .js_async("const r = await fetch('/_stead/v1/status'); return await r.json();")
+            .await?;
+        if let Some(e) = v.get("error").and_then(Value::as_str) {
+            bail!("status failed: {e}");
+        }
+        Ok(v)
+    }
+
+    /// Waits until the todo app has rendered.
+    pub async fn wait_app(&self) -> Result<WebElement> {
+        wait_for("the todo app to render", Duration::from_secs(30), || async {
+            Ok(self.driver.find(By::Id("new-todo")).await.ok())
+        })
+        .await
+    }
+
+    /// Adds a todo through the UI and waits for it to show.
+    pub async fn add_todo(&self, text: &str) -> Result<()> {
+        let input = self.wait_app().await?;
+        input.send_keys(text).await?;
+        self.driver.find(By::Id("add")).await?.click().await?;
+        wait_for("the new todo to show", Duration::from_secs(10), || async {
+            let items = self.driver.find_all(By::Css("li.todo span")).await?;
+            for item in items {
+                if item.text().await? == text {
+                    return Ok(Some(()));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Sends a raw Chrome DevTools Protocol command.
+    pub async fn cdp(&self, method: &str, params: Value) -> Result<Value> {
+        Ok(self.driver.cdp().send_raw(method, params).await?)
+    }
+
+    /// Stops every service worker, as the browser does to an idle one.
+    pub async fn stop_workers(&self) -> Result<()> {
+        self.cdp("ServiceWorker.enable", serde_json::json!({})).await?;
+        self.cdp("ServiceWorker.stopAllWorkers", serde_json::json!({})).await?;
+        Ok(())
+    }
+}
+
+/// Polls `probe` until it yields a value or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = None;
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The bundle manifest of a build folder.
+pub fn manifest(dir: &Path) -> Result<stead_core::bundle::BundleManifest> {
+    let bytes = std::fs::read(dir.join(stead_core::bundle::MANIFEST_FILE))?;
+    Ok(stead_core::bundle::BundleManifest::parse(&bytes)?)
+}

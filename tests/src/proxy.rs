@@ -1,0 +1,134 @@
+//! A proxy between the browser and the server that logs the worker's downloads and can
+//! cut them off, to test what a flaky network does to an install.
+//!
+//! The worker marks its own requests with a `stead-fetch: install` header; the page's
+//! requests pass untouched and unlogged.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use axum::{
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderName, StatusCode},
+    response::Response,
+};
+use stead_core::bundle::MANIFEST_FILE;
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Worker downloads of bundle files: (path, delivered).
+    downloads: Vec<(String, bool)>,
+    /// After this many delivered downloads, the connection is dropped mid-response.
+    cut_after: Option<usize>,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    upstream: String,
+    client: reqwest::Client,
+    shared: Arc<Mutex<Shared>>,
+}
+
+pub struct Proxy {
+    pub url: String,
+    shared: Arc<Mutex<Shared>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (a URL ending in `/`) on a free port.
+    pub async fn start(upstream: &str) -> Result<Proxy> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let ctx = Ctx { upstream: upstream.trim_end_matches('/').to_owned(), client: reqwest::Client::new(), shared: shared.clone() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Proxy { url: format!("http://localhost:{port}/"), shared, stop: Some(stop) })
+    }
+
+    /// Drop the connection of every worker download after `n` have been delivered;
+    /// `None` lets everything through again.
+    pub fn cut_after(&self, n: Option<usize>) {
+        self.shared.lock().expect("lock").cut_after = n;
+    }
+
+    /// The worker's downloads so far, as (path, delivered).
+    pub fn downloads(&self) -> Vec<(String, bool)> {
+        self.shared.lock().expect("lock").downloads.clone()
+    }
+
+    /// The worker's downloads so far, as (path, delivered), and forget them.
+    pub fn take_downloads(&self) -> Vec<(String, bool)> {
+        std::mem::take(&mut self.shared.lock().expect("lock").downloads)
+    }
+}
+
+async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
+    let from_worker = req.headers().get("stead-fetch").is_some();
+    let is_file = from_worker && path.trim_start_matches('/') != MANIFEST_FILE;
+    let cut = is_file && {
+        let mut s = ctx.shared.lock().expect("lock");
+        let delivered = s.downloads.iter().filter(|(_, ok)| *ok).count();
+        let cut = s.cut_after.is_some_and(|n| delivered >= n);
+        s.downloads.push((path.clone(), !cut));
+        cut
+    };
+
+    let mut upstream = ctx.client.request(req.method().clone(), format!("{}{path_and_query}", ctx.upstream));
+    for (name, value) in req.headers() {
+        if name != "host" && name != "connection" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let resp = match upstream.send().await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = if cut {
+        // Headers go out, then the connection dies before the first byte of the body.
+        Body::from_stream(futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut by the test proxy"))
+        }))
+    } else {
+        match resp.bytes().await {
+            Ok(b) => Body::from(b),
+            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    for (name, value) in &headers {
+        let skip = [HeaderName::from_static("connection"), HeaderName::from_static("transfer-encoding")];
+        if !skip.contains(name) && !(cut && name == "content-length") {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let mut r = Response::new(Body::from(message));
+    *r.status_mut() = status;
+    r
+}

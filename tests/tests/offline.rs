@@ -1,0 +1,228 @@
+//! The walking skeleton, end to end: the built todo example in real Chromium against a
+//! real `stead-server` process. Install, offline reload, offline cold start, resumable
+//! install, update, and a corrupt download.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::Result;
+use serde_json::Value;
+use stead_e2e::{Browser, Env, Server, manifest, proxy::Proxy, wait_for};
+use thirtyfour::prelude::*;
+
+fn as_str(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Opens the app and waits until the worker controls the page with the build active.
+async fn install(browser: &Browser, url: &str, version: &str) -> Result<Value> {
+    browser.driver.goto(url).await?;
+    browser.wait_app().await?;
+    browser.wait_controlled().await?;
+    wait_for("the build to be active", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((as_str(&s, "active_version").as_deref() == Some(version)).then_some(s))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_first_visit_installs_every_file_and_the_worker_controls_the_page() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    let m = manifest(&env.dist)?;
+    let status = install(&browser, &server.url, &m.version).await?;
+
+    let listed: Vec<(String, bool)> = status["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| (as_str(f, "path").unwrap_or_default(), f["stored"].as_bool().unwrap_or(false)))
+        .collect();
+    let expected: Vec<(String, bool)> = m.files.iter().map(|f| (f.path.clone(), true)).collect();
+    assert_eq!(listed, expected, "status lists every bundle file as stored");
+    assert_eq!(status["stored_bytes"].as_u64(), Some(m.total_size()));
+    assert_eq!(status["last_error"], Value::Null);
+    // The page's own files now come from the worker.
+    let served_by = browser
+        .js_async("const r = await fetch('/'); return r.headers.get('x-stead-version');")
+        .await?;
+    assert_eq!(served_by.as_str(), Some(m.version.as_str()));
+    browser.quit().await
+}
+
+#[tokio::test]
+async fn with_the_server_killed_a_reload_renders_and_the_ui_responds() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+
+    server.kill();
+    assert!(reqwest::get(&server.url).await.is_err(), "the server is really gone");
+    browser.driver.refresh().await?;
+    browser.add_todo("buy milk offline").await?;
+    let left = browser.driver.find(By::Id("left")).await?.text().await?;
+    assert_eq!(left, "1 left");
+    browser.quit().await
+}
+
+#[tokio::test]
+async fn offline_the_stopped_worker_cold_starts_and_serves_the_app() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    let before = install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+
+    server.kill();
+    browser.stop_workers().await?;
+    browser.driver.refresh().await?;
+    browser.add_todo("written after a cold start").await?;
+    let after = browser.status().await?;
+    assert!(
+        after["worker_started"].as_f64() > before["worker_started"].as_f64(),
+        "a new worker instance answered: {} then {}",
+        before["worker_started"],
+        after["worker_started"]
+    );
+    browser.quit().await
+}
+
+#[tokio::test]
+async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let proxy = Proxy::start(&server.url).await?;
+    let m = manifest(&env.dist)?;
+    let all: BTreeSet<String> = m.files.iter().map(|f| format!("/{}", f.path)).collect();
+    assert!(all.len() >= 4, "the example has enough files to cut an install in two");
+    let browser = Browser::start(&env).await?;
+
+    const K: usize = 2;
+    proxy.cut_after(Some(K));
+    browser.driver.goto(&proxy.url).await?;
+    browser.wait_app().await?;
+    let first = wait_for("the first install attempt to fail", Duration::from_secs(30), || async {
+        let failed = browser
+            .js_async(
+                "const r = await navigator.serviceWorker.getRegistration();\
+                 return !r || (!r.installing && !r.waiting && !r.active);",
+            )
+            .await?;
+        let d = proxy.downloads();
+        Ok((d.len() == all.len() && failed.as_bool() == Some(true)).then_some(d))
+    })
+    .await?;
+    proxy.take_downloads();
+    let delivered: BTreeSet<String> = first.iter().filter(|(_, ok)| *ok).map(|(p, _)| p.clone()).collect();
+    assert_eq!(delivered.len(), K, "{first:?}");
+
+    proxy.cut_after(None);
+    browser.driver.refresh().await?;
+    browser.wait_controlled().await?;
+    let status = browser.status().await?;
+    assert_eq!(as_str(&status, "active_version"), Some(m.version.clone()));
+    let second: BTreeSet<String> = proxy.take_downloads().into_iter().map(|(p, _)| p).collect();
+    let missing: BTreeSet<String> = all.difference(&delivered).cloned().collect();
+    assert_eq!(second, missing, "the second attempt fetched only what the first did not store");
+
+    drop(proxy);
+    server.kill();
+    browser.stop_workers().await?;
+    browser.driver.refresh().await?;
+    browser.add_todo("installed in two goes").await?;
+    browser.quit().await
+}
+
+/// Changes `index.html` in a build folder and rewrites its manifest, as a rebuild would.
+fn rebuild_with_marker(dir: &std::path::Path, marker: &str) -> Result<stead_core::bundle::BundleManifest> {
+    let index = dir.join("index.html");
+    let html = std::fs::read_to_string(&index)?;
+    let html = html.replacen("<head>", &format!("<head><meta name=\"stead-e2e\" content=\"{marker}\">"), 1);
+    std::fs::write(&index, html)?;
+    Ok(stead_cli::build::write_bundle_manifest(dir)?)
+}
+
+async fn marker(browser: &Browser) -> Result<Option<String>> {
+    let v = browser.js("const m = document.querySelector('meta[name=stead-e2e]'); return m && m.content;").await?;
+    Ok(v.as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn an_update_downloads_only_changed_files_and_switches_when_asked() -> Result<()> {
+    let env = Env::get()?;
+    let dist = env.copy_dist()?;
+    let server = Server::start(&env, dist.path())?;
+    let proxy = Proxy::start(&server.url).await?;
+    let browser = Browser::start(&env).await?;
+    let v1 = manifest(dist.path())?;
+    install(&browser, &proxy.url, &v1.version).await?;
+    proxy.take_downloads();
+
+    let v2 = rebuild_with_marker(dist.path(), "v2")?;
+    assert_ne!(v1.version, v2.version);
+    browser.driver.refresh().await?;
+    let button = wait_for("the update prompt", Duration::from_secs(30), || async {
+        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
+    })
+    .await?;
+    assert_eq!(marker(&browser).await?, None, "the page still runs the old version");
+    let status = browser.status().await?;
+    assert_eq!(as_str(&status, "pending_version"), Some(v2.version.clone()));
+    assert_eq!(as_str(&status, "active_version"), Some(v1.version.clone()));
+
+    button.click().await?;
+    wait_for("the new version to show", Duration::from_secs(30), || async {
+        Ok((marker(&browser).await?.as_deref() == Some("v2")).then_some(()))
+    })
+    .await?;
+    let downloads: Vec<String> = proxy.take_downloads().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(downloads, ["/index.html"], "only the changed file was downloaded");
+
+    let status = wait_for("old contents to be deleted", Duration::from_secs(20), || async {
+        let s = browser.status().await?;
+        let stored: BTreeSet<String> =
+            s["stored"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect();
+        Ok((stored == v2.hashes().into_iter().map(str::to_owned).collect()).then_some(s))
+    })
+    .await?;
+    assert_eq!(as_str(&status, "active_version"), Some(v2.version.clone()));
+    assert_eq!(status["pending_version"], Value::Null);
+    let old_index = &v1.file("index.html").expect("index").sha256;
+    assert!(!status["stored"].as_array().expect("stored").iter().any(|h| h.as_str() == Some(old_index)));
+    browser.quit().await
+}
+
+#[tokio::test]
+async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -> Result<()> {
+    let env = Env::get()?;
+    let dist = env.copy_dist()?;
+    let mut server = Server::start(&env, dist.path())?;
+    let browser = Browser::start(&env).await?;
+    let v1 = manifest(dist.path())?;
+    install(&browser, &server.url, &v1.version).await?;
+
+    // The manifest promises one index.html; the server serves other bytes.
+    rebuild_with_marker(dist.path(), "v2")?;
+    std::fs::write(dist.path().join("index.html"), "<!doctype html><p>tampered</p>")?;
+    browser.driver.refresh().await?;
+    let status = wait_for("the refusal to show in status", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok(s["last_error"].as_str().is_some().then_some(s))
+    })
+    .await?;
+    let error = as_str(&status, "last_error").unwrap_or_default();
+    assert!(error.contains("index.html: size mismatch") || error.contains("index.html: sha256 mismatch"), "{error}");
+    assert_eq!(as_str(&status, "active_version"), Some(v1.version.clone()));
+    assert_eq!(status["pending_version"], Value::Null);
+
+    // The old version still serves, online and off.
+    browser.driver.refresh().await?;
+    browser.add_todo("still on v1").await?;
+    assert_eq!(marker(&browser).await?, None);
+    server.kill();
+    browser.driver.refresh().await?;
+    browser.wait_app().await?;
+    assert!(!browser.driver.source().await?.contains("tampered"));
+    browser.quit().await
+}
