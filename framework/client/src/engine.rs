@@ -441,7 +441,14 @@ impl Engine {
                 self.emit(Event::Changed { replica: r, next });
             }
         }
-        let acked = conn.sync.acked().get(&self.device.replica).copied().unwrap_or(0);
+        let mut acked = conn.sync.acked().get(&self.device.replica).copied().unwrap_or(0);
+        if bytes.first() == Some(&2) {
+            // The server's vector names what it has committed: entries acked on an earlier
+            // connection whose ack was lost count as acknowledged too.
+            if let Ok(Frame::Vector(vv)) = Frame::decode(bytes, &Default::default()) {
+                acked = acked.max(vv.get(&self.device.replica).copied().unwrap_or(0));
+            }
+        }
         if acked > self.acked {
             self.acked = acked;
             self.emit(Event::Acked { next: acked });
