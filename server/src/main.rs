@@ -38,6 +38,9 @@ struct Args {
     /// Change notifications a connection may have pending before it is cut off as too slow.
     #[arg(long, default_value_t = stead_server::Limits::default().queue)]
     queue: usize,
+    /// How long one send to a sync client may take before it counts as too slow, in ms.
+    #[arg(long, default_value_t = stead_server::Limits::default().send_timeout.as_millis() as u64)]
+    send_timeout_ms: u64,
     /// Largest blob in bytes.
     #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes)]
     max_blob_bytes: usize,
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             max_conns_per_space: args.max_conns_per_space,
             queue: args.queue,
             max_blob_bytes: args.max_blob_bytes,
+            send_timeout: std::time::Duration::from_millis(args.send_timeout_ms),
             ..defaults
         };
         let node: [u8; 16] = stead_core::env::Random::array(&mut stead_server::service::OsRandom);

@@ -286,7 +286,12 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         ($msg:expr) => {
             match tokio::time::timeout(send_timeout, sink.send($msg)).await {
                 Ok(Ok(())) => true,
-                _ => false,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    // The peer stopped reading: it is too slow, and the socket has no room to say so.
+                    service.metrics.reject("too_slow");
+                    false
+                }
             }
         };
     }
