@@ -1,0 +1,182 @@
+//! `stead-client`: a command line over the native client, for scripts and bots.
+//!
+//! ```text
+//! stead-client --dir alice --server http://127.0.0.1:8080 create        # prints the space id
+//! stead-client --dir bob device                                           # prints bob's card
+//! stead-client --dir alice --server ... invite <card>
+//! stead-client --dir bob --server ... join <space>
+//! stead-client --dir bob --server ... put notes first title '"hello"'
+//! stead-client --dir alice --server ... get notes first title
+//! stead-client --dir alice --server ... watch                             # one JSON line per change
+//! ```
+//! Record names that are not UUIDs are hashed into one, so scripts can use plain names.
+#![deny(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use stead_client::{Client, ClientConfig, Device, DeviceCard, Event};
+use stead_core::ids::{RecordId, SpaceId};
+use stead_core::ops::Value;
+use stead_core::state::FieldValue;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Stead's native sync client")]
+struct Args {
+    /// The device's folder (identity, space key, local log).
+    #[arg(long, default_value = ".stead-client")]
+    dir: PathBuf,
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// How long to wait for the server to acknowledge writes, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Prints this device's card (what a member needs to invite it).
+    Device,
+    /// Creates a space with this device as its first member; prints the space id.
+    Create,
+    /// Adds a device (by its card) to this device's space.
+    Invite { card: String },
+    /// Joins a space this device was invited to.
+    Join { space: String },
+    /// Sets a field to a JSON value (string, number, bool or null) and waits for the ack.
+    Put { collection: String, record: String, field: String, value: String },
+    /// Prints a record (or one field) as JSON after syncing.
+    Get { collection: String, record: String, field: Option<String> },
+    /// Prints one JSON line per change received, until interrupted.
+    Watch,
+}
+
+fn record_id(name: &str) -> RecordId {
+    name.parse().unwrap_or_else(|_| {
+        let hex = stead_core::bundle::sha256_hex(name.as_bytes());
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+        RecordId(id)
+    })
+}
+
+fn parse_value(text: &str) -> anyhow::Result<Value> {
+    let json: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.to_owned()));
+    Ok(match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().context("number out of range")?),
+        },
+        serde_json::Value::String(s) => Value::Str(s),
+        other => anyhow::bail!("only scalar values can be put, not {other}"),
+    })
+}
+
+fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => (*b).into(),
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => (*f).into(),
+        Value::Str(s) => s.clone().into(),
+        Value::Time(t) => (*t).into(),
+        Value::Ref(r) => r.to_string().into(),
+        Value::Blob(b) => serde_json::json!({ "sha256": hex_of(&b.sha256), "size": b.size, "mime": b.mime }),
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn field_json(f: &FieldValue) -> serde_json::Value {
+    match f {
+        FieldValue::Value(v) => to_json(v),
+        FieldValue::Counter(n) => (*n).into(),
+        FieldValue::Set(items) => items.iter().map(to_json).collect(),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = ClientConfig::new(&args.dir, &args.server);
+    let timeout = Duration::from_secs(args.timeout);
+    match args.command {
+        Cmd::Device => println!("{}", Device::load_or_create(&args.dir)?.card()),
+        Cmd::Create => {
+            let c = Client::create(config).await.context("creating the space")?;
+            println!("{}", c.space());
+            c.close().await;
+        }
+        Cmd::Invite { card } => {
+            let card: DeviceCard = card.parse()?;
+            let c = Client::open(config).await?;
+            c.invite(&card).await.context("inviting the device")?;
+            c.close().await;
+        }
+        Cmd::Join { space } => {
+            let space: SpaceId = space.parse().context("not a space id")?;
+            let c = Client::join(config, space).await?;
+            c.wait_for(timeout, "the first connection", |s| s.connected).await?;
+            c.close().await;
+        }
+        Cmd::Put { collection, record, field, value } => {
+            let c = Client::open(config).await?;
+            c.set(&collection, record_id(&record), &field, parse_value(&value)?).await?;
+            c.wait_acked(timeout).await.context("waiting for the server")?;
+            c.close().await;
+        }
+        Cmd::Get { collection, record, field } => {
+            let c = Client::open(config).await?;
+            // Sync first: connected, and the server holds all we have.
+            c.wait_for(timeout, "the server", |s| s.connected).await?;
+            c.wait_acked(timeout).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let id = record_id(&record);
+            let out = c
+                .read(move |r| {
+                    let rec = r.get(&collection, id)?;
+                    Some(match field {
+                        Some(f) => rec.field(&f).map(|s| field_json(&s.view())).unwrap_or(serde_json::Value::Null),
+                        None => rec.fields.iter().map(|(k, s)| (k.clone(), field_json(&s.view()))).collect::<serde_json::Map<_, _>>().into(),
+                    })
+                })
+                .await?;
+            println!("{}", out.unwrap_or(serde_json::Value::Null));
+            c.close().await;
+        }
+        Cmd::Watch => {
+            let c = Client::open(config).await?;
+            let mut events = c.subscribe();
+            loop {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Ok(Event::Changed { replica, next }) => println!("{}", serde_json::json!({ "changed": replica.to_string(), "next": next })),
+                        Ok(Event::Connected) => eprintln!("connected"),
+                        Ok(Event::Disconnected { reason }) => eprintln!("disconnected: {reason}"),
+                        Ok(Event::Acked { .. }) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("missed {n} events"),
+                        Err(_) => break,
+                    },
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            c.close().await;
+        }
+    }
+    Ok(())
+}
