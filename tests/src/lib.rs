@@ -87,24 +87,34 @@ impl Drop for Process {
 #[derive(Debug)]
 pub struct Server {
     process: Process,
+    /// Holds the server's database and log.
+    pub dir: tempfile::TempDir,
     pub url: String,
     pub port: u16,
 }
 
 impl Server {
     pub fn start(env: &Env, dir: &Path) -> Result<Server> {
+        let own = tempfile::tempdir()?;
+        let log = std::fs::File::create(own.path().join("server.log"))?;
         let mut child = Command::new(&env.server_bin)
             .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), "0".as_ref()])
+            .arg("--database")
+            .arg(own.path().join("stead.sqlite3"))
+            .current_dir(own.path())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", env.server_bin.display()))?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
         let process = Process(Some(child));
-        let addr = line.trim().strip_prefix("listening on http://").with_context(|| format!("server said {line:?}"))?;
+        let addr = line.trim().strip_prefix("listening on http://").with_context(|| {
+            let log = std::fs::read_to_string(own.path().join("server.log")).unwrap_or_default();
+            format!("server did not start: {line:?}\n{log}")
+        })?;
         let port: u16 = addr.rsplit(':').next().unwrap_or_default().parse()?;
-        Ok(Server { process, url: format!("http://localhost:{port}/"), port })
+        Ok(Server { process, dir: own, url: format!("http://localhost:{port}/"), port })
     }
 
     /// Kills the process (SIGKILL): the network is gone for the browser.

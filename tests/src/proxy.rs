@@ -93,6 +93,15 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
         cut
     };
 
+    if cut {
+        // Headers promise a body, then the connection dies before its first byte. The
+        // request is not forwarded: a 304 from upstream would have no body to cut.
+        let mut out = Response::new(Body::from_stream(futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut by the test proxy"))
+        })));
+        out.headers_mut().insert("content-length", axum::http::HeaderValue::from_static("4096"));
+        return out;
+    }
     let mut upstream = ctx.client.request(req.method().clone(), format!("{}{path_and_query}", ctx.upstream));
     for (name, value) in req.headers() {
         if name != "host" && name != "connection" {
@@ -105,22 +114,15 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     };
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = if cut {
-        // Headers go out, then the connection dies before the first byte of the body.
-        Body::from_stream(futures::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut by the test proxy"))
-        }))
-    } else {
-        match resp.bytes().await {
-            Ok(b) => Body::from(b),
-            Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
-        }
+    let body = match resp.bytes().await {
+        Ok(b) => Body::from(b),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
     for (name, value) in &headers {
         let skip = [HeaderName::from_static("connection"), HeaderName::from_static("transfer-encoding")];
-        if !skip.contains(name) && !(cut && name == "content-length") {
+        if !skip.contains(name) {
             out.headers_mut().insert(name.clone(), value.clone());
         }
     }

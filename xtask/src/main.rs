@@ -113,8 +113,12 @@ fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
     build_example(root, tools, &dist, true)?;
     let server = server_binary(root)?;
     step("serve");
+    let data = root.join(".stead");
+    std::fs::create_dir_all(&data)?;
     let mut child = std::process::Command::new(&server)
         .args(["--dir".as_ref(), dist.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
+        .arg("--database")
+        .arg(data.join("demo.sqlite3"))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", server.display()))?;
