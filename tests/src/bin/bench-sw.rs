@@ -1,0 +1,447 @@
+//! The measuring program of `cargo xtask bench sw`: Stead's worker (OPFS) against a
+//! Workbox 7 worker (Cache Storage) serving the same files, in the same Chromium.
+//!
+//! Two sites are built from the app: the Stead site (the app plus synthetic assets, with
+//! the bundle manifest regenerated) and the Workbox site (the same files, `stead-sw.js`
+//! replaced by the bundled Workbox worker, so the page registers it byte-identically).
+//! Each block starts its own server and a browser with a fresh profile; blocks run
+//! A, B, B, A so slow phases of the machine hit both sites. Timings are taken in the page
+//! (`performance.now()`, Navigation Timing); raw samples go to a CSV.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use stead_e2e::{Browser, Env, Server, copy_dir, manifest, wait_for};
+
+/// Installs a hook in every page before its scripts run: when the app calls `register()`
+/// and when a worker takes control, in the page's `performance.now()`.
+const HOOK: &str = r#"(() => {
+  const sw = navigator.serviceWorker;
+  if (!sw) return;
+  window.__bench = { register: null, controller: null };
+  const register = sw.register.bind(sw);
+  sw.register = (...args) => {
+    if (window.__bench.register === null) window.__bench.register = performance.now();
+    return register(...args);
+  };
+  sw.addEventListener("controllerchange", () => {
+    if (window.__bench.controller === null) window.__bench.controller = performance.now();
+  });
+})();"#;
+
+/// Synthetic assets next to the app: (class, count, size).
+const ASSETS: [(&str, usize, usize); 4] = [("1k", 50, 1024), ("20k", 50, 20 * 1024), ("200k", 10, 200 * 1024), ("2m", 2, 2 << 20)];
+/// The precache bundle: 250 files, 10 MiB in all.
+const PRECACHE_FILES: usize = 250;
+const PRECACHE_FILE_SIZE: usize = (10 << 20) / PRECACHE_FILES;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Site {
+    Stead,
+    Workbox,
+}
+
+impl Site {
+    fn name(self) -> &'static str {
+        match self {
+            Site::Stead => "stead",
+            Site::Workbox => "workbox",
+        }
+    }
+}
+
+struct Args {
+    dist: PathBuf,
+    server: PathBuf,
+    workbox: PathBuf,
+    workbox_version: String,
+    out: PathBuf,
+    chromium: PathBuf,
+    chromedriver: PathBuf,
+    quick: bool,
+}
+
+fn args() -> Result<Args> {
+    let mut a = std::env::args().skip(1);
+    let mut get = BTreeMap::new();
+    let mut quick = false;
+    while let Some(k) = a.next() {
+        if k == "--quick" {
+            quick = true;
+        } else if let Some(name) = k.strip_prefix("--") {
+            get.insert(name.to_owned(), a.next().with_context(|| format!("{k} needs a value"))?);
+        } else {
+            bail!("unexpected argument {k:?}");
+        }
+    }
+    let mut take = |k: &str| get.remove(k).with_context(|| format!("--{k} is required"));
+    Ok(Args {
+        dist: take("dist")?.into(),
+        server: take("server")?.into(),
+        workbox: take("workbox")?.into(),
+        workbox_version: take("workbox-version")?,
+        out: take("out")?.into(),
+        chromium: take("chromium").unwrap_or_else(|_| "/usr/bin/chromium".into()).into(),
+        chromedriver: take("chromedriver").unwrap_or_else(|_| "/usr/bin/chromedriver".into()).into(),
+        quick,
+    })
+}
+
+/// How many samples each block takes.
+struct Plan {
+    serve_order: Vec<Site>,
+    precache_order: Vec<Site>,
+    rounds: usize,
+    cold: usize,
+    reloads: usize,
+}
+
+/// One raw sample.
+struct Sample {
+    site: Site,
+    block: usize,
+    metric: String,
+    i: usize,
+    ms: f64,
+}
+
+#[derive(Default)]
+struct Samples(Vec<Sample>);
+
+impl Samples {
+    fn push(&mut self, site: Site, block: usize, metric: &str, i: usize, ms: f64) {
+        self.0.push(Sample { site, block, metric: metric.to_owned(), i, ms });
+    }
+
+    fn values(&self, site: Site, metric: &str) -> Vec<f64> {
+        self.0.iter().filter(|s| s.site == site && s.metric == metric).map(|s| s.ms).collect()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so every run serves the same files.
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The two sites built from the same files: `(stead, workbox)`.
+fn make_sites(args: &Args, root: &Path, name: &str, files: &[(String, usize)]) -> Result<(PathBuf, PathBuf)> {
+    let stead = root.join(format!("{name}-stead"));
+    let workbox = root.join(format!("{name}-workbox"));
+    copy_dir(&args.dist, &stead)?;
+    for (i, (path, size)) in files.iter().enumerate() {
+        let p = stead.join(path);
+        std::fs::create_dir_all(p.parent().expect("has a parent"))?;
+        std::fs::write(&p, random_bytes(i as u64 + 1 + name.len() as u64 * 1000, *size))?;
+    }
+    stead_cli::build::write_bundle_manifest(&stead)?;
+    copy_dir(&stead, &workbox)?;
+    let m = manifest(&stead)?;
+    let list: Vec<Value> = m.files.iter().map(|f| json!({"url": f.path, "revision": f.sha256})).collect();
+    let script = format!(
+        "self.__WB_MANIFEST = {};\n{}",
+        serde_json::to_string(&list)?,
+        std::fs::read_to_string(&args.workbox).context("cannot read the bundled Workbox worker")?
+    );
+    std::fs::write(workbox.join(stead_core::bundle::WORKER_SCRIPT), script)?;
+    Ok((stead, workbox))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = args()?;
+    let started = Instant::now();
+    let env = Env {
+        dist: args.dist.clone(),
+        server_bin: args.server.clone(),
+        chromedriver: args.chromedriver.clone(),
+        chromium: args.chromium.clone(),
+    };
+    let plan = if args.quick {
+        Plan { serve_order: vec![Site::Stead, Site::Workbox], precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5 }
+    } else {
+        use Site::*;
+        Plan {
+            serve_order: vec![Stead, Workbox, Workbox, Stead],
+            precache_order: vec![Stead, Workbox, Workbox, Stead, Stead, Workbox],
+            rounds: 12,
+            cold: 6,
+            reloads: 6,
+        }
+    };
+
+    let tmp = tempfile::tempdir()?;
+    let mut assets = Vec::new();
+    for (class, count, size) in ASSETS {
+        for i in 0..count {
+            assets.push((format!("bench/{class}-{i:03}.bin"), size));
+        }
+    }
+    let (serve_stead, serve_workbox) = make_sites(&args, tmp.path(), "serve", &assets)?;
+    let precache: Vec<(String, usize)> =
+        (0..PRECACHE_FILES).map(|i| (format!("bench/p-{i:03}.bin"), PRECACHE_FILE_SIZE)).collect();
+    let (pre_stead, pre_workbox) = make_sites(&args, tmp.path(), "precache", &precache)?;
+    let serve_m = manifest(&serve_stead)?;
+    let pre_m = manifest(&pre_stead)?;
+    eprintln!(
+        "serving sites: {} files, {} bytes; precache sites: {} files, {} bytes",
+        serve_m.files.len(),
+        serve_m.total_size(),
+        pre_m.files.len(),
+        pre_m.total_size()
+    );
+
+    let mut samples = Samples::default();
+    let mut chromium_version = String::new();
+    for (block, &site) in plan.serve_order.iter().enumerate() {
+        let dir = if site == Site::Stead { &serve_stead } else { &serve_workbox };
+        let t = Instant::now();
+        let browser = Browser::start(&env).await?;
+        let result = serve_block(&env, &browser, site, block, dir, &plan, &mut samples).await;
+        if chromium_version.is_empty() {
+            chromium_version = browser.js("return navigator.userAgent").await?.as_str().unwrap_or_default().to_owned();
+        }
+        browser.quit().await?;
+        result.with_context(|| format!("serving block {block} ({})", site.name()))?;
+        eprintln!("  block {block} {:8} done in {:.1} s", site.name(), t.elapsed().as_secs_f64());
+    }
+    for (block, &site) in plan.precache_order.iter().enumerate() {
+        let dir = if site == Site::Stead { &pre_stead } else { &pre_workbox };
+        let browser = Browser::start(&env).await?;
+        let result = precache_block(&env, &browser, site, dir).await;
+        browser.quit().await?;
+        let ms = result.with_context(|| format!("precache block {block} ({})", site.name()))?;
+        eprintln!("  precache {block} {:8} {ms:.0} ms", site.name());
+        samples.push(site, block, "precache_10mb", 0, ms);
+    }
+
+    write_csv(&args.out, &samples)?;
+    print_table(&samples, &chromium_version, &args.workbox_version, &serve_m, &pre_m);
+    println!("raw samples: {}", args.out.display());
+    println!("bench time: {:.0} s{}", started.elapsed().as_secs_f64(), if args.quick { " (--quick)" } else { "" });
+    Ok(())
+}
+
+/// Goes to the site with the hook installed and waits for a worker to take control with
+/// every file stored; returns register → controllerchange in ms.
+async fn install(browser: &Browser, url: &str, site: Site, m: &stead_core::bundle::BundleManifest) -> Result<f64> {
+    browser.cdp("Page.enable", json!({})).await?;
+    browser.cdp("Page.addScriptToEvaluateOnNewDocument", json!({ "source": HOOK })).await?;
+    browser.driver.goto(url).await?;
+    let times = wait_for("a worker to take control", Duration::from_secs(180), || async {
+        let v = browser.js("return window.__bench || null").await?;
+        Ok(v.get("controller").and_then(Value::as_f64).map(|c| (v["register"].as_f64(), c)))
+    })
+    .await?;
+    let (Some(register), controller) = times else { bail!("the page took control without calling register()") };
+    match site {
+        Site::Stead => {
+            let s = browser.status().await?;
+            if s["active_version"].as_str() != Some(m.version.as_str()) {
+                bail!("Stead controls the page but its version is not active: {s}");
+            }
+        }
+        Site::Workbox => {
+            let n = browser
+                .js_async(
+                    "let n = 0; for (const k of await caches.keys()) { \
+                     n += (await (await caches.open(k)).keys()).length; } return n;",
+                )
+                .await?;
+            if n.as_u64().unwrap_or(0) < m.files.len() as u64 {
+                bail!("Workbox controls the page with {n} of {} files cached", m.files.len());
+            }
+        }
+    }
+    Ok(controller - register)
+}
+
+async fn precache_block(env: &Env, browser: &Browser, site: Site, dir: &Path) -> Result<f64> {
+    let server = Server::start(env, dir)?;
+    let m = manifest(dir)?;
+    let ms = install(browser, &server.url, site, &m).await?;
+    drop(server);
+    Ok(ms)
+}
+
+/// Fetches each URL in the page, one after another, and returns each time in ms.
+async fn fetch_times(browser: &Browser, urls: &[(String, usize)]) -> Result<Vec<f64>> {
+    let list = serde_json::to_string(urls)?;
+    let v = browser
+        .js_async(&format!(
+            "const out = []; \
+             for (const [url, size] of {list}) {{ \
+               const t0 = performance.now(); \
+               const r = await fetch(url); const b = await r.arrayBuffer(); \
+               const t1 = performance.now(); \
+               if (!r.ok || b.byteLength !== size) throw new Error(url + ': ' + r.status + ', ' + b.byteLength + ' bytes'); \
+               out.push(t1 - t0); }} \
+             return out;"
+        ))
+        .await?;
+    if let Some(e) = v.get("error") {
+        bail!("fetch in the page failed: {e}");
+    }
+    v.as_array()
+        .context("fetch times")?
+        .iter()
+        .map(|x| x.as_f64().context("a time"))
+        .collect()
+}
+
+/// One URL per class for round `round`, rotating through the class's files.
+fn round_urls(round: usize) -> Vec<(String, usize)> {
+    ASSETS.iter().map(|&(class, count, size)| (format!("bench/{class}-{:03}.bin", round % count), size)).collect()
+}
+
+async fn serve_block(
+    env: &Env,
+    browser: &Browser,
+    site: Site,
+    block: usize,
+    dir: &Path,
+    plan: &Plan,
+    samples: &mut Samples,
+) -> Result<()> {
+    let mut server = Server::start(env, dir)?;
+    let m = manifest(dir)?;
+    let ms = install(browser, &server.url, site, &m).await?;
+    samples.push(site, block, "install_app_6mb", 0, ms);
+
+    // Warm-up: every measured file once, untimed, so the worker and its handles are warm.
+    for r in 0..plan.rounds.max(50) {
+        fetch_times(browser, &round_urls(r)).await?;
+    }
+    for (phase, online) in [("warm", true), ("offline", false)] {
+        if !online {
+            server.kill();
+            if reqwest::get(&server.url).await.is_ok() {
+                bail!("the server still answers after being killed");
+            }
+            // One untimed pass, so nothing of the online phase's state is measured.
+            fetch_times(browser, &round_urls(0)).await?;
+        }
+        for r in 0..plan.rounds {
+            let urls = round_urls(r + block);
+            let times = fetch_times(browser, &urls).await?;
+            for ((class, _, _), ms) in ASSETS.iter().zip(times) {
+                samples.push(site, block, &format!("fetch_{phase}_{class}"), r, ms);
+            }
+        }
+    }
+
+    // Offline cold start: the worker stopped before each single 1 KB fetch.
+    for i in 0..plan.cold {
+        browser.stop_workers().await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let url = (format!("bench/1k-{:03}.bin", 10 + i), 1024);
+        let t = fetch_times(browser, &[url]).await?;
+        samples.push(site, block, "cold_fetch_offline_1k", i, t[0]);
+    }
+
+    // Offline reloads, warm worker and stopped worker: navigation start → DOMContentLoaded.
+    for (metric, stop) in [("reload_offline_dcl", false), ("reload_offline_cold_dcl", true)] {
+        for i in 0..plan.reloads {
+            if stop {
+                browser.stop_workers().await?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            browser.driver.refresh().await?;
+            let dcl = wait_for("DOMContentLoaded after the reload", Duration::from_secs(30), || async {
+                let v = browser
+                    .js("const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : 0;")
+                    .await?;
+                Ok(v.as_f64().filter(|&x| x > 0.0))
+            })
+            .await?;
+            browser.wait_app().await?;
+            samples.push(site, block, metric, i, dcl);
+        }
+    }
+    Ok(())
+}
+
+fn write_csv(path: &Path, samples: &Samples) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut s = String::from("site,block,metric,sample,ms\n");
+    for x in &samples.0 {
+        writeln!(s, "{},{},{},{},{:.4}", x.site.name(), x.block, x.metric, x.i, x.ms)?;
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_table(
+    samples: &Samples,
+    chromium: &str,
+    workbox: &str,
+    serve: &stead_core::bundle::BundleManifest,
+    pre: &stead_core::bundle::BundleManifest,
+) {
+    println!();
+    println!("bench sw — Stead (OPFS) / Workbox {workbox} (Cache Storage); medians in ms");
+    println!("browser: {chromium}");
+    println!(
+        "serving sites: {} files, {:.1} MB; precache sites: {} files, {:.1} MB",
+        serve.files.len(),
+        serve.total_size() as f64 / 1e6,
+        pre.files.len(),
+        pre.total_size() as f64 / 1e6
+    );
+    println!();
+    println!("{:<26} {:>5} {:>10} {:>10} {:>7}  {:<6} {}", "metric", "n", "stead", "workbox", "ratio", "goal", "");
+    let mut metrics: Vec<&str> = Vec::new();
+    for s in &samples.0 {
+        if !metrics.contains(&s.metric.as_str()) {
+            metrics.push(&s.metric);
+        }
+    }
+    for metric in metrics {
+        let a = samples.values(Site::Stead, metric);
+        let b = samples.values(Site::Workbox, metric);
+        let n = a.len().min(b.len());
+        let (Some(ma), Some(mb)) = (median(a), median(b)) else { continue };
+        let ratio = ma / mb;
+        let goal = if metric.starts_with("fetch_offline") || metric == "reload_offline_dcl" {
+            Some(0.8)
+        } else if metric.starts_with("cold") || metric == "reload_offline_cold_dcl" {
+            Some(1.0)
+        } else if metric.starts_with("precache") {
+            Some(0.5)
+        } else {
+            None
+        };
+        let (goal_s, verdict) = match goal {
+            Some(g) => (format!("≤{g:.1}×"), if ratio <= g { "met" } else { "MISSED" }),
+            None => ("—".to_owned(), ""),
+        };
+        println!("{metric:<26} {n:>5} {ma:>10.3} {mb:>10.3} {ratio:>6.2}×  {goal_s:<6} {verdict}");
+    }
+    println!();
+}

@@ -1,0 +1,92 @@
+//! `cargo xtask bench sw`: Stead's service worker against Workbox 7 on the same app.
+//!
+//! Installs the pinned Workbox packages and esbuild into `.tools/bench-sw/`, bundles
+//! `bench/sw/workbox-sw.js` into one classic worker script, then runs the measuring
+//! program (`tests/src/bin/bench-sw.rs`, which drives Chromium through the e2e harness).
+//! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    setup::{self, Tools},
+    util::{cargo, cmd, step},
+};
+
+/// The anchor: exact versions, so every run measures the same Workbox.
+const WORKBOX_VERSION: &str = "7.4.1";
+const ESBUILD_VERSION: &str = "0.28.2";
+
+pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) -> Result<()> {
+    let out_dir = target_dir(root).join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let workbox_script = bundle_workbox(root, &out_dir)?;
+
+    step("bench sw: Stead's worker (OPFS) against Workbox (Cache Storage)");
+    // Debug build: the program only drives the browser, every timed step runs in Chromium,
+    // and the debug artifacts are shared with the e2e tests.
+    let mut c = cargo(root)
+        .args(["run", "--package", "stead-e2e", "--bin", "bench-sw", "--"])
+        .arg("--dist")
+        .arg(dist)
+        .arg("--server")
+        .arg(server)
+        .arg("--workbox")
+        .arg(&workbox_script)
+        .args(["--workbox-version", WORKBOX_VERSION])
+        .arg("--out")
+        .arg(out_dir.join("sw.csv"))
+        .arg("--chromium")
+        .arg(&tools.chromium)
+        .arg("--chromedriver")
+        .arg(&tools.chromedriver);
+    if quick {
+        c = c.arg("--quick");
+    }
+    c.run()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+/// Installs Workbox and esbuild when missing and bundles the Workbox worker; returns the
+/// bundled script.
+fn bundle_workbox(root: &Path, out_dir: &Path) -> Result<PathBuf> {
+    step(&format!("bench sw: Workbox {WORKBOX_VERSION} worker, bundled by esbuild {ESBUILD_VERSION}"));
+    let dir = root.join(".tools/bench-sw");
+    std::fs::create_dir_all(&dir)?;
+    let installed = |pkg: &str, version: &str| {
+        std::fs::read_to_string(dir.join("node_modules").join(pkg).join("package.json"))
+            .is_ok_and(|s| s.contains(&format!("\"version\": \"{version}\"")))
+    };
+    let wanted = [
+        ("workbox-precaching", WORKBOX_VERSION),
+        ("workbox-routing", WORKBOX_VERSION),
+        ("workbox-strategies", WORKBOX_VERSION),
+        ("esbuild", ESBUILD_VERSION),
+    ];
+    if wanted.iter().all(|(p, v)| installed(p, v)) {
+        eprintln!("  found   workbox {WORKBOX_VERSION} and esbuild {ESBUILD_VERSION} in .tools/bench-sw");
+    } else {
+        let specs: Vec<String> = wanted.iter().map(|(p, v)| format!("{p}@{v}")).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        setup::npm_install(&dir, &specs)?;
+    }
+    // esbuild resolves packages from the source's folder upwards: bundle a copy that sits
+    // next to node_modules.
+    let source = root.join("bench/sw/workbox-sw.js");
+    let copy = dir.join("workbox-sw.js");
+    std::fs::copy(&source, &copy).with_context(|| format!("cannot read {}", source.display()))?;
+    let out = out_dir.join("workbox-sw.js");
+    cmd(dir.join("node_modules/.bin/esbuild"))
+        .arg("workbox-sw.js")
+        .args(["--bundle", "--format=iife", "--minify", "--target=chrome120", "--log-level=warning"])
+        .arg("--define:process.env.NODE_ENV=\"production\"")
+        .arg(format!("--outfile={}", out.display()))
+        .dir(&dir)
+        .run()?;
+    eprintln!("  workbox worker {} bytes", std::fs::metadata(&out)?.len());
+    Ok(out)
+}
