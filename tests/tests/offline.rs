@@ -228,3 +228,26 @@ async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -
     assert!(!browser.driver.source().await?.contains("tampered"));
     browser.quit().await
 }
+
+#[tokio::test]
+async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+    let opfs_names = "const root = await navigator.storage.getDirectory(); const names = [];\
+                      for await (const k of root.keys()) names.push(k); return names;";
+    assert_eq!(browser.js_async(opfs_names).await?, serde_json::json!(["stead"]));
+
+    browser.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
+    wait_for("the worker to unregister", Duration::from_secs(20), || async {
+        let gone = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        Ok((gone.as_bool() == Some(true)).then_some(()))
+    })
+    .await?;
+    assert_eq!(browser.js_async(opfs_names).await?, serde_json::json!([]));
+    // The page keeps working from the network.
+    browser.driver.refresh().await?;
+    browser.add_todo("after the kill switch").await?;
+    browser.quit().await
+}

@@ -6,6 +6,7 @@
 //! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
 //! - `build` builds the todo example into a folder.
 
+mod bench_sw;
 mod setup;
 mod util;
 
@@ -46,6 +47,18 @@ enum Command {
     },
     /// Run every test: native, wasm in Chromium, end to end.
     Test,
+    /// Run a benchmark against its anchor and print ratios (`sw`, `core`).
+    Bench {
+        name: String,
+        /// Fewer rounds, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run the convergence simulator over many seeds.
+    Sim {
+        #[arg(long, default_value_t = 10_000)]
+        seeds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +79,30 @@ fn main() -> Result<()> {
         Command::Test => {
             let tools = setup::run(&root)?;
             test(&root, &tools)?;
+        }
+        Command::Bench { name, quick } => match name.as_str() {
+            "sw" => {
+                let tools = setup::run(&root)?;
+                let dist = root.join("target/bench-dist");
+                let _ = std::fs::remove_dir_all(&dist);
+                build_example(&root, &tools, &dist, true)?;
+                let server = server_binary(&root)?;
+                bench_sw::run(&root, &tools, &dist, &server, quick)?;
+            }
+            "core" => {
+                let mut c = cargo(&root).args(["run", "--release", "--package", "stead-bench", "--", "core"]);
+                if quick {
+                    c = c.arg("--quick");
+                }
+                c.run()?;
+            }
+            other => anyhow::bail!("unknown benchmark {other:?}: try sw or core"),
+        },
+        Command::Sim { seeds } => {
+            cargo(&root)
+                .args(["test", "--release", "--package", "stead-core", "--test", "sim", "--", "--nocapture"])
+                .env("STEAD_SIM_SEEDS", seeds.to_string())
+                .run()?;
         }
     }
     Ok(())
