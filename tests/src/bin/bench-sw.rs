@@ -222,7 +222,10 @@ async fn main() -> Result<()> {
         let browser = Browser::start(&env).await?;
         let result = serve_block(&env, &browser, site, block, dir, &plan, &mut samples).await;
         if chromium_version.is_empty() {
-            chromium_version = browser.js("return navigator.userAgent").await?.as_str().unwrap_or_default().to_owned();
+            chromium_version = match browser.cdp("Browser.getVersion", json!({})).await {
+                Ok(v) => v["product"].as_str().unwrap_or_default().to_owned(),
+                Err(_) => browser.js("return navigator.userAgent").await?.as_str().unwrap_or_default().to_owned(),
+            };
         }
         browser.quit().await?;
         result.with_context(|| format!("serving block {block} ({})", site.name()))?;
@@ -329,7 +332,7 @@ async fn serve_block(
     let mut server = Server::start(env, dir)?;
     let m = manifest(dir)?;
     let ms = install(browser, &server.url, site, &m).await?;
-    samples.push(site, block, "install_app_6mb", 0, ms);
+    samples.push(site, block, "install_serving_site", 0, ms);
 
     // Warm-up: every measured file once, untimed, so the worker and its handles are warm.
     for r in 0..plan.rounds.max(50) {
