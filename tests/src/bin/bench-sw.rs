@@ -4,9 +4,11 @@
 //! Two sites are built from the app: the Stead site (the app plus synthetic assets, with
 //! the bundle manifest regenerated) and the Workbox site (the same files, `stead-sw.js`
 //! replaced by the bundled Workbox worker, so the page registers it byte-identically).
-//! Each block starts its own server and a browser with a fresh profile; blocks run
-//! A, B, B, A so slow phases of the machine hit both sites. Timings are taken in the page
-//! (`performance.now()`, Navigation Timing); raw samples go to a CSV.
+//! Serving is measured on both sites side by side: each pair of fresh-profile browsers
+//! (one per site, each with its own server on its own port, so its own origin) takes
+//! every measurement in turn A,B, B,A, … so a busy moment of a shared machine hits both.
+//! Precache runs one fresh browser at a time, sites in the order A,B,B,A,… Timings are
+//! taken in the page (`performance.now()`, Navigation Timing); raw samples go to a CSV.
 
 use std::{
     collections::BTreeMap,
@@ -95,7 +97,8 @@ fn args() -> Result<Args> {
 
 /// How many samples each block takes.
 struct Plan {
-    serve_order: Vec<Site>,
+    /// Pairs of fresh browsers (one per site, side by side).
+    pairs: usize,
     precache_order: Vec<Site>,
     rounds: usize,
     cold: usize,
@@ -124,13 +127,28 @@ impl Samples {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+/// The `q` quantile (0..=1) by linear interpolation between the sorted samples.
+fn quantile(v: &[f64], q: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    quantile(v, 0.5)
+}
+
+/// "p25–p75" of the samples, to show how noisy a median is.
+fn iqr(v: &[f64]) -> String {
+    match (quantile(v, 0.25), quantile(v, 0.75)) {
+        (Some(a), Some(b)) => format!("{a:.1}–{b:.1}"),
+        _ => String::new(),
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so every run serves the same files.
@@ -181,15 +199,15 @@ async fn main() -> Result<()> {
         chromium: args.chromium.clone(),
     };
     let plan = if args.quick {
-        Plan { serve_order: vec![Site::Stead, Site::Workbox], precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5 }
+        Plan { pairs: 1, precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5 }
     } else {
         use Site::*;
         Plan {
-            serve_order: vec![Stead, Workbox, Workbox, Stead],
-            precache_order: vec![Stead, Workbox, Workbox, Stead, Stead, Workbox],
-            rounds: 12,
-            cold: 6,
-            reloads: 6,
+            pairs: 2,
+            precache_order: vec![Stead, Workbox, Workbox, Stead, Stead, Workbox, Workbox, Stead],
+            rounds: 20,
+            cold: 10,
+            reloads: 8,
         }
     };
 
@@ -216,20 +234,30 @@ async fn main() -> Result<()> {
 
     let mut samples = Samples::default();
     let mut chromium_version = String::new();
-    for (block, &site) in plan.serve_order.iter().enumerate() {
-        let dir = if site == Site::Stead { &serve_stead } else { &serve_workbox };
+    for pair in 0..plan.pairs {
         let t = Instant::now();
-        let browser = Browser::start(&env).await?;
-        let result = serve_block(&env, &browser, site, block, dir, &plan, &mut samples).await;
+        let a = Browser::start(&env).await?;
+        let b = match Browser::start(&env).await {
+            Ok(b) => b,
+            Err(e) => {
+                a.quit().await?;
+                return Err(e);
+            }
+        };
+        // The first site alternates between pairs: A,B then B,A.
+        let (first, second) = if pair % 2 == 0 { (Site::Stead, Site::Workbox) } else { (Site::Workbox, Site::Stead) };
+        let dir = |site| if site == Site::Stead { &serve_stead } else { &serve_workbox };
+        let result = serve_pair(&env, [(first, &a, dir(first)), (second, &b, dir(second))], pair, &plan, &mut samples).await;
         if chromium_version.is_empty() {
-            chromium_version = match browser.cdp("Browser.getVersion", json!({})).await {
+            chromium_version = match a.cdp("Browser.getVersion", json!({})).await {
                 Ok(v) => v["product"].as_str().unwrap_or_default().to_owned(),
-                Err(_) => browser.js("return navigator.userAgent").await?.as_str().unwrap_or_default().to_owned(),
+                Err(_) => a.js("return navigator.userAgent").await?.as_str().unwrap_or_default().to_owned(),
             };
         }
-        browser.quit().await?;
-        result.with_context(|| format!("serving block {block} ({})", site.name()))?;
-        eprintln!("  block {block} {:8} done in {:.1} s", site.name(), t.elapsed().as_secs_f64());
+        a.quit().await?;
+        b.quit().await?;
+        result.with_context(|| format!("serving pair {pair}"))?;
+        eprintln!("  serving pair {pair} done in {:.1} s", t.elapsed().as_secs_f64());
     }
     for (block, &site) in plan.precache_order.iter().enumerate() {
         let dir = if site == Site::Stead { &pre_stead } else { &pre_workbox };
@@ -320,73 +348,102 @@ fn round_urls(round: usize) -> Vec<(String, usize)> {
     ASSETS.iter().map(|&(class, count, size)| (format!("bench/{class}-{:03}.bin", round % count), size)).collect()
 }
 
-async fn serve_block(
+/// A,B, B,A, A,B, …: which of the two sides goes first in step `i`.
+fn abba(i: usize) -> [usize; 2] {
+    if i % 2 == 0 { [0, 1] } else { [1, 0] }
+}
+
+/// Both sites side by side, each in its own fresh browser with its own server; every
+/// measurement alternates between them, so a busy moment of the machine hits both.
+async fn serve_pair(
     env: &Env,
-    browser: &Browser,
-    site: Site,
+    sides: [(Site, &Browser, &PathBuf); 2],
     block: usize,
-    dir: &Path,
     plan: &Plan,
     samples: &mut Samples,
 ) -> Result<()> {
-    let mut server = Server::start(env, dir)?;
-    let m = manifest(dir)?;
-    let ms = install(browser, &server.url, site, &m).await?;
-    samples.push(site, block, "install_serving_site", 0, ms);
+    let mut servers = Vec::new();
+    for (site, browser, dir) in sides {
+        let server = Server::start(env, dir)?;
+        let ms = install(browser, &server.url, site, &manifest(dir)?).await?;
+        samples.push(site, block, "install_serving_site", 0, ms);
+        servers.push(server);
+    }
 
-    // Warm-up: every measured file once, untimed, so the worker and its handles are warm.
-    for r in 0..plan.rounds.max(50) {
-        fetch_times(browser, &round_urls(r)).await?;
+    // Warm-up: every measured file, untimed, so the workers and their handles are warm.
+    for (_, browser, _) in sides {
+        for r in 0..50 {
+            fetch_times(browser, &round_urls(r)).await?;
+        }
     }
     for (phase, online) in [("warm", true), ("offline", false)] {
         if !online {
-            server.kill();
-            if reqwest::get(&server.url).await.is_ok() {
-                bail!("the server still answers after being killed");
+            for server in &mut servers {
+                server.kill();
+                if reqwest::get(&server.url).await.is_ok() {
+                    bail!("the server still answers after being killed");
+                }
             }
             // One untimed pass, so nothing of the online phase's state is measured.
-            fetch_times(browser, &round_urls(0)).await?;
+            for (_, browser, _) in sides {
+                fetch_times(browser, &round_urls(0)).await?;
+            }
         }
         for r in 0..plan.rounds {
-            let urls = round_urls(r + block);
-            let times = fetch_times(browser, &urls).await?;
-            for ((class, _, _), ms) in ASSETS.iter().zip(times) {
-                samples.push(site, block, &format!("fetch_{phase}_{class}"), r, ms);
+            for k in abba(r) {
+                let (site, browser, _) = sides[k];
+                let times = fetch_times(browser, &round_urls(r + block)).await?;
+                for ((class, _, _), ms) in ASSETS.iter().zip(times) {
+                    samples.push(site, block, &format!("fetch_{phase}_{class}"), r, ms);
+                }
             }
         }
     }
 
     // Offline cold start: the worker stopped before each single 1 KB fetch.
     for i in 0..plan.cold {
-        browser.stop_workers().await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let url = (format!("bench/1k-{:03}.bin", 10 + i), 1024);
-        let t = fetch_times(browser, &[url]).await?;
-        samples.push(site, block, "cold_fetch_offline_1k", i, t[0]);
+        for k in abba(i) {
+            let (site, browser, _) = sides[k];
+            browser.stop_workers().await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let url = (format!("bench/1k-{:03}.bin", 10 + i), 1024);
+            let t = fetch_times(browser, &[url]).await?;
+            samples.push(site, block, "cold_fetch_offline_1k", i, t[0]);
+        }
     }
 
     // Offline reloads, warm worker and stopped worker: navigation start → DOMContentLoaded.
     for (metric, stop) in [("reload_offline_dcl", false), ("reload_offline_cold_dcl", true)] {
         for i in 0..plan.reloads {
-            if stop {
-                browser.stop_workers().await?;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            for k in abba(i) {
+                let (site, browser, _) = sides[k];
+                let dcl = reload(browser, stop).await?;
+                samples.push(site, block, metric, i, dcl);
             }
-            browser.driver.refresh().await?;
-            let dcl = wait_for("DOMContentLoaded after the reload", Duration::from_secs(30), || async {
-                let v = browser
-                    .js("const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : 0;")
-                    .await?;
-                Ok(v.as_f64().filter(|&x| x > 0.0))
-            })
-            .await?;
-            browser.wait_app().await?;
-            samples.push(site, block, metric, i, dcl);
         }
     }
     Ok(())
+}
+
+/// Reloads the page (after stopping the worker when `stop`) and returns navigation start
+/// → DOMContentLoaded in ms, once the app has rendered.
+async fn reload(browser: &Browser, stop: bool) -> Result<f64> {
+    if stop {
+        browser.stop_workers().await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    } else {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.driver.refresh().await?;
+    let dcl = wait_for("DOMContentLoaded after the reload", Duration::from_secs(30), || async {
+        let v = browser
+            .js("const n = performance.getEntriesByType('navigation')[0]; return n ? n.domContentLoadedEventEnd : 0;")
+            .await?;
+        Ok(v.as_f64().filter(|&x| x > 0.0))
+    })
+    .await?;
+    browser.wait_app().await?;
+    Ok(dcl)
 }
 
 fn write_csv(path: &Path, samples: &Samples) -> Result<()> {
@@ -418,7 +475,10 @@ fn print_table(
         pre.total_size() as f64 / 1e6
     );
     println!();
-    println!("{:<26} {:>5} {:>10} {:>10} {:>7}  {:<6} {}", "metric", "n", "stead", "workbox", "ratio", "goal", "");
+    println!(
+        "{:<26} {:>5} {:>10} {:>10} {:>7}  {:<6} {:<7} {:>15} {:>15}",
+        "metric", "n", "stead", "workbox", "ratio", "goal", "", "stead p25–p75", "workbox p25–p75"
+    );
     let mut metrics: Vec<&str> = Vec::new();
     for s in &samples.0 {
         if !metrics.contains(&s.metric.as_str()) {
@@ -429,7 +489,7 @@ fn print_table(
         let a = samples.values(Site::Stead, metric);
         let b = samples.values(Site::Workbox, metric);
         let n = a.len().min(b.len());
-        let (Some(ma), Some(mb)) = (median(a), median(b)) else { continue };
+        let (Some(ma), Some(mb)) = (median(&a), median(&b)) else { continue };
         let ratio = ma / mb;
         let goal = if metric.starts_with("fetch_offline") || metric == "reload_offline_dcl" {
             Some(0.8)
@@ -444,7 +504,11 @@ fn print_table(
             Some(g) => (format!("≤{g:.1}×"), if ratio <= g { "met" } else { "MISSED" }),
             None => ("—".to_owned(), ""),
         };
-        println!("{metric:<26} {n:>5} {ma:>10.3} {mb:>10.3} {ratio:>6.2}×  {goal_s:<6} {verdict}");
+        println!(
+            "{metric:<26} {n:>5} {ma:>10.3} {mb:>10.3} {ratio:>6.2}×  {goal_s:<6} {verdict:<7} {:>15} {:>15}",
+            iqr(&a),
+            iqr(&b)
+        );
     }
     println!();
 }
