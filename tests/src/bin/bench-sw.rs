@@ -503,7 +503,8 @@ fn print_table(
         let b = samples.values(Site::Workbox, metric);
         let n = a.len().min(b.len());
         let (Some(ma), Some(mb)) = (median(&a), median(&b)) else { continue };
-        let ratio = ma / mb;
+        // Judged as printed, to two decimals.
+        let ratio = (ma / mb * 100.0).round() / 100.0;
         let goal = if metric.starts_with("fetch_offline") || metric == "reload_offline_dcl" {
             Some(0.8)
         } else if metric == "cold_fetch_offline_1k" || metric == "reload_offline_cold_dcl" {
