@@ -52,6 +52,9 @@ pub struct Config {
     pub bundle_dir: PathBuf,
     /// The sync service; `None` serves the bundle alone.
     pub sync: Option<Arc<Service>>,
+    /// The kill switch: the app is withdrawn, so the bundle manifest answers `410 Gone`
+    /// and installed service workers delete what they stored and unregister.
+    pub retired: bool,
 }
 
 /// The server's routes: `/healthz`, sync (when configured) and the bundle's files.
@@ -95,6 +98,9 @@ async fn serve_file(
         return (StatusCode::BAD_REQUEST, "bad path").into_response();
     };
     let rel = if rel.is_empty() { "index.html".to_owned() } else { rel };
+    if config.retired && rel == MANIFEST_FILE {
+        return (StatusCode::GONE, "this app has been withdrawn").into_response();
+    }
     let mut found = read(&config.bundle_dir, &rel).await;
     let mut served = rel.clone();
     // A navigation to an app route that is not a file gets the app's entry document.

@@ -23,6 +23,10 @@ struct Args {
     /// Serve the bundle only, with no sync routes.
     #[arg(long)]
     no_sync: bool,
+    /// The kill switch: answer `410 Gone` for the bundle manifest, so every installed
+    /// service worker of the app deletes its stored files and unregisters.
+    #[arg(long)]
+    retire: bool,
     /// Largest sync frame in bytes.
     #[arg(long, default_value_t = stead_server::Limits::default().max_frame_bytes)]
     max_frame_bytes: usize,
@@ -99,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(dir = %dir.display(), "serving");
-    stead_server::serve(listener, stead_server::Config { bundle_dir: dir, sync }, shutdown_signal()).await?;
+    stead_server::serve(listener, stead_server::Config { bundle_dir: dir, sync, retired: args.retire }, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -35,7 +35,7 @@ pub fn route(rel: &str) -> Route {
 
 pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
     let request = event.request();
-    if request.method() != "GET" {
+    if request.method() != "GET" || worker.is_killed() {
         return;
     }
     let Some(rel) = relative_path(&worker.base, &request.url()) else { return };

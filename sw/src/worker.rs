@@ -56,6 +56,8 @@ pub struct Worker {
     started: f64,
     channel: Option<BroadcastChannel>,
     state: RefCell<State>,
+    /// Set by the kill switch: from then on this instance stores and answers nothing.
+    killed: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
 }
@@ -91,6 +93,7 @@ impl Worker {
             started: Date::now(),
             channel: BroadcastChannel::new(CHANNEL).ok(),
             state: RefCell::default(),
+            killed: std::cell::Cell::new(false),
             loading: RefCell::default(),
             updating: RefCell::default(),
         }
@@ -117,6 +120,16 @@ impl Worker {
     }
 
     pub fn on_message(self: &Rc<Self>, event: ExtendableMessageEvent) {
+        if self.killed.get() {
+            // A page registered again and revived this registration: say so, and go.
+            self.broadcast(json!({"type": "killed"}));
+            let scope = self.scope.clone();
+            wait_until(&event, async move {
+                JsFuture::from(scope.registration().unregister()?).await?;
+                Ok(())
+            });
+            return;
+        }
         let kind = Reflect::get(&event.data(), &"type".into()).ok().and_then(|t| t.as_string());
         let w = self.clone();
         match kind.as_deref() {
@@ -142,9 +155,16 @@ impl Worker {
         }
     }
 
+    pub fn is_killed(&self) -> bool {
+        self.killed.get()
+    }
+
     /// Opens the store and reads the versions once per worker life; concurrent callers
     /// share the same load.
     pub async fn load(self: &Rc<Self>) -> Result<BundleStore, SwError> {
+        if self.killed.get() {
+            return Err(SwError::Js("this app was withdrawn (kill switch)".into()));
+        }
         if let Some(store) = self.state.borrow().store.clone() {
             return Ok(store);
         }
@@ -231,6 +251,10 @@ impl Worker {
     }
 
     async fn record(self: &Rc<Self>, result: &Result<Checked, SwError>) {
+        if let Ok(Checked::Killed) = result {
+            // Nothing of the app may be left behind, status included.
+            return;
+        }
         let Ok(store) = self.load().await else { return };
         let meta = {
             let mut s = self.state.borrow_mut();
@@ -245,7 +269,7 @@ impl Worker {
                     s.meta.last_check_result = Some(format!("downloaded {v}"));
                     s.meta.last_error = None;
                 }
-                Ok(Checked::Killed) => return,
+                Ok(Checked::Killed) => {}
                 Err(e) => {
                     s.meta.last_check_result = Some("error".into());
                     s.meta.last_error = Some(e.to_string());
@@ -397,6 +421,7 @@ impl Worker {
 
     /// The kill switch: forget every stored file and version, and unregister.
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
+        self.killed.set(true);
         BundleStore::wipe(&crate::opfs::root().await?).await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;

@@ -95,10 +95,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(env: &Env, dir: &Path) -> Result<Server> {
+        Self::start_with(env, dir, 0, &[])
+    }
+
+    /// Starts on `port` (0 for any free one) with extra flags.
+    pub fn start_with(env: &Env, dir: &Path, port: u16, flags: &[&str]) -> Result<Server> {
         let own = tempfile::tempdir()?;
         let log = std::fs::File::create(own.path().join("server.log"))?;
         let mut child = Command::new(&env.server_bin)
-            .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), "0".as_ref()])
+            .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
+            .args(flags)
             .arg("--database")
             .arg(own.path().join("stead.sqlite3"))
             .current_dir(own.path())

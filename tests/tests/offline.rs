@@ -251,3 +251,33 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     browser.add_todo("after the kill switch").await?;
     browser.quit().await
 }
+
+#[tokio::test]
+async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+
+    server.kill();
+    let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
+    browser.driver.refresh().await?;
+    wait_for("the worker to remove itself", Duration::from_secs(30), || async {
+        let gone = browser
+            .js_async(
+                "const root = await navigator.storage.getDirectory(); const names = [];\
+                 for await (const k of root.keys()) names.push(k);\
+                 return names.length === 0 && !(await navigator.serviceWorker.getRegistration());",
+            )
+            .await?;
+        Ok((gone.as_bool() == Some(true)).then_some(()))
+    })
+    .await?;
+    // Reloads keep it gone while the server says so; the app itself still loads.
+    browser.driver.refresh().await?;
+    browser.wait_app().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let registered = browser.js_async("return !!(await navigator.serviceWorker.getRegistration());").await?;
+    assert_eq!(registered.as_bool(), Some(false));
+    browser.quit().await
+}

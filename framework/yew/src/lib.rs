@@ -29,22 +29,77 @@ thread_local! {
     static ACTIVATING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Set in `localStorage` when the worker announced the kill switch.
+const KILLED_KEY: &str = "stead-killed";
+
 /// Registers the worker for the app's folder and starts the heartbeat. Safe to call on
 /// every start: the browser keeps one registration per scope.
+///
+/// After the kill switch (the server answers `410 Gone` for the bundle manifest), the
+/// page does not register again, and undoes a registration it revived, until the server
+/// serves a manifest again.
 pub fn register() {
     let Some(window) = web_sys::window() else { return };
-    let container = window.navigator().service_worker();
-    let opts = RegistrationOptions::new();
-    opts.set_scope("./");
-    let registering = container.register_with_options(&format!("./{WORKER_SCRIPT}"), &opts);
+    let storage = window.local_storage().ok().flatten();
+    let was_killed = storage.as_ref().and_then(|s| s.get_item(KILLED_KEY).ok().flatten()).is_some();
     wasm_bindgen_futures::spawn_local(async move {
+        if was_killed && manifest_gone().await {
+            return;
+        }
+        if let Some(s) = &storage {
+            let _ = s.remove_item(KILLED_KEY);
+        }
+        let Some(window) = web_sys::window() else { return };
+        let opts = RegistrationOptions::new();
+        opts.set_scope("./");
+        let registering = window.navigator().service_worker().register_with_options(&format!("./{WORKER_SCRIPT}"), &opts);
         if let Err(e) = JsFuture::from(registering).await {
             web_sys::console::warn_2(&"stead: service worker registration failed".into(), &e);
+            return;
         }
+        // A worker that was killed meanwhile answers this with `killed`.
+        post_to_worker("hello");
     });
+    if let Ok(channel) = BroadcastChannel::new(CHANNEL) {
+        let on_killed = Closure::<dyn Fn(MessageEvent)>::new(|e: MessageEvent| {
+            let kind = js_sys::Reflect::get(&e.data(), &"type".into()).ok().and_then(|t| t.as_string());
+            if kind.as_deref() == Some("killed") {
+                wasm_bindgen_futures::spawn_local(unregister_after_kill());
+            }
+        });
+        channel.set_onmessage(Some(on_killed.as_ref().unchecked_ref()));
+        on_killed.forget();
+        std::mem::forget(channel);
+    }
     let beat = Closure::<dyn Fn()>::new(|| post_to_worker("heartbeat"));
     let _ = window.set_interval_with_callback_and_timeout_and_arguments_0(beat.as_ref().unchecked_ref(), HEARTBEAT_MS);
     beat.forget();
+}
+
+/// Whether the server withdrew the app (its bundle manifest answers 410).
+async fn manifest_gone() -> bool {
+    let Some(window) = web_sys::window() else { return false };
+    match JsFuture::from(window.fetch_with_str("./stead-bundle.json")).await {
+        Ok(r) => r.unchecked_into::<web_sys::Response>().status() == 410,
+        Err(_) => false,
+    }
+}
+
+/// The worker wiped itself and unregistered; a registration this page made since would
+/// revive it, so undo that too and remember not to register again.
+async fn unregister_after_kill() {
+    let Some(window) = web_sys::window() else { return };
+    if let Ok(Some(s)) = window.local_storage() {
+        let _ = s.set_item(KILLED_KEY, "1");
+    }
+    let container = window.navigator().service_worker();
+    if let Ok(reg) = JsFuture::from(container.get_registration()).await {
+        if let Ok(reg) = reg.dyn_into::<web_sys::ServiceWorkerRegistration>() {
+            if let Ok(p) = reg.unregister() {
+                let _ = JsFuture::from(p).await;
+            }
+        }
+    }
 }
 
 fn post_to_worker(kind: &str) {
