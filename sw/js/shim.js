@@ -11,6 +11,7 @@
     ? Uint8Array.fromBase64(b64)
     : Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   wasm_bindgen.initSync({ module: bytes });
+  wasm_bindgen.on_start();
   self.addEventListener("install", (e) => wasm_bindgen.on_install(e));
   self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));
   self.addEventListener("fetch", (e) => wasm_bindgen.on_fetch(e));

@@ -58,16 +58,28 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
     });
     let _ = event.respond_with(&promise);
     if navigate {
-        // Look for a new version while the page loads from the current one, then drop
-        // contents only closed pages still pinned.
+        // Look for a new version while the page loads from the current one (not when
+        // the browser knows it is offline), then drop contents only closed pages pinned.
         let w = worker.clone();
         let check = future_to_promise(async move {
-            let _ = w.update().await;
-            let _ = w.gc().await;
+            if is_online() {
+                let _ = w.update().await;
+            }
+            if w.has_stale_pins() {
+                let _ = w.gc().await;
+            }
             Ok(JsValue::UNDEFINED)
         });
         let _ = event.wait_until(&check);
     }
+}
+
+fn is_online() -> bool {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).ok();
+    navigator
+        .and_then(|n| Reflect::get(&n, &"onLine".into()).ok())
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true)
 }
 
 /// The request URL as a path relative to the worker's scope, without query or fragment;

@@ -43,6 +43,16 @@ impl SwError {
     }
 }
 
+/// Called once when the worker script is evaluated: opening the store starts before the
+/// first event arrives, so a cold start does not wait for it on the first fetch.
+#[wasm_bindgen]
+pub fn on_start() {
+    let worker = worker::Worker::get();
+    wasm_bindgen_futures::spawn_local(async move {
+        let _ = worker.load().await;
+    });
+}
+
 #[wasm_bindgen]
 pub fn on_install(event: ExtendableEvent) {
     worker::Worker::get().on_install(event);

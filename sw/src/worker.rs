@@ -196,6 +196,14 @@ impl Worker {
         result
     }
 
+    /// Whether some page is pinned to a version other than the active one, so a clean-up
+    /// may free something once that page is gone.
+    pub fn has_stale_pins(&self) -> bool {
+        let s = self.state.borrow();
+        let active = s.active.as_ref().map(|a| a.version.as_str());
+        s.clients.values().any(|v| Some(v.version.as_str()) != active)
+    }
+
     pub fn active(&self) -> Option<Rc<BundleManifest>> {
         self.state.borrow().active.clone()
     }
