@@ -54,6 +54,17 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Kill -9 the sync server under write load and restart it, N rounds per database.
+    Chaos {
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+    },
+    /// Run the fuzz targets (frame decoder, entry verifier) for a while each; needs a
+    /// nightly toolchain.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Run the convergence simulator over many seeds.
     Sim {
         #[arg(long, default_value_t = 10_000)]
@@ -98,6 +109,13 @@ fn main() -> Result<()> {
             }
             other => anyhow::bail!("unknown benchmark {other:?}: try sw or core"),
         },
+        Command::Chaos { rounds } => {
+            cargo(&root)
+                .args(["test", "--package", "stead-server", "--test", "chaos", "--", "--nocapture"])
+                .env("STEAD_CHAOS_ROUNDS", rounds.to_string())
+                .run()?;
+        }
+        Command::Fuzz { seconds } => fuzz(&root, seconds)?,
         Command::Sim { seeds } => {
             cargo(&root)
                 .args(["test", "--release", "--package", "stead-core", "--test", "sim", "--", "--nocapture"])
@@ -171,7 +189,45 @@ fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Runs each fuzz target for `seconds`, or says why it cannot.
+fn fuzz(root: &Path, seconds: u32) -> Result<()> {
+    step("fuzz stead-core (frame decoder, entry verifier)");
+    if util::cmd("cargo").args(["+nightly", "--version"]).probe().is_none() {
+        eprintln!("  skipped: no nightly toolchain here (libFuzzer's coverage flags need one)");
+        return Ok(());
+    }
+    let fuzz_dir = root.join("framework/core/fuzz");
+    let flags = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+                 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+                 -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing";
+    util::cmd("cargo")
+        .args(["+nightly", "build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .env("RUSTFLAGS", flags)
+        .dir(&fuzz_dir)
+        .run()?;
+    for target in ["frame_decode", "entry_verify"] {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        util::cmd(fuzz_dir.join("target/x86_64-unknown-linux-gnu/release").join(target))
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(&corpus)
+            .run()?;
+    }
+    Ok(())
+}
+
 fn test(root: &Path, tools: &Tools) -> Result<()> {
+    step("stead-core is pure: builds for wasm32, no tokio or web-sys in its tree");
+    cargo(root).args(["build", "--package", "stead-core", "--target", "wasm32-unknown-unknown"]).run()?;
+    let tree = util::cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["tree", "--package", "stead-core", "--edges", "normal", "--prefix", "none"])
+        .dir(root)
+        .probe()
+        .context("cargo tree failed")?;
+    for forbidden in ["tokio ", "web-sys ", "getrandom "] {
+        anyhow::ensure!(!tree.contains(forbidden), "stead-core depends on {}", forbidden.trim());
+    }
+
     step("native tests");
     cargo(root)
         .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e"])
@@ -188,6 +244,8 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dist);
     build_example(root, tools, &dist, true)?;
     let server = server_binary(root)?;
+
+    fuzz(root, 15)?;
 
     step("end-to-end tests in Chromium");
     cargo(root)

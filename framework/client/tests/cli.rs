@@ -22,7 +22,7 @@ async fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
     let backend = stead_server::storage::open(&tmp.path().join("db.sqlite3").display().to_string(), [1; 16])?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = format!("http://{}", listener.local_addr()?);
-    let config = stead_server::Config { bundle_dir: tmp.path().to_path_buf(), sync: Some(stead_server::Service::new(backend, Default::default())) };
+    let config = stead_server::Config { bundle_dir: tmp.path().to_path_buf(), sync: Some(stead_server::Service::new(backend, Default::default())), retired: false };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(stead_server::serve(listener, config, async {
         let _ = stopped.await;
