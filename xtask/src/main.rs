@@ -249,7 +249,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
         .env("STEAD_SERVER_BIN", &server)
         .env("CHROMEDRIVER", &tools.chromedriver)
