@@ -188,6 +188,21 @@ pub enum Verified {
 /// Replica → next expected seq.
 pub type VersionVector = BTreeMap<ReplicaId, u64>;
 
+/// Trims `entries` to at most `max_bytes` of encoded entries, keeping at least one so a
+/// batch always makes progress.
+pub fn trim_to_bytes(entries: &mut Vec<Entry>, max_bytes: usize) {
+    let mut total = 0;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total += e.encoded_len();
+            total > max_bytes
+        })
+        .unwrap_or(entries.len())
+        .max(1);
+    entries.truncate(keep);
+}
+
 /// Checks an entry: space, size, membership, signature, then its place in the chain.
 /// `known_hash` returns the hash of an already stored entry of the same replica (to tell a
 /// duplicate from a fork); it may return `None` when that entry is no longer at hand.

@@ -98,16 +98,7 @@ impl SyncPeer for Relay {
     }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>> {
         let mut out = self.store.read(replica, from_seq, max_entries)?;
-        let mut total = 0;
-        let keep = out
-            .iter()
-            .position(|e| {
-                total += e.encoded_len();
-                total > max_bytes
-            })
-            .unwrap_or(out.len())
-            .max(1);
-        out.truncate(keep);
+        crate::log::trim_to_bytes(&mut out, max_bytes);
         Ok(out)
     }
     fn sync_ingest(&mut self, entry: Entry, _now_ms: u64) -> Result<bool> {

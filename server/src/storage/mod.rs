@@ -69,19 +69,7 @@ pub fn open(database: &str, node: [u8; 16]) -> Result<Arc<dyn Backend>> {
     }
 }
 
-/// Trims `entries` to at most `max_bytes` (keeping at least one).
-pub(crate) fn trim_bytes(entries: &mut Vec<Entry>, max_bytes: usize) {
-    let mut total = 0;
-    let keep = entries
-        .iter()
-        .position(|e| {
-            total += e.encoded_len();
-            total > max_bytes
-        })
-        .unwrap_or(entries.len())
-        .max(1);
-    entries.truncate(keep);
-}
+pub(crate) use stead_core::log::trim_to_bytes as trim_bytes;
 
 pub(crate) fn hash32(bytes: &[u8]) -> Result<Hash> {
     bytes.try_into().map_err(|_| Error::Core(stead_core::Error::Storage("stored hash is not 32 bytes".into())))
