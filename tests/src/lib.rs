@@ -177,8 +177,30 @@ impl Browser {
         Ok(Browser { driver, _chromedriver: chromedriver, _profile: profile })
     }
 
+}
+
+/// Kills every process whose command line names `marker` (a browser's own profile folder):
+/// killing ChromeDriver alone would leave the Chromium it started running.
+fn kill_marked(marker: &str) {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        kill_marked(&format!("--user-data-dir={}", self._profile.path().display()));
+    }
+}
+
+impl Browser {
     pub async fn quit(self) -> Result<()> {
-        self.driver.quit().await?;
+        self.driver.clone().quit().await?;
         Ok(())
     }
 
