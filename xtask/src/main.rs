@@ -201,7 +201,9 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
                  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
                  -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing";
     util::cmd("cargo")
-        .args(["+nightly", "build", "--release", "--target", "x86_64-unknown-linux-gnu"])
+        .args(["+nightly", "build", "--release", "--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        // Its own target folder: instrumented builds must not mix with the workspace's.
+        .arg(fuzz_dir.join("target"))
         .env("RUSTFLAGS", flags)
         .dir(&fuzz_dir)
         .run()?;
