@@ -41,6 +41,14 @@ impl SwError {
     fn network(e: JsValue) -> Self {
         SwError::Network { path: String::new(), message: store::describe(&e) }
     }
+
+    /// Names the bundle file a network error happened for.
+    fn at(self, path: &str) -> Self {
+        match self {
+            SwError::Network { message, .. } => SwError::Network { path: path.to_owned(), message },
+            other => other,
+        }
+    }
 }
 
 /// Called once when the worker script is evaluated: opening the store starts before the

@@ -367,17 +367,11 @@ impl Worker {
 
     async fn download(&self, store: &BundleStore, file: &BundleFile) -> Result<(), SwError> {
         let url = web_sys::Url::new_with_base(&file.path, &self.base)?.href();
-        let response = self.fetch_fresh(&url).await.map_err(|e| match e {
-            SwError::Network { message, .. } => SwError::Network { path: file.path.clone(), message },
-            other => other,
-        })?;
+        let response = self.fetch_fresh(&url).await.map_err(|e| e.at(&file.path))?;
         if !response.ok() {
             return Err(SwError::Http { path: file.path.clone(), status: response.status() });
         }
-        store.put(file, &response).await.map_err(|e| match e {
-            SwError::Network { message, .. } => SwError::Network { path: file.path.clone(), message },
-            other => other,
-        })
+        store.put(file, &response).await.map_err(|e| e.at(&file.path))
     }
 
     /// Makes the downloaded update the served version. Pages loaded before keep the

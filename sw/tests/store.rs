@@ -42,7 +42,8 @@ async fn verified_content_is_stored_under_its_hash() {
     let stored = store.stored().await.unwrap();
     assert_eq!(stored.get(&file.sha256), Some(&300_000));
     let f = store.file(&file.sha256).await.unwrap().unwrap();
-    assert_eq!(f.size() as u64, file.size);
+    let stored = wasm_bindgen_futures::JsFuture::from(f.array_buffer()).await.unwrap();
+    assert_eq!(js_sys::Uint8Array::new(&stored).to_vec(), body, "the stored bytes are the body");
     assert_eq!(store.file_names().await.unwrap(), vec![file.sha256.clone()]);
 }
 

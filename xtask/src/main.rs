@@ -132,7 +132,7 @@ fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Resu
     // trunk runs cargo offline: fetch first so a fresh clone has its crates.
     cargo(root).args(["fetch", "--quiet"]).run()?;
     let build_tools = stead_cli::build::Tools {
-        cargo: std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into()),
+        cargo: util::cargo_program(),
         trunk: tools.trunk.clone(),
         wasm_bindgen: tools.wasm_bindgen.clone(),
         wasm_opt: Some(tools.wasm_opt()),
@@ -221,9 +221,8 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
 fn test(root: &Path, tools: &Tools) -> Result<()> {
     step("stead-core is pure: builds for wasm32, no tokio or web-sys in its tree");
     cargo(root).args(["build", "--package", "stead-core", "--target", "wasm32-unknown-unknown"]).run()?;
-    let tree = util::cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let tree = cargo(root)
         .args(["tree", "--package", "stead-core", "--edges", "normal", "--prefix", "none"])
-        .dir(root)
         .probe()
         .context("cargo tree failed")?;
     for forbidden in ["tokio ", "web-sys ", "getrandom "] {

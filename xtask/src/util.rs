@@ -23,8 +23,13 @@ pub fn cmd(program: impl AsRef<OsStr>) -> Cmd {
     Cmd(Command::new(program))
 }
 
+/// The cargo that runs xtask, so every step uses the same toolchain.
+pub fn cargo_program() -> PathBuf {
+    std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into())
+}
+
 pub fn cargo(root: &Path) -> Cmd {
-    let mut c = cmd(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut c = cmd(cargo_program());
     c.0.current_dir(root);
     c
 }
