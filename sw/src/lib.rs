@@ -13,9 +13,11 @@
 //! - answers `/_stead/v1/status`.
 
 pub mod fetch;
-pub mod opfs;
 pub mod store;
 pub mod worker;
+
+/// The OPFS helpers, shared with the data store's adapter.
+pub use stead_store::opfs::fs as opfs;
 
 use wasm_bindgen::prelude::*;
 use web_sys::{ExtendableEvent, ExtendableMessageEvent, FetchEvent};
@@ -35,6 +37,12 @@ pub enum SwError {
     Size { path: String, expected: u64, actual: u64 },
     #[error(transparent)]
     Bundle(#[from] stead_core::bundle::BundleError),
+}
+
+impl From<opfs::FsError> for SwError {
+    fn from(e: opfs::FsError) -> Self {
+        SwError::Js(e.to_string())
+    }
 }
 
 impl SwError {

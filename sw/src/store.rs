@@ -76,7 +76,7 @@ impl BundleStore {
     }
 
     pub async fn write_manifest(&self, name: &str, manifest: &BundleManifest) -> Result<(), SwError> {
-        opfs::write_bytes(&self.root, name, manifest.to_json().as_bytes()).await
+        Ok(opfs::write_bytes(&self.root, name, manifest.to_json().as_bytes()).await?)
     }
 
     pub async fn remove_manifest(&self, name: &str) -> Result<(), SwError> {
@@ -93,7 +93,7 @@ impl BundleStore {
 
     pub async fn write_meta(&self, meta: &Meta) -> Result<(), SwError> {
         let json = serde_json::to_vec(meta).expect("meta serializes");
-        opfs::write_bytes(&self.root, META, &json).await
+        Ok(opfs::write_bytes(&self.root, META, &json).await?)
     }
 
     /// Stored contents by hash, with their sizes. Unfinished downloads are not listed.
@@ -112,16 +112,16 @@ impl BundleStore {
 
     /// Every entry in the files folder, unfinished downloads included.
     pub async fn file_names(&self) -> Result<Vec<String>, SwError> {
-        opfs::names(&self.files).await
+        Ok(opfs::names(&self.files).await?)
     }
 
     /// The stored content with this hash.
     pub async fn file(&self, sha256: &str) -> Result<Option<File>, SwError> {
-        opfs::file(&self.files, sha256).await
+        Ok(opfs::file(&self.files, sha256).await?)
     }
 
     pub async fn delete(&self, name: &str) -> Result<bool, SwError> {
-        opfs::remove(&self.files, name, false).await
+        Ok(opfs::remove(&self.files, name, false).await?)
     }
 
     /// Streams a response body into the store, hashing as it goes. The content becomes
@@ -152,7 +152,7 @@ impl BundleStore {
             return Err(e);
         }
         JsFuture::from(writable.close()).await?;
-        opfs::rename(&part, &file.sha256).await
+        Ok(opfs::rename(&part, &file.sha256).await?)
     }
 }
 

@@ -7,11 +7,20 @@
 //!   Snapshots and metadata are replaced atomically (temp file, fsync, rename, fsync of
 //!   the folder).
 //!
-//! OPFS and IndexedDB adapters for the service worker come next; they follow the same
-//! segment layout because OPFS `createWritable` copies a whole file per write.
+//! - [`opfs::OpfsStore`] (wasm32): OPFS, for the service worker. The same segmented,
+//!   checksummed log, because OPFS `createWritable` copies a whole file per write. OPFS
+//!   is asynchronous and the core's `Store` is not, so reads come from a
+//!   [`CachedStore`] in memory and writes queue there until the adapter flushes them.
 
+pub mod cached;
+#[cfg(not(target_arch = "wasm32"))]
 mod file;
+#[cfg(target_arch = "wasm32")]
+pub mod opfs;
+pub mod segment;
 
+pub use cached::{CachedStore, Write};
+#[cfg(not(target_arch = "wasm32"))]
 pub use file::{FileStore, Options, Recovery};
 
 /// Errors of the storage adapters.

@@ -1,6 +1,8 @@
 //! The native file store: round trips, segment roll-over, torn-tail recovery, corruption,
 //! atomic snapshots, and a replica reopened from it.
 
+#![cfg(not(target_arch = "wasm32"))]
+
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 

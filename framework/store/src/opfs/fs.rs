@@ -1,7 +1,9 @@
 //! Thin async helpers over OPFS's handle API, the only one a service worker has.
 //!
 //! They work in any scope that has `navigator.storage` (page, dedicated, shared and
-//! service worker), and turn "not found" into `None` instead of an exception.
+//! service worker), turn "not found" into `None` instead of an exception, and every
+//! other exception into an [`FsError`] that keeps its DOMException name (a full disk is
+//! `QuotaExceededError`).
 
 use js_sys::{AsyncIterator, Promise, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue, prelude::wasm_bindgen};
@@ -11,7 +13,29 @@ use web_sys::{
     FileSystemGetFileOptions, FileSystemRemoveOptions, FileSystemWritableFileStream, StorageManager,
 };
 
-use crate::SwError;
+/// A JavaScript exception from the file system, by name and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct FsError {
+    pub name: String,
+    pub message: String,
+}
+
+impl FsError {
+    /// The storage quota (or the disk) is full.
+    pub fn is_quota(&self) -> bool {
+        self.name == "QuotaExceededError"
+    }
+}
+
+impl From<JsValue> for FsError {
+    fn from(e: JsValue) -> Self {
+        if let Some(err) = e.dyn_ref::<js_sys::Error>() {
+            return FsError { name: err.name().into(), message: err.message().into() };
+        }
+        FsError { name: "Error".into(), message: e.as_string().unwrap_or_else(|| format!("{e:?}")) }
+    }
+}
 
 #[wasm_bindgen]
 extern "C" {
@@ -26,13 +50,13 @@ extern "C" {
 pub type Dir = FileSystemDirectoryHandle;
 
 /// The storage manager of the current global scope, whichever kind it is.
-pub fn storage() -> Result<StorageManager, SwError> {
+pub fn storage() -> Result<StorageManager, FsError> {
     let navigator = Reflect::get(&js_sys::global(), &"navigator".into())?;
     Ok(Reflect::get(&navigator, &"storage".into())?.unchecked_into())
 }
 
 /// The origin's OPFS root.
-pub async fn root() -> Result<Dir, SwError> {
+pub async fn root() -> Result<Dir, FsError> {
     Ok(JsFuture::from(storage()?.get_directory()).await?.unchecked_into())
 }
 
@@ -42,7 +66,7 @@ fn is_not_found(e: &JsValue) -> bool {
     })
 }
 
-pub async fn dir(parent: &Dir, name: &str, create: bool) -> Result<Option<Dir>, SwError> {
+pub async fn dir(parent: &Dir, name: &str, create: bool) -> Result<Option<Dir>, FsError> {
     let opts = FileSystemGetDirectoryOptions::new();
     opts.set_create(create);
     match JsFuture::from(parent.get_directory_handle_with_options(name, &opts)).await {
@@ -52,7 +76,7 @@ pub async fn dir(parent: &Dir, name: &str, create: bool) -> Result<Option<Dir>, 
     }
 }
 
-pub async fn file_handle(parent: &Dir, name: &str, create: bool) -> Result<Option<FileSystemFileHandle>, SwError> {
+pub async fn file_handle(parent: &Dir, name: &str, create: bool) -> Result<Option<FileSystemFileHandle>, FsError> {
     let opts = FileSystemGetFileOptions::new();
     opts.set_create(create);
     match JsFuture::from(parent.get_file_handle_with_options(name, &opts)).await {
@@ -64,7 +88,7 @@ pub async fn file_handle(parent: &Dir, name: &str, create: bool) -> Result<Optio
 
 /// A `File` snapshot of the named file. For files that never change (content-addressed),
 /// the snapshot stays valid and can be kept and served again.
-pub async fn file(parent: &Dir, name: &str) -> Result<Option<File>, SwError> {
+pub async fn file(parent: &Dir, name: &str) -> Result<Option<File>, FsError> {
     match file_handle(parent, name, false).await? {
         Some(h) => match JsFuture::from(h.get_file()).await {
             Ok(f) => Ok(Some(f.unchecked_into())),
@@ -75,7 +99,7 @@ pub async fn file(parent: &Dir, name: &str) -> Result<Option<File>, SwError> {
     }
 }
 
-pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, SwError> {
+pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, FsError> {
     match file(parent, name).await? {
         Some(f) => {
             let buf = JsFuture::from(f.array_buffer()).await?;
@@ -87,7 +111,7 @@ pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, SwE
 
 /// Writes the whole file. `createWritable` writes to a swap file and replaces the
 /// contents only on `close`, so a reader sees the old bytes or the new, never a mix.
-pub async fn write_bytes(parent: &Dir, name: &str, bytes: &[u8]) -> Result<(), SwError> {
+pub async fn write_bytes(parent: &Dir, name: &str, bytes: &[u8]) -> Result<(), FsError> {
     let handle = file_handle(parent, name, true).await?.expect("create makes the file");
     let w = writable(&handle).await?;
     let written = async {
@@ -103,17 +127,17 @@ pub async fn write_bytes(parent: &Dir, name: &str, bytes: &[u8]) -> Result<(), S
     Ok(())
 }
 
-pub async fn writable(handle: &FileSystemFileHandle) -> Result<FileSystemWritableFileStream, SwError> {
+pub async fn writable(handle: &FileSystemFileHandle) -> Result<FileSystemWritableFileStream, FsError> {
     Ok(JsFuture::from(handle.create_writable()).await?.unchecked_into())
 }
 
-pub async fn rename(handle: &FileSystemFileHandle, new_name: &str) -> Result<(), SwError> {
+pub async fn rename(handle: &FileSystemFileHandle, new_name: &str) -> Result<(), FsError> {
     JsFuture::from(handle.unchecked_ref::<MovableHandle>().rename_to(new_name)).await?;
     Ok(())
 }
 
 /// Removes an entry; `false` when it was not there.
-pub async fn remove(parent: &Dir, name: &str, recursive: bool) -> Result<bool, SwError> {
+pub async fn remove(parent: &Dir, name: &str, recursive: bool) -> Result<bool, FsError> {
     let opts = FileSystemRemoveOptions::new();
     opts.set_recursive(recursive);
     match JsFuture::from(parent.remove_entry_with_options(name, &opts)).await {
@@ -124,7 +148,7 @@ pub async fn remove(parent: &Dir, name: &str, recursive: bool) -> Result<bool, S
 }
 
 /// The names of a folder's entries.
-pub async fn names(dir: &Dir) -> Result<Vec<String>, SwError> {
+pub async fn names(dir: &Dir) -> Result<Vec<String>, FsError> {
     let iter: AsyncIterator = dir.keys();
     let mut out = Vec::new();
     loop {
@@ -137,4 +161,26 @@ pub async fn names(dir: &Dir) -> Result<Vec<String>, SwError> {
         }
     }
     Ok(out)
+}
+
+/// Writes `bytes` at offset `at` of the named file, keeping what is before it. Chromium
+/// copies the file into a swap file for this and swaps it in on `close`, so the cost
+/// grows with the file: callers keep such files small (log segments).
+pub async fn write_at(parent: &Dir, name: &str, at: u64, bytes: &[u8]) -> Result<(), FsError> {
+    let handle = file_handle(parent, name, true).await?.expect("create makes the file");
+    let opts = web_sys::FileSystemCreateWritableOptions::new();
+    opts.set_keep_existing_data(true);
+    let w: FileSystemWritableFileStream = JsFuture::from(handle.create_writable_with_options(&opts)).await?.unchecked_into();
+    let written = async {
+        JsFuture::from(w.seek_with_f64(at as f64)?).await?;
+        JsFuture::from(w.write_with_u8_array(bytes)?).await?;
+        JsFuture::from(w.close()).await?;
+        Ok::<_, JsValue>(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = JsFuture::from(w.abort()).await;
+        return Err(e.into());
+    }
+    Ok(())
 }
