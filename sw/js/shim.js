@@ -16,4 +16,5 @@
   self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));
   self.addEventListener("fetch", (e) => wasm_bindgen.on_fetch(e));
   self.addEventListener("message", (e) => wasm_bindgen.on_message(e));
+  self.addEventListener("sync", (e) => wasm_bindgen.on_sync(e));
 })();

@@ -35,10 +35,17 @@ pub fn route(rel: &str) -> Route {
 
 pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
     let request = event.request();
-    if request.method() != "GET" || worker.is_killed() {
+    if worker.is_killed() {
         return;
     }
     let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
+    if crate::data::api::is_data_route(&rel) {
+        let _ = event.respond_with(&future_to_promise(crate::data::api::handle(request, rel)));
+        return;
+    }
+    if request.method() != "GET" {
+        return;
+    }
     let route = route(&rel);
     if route == Route::PassThrough {
         return;
@@ -62,6 +69,8 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         // the browser knows it is offline), then drop contents only closed pages pinned.
         let w = worker.clone();
         let check = future_to_promise(async move {
+            // A page is opening: open the data and resume its sync.
+            let _ = crate::data::Data::get().wake().await;
             if is_online() {
                 let _ = w.update().await;
             }

@@ -12,6 +12,7 @@
 //!   switches when a page asks;
 //! - answers `/_stead/v1/status`.
 
+pub mod data;
 pub mod fetch;
 pub mod store;
 pub mod worker;
@@ -87,4 +88,21 @@ pub fn on_fetch(event: FetchEvent) {
 #[wasm_bindgen]
 pub fn on_message(event: ExtendableMessageEvent) {
     worker::Worker::get().on_message(event);
+}
+
+/// Background Sync's `sync` event: reconnect every space and hold the worker until the
+/// server has what is pending (the browser retries later when this rejects).
+#[wasm_bindgen]
+pub fn on_sync(event: ExtendableEvent) {
+    let work = async {
+        let data = data::Data::get();
+        data.wake().await.map_err(|e| JsValue::from_str(&e.to_string()))?;
+        for engine in data.open_engines() {
+            if !engine.settle(20_000.0).await {
+                return Err(JsValue::from_str("changes are still pending"));
+            }
+        }
+        Ok(JsValue::UNDEFINED)
+    };
+    let _ = event.wait_until(&wasm_bindgen_futures::future_to_promise(work));
 }

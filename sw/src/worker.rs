@@ -143,6 +143,10 @@ impl Worker {
             }
             Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
             Some("heartbeat") => wait_until(&event, async move {
+                // Pages keep the worker, and with it the sync connections, alive.
+                if let Err(e) = crate::data::Data::get().wake().await {
+                    web_sys::console::warn_1(&format!("opening the data engine: {e}").into());
+                }
                 w.load().await?;
                 let last = w.state.borrow().meta.last_update_check.unwrap_or(0.0);
                 if Date::now() - last > HEARTBEAT_CHECK_MS {

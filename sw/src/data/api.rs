@@ -1,0 +1,357 @@
+//! The page API: `fetch('/_stead/v1/...')` answered by the worker from the local store.
+//! See `sw/PAGE-API.md` for every route. Bodies and answers are JSON; errors are
+//! problem objects (RFC 9457) with fitting status codes.
+
+use std::ops::Bound;
+use std::rc::Rc;
+
+use serde_json::{Value as J, json};
+use stead_core::ids::{RecordId, SpaceId};
+use stead_core::membership::{Member, Membership as Members};
+use stead_core::ops::Op;
+use stead_core::query::{Cursor, Filter, Query};
+use stead_core::schema::Schema;
+use wasm_bindgen::JsValue;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{BroadcastChannel, Headers, Request, Response, ResponseInit};
+
+use super::engine::{Engine, get_members, parse_invite};
+use super::json::{from_value, record, to_value};
+use super::{Data, DataError, Membership, WebClock, WebRandom};
+
+thread_local! {
+    static CHANNEL: Option<BroadcastChannel> = BroadcastChannel::new("stead").ok();
+}
+
+/// Posts a message to every page of the origin.
+pub fn broadcast(message: J) {
+    CHANNEL.with(|c| {
+        if let (Some(c), Ok(v)) = (c, js_sys::JSON::parse(&message.to_string())) {
+            let _ = c.post_message(&v);
+        }
+    });
+}
+
+/// Whether the worker answers this path (relative to its scope) from the data engine.
+pub fn is_data_route(rel: &str) -> bool {
+    rel.starts_with("_stead/v1/") && rel != crate::fetch::STATUS_PATH
+}
+
+pub async fn handle(request: Request, rel: String) -> Result<JsValue, JsValue> {
+    let out = match route(&request, &rel).await {
+        Ok((status, body)) => respond(status, &body, "application/json"),
+        Err(e) => {
+            let mut body = json!({"type": "about:blank", "title": e.title, "status": e.status, "detail": e.detail});
+            if let (Some(J::Object(extra)), J::Object(b)) = (e.extra, &mut body) {
+                b.extend(extra);
+            }
+            respond(e.status, &body, "application/problem+json")
+        }
+    };
+    out.map(Into::into)
+}
+
+fn respond(status: u16, body: &J, mime: &str) -> Result<Response, JsValue> {
+    let headers = Headers::new()?;
+    headers.set("content-type", mime)?;
+    headers.set("cache-control", "no-store")?;
+    let init = ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(&headers);
+    Response::new_with_opt_str_and_init(Some(&body.to_string()), &init)
+}
+
+async fn body(request: &Request) -> Result<J, DataError> {
+    let text = JsFuture::from(request.text()?).await?.as_string().unwrap_or_default();
+    if text.trim().is_empty() {
+        return Ok(J::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| DataError::bad_request(format!("the body is not JSON: {e}")))
+}
+
+fn params(request: &Request) -> Result<web_sys::UrlSearchParams, DataError> {
+    Ok(web_sys::Url::new(&request.url())?.search_params())
+}
+
+fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, DataError> {
+    s.parse().map_err(|_| DataError::bad_request(format!("{s:?} is not a {what} id")))
+}
+
+type Answer = Result<(u16, J), DataError>;
+
+async fn route(request: &Request, rel: &str) -> Answer {
+    let method = request.method();
+    let path = rel.strip_prefix("_stead/v1/").unwrap_or_default();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let data = Data::get();
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["spaces"]) => {
+            let spaces: Vec<String> = data.spaces().await?.iter().map(ToString::to_string).collect();
+            Ok((200, json!({ "spaces": spaces })))
+        }
+        ("POST", ["spaces"]) => create_space(&data, body(request).await?).await,
+        ("POST", ["join"]) => join(&data, body(request).await?).await,
+        (_, ["spaces", space, rest @ ..]) => {
+            let engine = data.engine(parse_id::<SpaceId>("space", space)?).await?;
+            space_route(&engine, request, &method, rest).await
+        }
+        _ => Err(DataError::not_found(format!("no route {method} /_stead/v1/{path}"))),
+    }
+}
+
+fn schema_from(j: &J) -> Result<Option<Schema>, DataError> {
+    match j.get("schema") {
+        None | Some(J::Null) => Ok(None),
+        Some(s) => Ok(Some(Schema::from_json(&s.to_string()).map_err(|e| DataError::new(422, "invalid schema", e.to_string()))?)),
+    }
+}
+
+async fn create_space(data: &Data, body: J) -> Answer {
+    use stead_core::env::Random;
+    let schema = schema_from(&body)?;
+    let mut rng = WebRandom;
+    let space = SpaceId::generate(&WebClock, &mut rng);
+    let me = Membership {
+        space,
+        replica: stead_core::ids::ReplicaId::generate(&WebClock, &mut rng),
+        signing: ed25519_dalek::SigningKey::from_bytes(&rng.array()),
+        agreement: rng.array(),
+        key: stead_core::crypto::SpaceKey(rng.array()),
+    };
+    let member = Member {
+        replica: me.replica,
+        signing: me.signing.verifying_key().to_bytes(),
+        agreement: stead_core::crypto::agreement_public(&me.agreement),
+    };
+    let members = Members::genesis(space, member, &me.signing)?;
+    let engine = data.add_space(me, members).await?;
+    if let Some(s) = schema {
+        set_schema(&engine, s).await?;
+    }
+    Ok((201, json!({ "space": space.to_string(), "status": engine.status_json() })))
+}
+
+async fn join(data: &Data, body: J) -> Answer {
+    let code = body.get("invite").and_then(J::as_str).ok_or_else(|| DataError::bad_request("expected {\"invite\": \"<code>\"}"))?;
+    let (space, replica, signing, agreement) = parse_invite(code).ok_or_else(|| DataError::bad_request("the invite code is malformed"))?;
+    if data.spaces().await?.contains(&space) {
+        return Ok((200, json!({ "space": space.to_string(), "joined": false })));
+    }
+    let members = get_members(space, replica, &signing).await?;
+    let wrapped = members
+        .wrapped_key_for(replica)
+        .ok_or_else(|| DataError::new(403, "not invited", "the membership log holds no key for this invite"))?;
+    let key = stead_core::crypto::unwrap_space_key(wrapped, space, &agreement)
+        .map_err(|e| DataError::new(403, "not invited", format!("the invite does not open the space key: {e}")))?;
+    let me = Membership { space, replica, signing, agreement, key };
+    let engine = data.add_space(me, members).await?;
+    Ok((201, json!({ "space": space.to_string(), "joined": true, "status": engine.status_json() })))
+}
+
+async fn set_schema(engine: &Rc<Engine>, schema: Schema) -> Result<(), DataError> {
+    let text = schema.to_json();
+    engine.read(|r| r.set_schema(schema))?;
+    // The replica keeps the schema in memory; the store keeps it for the next wake.
+    engine.put_meta("schema", text.as_bytes())?;
+    engine.flush().await
+}
+
+fn record_id(s: &str) -> Result<RecordId, DataError> {
+    parse_id("record", s)
+}
+
+async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest: &[&str]) -> Answer {
+    match (method, rest) {
+        ("GET", ["status"]) => Ok((200, engine.status_json())),
+        ("PUT", ["schema"]) => {
+            let b = body(request).await?;
+            let schema = schema_from(&json!({ "schema": b }))?.ok_or_else(|| DataError::bad_request("expected a schema"))?;
+            set_schema(engine, schema).await?;
+            Ok((200, json!({"ok": true})))
+        }
+        ("POST", ["invites"]) => Ok((201, json!({ "invite": engine.invite().await? }))),
+        ("POST", ["undo"]) => {
+            let n = body(request).await?.get("n").and_then(J::as_u64).unwrap_or(1) as usize;
+            let undone = engine.write(|r, rng| Ok(r.undo(n, super::now_ms(), rng)?.map(|e| e.header.seq))).await?;
+            Ok((200, json!({ "undone": undone.is_some() })))
+        }
+        ("GET", ["collections", c]) => query(engine, request, c),
+        ("POST", ["collections", c]) => {
+            let b = body(request).await?;
+            let id = match b.get("id").and_then(J::as_str) {
+                Some(s) => record_id(s)?,
+                None => RecordId::generate(&WebClock, &mut WebRandom),
+            };
+            let ops = set_ops(engine, c, id, &b)?;
+            engine.write(|r, rng| Ok(r.commit(ops, super::now_ms(), rng)?)).await?;
+            get(engine, c, id).map(|j| (201, j))
+        }
+        ("GET", ["collections", c, id]) => get(engine, c, record_id(id)?).map(|j| (200, j)),
+        ("PATCH", ["collections", c, id]) => {
+            let id = record_id(id)?;
+            let b = body(request).await?;
+            let ops = set_ops(engine, c, id, &b)?;
+            commit_checked(engine, c, id, b.get("if_version").and_then(J::as_str), ops).await?;
+            get(engine, c, id).map(|j| (200, j))
+        }
+        ("DELETE", ["collections", c, id]) => {
+            let id = record_id(id)?;
+            let expected = params(request)?.get("if_version");
+            let op = Op::Delete { collection: (*c).into(), record: id };
+            commit_checked(engine, c, id, expected.as_deref(), vec![op]).await?;
+            Ok((200, json!({"deleted": id.to_string()})))
+        }
+        ("POST", ["collections", c, id, "restore"]) => {
+            let id = record_id(id)?;
+            let op = Op::Restore { collection: (*c).into(), record: id };
+            commit_checked(engine, c, id, None, vec![op]).await?;
+            get(engine, c, id).map(|j| (200, j))
+        }
+        ("POST", ["collections", c, id, "counters", field]) => {
+            let id = record_id(id)?;
+            let b = body(request).await?;
+            let delta = b.get("delta").and_then(J::as_i64).ok_or_else(|| DataError::bad_request("expected {\"delta\": <integer>}"))?;
+            let op = Op::CounterAdd { collection: (*c).into(), record: id, field: (*field).into(), delta };
+            commit_checked(engine, c, id, None, vec![op]).await?;
+            get(engine, c, id).map(|j| (200, j))
+        }
+        ("POST", ["collections", c, id, "sets", field]) => {
+            let id = record_id(id)?;
+            let b = body(request).await?;
+            let schema = engine.read(|r| r.schema().cloned());
+            let op = if let Some(v) = b.get("add") {
+                let elem = to_value(schema.as_ref(), c, field, v).map_err(|e| DataError::new(422, "invalid", e))?;
+                Op::SetAdd { collection: (*c).into(), record: id, field: (*field).into(), elem }
+            } else if let Some(v) = b.get("remove") {
+                let elem = to_value(schema.as_ref(), c, field, v).map_err(|e| DataError::new(422, "invalid", e))?;
+                // Remove what this device has seen added: the OR-set's observed tags.
+                let tags = engine.read(|r| {
+                    r.get(c, id).and_then(|rec| rec.field(field)).map(|s| s.set_tags(&elem)).unwrap_or_default()
+                });
+                Op::SetRemove { collection: (*c).into(), record: id, field: (*field).into(), elem, tags }
+            } else {
+                return Err(DataError::bad_request("expected {\"add\": v} or {\"remove\": v}"));
+            };
+            commit_checked(engine, c, id, None, vec![op]).await?;
+            get(engine, c, id).map(|j| (200, j))
+        }
+        ("GET", ["collections", c, id, "history"]) => {
+            let id = record_id(id)?;
+            let items = engine.read(|r| r.history(c, id))?;
+            let out: Vec<J> = items
+                .iter()
+                .map(|h| json!({"stamp": h.stamp.to_string(), "replica": h.stamp.replica.to_string(), "op": format!("{:?}", h.op)}))
+                .collect();
+            Ok((200, json!({ "history": out })))
+        }
+        _ => Err(DataError::not_found(format!("no route {method} .../{}", rest.join("/")))),
+    }
+}
+
+/// Commits `ops`; with `expected`, only if the record is still at that version.
+async fn commit_checked(engine: &Rc<Engine>, c: &str, id: RecordId, expected: Option<&str>, ops: Vec<Op>) -> Result<(), DataError> {
+    engine
+        .write(|r, rng| {
+            if let Some(expected) = expected {
+                let current = r.version(c, id);
+                if current.to_string() != expected {
+                    return Err(DataError {
+                        status: 409,
+                        title: "conflict",
+                        detail: format!("{c}/{id} is at version {current}, not {expected}"),
+                        extra: Some(json!({ "current_version": current.to_string() })),
+                    });
+                }
+            }
+            Ok(r.commit(ops, super::now_ms(), rng)?)
+        })
+        .await?;
+    Ok(())
+}
+
+fn set_ops(engine: &Engine, c: &str, id: RecordId, body: &J) -> Result<Vec<Op>, DataError> {
+    let fields = body.get("fields").and_then(J::as_object).ok_or_else(|| DataError::bad_request("expected {\"fields\": {...}}"))?;
+    let schema = engine.read(|r| r.schema().cloned());
+    fields
+        .iter()
+        .map(|(f, v)| {
+            let value = to_value(schema.as_ref(), c, f, v).map_err(|e| DataError::new(422, "invalid", e))?;
+            Ok(Op::Set { collection: c.into(), record: id, field: f.clone(), value })
+        })
+        .collect()
+}
+
+fn get(engine: &Engine, c: &str, id: RecordId) -> Result<J, DataError> {
+    engine.read(|r| {
+        let schema = r.schema().cloned();
+        r.get(c, id).map(|rec| record(schema.as_ref(), c, id, rec)).ok_or_else(|| DataError::not_found(format!("no record {c}/{id}")))
+    })
+}
+
+/// `GET .../collections/{c}?limit=&after=&field=&eq=&from=&to=`: a page of records,
+/// through an index when a field is named.
+fn query(engine: &Engine, request: &Request, c: &str) -> Answer {
+    let p = params(request)?;
+    let limit = p.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).clamp(1, 1000);
+    let schema = engine.read(|r| r.schema().cloned());
+    let json_param = |name: &str| -> Result<Option<J>, DataError> {
+        p.get(name).map(|s| serde_json::from_str(&s).map_err(|e| DataError::bad_request(format!("{name}: not JSON: {e}")))).transpose()
+    };
+    let filter = match p.get("field") {
+        None => Filter::All,
+        Some(field) => {
+            let val = |j: J| to_value(schema.as_ref(), c, &field, &j).map_err(|e| DataError::new(422, "invalid", e));
+            if let Some(eq) = json_param("eq")? {
+                let value = val(eq)?;
+                Filter::Eq { field, value }
+            } else {
+                let from = json_param("from")?.map(val).transpose()?.map_or(Bound::Unbounded, Bound::Included);
+                let to = json_param("to")?.map(val).transpose()?.map_or(Bound::Unbounded, Bound::Excluded);
+                Filter::Range { field, from, to }
+            }
+        }
+    };
+    let after = match json_param("after")? {
+        None => None,
+        Some(j) => {
+            let record = j.get("record").and_then(J::as_str).ok_or_else(|| DataError::bad_request("after: expected {record, key}"))?;
+            let key = match j.get("key") {
+                None | Some(J::Null) => None,
+                Some(k) => Some(to_value(schema.as_ref(), c, p.get("field").as_deref().unwrap_or(""), k).map_err(|e| DataError::new(422, "invalid", e))?),
+            };
+            Some(Cursor { key, record: record_id(record)? })
+        }
+    };
+    let q = Query { collection: c.into(), filter, limit, after };
+    engine.read(|r| {
+        let page = match r.schema() {
+            Some(_) => r.query(&q)?,
+            // With no schema there are no indexes, but a collection can still be listed.
+            None if q.filter == Filter::All => list(r.state(), &q),
+            None => return Err(DataError::new(422, "no index", format!("filtering {c} needs a schema with an index on the field"))),
+        };
+        let schema = r.schema().cloned();
+        let records: Vec<J> = page.records.iter().filter_map(|id| r.get(c, *id).map(|rec| record(schema.as_ref(), c, *id, rec))).collect();
+        let next = page.next.map(|n| json!({"record": n.record.to_string(), "key": n.key.as_ref().map(from_value)}));
+        Ok((200, json!({ "records": records, "next": next })))
+    })
+}
+
+/// A page of a collection in id order, without indexes.
+fn list(state: &stead_core::state::State, q: &Query) -> stead_core::query::Page {
+    let start = q.after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(a.record));
+    let mut records = Vec::new();
+    let mut more = false;
+    for (id, rec) in state.collections.get(&q.collection).into_iter().flat_map(|m| m.range((start, Bound::Unbounded))) {
+        if rec.is_deleted() {
+            continue;
+        }
+        if records.len() == q.limit {
+            more = true;
+            break;
+        }
+        records.push(*id);
+    }
+    let next = more.then(|| Cursor { key: None, record: *records.last().expect("a full page") });
+    stead_core::query::Page { records, next }
+}

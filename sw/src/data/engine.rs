@@ -1,0 +1,565 @@
+//! One space's engine: the replica over its OPFS store, and its sync connection.
+//!
+//! Everything runs on the worker's one thread. No `RefCell` borrow is held across an
+//! `await`; the store's flush is serialised by an async mutex.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use ed25519_dalek::Signer;
+use js_sys::{ArrayBuffer, Reflect, Uint8Array};
+use serde_json::json;
+use stead_core::crypto;
+use stead_core::ids::{ReplicaId, SpaceId};
+use stead_core::membership::{Member, Membership as Members};
+use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
+use stead_core::store::Store;
+use stead_core::sync::{Frame, Sync, SyncConfig, code};
+use stead_store::opfs::{OpfsOptions, OpfsStore};
+use wasm_bindgen::{JsCast, JsValue, closure::Closure};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+
+use super::{DataError, Membership, WebRandom, now_ms};
+use crate::opfs::{self, Dir};
+
+/// Reconnect delays: the first, and the cap; each is jittered down to half its value.
+const BACKOFF_MIN_MS: f64 = 250.0;
+const BACKOFF_MAX_MS: f64 = 15_000.0;
+
+/// The sync state pages see.
+#[derive(Debug, Clone, Default)]
+pub struct SyncStatus {
+    pub connected: bool,
+    pub connecting: bool,
+    pub connects: u64,
+    /// This device's entries below this seq are durably on the server.
+    pub acked: u64,
+    pub last_synced: Option<u64>,
+    pub last_error: Option<String>,
+    /// The server refused us (not a member, protocol error) rather than being unreachable.
+    pub refused: bool,
+}
+
+struct Conn {
+    ws: WebSocket,
+    sync: Sync,
+    open: bool,
+    _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+}
+
+pub struct Engine {
+    me: Membership,
+    dir: Dir,
+    replica: RefCell<Replica>,
+    store: futures::lock::Mutex<OpfsStore>,
+    /// The store's in-memory side, shared with the replica.
+    cache: RefCell<stead_store::CachedStore>,
+    /// Counts rollbacks after failed flushes: a writer whose flush saw the count change
+    /// knows its write was undone.
+    rollbacks: Cell<u64>,
+    conn: RefCell<Option<Conn>>,
+    status: RefCell<SyncStatus>,
+    attempt: Cell<u32>,
+    /// How many membership events the server is known to hold.
+    members_pushed: Cell<usize>,
+    recovered: RefCell<Option<String>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("space", &self.me.space).finish_non_exhaustive()
+    }
+}
+
+fn identity(me: &Membership) -> Identity {
+    Identity { space: me.space, replica: me.replica, signing: me.signing.clone(), space_key: me.key.clone() }
+}
+
+async fn open_replica(me: &Membership, dir: &Dir, members: Option<Members>) -> Result<(OpfsStore, Replica), DataError> {
+    let store_dir = opfs::dir(dir, "store", true).await?.expect("created");
+    let store = OpfsStore::open(store_dir, OpfsOptions::default()).await?;
+    let mut cache = store.cache();
+    let stored = cache.meta("membership")?.map(|b| Members::decode(&b)).transpose()?;
+    let (members, fresh) = match (stored, members) {
+        (Some(s), Some(m)) if m.events().len() > s.events().len() => (m, true),
+        (Some(s), _) => (s, false),
+        (None, Some(m)) => (m, true),
+        (None, None) => return Err(DataError::new(500, "storage error", format!("space {}: no membership log stored", me.space))),
+    };
+    if fresh {
+        cache.put_meta("membership", &members.encode())?;
+    }
+    let schema = cache.meta("schema")?;
+    let mut replica = Replica::open(identity(me), members, Box::new(cache), ReplicaConfig::default())?;
+    if let Some(text) = schema {
+        let schema = stead_core::schema::Schema::from_json(&String::from_utf8_lossy(&text))?;
+        replica.set_schema(schema)?;
+    }
+    Ok((store, replica))
+}
+
+/// The app's server, from the worker's own origin.
+fn server_base() -> String {
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    scope.location().origin()
+}
+
+/// The `Authorization` header proving `me` sends a request (see stead-core's
+/// `request_message`).
+pub fn authorization(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, method: &str, path: &str) -> String {
+    let now = now_ms();
+    let sig = key.sign(&stead_core::sync::request_message(now, space, replica, method, path));
+    format!("Stead {space}.{replica}.{now}.{}", hex::encode(sig.to_bytes()))
+}
+
+/// A fetch from the worker to the server; `Err` holds a readable reason.
+pub async fn server_fetch(method: &str, path: &str, auth: Option<String>, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    init.set_cache(web_sys::RequestCache::NoStore);
+    let headers = web_sys::Headers::new().map_err(|e| opfs::FsError::from(e).to_string())?;
+    if let Some(a) = auth {
+        headers.set("authorization", &a).map_err(|e| opfs::FsError::from(e).to_string())?;
+    }
+    init.set_headers(&headers);
+    if let Some(b) = body {
+        init.set_body(&Uint8Array::from(b).into());
+    }
+    let url = format!("{}{path}", server_base());
+    let resp: web_sys::Response = JsFuture::from(scope.fetch_with_str_and_init(&url, &init))
+        .await
+        .map_err(|e| format!("network error: {}", opfs::FsError::from(e)))?
+        .unchecked_into();
+    let buf = JsFuture::from(resp.array_buffer().map_err(|e| opfs::FsError::from(e).to_string())?)
+        .await
+        .map_err(|e| format!("network error: {}", opfs::FsError::from(e)))?;
+    Ok((resp.status(), Uint8Array::new(&buf).to_vec()))
+}
+
+pub async fn get_members(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey) -> Result<Members, DataError> {
+    let path = format!("/spaces/{space}/members");
+    let auth = authorization(space, replica, key, "GET", &path);
+    match server_fetch("GET", &path, Some(auth), None).await {
+        Ok((200, body)) => Ok(Members::decode(&body)?),
+        Ok((401 | 403 | 404, _)) => Err(DataError::new(403, "not invited", format!("the server does not list this device in space {space} (yet)"))),
+        Ok((status, body)) => Err(DataError::new(502, "server error", format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))),
+        Err(reason) => Err(DataError::new(503, "offline", format!("the server could not be reached: {reason}"))),
+    }
+}
+
+async fn put_members(members: &Members) -> Result<(), String> {
+    let path = format!("/spaces/{}/members", members.space());
+    match server_fetch("PUT", &path, None, Some(&members.encode())).await? {
+        (s, _) if (200..300).contains(&s) => Ok(()),
+        (s, body) => Err(format!("the server refused the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body))),
+    }
+}
+
+fn sleep(ms: f64) -> JsFuture {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout: js_sys::Function = Reflect::get(&js_sys::global(), &"setTimeout".into()).expect("setTimeout").into();
+        let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms));
+    });
+    JsFuture::from(promise)
+}
+
+impl Engine {
+    pub async fn open(me: Membership, dir: Dir, members: Option<Members>) -> Result<Rc<Engine>, DataError> {
+        let (mut store, replica) = open_replica(&me, &dir, members).await?;
+        // A membership log given to a new space is written before the space exists.
+        store.flush().await?;
+        let recovered = store.recovered().map(|r| {
+            format!("cut a damaged log tail in {}: kept {} bytes, dropped {} ({})", r.segment, r.kept_bytes, r.dropped_bytes, r.reason)
+        });
+        Ok(Rc::new(Engine {
+            me,
+            dir,
+            replica: RefCell::new(replica),
+            cache: RefCell::new(store.cache()),
+            store: futures::lock::Mutex::new(store),
+            rollbacks: Cell::new(0),
+            conn: RefCell::new(None),
+            status: RefCell::new(SyncStatus::default()),
+            attempt: Cell::new(0),
+            members_pushed: Cell::new(0),
+            recovered: RefCell::new(recovered),
+        }))
+    }
+
+    pub fn space(&self) -> SpaceId {
+        self.me.space
+    }
+
+    pub fn me(&self) -> &Membership {
+        &self.me
+    }
+
+    /// Stores a small named blob beside the log; it reaches OPFS with the next flush.
+    pub fn put_meta(&self, key: &str, bytes: &[u8]) -> Result<(), DataError> {
+        let mut cache = self.cache.borrow().clone();
+        cache.put_meta(key, bytes)?;
+        Ok(())
+    }
+
+    /// Runs `f` on the replica.
+    pub fn read<T>(&self, f: impl FnOnce(&mut Replica) -> T) -> T {
+        f(&mut self.replica.borrow_mut())
+    }
+
+    /// Runs a write on the replica and answers only once it is on disk; then sends it.
+    pub async fn write<T>(self: &Rc<Self>, f: impl FnOnce(&mut Replica, &mut WebRandom) -> Result<T, DataError>) -> Result<T, DataError> {
+        let before = self.rollbacks.get();
+        let out = f(&mut self.replica.borrow_mut(), &mut WebRandom)?;
+        self.flush().await?;
+        if self.rollbacks.get() != before {
+            return Err(DataError::new(507, "not stored", "an earlier write in the same batch failed to reach storage, and this one was undone with it"));
+        }
+        self.changed();
+        self.pump();
+        if self.conn.borrow().as_ref().is_none_or(|c| !c.open) {
+            register_background_sync();
+            self.connect();
+        }
+        Ok(out)
+    }
+
+    /// Writes what the replica queued. On failure the replica is reopened from disk, so
+    /// memory never stays ahead of what is stored.
+    pub async fn flush(self: &Rc<Self>) -> Result<(), DataError> {
+        let mut store = self.store.lock().await;
+        if !store.has_pending() {
+            return Ok(());
+        }
+        if let Err(e) = store.flush().await {
+            let err = DataError::from(e);
+            self.status.borrow_mut().last_error = Some(format!("write failed: {err}"));
+            self.rollbacks.set(self.rollbacks.get() + 1);
+            match open_replica(&self.me, &self.dir, None).await {
+                Ok((s, r)) => {
+                    *self.cache.borrow_mut() = s.cache();
+                    *store = s;
+                    *self.replica.borrow_mut() = r;
+                }
+                Err(again) => web_sys::console::error_1(&format!("reopening space {} after a failed write: {again}", self.me.space).into()),
+            }
+            // The connection's view of what we hold is stale now.
+            self.drop_conn("the local store was reopened");
+            self.broadcast_status();
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Sync status and counts for pages.
+    pub fn status_json(&self) -> serde_json::Value {
+        let s = self.status.borrow().clone();
+        let (own_next, vector, entries) = self.read(|r| {
+            let vv = r.version_vector();
+            let own = vv.get(&self.me.replica).copied().unwrap_or(0);
+            let total: u64 = vv.values().sum();
+            (own, vv, total)
+        });
+        let pending = own_next.saturating_sub(s.acked);
+        let in_sync = self.conn.borrow().as_ref().is_some_and(|c| c.open && c.sync.in_sync(&*self.replica.borrow()));
+        let state = if s.connected {
+            if pending == 0 && in_sync { "online" } else { "syncing" }
+        } else if s.refused {
+            "error"
+        } else {
+            "offline"
+        };
+        json!({
+            "space": self.me.space.to_string(),
+            "replica": self.me.replica.to_string(),
+            "state": state,
+            "pending": pending,
+            "entries": entries,
+            "replicas": vector.len(),
+            "connects": s.connects,
+            "last_synced": s.last_synced,
+            "last_error": s.last_error,
+            "recovered": *self.recovered.borrow(),
+        })
+    }
+
+    fn broadcast_status(&self) {
+        super::api::broadcast(json!({"type": "sync", "status": self.status_json()}));
+    }
+
+    fn changed(&self) {
+        super::api::broadcast(json!({"type": "changed", "space": self.me.space.to_string()}));
+        self.broadcast_status();
+    }
+
+    /// Opens the sync connection unless one is open or opening.
+    pub fn connect(self: &Rc<Self>) {
+        {
+            let mut s = self.status.borrow_mut();
+            if s.connecting || self.conn.borrow().is_some() {
+                return;
+            }
+            s.connecting = true;
+        }
+        let me = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(reason) = me.open_socket().await {
+                me.status.borrow_mut().connecting = false;
+                me.disconnected(reason);
+            }
+        });
+    }
+
+    async fn open_socket(self: &Rc<Self>) -> Result<(), String> {
+        // The server learns of new spaces and invited devices from the membership log.
+        let members = self.read(|r| r.members().clone());
+        if members.events().len() > self.members_pushed.get() {
+            put_members(&members).await?;
+            self.members_pushed.set(members.events().len());
+        }
+        match get_members(self.me.space, self.me.replica, &self.me.signing).await {
+            Ok(m) => {
+                let ours = members.events().len();
+                if m.events().len() > ours && m.events()[..ours] == *members.events() {
+                    self.read(|r| r.set_members(m)).map_err(|e| e.to_string())?;
+                    let _ = self.flush().await;
+                }
+            }
+            Err(e) if e.status == 503 => return Err(e.detail),
+            Err(e) => {
+                self.status.borrow_mut().refused = true;
+                return Err(e.detail);
+            }
+        }
+        let url = format!("{}/sync", server_base().replacen("http", "ws", 1));
+        let ws = WebSocket::new(&url).map_err(|e| opfs::FsError::from(e).to_string())?;
+        ws.set_binary_type(BinaryType::Arraybuffer);
+        let sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut WebRandom);
+        let weak = Rc::downgrade(self);
+        let on_open = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |_| {
+                if let Some(e) = weak.upgrade() {
+                    e.on_open();
+                }
+            }
+        });
+        let on_message = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |ev: JsValue| {
+                let Some(e) = weak.upgrade() else { return };
+                let ev: MessageEvent = ev.unchecked_into();
+                if let Ok(buf) = ev.data().dyn_into::<ArrayBuffer>() {
+                    e.on_frame(&Uint8Array::new(&buf).to_vec());
+                }
+            }
+        });
+        let on_close = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |ev: JsValue| {
+                let Some(e) = weak.upgrade() else { return };
+                let reason = match ev.dyn_ref::<CloseEvent>() {
+                    Some(c) if !c.reason().is_empty() => format!("connection closed ({}): {}", c.code(), c.reason()),
+                    Some(c) => format!("connection closed ({})", c.code()),
+                    None => "connection failed".to_owned(),
+                };
+                e.drop_conn(&reason);
+            }
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        *self.conn.borrow_mut() = Some(Conn { ws, sync, open: false, _handlers: vec![on_open, on_message, on_close] });
+        self.status.borrow_mut().connecting = false;
+        Ok(())
+    }
+
+    fn on_open(self: &Rc<Self>) {
+        if let Some(c) = self.conn.borrow_mut().as_mut() {
+            c.open = true;
+        }
+        {
+            let mut s = self.status.borrow_mut();
+            s.connected = true;
+            s.connects += 1;
+            s.refused = false;
+            s.last_error = None;
+        }
+        self.attempt.set(0);
+        self.pump();
+        self.broadcast_status();
+    }
+
+    fn on_frame(self: &Rc<Self>, bytes: &[u8]) {
+        let before = self.read(|r| r.version_vector());
+        let result = {
+            let mut conn = self.conn.borrow_mut();
+            let Some(c) = conn.as_mut() else { return };
+            let result = c.sync.receive(bytes, &mut *self.replica.borrow_mut(), now_ms());
+            let mut acked = c.sync.acked().get(&self.me.replica).copied().unwrap_or(0);
+            if bytes.first() == Some(&2) {
+                // The server's vector names what it has committed, including entries
+                // acknowledged on an earlier connection whose ack was lost.
+                if let Ok(Frame::Vector(vv)) = Frame::decode(bytes, &Default::default()) {
+                    acked = acked.max(vv.get(&self.me.replica).copied().unwrap_or(0));
+                }
+            }
+            let mut s = self.status.borrow_mut();
+            s.acked = s.acked.max(acked);
+            if c.sync.in_sync(&*self.replica.borrow()) {
+                s.last_synced = Some(now_ms());
+            }
+            result
+        };
+        let after = self.read(|r| r.version_vector());
+        let grew = after.iter().any(|(r, n)| *r != self.me.replica && before.get(r).copied().unwrap_or(0) < *n);
+        if let Err(e) = result {
+            match e {
+                stead_core::Error::Protocol { code: c, message } if code::is_fatal(c) => {
+                    self.status.borrow_mut().refused = true;
+                    self.drop_conn(&format!("server error {c}: {message}"));
+                    return;
+                }
+                other => web_sys::console::warn_1(&format!("a frame from the server was refused: {other}").into()),
+            }
+        }
+        self.pump();
+        let me = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            // Received entries are stored before pages hear of them.
+            if me.flush().await.is_ok() && grew {
+                me.changed();
+            } else {
+                me.broadcast_status();
+            }
+        });
+    }
+
+    /// Sends whatever the protocol has to send.
+    pub fn pump(self: &Rc<Self>) {
+        let mut failed = None;
+        {
+            let mut conn = self.conn.borrow_mut();
+            let Some(c) = conn.as_mut().filter(|c| c.open) else { return };
+            let replica = self.replica.borrow();
+            while let Some(frame) = c.sync.generate(&*replica) {
+                if let Err(e) = c.ws.send_with_u8_array(&frame.encode()) {
+                    failed = Some(opfs::FsError::from(e).to_string());
+                    break;
+                }
+            }
+            if failed.is_none() && c.sync.is_closed() {
+                failed = Some("the protocol ended the connection".into());
+            }
+        }
+        if let Some(reason) = failed {
+            self.drop_conn(&reason);
+        }
+    }
+
+    fn drop_conn(self: &Rc<Self>, reason: &str) {
+        let Some(c) = self.conn.borrow_mut().take() else { return };
+        c.ws.set_onclose(None);
+        c.ws.set_onmessage(None);
+        c.ws.set_onopen(None);
+        let _ = c.ws.close();
+        self.disconnected(reason.to_owned());
+    }
+
+    fn disconnected(self: &Rc<Self>, reason: String) {
+        {
+            let mut s = self.status.borrow_mut();
+            s.connected = false;
+            s.last_error = Some(reason);
+        }
+        self.broadcast_status();
+        // Back off exponentially, jittered, and try again while the worker lives.
+        let attempt = self.attempt.get();
+        self.attempt.set(attempt.saturating_add(1));
+        let cap = (BACKOFF_MIN_MS * 2f64.powi(attempt.min(16) as i32)).min(BACKOFF_MAX_MS);
+        let delay = cap * (0.5 + 0.5 * js_sys::Math::random());
+        let weak = Rc::downgrade(self);
+        wasm_bindgen_futures::spawn_local(async move {
+            let _ = sleep(delay).await;
+            if let Some(e) = weak.upgrade() {
+                e.connect();
+            }
+        });
+    }
+
+    /// Resolves once the server holds every entry of this device (or after `timeout_ms`);
+    /// `true` when nothing is pending.
+    pub async fn settle(self: &Rc<Self>, timeout_ms: f64) -> bool {
+        let start = js_sys::Date::now();
+        loop {
+            self.connect();
+            let pending = self.status_json()["pending"].as_u64().unwrap_or(0);
+            if pending == 0 && self.status.borrow().connected {
+                return true;
+            }
+            if js_sys::Date::now() - start > timeout_ms {
+                return false;
+            }
+            let _ = sleep(100.0).await;
+        }
+    }
+
+    /// Adds a device to the space: a fresh identity whose secrets go into the invite
+    /// code (and from there into a link's fragment, which browsers never send). The
+    /// space key is wrapped to the new device's X25519 key in the membership log, so the
+    /// server stores only the wrapped form.
+    pub async fn invite(self: &Rc<Self>) -> Result<String, DataError> {
+        let mut rng = WebRandom;
+        use stead_core::env::Random;
+        let replica = ReplicaId::generate(&super::WebClock, &mut rng);
+        let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
+        let agreement: [u8; 32] = rng.array();
+        let member = Member { replica, signing: signing.verifying_key().to_bytes(), agreement: crypto::agreement_public(&agreement) };
+        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array());
+        let members = self.read(|r| {
+            let mut m = r.members().clone();
+            m.add(self.me.replica, &self.me.signing, member, wrapped)?;
+            r.set_members(m.clone())?;
+            Ok::<_, DataError>(m)
+        })?;
+        self.flush().await?;
+        // Publish now if we can; otherwise the next connection does.
+        if put_members(&members).await.is_ok() {
+            self.members_pushed.set(members.events().len());
+        }
+        Ok(format!("{}.{}.{}.{}", self.me.space, replica, hex::encode(signing.to_bytes()), hex::encode(agreement)))
+    }
+}
+
+/// Asks the browser for a `sync` event when it is back online (where Background Sync
+/// exists); the worker then reconnects and sends what is pending.
+pub fn register_background_sync() {
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    let Ok(sync) = Reflect::get(&scope.registration(), &"sync".into()) else { return };
+    if sync.is_undefined() {
+        return;
+    }
+    if let Ok(register) = Reflect::get(&sync, &"register".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) {
+        if let Ok(p) = register.call1(&sync, &"stead-sync".into()) {
+            // A refusal (no permission, unsupported) is not an error: reconnecting does it too.
+            let registered = JsFuture::from(js_sys::Promise::from(p));
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = registered.await;
+            });
+        }
+    }
+}
+
+/// Parses an invite code: `<space>.<replica>.<signing secret hex>.<agreement secret hex>`.
+pub fn parse_invite(code: &str) -> Option<(SpaceId, ReplicaId, ed25519_dalek::SigningKey, [u8; 32])> {
+    let mut p = code.trim().split('.');
+    let space = p.next()?.parse().ok()?;
+    let replica = p.next()?.parse().ok()?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&hex::decode(p.next()?).ok()?.try_into().ok()?);
+    let agreement = hex::decode(p.next()?).ok()?.try_into().ok()?;
+    if p.next().is_some() {
+        return None;
+    }
+    Some((space, replica, signing, agreement))
+}

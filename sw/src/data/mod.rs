@@ -1,0 +1,263 @@
+//! The data engine in the worker: one [`Engine`] per space, opened lazily on wake, each
+//! a stead-core replica over the OPFS store and synced with the app's server over a
+//! WebSocket. Pages reach it through the page API ([`api`]) and hear of changes on the
+//! `stead` BroadcastChannel.
+//!
+//! OPFS layout (a root of its own, `stead-data/`, apart from the bundle's `stead/`, so
+//! installing or withdrawing a version never touches the user's data):
+//! - `spaces/<space>/space.json`: this device's identity in the space and the space key;
+//! - `spaces/<space>/store/`: the replica's log, snapshot and metadata (stead-store).
+
+pub mod api;
+pub mod engine;
+pub mod json;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use ed25519_dalek::SigningKey;
+use js_sys::{Reflect, Uint8Array};
+use serde::{Deserialize, Serialize};
+use stead_core::crypto::SpaceKey;
+use stead_core::env::{Clock, Random};
+use stead_core::ids::{ReplicaId, SpaceId};
+use wasm_bindgen::JsValue;
+
+use crate::opfs::{self, Dir};
+use engine::Engine;
+
+pub const DATA_ROOT: &str = "stead-data";
+
+/// Web Crypto's `getRandomValues`: keys, ids and nonces.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebRandom;
+
+impl Random for WebRandom {
+    fn fill(&mut self, dest: &mut [u8]) {
+        // getRandomValues fills at most 65,536 bytes per call.
+        for chunk in dest.chunks_mut(65_536) {
+            let buf = Uint8Array::new_with_length(chunk.len() as u32);
+            let crypto = Reflect::get(&js_sys::global(), &"crypto".into()).expect("Web Crypto exists in workers");
+            let get: js_sys::Function = Reflect::get(&crypto, &"getRandomValues".into()).expect("getRandomValues").into();
+            get.call1(&crypto, &buf).expect("getRandomValues accepts a Uint8Array");
+            buf.copy_to(chunk);
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebClock;
+
+impl Clock for WebClock {
+    fn now_ms(&self) -> u64 {
+        js_sys::Date::now() as u64
+    }
+}
+
+pub fn now_ms() -> u64 {
+    WebClock.now_ms()
+}
+
+/// This device's place in one space: its replica and keys, and the space key. Kept in
+/// `space.json`; never sent anywhere.
+#[derive(Clone)]
+pub struct Membership {
+    pub space: SpaceId,
+    pub replica: ReplicaId,
+    pub signing: SigningKey,
+    pub agreement: [u8; 32],
+    pub key: SpaceKey,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").field("space", &self.space).field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SpaceFile {
+    space: String,
+    replica: String,
+    signing: String,
+    agreement: String,
+    key: String,
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+impl Membership {
+    fn to_json(&self) -> Vec<u8> {
+        let f = SpaceFile {
+            space: self.space.to_string(),
+            replica: self.replica.to_string(),
+            signing: hex::encode(self.signing.to_bytes()),
+            agreement: hex::encode(self.agreement),
+            key: hex::encode(self.key.0),
+        };
+        serde_json::to_vec_pretty(&f).expect("serialisable")
+    }
+
+    fn from_json(bytes: &[u8]) -> Option<Membership> {
+        let f: SpaceFile = serde_json::from_slice(bytes).ok()?;
+        Some(Membership {
+            space: f.space.parse().ok()?,
+            replica: f.replica.parse().ok()?,
+            signing: SigningKey::from_bytes(&hex32(&f.signing)?),
+            agreement: hex32(&f.agreement)?,
+            key: SpaceKey(hex32(&f.key)?),
+        })
+    }
+}
+
+/// Every space's engine, opened on first use.
+#[derive(Default)]
+pub struct Data {
+    engines: RefCell<BTreeMap<SpaceId, Rc<Engine>>>,
+    /// Serialises opening, so two requests at wake do not open one space twice.
+    opening: futures::lock::Mutex<()>,
+}
+
+thread_local! {
+    static DATA: Rc<Data> = Rc::new(Data::default());
+}
+
+/// An error of the data engine, with the HTTP status the page API answers it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataError {
+    pub status: u16,
+    pub title: &'static str,
+    pub detail: String,
+    /// Extra members of the problem object (e.g. the current version of a conflict).
+    pub extra: Option<serde_json::Value>,
+}
+
+impl DataError {
+    pub fn new(status: u16, title: &'static str, detail: impl Into<String>) -> DataError {
+        DataError { status, title, detail: detail.into(), extra: None }
+    }
+    pub fn bad_request(detail: impl Into<String>) -> DataError {
+        DataError::new(400, "bad request", detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> DataError {
+        DataError::new(404, "not found", detail)
+    }
+}
+
+impl std::fmt::Display for DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.title, self.detail)
+    }
+}
+
+impl From<opfs::FsError> for DataError {
+    fn from(e: opfs::FsError) -> Self {
+        if e.is_quota() {
+            DataError::new(507, "storage full", format!("the browser refused the write: {e}"))
+        } else {
+            DataError::new(500, "storage error", e.to_string())
+        }
+    }
+}
+
+impl From<stead_store::opfs::OpfsError> for DataError {
+    fn from(e: stead_store::opfs::OpfsError) -> Self {
+        match e {
+            stead_store::opfs::OpfsError::Fs(fs) => fs.into(),
+            other => DataError::new(500, "storage error", other.to_string()),
+        }
+    }
+}
+
+impl From<stead_core::Error> for DataError {
+    fn from(e: stead_core::Error) -> Self {
+        match &e {
+            stead_core::Error::Conflict { current, .. } => DataError {
+                status: 409,
+                title: "conflict",
+                detail: e.to_string(),
+                extra: Some(serde_json::json!({ "current_version": current.to_string() })),
+            },
+            stead_core::Error::Schema(_) | stead_core::Error::Validation { .. } => DataError::new(422, "invalid", e.to_string()),
+            _ => DataError::new(500, "engine error", e.to_string()),
+        }
+    }
+}
+
+impl From<JsValue> for DataError {
+    fn from(e: JsValue) -> Self {
+        DataError::new(500, "browser error", opfs::FsError::from(e).to_string())
+    }
+}
+
+async fn data_root() -> Result<Dir, DataError> {
+    Ok(opfs::dir(&opfs::root().await?, DATA_ROOT, true).await?.expect("created"))
+}
+
+async fn spaces_dir() -> Result<Dir, DataError> {
+    Ok(opfs::dir(&data_root().await?, "spaces", true).await?.expect("created"))
+}
+
+impl Data {
+    pub fn get() -> Rc<Data> {
+        DATA.with(Rc::clone)
+    }
+
+    /// The spaces this device holds.
+    pub async fn spaces(&self) -> Result<Vec<SpaceId>, DataError> {
+        let mut out: Vec<SpaceId> = opfs::names(&spaces_dir().await?).await?.iter().filter_map(|n| n.parse().ok()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The engine of `space`, opening it on first use.
+    pub async fn engine(&self, space: SpaceId) -> Result<Rc<Engine>, DataError> {
+        if let Some(e) = self.engines.borrow().get(&space) {
+            return Ok(e.clone());
+        }
+        let _guard = self.opening.lock().await;
+        if let Some(e) = self.engines.borrow().get(&space) {
+            return Ok(e.clone());
+        }
+        let dir = opfs::dir(&spaces_dir().await?, &space.to_string(), false)
+            .await?
+            .ok_or_else(|| DataError::not_found(format!("this device holds no space {space}")))?;
+        let bytes = opfs::read_bytes(&dir, "space.json")
+            .await?
+            .ok_or_else(|| DataError::not_found(format!("space {space} has no space.json")))?;
+        let me = Membership::from_json(&bytes).ok_or_else(|| DataError::new(500, "storage error", format!("space {space}: space.json is damaged")))?;
+        let engine = Engine::open(me, dir, None).await?;
+        self.engines.borrow_mut().insert(space, engine.clone());
+        engine.connect();
+        Ok(engine)
+    }
+
+    /// Stores a new space membership and opens its engine.
+    pub async fn add_space(&self, me: Membership, members: stead_core::membership::Membership) -> Result<Rc<Engine>, DataError> {
+        let _guard = self.opening.lock().await;
+        let dir = opfs::dir(&spaces_dir().await?, &me.space.to_string(), true).await?.expect("created");
+        let engine = Engine::open(me.clone(), dir.clone(), Some(members)).await?;
+        // The identity is written last: a space folder without it is not a space yet.
+        opfs::write_bytes(&dir, "space.json", &me.to_json()).await?;
+        self.engines.borrow_mut().insert(me.space, engine.clone());
+        engine.connect();
+        Ok(engine)
+    }
+
+    /// Opens every space and (re)connects its sync: what a wake does.
+    pub async fn wake(&self) -> Result<(), DataError> {
+        for space in self.spaces().await? {
+            let engine = self.engine(space).await?;
+            engine.connect();
+        }
+        Ok(())
+    }
+
+    /// The open engines.
+    pub fn open_engines(&self) -> Vec<Rc<Engine>> {
+        self.engines.borrow().values().cloned().collect()
+    }
+}
