@@ -7,7 +7,10 @@
 //! - [`register`] installs the worker and keeps it awake while the page is open;
 //! - [`use_update_ready`] tells when a new version is downloaded and waiting;
 //! - [`activate_update`] switches to it and reloads this page;
-//! - [`UpdatePrompt`] is a ready-made banner for the two.
+//! - [`UpdatePrompt`] is a ready-made banner for the two;
+//! - [`data`] calls the worker's page API and follows change and sync events.
+
+pub mod data;
 
 use std::cell::Cell;
 
