@@ -91,6 +91,8 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub port: u16,
+    /// The bundle folder it serves.
+    bundle: std::path::PathBuf,
 }
 
 impl Server {
@@ -100,8 +102,12 @@ impl Server {
 
     /// Starts on `port` (0 for any free one) with extra flags.
     pub fn start_with(env: &Env, dir: &Path, port: u16, flags: &[&str]) -> Result<Server> {
-        let own = tempfile::tempdir()?;
-        let log = std::fs::File::create(own.path().join("server.log"))?;
+        Self::start_in(env, dir, tempfile::tempdir()?, port, flags)
+    }
+
+    /// Starts with its database and log in `own`.
+    fn start_in(env: &Env, dir: &Path, own: tempfile::TempDir, port: u16, flags: &[&str]) -> Result<Server> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(own.path().join("server.log"))?;
         let mut child = Command::new(&env.server_bin)
             .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
             .args(flags)
@@ -120,7 +126,14 @@ impl Server {
             format!("server did not start: {line:?}\n{log}")
         })?;
         let port: u16 = addr.rsplit(':').next().unwrap_or_default().parse()?;
-        Ok(Server { process, dir: own, url: format!("http://localhost:{port}/"), port })
+        Ok(Server { process, dir: own, url: format!("http://localhost:{port}/"), port, bundle: dir.to_owned() })
+    }
+
+    /// Kills the server and starts it again on the same port with the same database.
+    pub fn restart(self, env: &Env) -> Result<Server> {
+        let Server { mut process, dir, port, bundle, .. } = self;
+        process.kill();
+        Self::start_in(env, &bundle, dir, port, &[])
     }
 
     /// Kills the process (SIGKILL): the network is gone for the browser.

@@ -24,7 +24,9 @@ fn schema() -> J {
             "todos": {
                 "fields": {
                     "text": {"type": "string", "required": true},
-                    "done": {"type": "bool", "default": false}
+                    "done": {"type": "bool", "default": false},
+                    "votes": {"type": "counter"},
+                    "tags": {"type": "set", "of": "string"}
                 },
                 "indexes": [{"field": "done"}]
             }

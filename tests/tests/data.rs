@@ -1,0 +1,151 @@
+//! The data engine end to end: two browser profiles are two devices of one space,
+//! syncing through a real `stead-server` process, online and after offline edits.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+use stead_e2e::{Browser, Env, Server, wait_for};
+use thirtyfour::prelude::*;
+
+/// Calls the worker's page API from the page; returns the JSON answer (problems too).
+async fn api(b: &Browser, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+    let body = body.map_or("undefined".to_owned(), |b| format!("JSON.stringify({b})"));
+    let v = b
+        .js_async(&format!(
+            "const r = await fetch('/_stead/v1/{path}', {{method: '{method}', body: {body}}});\
+             return {{status: r.status, body: await r.json()}};"
+        ))
+        .await?;
+    if let Some(e) = v.get("error") {
+        bail!("{method} {path}: {e}");
+    }
+    Ok(v)
+}
+
+async fn space(b: &Browser) -> Result<String> {
+    wait_for("the app to open its space", Duration::from_secs(30), || async {
+        Ok(b.js("return localStorage.getItem('stead-space')").await?.as_str().map(str::to_owned))
+    })
+    .await
+}
+
+/// The texts of the todos the page shows.
+async fn shown(b: &Browser) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in b.driver.find_all(By::Css("li.todo span")).await? {
+        out.push(item.text().await?);
+    }
+    Ok(out)
+}
+
+async fn wait_shown(b: &Browser, text: &str, timeout: Duration) -> Result<()> {
+    wait_for(&format!("{text:?} to show"), timeout, || async { Ok(shown(b).await?.iter().any(|t| t == text).then_some(())) }).await
+}
+
+async fn wait_online(b: &Browser) -> Result<()> {
+    wait_for("sync to be online with nothing pending", Duration::from_secs(30), || async {
+        let s = api(b, "GET", &format!("spaces/{}/status", space(b).await?), None).await?;
+        Ok((s["body"]["state"] == "online" && s["body"]["pending"] == 0).then_some(()))
+    })
+    .await
+}
+
+/// A opens the app and creates a space; B joins it through A's invite link.
+async fn pair(env: &Env, server: &Server) -> Result<(Browser, Browser, String)> {
+    let a = Browser::start(env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let space_a = space(&a).await?;
+    wait_online(&a).await?;
+    a.driver.find(By::Id("invite")).await?.click().await?;
+    let link = wait_for("the invite link", Duration::from_secs(10), || async {
+        match a.driver.find(By::Id("invite-link")).await {
+            Ok(el) => Ok(el.prop("value").await?),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    assert!(link.contains("#join="), "the invite travels in the fragment: {link}");
+
+    let b = Browser::start(env).await?;
+    // The first visit installs the worker; the join runs once it controls the page.
+    b.driver.goto(&link).await?;
+    b.wait_app().await?;
+    let space_b = space(&b).await?;
+    assert_eq!(space_b, space_a, "B joined A's space");
+    let url = b.driver.current_url().await?;
+    assert!(!url.as_str().contains("#join="), "the invite secret is removed from the address bar: {url}");
+    wait_online(&b).await?;
+    Ok((a, b, space_a))
+}
+
+#[tokio::test]
+async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let (a, b, _) = pair(&env, &server).await?;
+
+    a.add_todo("written in A").await?;
+    wait_shown(&b, "written in A", Duration::from_secs(5)).await?;
+    b.add_todo("written in B").await?;
+    wait_shown(&a, "written in A", Duration::from_secs(5)).await?;
+    wait_shown(&a, "written in B", Duration::from_secs(5)).await?;
+    a.quit().await?;
+    b.quit().await
+}
+
+#[tokio::test]
+async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let (a, b, space) = pair(&env, &server).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+
+    // One record both know, then the network goes.
+    let shared = api(&a, "POST", &todos, Some(json!({"fields": {"text": "shared"}}))).await?;
+    let id = shared["body"]["id"].as_str().expect("an id").to_owned();
+    wait_shown(&b, "shared", Duration::from_secs(5)).await?;
+    let mut server = server;
+    server.kill();
+
+    // Both edit the same field, the same counter and set, and records of their own.
+    let rec = format!("{todos}/{id}");
+    for (dev, name) in [(&a, "A"), (&b, "B")] {
+        let r = api(dev, "PATCH", &rec, Some(json!({"fields": {"text": format!("shared, edited by {name}")}}))).await?;
+        assert_eq!(r["status"], 200, "an offline write is accepted: {r}");
+        api(dev, "POST", &format!("{rec}/counters/votes"), Some(json!({"delta": if name == "A" { 2 } else { 5 }}))).await?;
+        api(dev, "POST", &format!("{rec}/sets/tags"), Some(json!({"add": format!("tag-{name}")}))).await?;
+        api(dev, "POST", &todos, Some(json!({"fields": {"text": format!("only in {name}")}}))).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A removes a tag B never saw removed... A adds and removes its own: the OR-set keeps B's.
+    api(&a, "POST", &format!("{rec}/sets/tags"), Some(json!({"add": "gone"}))).await?;
+    api(&a, "POST", &format!("{rec}/sets/tags"), Some(json!({"remove": "gone"}))).await?;
+    let status = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(status["body"]["pending"].as_u64() > Some(0), "A has changes waiting: {status}");
+
+    let server = server.restart(&env)?;
+    let converged = wait_for("both devices to hold the same records", Duration::from_secs(60), || async {
+        let ra = api(&a, "GET", &todos, None).await?["body"]["records"].clone();
+        let rb = api(&b, "GET", &todos, None).await?["body"]["records"].clone();
+        Ok((ra == rb && ra.as_array().is_some_and(|r| r.len() == 3)).then_some(ra))
+    })
+    .await?;
+    let rec = converged.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).expect("the shared record").clone();
+    // Last writer wins on the field: B wrote after A.
+    assert_eq!(rec["fields"]["text"], "shared, edited by B");
+    assert_eq!(rec["fields"]["votes"], 7, "counter adds from both devices sum");
+    let mut tags: Vec<String> = rec["fields"]["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    assert_eq!(tags, ["tag-A", "tag-B"], "set adds from both are kept, the removed one is gone");
+    // And the pages show it live.
+    for dev in [&a, &b] {
+        wait_shown(dev, "only in A", Duration::from_secs(10)).await?;
+        wait_shown(dev, "only in B", Duration::from_secs(10)).await?;
+    }
+    wait_online(&a).await?;
+    drop(server);
+    a.quit().await?;
+    b.quit().await
+}
