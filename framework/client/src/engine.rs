@@ -15,7 +15,9 @@ use stead_core::ids::{RecordId, ReplicaId, SpaceId};
 use stead_core::log::VersionVector;
 use stead_core::membership::Membership;
 use stead_core::ops::{Op, Value};
+use stead_core::query::{Page, Query};
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
+use stead_core::schema::Schema;
 use stead_core::sync::{Frame, Sync, SyncConfig, code};
 use stead_store::{FileStore, Options};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -235,6 +237,17 @@ impl Client {
     pub async fn value(&self, collection: &str, record: RecordId, field: &str) -> Result<Option<Value>> {
         let (c, f) = (collection.to_owned(), field.to_owned());
         self.read(move |r| r.value(&c, record, &f)).await
+    }
+
+    /// Sets the schema this replica validates writes against and queries through (kept in
+    /// memory: set it again after opening).
+    pub async fn set_schema(&self, schema: Schema) -> Result<()> {
+        self.read(move |r| r.set_schema(schema)).await?.map_err(Error::from)
+    }
+
+    /// One page of a query through the schema's indexes (`Filter::All` needs no index).
+    pub async fn query(&self, q: Query) -> Result<Page> {
+        self.read(move |r| r.query(&q)).await?.map_err(Error::from)
     }
 
     pub async fn vector(&self) -> Result<VersionVector> {

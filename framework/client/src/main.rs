@@ -7,6 +7,7 @@
 //! stead-client --dir bob --server ... join <space>
 //! stead-client --dir bob --server ... put notes first title '"hello"'
 //! stead-client --dir alice --server ... get notes first title
+//! stead-client --dir alice --server ... query notes --eq 'stars=3' --schema app.toml
 //! stead-client --dir alice --server ... watch                             # one JSON line per change
 //! ```
 //! Record names that are not UUIDs are hashed into one, so scripts can use plain names.
@@ -20,6 +21,8 @@ use clap::{Parser, Subcommand};
 use stead_client::{Client, ClientConfig, Device, DeviceCard, Event};
 use stead_core::ids::{RecordId, SpaceId};
 use stead_core::ops::Value;
+use stead_core::query::{Filter, Query};
+use stead_core::schema::Schema;
 use stead_core::state::FieldValue;
 
 #[derive(Parser, Debug)]
@@ -52,6 +55,21 @@ enum Cmd {
     Put { collection: String, record: String, field: String, value: String },
     /// Prints a record (or one field) as JSON after syncing.
     Get { collection: String, record: String, field: Option<String> },
+    /// Prints the records of a collection after syncing, one JSON line each
+    /// (`{"id": ..., "fields": {...}}`), in id order or, with `--eq`, through an index.
+    Query {
+        collection: String,
+        /// `FIELD=VALUE`: only records whose field equals the JSON value; the field needs an
+        /// index in `--schema`.
+        #[arg(long)]
+        eq: Option<String>,
+        /// The app's schema (TOML, or JSON when the name ends in `.json`).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+        /// Most records printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Prints one JSON line per change received, until interrupted.
     Watch,
 }
@@ -106,6 +124,23 @@ fn field_json(f: &FieldValue) -> serde_json::Value {
     }
 }
 
+/// Waits until connected and the server holds every entry of this device, then a moment
+/// for the server's entries to arrive.
+async fn synced(c: &Client, timeout: Duration) -> anyhow::Result<()> {
+    c.wait_for(timeout, "the server", |s| s.connected).await?;
+    c.wait_acked(timeout).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+fn record_json(r: &stead_core::replica::Replica, collection: &str, id: RecordId) -> serde_json::Value {
+    let fields: serde_json::Map<_, _> = r
+        .get(collection, id)
+        .map(|rec| rec.fields.iter().map(|(k, s)| (k.clone(), field_json(&s.view()))).collect())
+        .unwrap_or_default();
+    serde_json::json!({ "id": id.to_string(), "fields": fields })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -142,10 +177,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Get { collection, record, field } => {
             let c = Client::open(config).await?;
-            // Sync first: connected, and the server holds all we have.
-            c.wait_for(timeout, "the server", |s| s.connected).await?;
-            c.wait_acked(timeout).await?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            synced(&c, timeout).await?;
             let id = record_id(&record);
             let out = c
                 .read(move |r| {
@@ -157,6 +189,41 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?;
             println!("{}", out.unwrap_or(serde_json::Value::Null));
+            c.close().await;
+        }
+        Cmd::Query { collection, eq, schema, limit } => {
+            let c = Client::open(config).await?;
+            let schema = match schema {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    if path.extension().is_some_and(|e| e == "json") { Schema::from_json(&text)? } else { Schema::from_toml(&text)? }
+                }
+                None => Schema { version: 1, collections: Default::default(), migrations: Vec::new() },
+            };
+            c.set_schema(schema).await?;
+            let filter = match eq {
+                Some(eq) => {
+                    let (field, value) = eq.split_once('=').context("--eq wants FIELD=VALUE")?;
+                    Filter::Eq { field: field.to_owned(), value: parse_value(value)? }
+                }
+                None => Filter::All,
+            };
+            synced(&c, timeout).await?;
+            let mut q = Query { collection: collection.clone(), filter, limit: limit.min(256), after: None };
+            let mut printed = 0;
+            loop {
+                let page = c.query(q.clone()).await?;
+                let (coll, ids) = (collection.clone(), page.records.clone());
+                let lines = c.read(move |r| ids.iter().map(|id| record_json(r, &coll, *id)).collect::<Vec<_>>()).await?;
+                for line in lines.into_iter().take(limit - printed) {
+                    println!("{line}");
+                    printed += 1;
+                }
+                match page.next {
+                    Some(next) if printed < limit => q.after = Some(next),
+                    _ => break,
+                }
+            }
             c.close().await;
         }
         Cmd::Watch => {

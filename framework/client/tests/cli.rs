@@ -1,5 +1,7 @@
-//! The `stead-client` command line against a real server on a real socket: create, invite,
-//! join, put, get, and watch across two devices.
+//! The `stead-client` command line against a real `stead-server` process: create, invite,
+//! join, put, get, query and watch across two devices.
+
+mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,21 +18,12 @@ fn run(dir: &std::path::Path, server: &str, args: &[&str]) -> anyhow::Result<Str
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
+#[test]
+fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let backend = stead_server::storage::open(&tmp.path().join("db.sqlite3").display().to_string(), [1; 16])?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = format!("http://{}", listener.local_addr()?);
-    let config = stead_server::Config { bundle_dir: tmp.path().to_path_buf(), sync: Some(stead_server::Service::new(backend, Default::default())), retired: false };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(stead_server::serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-
-    let (alice, bob) = (tmp.path().join("alice"), tmp.path().join("bob"));
-    let (a, b, s) = (alice.clone(), bob.clone(), server.clone());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let server = common::Server::start(tmp.path())?;
+    let (a, b, s) = (tmp.path().join("alice"), tmp.path().join("bob"), server.base.clone());
+    {
         let space = run(&a, &s, &["create"])?;
         let card = run(&b, &s, &["device"])?;
         run(&a, &s, &["invite", &card])?;
@@ -40,14 +33,38 @@ async fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
         assert_eq!(run(&b, &s, &["get", "notes", "first", "title"])?, "\"hello\"");
         assert_eq!(run(&b, &s, &["get", "notes", "first"])?, r#"{"stars":3,"title":"hello"}"#);
 
+        // query lists the collection; --eq goes through the index the schema declares.
+        run(&a, &s, &["put", "notes", "second", "stars", "5"])?;
+        run(&a, &s, &["put", "notes", "third", "stars", "3"])?;
+        let all = run(&b, &s, &["query", "notes"])?;
+        assert_eq!(all.lines().count(), 3, "query printed {all}");
+        let schema = tmp.path().join("app.toml");
+        std::fs::write(&schema, "version = 1\n[collections.notes.fields]\nstars = { type = \"int\" }\ntitle = { type = \"string\" }\n[[collections.notes.indexes]]\nfield = \"stars\"\n")?;
+        let three = run(&b, &s, &["query", "notes", "--eq", "stars=3", "--schema", &schema.display().to_string()])?;
+        let rows: Vec<serde_json::Value> = three.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        assert_eq!(rows.len(), 2, "query --eq printed {three}");
+        assert!(rows.iter().all(|r| r["fields"]["stars"] == 3));
+        assert!(rows.iter().any(|r| r["fields"]["title"] == "hello"));
+        assert_eq!(run(&b, &s, &["query", "notes", "--limit", "1"])?.lines().count(), 1);
+
         // watch prints a line when the other device writes.
         let mut watch = Command::new(env!("CARGO_BIN_EXE_stead-client"))
             .args(["--dir", &b.display().to_string(), "--server", &s, "watch"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::thread::sleep(Duration::from_millis(500));
-        run(&a, &s, &["put", "notes", "second", "title", "\"again\""])?;
+        // Write once watch is connected (it says so on stderr).
+        let stderr = watch.stderr.take().context("stderr")?;
+        let (connected_tx, connected) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                if line.trim() == "connected" {
+                    let _ = connected_tx.send(());
+                }
+            }
+        });
+        connected.recv_timeout(Duration::from_secs(10)).context("watch did not connect")?;
+        run(&a, &s, &["put", "notes", "fourth", "title", "\"again\""])?;
         let mut line = String::new();
         let stdout = watch.stdout.take().context("stdout")?;
         let reader = std::thread::spawn(move || {
@@ -62,11 +79,7 @@ async fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
         let _ = watch.wait();
         let line = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
         assert!(line.contains("\"changed\""), "watch printed {line:?}");
-        Ok(())
-    })
-    .await??;
-
-    let _ = stop.send(());
-    serving.await??;
+    }
+    drop(server);
     Ok(())
 }
