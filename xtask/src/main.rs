@@ -6,6 +6,7 @@
 //! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
 //! - `build` builds the todo example into a folder.
 
+mod bench_server;
 mod bench_sw;
 mod setup;
 mod util;
@@ -47,7 +48,7 @@ enum Command {
     },
     /// Run every test: native, wasm in Chromium, end to end.
     Test,
-    /// Run a benchmark against its anchor and print ratios (`sw`, `core`).
+    /// Run a benchmark against its anchor and print ratios (`sw`, `core`, `server`).
     Bench {
         name: String,
         /// Fewer rounds, for a quick look.
@@ -107,7 +108,8 @@ fn main() -> Result<()> {
                 }
                 c.run()?;
             }
-            other => anyhow::bail!("unknown benchmark {other:?}: try sw or core"),
+            "server" => bench_server::run(&root, quick)?,
+            other => anyhow::bail!("unknown benchmark {other:?}: try sw, core or server"),
         },
         Command::Chaos { rounds } => {
             cargo(&root)
