@@ -33,10 +33,11 @@ async fn changed(events: &mut tokio::sync::broadcast::Receiver<Event>, writer: &
     let want = writer.replica();
     tokio::time::timeout(Duration::from_secs(15), async {
         loop {
-            if let Event::Changed { replica, next: n } = events.recv().await? {
-                if replica == want && n >= next {
-                    return anyhow::Ok(());
-                }
+            if let Event::Changed { replica, next: n } = events.recv().await?
+                && replica == want
+                && n >= next
+            {
+                return anyhow::Ok(());
             }
         }
     })
