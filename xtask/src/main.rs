@@ -236,6 +236,13 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e"])
         .run()?;
 
+    step("stead-core tests on wasm32 in Chromium");
+    cargo(root)
+        .args(["test", "--package", "stead-core", "--target", "wasm32-unknown-unknown"])
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("PATH", tools.path_env())
+        .run()?;
+
     step("service worker tests in Chromium (wasm-bindgen-test, service worker scope)");
     cargo(root)
         .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])

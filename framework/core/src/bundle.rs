@@ -187,6 +187,8 @@ fn is_clean_path(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn file(path: &str, content: &str) -> BundleFile {
         BundleFile {

@@ -199,6 +199,8 @@ pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Re
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn padme_sizes() {

@@ -93,6 +93,8 @@ impl HlcClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// Runs a script of `t <now>` (tick) and `o <ms>.<counter>` (observe) lines and
     /// compares the produced timestamps.

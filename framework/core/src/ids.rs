@@ -71,6 +71,8 @@ id_type!(
 mod tests {
     use super::*;
     use crate::env::{ManualClock, SeededRandom};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn v7_ids_sort_by_time_and_round_trip_text() {

@@ -40,3 +40,8 @@ pub mod sync;
 pub mod testing;
 
 pub use error::{Error, Result};
+
+// Unit tests also run on wasm32 in headless Chromium: each test module aliases
+// `wasm_bindgen_test` as `test`, and this sets the context once for the test binary.
+#[cfg(all(test, target_arch = "wasm32"))]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

@@ -310,6 +310,8 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn member(n: u8) -> (Member, SigningKey) {
         let key = SigningKey::from_bytes(&[n; 32]);

@@ -334,6 +334,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Op>> {
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     pub fn value_strategy() -> impl Strategy<Value = Value> {
         prop_oneof![

@@ -364,6 +364,8 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const TODO: &str = r#"
         version = 1

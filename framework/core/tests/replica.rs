@@ -15,6 +15,13 @@ use stead_core::state::Version;
 use stead_core::store::{MemStore, Store};
 use stead_core::testing::Space;
 
+// The same tests run on wasm32 in headless Chromium (`cargo test -p stead-core --target
+// wasm32-unknown-unknown`).
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
 const NOW: u64 = 1_700_000_000_000;
 
 fn rec(n: u8) -> RecordId {

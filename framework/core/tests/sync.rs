@@ -12,6 +12,13 @@ use stead_core::state::State;
 use stead_core::sync::{code, Frame, Sync, SyncConfig, PROTOCOL_MAX};
 use stead_core::testing::Space;
 
+// The same tests run on wasm32 in headless Chromium (`cargo test -p stead-core --target
+// wasm32-unknown-unknown`).
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
 const NOW: u64 = 1_700_000_000_000;
 
 fn set(r: u8, v: i64) -> Op {
