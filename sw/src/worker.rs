@@ -430,6 +430,9 @@ impl Worker {
     /// The kill switch: forget every stored file and version, and unregister.
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.killed.set(true);
+        if let Err(e) = crate::data::Data::get().erase(5_000.0).await {
+            web_sys::console::warn_1(&format!("erasing the data: {e}").into());
+        }
         BundleStore::wipe(&crate::opfs::root().await?).await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;

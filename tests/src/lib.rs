@@ -260,8 +260,14 @@ impl Browser {
     /// Adds a todo through the UI and waits for it to show.
     pub async fn add_todo(&self, text: &str) -> Result<()> {
         let input = self.wait_app().await?;
+        // The button is enabled once the app has opened its space in the worker.
+        let add = wait_for("the app's data to be ready", Duration::from_secs(30), || async {
+            let add = self.driver.find(By::Id("add")).await?;
+            Ok(add.is_enabled().await?.then_some(add))
+        })
+        .await?;
         input.send_keys(text).await?;
-        self.driver.find(By::Id("add")).await?.click().await?;
+        add.click().await?;
         wait_for("the new todo to show", Duration::from_secs(10), || async {
             let items = self.driver.find_all(By::Css("li.todo span")).await?;
             for item in items {

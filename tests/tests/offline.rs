@@ -236,8 +236,13 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     let browser = Browser::start(&env).await?;
     install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
     let opfs_names = "const root = await navigator.storage.getDirectory(); const names = [];\
-                      for await (const k of root.keys()) names.push(k); return names;";
-    assert_eq!(browser.js_async(opfs_names).await?, serde_json::json!(["stead"]));
+                      for await (const k of root.keys()) names.push(k); return names.sort();";
+    // The app has made its space: the bundle and the data are both in OPFS.
+    wait_for("the app's data to be stored", Duration::from_secs(30), || async {
+        let names = browser.js_async(opfs_names).await?;
+        Ok((names == serde_json::json!(["stead", "stead-data"])).then_some(()))
+    })
+    .await?;
 
     browser.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
     wait_for("the worker to unregister", Duration::from_secs(20), || async {

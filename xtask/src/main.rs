@@ -250,6 +250,16 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .run()?;
 
+    for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
+        step(&format!("OPFS store tests in Chromium ({scope} scope)"));
+        cargo(root)
+            .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs"])
+            .env(var, "1")
+            .env("CHROMEDRIVER", &tools.chromedriver)
+            .env("PATH", tools.path_env())
+            .run()?;
+    }
+
     let dist = root.join("target/e2e-dist");
     let _ = std::fs::remove_dir_all(&dist);
     build_example(root, tools, &dist, true)?;
@@ -259,7 +269,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
         .env("STEAD_SERVER_BIN", &server)
         .env("CHROMEDRIVER", &tools.chromedriver)

@@ -64,6 +64,8 @@ pub struct Engine {
     /// How many membership events the server is known to hold.
     members_pushed: Cell<usize>,
     recovered: RefCell<Option<String>>,
+    /// Set by [`Engine::close`]: no more connections.
+    closed: Cell<bool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -185,6 +187,7 @@ impl Engine {
             attempt: Cell::new(0),
             members_pushed: Cell::new(0),
             recovered: RefCell::new(recovered),
+            closed: Cell::new(false),
         }))
     }
 
@@ -295,6 +298,9 @@ impl Engine {
 
     /// Opens the sync connection unless one is open or opening.
     pub fn connect(self: &Rc<Self>) {
+        if self.closed.get() {
+            return;
+        }
         {
             let mut s = self.status.borrow_mut();
             if s.connecting || self.conn.borrow().is_some() {
@@ -331,6 +337,9 @@ impl Engine {
                 self.status.borrow_mut().refused = true;
                 return Err(e.detail);
             }
+        }
+        if self.closed.get() {
+            return Err("the engine is closed".into());
         }
         let url = format!("{}/sync", server_base().replacen("http", "ws", 1));
         let ws = WebSocket::new(&url).map_err(|e| opfs::FsError::from(e).to_string())?;
@@ -455,6 +464,17 @@ impl Engine {
         }
         if let Some(reason) = failed {
             self.drop_conn(&reason);
+        }
+    }
+
+    /// Closes the connection for good (the reconnect loop stops with the last `Rc`).
+    pub fn close(self: &Rc<Self>) {
+        self.closed.set(true);
+        if let Some(c) = self.conn.borrow_mut().take() {
+            c.ws.set_onclose(None);
+            c.ws.set_onmessage(None);
+            c.ws.set_onopen(None);
+            let _ = c.ws.close();
         }
     }
 

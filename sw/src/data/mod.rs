@@ -256,6 +256,21 @@ impl Data {
         Ok(())
     }
 
+    /// The kill switch: gives every space a few seconds to send what the server has not
+    /// acknowledged, closes the connections, and erases the data.
+    pub async fn erase(&self, settle_ms: f64) -> Result<(), DataError> {
+        let _guard = self.opening.lock().await;
+        let engines: Vec<Rc<Engine>> = std::mem::take(&mut *self.engines.borrow_mut()).into_values().collect();
+        for engine in &engines {
+            if !engine.settle(settle_ms).await {
+                web_sys::console::warn_1(&format!("space {}: erased with changes the server never acknowledged", engine.space()).into());
+            }
+            engine.close();
+        }
+        opfs::remove(&opfs::root().await?, DATA_ROOT, true).await?;
+        Ok(())
+    }
+
     /// The open engines.
     pub fn open_engines(&self) -> Vec<Rc<Engine>> {
         self.engines.borrow().values().cloned().collect()
