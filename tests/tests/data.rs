@@ -149,3 +149,121 @@ async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Re
     a.quit().await?;
     b.quit().await
 }
+
+/// Flips a byte near the end of the newest log segment of `space`, from the page.
+async fn corrupt_log_tail(b: &Browser, space: &str) -> Result<()> {
+    let r = b
+        .js_async(&format!(
+            "const root = await navigator.storage.getDirectory();\
+             const spaces = await (await root.getDirectoryHandle('stead-data')).getDirectoryHandle('spaces');\
+             const log = await (await (await spaces.getDirectoryHandle('{space}')).getDirectoryHandle('store')).getDirectoryHandle('log');\
+             const names = []; for await (const k of log.keys()) names.push(k); names.sort();\
+             const h = await log.getFileHandle(names[names.length - 1]);\
+             const bytes = new Uint8Array(await (await h.getFile()).arrayBuffer());\
+             bytes[bytes.length - 5] ^= 0xff;\
+             const w = await h.createWritable(); await w.write(bytes); await w.close();\
+             return bytes.length;"
+        ))
+        .await?;
+    if r.get("error").is_some() {
+        bail!("corrupting the log: {r}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupted_log_tail_is_cut_on_reopen_and_refilled_from_the_server() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    for t in ["one", "two", "three"] {
+        a.add_todo(t).await?;
+    }
+    let space = space(&a).await?;
+    wait_online(&a).await?;
+
+    corrupt_log_tail(&a, &space).await?;
+    // The next worker opens the store from disk: the last entry fails its checksum.
+    a.stop_workers().await?;
+    a.driver.refresh().await?;
+    let status = wait_for("the reopened store to report the cut", Duration::from_secs(30), || async {
+        let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+        Ok(s["body"]["recovered"].as_str().map(str::to_owned))
+    })
+    .await?;
+    assert!(status.contains("checksum mismatch"), "{status}");
+    // The lost entry was acknowledged by the server, so it comes back.
+    wait_shown(&a, "three", Duration::from_secs(20)).await?;
+    assert_eq!(shown(&a).await?, ["one", "two", "three"]);
+    wait_online(&a).await?;
+    a.quit().await
+}
+
+#[tokio::test]
+async fn two_tabs_writing_at_once_lose_nothing() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.add_todo("first").await?;
+    let space = space(&a).await?;
+    let first = a.driver.window().await?;
+    let second = a.driver.new_window().await?;
+    a.driver.switch_to_window(second.clone()).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let burst = |tab: &str| {
+        format!(
+            "window.burst = Promise.all(Array.from({{length: 25}}, (_, i) =>\
+               fetch('/_stead/v1/spaces/{space}/collections/todos', {{method: 'POST',\
+                 body: JSON.stringify({{fields: {{text: '{tab} ' + i}}}})}}).then(r => r.status)));"
+        )
+    };
+    // Start a burst in each tab without waiting, then collect both.
+    a.js(&burst("second")).await?;
+    a.driver.switch_to_window(first.clone()).await?;
+    a.js(&burst("first")).await?;
+    let mut statuses = a.js_async("return await window.burst;").await?.as_array().cloned().unwrap_or_default();
+    a.driver.switch_to_window(second).await?;
+    statuses.extend(a.js_async("return await window.burst;").await?.as_array().cloned().unwrap_or_default());
+    assert_eq!(statuses.len(), 50);
+    assert!(statuses.iter().all(|s| s == 201), "every write is accepted: {statuses:?}");
+
+    let records = api(&a, "GET", &format!("spaces/{space}/collections/todos?limit=1000"), None).await?;
+    assert_eq!(records["body"]["records"].as_array().map(Vec::len), Some(51));
+    // The other tab shows them live.
+    a.driver.switch_to_window(first).await?;
+    wait_for("the first tab to show all 51", Duration::from_secs(10), || async { Ok((shown(&a).await?.len() == 51).then_some(())) }).await?;
+    a.quit().await
+}
+
+#[tokio::test]
+async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let (a, b, space) = pair(&env, &server).await?;
+    let mut server = server;
+    server.kill();
+    let todos = format!("spaces/{space}/collections/todos");
+    a.js_async(&format!(
+        "for (let i = 0; i < 60; i++) await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: 'offline ' + i}}}})}}); return 1;"
+    ))
+    .await?;
+    let server = server.restart(&env)?;
+    // Nudge A's worker to reconnect, and stop it while it sends.
+    a.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.stop_workers().await?;
+    // The next event wakes a new worker, which resumes from the version vectors.
+    a.js("navigator.serviceWorker.controller && navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
+    wait_for("B to receive all 60 of A's offline writes", Duration::from_secs(60), || async {
+        let n = api(&b, "GET", &format!("{todos}?limit=1000"), None).await?["body"]["records"].as_array().map_or(0, Vec::len);
+        Ok((n == 60).then_some(()))
+    })
+    .await?;
+    wait_online(&a).await?;
+    drop(server);
+    a.quit().await?;
+    b.quit().await
+}

@@ -422,7 +422,8 @@ impl Engine {
             result
         };
         let after = self.read(|r| r.version_vector());
-        let grew = after.iter().any(|(r, n)| *r != self.me.replica && before.get(r).copied().unwrap_or(0) < *n);
+        // Own entries count too: a store that lost its tail gets them back from the server.
+        let grew = after.iter().any(|(r, n)| before.get(r).copied().unwrap_or(0) < *n);
         if let Err(e) = result {
             match e {
                 stead_core::Error::Protocol { code: c, message } if code::is_fatal(c) => {
