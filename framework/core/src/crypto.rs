@@ -2,7 +2,7 @@
 //!
 //! A payload is `nonce (24) ‖ XChaCha20-Poly1305(space key, nonce, aad, packed batch)`, where
 //! the associated data binds it to its entry's (space, replica, seq), and the packed batch
-//! is the encoded ops compressed with LZ4 (when that helps) and zero-padded to a Padmé
+//! is the encoded ops compressed with DEFLATE (when that helps) and zero-padded to a Padmé
 //! length, so the ciphertext length reveals only a coarse size class. The server never
 //! holds the space key: a new device receives it wrapped to its X25519 public key
 //! ([`wrap_space_key`]) inside the membership event that adds it.
@@ -19,8 +19,10 @@ use crate::ids::{ReplicaId, SpaceId};
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 const PACK_RAW: u8 = 0;
-const PACK_LZ4: u8 = 1;
-const PACK_HEADER: usize = 1 + 4 + 4;
+/// Raw DEFLATE (RFC 1951). Ops batches are a few KiB of columns with narrow alphabets, where
+/// Huffman coding gains what LZ4, which has none, cannot.
+const PACK_DEFLATE: u8 = 2;
+const DEFLATE_LEVEL: u8 = 6;
 
 /// The symmetric key of a space, known only to member devices.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,16 +95,16 @@ pub fn padme(len: usize) -> usize {
 
 /// Compresses (when it pays) and pads an encoded ops batch.
 pub fn pack(batch: &[u8]) -> Vec<u8> {
-    let compressed = lz4_flex::block::compress(batch);
+    let compressed = miniz_oxide::deflate::compress_to_vec(batch, DEFLATE_LEVEL);
     let (codec, body) = if compressed.len() < batch.len() {
-        (PACK_LZ4, compressed.as_slice())
+        (PACK_DEFLATE, compressed.as_slice())
     } else {
         (PACK_RAW, batch)
     };
-    let mut w = Writer::with_capacity(padme(PACK_HEADER + body.len()));
+    let mut w = Writer::with_capacity(body.len() + body.len() / 8 + 16);
     w.u8(codec);
-    w.u32(batch.len() as u32);
-    w.u32(body.len() as u32);
+    w.varint(batch.len() as u64);
+    w.varint(body.len() as u64);
     w.fixed(body);
     let padded = padme(w.buf.len());
     w.buf.resize(padded, 0);
@@ -113,23 +115,25 @@ pub fn pack(batch: &[u8]) -> Vec<u8> {
 pub fn unpack(packed: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let mut r = Reader::new(packed, "packed batch");
     let codec = r.u8()?;
-    let raw_len = r.u32()? as usize;
-    let body_len = r.u32()? as usize;
-    if raw_len > max_len {
-        return Err(Error::TooLarge { what: "ops batch", size: raw_len, limit: max_len });
+    let raw_len = r.varint()?;
+    let body_len = r.len(1)?;
+    if raw_len > max_len as u64 {
+        return Err(Error::TooLarge { what: "ops batch", size: raw_len as usize, limit: max_len });
     }
+    let raw_len = raw_len as usize;
     let body = r.take(body_len)?;
+    let unpadded = r.position();
     let padding = r.take(r.remaining())?;
-    if padding.iter().any(|&b| b != 0) || packed.len() != padme(PACK_HEADER + body_len) {
+    if padding.iter().any(|&b| b != 0) || packed.len() != padme(unpadded) {
         return Err(r.err("bad padding"));
     }
     match codec {
         PACK_RAW if body_len == raw_len => Ok(body.to_vec()),
-        PACK_LZ4 => {
-            let out = lz4_flex::block::decompress(body, raw_len)
-                .map_err(|_| r.err("lz4 data is corrupt"))?;
+        PACK_DEFLATE => {
+            let out = miniz_oxide::inflate::decompress_to_vec_with_limit(body, raw_len)
+                .map_err(|_| r.err("deflate data is corrupt"))?;
             if out.len() != raw_len {
-                return Err(r.err("lz4 data has the wrong length"));
+                return Err(r.err("deflate data has the wrong length"));
             }
             Ok(out)
         }

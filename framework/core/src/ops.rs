@@ -7,7 +7,7 @@ use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::ids::{RecordId, ReplicaId};
 
-pub const BATCH_VERSION: u8 = 1;
+pub const BATCH_VERSION: u8 = 2;
 
 /// A content-addressed blob referenced from a record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +52,10 @@ impl Value {
 
     pub(crate) fn write(&self, w: &mut Writer) {
         w.u8(self.rank());
+        self.write_content(w);
+    }
+
+    fn write_content(&self, w: &mut Writer) {
         match self {
             Value::Null => {}
             Value::Bool(b) => w.bool(*b),
@@ -68,7 +72,12 @@ impl Value {
     }
 
     pub(crate) fn read(r: &mut Reader<'_>) -> Result<Value> {
-        Ok(match r.u8()? {
+        let ty = r.u8()?;
+        Value::read_typed(ty, r)
+    }
+
+    fn read_typed(ty: u8, r: &mut Reader<'_>) -> Result<Value> {
+        Ok(match ty {
             0 => Value::Null,
             1 => Value::Bool(r.bool()?),
             2 => Value::Int(r.ivarint()?),
@@ -83,6 +92,17 @@ impl Value {
             })),
             _ => return Err(r.err("unknown value type")),
         })
+    }
+
+    /// Writes the type byte to `types` and the content to `content` (batch columns).
+    pub(crate) fn write_split(&self, types: &mut Writer, content: &mut Writer) {
+        types.u8(self.rank());
+        self.write_content(content);
+    }
+
+    pub(crate) fn read_split(types: &mut Reader<'_>, content: &mut Reader<'_>) -> Result<Value> {
+        let ty = types.u8()?;
+        Value::read_typed(ty, content)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -219,11 +239,21 @@ impl<'a> Tables<'a> {
     }
 }
 
-/// Encodes a batch: version, string table, record table, then the ops referring to both.
+/// Encodes a batch in columns (see LOG-FORMAT.md): the string table, the record table as
+/// 16 byte planes, then one column per op attribute. Ids made close in time share their
+/// high bytes and a batch's ops mostly share kind, collection and value type, so the
+/// columns are long runs and narrow alphabets that the payload compressor squeezes well;
+/// interleaved rows would break every run.
 pub fn encode_batch(ops: &[Op]) -> Vec<u8> {
     let mut t = Tables::default();
-    let mut body = Writer::with_capacity(ops.len() * 12);
-    body.varint(ops.len() as u64);
+    let n = ops.len();
+    let mut kinds = Writer::with_capacity(n);
+    let mut colls = Writer::with_capacity(n);
+    let mut recs = Writer::with_capacity(n);
+    let mut fields = Writer::with_capacity(n);
+    let mut types = Writer::with_capacity(n);
+    let mut values = Writer::with_capacity(n * 4);
+    let mut prev_rec = 0i64;
     for op in ops {
         let kind = match op {
             Op::Set { .. } => 0,
@@ -233,39 +263,47 @@ pub fn encode_batch(ops: &[Op]) -> Vec<u8> {
             Op::SetAdd { .. } => 4,
             Op::SetRemove { .. } => 5,
         };
-        body.u8(kind);
-        body.varint(t.string(op.collection()));
-        body.varint(t.record(op.record()));
+        kinds.u8(kind);
+        colls.varint(t.string(op.collection()));
+        let rec = t.record(op.record()) as i64;
+        recs.ivarint(rec - prev_rec);
+        prev_rec = rec;
         if let Some(f) = op.field() {
-            body.varint(t.string(f));
+            fields.varint(t.string(f));
         }
         match op {
-            Op::Set { value, .. } => value.write(&mut body),
-            Op::CounterAdd { delta, .. } => body.ivarint(*delta),
-            Op::SetAdd { elem, .. } => elem.write(&mut body),
+            Op::Set { value, .. } | Op::SetAdd { elem: value, .. } => value.write_split(&mut types, &mut values),
+            Op::CounterAdd { delta, .. } => values.ivarint(*delta),
             Op::SetRemove { elem, tags, .. } => {
-                elem.write(&mut body);
-                body.varint(tags.len() as u64);
+                elem.write_split(&mut types, &mut values);
+                values.varint(tags.len() as u64);
                 for tag in tags {
-                    body.fixed(tag.replica.as_bytes());
-                    body.varint(tag.seq);
-                    body.varint(tag.n as u64);
+                    values.fixed(tag.replica.as_bytes());
+                    values.varint(tag.seq);
+                    values.varint(tag.n as u64);
                 }
             }
             Op::Delete { .. } | Op::Restore { .. } => {}
         }
     }
-    let mut w = Writer::with_capacity(body.buf.len() + t.records.len() * 16 + 64);
+    let columns = [kinds, colls, recs, fields, types, values];
+    let size: usize = columns.iter().map(|c| c.buf.len() + 5).sum();
+    let mut w = Writer::with_capacity(size + t.records.len() * 16 + 64);
     w.u8(BATCH_VERSION);
     w.varint(t.strings.len() as u64);
     for s in &t.strings {
         w.str(s);
     }
     w.varint(t.records.len() as u64);
-    for r in &t.records {
-        w.fixed(r.as_bytes());
+    for plane in 0..16 {
+        for r in &t.records {
+            w.u8(r.0[plane]);
+        }
     }
-    w.fixed(&body.buf);
+    w.varint(n as u64);
+    for c in &columns {
+        w.bytes(&c.buf);
+    }
     w.finish()
 }
 
@@ -285,48 +323,59 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Op>> {
         strings.push(r.str()?);
     }
     let n = r.len(16)?;
-    let mut records = Vec::with_capacity(n);
-    for _ in 0..n {
-        records.push(RecordId(r.array()?));
-    }
+    let planes = r.take(n * 16)?;
+    let records: Vec<RecordId> =
+        (0..n).map(|i| RecordId(std::array::from_fn(|p| planes[p * n + i]))).collect();
+    let n = r.len(1)?;
+    let mut kinds = Reader::new(r.bytes()?, "ops batch");
+    let mut colls = Reader::new(r.bytes()?, "ops batch");
+    let mut recs = Reader::new(r.bytes()?, "ops batch");
+    let mut fields = Reader::new(r.bytes()?, "ops batch");
+    let mut types = Reader::new(r.bytes()?, "ops batch");
+    let mut values = Reader::new(r.bytes()?, "ops batch");
+    r.finish()?;
     let string = |r: &mut Reader<'_>| -> Result<String> {
         let i = r.varint()?;
         strings.get(i as usize).map(|s| s.to_string()).ok_or(r.err("string index out of range"))
     };
-    let record = |r: &mut Reader<'_>| -> Result<RecordId> {
-        let i = r.varint()?;
-        records.get(i as usize).copied().ok_or(r.err("record index out of range"))
-    };
-    let n = r.len(3)?;
-    let mut ops = Vec::with_capacity(n);
+    let mut prev_rec = 0i64;
+    let mut ops = Vec::with_capacity(n.min(kinds.remaining()));
     for _ in 0..n {
-        let kind = r.u8()?;
-        let collection = string(&mut r)?;
-        let rec = record(&mut r)?;
+        let kind = kinds.u8()?;
+        let collection = string(&mut colls)?;
+        let ix = prev_rec.checked_add(recs.ivarint()?).ok_or(recs.err("record index out of range"))?;
+        prev_rec = ix;
+        let rec = usize::try_from(ix)
+            .ok()
+            .and_then(|i| records.get(i).copied())
+            .ok_or(recs.err("record index out of range"))?;
+        let value = |types: &mut Reader<'_>, values: &mut Reader<'_>| Value::read_split(types, values);
         let op = match kind {
-            0 => Op::Set { collection, record: rec, field: string(&mut r)?, value: Value::read(&mut r)? },
+            0 => Op::Set { collection, record: rec, field: string(&mut fields)?, value: value(&mut types, &mut values)? },
             1 => Op::Delete { collection, record: rec },
             2 => Op::Restore { collection, record: rec },
-            3 => Op::CounterAdd { collection, record: rec, field: string(&mut r)?, delta: r.ivarint()? },
-            4 => Op::SetAdd { collection, record: rec, field: string(&mut r)?, elem: Value::read(&mut r)? },
+            3 => Op::CounterAdd { collection, record: rec, field: string(&mut fields)?, delta: values.ivarint()? },
+            4 => Op::SetAdd { collection, record: rec, field: string(&mut fields)?, elem: value(&mut types, &mut values)? },
             5 => {
-                let field = string(&mut r)?;
-                let elem = Value::read(&mut r)?;
-                let k = r.len(18)?;
+                let field = string(&mut fields)?;
+                let elem = value(&mut types, &mut values)?;
+                let k = values.len(18)?;
                 let mut tags = Vec::with_capacity(k);
                 for _ in 0..k {
-                    let replica = ReplicaId(r.array()?);
-                    let seq = r.varint()?;
-                    let n = u32::try_from(r.varint()?).map_err(|_| r.err("tag index overflows"))?;
+                    let replica = ReplicaId(values.array()?);
+                    let seq = values.varint()?;
+                    let n = u32::try_from(values.varint()?).map_err(|_| values.err("tag index overflows"))?;
                     tags.push(Tag { replica, seq, n });
                 }
                 Op::SetRemove { collection, record: rec, field, elem, tags }
             }
-            _ => return Err(r.err("unknown op kind")),
+            _ => return Err(kinds.err("unknown op kind")),
         };
         ops.push(op);
     }
-    r.finish()?;
+    for c in [&kinds, &colls, &recs, &fields, &types, &values] {
+        c.finish()?;
+    }
     Ok(ops)
 }
 

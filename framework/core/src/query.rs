@@ -2,8 +2,8 @@
 //!
 //! An index maps (value, record id) of one scalar field to the records that are visible;
 //! queries walk it in that order, so a page ends with a cursor that the next page starts
-//! after. Indexes are derived data: built lazily on the first query, then kept current as
-//! ops apply.
+//! after. Indexes are derived data: a collection's are built on its first query, then kept
+//! current as ops apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -50,30 +50,46 @@ type IndexKey = (String, String);
 pub struct Indexes {
     entries: BTreeMap<IndexKey, BTreeSet<(Value, RecordId)>>,
     current: HashMap<(IndexKey, RecordId), Value>,
+    /// Collections whose indexes exist; the others are built on their first query.
+    built: BTreeSet<String>,
 }
 
 impl Indexes {
     /// Builds every index the schema declares.
     pub fn build(schema: &Schema, state: &State) -> Indexes {
         let mut ix = Indexes::default();
-        for (cname, coll) in &schema.collections {
-            for def in &coll.indexes {
-                ix.entries.entry((cname.clone(), def.field.clone())).or_default();
-            }
-            if coll.indexes.is_empty() {
-                continue;
-            }
-            if let Some(records) = state.collections.get(cname) {
-                for id in records.keys() {
-                    ix.update(schema, state, cname, *id);
-                }
-            }
+        for cname in schema.collections.keys() {
+            ix.ensure(schema, state, cname);
         }
         ix
     }
 
-    /// Brings one record's index entries up to date.
+    /// Builds the indexes of one collection unless they exist; `state` must hold all of
+    /// its records.
+    pub fn ensure(&mut self, schema: &Schema, state: &State, collection: &str) {
+        if self.built.contains(collection) {
+            return;
+        }
+        self.built.insert(collection.to_owned());
+        let Some(coll) = schema.collections.get(collection) else { return };
+        for def in &coll.indexes {
+            self.entries.entry((collection.to_owned(), def.field.clone())).or_default();
+        }
+        if coll.indexes.is_empty() {
+            return;
+        }
+        if let Some(records) = state.collections.get(collection) {
+            for id in records.keys() {
+                self.update(schema, state, collection, *id);
+            }
+        }
+    }
+
+    /// Brings one record's index entries up to date (in collections already built).
     pub fn update(&mut self, schema: &Schema, state: &State, collection: &str, record: RecordId) {
+        if !self.built.contains(collection) {
+            return;
+        }
         let Some(coll) = schema.collections.get(collection) else { return };
         for def in &coll.indexes {
             let key = (collection.to_owned(), def.field.clone());

@@ -5,9 +5,11 @@
 //! ([`Replica::ingest`]); opening reads the latest snapshot and replays the log tail.
 //! The replica's only I/O is the injected [`Store`]; time and randomness are arguments.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
 
 use crate::codec::{Reader, Writer};
 use crate::crypto::{self, SpaceKey};
@@ -20,10 +22,15 @@ use crate::membership::Membership;
 use crate::ops::{decode_batch, encode_batch, Op, Tag, Value};
 use crate::query::{Indexes, Page, Query};
 use crate::schema::Schema;
-use crate::state::{Stamp, State, Version};
+use crate::state::{read_records, write_records, RecordState, Stamp, State, Version};
 use crate::store::Store;
 
+/// The self-contained snapshot of [`Snapshot::encode`].
 pub const SNAPSHOT_VERSION: u8 = 1;
+/// The stored snapshot: an index in `put_snapshot`, record chunks in meta keys.
+pub const STORED_SNAPSHOT_VERSION: u8 = 2;
+/// Records per stored chunk: what a first read decodes.
+const CHUNK_RECORDS: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -78,6 +85,29 @@ pub struct Replica {
     /// Own seqs that undo can still take back, oldest first.
     undo: Vec<u64>,
     indexes: Option<Indexes>,
+    /// Records of the opened snapshot not yet decoded, per collection by last record id.
+    /// A record lives either in `state` or in one of these chunks: the first write to a
+    /// chunk's range moves the whole chunk into `state`.
+    lazy: BTreeMap<String, BTreeMap<RecordId, Chunk>>,
+    /// What the opened snapshot covered: a chunk that cannot be read is rebuilt from these
+    /// entries of the log.
+    lazy_vv: VersionVector,
+    /// `state` plus every lazy chunk, built when [`Replica::state`] is asked while chunks wait.
+    full: OnceCell<State>,
+    /// The stored snapshot's generation and chunk count, and the previous one's count.
+    snap_gen: u64,
+    snap_counts: (u64, u64),
+}
+
+/// A range of one collection's records in a stored snapshot, decoded on first use.
+#[derive(Debug)]
+struct Chunk {
+    collection: String,
+    first: RecordId,
+    last: RecordId,
+    key: String,
+    sha256: [u8; 32],
+    records: OnceCell<BTreeMap<RecordId, RecordState>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -104,18 +134,43 @@ impl Replica {
             store,
             undo: Vec::new(),
             indexes: None,
+            lazy: BTreeMap::new(),
+            lazy_vv: VersionVector::new(),
+            full: OnceCell::new(),
+            snap_gen: 0,
+            snap_counts: (0, 0),
         };
         let heads = r.store.heads()?;
         if let Some(bytes) = r.store.snapshot()? {
-            let snap = Snapshot::decode(&bytes)?;
+            // Only the index is read here; record chunks are decoded when first touched.
+            let (snap, stored) = match bytes.first() {
+                Some(&STORED_SNAPSHOT_VERSION) => {
+                    let s = StoredSnapshot::decode(&bytes)?;
+                    let snap = Snapshot { space: s.space, hlc: s.hlc, tips: s.tips, undo: s.undo, state: State::default() };
+                    (snap, Some((s.generation, s.counts, s.chunks)))
+                }
+                _ => (Snapshot::decode(&bytes)?, None),
+            };
             // A snapshot that covers entries the log lost (a torn tail) cannot be trusted to
             // serve sync; replay the log alone then.
             let covered = snap.tips.iter().all(|(rid, t)| heads.get(rid).copied().unwrap_or(0) >= t.next_seq);
+            if let Some((generation, counts, _)) = &stored {
+                // Whatever is loaded, the next save must not overwrite the chunks this index names.
+                r.snap_gen = *generation;
+                r.snap_counts = *counts;
+            }
             if snap.space == r.me.space && covered {
                 r.state = snap.state;
+                r.lazy_vv = snap.tips.iter().map(|(k, t)| (*k, t.next_seq)).collect();
                 r.tips = snap.tips;
                 r.undo = snap.undo;
                 r.clock.observe(snap.hlc);
+                for chunk in stored.into_iter().flat_map(|(_, _, c)| c) {
+                    let (coll, last) = (chunk.0.clone(), chunk.2);
+                    let key = format!("snapshot-{}-{}", r.snap_gen % 2, chunk.3);
+                    let c = Chunk { collection: chunk.0, first: chunk.1, last, key, sha256: chunk.4, records: OnceCell::new() };
+                    r.lazy.entry(coll).or_default().insert(last, c);
+                }
             }
         }
         for (rid, head) in heads {
@@ -142,8 +197,102 @@ impl Replica {
     pub fn space(&self) -> SpaceId {
         self.me.space
     }
+    /// The whole materialized state. While snapshot chunks wait to be decoded this decodes
+    /// all of them into a copy; `get`, `value` and `query` read only what they need.
     pub fn state(&self) -> &State {
-        &self.state
+        if self.lazy.is_empty() {
+            return &self.state;
+        }
+        self.full.get_or_init(|| {
+            let mut full = self.state.clone();
+            for chunks in self.lazy.values() {
+                for c in chunks.values() {
+                    let coll = full.collections.entry(c.collection.clone()).or_default();
+                    coll.extend(self.chunk_records(c).iter().map(|(k, v)| (*k, v.clone())));
+                }
+            }
+            full
+        })
+    }
+
+    /// A record, visible or deleted, wherever it is held.
+    fn record(&self, collection: &str, record: RecordId) -> Option<&RecordState> {
+        if let Some(r) = self.state.record(collection, record) {
+            return Some(r);
+        }
+        let c = self.chunk_of(collection, record)?;
+        self.chunk_records(c).get(&record)
+    }
+
+    fn chunk_of(&self, collection: &str, record: RecordId) -> Option<&Chunk> {
+        let (_, c) = self.lazy.get(collection)?.range(record..).next()?;
+        (c.first <= record).then_some(c)
+    }
+
+    fn chunk_records<'a>(&self, c: &'a Chunk) -> &'a BTreeMap<RecordId, RecordState> {
+        c.records.get_or_init(|| self.load_chunk(c))
+    }
+
+    /// Decodes a chunk; one that is missing or does not match its hash is rebuilt from the
+    /// entries the snapshot covered, so a damaged snapshot costs time, never data.
+    fn load_chunk(&self, c: &Chunk) -> BTreeMap<RecordId, RecordState> {
+        let stored = self.store.meta(&c.key).ok().flatten().filter(|b| Sha256::digest(b).as_slice() == c.sha256);
+        if let Some(records) = stored.and_then(|b| decode_chunk(&b).ok()) {
+            return records;
+        }
+        let mut state = State::default();
+        for (rid, end) in &self.lazy_vv {
+            let mut next = 0;
+            while next < *end {
+                let Ok(batch) = self.store.read(*rid, next, 256) else { break };
+                if batch.is_empty() {
+                    break;
+                }
+                for entry in batch.iter().take_while(|e| e.header.seq < *end) {
+                    next = entry.header.seq + 1;
+                    let Ok(ops) = self.decrypt(entry) else { continue };
+                    let h = &entry.header;
+                    for (n, op) in ops.iter().enumerate() {
+                        if op.collection() == c.collection && (c.first..=c.last).contains(&op.record()) {
+                            state.apply(Stamp { hlc: h.hlc, replica: h.replica, seq: h.seq, n: n as u32 }, op);
+                        }
+                    }
+                }
+                if batch.last().is_some_and(|e| e.header.seq + 1 >= *end) {
+                    break;
+                }
+            }
+        }
+        state.collections.remove(&c.collection).unwrap_or_default()
+    }
+
+    /// Moves the chunk holding `record`'s range, if one waits, into the live state.
+    fn take_chunk(&mut self, collection: &str, record: RecordId) {
+        let Some(last) = self.chunk_of(collection, record).map(|c| c.last) else { return };
+        self.full = OnceCell::new();
+        let chunks = self.lazy.get_mut(collection).expect("chunk found above");
+        let c = chunks.remove(&last).expect("chunk found above");
+        if chunks.is_empty() {
+            self.lazy.remove(collection);
+        }
+        let records = match c.records.get() {
+            Some(_) => c.records.into_inner().unwrap_or_default(),
+            None => self.load_chunk(&c),
+        };
+        self.state.collections.entry(collection.to_owned()).or_default().extend(records);
+    }
+
+    /// Moves every waiting chunk of `collection` (or of all) into the live state.
+    fn take_all(&mut self, collection: Option<&str>) {
+        let names: Vec<String> = match collection {
+            Some(c) => self.lazy.contains_key(c).then(|| c.to_owned()).into_iter().collect(),
+            None => self.lazy.keys().cloned().collect(),
+        };
+        for name in names {
+            while let Some(first) = self.lazy.get(&name).and_then(|m| m.values().next()).map(|c| c.first) {
+                self.take_chunk(&name, first);
+            }
+        }
     }
     pub fn signing_key(&self) -> &SigningKey {
         &self.me.signing
@@ -198,7 +347,7 @@ impl Replica {
 
     /// A visible record (never written or deleted ones are `None`).
     pub fn get(&self, collection: &str, record: RecordId) -> Option<&crate::state::RecordState> {
-        self.state.visible(collection, record)
+        self.record(collection, record).filter(|r| !r.is_deleted())
     }
 
     /// A field as the schema shows it: the register, a default, or `None`.
@@ -210,7 +359,7 @@ impl Replica {
     }
 
     pub fn version(&self, collection: &str, record: RecordId) -> Version {
-        self.state.version(collection, record)
+        self.record(collection, record).map(|r| r.version).unwrap_or_default()
     }
 
     /// Writes `ops` as one new entry of this replica. Returns the entry for sending.
@@ -241,7 +390,7 @@ impl Replica {
         let mut new_records: BTreeMap<(&str, RecordId), BTreeSet<&str>> = BTreeMap::new();
         for op in ops {
             schema.validate_op(op)?;
-            if self.state.record(op.collection(), op.record()).is_none() {
+            if self.record(op.collection(), op.record()).is_none() {
                 let fields = new_records.entry((op.collection(), op.record())).or_default();
                 if let Op::Set { field, value, .. } = op {
                     if *value != Value::Null {
@@ -334,7 +483,11 @@ impl Replica {
 
     fn apply_ops(&mut self, entry: &Entry, ops: &[Op]) {
         let h = &entry.header;
+        self.full = OnceCell::new();
         for (n, op) in ops.iter().enumerate() {
+            if !self.lazy.is_empty() {
+                self.take_chunk(op.collection(), op.record());
+            }
             let stamp = Stamp { hlc: h.hlc, replica: h.replica, seq: h.seq, n: n as u32 };
             self.state.apply(stamp, op);
         }
@@ -345,10 +498,16 @@ impl Replica {
         }
     }
 
-    /// Runs a query through the schema's indexes (built on first use).
+    /// Runs a query through the schema's indexes (a collection's are built on its first
+    /// query, after its snapshot chunks are decoded).
     pub fn query(&mut self, q: &Query) -> Result<Page> {
-        let schema = self.schema.as_ref().ok_or_else(|| Error::Schema("no schema set".into()))?;
-        let ix = self.indexes.get_or_insert_with(|| Indexes::build(schema, &self.state));
+        if self.schema.is_none() {
+            return Err(Error::Schema("no schema set".into()));
+        }
+        self.take_all(Some(&q.collection));
+        let schema = self.schema.as_ref().expect("checked above");
+        let ix = self.indexes.get_or_insert_with(Indexes::default);
+        ix.ensure(schema, &self.state, &q.collection);
         ix.query(&self.state, q)
     }
 
@@ -400,7 +559,7 @@ impl Replica {
             let h = &entry.header;
             for (i, op) in ops.iter().enumerate().rev() {
                 let stamp = Stamp { hlc: h.hlc, replica: h.replica, seq, n: i as u32 };
-                let rec = self.state.record(op.collection(), op.record());
+                let rec = self.record(op.collection(), op.record());
                 match op {
                     Op::Set { collection, record, field, .. } => {
                         let current = rec.and_then(|r| r.field(field)).and_then(|s| s.reg.as_ref());
@@ -479,14 +638,47 @@ impl Replica {
             hlc: self.clock.last(),
             tips: self.tips.clone(),
             undo: self.undo.clone(),
-            state: self.state.clone(),
+            state: self.state().clone(),
         }
     }
 
-    /// Writes a snapshot to the store so the next open replays only the tail.
+    /// Writes a snapshot to the store so the next open replays only the tail: the records
+    /// in chunks of [`CHUNK_RECORDS`] under meta keys `snapshot-<generation % 2>-<n>`,
+    /// then the index naming them (atomically, so a crash keeps the previous snapshot,
+    /// whose chunks are under the other parity), then empties this parity's leftovers.
     pub fn save_snapshot(&mut self) -> Result<()> {
-        let bytes = self.snapshot().encode();
-        self.store.put_snapshot(&bytes)
+        self.take_all(None);
+        let generation = self.snap_gen + 1;
+        let mut chunks = Vec::new();
+        for (coll, records) in &self.state.collections {
+            let ids: Vec<&RecordId> = records.keys().collect();
+            for part in ids.chunks(CHUNK_RECORDS) {
+                let slice: BTreeMap<RecordId, RecordState> =
+                    part.iter().map(|id| (**id, records[*id].clone())).collect();
+                let bytes = encode_chunk(&slice);
+                let n = chunks.len() as u64;
+                self.store.put_meta(&format!("snapshot-{}-{n}", generation % 2), &bytes)?;
+                chunks.push((coll.clone(), *part[0], *part[part.len() - 1], n, Sha256::digest(&bytes).into()));
+            }
+        }
+        let count = chunks.len() as u64;
+        let stored = StoredSnapshot {
+            space: self.me.space,
+            hlc: self.clock.last(),
+            tips: self.tips.clone(),
+            undo: self.undo.clone(),
+            generation,
+            counts: (count, self.snap_counts.0),
+            chunks,
+        };
+        self.store.put_snapshot(&stored.encode())?;
+        // Chunks of this parity from two saves ago that the new index does not name.
+        for n in count..self.snap_counts.1 {
+            self.store.put_meta(&format!("snapshot-{}-{n}", generation % 2), &[])?;
+        }
+        self.snap_gen = generation;
+        self.snap_counts = stored.counts;
+        Ok(())
     }
 
     /// Entries of `replica` from `from_seq`, bounded by count and total bytes (at least one).
@@ -511,19 +703,7 @@ impl Snapshot {
     /// `version (1) ‖ raw length (u32) ‖ LZ4 block of the body`; see LOG-FORMAT.md.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.fixed(self.space.as_bytes());
-        w.u64(self.hlc.to_u64());
-        w.varint(self.tips.len() as u64);
-        for (r, t) in &self.tips {
-            w.fixed(r.as_bytes());
-            w.varint(t.next_seq);
-            w.fixed(&t.last_hash);
-            w.u64(t.last_hlc.to_u64());
-        }
-        w.varint(self.undo.len() as u64);
-        for s in &self.undo {
-            w.varint(*s);
-        }
+        write_head(&mut w, self.space, self.hlc, &self.tips, &self.undo);
         self.state.encode_into(&mut w);
         let body = w.finish();
         let mut out = Writer::with_capacity(body.len() / 2 + 8);
@@ -551,25 +731,135 @@ impl Snapshot {
         let body = lz4_flex::block::decompress(r.take(r.remaining())?, raw_len)
             .map_err(|_| r.err("lz4 data is corrupt"))?;
         let mut r = Reader::new(&body, "snapshot");
-        let space = SpaceId(r.array()?);
-        let hlc = Hlc::from_u64(r.u64()?);
-        let mut tips = BTreeMap::new();
-        let n = r.len(57)?;
-        for _ in 0..n {
-            let rid = ReplicaId(r.array()?);
-            let tip = ChainTip { next_seq: r.varint()?, last_hash: r.array()?, last_hlc: Hlc::from_u64(r.u64()?) };
-            if tips.last_key_value().is_some_and(|(l, _)| *l >= rid) {
-                return Err(r.err("tips out of order"));
-            }
-            tips.insert(rid, tip);
-        }
-        let n = r.len(1)?;
-        let mut undo = Vec::with_capacity(n);
-        for _ in 0..n {
-            undo.push(r.varint()?);
-        }
+        let (space, hlc, tips, undo) = read_head(&mut r)?;
         let state = State::read(&mut r)?;
         r.finish()?;
         Ok(Snapshot { space, hlc, tips, undo, state })
     }
+}
+
+fn encode_chunk(records: &BTreeMap<RecordId, RecordState>) -> Vec<u8> {
+    let mut w = Writer::new();
+    write_records(&mut w, records);
+    let body = w.finish();
+    let mut out = Writer::with_capacity(body.len() / 2 + 8);
+    out.u32(body.len() as u32);
+    out.fixed(&lz4_flex::block::compress(&body));
+    out.finish()
+}
+
+fn decode_chunk(bytes: &[u8]) -> Result<BTreeMap<RecordId, RecordState>> {
+    let mut r = Reader::new(bytes, "snapshot chunk");
+    let raw_len = r.u32()? as usize;
+    if raw_len > r.remaining().saturating_mul(255) + 16 {
+        return Err(r.err("length exceeds what the data can hold"));
+    }
+    let body = lz4_flex::block::decompress(r.take(r.remaining())?, raw_len).map_err(|_| r.err("lz4 data is corrupt"))?;
+    let mut r = Reader::new(&body, "snapshot chunk");
+    let records = read_records(&mut r)?;
+    r.finish()?;
+    Ok(records)
+}
+
+/// A chunk named by a stored snapshot: collection, first and last record id, number, SHA-256.
+type ChunkRef = (String, RecordId, RecordId, u64, [u8; 32]);
+
+/// The index a stored snapshot writes through `put_snapshot` (see LOG-FORMAT.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StoredSnapshot {
+    space: SpaceId,
+    hlc: Hlc,
+    tips: BTreeMap<ReplicaId, ChainTip>,
+    undo: Vec<u64>,
+    generation: u64,
+    /// Chunks of this generation and of the previous one.
+    counts: (u64, u64),
+    chunks: Vec<ChunkRef>,
+}
+
+impl StoredSnapshot {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(STORED_SNAPSHOT_VERSION);
+        write_head(&mut w, self.space, self.hlc, &self.tips, &self.undo);
+        w.varint(self.generation);
+        w.varint(self.counts.1);
+        w.varint(self.chunks.len() as u64);
+        for (coll, first, last, _, sha) in &self.chunks {
+            w.str(coll);
+            w.fixed(first.as_bytes());
+            w.fixed(last.as_bytes());
+            w.fixed(sha);
+        }
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<StoredSnapshot> {
+        let mut r = Reader::new(bytes, "snapshot index");
+        let version = r.u8()?;
+        if version != STORED_SNAPSHOT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                what: "snapshot index",
+                found: version as u32,
+                supported: STORED_SNAPSHOT_VERSION as u32,
+            });
+        }
+        let (space, hlc, tips, undo) = read_head(&mut r)?;
+        let generation = r.varint()?;
+        let previous = r.varint()?;
+        let n = r.len(65)?;
+        let mut chunks: Vec<ChunkRef> = Vec::with_capacity(n);
+        for i in 0..n {
+            let coll = r.str()?.to_owned();
+            let first = RecordId(r.array()?);
+            let last = RecordId(r.array()?);
+            let sha = r.array()?;
+            let ordered = chunks.last().is_none_or(|(c, _, l, _, _)| (c.as_str(), *l) < (coll.as_str(), first));
+            if first > last || !ordered {
+                return Err(r.err("chunks out of order"));
+            }
+            chunks.push((coll, first, last, i as u64, sha));
+        }
+        r.finish()?;
+        Ok(StoredSnapshot { space, hlc, tips, undo, generation, counts: (n as u64, previous), chunks })
+    }
+}
+
+type Head = (SpaceId, Hlc, BTreeMap<ReplicaId, ChainTip>, Vec<u64>);
+
+fn write_head(w: &mut Writer, space: SpaceId, hlc: Hlc, tips: &BTreeMap<ReplicaId, ChainTip>, undo: &[u64]) {
+    w.fixed(space.as_bytes());
+    w.u64(hlc.to_u64());
+    w.varint(tips.len() as u64);
+    for (r, t) in tips {
+        w.fixed(r.as_bytes());
+        w.varint(t.next_seq);
+        w.fixed(&t.last_hash);
+        w.u64(t.last_hlc.to_u64());
+    }
+    w.varint(undo.len() as u64);
+    for s in undo {
+        w.varint(*s);
+    }
+}
+
+fn read_head(r: &mut Reader<'_>) -> Result<Head> {
+    let space = SpaceId(r.array()?);
+    let hlc = Hlc::from_u64(r.u64()?);
+    let mut tips = BTreeMap::new();
+    let n = r.len(57)?;
+    for _ in 0..n {
+        let rid = ReplicaId(r.array()?);
+        let tip = ChainTip { next_seq: r.varint()?, last_hash: r.array()?, last_hlc: Hlc::from_u64(r.u64()?) };
+        if tips.last_key_value().is_some_and(|(l, _)| *l >= rid) {
+            return Err(r.err("tips out of order"));
+        }
+        tips.insert(rid, tip);
+    }
+    let n = r.len(1)?;
+    let mut undo = Vec::with_capacity(n);
+    for _ in 0..n {
+        undo.push(r.varint()?);
+    }
+    Ok((space, hlc, tips, undo))
 }

@@ -198,48 +198,7 @@ impl State {
         w.varint(self.collections.len() as u64);
         for (name, records) in &self.collections {
             w.str(name);
-            w.varint(records.len() as u64);
-            for (id, rec) in records {
-                w.fixed(id.as_bytes());
-                write_opt_stamp(w, rec.version.0);
-                match &rec.deleted {
-                    None => w.u8(0),
-                    Some((s, d)) => {
-                        w.u8(1 + *d as u8);
-                        write_stamp(w, s);
-                    }
-                }
-                w.varint(rec.fields.len() as u64);
-                for (fname, slot) in &rec.fields {
-                    w.str(fname);
-                    match &slot.reg {
-                        None => w.u8(0),
-                        Some((s, v)) => {
-                            w.u8(1);
-                            write_stamp(w, s);
-                            v.write(w);
-                        }
-                    }
-                    w.varint(slot.counter.len() as u64);
-                    for (r, (p, n)) in &slot.counter {
-                        w.fixed(r.as_bytes());
-                        w.varint(*p);
-                        w.varint(*n);
-                    }
-                    match &slot.set {
-                        None => w.u8(0),
-                        Some(set) => {
-                            w.u8(1);
-                            w.varint(set.adds.len() as u64);
-                            for (v, tags) in &set.adds {
-                                v.write(w);
-                                write_tags(w, tags);
-                            }
-                            write_tags(w, &set.removed);
-                        }
-                    }
-                }
-            }
+            write_records(w, records);
         }
     }
 
@@ -248,62 +207,7 @@ impl State {
         let n = r.len(2)?;
         for _ in 0..n {
             let name = r.str()?.to_owned();
-            let mut records = BTreeMap::new();
-            let k = r.len(19)?;
-            for _ in 0..k {
-                let id = RecordId(r.array()?);
-                let version = Version(read_opt_stamp(r)?);
-                let deleted = match r.u8()? {
-                    0 => None,
-                    t @ (1 | 2) => Some((read_stamp(r)?, t == 2)),
-                    _ => return Err(r.err("bad deleted tag")),
-                };
-                let mut fields = BTreeMap::new();
-                let f = r.len(4)?;
-                for _ in 0..f {
-                    let fname = r.str()?.to_owned();
-                    let reg = match r.u8()? {
-                        0 => None,
-                        1 => Some((read_stamp(r)?, Value::read(r)?)),
-                        _ => return Err(r.err("bad register tag")),
-                    };
-                    let mut counter = BTreeMap::new();
-                    let c = r.len(18)?;
-                    for _ in 0..c {
-                        let rid = ReplicaId(r.array()?);
-                        if counter.last_key_value().is_some_and(|(l, _)| *l >= rid) {
-                            return Err(r.err("counter replicas out of order"));
-                        }
-                        counter.insert(rid, (r.varint()?, r.varint()?));
-                    }
-                    let set = match r.u8()? {
-                        0 => None,
-                        1 => {
-                            let mut set = OrSet::default();
-                            let e = r.len(2)?;
-                            for _ in 0..e {
-                                let v = Value::read(r)?;
-                                let tags = read_tags(r)?;
-                                if tags.is_empty() || set.adds.last_key_value().is_some_and(|(l, _)| *l >= v) {
-                                    return Err(r.err("set elements out of order"));
-                                }
-                                set.adds.insert(v, tags);
-                            }
-                            set.removed = read_tags(r)?;
-                            Some(Box::new(set))
-                        }
-                        _ => return Err(r.err("bad set tag")),
-                    };
-                    if fields.last_key_value().is_some_and(|(l, _): (&String, _)| *l >= fname) {
-                        return Err(r.err("fields out of order"));
-                    }
-                    fields.insert(fname, FieldSlot { reg, counter, set });
-                }
-                if records.last_key_value().is_some_and(|(l, _): (&RecordId, _)| *l >= id) {
-                    return Err(r.err("records out of order"));
-                }
-                records.insert(id, RecordState { fields, deleted, version });
-            }
+            let records = read_records(r)?;
             if state.collections.last_key_value().is_some_and(|(l, _)| *l >= name) {
                 return Err(r.err("collections out of order"));
             }
@@ -311,6 +215,112 @@ impl State {
         }
         Ok(state)
     }
+}
+
+/// One collection's records in id order (also a snapshot chunk's content).
+pub(crate) fn write_records(w: &mut Writer, records: &BTreeMap<RecordId, RecordState>) {
+    w.varint(records.len() as u64);
+    for (id, rec) in records {
+        w.fixed(id.as_bytes());
+        write_opt_stamp(w, rec.version.0);
+        match &rec.deleted {
+            None => w.u8(0),
+            Some((s, d)) => {
+                w.u8(1 + *d as u8);
+                write_stamp(w, s);
+            }
+        }
+        w.varint(rec.fields.len() as u64);
+        for (fname, slot) in &rec.fields {
+            w.str(fname);
+            match &slot.reg {
+                None => w.u8(0),
+                Some((s, v)) => {
+                    w.u8(1);
+                    write_stamp(w, s);
+                    v.write(w);
+                }
+            }
+            w.varint(slot.counter.len() as u64);
+            for (r, (p, n)) in &slot.counter {
+                w.fixed(r.as_bytes());
+                w.varint(*p);
+                w.varint(*n);
+            }
+            match &slot.set {
+                None => w.u8(0),
+                Some(set) => {
+                    w.u8(1);
+                    w.varint(set.adds.len() as u64);
+                    for (v, tags) in &set.adds {
+                        v.write(w);
+                        write_tags(w, tags);
+                    }
+                    write_tags(w, &set.removed);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn read_records(r: &mut Reader<'_>) -> Result<BTreeMap<RecordId, RecordState>> {
+    let mut records = BTreeMap::new();
+    let k = r.len(19)?;
+    for _ in 0..k {
+        let id = RecordId(r.array()?);
+        let version = Version(read_opt_stamp(r)?);
+        let deleted = match r.u8()? {
+            0 => None,
+            t @ (1 | 2) => Some((read_stamp(r)?, t == 2)),
+            _ => return Err(r.err("bad deleted tag")),
+        };
+        let mut fields = BTreeMap::new();
+        let f = r.len(4)?;
+        for _ in 0..f {
+            let fname = r.str()?.to_owned();
+            let reg = match r.u8()? {
+                0 => None,
+                1 => Some((read_stamp(r)?, Value::read(r)?)),
+                _ => return Err(r.err("bad register tag")),
+            };
+            let mut counter = BTreeMap::new();
+            let c = r.len(18)?;
+            for _ in 0..c {
+                let rid = ReplicaId(r.array()?);
+                if counter.last_key_value().is_some_and(|(l, _)| *l >= rid) {
+                    return Err(r.err("counter replicas out of order"));
+                }
+                counter.insert(rid, (r.varint()?, r.varint()?));
+            }
+            let set = match r.u8()? {
+                0 => None,
+                1 => {
+                    let mut set = OrSet::default();
+                    let e = r.len(2)?;
+                    for _ in 0..e {
+                        let v = Value::read(r)?;
+                        let tags = read_tags(r)?;
+                        if tags.is_empty() || set.adds.last_key_value().is_some_and(|(l, _)| *l >= v) {
+                            return Err(r.err("set elements out of order"));
+                        }
+                        set.adds.insert(v, tags);
+                    }
+                    set.removed = read_tags(r)?;
+                    Some(Box::new(set))
+                }
+                _ => return Err(r.err("bad set tag")),
+            };
+            if fields.last_key_value().is_some_and(|(l, _): (&String, _)| *l >= fname) {
+                return Err(r.err("fields out of order"));
+            }
+            fields.insert(fname, FieldSlot { reg, counter, set });
+        }
+        if records.last_key_value().is_some_and(|(l, _): (&RecordId, _)| *l >= id) {
+            return Err(r.err("records out of order"));
+        }
+        records.insert(id, RecordState { fields, deleted, version });
+    }
+    Ok(records)
 }
 
 fn field_slot<'a>(rec: &'a mut RecordState, field: &str) -> &'a mut FieldSlot {
