@@ -476,7 +476,8 @@ impl Worker {
     }
 }
 
-async fn storage_estimate() -> serde_json::Value {
+/// `navigator.storage.estimate()`: bytes used and the origin's quota.
+pub(crate) async fn storage_estimate() -> serde_json::Value {
     let Ok(storage) = crate::opfs::storage() else { return serde_json::Value::Null };
     let Ok(promise) = storage.estimate() else { return serde_json::Value::Null };
     match JsFuture::from(promise).await {

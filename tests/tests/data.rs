@@ -267,3 +267,40 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     a.quit().await?;
     b.quit().await
 }
+
+#[tokio::test]
+async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.add_todo("kept").await?;
+    let space = space(&a).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+    let status = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    let usage = status["body"]["storage"]["usage"].as_f64().expect("status carries storage.estimate()");
+
+    // The origin's quota drops to just above what it uses: the next big write cannot fit.
+    let origin = server.url.trim_end_matches('/').to_owned();
+    a.cdp("Storage.overrideQuotaForOrigin", json!({"origin": origin, "quotaSize": usage + 4096.0})).await?;
+    let big = a
+        .js_async(&format!(
+            "const chunk = Array.from({{length: 300000}}, () => (Math.random() * 36 | 0).toString(36)).join('');\
+             const r = await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: chunk}}}})}});\
+             return {{status: r.status, type: r.headers.get('content-type'), body: await r.json()}};"
+        ))
+        .await?;
+    assert_eq!(big["status"], 507, "{big}");
+    assert_eq!(big["type"], "application/problem+json");
+    assert!(big["body"]["detail"].as_str().unwrap_or_default().contains("QuotaExceededError"), "{big}");
+    let status = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(status["body"]["last_error"].as_str().unwrap_or_default().contains("write failed"), "{status}");
+
+    // What was stored before is all there, in this worker and in the next one.
+    a.cdp("Storage.overrideQuotaForOrigin", json!({"origin": origin})).await?;
+    a.stop_workers().await?;
+    a.driver.refresh().await?;
+    a.add_todo("after the disk had room again").await?;
+    assert_eq!(shown(&a).await?, ["kept", "after the disk had room again"]);
+    a.quit().await
+}

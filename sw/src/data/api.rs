@@ -162,7 +162,11 @@ fn record_id(s: &str) -> Result<RecordId, DataError> {
 
 async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest: &[&str]) -> Answer {
     match (method, rest) {
-        ("GET", ["status"]) => Ok((200, engine.status_json())),
+        ("GET", ["status"]) => {
+            let mut status = engine.status_json();
+            status["storage"] = crate::worker::storage_estimate().await;
+            Ok((200, status))
+        }
         ("PUT", ["schema"]) => {
             let b = body(request).await?;
             let schema = schema_from(&json!({ "schema": b }))?.ok_or_else(|| DataError::bad_request("expected a schema"))?;

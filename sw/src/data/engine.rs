@@ -237,7 +237,6 @@ impl Engine {
         }
         if let Err(e) = store.flush().await {
             let err = DataError::from(e);
-            self.status.borrow_mut().last_error = Some(format!("write failed: {err}"));
             self.rollbacks.set(self.rollbacks.get() + 1);
             match open_replica(&self.me, &self.dir, None).await {
                 Ok((s, r)) => {
@@ -249,6 +248,7 @@ impl Engine {
             }
             // The connection's view of what we hold is stale now.
             self.drop_conn("the local store was reopened");
+            self.status.borrow_mut().last_error = Some(format!("write failed: {err}"));
             self.broadcast_status();
             return Err(err);
         }
