@@ -251,9 +251,9 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .run()?;
 
     for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
-        step(&format!("OPFS store tests in Chromium ({scope} scope)"));
+        step(&format!("OPFS and IndexedDB store tests in Chromium ({scope} scope)"));
         cargo(root)
-            .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs"])
+            .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs", "--test", "idb"])
             .env(var, "1")
             .env("CHROMEDRIVER", &tools.chromedriver)
             .env("PATH", tools.path_env())

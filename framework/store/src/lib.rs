@@ -11,10 +11,14 @@
 //!   checksummed log, because OPFS `createWritable` copies a whole file per write. OPFS
 //!   is asynchronous and the core's `Store` is not, so reads come from a
 //!   [`CachedStore`] in memory and writes queue there until the adapter flushes them.
+//! - [`idb::IdbStore`] (wasm32): IndexedDB, the fallback where workers cannot write
+//!   OPFS; a flush is one transaction.
 
 pub mod cached;
 #[cfg(not(target_arch = "wasm32"))]
 mod file;
+#[cfg(target_arch = "wasm32")]
+pub mod idb;
 #[cfg(target_arch = "wasm32")]
 pub mod opfs;
 pub mod segment;

@@ -1,0 +1,114 @@
+//! Small async helpers over IndexedDB's request/event API, for workers and pages.
+
+use js_sys::{Array, Promise, Reflect};
+use wasm_bindgen::{JsCast, JsValue, closure::Closure};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{IdbDatabase, IdbFactory, IdbObjectStore, IdbOpenDbRequest, IdbRequest, IdbTransaction, IdbTransactionMode};
+
+use crate::opfs::fs::FsError;
+
+/// The current scope's `indexedDB`.
+pub fn factory() -> Result<IdbFactory, FsError> {
+    let f = Reflect::get(&js_sys::global(), &"indexedDB".into())?;
+    if f.is_undefined() {
+        return Err(FsError { name: "NotSupportedError".into(), message: "this scope has no indexedDB".into() });
+    }
+    Ok(f.unchecked_into())
+}
+
+/// Resolves with the request's result once it succeeds.
+pub async fn request(req: &IdbRequest) -> Result<JsValue, FsError> {
+    let promise = Promise::new(&mut |resolve, reject| {
+        let r = req.clone();
+        let ok = Closure::once_into_js(move |_: JsValue| {
+            let _ = resolve.call1(&JsValue::NULL, &r.result().unwrap_or(JsValue::UNDEFINED));
+        });
+        let r = req.clone();
+        let err = Closure::once_into_js(move |_: JsValue| {
+            let e = r.error().ok().flatten().map(JsValue::from).unwrap_or_else(|| "IndexedDB request failed".into());
+            let _ = reject.call1(&JsValue::NULL, &e);
+        });
+        req.set_onsuccess(Some(ok.unchecked_ref()));
+        req.set_onerror(Some(err.unchecked_ref()));
+    });
+    Ok(JsFuture::from(promise).await?)
+}
+
+/// Resolves when the transaction has committed (its `complete` event), which is when
+/// its writes are durable.
+pub async fn committed(tx: &IdbTransaction) -> Result<(), FsError> {
+    let promise = Promise::new(&mut |resolve, reject| {
+        let ok = Closure::once_into_js(move |_: JsValue| {
+            let _ = resolve.call0(&JsValue::NULL);
+        });
+        let t = tx.clone();
+        let fail = Closure::once_into_js(move |_: JsValue| {
+            let e = t.error().map(JsValue::from).unwrap_or_else(|| "IndexedDB transaction aborted".into());
+            let _ = reject.call1(&JsValue::NULL, &e);
+        });
+        tx.set_oncomplete(Some(ok.unchecked_ref()));
+        let fail: js_sys::Function = fail.unchecked_into();
+        tx.set_onerror(Some(&fail));
+        tx.set_onabort(Some(&fail));
+    });
+    JsFuture::from(promise).await?;
+    Ok(())
+}
+
+/// Opens (creating, at version 1) a database with the given object stores.
+pub async fn open(name: &str, stores: &[&str]) -> Result<IdbDatabase, FsError> {
+    let req: IdbOpenDbRequest = factory()?.open_with_u32(name, 1)?;
+    let names: Vec<String> = stores.iter().map(|s| (*s).to_owned()).collect();
+    let r = req.clone();
+    let upgrade = Closure::once_into_js(move |_: JsValue| {
+        if let Ok(db) = r.result().map(JsCast::unchecked_into::<IdbDatabase>) {
+            for n in &names {
+                if !db.object_store_names().contains(n) {
+                    let _ = db.create_object_store(n);
+                }
+            }
+        }
+    });
+    req.set_onupgradeneeded(Some(upgrade.unchecked_ref()));
+    Ok(request(&req).await?.unchecked_into())
+}
+
+pub async fn delete_database(name: &str) -> Result<(), FsError> {
+    let req = factory()?.delete_database(name)?;
+    request(&req).await?;
+    Ok(())
+}
+
+pub fn transaction(db: &IdbDatabase, stores: &[&str], write: bool) -> Result<IdbTransaction, FsError> {
+    let names = Array::new();
+    for s in stores {
+        names.push(&JsValue::from_str(s));
+    }
+    let mode = if write { IdbTransactionMode::Readwrite } else { IdbTransactionMode::Readonly };
+    Ok(db.transaction_with_str_sequence_and_mode(&names, mode)?)
+}
+
+pub fn store(tx: &IdbTransaction, name: &str) -> Result<IdbObjectStore, FsError> {
+    Ok(tx.object_store(name)?)
+}
+
+pub async fn get(db: &IdbDatabase, store_name: &str, key: &str) -> Result<Option<JsValue>, FsError> {
+    let tx = transaction(db, &[store_name], false)?;
+    let v = request(&store(&tx, store_name)?.get(&key.into())?).await?;
+    Ok((!v.is_undefined()).then_some(v))
+}
+
+pub async fn put(db: &IdbDatabase, store_name: &str, key: &str, value: &JsValue) -> Result<(), FsError> {
+    let tx = transaction(db, &[store_name], true)?;
+    store(&tx, store_name)?.put_with_key(value, &key.into())?;
+    committed(&tx).await
+}
+
+/// Every (key, value) of a store, in key order.
+pub async fn all(db: &IdbDatabase, store_name: &str) -> Result<Vec<(String, JsValue)>, FsError> {
+    let tx = transaction(db, &[store_name], false)?;
+    let s = store(&tx, store_name)?;
+    let keys: Array = request(&s.get_all_keys()?).await?.unchecked_into();
+    let values: Array = request(&s.get_all()?).await?.unchecked_into();
+    Ok(keys.iter().zip(values.iter()).map(|(k, v)| (k.as_string().unwrap_or_default(), v)).collect())
+}
