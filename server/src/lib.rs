@@ -28,6 +28,7 @@ use axum::{
 };
 use stead_core::bundle::{self, MANIFEST_FILE, WORKER_SCRIPT};
 
+mod commit;
 pub mod error;
 mod http;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! The sync service: per-space membership, the fan-out hub, limits, shutdown and the
-//! server's own handshake identity. One [`Service`] is shared by every connection.
+//! The sync service: per-space membership, the fan-out hub with each active space's
+//! version vector, group commit, limits, shutdown and the server's own handshake identity.
+//! One [`Service`] is shared by every connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,13 +10,14 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use stead_core::env::Random;
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::log::Entry;
+use stead_core::log::{Entry, VersionVector};
 use stead_core::membership::Membership;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use crate::commit::{self, Write};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::storage::Backend;
+use crate::storage::{Backend, Remote};
 
 /// Bounds on what one connection may do.
 #[derive(Debug, Clone)]
@@ -83,10 +85,43 @@ pub(crate) struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut hub = self.service.hub.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conns) = hub.get_mut(&self.space) {
-            conns.remove(&self.id);
-            if conns.is_empty() {
+        if let Some(space) = hub.get_mut(&self.space) {
+            space.conns.remove(&self.id);
+            if space.conns.is_empty() {
                 hub.remove(&self.space);
+            }
+        }
+    }
+}
+
+/// A space with connections on this node.
+#[derive(Default)]
+struct SpaceHub {
+    conns: HashMap<u64, Subscriber>,
+    /// Replica → next seq committed. Merged by max from the database (once), this node's
+    /// commits and other nodes' notifications, so the order they arrive in does not matter.
+    vector: Arc<VersionVector>,
+    /// `vector` covers the database: it was read since the space became active here and
+    /// no notification since said to read it again.
+    loaded: bool,
+    /// Bumped when the vector must be read again, so a read that began before does not
+    /// count as loaded.
+    epoch: u64,
+}
+
+impl SpaceHub {
+    fn merge(&mut self, other: &VersionVector) {
+        let mut changed = false;
+        for (r, n) in other {
+            if self.vector.get(r).is_none_or(|m| m < n) {
+                changed = true;
+            }
+        }
+        if changed {
+            let v = Arc::make_mut(&mut self.vector);
+            for (r, n) in other {
+                let m = v.entry(*r).or_insert(0);
+                *m = (*m).max(*n);
             }
         }
     }
@@ -99,7 +134,9 @@ pub struct Service {
     pub(crate) id: ReplicaId,
     pub(crate) signing: SigningKey,
     pub(crate) metrics: Metrics,
-    hub: Mutex<HashMap<SpaceId, HashMap<u64, Subscriber>>>,
+    hub: Mutex<HashMap<SpaceId, SpaceHub>>,
+    /// The group committer's queue, for backends with one writer at a time.
+    committer: Option<commit::Queue>,
     members: Mutex<HashMap<SpaceId, (i64, Arc<Membership>)>>,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -127,7 +164,9 @@ impl Drop for Active {
 impl Service {
     pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Service> {
         let mut rng = OsRandom;
+        let committer = if backend.serial_writes() { commit::spawn_committer() } else { None };
         let service = Arc::new(Service {
+            committer,
             backend,
             limits,
             id: ReplicaId(rng.array()),
@@ -160,17 +199,18 @@ impl Service {
                 let Some(service) = weak.upgrade() else { return };
                 match got {
                     None => return,
-                    Some(Ok(spaces)) => {
-                        for space in spaces {
-                            service.publish(space, None, Arc::new(Vec::new()));
+                    Some(Ok(remotes)) => {
+                        for remote in remotes {
+                            service.remote(remote);
                         }
                     }
                     Some(Err(e)) => {
-                        // Notifications may have been lost while disconnected: wake everyone.
+                        // Notifications may have been lost while disconnected: read every
+                        // vector again and wake everyone.
                         tracing::warn!("listening for other nodes failed: {e}");
                         let spaces: Vec<SpaceId> = service.hub.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
                         for space in spaces {
-                            service.publish(space, None, Arc::new(Vec::new()));
+                            service.remote(Remote { space, vector: None });
                         }
                     }
                 }
@@ -215,23 +255,98 @@ impl Service {
     /// Joins the hub of `space`, unless it is full.
     pub(crate) fn register(self: &Arc<Self>, space: SpaceId) -> Option<Registration> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = hub.entry(space).or_default();
-        if conns.len() >= self.limits.max_conns_per_space {
+        let hub = hub.entry(space).or_default();
+        if hub.conns.len() >= self.limits.max_conns_per_space {
             return None;
         }
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
         let lagged = Arc::new(AtomicBool::new(false));
-        conns.insert(id, Subscriber { tx, lagged: lagged.clone() });
+        hub.conns.insert(id, Subscriber { tx, lagged: lagged.clone() });
         Some(Registration { service: self.clone(), space, id, rx, lagged })
     }
 
-    /// Tells every connection of `space` but `from` about newly committed entries. One
-    /// whose queue is full is cut off: it is told why and catches up when it reconnects.
+    /// The version vector of `space` if this node holds it (the space has connections here
+    /// and its vector was read from the database).
+    pub(crate) fn vector(&self, space: SpaceId) -> Option<Arc<VersionVector>> {
+        let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        hub.get(&space).filter(|h| h.loaded).map(|h| h.vector.clone())
+    }
+
+    /// The version vector of `space`, read from the database when this node does not hold
+    /// it yet (blocking). The caller is registered in the space.
+    pub(crate) fn load_vector(&self, space: SpaceId) -> Result<Arc<VersionVector>> {
+        let epoch = {
+            let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+            match hub.get(&space) {
+                Some(h) if h.loaded => return Ok(h.vector.clone()),
+                Some(h) => h.epoch,
+                None => 0,
+            }
+        };
+        let stored = self.backend.vector(space)?;
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(h) = hub.get_mut(&space) else { return Ok(Arc::new(stored)) };
+        h.merge(&stored);
+        if h.epoch == epoch {
+            h.loaded = true;
+        }
+        Ok(h.vector.clone())
+    }
+
+    /// Another node committed to `space`: advance its vector (or read it again) and wake
+    /// this node's connections of it.
+    pub(crate) fn remote(&self, remote: Remote) {
+        {
+            let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(h) = hub.get_mut(&remote.space) else { return };
+            match &remote.vector {
+                Some(v) => h.merge(v),
+                None => {
+                    h.loaded = false;
+                    h.epoch += 1;
+                }
+            }
+        }
+        self.publish(remote.space, None, Arc::new(Vec::new()));
+    }
+
+    /// Runs a write in a durable transaction (grouped with other connections' writes when
+    /// the backend has one writer); `None` when the server is going away.
+    pub(crate) async fn commit(self: &Arc<Self>, write: Write) -> Option<Write> {
+        match &self.committer {
+            Some(queue) => {
+                let (tx, rx) = oneshot::channel();
+                queue.send((write, tx)).ok()?;
+                rx.await.ok()
+            }
+            None => {
+                let service = self.clone();
+                let joined = tokio::task::spawn_blocking(move || {
+                    let mut group = vec![write];
+                    commit::commit_group(&service, &mut group);
+                    group.pop()
+                });
+                joined.await.ok().flatten()
+            }
+        }
+    }
+
+    /// Tells every connection of `space` but `from` about newly committed entries (after
+    /// advancing the space's vector past them). One whose queue is full is cut off: it is
+    /// told why and catches up when it reconnects.
     pub(crate) fn publish(&self, space: SpaceId, from: Option<u64>, note: Note) {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(conns) = hub.get_mut(&space) else { return };
-        conns.retain(|id, sub| {
+        let Some(h) = hub.get_mut(&space) else { return };
+        if !note.is_empty() {
+            let mut advanced = VersionVector::new();
+            for e in note.iter() {
+                let n = advanced.entry(e.header.replica).or_insert(0);
+                *n = (*n).max(e.header.seq + 1);
+            }
+            h.merge(&advanced);
+        }
+        h.conns.retain(|id, sub| {
             if Some(*id) == from {
                 return true;
             }
@@ -285,6 +400,6 @@ impl Service {
     }
 
     pub(crate) fn connections(&self) -> usize {
-        self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|c| c.len()).sum()
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.conns.len()).sum()
     }
 }

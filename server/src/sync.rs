@@ -1,60 +1,51 @@
 //! The `/sync` WebSocket: stead-core's sync protocol against the database.
 //!
-//! A connection's [`Sync`] state machine is driven on tokio's blocking pool, one received
-//! frame at a time. An Entries frame runs inside one database transaction: each entry is
-//! verified (membership, seq continuity, prev hash, signature) against the chain tips
-//! read in that transaction and inserted; the transaction commits; only then does the
-//! connection ask its `Sync` for the frames to send, the coalesced `Ack`s among them. So
-//! an `Ack` always names committed entries. Committed entries are published to the other
-//! connections of the space, which send them on from their own `Sync` (each knows what
-//! its peer has, so nothing is sent twice on purpose).
+//! Each connection is one task holding its [`Sync`]. Entries frames — with every frame
+//! that has already arrived behind them, so one transaction covers them all — go to
+//! [`Service::commit`], which verifies each entry (membership, seq continuity, prev hash,
+//! signature) and inserts it inside a transaction, grouped with other connections' writes
+//! on SQLite. Only after the commit does the connection ask its `Sync` for the frames to
+//! send, the coalesced `Ack`s among them, so an `Ack` always names committed entries.
+//! Committed entries are published to the other connections of the space, which send them
+//! on from their own `Sync` (each knows what its peer has, so nothing is sent twice on
+//! purpose). Other frames are taken in, and frames generated from memory (the space's
+//! version vector, entries just published), on the connection's task; what needs the
+//! database (the vector of a space just become active here, older entries) is generated
+//! on tokio's blocking pool.
 
-use std::cell::OnceCell;
-use std::collections::BTreeMap;
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket};
-use ed25519_dalek::Signer;
-use futures::{SinkExt, StreamExt};
-use stead_core::codec::Reader;
+use futures::{FutureExt, SinkExt, StreamExt};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::log::{ChainTip, Entry, Limits as EntryLimits, Verified, VersionVector, verify_entry};
-use stead_core::membership::Membership;
+use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
 use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 
+use crate::commit::{Ctx, Write, entries_in};
 use crate::service::{Note, OsRandom, Service};
-use crate::storage::{Backend, WriteTx};
 
 /// Frames generated per step at most; the rest follow once these are on the wire.
 const FRAMES_PER_STEP: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames taken into one step at most, beyond the one that woke the connection.
+const MAX_DRAIN_FRAMES: usize = 64;
 
-/// What a connection knows about its space.
-#[derive(Clone)]
-struct Ctx {
-    space: SpaceId,
-    members: Arc<Membership>,
-    members_version: i64,
-    server: ReplicaId,
-    service: Arc<Service>,
-}
-
-impl Ctx {
-    fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.service.signing.sign(msg).to_bytes()
-    }
-}
-
-/// The database as seen between transactions: what the connection sends from.
+/// The space as committed: what the connection sends from.
 struct ReadPeer<'a> {
     ctx: &'a Ctx,
-    backend: &'a dyn Backend,
-    vector: OnceCell<VersionVector>,
+    vector: &'a VersionVector,
     /// Entries just committed by other connections, to send without reading them back.
     recent: &'a [Note],
+    /// Whether this peer may read the database (it runs on the blocking pool). When it may
+    /// not, a read that was needed is noted in `needed_db` and the entries are left for a
+    /// step that may: `Sync` skips a replica whose read came back empty.
+    db: bool,
+    needed_db: Cell<bool>,
 }
 
 impl SyncPeer for ReadPeer<'_> {
@@ -65,14 +56,7 @@ impl SyncPeer for ReadPeer<'_> {
         self.ctx.server
     }
     fn sync_vector(&self) -> VersionVector {
-        self.vector
-            .get_or_init(|| {
-                self.backend.vector(self.ctx.space).unwrap_or_else(|e| {
-                    tracing::error!("reading the version vector failed: {e}");
-                    VersionVector::new()
-                })
-            })
-            .clone()
+        self.vector.clone()
     }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> stead_core::Result<Vec<Entry>> {
         let mut out: Vec<Entry> = Vec::new();
@@ -88,7 +72,11 @@ impl SyncPeer for ReadPeer<'_> {
         if !out.is_empty() {
             return Ok(out);
         }
-        Ok(self.backend.read(self.ctx.space, replica, from_seq, max_entries, max_bytes)?)
+        if !self.db {
+            self.needed_db.set(true);
+            return Ok(out);
+        }
+        Ok(self.ctx.service.backend.read(self.ctx.space, replica, from_seq, max_entries, max_bytes)?)
     }
     fn sync_ingest(&mut self, _entry: Entry, _now_ms: u64) -> stead_core::Result<bool> {
         Err(stead_core::Error::Storage("entries arrive only inside a transaction".into()))
@@ -101,135 +89,33 @@ impl SyncPeer for ReadPeer<'_> {
     }
 }
 
-/// One write transaction: verifies entries against the tips it reads and inserts them.
-struct TxPeer<'a> {
-    ctx: &'a Ctx,
-    members: Arc<Membership>,
-    tx: Box<dyn WriteTx>,
-    tips: BTreeMap<ReplicaId, Option<ChainTip>>,
-    limits: EntryLimits,
-    stored: Vec<Entry>,
-}
-
-impl SyncPeer for TxPeer<'_> {
-    fn sync_space(&self) -> SpaceId {
-        self.ctx.space
-    }
-    fn sync_replica(&self) -> ReplicaId {
-        self.ctx.server
-    }
-    fn sync_vector(&self) -> VersionVector {
-        self.tips.iter().filter_map(|(r, t)| t.map(|t| (*r, t.next_seq))).collect()
-    }
-    fn sync_entries(&self, _: ReplicaId, _: u64, _: usize, _: usize) -> stead_core::Result<Vec<Entry>> {
-        Ok(Vec::new())
-    }
-    fn sync_ingest(&mut self, entry: Entry, _now_ms: u64) -> stead_core::Result<bool> {
-        let rid = entry.header.replica;
-        if !self.tips.contains_key(&rid) {
-            let tip = self.tx.tip(rid)?;
-            self.tips.insert(rid, tip);
-        }
-        let tip = self.tips[&rid];
-        let tx = &mut self.tx;
-        let (verdict, hash) = verify_entry(&entry, self.ctx.space, &self.members, tip.as_ref(), &self.limits, |seq| {
-            Ok(tx.hash_at(rid, seq)?)
-        })?;
-        if verdict == Verified::Duplicate {
-            return Ok(false);
-        }
-        self.tx.insert(&entry, &hash)?;
-        let h = &entry.header;
-        self.tips.insert(rid, Some(ChainTip { next_seq: h.seq + 1, last_hash: hash, last_hlc: h.hlc }));
-        self.stored.push(entry);
-        Ok(true)
-    }
-    fn sync_sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.ctx.sign(msg)
-    }
-    fn sync_check_member(&self, replica: ReplicaId, msg: &[u8], sig: &[u8; 64]) -> bool {
-        check_member(&self.members, replica, msg, sig)
-    }
-}
-
-/// What one step of a connection produced.
-struct Step {
-    out: Vec<Vec<u8>>,
-    stored: Vec<Entry>,
+/// What one generation produced.
+#[derive(Default)]
+struct Out {
+    frames: Vec<Vec<u8>>,
     /// More frames are ready to generate.
     more: bool,
-    /// The connection must close after sending `out`.
+    /// The connection must close after sending `frames`.
     close: bool,
-    /// The frame held entries (for the ack latency metric).
-    had_entries: bool,
+    /// Some entries are only in the database; generate again where it may be read.
+    needed_db: bool,
 }
 
-/// Takes in `input` (if any) and generates what to send, on a blocking thread.
-fn step(ctx: &mut Ctx, sync: &mut Sync, input: Option<&[u8]>, recent: &[Note]) -> Step {
-    let service = ctx.service.clone();
-    let backend = service.backend.as_ref();
-    let now = SystemClock.now_ms();
-    let mut stored = Vec::new();
-    let mut had_entries = false;
-    if let Some(bytes) = input {
-        if bytes.first() == Some(&3) {
-            had_entries = true;
-            match write_frame(ctx, sync, bytes, now) {
-                Ok(s) => stored = s,
-                Err(message) => {
-                    tracing::error!(space = %ctx.space, "commit failed: {message}");
-                    let f = Frame::Error { code: code::INTERNAL, message: "the server could not store the entries".into() };
-                    return Step { out: vec![f.encode()], stored, more: false, close: true, had_entries };
-                }
-            }
-        } else {
-            let mut peer = ReadPeer { ctx, backend, vector: OnceCell::new(), recent };
-            if let Err(e) = sync.receive(bytes, &mut peer, now) {
-                tracing::debug!(space = %ctx.space, "frame refused: {e}");
-            }
-        }
-    }
-    let peer = ReadPeer { ctx, backend, vector: OnceCell::new(), recent };
-    let mut out = Vec::new();
-    let mut more = false;
+fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note], db: bool, out: &mut Out) {
+    let peer = ReadPeer { ctx, vector, recent, db, needed_db: Cell::new(false) };
+    out.more = false;
     while let Some(f) = sync.generate(&peer) {
         if let Frame::Error { code: c, .. } = &f {
-            service.metrics.reject_code(*c);
+            ctx.service.metrics.reject_code(*c);
         }
-        out.push(f.encode());
-        if out.len() >= FRAMES_PER_STEP {
-            more = true;
+        out.frames.push(f.encode());
+        if out.frames.len() >= FRAMES_PER_STEP {
+            out.more = true;
             break;
         }
     }
-    Step { out, stored, more, close: sync.is_closed(), had_entries }
-}
-
-/// Runs one Entries frame in a transaction; `Err` when storage failed (nothing acked).
-fn write_frame(ctx: &mut Ctx, sync: &mut Sync, bytes: &[u8], now: u64) -> Result<Vec<Entry>, String> {
-    let service = ctx.service.clone();
-    let mut tx = service.backend.begin(ctx.space).map_err(|e| e.to_string())?;
-    let version = tx.members_version().map_err(|e| e.to_string())?;
-    if version != ctx.members_version {
-        // Someone changed the membership since this connection looked: verify against the new log.
-        if let Ok(Some((v, m))) = service.members(ctx.space) {
-            ctx.members = m;
-            ctx.members_version = v;
-        }
-    }
-    let limits = EntryLimits { max_payload: service.limits.max_payload };
-    let mut peer = TxPeer { ctx, members: ctx.members.clone(), tx, tips: BTreeMap::new(), limits, stored: Vec::new() };
-    let result = sync.receive(bytes, &mut peer, now);
-    let TxPeer { tx, stored, .. } = peer;
-    if let Err(stead_core::Error::Storage(m)) = result {
-        return Err(m);
-    }
-    if let Err(e) = &result {
-        tracing::debug!(space = %ctx.space, "entries refused: {e}");
-    }
-    tx.commit().map_err(|e| e.to_string())?;
-    service.metrics.entries_stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
-    Ok(stored)
+    out.needed_db = peer.needed_db.get();
+    out.close = sync.is_closed();
 }
 
 /// A token bucket on received frames.
@@ -264,16 +150,22 @@ fn check_limits(service: &Service, bytes: &[u8], rate: &mut Rate) -> Option<(u16
     if bytes.len() > limits.max_frame_bytes {
         return Some((code::TOO_LARGE, format!("frame of {} bytes is above the limit of {}", bytes.len(), limits.max_frame_bytes)));
     }
-    if bytes.first() == Some(&3) {
-        let n = Reader::new(&bytes[1..], "frame").varint().unwrap_or(0);
-        if n > limits.max_batch_entries as u64 {
-            return Some((code::TOO_LARGE, format!("batch of {n} entries is above the limit of {}", limits.max_batch_entries)));
-        }
+    let n = entries_in(bytes);
+    if n > limits.max_batch_entries {
+        return Some((code::TOO_LARGE, format!("batch of {n} entries is above the limit of {}", limits.max_batch_entries)));
     }
     if !rate.allow() {
         return Some((code::RATE_LIMITED, format!("more than {} frames per second", limits.frames_per_sec)));
     }
     None
+}
+
+
+/// What woke a waiting connection.
+enum Event {
+    Message(Option<Result<Message, axum::Error>>),
+    Note(Option<Note>),
+    Shutdown,
 }
 
 /// Serves one upgraded `/sync` socket until it closes.
@@ -352,43 +244,95 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         burst: service.limits.frames_burst as f64,
     };
 
-    let mut input: Option<Vec<u8>> = Some(first.to_vec());
+    let mut input: Vec<Bytes> = vec![first];
     let mut recent: Vec<Note> = Vec::new();
+    // A message met while taking in what had arrived, handled on the next round.
+    let mut held: Option<Option<Result<Message, axum::Error>>> = None;
+    let mut ack_started: Option<Instant> = None;
     loop {
-        // Run the protocol on what arrived, then send what it produced.
-        let (mut ctx, mut sync) = state.take().expect("the state is back after each step");
-        let started = Instant::now();
-        let bytes = input.take();
-        let notes = std::mem::take(&mut recent);
-        let joined = tokio::task::spawn_blocking(move || {
-            let s = step(&mut ctx, &mut sync, bytes.as_deref(), &notes);
-            (ctx, sync, s)
-        })
-        .await;
-        let Ok((ctx, sync, s)) = joined else {
-            tracing::error!("a sync step panicked");
-            return;
-        };
-        state = Some((ctx, sync));
-        if !s.stored.is_empty() {
-            service.publish(space, Some(conn_id), Arc::new(s.stored));
+        // Take in what arrived: entries in a durable transaction, anything else here.
+        if !input.is_empty() {
+            let frames = std::mem::take(&mut input);
+            let (mut ctx, mut sync) = state.take().expect("the state is back after each step");
+            if frames.iter().any(|f| f.first() == Some(&3)) {
+                ack_started = Some(Instant::now());
+                let write = Write { ctx, sync, frames, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
+                let Some(w) = service.commit(write).await else {
+                    tracing::error!(%space, "the commit was abandoned");
+                    return;
+                };
+                if let Some(message) = &w.failed {
+                    tracing::error!(%space, "commit failed: {message}");
+                    service.metrics.reject_code(code::INTERNAL);
+                    let _ = send!(error_frame(code::INTERNAL, "the server could not store the entries"));
+                    let _ = sink.close().await;
+                    return;
+                }
+                if !w.stored.is_empty() {
+                    service.publish(space, Some(conn_id), Arc::new(w.stored));
+                }
+                (ctx, sync) = (w.ctx, w.sync);
+            } else {
+                let empty = VersionVector::new();
+                let mut peer = ReadPeer { ctx: &ctx, vector: &empty, recent: &[], db: false, needed_db: Cell::new(false) };
+                for f in &frames {
+                    if let Err(e) = sync.receive(f, &mut peer, SystemClock.now_ms()) {
+                        tracing::debug!(%space, "frame refused: {e}");
+                    }
+                }
+            }
+            state = Some((ctx, sync));
         }
-        let n_out = s.out.len();
-        for frame in s.out {
+
+        // Generate what to send: from memory here, or on the blocking pool when the space's
+        // vector or some entries must be read from the database.
+        let mut out = Out::default();
+        let (ctx, sync) = state.as_mut().expect("the state is here between steps");
+        let vector = service.vector(space);
+        if let Some(v) = &vector {
+            generate(ctx, sync, v, &recent, false, &mut out);
+        }
+        if vector.is_none() || (out.needed_db && !out.more && !out.close) {
+            let (ctx, mut sync) = state.take().expect("the state is here between steps");
+            let notes = std::mem::take(&mut recent);
+            let joined = tokio::task::spawn_blocking(move || {
+                let loaded = ctx.service.load_vector(ctx.space);
+                if let Ok(v) = &loaded {
+                    generate(&ctx, &mut sync, v, &notes, true, &mut out);
+                }
+                (ctx, sync, notes, out, loaded.err())
+            })
+            .await;
+            let Ok((ctx, sync, notes, o, failed)) = joined else {
+                tracing::error!("a sync step panicked");
+                return;
+            };
+            (state, recent, out) = (Some((ctx, sync)), notes, o);
+            if let Some(e) = failed {
+                tracing::error!(%space, "reading the version vector failed: {e}");
+                let _ = send!(error_frame(code::INTERNAL, "the server could not load the space"));
+                return;
+            }
+        }
+        let n_out = out.frames.len();
+        for frame in out.frames {
             if !send!(Message::Binary(frame.into())) {
                 return;
             }
         }
-        if s.had_entries && n_out > 0 && !s.close {
-            service.metrics.observe_ack(started.elapsed());
+        if n_out > 0 && !out.close
+            && let Some(t) = ack_started.take()
+        {
+            service.metrics.observe_ack(t.elapsed());
         }
-        if s.close {
+        if out.close {
             let _ = sink.close().await;
             return;
         }
-        if s.more {
+        if out.more {
             continue;
         }
+        recent.clear();
         if reg.lagged.load(Ordering::SeqCst) {
             service.metrics.reject("too_slow");
             let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
@@ -396,58 +340,82 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         }
 
         // Wait for the next thing to do.
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
-                    if let Some((c, m)) = check_limits(&service, &b, &mut rate) {
-                        service.metrics.reject_code(c);
-                        let _ = send!(error_frame(c, m));
-                        let _ = sink.close().await;
-                        return;
-                    }
-                    input = Some(b.to_vec());
-                }
-                Some(Ok(Message::Text(_))) => {
-                    service.metrics.reject("bad_frame");
-                    let _ = send!(error_frame(code::BAD_FRAME, "frames are binary"));
-                    return;
-                }
-                Some(Ok(_)) => continue_with_nothing(&mut input),
-                Some(Err(e)) => {
-                    let text = e.to_string();
-                    if text.contains("too long") || text.contains("too big") || text.contains("size") {
-                        service.metrics.reject("too_large");
-                    }
-                    tracing::debug!("socket error: {e}");
-                    return;
-                }
-                None => return,
+        let event = match held.take() {
+            Some(m) => Event::Message(m),
+            None => tokio::select! {
+                m = stream.next() => Event::Message(m),
+                n = reg.rx.recv() => Event::Note(n),
+                _ = shutdown.changed() => Event::Shutdown,
             },
-            note = reg.rx.recv() => match note {
-                Some(n) => {
+        };
+        // Takes one received frame in, or closes the connection when it breaks a limit.
+        macro_rules! accept {
+            ($b:expr) => {{
+                let b: Bytes = $b;
+                service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
+                if let Some((c, m)) = check_limits(&service, &b, &mut rate) {
+                    service.metrics.reject_code(c);
+                    let _ = send!(error_frame(c, m));
+                    let _ = sink.close().await;
+                    return;
+                }
+                input.push(b);
+            }};
+        }
+        match event {
+            Event::Message(Some(Ok(Message::Binary(b)))) => {
+                accept!(b);
+                // Take in what else has already arrived, so one transaction (one fsync)
+                // covers a client's pipelined frames.
+                let mut entries = input.iter().map(|f| entries_in(f)).sum::<usize>();
+                while input.len() <= MAX_DRAIN_FRAMES && entries < 4 * service.limits.max_batch_entries {
+                    match stream.next().now_or_never() {
+                        None => break,
+                        Some(Some(Ok(Message::Binary(b)))) => {
+                            entries += entries_in(&b);
+                            accept!(b);
+                        }
+                        Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                        Some(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
+                }
+            }
+            Event::Message(Some(Ok(Message::Text(_)))) => {
+                service.metrics.reject("bad_frame");
+                let _ = send!(error_frame(code::BAD_FRAME, "frames are binary"));
+                return;
+            }
+            // Pings and pongs carry nothing for the protocol; a close is followed by the end.
+            Event::Message(Some(Ok(_))) => {}
+            Event::Message(Some(Err(e))) => {
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") || text.contains("size") {
+                    service.metrics.reject("too_large");
+                }
+                tracing::debug!("socket error: {e}");
+                return;
+            }
+            Event::Message(None) => return,
+            Event::Note(Some(n)) => {
+                recent.push(n);
+                while let Ok(n) = reg.rx.try_recv() {
                     recent.push(n);
-                    while let Ok(n) = reg.rx.try_recv() {
-                        recent.push(n);
-                    }
                 }
-                None => {
-                    // The hub dropped this connection: its queue overflowed.
-                    service.metrics.reject("too_slow");
-                    let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
-                    return;
-                }
-            },
-            _ = shutdown.changed() => {
+            }
+            Event::Note(None) => {
+                // The hub dropped this connection: its queue overflowed.
+                service.metrics.reject("too_slow");
+                let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
+                return;
+            }
+            Event::Shutdown => {
                 let _ = send!(error_frame(code::SHUTTING_DOWN, "the server is shutting down"));
                 let _ = sink.close().await;
                 return;
             }
         }
     }
-}
-
-/// Pings and pongs carry nothing for the protocol; the loop just goes round again.
-fn continue_with_nothing(input: &mut Option<Vec<u8>>) {
-    *input = None;
 }

@@ -2,9 +2,9 @@
 //!
 //! [`Backend`] is blocking: callers run it on tokio's blocking pool. Two implementations
 //! share one table layout: SQLite (WAL, `synchronous=FULL`, the default) and PostgreSQL
-//! (several server nodes on one database). A [`WriteTx`] is one database transaction:
-//! entries verified inside it are visible to others, and acknowledged, only once
-//! [`WriteTx::commit`] has returned.
+//! (several server nodes on one database). A [`WriteTx`] is one database transaction,
+//! possibly over several spaces (group commit): entries verified inside it are visible to
+//! others, and acknowledged, only once [`WriteTx::commit`] has returned.
 
 mod pool;
 pub mod postgres;
@@ -24,15 +24,15 @@ pub struct StoredMembers {
     pub bytes: Vec<u8>,
 }
 
-/// One database transaction on one space's log.
+/// One database transaction on the logs of one or more spaces.
 pub trait WriteTx: Send {
-    /// The membership version as of this transaction.
-    fn members_version(&mut self) -> Result<i64>;
-    /// The end of `replica`'s stored chain.
-    fn tip(&mut self, replica: ReplicaId) -> Result<Option<ChainTip>>;
+    /// The membership version of `space` as of this transaction.
+    fn members_version(&mut self, space: SpaceId) -> Result<i64>;
+    /// The end of `replica`'s stored chain in `space`.
+    fn tip(&mut self, space: SpaceId, replica: ReplicaId) -> Result<Option<ChainTip>>;
     /// The hash of a stored entry.
-    fn hash_at(&mut self, replica: ReplicaId, seq: u64) -> Result<Option<Hash>>;
-    /// Stores a verified entry (the next of its chain).
+    fn hash_at(&mut self, space: SpaceId, replica: ReplicaId, seq: u64) -> Result<Option<Hash>>;
+    /// Stores a verified entry (the next of its chain) in the space its header names.
     fn insert(&mut self, entry: &Entry, hash: &Hash) -> Result<()>;
     /// Commits durably; other nodes sharing the database are told about the space.
     fn commit(self: Box<Self>) -> Result<()>;
@@ -46,16 +46,30 @@ pub trait Backend: Send + Sync + 'static {
     /// Creates a space with `new`, or replaces its log when `new` extends the stored one
     /// (`check` decides that on the stored bytes, inside the transaction).
     fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64>;
-    fn begin(&self, space: SpaceId) -> Result<Box<dyn WriteTx>>;
+    fn begin(&self) -> Result<Box<dyn WriteTx>>;
+    /// Whether the backend runs one write transaction at a time (SQLite): callers then
+    /// group the writes of several connections into one transaction, one fsync. PostgreSQL
+    /// runs transactions side by side and groups concurrent commits' WAL flushes itself.
+    fn serial_writes(&self) -> bool;
+    /// Replica → next seq stored. A scan of the space's log: callers keep the result
+    /// ([`crate::Service`] holds one per active space) instead of asking per frame.
     fn vector(&self, space: SpaceId) -> Result<VersionVector>;
     /// Up to `max` entries of `replica` from `from_seq` on, at most about `max_bytes`.
     fn read(&self, space: SpaceId, replica: ReplicaId, from_seq: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>>;
     /// Stores a blob; `false` when it was already there.
     fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool>;
     fn blob(&self, space: SpaceId, hash: &[u8; 32]) -> Result<Option<Vec<u8>>>;
-    /// Waits (up to `timeout`) for other nodes' commits; returns the spaces they touched.
+    /// Waits (up to `timeout`) for other nodes' commits; returns what they stored.
     /// A backend with no other nodes returns `None` at once, and the caller stops asking.
-    fn listen(&self, timeout: std::time::Duration) -> Option<Result<Vec<SpaceId>>>;
+    fn listen(&self, timeout: std::time::Duration) -> Option<Result<Vec<Remote>>>;
+}
+
+/// Another node committed entries of `space`.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub space: SpaceId,
+    /// Replica → next seq now stored, when the notification said (else read the database).
+    pub vector: Option<VersionVector>,
 }
 
 /// Opens storage from `--database`: a `postgres://` URL, or else a SQLite file path.

@@ -2,10 +2,13 @@
 //!
 //! Same tables as SQLite. A write transaction takes a transaction-scoped advisory lock per
 //! (space, replica) before reading the chain tip, so two nodes never extend one chain at
-//! once. Each commit that stored entries sends `NOTIFY stead_entries, '<space>:<node>'`;
-//! every node listens and wakes its own connections of that space, which read the new
-//! entries from the database.
+//! once. Each commit that stored entries sends, per space,
+//! `NOTIFY stead_entries, '<space>:<node>:<replica>=<next seq>,…'`; every node listens,
+//! advances its in-memory version vector of that space and wakes its own connections of
+//! it, which read the new entries from the database. A payload without the list (too many
+//! replicas for one notification) tells the listener to read the vector again.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,10 +20,12 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
-use super::{Backend, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use super::{Backend, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const CHANNEL: &str = "stead_entries";
+/// PostgreSQL refuses notification payloads of 8000 bytes or more.
+const MAX_PAYLOAD: usize = 7900;
 
 const MIGRATION: &str = "
 CREATE TABLE IF NOT EXISTS spaces (
@@ -66,9 +71,9 @@ impl Postgres {
 
 struct PgTx {
     conn: Option<Pooled<Client>>,
-    space: SpaceId,
     node: String,
-    wrote: bool,
+    /// Space → replica → next seq, of what this transaction stored.
+    wrote: BTreeMap<SpaceId, VersionVector>,
 }
 
 impl PgTx {
@@ -83,14 +88,12 @@ fn chain_lock_key(space: SpaceId, replica: ReplicaId) -> i64 {
 }
 
 impl WriteTx for PgTx {
-    fn members_version(&mut self) -> Result<i64> {
-        let space = self.space;
+    fn members_version(&mut self, space: SpaceId) -> Result<i64> {
         let row = self.conn().query_opt("SELECT version FROM spaces WHERE id = $1", &[&&space.0[..]])?;
         Ok(row.map_or(0, |r| r.get(0)))
     }
 
-    fn tip(&mut self, replica: ReplicaId) -> Result<Option<ChainTip>> {
-        let space = self.space;
+    fn tip(&mut self, space: SpaceId, replica: ReplicaId) -> Result<Option<ChainTip>> {
         let key = chain_lock_key(space, replica);
         self.conn().execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
         let row = self.conn().query_opt(
@@ -104,8 +107,7 @@ impl WriteTx for PgTx {
         .transpose()
     }
 
-    fn hash_at(&mut self, replica: ReplicaId, seq: u64) -> Result<Option<Hash>> {
-        let space = self.space;
+    fn hash_at(&mut self, space: SpaceId, replica: ReplicaId, seq: u64) -> Result<Option<Hash>> {
         let row = self.conn().query_opt(
             "SELECT hash FROM entries WHERE space = $1 AND replica = $2 AND seq = $3",
             &[&&space.0[..], &&replica.0[..], &(seq as i64)],
@@ -114,19 +116,29 @@ impl WriteTx for PgTx {
     }
 
     fn insert(&mut self, entry: &Entry, hash: &Hash) -> Result<()> {
-        let space = self.space;
         let h = &entry.header;
+        let space = h.space;
         self.conn().execute(
             "INSERT INTO entries (space, replica, seq, hlc, hash, bytes) VALUES ($1, $2, $3, $4, $5, $6)",
             &[&&space.0[..], &&h.replica.0[..], &(h.seq as i64), &(h.hlc.to_u64() as i64), &&hash[..], &entry.encode()],
         )?;
-        self.wrote = true;
+        let next = self.wrote.entry(space).or_default().entry(h.replica).or_insert(0);
+        *next = (*next).max(h.seq + 1);
         Ok(())
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {
-        if self.wrote {
-            let payload = format!("{}:{}", hex::encode(self.space.0), self.node);
+        for (space, vector) in std::mem::take(&mut self.wrote) {
+            let mut payload = format!("{}:{}:", hex::encode(space.0), self.node);
+            for (i, (replica, next)) in vector.iter().enumerate() {
+                if i > 0 {
+                    payload.push(',');
+                }
+                payload.push_str(&format!("{}={next}", hex::encode(replica.0)));
+            }
+            if payload.len() > MAX_PAYLOAD {
+                payload = format!("{}:{}", hex::encode(space.0), self.node);
+            }
             self.conn().execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
         }
         let mut conn = self.conn.take().expect("a transaction is committed once");
@@ -191,13 +203,17 @@ impl Backend for Postgres {
         })
     }
 
-    fn begin(&self, space: SpaceId) -> Result<Box<dyn WriteTx>> {
+    fn begin(&self) -> Result<Box<dyn WriteTx>> {
         let mut conn = self.pool.get()?;
         if let Err(e) = conn.batch_execute("BEGIN") {
             conn.discard();
             return Err(e.into());
         }
-        Ok(Box::new(PgTx { conn: Some(conn), space, node: self.node.clone(), wrote: false }))
+        Ok(Box::new(PgTx { conn: Some(conn), node: self.node.clone(), wrote: BTreeMap::new() }))
+    }
+
+    fn serial_writes(&self) -> bool {
+        false
     }
 
     fn vector(&self, space: SpaceId) -> Result<VersionVector> {
@@ -245,7 +261,7 @@ impl Backend for Postgres {
         })
     }
 
-    fn listen(&self, timeout: Duration) -> Option<Result<Vec<SpaceId>>> {
+    fn listen(&self, timeout: Duration) -> Option<Result<Vec<Remote>>> {
         let mut g = self.listener.lock().unwrap_or_else(|p| p.into_inner());
         if g.as_ref().is_none_or(|c| c.is_closed()) {
             let connected = Client::connect(&self.url, NoTls).and_then(|mut c| {
@@ -277,7 +293,7 @@ impl Backend for Postgres {
                         continue;
                     }
                     if let Ok(Ok(id)) = hex::decode(space).map(|b| id16(&b)) {
-                        spaces.push(SpaceId(id));
+                        spaces.push(Remote { space: SpaceId(id), vector: parts.next().and_then(parse_vector) });
                     }
                 }
                 Ok(None) => break,
@@ -290,4 +306,15 @@ impl Backend for Postgres {
         }
         Some(Ok(spaces))
     }
+}
+
+/// `<replica hex>=<next seq>,…` from a notification; `None` when malformed.
+fn parse_vector(list: &str) -> Option<VersionVector> {
+    let mut vv = VersionVector::new();
+    for pair in list.split(',').filter(|p| !p.is_empty()) {
+        let (replica, next) = pair.split_once('=')?;
+        let replica = id16(&hex::decode(replica).ok()?).ok()?;
+        vv.insert(ReplicaId(replica), next.parse().ok()?);
+    }
+    Some(vv)
 }

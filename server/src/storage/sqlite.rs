@@ -10,7 +10,7 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
-use super::{Backend, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use super::{Backend, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -72,7 +72,6 @@ impl Sqlite {
 
 struct SqliteTx {
     conn: Option<Pooled<Connection>>,
-    space: SpaceId,
 }
 
 impl SqliteTx {
@@ -82,20 +81,20 @@ impl SqliteTx {
 }
 
 impl WriteTx for SqliteTx {
-    fn members_version(&mut self) -> Result<i64> {
+    fn members_version(&mut self, space: SpaceId) -> Result<i64> {
         let v = self
             .conn()
             .prepare_cached("SELECT version FROM spaces WHERE id = ?1")?
-            .query_row(params![&self.space.0[..]], |r| r.get(0))
+            .query_row(params![&space.0[..]], |r| r.get(0))
             .optional()?;
         Ok(v.unwrap_or(0))
     }
 
-    fn tip(&mut self, replica: ReplicaId) -> Result<Option<ChainTip>> {
+    fn tip(&mut self, space: SpaceId, replica: ReplicaId) -> Result<Option<ChainTip>> {
         let row = self
             .conn()
             .prepare_cached("SELECT seq, hash, hlc FROM entries WHERE space = ?1 AND replica = ?2 ORDER BY seq DESC LIMIT 1")?
-            .query_row(params![&self.space.0[..], &replica.0[..]], |r| {
+            .query_row(params![&space.0[..], &replica.0[..]], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
             })
             .optional()?;
@@ -105,11 +104,11 @@ impl WriteTx for SqliteTx {
         .transpose()
     }
 
-    fn hash_at(&mut self, replica: ReplicaId, seq: u64) -> Result<Option<Hash>> {
+    fn hash_at(&mut self, space: SpaceId, replica: ReplicaId, seq: u64) -> Result<Option<Hash>> {
         let h = self
             .conn()
             .prepare_cached("SELECT hash FROM entries WHERE space = ?1 AND replica = ?2 AND seq = ?3")?
-            .query_row(params![&self.space.0[..], &replica.0[..], seq as i64], |r| r.get::<_, Vec<u8>>(0))
+            .query_row(params![&space.0[..], &replica.0[..], seq as i64], |r| r.get::<_, Vec<u8>>(0))
             .optional()?;
         h.map(|h| hash32(&h)).transpose()
     }
@@ -118,7 +117,7 @@ impl WriteTx for SqliteTx {
         let h = &entry.header;
         self.conn()
             .prepare_cached("INSERT INTO entries (space, replica, seq, hlc, hash, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-            .execute(params![&self.space.0[..], &h.replica.0[..], h.seq as i64, h.hlc.to_u64() as i64, &hash[..], entry.encode()])?;
+            .execute(params![&h.space.0[..], &h.replica.0[..], h.seq as i64, h.hlc.to_u64() as i64, &hash[..], entry.encode()])?;
         Ok(())
     }
 
@@ -177,10 +176,14 @@ impl Backend for Sqlite {
         Ok(version)
     }
 
-    fn begin(&self, space: SpaceId) -> Result<Box<dyn WriteTx>> {
+    fn begin(&self) -> Result<Box<dyn WriteTx>> {
         let conn = self.writer.get()?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTx { conn: Some(conn), space }))
+        Ok(Box::new(SqliteTx { conn: Some(conn) }))
+    }
+
+    fn serial_writes(&self) -> bool {
+        true
     }
 
     fn vector(&self, space: SpaceId) -> Result<VersionVector> {
@@ -233,7 +236,7 @@ impl Backend for Sqlite {
         Ok(b)
     }
 
-    fn listen(&self, _timeout: std::time::Duration) -> Option<Result<Vec<SpaceId>>> {
+    fn listen(&self, _timeout: std::time::Duration) -> Option<Result<Vec<Remote>>> {
         None
     }
 }
