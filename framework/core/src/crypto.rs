@@ -18,10 +18,8 @@ use crate::ids::{ReplicaId, SpaceId};
 
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
-const PACK_RAW: u8 = 0;
-/// Raw DEFLATE (RFC 1951). Ops batches are a few KiB of columns with narrow alphabets, where
-/// Huffman coding gains what LZ4, which has none, cannot.
-const PACK_DEFLATE: u8 = 2;
+/// Raw DEFLATE (RFC 1951), used when it makes a batch smaller: the ops batch packs its
+/// numbers into bits already, so this pays for batches of text.
 const DEFLATE_LEVEL: u8 = 6;
 
 /// The symmetric key of a space, known only to member devices.
@@ -93,18 +91,17 @@ pub fn padme(len: usize) -> usize {
     (len + mask) & !mask
 }
 
-/// Compresses (when it pays) and pads an encoded ops batch.
+/// Compresses (when it pays) and pads an encoded ops batch:
+/// `varint (raw length × 2 + deflated) ‖ [varint body length, when deflated] ‖ body ‖ zeros`.
 pub fn pack(batch: &[u8]) -> Vec<u8> {
     let compressed = miniz_oxide::deflate::compress_to_vec(batch, DEFLATE_LEVEL);
-    let (codec, body) = if compressed.len() < batch.len() {
-        (PACK_DEFLATE, compressed.as_slice())
-    } else {
-        (PACK_RAW, batch)
-    };
+    let deflated = compressed.len() < batch.len();
+    let body = if deflated { compressed.as_slice() } else { batch };
     let mut w = Writer::with_capacity(body.len() + body.len() / 8 + 16);
-    w.u8(codec);
-    w.varint(batch.len() as u64);
-    w.varint(body.len() as u64);
+    w.varint(((batch.len() as u64) << 1) | deflated as u64);
+    if deflated {
+        w.varint(body.len() as u64);
+    }
     w.fixed(body);
     let padded = padme(w.buf.len());
     w.buf.resize(padded, 0);
@@ -114,31 +111,28 @@ pub fn pack(batch: &[u8]) -> Vec<u8> {
 /// Reverses [`pack`]; refuses batches over `max_len` bytes before decompressing them.
 pub fn unpack(packed: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let mut r = Reader::new(packed, "packed batch");
-    let codec = r.u8()?;
-    let raw_len = r.varint()?;
-    let body_len = r.len(1)?;
+    let head = r.varint()?;
+    let (raw_len, deflated) = (head >> 1, head & 1 == 1);
     if raw_len > max_len as u64 {
         return Err(Error::TooLarge { what: "ops batch", size: raw_len as usize, limit: max_len });
     }
     let raw_len = raw_len as usize;
+    let body_len = if deflated { r.len(1)? } else { raw_len };
     let body = r.take(body_len)?;
     let unpadded = r.position();
     let padding = r.take(r.remaining())?;
     if padding.iter().any(|&b| b != 0) || packed.len() != padme(unpadded) {
         return Err(r.err("bad padding"));
     }
-    match codec {
-        PACK_RAW if body_len == raw_len => Ok(body.to_vec()),
-        PACK_DEFLATE => {
-            let out = miniz_oxide::inflate::decompress_to_vec_with_limit(body, raw_len)
-                .map_err(|_| r.err("deflate data is corrupt"))?;
-            if out.len() != raw_len {
-                return Err(r.err("deflate data has the wrong length"));
-            }
-            Ok(out)
-        }
-        _ => Err(r.err("unknown compression codec")),
+    if !deflated {
+        return Ok(body.to_vec());
     }
+    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(body, raw_len)
+        .map_err(|_| r.err("deflate data is corrupt"))?;
+    if out.len() != raw_len {
+        return Err(r.err("deflate data has the wrong length"));
+    }
+    Ok(out)
 }
 
 /// A device's X25519 key pair for receiving wrapped space keys.

@@ -33,7 +33,8 @@ pub enum Error {
     #[error("invalid membership event {index}: {reason}")]
     Membership { index: usize, reason: &'static str },
     #[error("version conflict on {collection}/{record}: expected {expected}, current is {current}")]
-    Conflict { collection: String, record: RecordId, expected: Version, current: Version },
+    /// The versions are boxed to keep `Error`, and every `Result` of the crate, small.
+    Conflict { collection: String, record: RecordId, expected: Box<Version>, current: Box<Version> },
     #[error("schema error: {0}")]
     Schema(String),
     #[error("invalid value for {collection}.{field}: {value} ({reason})")]

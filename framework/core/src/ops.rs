@@ -7,7 +7,7 @@ use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::ids::{RecordId, ReplicaId};
 
-pub const BATCH_VERSION: u8 = 2;
+pub const BATCH_VERSION: u8 = 3;
 
 /// A content-addressed blob referenced from a record.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -92,17 +92,6 @@ impl Value {
             })),
             _ => return Err(r.err("unknown value type")),
         })
-    }
-
-    /// Writes the type byte to `types` and the content to `content` (batch columns).
-    pub(crate) fn write_split(&self, types: &mut Writer, content: &mut Writer) {
-        types.u8(self.rank());
-        self.write_content(content);
-    }
-
-    pub(crate) fn read_split(types: &mut Reader<'_>, content: &mut Reader<'_>) -> Result<Value> {
-        let ty = types.u8()?;
-        Value::read_typed(ty, content)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -239,71 +228,273 @@ impl<'a> Tables<'a> {
     }
 }
 
-/// Encodes a batch in columns (see LOG-FORMAT.md): the string table, the record table as
-/// 16 byte planes, then one column per op attribute. Ids made close in time share their
-/// high bytes and a batch's ops mostly share kind, collection and value type, so the
-/// columns are long runs and narrow alphabets that the payload compressor squeezes well;
-/// interleaved rows would break every run.
+/// The most ops one batch may hold. Columns of equal values cost a few bytes whatever their
+/// length, so a decoder cannot bound the op count by the batch's size; this bounds the
+/// memory a (member-signed, decrypted) batch can make a decoder allocate.
+pub const MAX_BATCH_OPS: usize = 1 << 20;
+
+const COLUMN_RUNS: u8 = 0xff;
+const MAX_WIDTH: u8 = 64;
+
+/// Bits needed for `v`.
+fn width(v: u64) -> u8 {
+    (u64::BITS - v.leading_zeros()) as u8
+}
+
+/// Writes `vals` LSB-first in `w`-bit slots; the last byte's unused high bits are zero.
+fn pack_bits(out: &mut Writer, vals: impl Iterator<Item = u64>, w: u8) {
+    let (mut acc, mut n) = (0u128, 0u32);
+    for v in vals {
+        acc |= (v as u128) << n;
+        n += w as u32;
+        while n >= 8 {
+            out.u8(acc as u8);
+            acc >>= 8;
+            n -= 8;
+        }
+    }
+    if n > 0 {
+        out.u8(acc as u8);
+    }
+}
+
+/// Writes an integer column: the smaller of a bit-packed form (`u8 width ‖ ivarint min ‖
+/// count × width bits of value − min`) and a run-length form (`0xff ‖ varint r ‖ r ×
+/// (ivarint value, varint run)`). Field indexes and small numbers pack into a few bits
+/// each; a column of one repeated value (most batches' kinds, collections and types) or
+/// of long runs (record indexes counting up) costs a few bytes whatever its length.
+/// DEFLATE, which the previous format relied on, spends ~60 bytes per block on its
+/// Huffman tables, as much as 100 ops' worth of a packed column.
+fn write_ints(out: &mut Writer, vals: &[i64]) {
+    let Some(&min) = vals.iter().min() else { return };
+    let max = *vals.iter().max().expect("not empty");
+    let w = width(max.wrapping_sub(min) as u64);
+    let mut runs: Vec<(i64, u64)> = Vec::new();
+    for &v in vals {
+        match runs.last_mut() {
+            Some((last, n)) if *last == v => *n += 1,
+            _ => runs.push((v, 1)),
+        }
+    }
+    let varint_len = |v: u64| (width(v).max(1) as usize).div_ceil(7);
+    let zz = |v: i64| ((v << 1) ^ (v >> 63)) as u64;
+    let packed_len = 1 + varint_len(zz(min)) + (vals.len() * w as usize).div_ceil(8);
+    let runs_len =
+        1 + varint_len(runs.len() as u64) + runs.iter().map(|&(v, n)| varint_len(zz(v)) + varint_len(n)).sum::<usize>();
+    if runs_len < packed_len {
+        out.u8(COLUMN_RUNS);
+        out.varint(runs.len() as u64);
+        for (v, n) in runs {
+            out.ivarint(v);
+            out.varint(n);
+        }
+    } else {
+        out.u8(w);
+        out.ivarint(min);
+        pack_bits(out, vals.iter().map(|&v| v.wrapping_sub(min) as u64), w);
+    }
+}
+
+/// Reads `count` values of `w` bits written by [`pack_bits`] from the next bytes of `r`.
+fn unpack_bits(r: &mut Reader<'_>, count: usize, w: u8) -> Result<Vec<u64>> {
+    let bytes = r.take((count * w as usize).div_ceil(8))?;
+    let mask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+    let (mut acc, mut n, mut next) = (0u128, 0u32, 0usize);
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        while n < w as u32 {
+            acc |= (bytes[next] as u128) << n;
+            next += 1;
+            n += 8;
+        }
+        out.push(acc as u64 & mask);
+        acc >>= w;
+        n -= w as u32;
+    }
+    if acc != 0 {
+        return Err(r.err("column padding bits are not zero"));
+    }
+    Ok(out)
+}
+
+/// Reads an integer column of `count` values written by [`write_ints`].
+fn read_ints(r: &mut Reader<'_>, count: usize) -> Result<Vec<i64>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mode = r.u8()?;
+    if mode == COLUMN_RUNS {
+        let runs = r.len(2)?;
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..runs {
+            let v = r.ivarint()?;
+            let n = r.varint()?;
+            if n == 0 || n > (count - out.len()) as u64 {
+                return Err(r.err("column runs do not add up to its length"));
+            }
+            out.resize(out.len() + n as usize, v);
+        }
+        if out.len() != count {
+            return Err(r.err("column runs do not add up to its length"));
+        }
+        return Ok(out);
+    }
+    if mode > MAX_WIDTH {
+        return Err(r.err("unknown column form"));
+    }
+    let min = r.ivarint()?;
+    Ok(unpack_bits(r, count, mode)?.into_iter().map(|v| min.wrapping_add(v as i64)).collect())
+}
+
+/// Writes the record table as 16 byte planes: `u16 varying` (bit p: plane p differs
+/// between ids), `u16 nonzero` (bit p: constant plane p is not zero), the nonzero
+/// constants, then each varying plane as `u8 min ‖ u8 width ‖ m × width bits`. Ids made
+/// close in time, or by one counter, share most of their bytes.
+fn write_record_table(out: &mut Writer, records: &[RecordId]) {
+    out.varint(records.len() as u64);
+    if records.is_empty() {
+        return;
+    }
+    let (mut varying, mut nonzero) = (0u16, 0u16);
+    let mut ranges = [(0u8, 0u8); 16];
+    for (p, range) in ranges.iter_mut().enumerate() {
+        let (lo, hi) = records.iter().fold((u8::MAX, 0u8), |(lo, hi), r| (lo.min(r.0[p]), hi.max(r.0[p])));
+        *range = (lo, hi);
+        if lo != hi {
+            varying |= 1 << p;
+        } else if lo != 0 {
+            nonzero |= 1 << p;
+        }
+    }
+    out.u16(varying);
+    out.u16(nonzero);
+    for (p, &(lo, _)) in ranges.iter().enumerate() {
+        if nonzero & (1 << p) != 0 {
+            out.u8(lo);
+        }
+    }
+    for (p, &(lo, hi)) in ranges.iter().enumerate() {
+        if varying & (1 << p) != 0 {
+            let w = width((hi - lo) as u64);
+            out.u8(lo);
+            out.u8(w);
+            pack_bits(out, records.iter().map(|r| (r.0[p] - lo) as u64), w);
+        }
+    }
+}
+
+fn read_record_table(r: &mut Reader<'_>) -> Result<Vec<RecordId>> {
+    let m = r.varint()?;
+    if m == 0 {
+        return Ok(Vec::new());
+    }
+    if m > MAX_BATCH_OPS as u64 {
+        return Err(r.err("record table is too long"));
+    }
+    let m = m as usize;
+    let varying = r.u16()?;
+    let nonzero = r.u16()?;
+    if varying & nonzero != 0 {
+        return Err(r.err("record plane is both varying and constant"));
+    }
+    let mut records = vec![RecordId([0; 16]); m];
+    for p in 0..16 {
+        if nonzero & (1 << p) != 0 {
+            let b = r.u8()?;
+            records.iter_mut().for_each(|rec| rec.0[p] = b);
+        }
+    }
+    for p in 0..16 {
+        if varying & (1 << p) != 0 {
+            let lo = r.u8()?;
+            let w = r.u8()?;
+            if w > 8 {
+                return Err(r.err("record plane is wider than a byte"));
+            }
+            for (rec, v) in records.iter_mut().zip(unpack_bits(r, m, w)?) {
+                rec.0[p] = u8::try_from(v + lo as u64).map_err(|_| r.err("record plane overflows a byte"))?;
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn kind_of(op: &Op) -> u8 {
+    match op {
+        Op::Set { .. } => 0,
+        Op::Delete { .. } => 1,
+        Op::Restore { .. } => 2,
+        Op::CounterAdd { .. } => 3,
+        Op::SetAdd { .. } => 4,
+        Op::SetRemove { .. } => 5,
+    }
+}
+
+/// Value types (int, time) whose content is a number and goes to the integer column.
+fn is_int_type(ty: i64) -> bool {
+    matches!(ty, 2 | 5)
+}
+
+/// Encodes a batch in columns (see LOG-FORMAT.md): the string table, the record table
+/// as byte planes, then one integer column per op attribute (kind, collection, record,
+/// field, value type, numbers) and one byte column for the rest (strings, floats, refs,
+/// blobs, set-remove tags). Panics on more than [`MAX_BATCH_OPS`] ops; callers check
+/// (`Replica::commit` answers `TooLarge`).
 pub fn encode_batch(ops: &[Op]) -> Vec<u8> {
+    assert!(ops.len() <= MAX_BATCH_OPS, "an ops batch holds at most {MAX_BATCH_OPS} ops");
     let mut t = Tables::default();
     let n = ops.len();
-    let mut kinds = Writer::with_capacity(n);
-    let mut colls = Writer::with_capacity(n);
-    let mut recs = Writer::with_capacity(n);
-    let mut fields = Writer::with_capacity(n);
-    let mut types = Writer::with_capacity(n);
-    let mut values = Writer::with_capacity(n * 4);
+    let mut kinds = Vec::with_capacity(n);
+    let mut colls = Vec::with_capacity(n);
+    let mut recs = Vec::with_capacity(n);
+    let mut fields = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut ints = Vec::with_capacity(n);
+    let mut rest = Writer::new();
     let mut prev_rec = 0i64;
+    let value = |v: &Value, types: &mut Vec<i64>, ints: &mut Vec<i64>, rest: &mut Writer| {
+        types.push(v.rank() as i64);
+        match v {
+            Value::Int(i) | Value::Time(i) => ints.push(*i),
+            other => other.write_content(rest),
+        }
+    };
     for op in ops {
-        let kind = match op {
-            Op::Set { .. } => 0,
-            Op::Delete { .. } => 1,
-            Op::Restore { .. } => 2,
-            Op::CounterAdd { .. } => 3,
-            Op::SetAdd { .. } => 4,
-            Op::SetRemove { .. } => 5,
-        };
-        kinds.u8(kind);
-        colls.varint(t.string(op.collection()));
+        kinds.push(kind_of(op) as i64);
+        colls.push(t.string(op.collection()) as i64);
         let rec = t.record(op.record()) as i64;
-        recs.ivarint(rec - prev_rec);
+        recs.push(rec - prev_rec);
         prev_rec = rec;
         if let Some(f) = op.field() {
-            fields.varint(t.string(f));
+            fields.push(t.string(f) as i64);
         }
         match op {
-            Op::Set { value, .. } | Op::SetAdd { elem: value, .. } => value.write_split(&mut types, &mut values),
-            Op::CounterAdd { delta, .. } => values.ivarint(*delta),
+            Op::Set { value: v, .. } | Op::SetAdd { elem: v, .. } => value(v, &mut types, &mut ints, &mut rest),
+            Op::CounterAdd { delta, .. } => ints.push(*delta),
             Op::SetRemove { elem, tags, .. } => {
-                elem.write_split(&mut types, &mut values);
-                values.varint(tags.len() as u64);
+                value(elem, &mut types, &mut ints, &mut rest);
+                rest.varint(tags.len() as u64);
                 for tag in tags {
-                    values.fixed(tag.replica.as_bytes());
-                    values.varint(tag.seq);
-                    values.varint(tag.n as u64);
+                    rest.fixed(tag.replica.as_bytes());
+                    rest.varint(tag.seq);
+                    rest.varint(tag.n as u64);
                 }
             }
             Op::Delete { .. } | Op::Restore { .. } => {}
         }
     }
-    let columns = [kinds, colls, recs, fields, types, values];
-    let size: usize = columns.iter().map(|c| c.buf.len() + 5).sum();
-    let mut w = Writer::with_capacity(size + t.records.len() * 16 + 64);
+    let mut w = Writer::with_capacity(n * 8 + t.records.len() * 4 + rest.buf.len() + 64);
     w.u8(BATCH_VERSION);
     w.varint(t.strings.len() as u64);
     for s in &t.strings {
         w.str(s);
     }
-    w.varint(t.records.len() as u64);
-    for plane in 0..16 {
-        for r in &t.records {
-            w.u8(r.0[plane]);
-        }
-    }
+    write_record_table(&mut w, &t.records);
     w.varint(n as u64);
-    for c in &columns {
-        w.bytes(&c.buf);
+    for column in [&kinds, &colls, &recs, &fields, &types, &ints] {
+        write_ints(&mut w, column);
     }
+    w.fixed(&rest.buf);
     w.finish()
 }
 
@@ -322,60 +513,77 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Op>> {
     for _ in 0..n {
         strings.push(r.str()?);
     }
-    let n = r.len(16)?;
-    let planes = r.take(n * 16)?;
-    let records: Vec<RecordId> =
-        (0..n).map(|i| RecordId(std::array::from_fn(|p| planes[p * n + i]))).collect();
-    let n = r.len(1)?;
-    let mut kinds = Reader::new(r.bytes()?, "ops batch");
-    let mut colls = Reader::new(r.bytes()?, "ops batch");
-    let mut recs = Reader::new(r.bytes()?, "ops batch");
-    let mut fields = Reader::new(r.bytes()?, "ops batch");
-    let mut types = Reader::new(r.bytes()?, "ops batch");
-    let mut values = Reader::new(r.bytes()?, "ops batch");
-    r.finish()?;
-    let string = |r: &mut Reader<'_>| -> Result<String> {
-        let i = r.varint()?;
-        strings.get(i as usize).map(|s| s.to_string()).ok_or(r.err("string index out of range"))
+    let records = read_record_table(&mut r)?;
+    let n = r.varint()?;
+    if n > MAX_BATCH_OPS as u64 {
+        return Err(Error::TooLarge { what: "ops batch", size: n as usize, limit: MAX_BATCH_OPS });
+    }
+    let n = n as usize;
+    let kinds = read_ints(&mut r, n)?;
+    let colls = read_ints(&mut r, n)?;
+    let recs = read_ints(&mut r, n)?;
+    if kinds.iter().any(|k| !(0..=5).contains(k)) {
+        return Err(r.err("unknown op kind"));
+    }
+    let with_field = kinds.iter().filter(|&&k| k != 1 && k != 2).count();
+    let fields = read_ints(&mut r, with_field)?;
+    let with_value = kinds.iter().filter(|&&k| matches!(k, 0 | 4 | 5)).count();
+    let types = read_ints(&mut r, with_value)?;
+    let int_count = types.iter().filter(|&&t| is_int_type(t)).count()
+        + kinds.iter().filter(|&&k| k == 3).count();
+    let ints = read_ints(&mut r, int_count)?;
+    let mut rest = Reader::new(r.take(r.remaining())?, "ops batch");
+
+    let string = |i: i64| -> Result<String> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| strings.get(i))
+            .map(|s| s.to_string())
+            .ok_or(Error::Decode { what: "ops batch", reason: "string index out of range" })
+    };
+    let (mut fields, mut types, mut ints) = (fields.into_iter(), types.into_iter(), ints.into_iter());
+    let mut value = |rest: &mut Reader<'_>, ints: &mut std::vec::IntoIter<i64>| -> Result<Value> {
+        let ty = types.next().expect("counted above");
+        if is_int_type(ty) {
+            let i = ints.next().expect("counted above");
+            return Ok(if ty == 2 { Value::Int(i) } else { Value::Time(i) });
+        }
+        Value::read_typed(u8::try_from(ty).map_err(|_| rest.err("unknown value type"))?, rest)
     };
     let mut prev_rec = 0i64;
-    let mut ops = Vec::with_capacity(n.min(kinds.remaining()));
-    for _ in 0..n {
-        let kind = kinds.u8()?;
-        let collection = string(&mut colls)?;
-        let ix = prev_rec.checked_add(recs.ivarint()?).ok_or(recs.err("record index out of range"))?;
+    let mut ops = Vec::with_capacity(n);
+    for i in 0..n {
+        let collection = string(colls[i])?;
+        let ix = prev_rec.checked_add(recs[i]).ok_or(r.err("record index out of range"))?;
         prev_rec = ix;
         let rec = usize::try_from(ix)
             .ok()
             .and_then(|i| records.get(i).copied())
-            .ok_or(recs.err("record index out of range"))?;
-        let value = |types: &mut Reader<'_>, values: &mut Reader<'_>| Value::read_split(types, values);
-        let op = match kind {
-            0 => Op::Set { collection, record: rec, field: string(&mut fields)?, value: value(&mut types, &mut values)? },
+            .ok_or(r.err("record index out of range"))?;
+        let mut field = || string(fields.next().expect("counted above"));
+        let op = match kinds[i] {
+            0 => Op::Set { collection, record: rec, field: field()?, value: value(&mut rest, &mut ints)? },
             1 => Op::Delete { collection, record: rec },
             2 => Op::Restore { collection, record: rec },
-            3 => Op::CounterAdd { collection, record: rec, field: string(&mut fields)?, delta: values.ivarint()? },
-            4 => Op::SetAdd { collection, record: rec, field: string(&mut fields)?, elem: value(&mut types, &mut values)? },
-            5 => {
-                let field = string(&mut fields)?;
-                let elem = value(&mut types, &mut values)?;
-                let k = values.len(18)?;
+            3 => Op::CounterAdd { collection, record: rec, field: field()?, delta: ints.next().expect("counted above") },
+            4 => Op::SetAdd { collection, record: rec, field: field()?, elem: value(&mut rest, &mut ints)? },
+            _ => {
+                let field = field()?;
+                let elem = value(&mut rest, &mut ints)?;
+                let k = rest.len(18)?;
                 let mut tags = Vec::with_capacity(k);
                 for _ in 0..k {
-                    let replica = ReplicaId(values.array()?);
-                    let seq = values.varint()?;
-                    let n = u32::try_from(values.varint()?).map_err(|_| values.err("tag index overflows"))?;
+                    let replica = ReplicaId(rest.array()?);
+                    let seq = rest.varint()?;
+                    let n = u32::try_from(rest.varint()?).map_err(|_| rest.err("tag index overflows"))?;
                     tags.push(Tag { replica, seq, n });
                 }
                 Op::SetRemove { collection, record: rec, field, elem, tags }
             }
-            _ => return Err(kinds.err("unknown op kind")),
         };
         ops.push(op);
     }
-    for c in [&kinds, &colls, &recs, &fields, &types, &values] {
-        c.finish()?;
-    }
+    rest.finish()?;
     Ok(ops)
 }
 
@@ -437,16 +645,47 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn integer_columns_take_the_shorter_form() {
+        let check = |vals: &[i64], expect: &str| {
+            let mut w = Writer::new();
+            write_ints(&mut w, vals);
+            let got = read_ints(&mut Reader::new(&w.buf, "test"), vals.len()).unwrap();
+            assert_eq!(got, vals);
+            assert_eq!(hex::encode(&w.buf), expect, "{vals:?}");
+        };
+        check(&[], "");
+        check(&[0; 100], "0000");
+        check(&[7, 7, 7, 7], "000e");
+        check(&[1, 2, 3, 4], "0202e4");
+        check(&[1, 1, 1, 1, 1, 1, 1, 1, 1, -30, 1, 1, 1, 1, 1, 1, 1, 1, 1], "ff0302093b010209");
+        check(&[i64::MIN, i64::MAX], "ff02ffffffffffffffffff0101feffffffffffffffff0101");
+    }
+
+    #[test]
+    fn a_batch_of_numbers_packs_into_their_bits() {
+        let ops: Vec<Op> = (0..100u64)
+            .map(|i| Op::Set {
+                collection: "t".into(),
+                record: RecordId(std::array::from_fn(|b| if b == 0 { (i * 37 % 256) as u8 } else { 0x70 * (b == 6) as u8 })),
+                field: format!("f{}", i % 5),
+                value: Value::Int((i * 7919 % 1_000_000) as i64),
+            })
+            .collect();
+        let bytes = encode_batch(&ops);
+        assert_eq!(decode_batch(&bytes).unwrap(), ops);
+        // 100 × (8 bits of record id + 3 of field + 20 of value) ≈ 388 bytes, plus tables.
+        assert!(bytes.len() < 440, "{} bytes", bytes.len());
+    }
+
+    #[test]
     fn values_order_by_type_then_content() {
-        let mut v = vec![
-            Value::Str("b".into()),
+        let mut v = [Value::Str("b".into()),
             Value::Int(3),
             Value::Float(f64::NAN),
             Value::Null,
             Value::Int(-1),
             Value::Float(1.5),
-            Value::Str("a".into()),
-        ];
+            Value::Str("a".into())];
         v.sort();
         let shown: Vec<String> = v.iter().map(|x| x.to_string()).collect();
         assert_eq!(shown.join(" "), "null -1 3 1.5 NaN \"a\" \"b\"");

@@ -19,7 +19,7 @@ use crate::hlc::{Hlc, HlcClock};
 use crate::ids::{RecordId, ReplicaId, SpaceId};
 use crate::log::{verify_entry, ChainTip, Entry, Limits, Verified, VersionVector};
 use crate::membership::Membership;
-use crate::ops::{decode_batch, encode_batch, Op, Tag, Value};
+use crate::ops::{decode_batch, encode_batch, Op, Tag, Value, MAX_BATCH_OPS};
 use crate::query::{Indexes, Page, Query};
 use crate::schema::Schema;
 use crate::state::{read_records, write_records, RecordState, Stamp, State, Version};
@@ -380,7 +380,12 @@ impl Replica {
     ) -> Result<Entry> {
         let current = self.version(collection, record);
         if current != expected {
-            return Err(Error::Conflict { collection: collection.to_owned(), record, expected, current });
+            return Err(Error::Conflict {
+                collection: collection.to_owned(),
+                record,
+                expected: Box::new(expected),
+                current: Box::new(current),
+            });
         }
         self.commit(ops, now_ms, rng)
     }
@@ -392,11 +397,10 @@ impl Replica {
             schema.validate_op(op)?;
             if self.record(op.collection(), op.record()).is_none() {
                 let fields = new_records.entry((op.collection(), op.record())).or_default();
-                if let Op::Set { field, value, .. } = op {
-                    if *value != Value::Null {
+                if let Op::Set { field, value, .. } = op
+                    && *value != Value::Null {
                         fields.insert(field);
                     }
-                }
             }
         }
         for ((coll, _), set) in &new_records {
@@ -418,6 +422,9 @@ impl Replica {
         let tip = self.tips.get(&self.me.replica);
         let seq = tip.map_or(0, |t| t.next_seq);
         let prev = tip.map_or([0; 32], |t| t.last_hash);
+        if ops.len() > MAX_BATCH_OPS {
+            return Err(Error::TooLarge { what: "ops batch", size: ops.len(), limit: MAX_BATCH_OPS });
+        }
         let hlc = self.clock.tick(now_ms);
         let packed = crypto::pack(&encode_batch(&ops));
         let mut nonce = [0u8; crypto::NONCE_LEN];

@@ -198,16 +198,14 @@ impl Schema {
     pub fn check(&self) -> Result<()> {
         for (cname, coll) in &self.collections {
             for (fname, f) in &coll.fields {
-                if let FieldType::Ref { collection } = &f.ty {
-                    if !self.collections.contains_key(collection) {
+                if let FieldType::Ref { collection } = &f.ty
+                    && !self.collections.contains_key(collection) {
                         return Err(invalid(cname, fname, collection, "ref to an unknown collection"));
                     }
-                }
-                if let Some(d) = &f.default {
-                    if f.ty.from_json(d).is_none() {
+                if let Some(d) = &f.default
+                    && f.ty.from_json(d).is_none() {
                         return Err(invalid(cname, fname, d, format!("default is not a {}", f.ty.name())));
                     }
-                }
             }
             for ix in &coll.indexes {
                 match coll.fields.get(&ix.field) {

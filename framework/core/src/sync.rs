@@ -53,12 +53,14 @@ use crate::codec::{Reader, Writer};
 use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, SpaceId};
-use crate::log::{Entry, Limits, VersionVector};
+use crate::log::{Entry, Limits, RunReader, RunWriter, VersionVector};
 use crate::replica::{Ingested, Replica};
 
 /// Protocol versions this build speaks.
-pub const PROTOCOL_MIN: u16 = 1;
-pub const PROTOCOL_MAX: u16 = 1;
+/// Version 2 writes Entries frames as runs (an entry that follows the one before it
+/// leaves out space, replica, seq and prev); version 1's whole entries are not read.
+pub const PROTOCOL_MIN: u16 = 2;
+pub const PROTOCOL_MAX: u16 = 2;
 const HELLO_MAGIC: &[u8; 5] = b"STEAD";
 const PROOF_DOMAIN: &[u8] = b"stead-proof-v1\0";
 const REQUEST_DOMAIN: &[u8] = b"stead-request-v1\0";
@@ -130,9 +132,9 @@ impl Frame {
             Frame::Entries(entries) => {
                 w.u8(3);
                 w.varint(entries.len() as u64);
+                let mut run = RunWriter::new();
                 for e in entries {
-                    w.varint(e.encoded_len() as u64);
-                    e.encode_into(&mut w);
+                    run.write(e, &mut w);
                 }
             }
             Frame::Ack { replica, seq } => {
@@ -178,15 +180,11 @@ impl Frame {
                 Frame::Vector(vv)
             }
             3 => {
-                let n = r.len(crate::log::HEADER_LEN)?;
+                let n = r.len(1 + 1 + crate::log::SIG_LEN)?;
                 let mut entries = Vec::with_capacity(n);
+                let mut run = RunReader::new();
                 for _ in 0..n {
-                    let len = r.len(1)?;
-                    let start = r.position();
-                    entries.push(Entry::read(&mut r, limits)?);
-                    if r.position() - start != len {
-                        return Err(r.err("entry length mismatch"));
-                    }
+                    entries.push(run.read(&mut r, limits)?);
                 }
                 Frame::Entries(entries)
             }

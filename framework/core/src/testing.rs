@@ -54,12 +54,12 @@ impl Space {
         let creator = &identities[0];
         let mut members = Membership::genesis(space, member(0), &creator.signing)
             .expect("a fresh genesis verifies");
-        for i in 1..identities.len() {
+        for (i, to) in agreement.iter().enumerate().skip(1) {
             let mut eph = [0u8; 32];
             rng.fill(&mut eph);
             let mut nonce = [0u8; 24];
             rng.fill(&mut nonce);
-            let wrapped = crypto::wrap_space_key(&key, space, &agreement[i], eph, nonce);
+            let wrapped = crypto::wrap_space_key(&key, space, to, eph, nonce);
             members
                 .add(creator.replica, &creator.signing, member(i), wrapped)
                 .expect("the creator may add members");

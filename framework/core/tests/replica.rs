@@ -179,8 +179,8 @@ fn update_if_refuses_a_stale_version() {
         .unwrap_err();
     match err {
         Error::Conflict { current, expected, .. } => {
-            assert_eq!(expected, seen);
-            assert_eq!(current, b.version("todo", rec(1)));
+            assert_eq!(*expected, seen);
+            assert_eq!(*current, b.version("todo", rec(1)));
         }
         other => panic!("expected a conflict, got {other}"),
     }
@@ -361,8 +361,8 @@ fn any_flipped_byte_is_detected() {
             // Stored: a store holding the flipped entry does not open.
             let mut store = MemStore::new();
             store.append(&first).unwrap();
-            if let Ok(e) = Entry::decode(&t, &Limits::default()) {
-                if e.header.replica == first.header.replica && e.header.seq == 1 {
+            if let Ok(e) = Entry::decode(&t, &Limits::default())
+                && e.header.replica == first.header.replica && e.header.seq == 1 {
                     store.append(&e).unwrap();
                     let opened = stead_core::replica::Replica::open(
                         space.identities[1].clone(),
@@ -372,7 +372,6 @@ fn any_flipped_byte_is_detected() {
                     );
                     assert!(opened.is_err(), "stored flip of byte {i} bit {bit:#x} was accepted");
                 }
-            }
         }
     }
 }

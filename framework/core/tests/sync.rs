@@ -288,3 +288,28 @@ fn two_clients_sync_through_a_relay_that_cannot_read() {
     assert_eq!(a.state(), b.state());
     assert_eq!(relay.version_vector(), a.version_vector());
 }
+
+#[test]
+fn any_flipped_byte_of_a_compact_run_is_detected() {
+    let mut rng = SeededRandom::new(3);
+    let space = Space::new(2, &mut rng);
+    let mut a = space.open(0);
+    let entries: Vec<_> = (0..3).map(|i| a.commit(vec![set(1, i)], NOW + i as u64, &mut rng).unwrap()).collect();
+    let bytes = Frame::Entries(entries.clone()).encode();
+    let whole: usize = entries.iter().map(|e| e.encoded_len()).sum();
+    assert!(bytes.len() + 150 < whole, "entries after the first are compact: {} bytes for {whole}", bytes.len());
+    for i in 0..bytes.len() {
+        for bit in [0x01, 0x80] {
+            let mut t = bytes.clone();
+            t[i] ^= bit;
+            let Ok(Frame::Entries(got)) = Frame::decode(&t, &Limits::default()) else { continue };
+            let mut b = space.open(1);
+            for (n, e) in got.into_iter().enumerate() {
+                if b.ingest(e.clone(), NOW + 5).is_err() {
+                    break;
+                }
+                assert_eq!(Some(&e), entries.get(n), "flip of byte {i} bit {bit:#x} was accepted");
+            }
+        }
+    }
+}
