@@ -2,7 +2,8 @@
 //!
 //! Layout under the store's folder:
 //! - `log/<index, 10 digits>.seg`: the log, every replica's entries in the order they were
-//!   stored, framed as in [`crate::segment`]. A segment is closed once it reaches
+//!   stored, framed as in [`crate::segment`] (an entry that follows its replica's previous
+//!   record in the same segment is stored compact). A segment is closed once it reaches
 //!   `segment_bytes`: OPFS's `createWritable` copies the whole file for an append, so
 //!   segments keep an append's cost independent of the log's length.
 //! - `snap-<generation>.bin` and `SNAPSHOT`, which names the current generation: a new
@@ -23,7 +24,7 @@ use stead_core::log::{Entry, Limits};
 use stead_core::store::{MemStore, Store};
 
 use crate::cached::{CachedStore, Write};
-use crate::segment;
+use crate::segment::{self, Framer};
 use fs::{Dir, FsError};
 
 /// What the adapter's folder is called under a parent, and how big segments get.
@@ -83,6 +84,8 @@ pub struct OpfsStore {
     /// The newest segment and its length.
     segment: u32,
     segment_len: u64,
+    /// What the newest segment's records say, for framing the next ones compact.
+    framer: Framer,
     snapshot_gen: u64,
     recovered: Option<Recovered>,
 }
@@ -115,19 +118,21 @@ impl OpfsStore {
         segments.sort_unstable();
         let (mut segment, mut segment_len) = (0, 0);
         let mut recovered = None;
+        let mut framer = Framer::new(0);
         for (i, &index) in segments.iter().enumerate() {
             let name = segment_name(index);
             let bytes = fs::read_bytes(&log, &name).await?.unwrap_or_default();
-            let scan = segment::scan(&bytes, &options.limits);
-            let (mut valid, mut damage) = (0usize, scan.damage);
-            for entry in &scan.entries {
+            let scan = segment::scan(&bytes, &options.limits).map_err(|reason| OpfsError::Store(format!("log segment {name}: {reason}")))?;
+            let (mut valid, mut damage, mut kept) = (scan.valid.min(segment::SEGMENT_HEADER), scan.damage, 0);
+            for (entry, &end) in scan.entries.iter().zip(&scan.ends) {
                 if let Err(e) = mem.append(entry) {
                     damage = Some(format!("entry out of order: {e}"));
                     break;
                 }
-                valid += segment::RECORD_HEADER + entry.encoded_len();
+                (valid, kept) = (end, kept + 1);
             }
             (segment, segment_len) = (index, valid as u64);
+            framer = if valid > 0 { Framer::resume(&scan.entries[..kept], 0) } else { Framer::new(0) };
             if let Some(reason) = damage {
                 let later = &segments[i + 1..];
                 tracing::warn!(segment = %name, kept = valid, dropped = bytes.len() - valid, later = later.len(), %reason, "cutting off a damaged log tail");
@@ -172,6 +177,7 @@ impl OpfsStore {
             cache: CachedStore::loaded(mem),
             segment,
             segment_len,
+            framer,
             snapshot_gen,
             recovered,
         })
@@ -224,14 +230,21 @@ impl OpfsStore {
     /// Adds a record to the batch bound for the newest segment, first writing the batch
     /// and starting a new segment when the record would overflow it.
     async fn stage(&mut self, entry: &Entry, batch: &mut Vec<u8>) -> Result<(), OpfsError> {
-        let len = (segment::RECORD_HEADER + entry.encoded_len()) as u64;
+        let mut framer = self.framer.clone();
+        let mut record = Vec::new();
+        framer.frame(entry, &mut record);
         let filled = self.segment_len + batch.len() as u64;
-        if filled > 0 && filled + len > self.options.segment_bytes {
+        if filled > 0 && filled + record.len() as u64 > self.options.segment_bytes {
             self.write_batch(batch).await?;
             self.segment += 1;
             self.segment_len = 0;
+            // A new segment starts with a header and each replica's first record whole.
+            framer = Framer::new(0);
+            record.clear();
+            framer.frame(entry, &mut record);
         }
-        segment::frame(entry, batch);
+        batch.extend_from_slice(&record);
+        self.framer = framer;
         Ok(())
     }
 
