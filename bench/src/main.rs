@@ -8,6 +8,13 @@
 //! rest and on the wire, store append cost at 1k vs 1M entries, and open-to-first-query
 //! at 1k vs 100k records. Prints ratios Stead/anchor and writes raw numbers to CSV.
 //!
+//! Bytes are counted where they land: at rest, the size of every file the writers'
+//! `FileStore`s hold under `log/` (segment headers, record framing and checksums
+//! included; no snapshot is saved, and the space's membership log is not counted);
+//! on the wire, every Entries frame a sync would send from those stores, as encoded
+//! (the WebSocket's own few bytes per message are not counted, nor automerge's
+//! transport). automerge's figure for both is its compressed `save()`.
+//!
 //! Run with `cargo run --release -p stead-bench -- core [--quick] [--csv PATH]`.
 //!
 //! The workspace release profile is `opt-level = "z"` (small wasm), which makes
@@ -26,7 +33,7 @@ use stead_core::ids::{RecordId, ReplicaId, SpaceId};
 use stead_core::log::{Entry, EntryHeader, Limits};
 use stead_core::ops::{Op, Value};
 use stead_core::store::Store;
-use stead_core::sync::Frame;
+use stead_core::sync::{Frame, SyncConfig};
 use stead_core::testing::Space;
 use stead_store::{FileStore, Options};
 
@@ -116,19 +123,33 @@ fn bench_stead(o: &Opts, works: &[Vec<(usize, usize, i64)>], fields: &[String], 
     let mut rng = SeededRandom::new(7);
     let space = Space::new(o.replicas + 1, &mut rng);
     let mut wire: Vec<Vec<Vec<u8>>> = Vec::new();
-    let mut at_rest = 0usize;
+    let mut at_rest = 0u64;
+    let sync = SyncConfig::default();
     for (r, work) in works.iter().enumerate() {
-        let mut rep = space.open(r);
-        let mut entries = Vec::new();
+        // Each writer keeps its log in a real file store; at rest is what its segment files
+        // hold, and the wire is the Entries frames its sync would send from that store.
+        let dir = tempfile::tempdir()?;
+        let store = FileStore::open(dir.path(), Options { fsync: false, ..Options::default() })?;
+        let mut rep = space.open_with(r, Box::new(store));
         for (b, chunk) in work.chunks(o.batch).enumerate() {
             let ops = chunk
                 .iter()
                 .map(|&(rec, f, v)| Op::Set { collection: "t".into(), record: record_id(rec), field: fields[f].clone(), value: Value::Int(v) })
                 .collect();
-            entries.push(rep.commit(ops, T0 + b as u64, &mut rng)?);
+            rep.commit(ops, T0 + b as u64, &mut rng)?;
         }
-        at_rest += entries.iter().map(Entry::encoded_len).sum::<usize>();
-        wire.push(entries.chunks(256).map(|c| Frame::Entries(c.to_vec()).encode()).collect());
+        let me = space.identities[r].replica;
+        let mut frames = Vec::new();
+        let mut from = 0;
+        loop {
+            let entries = rep.entries_from(me, from, sync.max_entries, sync.max_bytes)?;
+            let Some(last) = entries.last() else { break };
+            from = last.header.seq + 1;
+            frames.push(Frame::Entries(entries).encode());
+        }
+        wire.push(frames);
+        drop(rep);
+        at_rest += dir_bytes(&dir.path().join("log"))?;
     }
     let total_ops = (o.replicas * o.ops_per_replica) as f64;
     let wire_bytes: usize = wire.iter().flatten().map(Vec::len).sum();
@@ -148,6 +169,8 @@ fn bench_stead(o: &Opts, works: &[Vec<(usize, usize, i64)>], fields: &[String], 
     std::hint::black_box(v);
     m.add("merge", "stead", secs(took), "s");
     m.add("bytes/op at rest", "stead", at_rest as f64 / total_ops, "B");
+    m.add("log files", "stead", at_rest as f64, "B");
+    m.add("entries frames", "stead", wire_bytes as f64, "B");
     m.add("bytes/op on the wire", "stead", wire_bytes as f64 / total_ops, "B");
     Ok(())
 }
@@ -214,6 +237,17 @@ fn bench_yrs(o: &Opts, works: &[Vec<(usize, usize, i64)>], keys: &dyn Fn(usize, 
     m.add("merge", "yrs", secs(took), "s");
     m.add("bytes/op at rest", "yrs", bytes as f64 / total_ops, "B");
     Ok(())
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        total += if meta.is_dir() { dir_bytes(&e.path())? } else { meta.len() };
+    }
+    Ok(total)
 }
 
 /// Mean time of 1,000 appends to a file store already holding `n` entries.
