@@ -3,7 +3,7 @@
 //! One [`Service`] is shared by every connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use stead_core::env::Random;
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, VersionVector};
 use stead_core::membership::Membership;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use crate::commit::{self, Write};
 use crate::error::{Error, Result};
@@ -65,29 +65,32 @@ impl Random for OsRandom {
     }
 }
 
-/// What a connection learns about new entries of its space.
-pub(crate) type Note = Arc<Vec<Entry>>;
-
-pub(crate) struct Subscriber {
-    tx: mpsc::Sender<Note>,
-    lagged: Arc<AtomicBool>,
+/// Entries newly committed to a space (none: another node committed, read the database).
+pub(crate) struct Published {
+    /// The connection that stored them, which need not hear of them again.
+    pub(crate) from: Option<u64>,
+    pub(crate) entries: Vec<Entry>,
 }
+
+/// What a connection learns about new entries of its space.
+pub(crate) type Note = Arc<Published>;
 
 /// A connection's place in the hub; leaves it when dropped.
 pub(crate) struct Registration {
     service: Arc<Service>,
     space: SpaceId,
-    id: u64,
-    pub(crate) rx: mpsc::Receiver<Note>,
-    pub(crate) lagged: Arc<AtomicBool>,
+    pub(crate) id: u64,
+    /// The space's notes. A connection more than `Limits::queue` notes behind is told it
+    /// lagged: it is cut off and catches up when it reconnects.
+    pub(crate) rx: broadcast::Receiver<Note>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut hub = self.service.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(space) = hub.get_mut(&self.space) {
-            space.conns.remove(&self.id);
-            if space.conns.is_empty() {
+            space.conns -= 1;
+            if space.conns == 0 {
                 hub.remove(&self.space);
             }
         }
@@ -95,9 +98,11 @@ impl Drop for Registration {
 }
 
 /// A space with connections on this node.
-#[derive(Default)]
 struct SpaceHub {
-    conns: HashMap<u64, Subscriber>,
+    conns: usize,
+    /// One ring of `Limits::queue` notes shared by the space's connections, rather than a
+    /// queue per connection: an idle connection holds only its place in the ring.
+    notes: broadcast::Sender<Note>,
     /// Replica → next seq committed. Merged by max from the database (once), this node's
     /// commits and other nodes' notifications, so the order they arrive in does not matter.
     vector: Arc<VersionVector>,
@@ -255,15 +260,20 @@ impl Service {
     /// Joins the hub of `space`, unless it is full.
     pub(crate) fn register(self: &Arc<Self>, space: SpaceId) -> Option<Registration> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        let hub = hub.entry(space).or_default();
-        if hub.conns.len() >= self.limits.max_conns_per_space {
+        let queue = self.limits.queue.max(1);
+        let hub = hub.entry(space).or_insert_with(|| SpaceHub {
+            conns: 0,
+            notes: broadcast::channel(queue).0,
+            vector: Arc::default(),
+            loaded: false,
+            epoch: 0,
+        });
+        if hub.conns >= self.limits.max_conns_per_space {
             return None;
         }
+        hub.conns += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.limits.queue.max(1));
-        let lagged = Arc::new(AtomicBool::new(false));
-        hub.conns.insert(id, Subscriber { tx, lagged: lagged.clone() });
-        Some(Registration { service: self.clone(), space, id, rx, lagged })
+        Some(Registration { service: self.clone(), space, id, rx: hub.notes.subscribe() })
     }
 
     /// The version vector of `space` if this node holds it (the space has connections here
@@ -308,7 +318,7 @@ impl Service {
                 }
             }
         }
-        self.publish(remote.space, None, Arc::new(Vec::new()));
+        self.publish(remote.space, None, Vec::new());
     }
 
     /// Runs a write in a durable transaction (grouped with other connections' writes when
@@ -333,36 +343,20 @@ impl Service {
     }
 
     /// Tells every connection of `space` but `from` about newly committed entries (after
-    /// advancing the space's vector past them). One whose queue is full is cut off: it is
-    /// told why and catches up when it reconnects.
-    pub(crate) fn publish(&self, space: SpaceId, from: Option<u64>, note: Note) {
+    /// advancing the space's vector past them).
+    pub(crate) fn publish(&self, space: SpaceId, from: Option<u64>, entries: Vec<Entry>) {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         let Some(h) = hub.get_mut(&space) else { return };
-        if !note.is_empty() {
+        if !entries.is_empty() {
             let mut advanced = VersionVector::new();
-            for e in note.iter() {
+            for e in &entries {
                 let n = advanced.entry(e.header.replica).or_insert(0);
                 *n = (*n).max(e.header.seq + 1);
             }
             h.merge(&advanced);
         }
-        h.conns.retain(|id, sub| {
-            if Some(*id) == from {
-                return true;
-            }
-            match sub.tx.try_send(note.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    sub.lagged.store(true, Ordering::SeqCst);
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
-    }
-
-    pub(crate) fn registration_id(reg: &Registration) -> u64 {
-        reg.id
+        // No receiver is not an error: the space's connections are all gone.
+        let _ = h.notes.send(Arc::new(Published { from, entries }));
     }
 
     /// The verified membership of `space` (cached by version); `None` for an unknown space.
@@ -400,6 +394,6 @@ impl Service {
     }
 
     pub(crate) fn connections(&self) -> usize {
-        self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.conns.len()).sum()
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.conns).sum()
     }
 }

@@ -27,6 +27,8 @@ use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
 use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 
 use crate::commit::{Ctx, Write, entries_in};
+use tokio::sync::broadcast;
+
 use crate::service::{Note, OsRandom, Service};
 
 /// Frames generated per step at most; the rest follow once these are on the wire.
@@ -62,7 +64,7 @@ impl SyncPeer for ReadPeer<'_> {
         let mut out: Vec<Entry> = Vec::new();
         let mut next = from_seq;
         let mut bytes = 0;
-        for e in self.recent.iter().flat_map(|n| n.iter()) {
+        for e in self.recent.iter().flat_map(|n| n.entries.iter()) {
             if e.header.replica == replica && e.header.seq == next && out.len() < max_entries && bytes < max_bytes {
                 bytes += e.encoded_len();
                 out.push(e.clone());
@@ -164,7 +166,7 @@ fn check_limits(service: &Service, bytes: &[u8], rate: &mut Rate) -> Option<(u16
 /// What woke a waiting connection.
 enum Event {
     Message(Option<Result<Message, axum::Error>>),
-    Note(Option<Note>),
+    Note(Result<Note, broadcast::error::RecvError>),
     Shutdown,
 }
 
@@ -175,8 +177,11 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let send_timeout = service.limits.send_timeout;
     macro_rules! send {
-        ($msg:expr) => {
-            match tokio::time::timeout(send_timeout, sink.send($msg)).await {
+        ($msg:expr) => {{
+            // Boxed in a statement of its own, like every rarely awaited future here, so
+            // it takes no room in the task of an idle connection.
+            let sending = Box::pin(tokio::time::timeout(send_timeout, sink.send($msg)));
+            match sending.await {
                 Ok(Ok(())) => true,
                 Ok(Err(_)) => false,
                 Err(_) => {
@@ -185,7 +190,7 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
                     false
                 }
             }
-        };
+        }};
     }
     let mut shutdown = service.shutdown_signal();
     if service.is_shutting_down() {
@@ -194,7 +199,8 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
     }
 
     // The hello names the space; nothing else is accepted before it.
-    let first = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
+    let hello = Box::pin(tokio::time::timeout(HELLO_TIMEOUT, stream.next()));
+    let first = match hello.await {
         Ok(Some(Ok(Message::Binary(b)))) => b,
         _ => return,
     };
@@ -213,7 +219,8 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         }
     };
     let svc = service.clone();
-    let members = tokio::task::spawn_blocking(move || svc.members(space)).await;
+    let loading = tokio::task::spawn_blocking(move || svc.members(space));
+    let members = loading.await;
     let (members_version, members) = match members {
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => {
@@ -232,7 +239,7 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         let _ = send!(error_frame(code::BUSY, "too many connections to this space"));
         return;
     };
-    let conn_id = Service::registration_id(&reg);
+    let conn_id = reg.id;
     let config = SyncConfig { require_member: true, limits, ..SyncConfig::default() };
     let sync = Sync::new(config, &mut OsRandom);
     let ctx = Ctx { space, members, members_version, server: service.id, service: service.clone() };
@@ -257,7 +264,8 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
             if frames.iter().any(|f| f.first() == Some(&3)) {
                 ack_started = Some(Instant::now());
                 let write = Write { ctx, sync, frames, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
-                let Some(w) = service.commit(write).await else {
+                let committing = Box::pin(service.commit(write));
+                let Some(w) = committing.await else {
                     tracing::error!(%space, "the commit was abandoned");
                     return;
                 };
@@ -269,7 +277,7 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
                     return;
                 }
                 if !w.stored.is_empty() {
-                    service.publish(space, Some(conn_id), Arc::new(w.stored));
+                    service.publish(space, Some(conn_id), w.stored);
                 }
                 (ctx, sync) = (w.ctx, w.sync);
             } else {
@@ -295,14 +303,14 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
         if vector.is_none() || (out.needed_db && !out.more && !out.close) {
             let (ctx, mut sync) = state.take().expect("the state is here between steps");
             let notes = std::mem::take(&mut recent);
-            let joined = tokio::task::spawn_blocking(move || {
+            let generating = tokio::task::spawn_blocking(move || {
                 let loaded = ctx.service.load_vector(ctx.space);
                 if let Ok(v) = &loaded {
                     generate(&ctx, &mut sync, v, &notes, true, &mut out);
                 }
                 (ctx, sync, notes, out, loaded.err())
-            })
-            .await;
+            });
+            let joined = generating.await;
             let Ok((ctx, sync, notes, o, failed)) = joined else {
                 tracing::error!("a sync step panicked");
                 return;
@@ -333,11 +341,6 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
             continue;
         }
         recent.clear();
-        if reg.lagged.load(Ordering::SeqCst) {
-            service.metrics.reject("too_slow");
-            let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
-            return;
-        }
 
         // Wait for the next thing to do.
         let event = match held.take() {
@@ -399,18 +402,32 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
                 return;
             }
             Event::Message(None) => return,
-            Event::Note(Some(n)) => {
-                recent.push(n);
-                while let Ok(n) = reg.rx.try_recv() {
-                    recent.push(n);
+            Event::Note(Ok(n)) => {
+                let mut next = Ok(n);
+                loop {
+                    match next {
+                        Ok(n) => {
+                            if n.from != Some(conn_id) {
+                                recent.push(n);
+                            }
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            service.metrics.reject("too_slow");
+                            let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
+                            return;
+                        }
+                        Err(_) => break,
+                    }
+                    next = reg.rx.try_recv();
                 }
             }
-            Event::Note(None) => {
-                // The hub dropped this connection: its queue overflowed.
+            Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => {
+                // More than `Limits::queue` notes went by unread: this connection is too slow.
                 service.metrics.reject("too_slow");
                 let _ = send!(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up"));
                 return;
             }
+            Event::Note(Err(broadcast::error::RecvError::Closed)) => return,
             Event::Shutdown => {
                 let _ = send!(error_frame(code::SHUTTING_DOWN, "the server is shutting down"));
                 let _ = sink.close().await;
