@@ -86,6 +86,18 @@ async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() ->
     let server = Server::start(&env, &env.dist)?;
     let (a, b, _) = pair(&env, &server).await?;
 
+    // The space's secrets are sealed at rest under a key script cannot read.
+    let at_rest = a
+        .js_async(
+            "const db = await new Promise((ok, err) => { const r = indexedDB.open('stead'); r.onsuccess = () => ok(r.result); r.onerror = err; });\
+             const get = (store, f) => new Promise((ok) => { const r = db.transaction(store).objectStore(store)[f](); r.onsuccess = () => ok(r.result); });\
+             const keys = await get('keys', 'getAll'); const spaces = await get('spaces', 'getAll');\
+             const text = new TextDecoder().decode(spaces[0]);\
+             return {key: keys[0] instanceof CryptoKey, extractable: keys[0].extractable, spaces: spaces.length, plain: text.includes('signing') || text.includes('{')};",
+        )
+        .await?;
+    assert_eq!(at_rest, json!({"key": true, "extractable": false, "spaces": 1, "plain": false}), "{at_rest}");
+
     a.add_todo("written in A").await?;
     wait_shown(&b, "written in A", Duration::from_secs(5)).await?;
     b.add_todo("written in B").await?;
@@ -302,5 +314,40 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Re
     a.driver.refresh().await?;
     a.add_todo("after the disk had room again").await?;
     assert_eq!(shown(&a).await?, ["kept", "after the disk had room again"]);
+    a.quit().await
+}
+
+#[tokio::test]
+async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    space(&a).await?;
+    let made = api(&a, "POST", "spaces", Some(json!({"storage": "indexeddb"}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
+    let idb_space = made["body"]["space"].as_str().expect("a space").to_owned();
+    let notes = format!("spaces/{idb_space}/collections/notes");
+    for i in 0..5 {
+        api(&a, "POST", &notes, Some(json!({"fields": {"n": i}}))).await?;
+    }
+    let opfs_has_it = a
+        .js_async(&format!(
+            "const root = await navigator.storage.getDirectory();\
+             try {{ await (await (await root.getDirectoryHandle('stead-data')).getDirectoryHandle('spaces')).getDirectoryHandle('{idb_space}'); return true; }}\
+             catch (e) {{ return false; }}"
+        ))
+        .await?;
+    assert_eq!(opfs_has_it, json!(false), "the space's log is not in OPFS");
+    a.stop_workers().await?;
+    let records = api(&a, "GET", &notes, None).await?;
+    let ns: Vec<i64> = records["body"]["records"].as_array().unwrap().iter().map(|r| r["fields"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(ns, [0, 1, 2, 3, 4]);
+    wait_for("the IndexedDB space to be synced", Duration::from_secs(30), || async {
+        let s = api(&a, "GET", &format!("spaces/{idb_space}/status"), None).await?;
+        Ok((s["body"]["state"] == "online" && s["body"]["pending"] == 0).then_some(()))
+    })
+    .await?;
     a.quit().await
 }

@@ -251,6 +251,8 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     })
     .await?;
     assert_eq!(browser.js_async(opfs_names).await?, serde_json::json!([]));
+    let databases = browser.js_async("return (await indexedDB.databases()).map(d => d.name);").await?;
+    assert_eq!(databases, serde_json::json!([]), "the keys and any IndexedDB store are gone too");
     // The page keeps working from the network.
     browser.driver.refresh().await?;
     browser.add_todo("after the kill switch").await?;

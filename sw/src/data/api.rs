@@ -109,6 +109,12 @@ fn schema_from(j: &J) -> Result<Option<Schema>, DataError> {
 async fn create_space(data: &Data, body: J) -> Answer {
     use stead_core::env::Random;
     let schema = schema_from(&body)?;
+    let storage = match body.get("storage").and_then(J::as_str) {
+        None => super::StorageKind::detect().await,
+        Some("opfs") => super::StorageKind::Opfs,
+        Some("indexeddb") => super::StorageKind::Indexeddb,
+        Some(other) => return Err(DataError::bad_request(format!("storage {other:?}: expected \"opfs\" or \"indexeddb\""))),
+    };
     let mut rng = WebRandom;
     let space = SpaceId::generate(&WebClock, &mut rng);
     let me = Membership {
@@ -117,6 +123,7 @@ async fn create_space(data: &Data, body: J) -> Answer {
         signing: ed25519_dalek::SigningKey::from_bytes(&rng.array()),
         agreement: rng.array(),
         key: stead_core::crypto::SpaceKey(rng.array()),
+        storage,
     };
     let member = Member {
         replica: me.replica,
@@ -143,7 +150,7 @@ async fn join(data: &Data, body: J) -> Answer {
         .ok_or_else(|| DataError::new(403, "not invited", "the membership log holds no key for this invite"))?;
     let key = stead_core::crypto::unwrap_space_key(wrapped, space, &agreement)
         .map_err(|e| DataError::new(403, "not invited", format!("the invite does not open the space key: {e}")))?;
-    let me = Membership { space, replica, signing, agreement, key };
+    let me = Membership { space, replica, signing, agreement, key, storage: super::StorageKind::detect().await };
     let engine = data.add_space(me, members).await?;
     Ok((201, json!({ "space": space.to_string(), "joined": true, "status": engine.status_json() })))
 }

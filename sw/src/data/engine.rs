@@ -15,13 +15,15 @@ use stead_core::membership::{Member, Membership as Members};
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
 use stead_core::store::Store;
 use stead_core::sync::{Frame, Sync, SyncConfig, code};
-use stead_store::opfs::{OpfsOptions, OpfsStore};
+use stead_store::CachedStore;
+use stead_store::idb::IdbStore;
+use stead_store::opfs::{OpfsError, OpfsOptions, OpfsStore};
 use wasm_bindgen::{JsCast, JsValue, closure::Closure};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use super::{DataError, Membership, WebRandom, now_ms};
-use crate::opfs::{self, Dir};
+use super::{DataError, Membership, StorageKind, WebRandom, now_ms};
+use crate::opfs;
 
 /// Reconnect delays: the first, and the cap; each is jittered down to half its value.
 const BACKOFF_MIN_MS: f64 = 250.0;
@@ -48,11 +50,65 @@ struct Conn {
     _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
+/// The storage under a space's replica.
+#[derive(Debug)]
+pub enum Backend {
+    Opfs(OpfsStore),
+    Idb(IdbStore),
+}
+
+impl Backend {
+    async fn open(me: &Membership) -> Result<Backend, DataError> {
+        Ok(match me.storage {
+            StorageKind::Opfs => {
+                let dir = opfs::dir(&super::space_dir(me.space).await?, "store", true).await?.expect("created");
+                Backend::Opfs(OpfsStore::open(dir, OpfsOptions::default()).await?)
+            }
+            StorageKind::Indexeddb => Backend::Idb(IdbStore::open(&super::space_db(me.space), Default::default()).await?),
+        })
+    }
+
+    fn cache(&self) -> CachedStore {
+        match self {
+            Backend::Opfs(s) => s.cache(),
+            Backend::Idb(s) => s.cache(),
+        }
+    }
+
+    fn has_pending(&self) -> bool {
+        match self {
+            Backend::Opfs(s) => s.has_pending(),
+            Backend::Idb(s) => s.has_pending(),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<usize, OpfsError> {
+        match self {
+            Backend::Opfs(s) => s.flush().await,
+            Backend::Idb(s) => s.flush().await,
+        }
+    }
+
+    fn recovered(&self) -> Option<String> {
+        match self {
+            Backend::Opfs(s) => s.recovered().map(|r| {
+                format!("cut a damaged log tail in {}: kept {} bytes, dropped {} ({})", r.segment, r.kept_bytes, r.dropped_bytes, r.reason)
+            }),
+            Backend::Idb(s) => s.recovered().map(str::to_owned),
+        }
+    }
+
+    fn close(&self) {
+        if let Backend::Idb(s) = self {
+            s.close();
+        }
+    }
+}
+
 pub struct Engine {
     me: Membership,
-    dir: Dir,
     replica: RefCell<Replica>,
-    store: futures::lock::Mutex<OpfsStore>,
+    store: futures::lock::Mutex<Backend>,
     /// The store's in-memory side, shared with the replica.
     cache: RefCell<stead_store::CachedStore>,
     /// Counts rollbacks after failed flushes: a writer whose flush saw the count change
@@ -78,9 +134,8 @@ fn identity(me: &Membership) -> Identity {
     Identity { space: me.space, replica: me.replica, signing: me.signing.clone(), space_key: me.key.clone() }
 }
 
-async fn open_replica(me: &Membership, dir: &Dir, members: Option<Members>) -> Result<(OpfsStore, Replica), DataError> {
-    let store_dir = opfs::dir(dir, "store", true).await?.expect("created");
-    let store = OpfsStore::open(store_dir, OpfsOptions::default()).await?;
+async fn open_replica(me: &Membership, members: Option<Members>) -> Result<(Backend, Replica), DataError> {
+    let store = Backend::open(me).await?;
     let mut cache = store.cache();
     let stored = cache.meta("membership")?.map(|b| Members::decode(&b)).transpose()?;
     let (members, fresh) = match (stored, members) {
@@ -168,16 +223,13 @@ fn sleep(ms: f64) -> JsFuture {
 }
 
 impl Engine {
-    pub async fn open(me: Membership, dir: Dir, members: Option<Members>) -> Result<Rc<Engine>, DataError> {
-        let (mut store, replica) = open_replica(&me, &dir, members).await?;
+    pub async fn open(me: Membership, members: Option<Members>) -> Result<Rc<Engine>, DataError> {
+        let (mut store, replica) = open_replica(&me, members).await?;
         // A membership log given to a new space is written before the space exists.
         store.flush().await?;
-        let recovered = store.recovered().map(|r| {
-            format!("cut a damaged log tail in {}: kept {} bytes, dropped {} ({})", r.segment, r.kept_bytes, r.dropped_bytes, r.reason)
-        });
+        let recovered = store.recovered();
         Ok(Rc::new(Engine {
             me,
-            dir,
             replica: RefCell::new(replica),
             cache: RefCell::new(store.cache()),
             store: futures::lock::Mutex::new(store),
@@ -238,7 +290,8 @@ impl Engine {
         if let Err(e) = store.flush().await {
             let err = DataError::from(e);
             self.rollbacks.set(self.rollbacks.get() + 1);
-            match open_replica(&self.me, &self.dir, None).await {
+            store.close();
+            match open_replica(&self.me, None).await {
                 Ok((s, r)) => {
                     *self.cache.borrow_mut() = s.cache();
                     *store = s;
@@ -471,6 +524,9 @@ impl Engine {
     /// Closes the connection for good (the reconnect loop stops with the last `Rc`).
     pub fn close(self: &Rc<Self>) {
         self.closed.set(true);
+        if let Some(store) = self.store.try_lock() {
+            store.close();
+        }
         if let Some(c) = self.conn.borrow_mut().take() {
             c.ws.set_onclose(None);
             c.ws.set_onmessage(None);

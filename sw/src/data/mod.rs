@@ -3,14 +3,17 @@
 //! WebSocket. Pages reach it through the page API ([`api`]) and hear of changes on the
 //! `stead` BroadcastChannel.
 //!
-//! OPFS layout (a root of its own, `stead-data/`, apart from the bundle's `stead/`, so
-//! installing or withdrawing a version never touches the user's data):
-//! - `spaces/<space>/space.json`: this device's identity in the space and the space key;
-//! - `spaces/<space>/store/`: the replica's log, snapshot and metadata (stead-store).
+//! Where things live:
+//! - IndexedDB `stead` ([`keys`]): this device's identity in each space and the space
+//!   key, sealed under a non-extractable device key;
+//! - each space's log, snapshot and metadata (stead-store): in OPFS under
+//!   `stead-data/spaces/<space>/store/` (apart from the bundle's `stead/`), or in the
+//!   IndexedDB database `stead-space-<space>` where OPFS cannot be written.
 
 pub mod api;
 pub mod engine;
 pub mod json;
+pub mod keys;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -59,8 +62,26 @@ pub fn now_ms() -> u64 {
     WebClock.now_ms()
 }
 
-/// This device's place in one space: its replica and keys, and the space key. Kept in
-/// `space.json`; never sent anywhere.
+/// Which storage holds a space's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Opfs,
+    Indexeddb,
+}
+
+impl StorageKind {
+    /// OPFS where this scope can write it, IndexedDB otherwise.
+    pub async fn detect() -> StorageKind {
+        match data_root().await {
+            Ok(_) => StorageKind::Opfs,
+            Err(_) => StorageKind::Indexeddb,
+        }
+    }
+}
+
+/// This device's place in one space: its replica and keys, the space key, and where
+/// its log is stored. Kept sealed ([`keys`]); never sent anywhere.
 #[derive(Clone)]
 pub struct Membership {
     pub space: SpaceId,
@@ -68,6 +89,7 @@ pub struct Membership {
     pub signing: SigningKey,
     pub agreement: [u8; 32],
     pub key: SpaceKey,
+    pub storage: StorageKind,
 }
 
 impl std::fmt::Debug for Membership {
@@ -83,6 +105,7 @@ struct SpaceFile {
     signing: String,
     agreement: String,
     key: String,
+    storage: StorageKind,
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -97,6 +120,7 @@ impl Membership {
             signing: hex::encode(self.signing.to_bytes()),
             agreement: hex::encode(self.agreement),
             key: hex::encode(self.key.0),
+            storage: self.storage,
         };
         serde_json::to_vec_pretty(&f).expect("serialisable")
     }
@@ -109,6 +133,7 @@ impl Membership {
             signing: SigningKey::from_bytes(&hex32(&f.signing)?),
             agreement: hex32(&f.agreement)?,
             key: SpaceKey(hex32(&f.key)?),
+            storage: f.storage,
         })
     }
 }
@@ -197,8 +222,15 @@ async fn data_root() -> Result<Dir, DataError> {
     Ok(opfs::dir(&opfs::root().await?, DATA_ROOT, true).await?.expect("created"))
 }
 
-async fn spaces_dir() -> Result<Dir, DataError> {
-    Ok(opfs::dir(&data_root().await?, "spaces", true).await?.expect("created"))
+/// The OPFS folder of a space's store.
+pub async fn space_dir(space: SpaceId) -> Result<Dir, DataError> {
+    let spaces = opfs::dir(&data_root().await?, "spaces", true).await?.expect("created");
+    Ok(opfs::dir(&spaces, &space.to_string(), true).await?.expect("created"))
+}
+
+/// The IndexedDB database of a space's store.
+pub fn space_db(space: SpaceId) -> String {
+    format!("stead-space-{space}")
 }
 
 impl Data {
@@ -208,9 +240,7 @@ impl Data {
 
     /// The spaces this device holds.
     pub async fn spaces(&self) -> Result<Vec<SpaceId>, DataError> {
-        let mut out: Vec<SpaceId> = opfs::names(&spaces_dir().await?).await?.iter().filter_map(|n| n.parse().ok()).collect();
-        out.sort();
-        Ok(out)
+        keys::spaces().await
     }
 
     /// The engine of `space`, opening it on first use.
@@ -222,14 +252,8 @@ impl Data {
         if let Some(e) = self.engines.borrow().get(&space) {
             return Ok(e.clone());
         }
-        let dir = opfs::dir(&spaces_dir().await?, &space.to_string(), false)
-            .await?
-            .ok_or_else(|| DataError::not_found(format!("this device holds no space {space}")))?;
-        let bytes = opfs::read_bytes(&dir, "space.json")
-            .await?
-            .ok_or_else(|| DataError::not_found(format!("space {space} has no space.json")))?;
-        let me = Membership::from_json(&bytes).ok_or_else(|| DataError::new(500, "storage error", format!("space {space}: space.json is damaged")))?;
-        let engine = Engine::open(me, dir, None).await?;
+        let me = keys::load(space).await?.ok_or_else(|| DataError::not_found(format!("this device holds no space {space}")))?;
+        let engine = Engine::open(me, None).await?;
         self.engines.borrow_mut().insert(space, engine.clone());
         engine.connect();
         Ok(engine)
@@ -238,10 +262,9 @@ impl Data {
     /// Stores a new space membership and opens its engine.
     pub async fn add_space(&self, me: Membership, members: stead_core::membership::Membership) -> Result<Rc<Engine>, DataError> {
         let _guard = self.opening.lock().await;
-        let dir = opfs::dir(&spaces_dir().await?, &me.space.to_string(), true).await?.expect("created");
-        let engine = Engine::open(me.clone(), dir.clone(), Some(members)).await?;
-        // The identity is written last: a space folder without it is not a space yet.
-        opfs::write_bytes(&dir, "space.json", &me.to_json()).await?;
+        let engine = Engine::open(me.clone(), Some(members)).await?;
+        // The identity is saved last: a store without it is not a space yet.
+        keys::save(&me).await?;
         self.engines.borrow_mut().insert(me.space, engine.clone());
         engine.connect();
         Ok(engine)
@@ -257,7 +280,7 @@ impl Data {
     }
 
     /// The kill switch: gives every space a few seconds to send what the server has not
-    /// acknowledged, closes the connections, and erases the data.
+    /// acknowledged, closes the connections, and erases the data and the keys.
     pub async fn erase(&self, settle_ms: f64) -> Result<(), DataError> {
         let _guard = self.opening.lock().await;
         let engines: Vec<Rc<Engine>> = std::mem::take(&mut *self.engines.borrow_mut()).into_values().collect();
@@ -267,6 +290,11 @@ impl Data {
             }
             engine.close();
         }
+        drop(engines);
+        for space in keys::spaces().await.unwrap_or_default() {
+            stead_store::idb::destroy(&space_db(space)).await?;
+        }
+        stead_store::idb::destroy(keys::DB).await?;
         opfs::remove(&opfs::root().await?, DATA_ROOT, true).await?;
         Ok(())
     }

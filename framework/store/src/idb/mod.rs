@@ -80,6 +80,11 @@ impl IdbStore {
         self.cache.has_pending()
     }
 
+    /// Closes the database connection (a pending delete of the database waits for it).
+    pub fn close(&self) {
+        self.db.close();
+    }
+
     /// Writes everything queued in one transaction; returns how many writes it made.
     /// After an error nothing of the batch is stored and the cache is ahead: reopen.
     pub async fn flush(&mut self) -> Result<usize, OpfsError> {
