@@ -137,6 +137,23 @@ async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Re
     let status = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
     assert!(status["body"]["pending"].as_u64() > Some(0), "A has changes waiting: {status}");
 
+    // A blob written offline: stored on A at once, readable by range.
+    let marker = "stead-blob-canary-7f3a";
+    let blob = a
+        .js_async(&format!(
+            "const text = '{marker} ' + 'x'.repeat(100000);\
+             const r = await fetch('/_stead/v1/spaces/{space}/blobs', {{method: 'POST', headers: {{'content-type': 'text/plain'}}, body: text}});\
+             const b = await r.json();\
+             const part = await fetch('/_stead/v1/spaces/{space}/blobs/' + b.sha256 + '?mime=text/plain', {{headers: {{range: 'bytes=0-21'}}}});\
+             return {{status: r.status, sha: b.sha256, size: b.size, range_status: part.status, range: await part.text(), content_range: part.headers.get('content-range')}};"
+        ))
+        .await?;
+    assert_eq!(blob["status"], 201, "{blob}");
+    assert_eq!(blob["range_status"], 206, "{blob}");
+    assert_eq!(blob["range"], marker, "{blob}");
+    assert_eq!(blob["content_range"], "bytes 0-21/100023", "{blob}");
+    let sha = blob["sha"].as_str().expect("a blob address").to_owned();
+
     let server = server.restart(&env)?;
     let converged = wait_for("both devices to hold the same records", Duration::from_secs(60), || async {
         let ra = api(&a, "GET", &todos, None).await?["body"]["records"].clone();
@@ -157,9 +174,34 @@ async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Re
         wait_shown(dev, "only in B", Duration::from_secs(10)).await?;
     }
     wait_online(&a).await?;
+
+    // B never had the blob: it comes from the server, sealed, and opens on B.
+    let fetched = b
+        .js_async(&format!(
+            "const r = await fetch('/_stead/v1/spaces/{space}/blobs/{sha}'); const t = await r.text();\
+             return {{status: r.status, len: t.length, head: t.slice(0, 22)}};"
+        ))
+        .await?;
+    assert_eq!(fetched, json!({"status": 200, "len": 100023, "head": marker}), "{fetched}");
+    // The server holds only ciphertext: the marker is in none of its files.
+    for file in walk(server.dir.path()) {
+        let bytes = std::fs::read(&file)?;
+        for plain in [marker, "only in A", "shared, edited by B"] {
+            assert!(!bytes.windows(plain.len()).any(|w| w == plain.as_bytes()), "{plain:?} in the clear in {}", file.display());
+        }
+    }
     drop(server);
     a.quit().await?;
     b.quit().await
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
 }
 
 /// Flips a byte near the end of the newest log segment of `space`, from the page.

@@ -38,17 +38,59 @@ pub fn is_data_route(rel: &str) -> bool {
 }
 
 pub async fn handle(request: Request, rel: String) -> Result<JsValue, JsValue> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if let ["_stead", "v1", "spaces", space, "blobs", sha] = parts.as_slice() {
+        if request.method() == "GET" {
+            return match blob_response(&request, space, sha).await {
+                Ok(r) => Ok(r.into()),
+                Err(e) => problem(e).map(Into::into),
+            };
+        }
+    }
     let out = match route(&request, &rel).await {
         Ok((status, body)) => respond(status, &body, "application/json"),
-        Err(e) => {
-            let mut body = json!({"type": "about:blank", "title": e.title, "status": e.status, "detail": e.detail});
-            if let (Some(J::Object(extra)), J::Object(b)) = (e.extra, &mut body) {
-                b.extend(extra);
-            }
-            respond(e.status, &body, "application/problem+json")
-        }
+        Err(e) => problem(e),
     };
     out.map(Into::into)
+}
+
+fn problem(e: DataError) -> Result<Response, JsValue> {
+    let mut body = json!({"type": "about:blank", "title": e.title, "status": e.status, "detail": e.detail});
+    if let (Some(J::Object(extra)), J::Object(b)) = (e.extra, &mut body) {
+        b.extend(extra);
+    }
+    respond(e.status, &body, "application/problem+json")
+}
+
+/// `GET spaces/{space}/blobs/{sha256}?mime=`: the blob's plaintext, whole or one range.
+async fn blob_response(request: &Request, space: &str, sha: &str) -> Result<Response, DataError> {
+    let engine = Data::get().engine(parse_id::<SpaceId>("space", space)?).await?;
+    let mut content = super::blobs::get(&engine, sha).await?;
+    let headers = Headers::new()?;
+    let mime = params(request)?.get("mime").unwrap_or_else(|| "application/octet-stream".into());
+    headers.set("content-type", &mime)?;
+    headers.set("accept-ranges", "bytes")?;
+    // Content-addressed: the bytes behind this URL never change.
+    headers.set("cache-control", "private, max-age=31536000, immutable")?;
+    let init = ResponseInit::new();
+    let len = content.len() as u64;
+    if let Some(h) = request.headers().get("range")? {
+        match super::blobs::range(&h, len) {
+            Some((a, b)) => {
+                content = content[a as usize..=b as usize].to_vec();
+                headers.set("content-range", &format!("bytes {a}-{b}/{len}"))?;
+                init.set_status(206);
+            }
+            None => {
+                headers.set("content-range", &format!("bytes */{len}"))?;
+                init.set_status(416);
+                init.set_headers(&headers);
+                return Ok(Response::new_with_opt_str_and_init(None, &init)?);
+            }
+        }
+    }
+    init.set_headers(&headers);
+    Ok(Response::new_with_opt_u8_array_and_init(Some(&mut content), &init)?)
 }
 
 fn respond(status: u16, body: &J, mime: &str) -> Result<Response, JsValue> {
@@ -181,6 +223,13 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
             Ok((200, json!({"ok": true})))
         }
         ("POST", ["invites"]) => Ok((201, json!({ "invite": engine.invite().await? }))),
+        ("POST", ["blobs"]) => {
+            let buf = JsFuture::from(request.array_buffer()?).await?;
+            let content = js_sys::Uint8Array::new(&buf).to_vec();
+            let mime = request.headers().get("content-type")?.unwrap_or_else(|| "application/octet-stream".into());
+            let sha = super::blobs::put(engine, &content).await?;
+            Ok((201, json!({ "sha256": sha, "size": content.len(), "mime": mime })))
+        }
         ("POST", ["undo"]) => {
             let n = body(request).await?.get("n").and_then(J::as_u64).unwrap_or(1) as usize;
             let undone = engine.write(|r, rng| Ok(r.undo(n, super::now_ms(), rng)?.map(|e| e.header.seq))).await?;

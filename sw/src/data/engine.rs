@@ -377,6 +377,8 @@ impl Engine {
             put_members(&members).await?;
             self.members_pushed.set(members.events().len());
         }
+        // Blobs written offline go up before the entries that may refer to them.
+        super::blobs::upload_pending(self).await?;
         match get_members(self.me.space, self.me.replica, &self.me.signing).await {
             Ok(m) => {
                 let ours = members.events().len();

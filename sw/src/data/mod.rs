@@ -11,6 +11,7 @@
 //!   IndexedDB database `stead-space-<space>` where OPFS cannot be written.
 
 pub mod api;
+pub mod blobs;
 pub mod engine;
 pub mod json;
 pub mod keys;
@@ -293,6 +294,7 @@ impl Data {
         drop(engines);
         for space in keys::spaces().await.unwrap_or_default() {
             stead_store::idb::destroy(&space_db(space)).await?;
+            stead_store::idb::destroy(&format!("{}-blobs", space_db(space))).await?;
         }
         stead_store::idb::destroy(keys::DB).await?;
         opfs::remove(&opfs::root().await?, DATA_ROOT, true).await?;

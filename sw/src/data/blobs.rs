@@ -1,0 +1,171 @@
+//! Blobs: content sealed under the space key (stead-core's `seal_blob`), addressed by the
+//! SHA-256 of the sealed form, kept on the device and uploaded to the server's
+//! `/blobs/{sha256}`. The page stores and reads plaintext; the server only ever sees the
+//! sealed bytes. A blob written offline waits in the `blobs-pending` list (store
+//! metadata) and goes up on the next connection.
+
+use std::rc::Rc;
+
+use js_sys::Uint8Array;
+use sha2::{Digest, Sha256};
+use stead_core::env::Random;
+use stead_store::idb::db;
+
+use super::engine::{Engine, authorization, server_fetch};
+use super::{DataError, StorageKind, WebRandom, space_dir};
+use crate::opfs;
+
+const PENDING: &str = "blobs-pending";
+
+fn blob_db(engine: &Engine) -> String {
+    format!("{}-blobs", super::space_db(engine.space()))
+}
+
+async fn put_local(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), DataError> {
+    match engine.me().storage {
+        StorageKind::Opfs => {
+            let dir = opfs::dir(&space_dir(engine.space()).await?, "blobs", true).await?.expect("created");
+            opfs::write_bytes(&dir, sha, sealed).await?;
+        }
+        StorageKind::Indexeddb => {
+            let d = db::open(&blob_db(engine), &["blobs"]).await?;
+            db::put(&d, "blobs", sha, &Uint8Array::from(sealed).into()).await?;
+            d.close();
+        }
+    }
+    Ok(())
+}
+
+async fn get_local(engine: &Engine, sha: &str) -> Result<Option<Vec<u8>>, DataError> {
+    Ok(match engine.me().storage {
+        StorageKind::Opfs => {
+            let dir = opfs::dir(&space_dir(engine.space()).await?, "blobs", true).await?.expect("created");
+            opfs::read_bytes(&dir, sha).await?
+        }
+        StorageKind::Indexeddb => {
+            let d = db::open(&blob_db(engine), &["blobs"]).await?;
+            let v = db::get(&d, "blobs", sha).await?.map(|v| Uint8Array::new(&v).to_vec());
+            d.close();
+            v
+        }
+    })
+}
+
+fn pending(engine: &Engine) -> Vec<String> {
+    engine
+        .read(|r| r.store().meta(PENDING).ok().flatten())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+async fn set_pending(engine: &Rc<Engine>, list: &[String]) -> Result<(), DataError> {
+    engine.put_meta(PENDING, &serde_json::to_vec(list).expect("serialisable"))?;
+    engine.flush().await
+}
+
+async fn upload(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), String> {
+    let path = format!("/blobs/{sha}");
+    let me = engine.me();
+    let auth = authorization(me.space, me.replica, &me.signing, "PUT", &path);
+    match server_fetch("PUT", &path, Some(auth), Some(sealed)).await? {
+        (s, _) if (200..300).contains(&s) => Ok(()),
+        (s, body) => Err(format!("the server refused blob {sha}: HTTP {s}: {}", String::from_utf8_lossy(&body))),
+    }
+}
+
+/// Seals and stores `content`; uploads it now if the server is reachable. Returns the
+/// blob's address (SHA-256 of the sealed form, hex).
+pub async fn put(engine: &Rc<Engine>, content: &[u8]) -> Result<String, DataError> {
+    let me = engine.me();
+    let sealed = stead_core::crypto::seal_blob(&me.key, WebRandom.array(), me.space, content);
+    let sha = hex::encode(Sha256::digest(&sealed));
+    put_local(engine, &sha, &sealed).await?;
+    if upload(engine, &sha, &sealed).await.is_err() {
+        let mut list = pending(engine);
+        if !list.contains(&sha) {
+            list.push(sha.clone());
+            set_pending(engine, &list).await?;
+        }
+    }
+    Ok(sha)
+}
+
+/// Uploads the blobs written while offline; stops at the first failure.
+pub async fn upload_pending(engine: &Rc<Engine>) -> Result<(), String> {
+    let mut list = pending(engine);
+    while let Some(sha) = list.first().cloned() {
+        let sealed = get_local(engine, &sha).await.map_err(|e| e.to_string())?;
+        if let Some(sealed) = sealed {
+            upload(engine, &sha, &sealed).await?;
+        }
+        list.remove(0);
+        set_pending(engine, &list).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The plaintext of blob `sha`: from the device, else from the server (then kept).
+pub async fn get(engine: &Rc<Engine>, sha: &str) -> Result<Vec<u8>, DataError> {
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DataError::bad_request(format!("{sha:?} is not a SHA-256 in hex")));
+    }
+    let sealed = match get_local(engine, sha).await? {
+        Some(s) => s,
+        None => {
+            let path = format!("/blobs/{sha}");
+            let me = engine.me();
+            let auth = authorization(me.space, me.replica, &me.signing, "GET", &path);
+            let sealed = match server_fetch("GET", &path, Some(auth), None).await {
+                Ok((200, body)) => body,
+                Ok((404, _)) => return Err(DataError::not_found(format!("no blob {sha} on this device or the server"))),
+                Ok((s, body)) => return Err(DataError::new(502, "server error", format!("HTTP {s}: {}", String::from_utf8_lossy(&body)))),
+                Err(reason) => return Err(DataError::new(503, "offline", format!("blob {sha} is not on this device and the server cannot be reached: {reason}"))),
+            };
+            if hex::encode(Sha256::digest(&sealed)) != sha {
+                return Err(DataError::new(502, "server error", format!("the server's blob {sha} does not match its hash")));
+            }
+            put_local(engine, sha, &sealed).await?;
+            sealed
+        }
+    };
+    Ok(stead_core::crypto::open_blob(&engine.me().key, engine.space(), &sealed)?)
+}
+
+/// Parses a single `Range: bytes=…` against a length: the inclusive byte range, or
+/// `None` when it cannot be satisfied.
+pub fn range(header: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (len.saturating_sub(n), len - 1)
+        }
+        (s, "") => (s.parse().ok()?, len - 1),
+        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len - 1)),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_service_worker);
+
+    #[wasm_bindgen_test]
+    fn byte_ranges() {
+        assert_eq!(range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(range("bytes=95-200", 100), Some((95, 99)));
+        assert_eq!(range("bytes=100-", 100), None);
+        assert_eq!(range("bytes=5-2", 100), None);
+        assert_eq!(range("bytes=0-1,4-5", 100), None);
+        assert_eq!(range("items=0-1", 100), None);
+    }
+}
