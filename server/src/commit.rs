@@ -1,9 +1,13 @@
 //! Group commit: the Entries frames of one or more connections in one transaction.
 //!
-//! A [`Write`] carries a connection's protocol state and the frames it received. Inside the
-//! transaction every entry is verified (membership, seq continuity, prev hash, signature)
-//! against the chain tips read in that transaction, then inserted; the transaction
-//! commits; only then does the connection generate its `Ack`s from the returned state. On
+//! A [`Write`] carries a connection's protocol state and the frames it received. Before
+//! the transaction, [`precheck`] checks what needs no chain — space, size, the member's key
+//! for (replica, seq), the signature, the entry hash — on the blocking pool, split across
+//! cores. Inside the transaction only the chain is verified (seq continuity, prev hash,
+//! fork or duplicate, clock) against the tips read in that transaction, for entries that
+//! are byte for byte those prechecked under the membership still current (any other is
+//! checked in full there); then they are inserted; the transaction commits; only then does
+//! the connection generate its `Ack`s from the returned state. On
 //! SQLite, which has one writer, a committer thread takes every write queued while the
 //! previous commit was being fsynced into the next transaction, so many frames and
 //! connections share one fsync and none waits for a transaction of its own.
@@ -16,9 +20,9 @@ use axum::body::Bytes;
 use ed25519_dalek::Signer;
 use stead_core::codec::Reader;
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::log::{ChainTip, Entry, Limits as EntryLimits, Verified, VersionVector, verify_entry};
+use stead_core::log::{ChainTip, Checked, Entry, Limits as EntryLimits, Verified, VersionVector, check_entry, verify_chain};
 use stead_core::membership::Membership;
-use stead_core::sync::{Sync, SyncPeer, check_member};
+use stead_core::sync::{Frame, Sync, SyncPeer, check_member};
 use tokio::sync::oneshot;
 
 use crate::service::Service;
@@ -26,6 +30,8 @@ use crate::storage::WriteTx;
 
 /// Entries in one group transaction at most; the rest wait for the next one.
 const MAX_GROUP_ENTRIES: usize = 8192;
+/// Fewest entries worth a blocking task of their own when a write's checks are split.
+const MIN_CHECK_CHUNK: usize = 16;
 
 /// What a connection knows about its space.
 #[derive(Clone)]
@@ -48,6 +54,8 @@ pub(crate) struct Write {
     pub(crate) ctx: Ctx,
     pub(crate) sync: Sync,
     pub(crate) frames: Vec<Bytes>,
+    /// The frames' entries checked ahead of the transaction (empty: check them all in it).
+    pub(crate) checked: Prechecked,
     pub(crate) now_ms: u64,
     /// The entries stored, once committed.
     pub(crate) stored: Vec<Entry>,
@@ -70,6 +78,77 @@ pub(crate) fn entries_in(frame: &[u8]) -> usize {
     Reader::new(&frame[1..], "frame").varint().map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
+/// A write's entries with the outcome of [`check_entry`] on each, in frame order, and the
+/// membership version they were checked under.
+#[derive(Default)]
+pub(crate) struct Prechecked {
+    members_version: i64,
+    entries: Vec<(Entry, stead_core::Result<Checked>)>,
+    /// Where the next look-up starts: `Sync` hands entries over in frame order, skipping
+    /// some (the rest of a replica's after a refused one), never going back.
+    next: usize,
+}
+
+impl Prechecked {
+    /// The check of `entry` if it was prechecked: the same bytes, so the same signature
+    /// and hash. `None` sends it to the full check.
+    fn take(&mut self, entry: &Entry) -> Option<stead_core::Result<Checked>> {
+        let found = self.entries[self.next..].iter().position(|(e, _)| e == entry)?;
+        let k = self.next + found;
+        self.next = k + 1;
+        Some(self.entries[k].1.clone())
+    }
+}
+
+/// Checks the signatures (and all else that needs no chain) of the entries in `frames`
+/// on the blocking pool, split in up to one chunk per core. A frame that does not decode
+/// is left to `Sync`, which refuses it the same way in the transaction.
+pub(crate) async fn precheck(ctx: &Ctx, frames: &[Bytes]) -> Prechecked {
+    let limits = EntryLimits { max_payload: ctx.service.limits.max_payload };
+    let frames = frames.to_vec();
+    let decoding = tokio::task::spawn_blocking(move || {
+        let mut entries = Vec::new();
+        for f in frames.iter().filter(|f| f.first() == Some(&3)) {
+            if let Ok(Frame::Entries(es)) = Frame::decode(f, &limits) {
+                entries.extend(es);
+            }
+        }
+        entries
+    });
+    let Ok(mut entries) = decoding.await else { return Prechecked::default() };
+    let parts = ctx.service.check_threads.min(entries.len() / MIN_CHECK_CHUNK).max(1);
+    let per = entries.len().div_ceil(parts);
+    let mut chunks = Vec::with_capacity(parts);
+    while entries.len() > per {
+        let rest = entries.split_off(per);
+        chunks.push(std::mem::replace(&mut entries, rest));
+    }
+    chunks.push(entries);
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let (space, members) = (ctx.space, ctx.members.clone());
+            tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|e| {
+                        let checked = check_entry(&e, space, &members, &limits);
+                        (e, checked)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut checked = Prechecked { members_version: ctx.members_version, entries: Vec::new(), next: 0 };
+    for task in tasks {
+        // A chunk that panicked is checked again in the transaction.
+        if let Ok(part) = task.await {
+            checked.entries.extend(part);
+        }
+    }
+    checked
+}
+
 /// One write inside the shared transaction: verifies entries against the tips it reads
 /// and inserts them.
 struct TxPeer<'a> {
@@ -77,6 +156,7 @@ struct TxPeer<'a> {
     tx: &'a mut dyn WriteTx,
     tips: BTreeMap<ReplicaId, Option<ChainTip>>,
     limits: EntryLimits,
+    checked: &'a mut Prechecked,
     stored: Vec<Entry>,
 }
 
@@ -102,13 +182,16 @@ impl SyncPeer for TxPeer<'_> {
             self.tips.insert(rid, tip);
         }
         let tip = self.tips[&rid];
+        let checked = match self.checked.take(&entry) {
+            Some(checked) => checked?,
+            None => check_entry(&entry, space, &self.ctx.members, &self.limits)?,
+        };
         let tx = &mut self.tx;
-        let (verdict, hash) = verify_entry(&entry, space, &self.ctx.members, tip.as_ref(), &self.limits, |seq| {
-            Ok(tx.hash_at(space, rid, seq)?)
-        })?;
+        let verdict = verify_chain(&entry, &checked, tip.as_ref(), |seq| Ok(tx.hash_at(space, rid, seq)?))?;
         if verdict == Verified::Duplicate {
             return Ok(false);
         }
+        let hash = checked.hash();
         self.tx.insert(&entry, &hash)?;
         let h = &entry.header;
         self.tips.insert(rid, Some(ChainTip { next_seq: h.seq + 1, last_hash: hash, last_hlc: h.hlc }));
@@ -134,8 +217,12 @@ fn receive(service: &Service, tx: &mut dyn WriteTx, w: &mut Write) -> Result<(),
             w.ctx.members_version = v;
         }
     }
+    if w.checked.members_version != w.ctx.members_version {
+        // Checked under a membership that has changed since: check everything again here.
+        w.checked = Prechecked::default();
+    }
     let limits = EntryLimits { max_payload: service.limits.max_payload };
-    let mut peer = TxPeer { ctx: &w.ctx, tx, tips: BTreeMap::new(), limits, stored: Vec::new() };
+    let mut peer = TxPeer { ctx: &w.ctx, tx, tips: BTreeMap::new(), limits, checked: &mut w.checked, stored: Vec::new() };
     for frame in &w.frames {
         match w.sync.receive(frame, &mut peer, w.now_ms) {
             Ok(()) => {}

@@ -139,6 +139,8 @@ pub struct Service {
     pub(crate) id: ReplicaId,
     pub(crate) signing: SigningKey,
     pub(crate) metrics: Metrics,
+    /// Blocking tasks one write's signature checks are split into at most: the cores.
+    pub(crate) check_threads: usize,
     hub: Mutex<HashMap<SpaceId, SpaceHub>>,
     /// The group committer's queue, for backends with one writer at a time.
     committer: Option<commit::Queue>,
@@ -177,6 +179,7 @@ impl Service {
             id: ReplicaId(rng.array()),
             signing: SigningKey::from_bytes(&rng.array()),
             metrics: Metrics::default(),
+            check_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hub: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),

@@ -26,7 +26,7 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
 use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 
-use crate::commit::{Ctx, Write, entries_in};
+use crate::commit::{Ctx, Prechecked, Write, entries_in, precheck};
 use tokio::sync::broadcast;
 
 use crate::service::{Note, OsRandom, Service};
@@ -101,6 +101,8 @@ struct Out {
     close: bool,
     /// Some entries are only in the database; generate again where it may be read.
     needed_db: bool,
+    /// A vector was sent, which `Sync` does only once the peer proved membership.
+    proven: bool,
 }
 
 fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note], db: bool, out: &mut Out) {
@@ -110,6 +112,7 @@ fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note],
         if let Frame::Error { code: c, .. } = &f {
             ctx.service.metrics.reject_code(*c);
         }
+        out.proven |= matches!(f, Frame::Vector(_));
         out.frames.push(f.encode());
         if out.frames.len() >= FRAMES_PER_STEP {
             out.more = true;
@@ -256,6 +259,8 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
     // A message met while taking in what had arrived, handled on the next round.
     let mut held: Option<Option<Result<Message, axum::Error>>> = None;
     let mut ack_started: Option<Instant> = None;
+    // The peer proved it is a member (see `Out::proven`).
+    let mut proven = false;
     loop {
         // Take in what arrived: entries in a durable transaction, anything else here.
         if !input.is_empty() {
@@ -263,7 +268,15 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
             let (mut ctx, mut sync) = state.take().expect("the state is back after each step");
             if frames.iter().any(|f| f.first() == Some(&3)) {
                 ack_started = Some(Instant::now());
-                let write = Write { ctx, sync, frames, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
+                // Signatures are checked off the committer, many writes at once; only once
+                // the peer has proven membership, so a stranger costs no signature checks.
+                let checked = if proven {
+                    let checking = Box::pin(precheck(&ctx, &frames));
+                    checking.await
+                } else {
+                    Prechecked::default()
+                };
+                let write = Write { ctx, sync, frames, checked, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
                 let committing = Box::pin(service.commit(write));
                 let Some(w) = committing.await else {
                     tracing::error!(%space, "the commit was abandoned");
@@ -322,6 +335,7 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
                 return;
             }
         }
+        proven |= out.proven;
         let n_out = out.frames.len();
         for frame in out.frames {
             if !send!(Message::Binary(frame.into())) {

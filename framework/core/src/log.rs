@@ -341,6 +341,9 @@ pub fn trim_to_bytes(entries: &mut Vec<Entry>, max_bytes: usize) {
 /// Checks an entry: space, size, membership, signature, then its place in the chain.
 /// `known_hash` returns the hash of an already stored entry of the same replica (to tell a
 /// duplicate from a fork); it may return `None` when that entry is no longer at hand.
+///
+/// The composition of [`check_entry`], which needs no chain and may run on any thread
+/// ahead of time, and [`verify_chain`], which needs the current tip.
 pub fn verify_entry(
     entry: &Entry,
     space: SpaceId,
@@ -349,6 +352,33 @@ pub fn verify_entry(
     limits: &Limits,
     known_hash: impl FnOnce(u64) -> Result<Option<Hash>>,
 ) -> Result<(Verified, Hash)> {
+    let checked = check_entry(entry, space, members, limits)?;
+    let verdict = verify_chain(entry, &checked, tip, known_hash)?;
+    Ok((verdict, checked.hash))
+}
+
+/// Proof that an entry passed [`check_entry`]: its space and size are right, and it is
+/// signed by the key the membership log gives its replica at its seq. Holds the entry's
+/// hash, computed once. Only [`check_entry`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    replica: ReplicaId,
+    seq: u64,
+    hash: Hash,
+}
+
+impl Checked {
+    /// SHA-256 of the encoded entry.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+}
+
+/// The stateless half of [`verify_entry`]: space, size, the membership key for
+/// (replica, seq), the signature and the entry hash. Needs no chain tip, so it may run on
+/// any thread before the chain is at hand (a server checks a received batch in parallel
+/// before its write transaction).
+pub fn check_entry(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) -> Result<Checked> {
     let h = &entry.header;
     if h.space != space {
         return Err(Error::WrongSpace { expected: space, found: h.space });
@@ -364,7 +394,20 @@ pub fn verify_entry(
         .key_for(h.replica, h.seq)
         .ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })?;
     entry.verify_signature(&key)?;
-    let hash = entry.hash();
+    Ok(Checked { replica: h.replica, seq: h.seq, hash: entry.hash() })
+}
+
+/// The chain half of [`verify_entry`], cheap: seq continuity against `tip`, duplicate or
+/// fork, prev hash and clock. `checked` is what [`check_entry`] returned for `entry`.
+pub fn verify_chain(
+    entry: &Entry,
+    checked: &Checked,
+    tip: Option<&ChainTip>,
+    known_hash: impl FnOnce(u64) -> Result<Option<Hash>>,
+) -> Result<Verified> {
+    let h = &entry.header;
+    debug_assert!(checked.replica == h.replica && checked.seq == h.seq);
+    let hash = checked.hash;
     let next = tip.map_or(0, |t| t.next_seq);
     if h.seq > next {
         return Err(Error::Gap { replica: h.replica, expected: next, got: h.seq });
@@ -376,7 +419,7 @@ pub fn verify_entry(
         };
         return match stored {
             Some(s) if s != hash => Err(Error::Fork { replica: h.replica, seq: h.seq }),
-            _ => Ok((Verified::Duplicate, hash)),
+            _ => Ok(Verified::Duplicate),
         };
     }
     let expected_prev = tip.map_or([0u8; 32], |t| t.last_hash);
@@ -387,5 +430,5 @@ pub fn verify_entry(
         && h.hlc <= t.last_hlc {
             return Err(Error::HlcRegression { replica: h.replica, seq: h.seq });
         }
-    Ok((Verified::New, hash))
+    Ok(Verified::New)
 }
