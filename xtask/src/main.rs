@@ -48,7 +48,7 @@ enum Command {
     },
     /// Run every test: native, wasm in Chromium, end to end.
     Test,
-    /// Run a benchmark against its anchor and print ratios (`sw`, `core`, `server`).
+    /// Run a benchmark against its anchor and print ratios (`sw`, `core`, `server`, `store`).
     Bench {
         name: String,
         /// Fewer rounds, for a quick look.
@@ -109,7 +109,33 @@ fn main() -> Result<()> {
                 c.run()?;
             }
             "server" => bench_server::run(&root, quick)?,
-            other => anyhow::bail!("unknown benchmark {other:?}: try sw, core or server"),
+            "store" => {
+                let tools = setup::run(&root)?;
+                let dist = root.join("target/bench-dist");
+                let _ = std::fs::remove_dir_all(&dist);
+                build_example(&root, &tools, &dist, true)?;
+                let server = server_binary(&root)?;
+                let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+                std::fs::create_dir_all(target.join("bench"))?;
+                step("bench store: the worker's data engine on OPFS and on IndexedDB");
+                let mut c = cargo(&root)
+                    .args(["run", "--package", "stead-e2e", "--bin", "bench-store", "--"])
+                    .arg("--dist")
+                    .arg(&dist)
+                    .arg("--server")
+                    .arg(&server)
+                    .arg("--out")
+                    .arg(target.join("bench/store.csv"))
+                    .arg("--chromium")
+                    .arg(&tools.chromium)
+                    .arg("--chromedriver")
+                    .arg(&tools.chromedriver);
+                if quick {
+                    c = c.arg("--quick");
+                }
+                c.run()?;
+            }
+            other => anyhow::bail!("unknown benchmark {other:?}: try sw, core, server or store"),
         },
         Command::Chaos { rounds } => {
             cargo(&root)

@@ -236,6 +236,10 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
             Ok((200, json!({ "undone": undone.is_some() })))
         }
         ("GET", ["collections", c]) => query(engine, request, c),
+        ("POST", ["collections", c]) if body_is_bulk(request).await => {
+            let b = body(request).await?;
+            bulk_create(engine, c, &b).await
+        }
         ("POST", ["collections", c]) => {
             let b = body(request).await?;
             let id = match b.get("id").and_then(J::as_str) {
@@ -306,6 +310,44 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         _ => Err(DataError::not_found(format!("no route {method} .../{}", rest.join("/")))),
     }
+}
+
+/// Whether a create's body holds `records` (a bulk create); peeks at a clone of the body.
+async fn body_is_bulk(request: &Request) -> bool {
+    let Ok(copy) = request.clone() else { return false };
+    body(&copy).await.is_ok_and(|b| b.get("records").is_some())
+}
+
+/// `POST …/{collection}` with `{"records": [{"fields"}...], "entries": "one"|"each"}`:
+/// many records at once, as one change (`one`, the default) or one change per record
+/// (`each`), stored with one flush.
+async fn bulk_create(engine: &Rc<Engine>, c: &str, b: &J) -> Answer {
+    let records = b["records"].as_array().ok_or_else(|| DataError::bad_request("records: expected an array"))?;
+    let each = match b.get("entries").and_then(J::as_str) {
+        None | Some("one") => false,
+        Some("each") => true,
+        Some(other) => return Err(DataError::bad_request(format!("entries {other:?}: expected \"one\" or \"each\""))),
+    };
+    let mut batches: Vec<Vec<Op>> = Vec::new();
+    let mut ids = Vec::new();
+    for r in records {
+        let id = RecordId::generate(&WebClock, &mut WebRandom);
+        let ops = set_ops(engine, c, id, r)?;
+        ids.push(J::String(id.to_string()));
+        match batches.last_mut() {
+            Some(last) if !each => last.extend(ops),
+            _ => batches.push(ops),
+        }
+    }
+    engine
+        .write(|r, rng| {
+            for ops in batches {
+                r.commit(ops, super::now_ms(), rng)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok((201, json!({ "ids": ids })))
 }
 
 /// Commits `ops`; with `expected`, only if the record is still at that version.

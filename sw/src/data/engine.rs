@@ -29,6 +29,11 @@ use crate::opfs;
 const BACKOFF_MIN_MS: f64 = 250.0;
 const BACKOFF_MAX_MS: f64 = 15_000.0;
 
+/// A snapshot is written after this many new entries...
+const SNAPSHOT_EVERY: u64 = 1_000;
+/// ...once writes have paused this long.
+const SNAPSHOT_IDLE_MS: f64 = 2_000.0;
+
 /// The sync state pages see.
 #[derive(Debug, Clone, Default)]
 pub struct SyncStatus {
@@ -122,6 +127,10 @@ pub struct Engine {
     recovered: RefCell<Option<String>>,
     /// Set by [`Engine::close`]: no more connections.
     closed: Cell<bool>,
+    /// How many entries the replica held at the last snapshot (or at open).
+    snapshot_at: Cell<u64>,
+    /// When the last write or sync change happened (ms), for snapshot timing.
+    last_write: Cell<f64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -228,6 +237,9 @@ impl Engine {
         // A membership log given to a new space is written before the space exists.
         store.flush().await?;
         let recovered = store.recovered();
+        // With no snapshot yet, the first write of a long log makes one.
+        let has_snapshot = replica.store().snapshot().ok().flatten().is_some();
+        let total: u64 = if has_snapshot { replica.version_vector().values().sum() } else { 0 };
         Ok(Rc::new(Engine {
             me,
             replica: RefCell::new(replica),
@@ -240,6 +252,8 @@ impl Engine {
             members_pushed: Cell::new(0),
             recovered: RefCell::new(recovered),
             closed: Cell::new(false),
+            snapshot_at: Cell::new(total),
+            last_write: Cell::new(0.0),
         }))
     }
 
@@ -272,6 +286,9 @@ impl Engine {
             return Err(DataError::new(507, "not stored", "an earlier write in the same batch failed to reach storage, and this one was undone with it"));
         }
         self.changed();
+        // After the answer, not before: a snapshot rewrites the whole state.
+        let me = self.clone();
+        wasm_bindgen_futures::spawn_local(async move { me.maybe_snapshot().await });
         self.pump();
         if self.conn.borrow().as_ref().is_none_or(|c| !c.open) {
             register_background_sync();
@@ -308,6 +325,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Saves a snapshot once enough entries arrived since the last one, so the next wake
+    /// opens from the snapshot and a short log tail instead of replaying the whole log.
+    /// It waits until writes pause for [`SNAPSHOT_IDLE_MS`]: a snapshot rewrites the whole
+    /// state, so a burst of writes makes one at its end, not one per thousand entries.
+    async fn maybe_snapshot(self: &Rc<Self>) {
+        self.last_write.set(js_sys::Date::now());
+        let _ = sleep(SNAPSHOT_IDLE_MS).await;
+        if js_sys::Date::now() - self.last_write.get() < SNAPSHOT_IDLE_MS {
+            return;
+        }
+        let total: u64 = self.read(|r| r.version_vector().values().sum());
+        if total < self.snapshot_at.get() + SNAPSHOT_EVERY {
+            return;
+        }
+        self.snapshot_at.set(total);
+        if let Err(e) = self.read(|r| r.save_snapshot()) {
+            web_sys::console::warn_1(&format!("space {}: snapshot failed: {e}", self.me.space).into());
+            return;
+        }
+        // A failed flush reopens from disk as for any write; the next write tries again.
+        let _ = self.flush().await;
+    }
+
     /// Sync status and counts for pages.
     pub fn status_json(&self) -> serde_json::Value {
         let s = self.status.borrow().clone();
@@ -337,6 +377,7 @@ impl Engine {
             "last_synced": s.last_synced,
             "last_error": s.last_error,
             "recovered": *self.recovered.borrow(),
+            "snapshot_entries": self.snapshot_at.get(),
         })
     }
 
@@ -495,6 +536,7 @@ impl Engine {
             // Received entries are stored before pages hear of them.
             if me.flush().await.is_ok() && grew {
                 me.changed();
+                me.maybe_snapshot().await;
             } else {
                 me.broadcast_status();
             }

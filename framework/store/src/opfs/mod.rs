@@ -116,12 +116,19 @@ impl OpfsStore {
             .filter_map(|n| n.strip_suffix(".seg")?.parse().ok())
             .collect();
         segments.sort_unstable();
+        // Every file is read at once: OPFS answers them concurrently, and a wake waits for
+        // the slowest instead of the sum.
+        let contents = futures::future::join_all(segments.iter().map(|&i| {
+            let (log, name) = (log.clone(), segment_name(i));
+            async move { fs::read_bytes(&log, &name).await }
+        }))
+        .await;
         let (mut segment, mut segment_len) = (0, 0);
         let mut recovered = None;
         let mut framer = Framer::new(0);
-        for (i, &index) in segments.iter().enumerate() {
+        for ((i, &index), bytes) in segments.iter().enumerate().zip(contents) {
             let name = segment_name(index);
-            let bytes = fs::read_bytes(&log, &name).await?.unwrap_or_default();
+            let bytes = bytes?.unwrap_or_default();
             let scan = segment::scan(&bytes, &options.limits).map_err(|reason| OpfsError::Store(format!("log segment {name}: {reason}")))?;
             let (mut valid, mut damage, mut kept) = (scan.valid.min(segment::SEGMENT_HEADER), scan.damage, 0);
             for (entry, &end) in scan.entries.iter().zip(&scan.ends) {
@@ -162,11 +169,11 @@ impl OpfsStore {
                 }
             }
         }
-        for key in fs::names(&meta).await? {
-            if check_key(&key).is_ok() {
-                if let Some(b) = fs::read_bytes(&meta, &key).await? {
-                    mem.put_meta(&key, &b)?;
-                }
+        let keys: Vec<String> = fs::names(&meta).await?.into_iter().filter(|k| check_key(k).is_ok()).collect();
+        let values = futures::future::join_all(keys.iter().map(|k| fs::read_bytes(&meta, k))).await;
+        for (key, value) in keys.iter().zip(values) {
+            if let Some(b) = value? {
+                mem.put_meta(key, &b)?;
             }
         }
         Ok(OpfsStore {
