@@ -90,6 +90,20 @@ pub(crate) struct Prechecked {
 }
 
 impl Prechecked {
+    /// The checks of consecutive frames as one, in order; none when they were made under
+    /// different memberships.
+    pub(crate) fn join(parts: Vec<Prechecked>) -> Prechecked {
+        let mut parts = parts.into_iter();
+        let Some(mut all) = parts.next() else { return Prechecked::default() };
+        for part in parts {
+            if part.members_version != all.members_version {
+                return Prechecked::default();
+            }
+            all.entries.extend(part.entries);
+        }
+        all
+    }
+
     /// The check of `entry` if it was prechecked: the same bytes, so the same signature
     /// and hash. `None` sends it to the full check.
     fn take(&mut self, entry: &Entry) -> Option<stead_core::Result<Checked>> {
@@ -100,21 +114,43 @@ impl Prechecked {
     }
 }
 
-/// Checks the signatures (and all else that needs no chain) of the entries in `frames`
-/// on the blocking pool, split in up to one chunk per core. A frame that does not decode
+/// Decodes the entries of the Entries frames among `frames`. A frame that does not decode
 /// is left to `Sync`, which refuses it the same way in the transaction.
+fn decode_entries(frames: &[Bytes], limits: &EntryLimits) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for f in frames.iter().filter(|f| f.first() == Some(&3)) {
+        if let Ok(Frame::Entries(es)) = Frame::decode(f, limits) {
+            entries.extend(es);
+        }
+    }
+    entries
+}
+
+fn check_all(entries: Vec<Entry>, space: SpaceId, members: &Membership, limits: &EntryLimits) -> Vec<(Entry, stead_core::Result<Checked>)> {
+    entries
+        .into_iter()
+        .map(|e| {
+            let checked = check_entry(&e, space, members, limits);
+            (e, checked)
+        })
+        .collect()
+}
+
+/// Checks the signatures (and all else that needs no chain) of the entries in `frames`
+/// on the blocking pool, split in up to one chunk per core.
 pub(crate) async fn precheck(ctx: &Ctx, frames: &[Bytes]) -> Prechecked {
     let limits = EntryLimits { max_payload: ctx.service.limits.max_payload };
+    let (space, version) = (ctx.space, ctx.members_version);
+    let n: usize = frames.iter().map(|f| entries_in(f)).sum();
     let frames = frames.to_vec();
-    let decoding = tokio::task::spawn_blocking(move || {
-        let mut entries = Vec::new();
-        for f in frames.iter().filter(|f| f.first() == Some(&3)) {
-            if let Ok(Frame::Entries(es)) = Frame::decode(f, &limits) {
-                entries.extend(es);
-            }
-        }
-        entries
-    });
+    if n < 2 * MIN_CHECK_CHUNK {
+        // Too few to split: decode and check in one hop.
+        let members = ctx.members.clone();
+        let checking = tokio::task::spawn_blocking(move || check_all(decode_entries(&frames, &limits), space, &members, &limits));
+        let entries = checking.await.unwrap_or_default();
+        return Prechecked { members_version: version, entries, next: 0 };
+    }
+    let decoding = tokio::task::spawn_blocking(move || decode_entries(&frames, &limits));
     let Ok(mut entries) = decoding.await else { return Prechecked::default() };
     let parts = ctx.service.check_threads.min(entries.len() / MIN_CHECK_CHUNK).max(1);
     let per = entries.len().div_ceil(parts);
@@ -127,19 +163,11 @@ pub(crate) async fn precheck(ctx: &Ctx, frames: &[Bytes]) -> Prechecked {
     let tasks: Vec<_> = chunks
         .into_iter()
         .map(|chunk| {
-            let (space, members) = (ctx.space, ctx.members.clone());
-            tokio::task::spawn_blocking(move || {
-                chunk
-                    .into_iter()
-                    .map(|e| {
-                        let checked = check_entry(&e, space, &members, &limits);
-                        (e, checked)
-                    })
-                    .collect::<Vec<_>>()
-            })
+            let members = ctx.members.clone();
+            tokio::task::spawn_blocking(move || check_all(chunk, space, &members, &limits))
         })
         .collect();
-    let mut checked = Prechecked { members_version: ctx.members_version, entries: Vec::new(), next: 0 };
+    let mut checked = Prechecked { members_version: version, entries: Vec::new(), next: 0 };
     for task in tasks {
         // A chunk that panicked is checked again in the transaction.
         if let Ok(part) = task.await {

@@ -261,6 +261,10 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
     let mut ack_started: Option<Instant> = None;
     // The peer proved it is a member (see `Out::proven`).
     let mut proven = false;
+    // Checks of the Entries frames in `input`, started as they arrived during a commit.
+    let mut ahead: Vec<tokio::task::JoinHandle<Prechecked>> = Vec::new();
+    // A limit broken by a frame read during a commit: the connection closes after it.
+    let mut refused: Option<(u16, String)> = None;
     loop {
         // Take in what arrived: entries in a durable transaction, anything else here.
         if !input.is_empty() {
@@ -270,15 +274,54 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
                 ack_started = Some(Instant::now());
                 // Signatures are checked off the committer, many writes at once; only once
                 // the peer has proven membership, so a stranger costs no signature checks.
-                let checked = if proven {
+                let checked = if !ahead.is_empty() {
+                    let mut parts = Vec::with_capacity(ahead.len());
+                    for task in std::mem::take(&mut ahead) {
+                        parts.push(task.await.unwrap_or_default());
+                    }
+                    Prechecked::join(parts)
+                } else if proven {
                     let checking = Box::pin(precheck(&ctx, &frames));
                     checking.await
                 } else {
                     Prechecked::default()
                 };
+                let check_ctx = ctx.clone();
                 let write = Write { ctx, sync, frames, checked, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
-                let committing = Box::pin(service.commit(write));
-                let Some(w) = committing.await else {
+                let mut committing = Box::pin(service.commit(write));
+                // While it commits, take in what the client pipelined behind it and start
+                // checking its signatures, so the next commit finds them checked: the
+                // committer and the checks then run at the same time.
+                let mut entries = 0;
+                let committed = loop {
+                    let reading = proven
+                        && held.is_none()
+                        && refused.is_none()
+                        && input.len() <= MAX_DRAIN_FRAMES
+                        && entries < 4 * service.limits.max_batch_entries;
+                    tokio::select! {
+                        biased;
+                        w = &mut committing => break w,
+                        m = stream.next(), if reading => match m {
+                            Some(Ok(Message::Binary(b))) => {
+                                service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
+                                if let Some(r) = check_limits(&service, &b, &mut rate) {
+                                    refused = Some(r);
+                                } else {
+                                    if b.first() == Some(&3) {
+                                        let (c, f) = (check_ctx.clone(), b.clone());
+                                        ahead.push(tokio::spawn(async move { precheck(&c, std::slice::from_ref(&f)).await }));
+                                    }
+                                    entries += entries_in(&b);
+                                    input.push(b);
+                                }
+                            }
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            other => held = Some(other),
+                        },
+                    }
+                };
+                let Some(w) = committed else {
                     tracing::error!(%space, "the commit was abandoned");
                     return;
                 };
@@ -355,6 +398,16 @@ pub(crate) async fn connection(service: Arc<Service>, socket: WebSocket) {
             continue;
         }
         recent.clear();
+        if let Some((c, m)) = refused.take() {
+            service.metrics.reject_code(c);
+            let _ = send!(error_frame(c, m));
+            let _ = sink.close().await;
+            return;
+        }
+        if !input.is_empty() {
+            // Frames arrived during the commit: take them in before waiting for more.
+            continue;
+        }
 
         // Wait for the next thing to do.
         let event = match held.take() {
