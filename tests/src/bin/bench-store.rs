@@ -80,17 +80,21 @@ async fn make_space(b: &Browser, storage: &str) -> Result<String> {
 
 /// Fills `space`'s `items` with `n` records, one entry each, 1,000 per request.
 async fn fill(b: &Browser, space: &str, n: usize) -> Result<()> {
-    page(
-        b,
-        &format!(
-            "for (let done = 0; done < {n}; done += 1000) {{\
-               const records = Array.from({{length: Math.min(1000, {n} - done)}}, (_, i) => ({{fields: {{n: done + i, name: 'item ' + (done + i)}}}}));\
-               const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', body: JSON.stringify({{records, entries: 'each'}})}});\
-               if (r.status !== 201) throw new Error('bulk create: HTTP ' + r.status + ' ' + await r.text());\
-             }} return 1;"
-        ),
-    )
-    .await?;
+    // Ten requests per script, to stay inside WebDriver's script timeout.
+    for start in (0..n).step_by(10_000) {
+        let end = (start + 10_000).min(n);
+        page(
+            b,
+            &format!(
+                "for (let done = {start}; done < {end}; done += 1000) {{\
+                   const records = Array.from({{length: Math.min(1000, {end} - done)}}, (_, i) => ({{fields: {{n: done + i, name: 'item ' + (done + i)}}}}));\
+                   const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', body: JSON.stringify({{records, entries: 'each'}})}});\
+                   if (r.status !== 201) throw new Error('bulk create: HTTP ' + r.status + ' ' + await r.text());\
+                 }} return 1;"
+            ),
+        )
+        .await?;
+    }
     // The engine snapshots once writes pause: wait for it, so the wake below opens from it.
     wait_for("the snapshot after the fill", Duration::from_secs(300), || async {
         let s = page(b, &format!("return await (await fetch('/_stead/v1/spaces/{space}/status')).json();")).await?;

@@ -9,7 +9,9 @@
 //! - `snap-<generation>.bin` and `SNAPSHOT`, which names the current generation: a new
 //!   snapshot is written to a new file, then the pointer is switched, then the old file
 //!   removed.
-//! - `meta/<key>`: small named blobs, each replaced whole.
+//! - `meta.pack`: every metadata key and value in one file with a CRC, rewritten whole
+//!   (atomically, on `close`) by a flush that changed metadata. One file, not one per key:
+//!   a snapshot's chunks are hundreds of keys, and OPFS pays per file on open.
 //!
 //! Every write OPFS makes through `createWritable` lands on `close` or not at all, so the
 //! usual damage is a missing last write; a garbled tail (a bad disk, a hand edit) is still
@@ -19,6 +21,8 @@
 //! replica queued.
 
 pub mod fs;
+
+use std::collections::BTreeMap;
 
 use stead_core::log::{Entry, Limits};
 use stead_core::store::{MemStore, Store};
@@ -78,7 +82,8 @@ pub struct Recovered {
 pub struct OpfsStore {
     dir: Dir,
     log: Dir,
-    meta: Dir,
+    /// Every metadata key and value, as `meta.pack` holds them.
+    meta: BTreeMap<String, Vec<u8>>,
     options: OpfsOptions,
     cache: CachedStore,
     /// The newest segment and its length.
@@ -88,6 +93,49 @@ pub struct OpfsStore {
     framer: Framer,
     snapshot_gen: u64,
     recovered: Option<Recovered>,
+}
+
+const META_PACK: &str = "meta.pack";
+const META_MAGIC: &[u8; 4] = b"SMP1";
+
+/// `"SMP1" ‖ u32 count ‖ (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ u32 CRC-32
+/// of everything before it`, little-endian.
+fn pack_meta(meta: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut out = META_MAGIC.to_vec();
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    for (k, v) in meta {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn unpack_meta(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let body = bytes.len().checked_sub(4).map(|n| &bytes[..n]).ok_or("truncated")?;
+    let crc = u32::from_le_bytes(bytes[body.len()..].try_into().expect("4 bytes"));
+    if crc32fast::hash(body) != crc || !body.starts_with(META_MAGIC) {
+        return Err("checksum mismatch".into());
+    }
+    let mut pos = 4;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = body.get(pos..pos + n).ok_or("truncated")?;
+        pos += n;
+        Ok(s)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
+    let count = u32_at(take(4)?);
+    let mut out = BTreeMap::new();
+    for _ in 0..count {
+        let kl = u32_at(take(4)?);
+        let key = String::from_utf8(take(kl)?.to_vec()).map_err(|_| "a key is not UTF-8")?;
+        let vl = u32_at(take(4)?);
+        out.insert(key, take(vl)?.to_vec());
+    }
+    Ok(out)
 }
 
 fn segment_name(i: u32) -> String {
@@ -107,7 +155,6 @@ impl OpfsStore {
     /// off a damaged tail.
     pub async fn open(dir: Dir, options: OpfsOptions) -> Result<OpfsStore, OpfsError> {
         let log = fs::dir(&dir, "log", true).await?.expect("created");
-        let meta = fs::dir(&dir, "meta", true).await?.expect("created");
         let mut mem = MemStore::new();
 
         let mut segments: Vec<u32> = fs::names(&log)
@@ -169,12 +216,22 @@ impl OpfsStore {
                 }
             }
         }
-        let keys: Vec<String> = fs::names(&meta).await?.into_iter().filter(|k| check_key(k).is_ok()).collect();
-        let values = futures::future::join_all(keys.iter().map(|k| fs::read_bytes(&meta, k))).await;
-        for (key, value) in keys.iter().zip(values) {
-            if let Some(b) = value? {
-                mem.put_meta(key, &b)?;
-            }
+        let meta = match fs::read_bytes(&dir, META_PACK).await? {
+            Some(bytes) => unpack_meta(&bytes).unwrap_or_else(|reason| {
+                tracing::warn!(%reason, "meta.pack is damaged; opening without metadata");
+                recovered.get_or_insert(Recovered {
+                    segment: META_PACK.into(),
+                    kept_bytes: 0,
+                    dropped_bytes: bytes.len() as u64,
+                    dropped_segments: 0,
+                    reason,
+                });
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        for (k, v) in &meta {
+            mem.put_meta(k, v)?;
         }
         Ok(OpfsStore {
             dir,
@@ -214,23 +271,36 @@ impl OpfsStore {
         let writes = self.cache.take_pending();
         let count = writes.len();
         let mut batch: Vec<u8> = Vec::new();
+        // Metadata changes gather in memory and land as one rewrite of meta.pack, always
+        // before any later write of the queue, so the disk keeps the queue's order.
+        let mut meta_dirty = false;
         for w in writes {
             match w {
-                Write::Append(entry) => self.stage(&entry, &mut batch).await?,
-                other => {
-                    self.write_batch(&mut batch).await?;
-                    match other {
-                        Write::Snapshot(bytes) => self.write_snapshot(&bytes).await?,
-                        Write::Meta(key, bytes) => {
-                            check_key(&key)?;
-                            fs::write_bytes(&self.meta, &key, &bytes).await?;
-                        }
-                        Write::Append(_) => unreachable!("handled above"),
+                Write::Append(entry) => {
+                    if std::mem::take(&mut meta_dirty) {
+                        self.write_meta().await?;
                     }
+                    self.stage(&entry, &mut batch).await?
+                }
+                Write::Meta(key, bytes) => {
+                    check_key(&key)?;
+                    self.write_batch(&mut batch).await?;
+                    self.meta.insert(key, bytes);
+                    meta_dirty = true;
+                }
+                Write::Snapshot(bytes) => {
+                    self.write_batch(&mut batch).await?;
+                    if std::mem::take(&mut meta_dirty) {
+                        self.write_meta().await?;
+                    }
+                    self.write_snapshot(&bytes).await?
                 }
             }
         }
         self.write_batch(&mut batch).await?;
+        if meta_dirty {
+            self.write_meta().await?;
+        }
         Ok(count)
     }
 
@@ -263,6 +333,10 @@ impl OpfsStore {
         self.segment_len += batch.len() as u64;
         batch.clear();
         Ok(())
+    }
+
+    async fn write_meta(&mut self) -> Result<(), OpfsError> {
+        Ok(fs::write_bytes(&self.dir, META_PACK, &pack_meta(&self.meta)).await?)
     }
 
     async fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), OpfsError> {
