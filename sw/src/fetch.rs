@@ -115,11 +115,10 @@ async fn respond(
                 _ if navigate || rel.is_empty() => version.file(&version.entry),
                 _ => None,
             };
-            if let Some(file) = file {
-                if let Ok(Some(blob)) = w.blob(&file.sha256).await {
+            if let Some(file) = file
+                && let Ok(Some(blob)) = w.blob(&file.sha256).await {
                     return Ok(file_response(request, file, &blob, &version.version)?.into());
                 }
-            }
         }
     }
     // Not in the bundle (or not installed yet): the network, as if there were no worker.

@@ -142,6 +142,24 @@ impl Server {
     }
 }
 
+/// A measuring program's command line: its `--name value` pairs and whether `--quick`
+/// was given.
+pub fn flags() -> Result<(std::collections::BTreeMap<String, String>, bool)> {
+    let mut a = std::env::args().skip(1);
+    let mut get = std::collections::BTreeMap::new();
+    let mut quick = false;
+    while let Some(k) = a.next() {
+        if k == "--quick" {
+            quick = true;
+        } else if let Some(name) = k.strip_prefix("--") {
+            get.insert(name.to_owned(), a.next().with_context(|| format!("{k} needs a value"))?);
+        } else {
+            bail!("unexpected argument {k:?}");
+        }
+    }
+    Ok((get, quick))
+}
+
 /// A free loopback port.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

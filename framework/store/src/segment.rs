@@ -115,7 +115,7 @@ impl Framer {
     }
 
     fn is_keyframe(&self, count: usize) -> bool {
-        self.full_every > 0 && count % self.full_every == 0
+        self.full_every > 0 && count.is_multiple_of(self.full_every)
     }
 
     /// Bytes `entry` would take as the next record (with the segment header, if due).

@@ -126,11 +126,10 @@ fn use_channel(on_message: impl Fn(J) + 'static) {
     use_effect_with((), move |_| {
         let channel = BroadcastChannel::new(crate::CHANNEL).ok();
         let handler = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            if let Some(text) = js_sys::JSON::stringify(&e.data()).ok().and_then(|s| s.as_string()) {
-                if let Ok(j) = serde_json::from_str::<J>(&text) {
+            if let Some(text) = js_sys::JSON::stringify(&e.data()).ok().and_then(|s| s.as_string())
+                && let Ok(j) = serde_json::from_str::<J>(&text) {
                     on_message(j);
                 }
-            }
         });
         if let Some(c) = &channel {
             c.set_onmessage(Some(handler.as_ref().unchecked_ref()));

@@ -96,13 +96,11 @@ async fn unregister_after_kill() {
         let _ = s.set_item(KILLED_KEY, "1");
     }
     let container = window.navigator().service_worker();
-    if let Ok(reg) = JsFuture::from(container.get_registration()).await {
-        if let Ok(reg) = reg.dyn_into::<web_sys::ServiceWorkerRegistration>() {
-            if let Ok(p) = reg.unregister() {
+    if let Ok(reg) = JsFuture::from(container.get_registration()).await
+        && let Ok(reg) = reg.dyn_into::<web_sys::ServiceWorkerRegistration>()
+            && let Ok(p) = reg.unregister() {
                 let _ = JsFuture::from(p).await;
             }
-        }
-    }
 }
 
 fn post_to_worker(kind: &str) {

@@ -39,14 +39,13 @@ pub fn is_data_route(rel: &str) -> bool {
 
 pub async fn handle(request: Request, rel: String) -> Result<JsValue, JsValue> {
     let parts: Vec<&str> = rel.split('/').collect();
-    if let ["_stead", "v1", "spaces", space, "blobs", sha] = parts.as_slice() {
-        if request.method() == "GET" {
+    if let ["_stead", "v1", "spaces", space, "blobs", sha] = parts.as_slice()
+        && request.method() == "GET" {
             return match blob_response(&request, space, sha).await {
                 Ok(r) => Ok(r.into()),
                 Err(e) => problem(e).map(Into::into),
             };
         }
-    }
     let out = match route(&request, &rel).await {
         Ok((status, body)) => respond(status, &body, "application/json"),
         Err(e) => problem(e),

@@ -661,15 +661,14 @@ pub fn register_background_sync() {
     if sync.is_undefined() {
         return;
     }
-    if let Ok(register) = Reflect::get(&sync, &"register".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) {
-        if let Ok(p) = register.call1(&sync, &"stead-sync".into()) {
+    if let Ok(register) = Reflect::get(&sync, &"register".into()).and_then(|f| f.dyn_into::<js_sys::Function>())
+        && let Ok(p) = register.call1(&sync, &"stead-sync".into()) {
             // A refusal (no permission, unsupported) is not an error: reconnecting does it too.
             let registered = JsFuture::from(js_sys::Promise::from(p));
             wasm_bindgen_futures::spawn_local(async move {
                 let _ = registered.await;
             });
         }
-    }
 }
 
 /// Parses an invite code: `<space>.<replica>.<signing secret hex>.<agreement secret hex>`.

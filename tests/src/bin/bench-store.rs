@@ -24,18 +24,7 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut a = std::env::args().skip(1);
-    let mut get = BTreeMap::new();
-    let mut quick = false;
-    while let Some(k) = a.next() {
-        if k == "--quick" {
-            quick = true;
-        } else if let Some(name) = k.strip_prefix("--") {
-            get.insert(name.to_owned(), a.next().with_context(|| format!("{k} needs a value"))?);
-        } else {
-            bail!("unexpected argument {k}");
-        }
-    }
+    let (mut get, quick) = stead_e2e::flags()?;
     let mut path = |k: &str| get.remove(k).map(PathBuf::from).with_context(|| format!("--{k} is required"));
     Ok(Args {
         dist: path("dist")?,

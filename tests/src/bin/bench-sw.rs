@@ -11,7 +11,6 @@
 //! taken in the page (`performance.now()`, Navigation Timing); raw samples go to a CSV.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -70,18 +69,7 @@ struct Args {
 }
 
 fn args() -> Result<Args> {
-    let mut a = std::env::args().skip(1);
-    let mut get = BTreeMap::new();
-    let mut quick = false;
-    while let Some(k) = a.next() {
-        if k == "--quick" {
-            quick = true;
-        } else if let Some(name) = k.strip_prefix("--") {
-            get.insert(name.to_owned(), a.next().with_context(|| format!("{k} needs a value"))?);
-        } else {
-            bail!("unexpected argument {k:?}");
-        }
-    }
+    let (mut get, quick) = stead_e2e::flags()?;
     let mut take = |k: &str| get.remove(k).with_context(|| format!("--{k} is required"));
     Ok(Args {
         dist: take("dist")?.into(),
@@ -350,7 +338,7 @@ fn round_urls(round: usize) -> Vec<(String, usize)> {
 
 /// A,B, B,A, A,B, …: which of the two sides goes first in step `i`.
 fn abba(i: usize) -> [usize; 2] {
-    if i % 2 == 0 { [0, 1] } else { [1, 0] }
+    if i.is_multiple_of(2) { [0, 1] } else { [1, 0] }
 }
 
 /// Both sites side by side, each in its own fresh browser with its own server; every

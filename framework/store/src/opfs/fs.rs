@@ -113,8 +113,16 @@ pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, FsE
 /// contents only on `close`, so a reader sees the old bytes or the new, never a mix.
 pub async fn write_bytes(parent: &Dir, name: &str, bytes: &[u8]) -> Result<(), FsError> {
     let handle = file_handle(parent, name, true).await?.expect("create makes the file");
-    let w = writable(&handle).await?;
+    write_and_close(writable(&handle).await?, None, bytes).await
+}
+
+/// Writes `bytes` (at `at`, if given) and closes, which commits; on failure the stream is
+/// aborted so the file keeps its old contents.
+async fn write_and_close(w: FileSystemWritableFileStream, at: Option<u64>, bytes: &[u8]) -> Result<(), FsError> {
     let written = async {
+        if let Some(at) = at {
+            JsFuture::from(w.seek_with_f64(at as f64)?).await?;
+        }
         JsFuture::from(w.write_with_u8_array(bytes)?).await?;
         JsFuture::from(w.close()).await?;
         Ok::<_, JsValue>(())
@@ -171,16 +179,5 @@ pub async fn write_at(parent: &Dir, name: &str, at: u64, bytes: &[u8]) -> Result
     let opts = web_sys::FileSystemCreateWritableOptions::new();
     opts.set_keep_existing_data(true);
     let w: FileSystemWritableFileStream = JsFuture::from(handle.create_writable_with_options(&opts)).await?.unchecked_into();
-    let written = async {
-        JsFuture::from(w.seek_with_f64(at as f64)?).await?;
-        JsFuture::from(w.write_with_u8_array(bytes)?).await?;
-        JsFuture::from(w.close()).await?;
-        Ok::<_, JsValue>(())
-    }
-    .await;
-    if let Err(e) = written {
-        let _ = JsFuture::from(w.abort()).await;
-        return Err(e.into());
-    }
-    Ok(())
+    write_and_close(w, Some(at), bytes).await
 }
