@@ -235,12 +235,11 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
             Ok((200, json!({ "undone": undone.is_some() })))
         }
         ("GET", ["collections", c]) => query(engine, request, c),
-        ("POST", ["collections", c]) if body_is_bulk(request).await => {
-            let b = body(request).await?;
-            bulk_create(engine, c, &b).await
-        }
         ("POST", ["collections", c]) => {
             let b = body(request).await?;
+            if b.get("records").is_some() {
+                return bulk_create(engine, c, &b).await;
+            }
             let id = match b.get("id").and_then(J::as_str) {
                 Some(s) => record_id(s)?,
                 None => RecordId::generate(&WebClock, &mut WebRandom),
@@ -309,12 +308,6 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         _ => Err(DataError::not_found(format!("no route {method} .../{}", rest.join("/")))),
     }
-}
-
-/// Whether a create's body holds `records` (a bulk create); peeks at a clone of the body.
-async fn body_is_bulk(request: &Request) -> bool {
-    let Ok(copy) = request.clone() else { return false };
-    body(&copy).await.is_ok_and(|b| b.get("records").is_some())
 }
 
 /// `POST …/{collection}` with `{"records": [{"fields"}...], "entries": "one"|"each"}`:

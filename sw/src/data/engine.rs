@@ -110,6 +110,16 @@ impl Backend {
     }
 }
 
+impl Conn {
+    /// Closes the socket without hearing from it again.
+    fn shut(self) {
+        self.ws.set_onclose(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onopen(None);
+        let _ = self.ws.close();
+    }
+}
+
 pub struct Engine {
     me: Membership,
     replica: RefCell<Replica>,
@@ -131,6 +141,8 @@ pub struct Engine {
     snapshot_at: Cell<u64>,
     /// When the last write or sync change happened (ms), for snapshot timing.
     last_write: Cell<f64>,
+    /// Whether a snapshot timer is waiting for writes to pause.
+    snapshot_timer: Cell<bool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -254,6 +266,7 @@ impl Engine {
             closed: Cell::new(false),
             snapshot_at: Cell::new(total),
             last_write: Cell::new(0.0),
+            snapshot_timer: Cell::new(false),
         }))
     }
 
@@ -329,12 +342,19 @@ impl Engine {
     /// opens from the snapshot and a short log tail instead of replaying the whole log.
     /// It waits until writes pause for [`SNAPSHOT_IDLE_MS`]: a snapshot rewrites the whole
     /// state, so a burst of writes makes one at its end, not one per thousand entries.
+    /// One timer runs per engine; later writes only move the pause's start.
     async fn maybe_snapshot(self: &Rc<Self>) {
         self.last_write.set(js_sys::Date::now());
-        let _ = sleep(SNAPSHOT_IDLE_MS).await;
-        if js_sys::Date::now() - self.last_write.get() < SNAPSHOT_IDLE_MS {
+        if self.snapshot_timer.replace(true) {
             return;
         }
+        loop {
+            let _ = sleep(SNAPSHOT_IDLE_MS).await;
+            if js_sys::Date::now() - self.last_write.get() >= SNAPSHOT_IDLE_MS {
+                break;
+            }
+        }
+        self.snapshot_timer.set(false);
         let total: u64 = self.read(|r| r.version_vector().values().sum());
         if total < self.snapshot_at.get() + SNAPSHOT_EVERY {
             return;
@@ -572,19 +592,13 @@ impl Engine {
             store.close();
         }
         if let Some(c) = self.conn.borrow_mut().take() {
-            c.ws.set_onclose(None);
-            c.ws.set_onmessage(None);
-            c.ws.set_onopen(None);
-            let _ = c.ws.close();
+            c.shut();
         }
     }
 
     fn drop_conn(self: &Rc<Self>, reason: &str) {
         let Some(c) = self.conn.borrow_mut().take() else { return };
-        c.ws.set_onclose(None);
-        c.ws.set_onmessage(None);
-        c.ws.set_onopen(None);
-        let _ = c.ws.close();
+        c.shut();
         self.disconnected(reason.to_owned());
     }
 

@@ -145,6 +145,8 @@ pub struct Data {
     engines: RefCell<BTreeMap<SpaceId, Rc<Engine>>>,
     /// Serialises opening, so two requests at wake do not open one space twice.
     opening: futures::lock::Mutex<()>,
+    /// Every stored space has been opened once in this worker life.
+    woken: std::cell::Cell<bool>,
 }
 
 thread_local! {
@@ -272,9 +274,20 @@ impl Data {
     }
 
     /// Opens every space and (re)connects its sync: what a wake does.
+    /// After the first wake of a worker life every space is open (a new one is opened
+    /// when it is added), so later wakes (each navigation, each heartbeat) only reconnect,
+    /// without reading the space list again. A space that fails to open does not keep the
+    /// others from syncing.
     pub async fn wake(&self) -> Result<(), DataError> {
-        for space in self.spaces().await? {
-            let engine = self.engine(space).await?;
+        if !self.woken.get() {
+            for space in self.spaces().await? {
+                if let Err(e) = self.engine(space).await {
+                    web_sys::console::warn_1(&format!("opening space {space}: {e}").into());
+                }
+            }
+            self.woken.set(true);
+        }
+        for engine in self.open_engines() {
             engine.connect();
         }
         Ok(())
@@ -285,6 +298,7 @@ impl Data {
     pub async fn erase(&self, settle_ms: f64) -> Result<(), DataError> {
         let _guard = self.opening.lock().await;
         let engines: Vec<Rc<Engine>> = std::mem::take(&mut *self.engines.borrow_mut()).into_values().collect();
+        self.woken.set(false);
         for engine in &engines {
             if !engine.settle(settle_ms).await {
                 web_sys::console::warn_1(&format!("space {}: erased with changes the server never acknowledged", engine.space()).into());
