@@ -1,20 +1,17 @@
 //! Signed requests to a Stead server's HTTP routes: the membership log and blobs.
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use reqwest::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::membership::Membership;
-use stead_core::sync::request_message;
 
 use crate::{Error, Result};
 
 /// The `Authorization` header value proving that `replica` of `space` sends this request.
 pub fn authorization(space: SpaceId, replica: ReplicaId, key: &SigningKey, method: &str, path: &str) -> String {
-    let now = SystemClock.now_ms();
-    let sig = key.sign(&request_message(now, space, replica, method, path));
-    format!("Stead {space}.{replica}.{now}.{}", hex::encode(sig.to_bytes()))
+    stead_core::sync::authorization(SystemClock.now_ms(), space, replica, key, method, path)
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {

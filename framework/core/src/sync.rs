@@ -211,6 +211,20 @@ pub fn request_message(time_ms: u64, space: SpaceId, replica: ReplicaId, method:
     w.finish()
 }
 
+/// The `Authorization` header of a signed request:
+/// `Stead <space>.<replica>.<time ms>.<signature of request_message, hex>`.
+pub fn authorization(
+    time_ms: u64,
+    space: SpaceId,
+    replica: ReplicaId,
+    key: &ed25519_dalek::SigningKey,
+    method: &str,
+    path: &str,
+) -> String {
+    let sig = key.sign(&request_message(time_ms, space, replica, method, path));
+    format!("Stead {space}.{replica}.{time_ms}.{}", hex::encode(sig.to_bytes()))
+}
+
 /// What one side of a sync connection works against: a [`Replica`], or a server's
 /// keyless verifying log.
 pub trait SyncPeer {

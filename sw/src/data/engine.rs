@@ -6,7 +6,6 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use ed25519_dalek::Signer;
 use js_sys::{ArrayBuffer, Reflect, Uint8Array};
 use serde_json::json;
 use stead_core::crypto;
@@ -186,9 +185,7 @@ fn server_base() -> String {
 /// The `Authorization` header proving `me` sends a request (see stead-core's
 /// `request_message`).
 pub fn authorization(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, method: &str, path: &str) -> String {
-    let now = now_ms();
-    let sig = key.sign(&stead_core::sync::request_message(now, space, replica, method, path));
-    format!("Stead {space}.{replica}.{now}.{}", hex::encode(sig.to_bytes()))
+    stead_core::sync::authorization(now_ms(), space, replica, key, method, path)
 }
 
 /// A fetch from the worker to the server; `Err` holds a readable reason.
