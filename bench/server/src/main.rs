@@ -50,6 +50,23 @@ enum Cmd {
     Run(RunArgs),
     /// Child process: holds connections, notes when updates arrive (driven through stdin).
     Hold(HoldArgs),
+    /// Only the idle-connection memory workload, for one server: a quick look while
+    /// working on per-connection memory.
+    Memory(MemoryArgs),
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    #[arg(long, value_enum)]
+    target: Target,
+    /// The stead-server binary (a release build); for `--target stead`.
+    #[arg(long)]
+    stead_server: Option<PathBuf>,
+    /// Folder with node_modules (@y/websocket-server); for `--target yjs`.
+    #[arg(long)]
+    yjs_dir: Option<PathBuf>,
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(clap::Args)]
@@ -125,6 +142,7 @@ fn main() -> Result<()> {
             rt.block_on(run(a))
         }
         Cmd::Hold(a) => rt.block_on(hold(a)),
+        Cmd::Memory(a) => rt.block_on(memory_only(a)),
     }
 }
 
@@ -834,6 +852,19 @@ async fn yjs_fanout_run(server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates
     let lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
     eprintln!("    p50 {:.2} ms, p99 {:.2} ms, {} missing", percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99), lat.missing);
     Ok(lat)
+}
+
+async fn memory_only(a: MemoryArgs) -> Result<()> {
+    let sizes = Sizes::new(a.quick);
+    let tmp = tempfile::Builder::new().prefix("stead-bench-server").tempdir()?;
+    let server = match a.target {
+        Target::Stead => Server::stead(a.stead_server.as_deref().context("--stead-server is needed")?, tmp.path()).await?,
+        Target::Yjs => Server::yjs(a.yjs_dir.as_deref().context("--yjs-dir is needed")?).await?,
+    };
+    let m = memory_run(a.target, &server, &reqwest::Client::new(), &sizes, tmp.path()).await?;
+    server.stop().await?;
+    println!("{}: {:.2} KB per idle connection; held {} of {} sockets", a.target.name(), m.slope() / 1024.0, m.held, m.tried);
+    Ok(())
 }
 
 async fn memory_run(target: Target, server: &Server, http: &reqwest::Client, sizes: &Sizes, tmp: &Path) -> Result<Memory> {
