@@ -80,7 +80,7 @@ pub(crate) async fn get_members(
         return Err(Error::Unauthorized("the signature is for another space"));
     }
     let svc = service.clone();
-    let stored = blocking(move || Ok(svc.backend.members(space)?)).await?.ok_or(Error::NotFound)?;
+    let stored = blocking(move || svc.backend.members(space)).await?.ok_or(Error::NotFound)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], stored.bytes).into_response())
 }
 
@@ -104,10 +104,10 @@ pub(crate) async fn put_blob(
     let hash = parse_hash(&hash)?;
     let space = authorize(&service, &method, &uri, &headers).await?;
     let limit = service.limits.max_blob_bytes;
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
-        if len > limit {
-            return Err(Error::TooLarge { what: "blob", size: len, limit });
-        }
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(Error::TooLarge { what: "blob", size: len, limit });
     }
     let bytes = axum::body::to_bytes(body, limit + 1).await.map_err(|_| Error::TooLarge { what: "blob", size: limit + 1, limit })?;
     let actual: [u8; 32] = Sha256::digest(&bytes).into();
@@ -115,7 +115,7 @@ pub(crate) async fn put_blob(
         return Err(Error::BadRequest(format!("the body's sha-256 is {}", hex::encode(actual))));
     }
     let svc = service.clone();
-    let created = blocking(move || Ok(svc.backend.put_blob(space, &hash, &bytes)?)).await?;
+    let created = blocking(move || svc.backend.put_blob(space, &hash, &bytes)).await?;
     if created {
         service.metrics.blobs_stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -160,7 +160,7 @@ pub(crate) async fn get_blob(
     let hash = parse_hash(&hash)?;
     let space = authorize(&service, &method, &uri, &headers).await?;
     let svc = service.clone();
-    let bytes = blocking(move || Ok(svc.backend.blob(space, &hash)?)).await?.ok_or(Error::NotFound)?;
+    let bytes = blocking(move || svc.backend.blob(space, &hash)).await?.ok_or(Error::NotFound)?;
     let size = bytes.len();
     let mut response = match parse_range(&headers, size)? {
         Some((start, end)) => {

@@ -79,13 +79,14 @@ async fn sync_socket(State(service): State<Arc<Service>>, ws: WebSocketUpgrade) 
     // Twice the limit, so a frame somewhat above it still arrives and is answered with a
     // clear error frame instead of a dropped socket.
     let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
-    // A small read buffer: every connection holds one for its life, and most are idle.
-    // Large frames only take more reads.
+    // A small read buffer: every connection holds one for its life, and most are idle
+    // (512 B of a 3.1 KB idle connection; 128 B brings it to 2.8 KB). A frame's payload is
+    // still reserved whole once its header is read; a large one only takes more reads.
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(512)
+        .read_buffer_size(128)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| sync::connection(service, socket))
+        .on_upgrade(move |socket| sync::connection(service, Box::new(socket)))
 }
 
 async fn serve_file(

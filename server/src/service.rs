@@ -366,10 +366,10 @@ impl Service {
     pub(crate) fn members(&self, space: SpaceId) -> Result<Option<(i64, Arc<Membership>)>> {
         let Some(stored) = self.backend.members(space)? else { return Ok(None) };
         let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, m)) = cache.get(&space) {
-            if *v == stored.version {
-                return Ok(Some((*v, m.clone())));
-            }
+        if let Some((v, m)) = cache.get(&space)
+            && *v == stored.version
+        {
+            return Ok(Some((*v, m.clone())));
         }
         let m = Arc::new(Membership::decode(&stored.bytes)?);
         cache.insert(space, (stored.version, m.clone()));

@@ -506,11 +506,11 @@ impl Engine {
                     };
                     let wrote = self.command(cmd, &mut conn).await;
                     if wrote {
-                        if let Some(c) = conn.as_mut() {
-                            if let Err(reason) = self.pump(c).await {
-                                conn = None;
-                                retry_at = self.disconnected(reason);
-                            }
+                        if let Some(c) = conn.as_mut()
+                            && let Err(reason) = self.pump(c).await
+                        {
+                            conn = None;
+                            retry_at = self.disconnected(reason);
                         }
                         self.report(conn.is_some());
                     }

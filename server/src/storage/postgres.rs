@@ -154,10 +154,10 @@ impl WriteTx for PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            if conn.batch_execute("ROLLBACK").is_err() {
-                conn.discard();
-            }
+        if let Some(mut conn) = self.conn.take()
+            && conn.batch_execute("ROLLBACK").is_err()
+        {
+            conn.discard();
         }
     }
 }

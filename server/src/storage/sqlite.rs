@@ -135,10 +135,10 @@ impl WriteTx for SqliteTx {
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if conn.execute_batch("ROLLBACK").is_err() {
-                conn.discard();
-            }
+        if let Some(conn) = self.conn.take()
+            && conn.execute_batch("ROLLBACK").is_err()
+        {
+            conn.discard();
         }
     }
 }

@@ -178,7 +178,7 @@ impl Pg {
         let dir = tempfile::Builder::new().prefix("stead-pg").tempdir()?;
         let data = dir.path().join("data");
         if is_root() {
-            if Command::new("id").arg("postgres").output()?.status.success() == false {
+            if !Command::new("id").arg("postgres").output()?.status.success() {
                 Command::new("useradd").args(["--system", "--no-create-home", "postgres"]).status()?;
             }
             Command::new("chown").args(["postgres", &dir.path().display().to_string()]).status()?;
