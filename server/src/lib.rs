@@ -21,7 +21,7 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{State, WebSocketUpgrade},
+    extract::State,
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -64,7 +64,7 @@ pub fn router(config: Config) -> Router {
     if let Some(service) = config.sync.clone() {
         let limit = service.limits.max_blob_bytes + 1;
         let sync = Router::new()
-            .route("/sync", get(sync_socket))
+            .route("/sync", get(sync::upgrade))
             .route("/spaces/{space}/members", get(http::get_members).put(http::put_members))
             .route("/blobs/{sha256}", get(http::get_blob).put(http::put_blob))
             .route("/metrics", get(http::metrics))
@@ -73,20 +73,6 @@ pub fn router(config: Config) -> Router {
         router = router.merge(sync);
     }
     router.fallback(serve_file).with_state(Arc::new(config))
-}
-
-async fn sync_socket(State(service): State<Arc<Service>>, ws: WebSocketUpgrade) -> Response {
-    // Twice the limit, so a frame somewhat above it still arrives and is answered with a
-    // clear error frame instead of a dropped socket.
-    let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
-    // A small read buffer: every connection holds one for its life, and most are idle
-    // (512 B of a 3.1 KB idle connection; 128 B brings it to 2.8 KB). A frame's payload is
-    // still reserved whole once its header is read; a large one only takes more reads.
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(128)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| sync::connection(service, Box::new(socket)))
 }
 
 async fn serve_file(

@@ -18,8 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use futures::{FutureExt, SinkExt, StreamExt};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
@@ -168,7 +176,7 @@ fn check_limits(service: &Service, bytes: &[u8], rate: &mut Rate) -> Option<(u16
 
 /// What woke a waiting connection.
 enum Event {
-    Message(Option<Result<Message, axum::Error>>),
+    Message(Option<Result<Message, tungstenite::Error>>),
     Note(Result<Note, broadcast::error::RecvError>),
     Shutdown,
 }
@@ -191,17 +199,47 @@ async fn send(service: &Service, socket: &mut WebSocket, msg: Message) -> bool {
     }
 }
 
-/// Serves one upgraded `/sync` socket until it closes.
+type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
+
+/// `GET /sync`: the WebSocket handshake (RFC 6455, section 4.2.2), answered here rather
+/// than by axum's `ws` extractor so that each connection's task is [`connection`] itself,
+/// with nothing of the handshake kept alongside it for the connection's life.
+pub(crate) async fn upgrade(State(service): State<Arc<Service>>, mut req: Request) -> Response {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return (StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "websocket")], "/sync is a WebSocket\n").into_response();
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return (StatusCode::BAD_REQUEST, [(header::SEC_WEBSOCKET_VERSION, "13")], "only WebSocket version 13 is spoken\n").into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "the Sec-WebSocket-Key header is missing\n").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(connection(service, on_upgrade));
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, header::HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
+    response
+}
+
+/// Serves one `/sync` socket, once upgraded, until it closes.
 ///
 /// Most connections are idle most of the time, and a task's future is allocated at its
 /// largest state for the task's life. So the task holds only its [`Conn`] and the wait for
 /// the next event; opening, each step and each event are futures of their own, on the
-/// heap only while they run. The socket comes boxed for the same reason: the future holds
-/// its arguments before it first runs.
-pub(crate) async fn connection(service: Arc<Service>, socket: Box<WebSocket>) {
+/// heap only while they run.
+pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
     let _active = service.enter();
     service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-    let opening = Box::pin(Conn::open(service, socket));
+    let opening = Box::pin(Conn::open(service, on_upgrade));
     let Some(mut conn) = opening.await else { return };
     loop {
         let stepping = Box::pin(conn.step());
@@ -241,7 +279,7 @@ struct Conn {
     /// Entries committed by other connections since the last generation.
     recent: Vec<Note>,
     /// A message met while taking in what had arrived, handled on the next round.
-    held: Option<Box<Option<Result<Message, axum::Error>>>>,
+    held: Option<Box<Option<Result<Message, tungstenite::Error>>>>,
     ack_started: Option<Instant>,
     /// The peer proved it is a member (see `Out::proven`).
     proven: bool,
@@ -254,8 +292,22 @@ struct Conn {
 impl Conn {
     /// Reads the hello, loads the space's membership and registers the connection; `None`
     /// when the connection ended (with an error frame where one applies).
-    async fn open(service: Arc<Service>, socket: Box<WebSocket>) -> Option<Conn> {
-        let mut socket = *socket;
+    async fn open(service: Arc<Service>, on_upgrade: OnUpgrade) -> Option<Conn> {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("the /sync upgrade failed: {e}");
+                return None;
+            }
+        };
+        // Twice the frame limit, so a frame somewhat above it still arrives and is answered
+        // with a clear error frame instead of a dropped socket.
+        let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
+        // A small read buffer: every connection holds one for its life, and most are idle
+        // (512 B took 0.26 KB more per idle connection than 128 B). A frame's payload is
+        // still reserved whole once its header is read; a large one only takes more reads.
+        let config = WebSocketConfig::default().read_buffer_size(128).write_buffer_size(0).max_message_size(Some(max)).max_frame_size(Some(max));
+        let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         let refuse = |reason: &'static str, code: u16, message: String| {
             if !reason.is_empty() {
                 service.metrics.reject(reason);

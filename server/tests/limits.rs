@@ -85,3 +85,30 @@ async fn sigterm_finishes_commits_and_exits_cleanly() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_websocket_handshake_gets_a_clear_answer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("handshake.sqlite3")), &[])?;
+    let url = format!("{}/sync", server.base);
+    let http = reqwest::Client::new();
+
+    let plain = http.get(&url).send().await?;
+    assert_eq!(plain.status(), reqwest::StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(plain.headers().get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+
+    let upgrade = || http.get(&url).header("connection", "keep-alive, Upgrade").header("upgrade", "websocket");
+    let old = upgrade().header("sec-websocket-version", "8").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==").send().await?;
+    assert_eq!(old.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(old.headers().get("sec-websocket-version").map(|v| v.as_bytes()), Some(&b"13"[..]));
+
+    let keyless = upgrade().header("sec-websocket-version", "13").send().await?;
+    assert_eq!(keyless.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(keyless.text().await?.contains("Sec-WebSocket-Key"));
+
+    // The example key of RFC 6455 (section 1.3) gets the RFC's accept value.
+    let good = upgrade().header("sec-websocket-version", "13").header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==").send().await?;
+    assert_eq!(good.status(), reqwest::StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(good.headers().get("sec-websocket-accept").map(|v| v.as_bytes()), Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..]));
+    Ok(())
+}
