@@ -54,6 +54,8 @@ async fn chaos(db: Db) -> anyhow::Result<()> {
             assert!(have >= *acked, "round {round}: {replica} had {acked} entries acked but the database holds {have}");
         }
         assert!(acked.iter().any(|(_, a)| *a > 0), "round {round}: writes were acknowledged before the kill");
+        let (acked_sum, stored_sum): (u64, u64) = (acked.iter().map(|(_, a)| *a).sum(), stored.values().sum());
+        eprintln!("{} round {}: killed with {acked_sum} entries acked, {stored_sum} stored", db.name(), round + 1);
         server = Server::start_on(&db, port, &[]).context("restart")?;
     }
     stop.store(true, Ordering::SeqCst);
@@ -70,6 +72,7 @@ async fn chaos(db: Db) -> anyhow::Result<()> {
         let n = c.client.read(|r| r.get("stats", RecordId([0; 16])).and_then(|s| s.field("writes")).map(|f| f.counter_value())).await?;
         assert_eq!(n, Some(total), "every write applied exactly once on {}", c.client.replica());
     }
+    eprintln!("{}: {} kills under load, {total} writes, each applied exactly once on all {} clients", db.name(), rounds(), cs.len());
     drop(server);
     Ok(())
 }

@@ -23,6 +23,13 @@ pub enum Db {
 }
 
 impl Db {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
     pub fn arg(&self) -> String {
         match self {
             Db::Sqlite(p) => p.display().to_string(),
