@@ -65,11 +65,16 @@ impl Random for OsRandom {
     }
 }
 
-/// Entries newly committed to a space (none: another node committed, read the database).
+/// Entries newly committed to a space (none: another node committed, read the database),
+/// or the server shutting down.
 pub(crate) struct Published {
     /// The connection that stored them, which need not hear of them again.
     pub(crate) from: Option<u64>,
     pub(crate) entries: Vec<Entry>,
+    /// The server is shutting down: finish what is in hand and close. It comes through
+    /// the space's notes, which every connection waits on anyway, so an idle connection
+    /// needs no second thing to wait on.
+    pub(crate) shutdown: bool,
 }
 
 /// What a connection learns about new entries of its space.
@@ -229,10 +234,6 @@ impl Service {
         }
     }
 
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -246,6 +247,13 @@ impl Service {
     /// then waits for them, at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         self.shutdown.send_replace(true);
+        {
+            // A connection registered after this sees the flag set (see `sync::Conn::open`).
+            let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+            for h in hub.values() {
+                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true }));
+            }
+        }
         let wait = async {
             loop {
                 let idle = self.idle.notified();
@@ -359,7 +367,7 @@ impl Service {
             h.merge(&advanced);
         }
         // No receiver is not an error: the space's connections are all gone.
-        let _ = h.notes.send(Arc::new(Published { from, entries }));
+        let _ = h.notes.send(Arc::new(Published { from, entries, shutdown: false }));
     }
 
     /// The verified membership of `space` (cached by version); `None` for an unknown space.

@@ -35,7 +35,7 @@ use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
 use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 
 use crate::commit::{Ctx, Prechecked, Write, entries_in, precheck};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::service::{Note, OsRandom, Registration, Service};
 
@@ -178,7 +178,6 @@ fn check_limits(service: &Service, bytes: &[u8], rate: &mut Rate) -> Option<(u16
 enum Event {
     Message(Option<Result<Message, tungstenite::Error>>),
     Note(Result<Note, broadcast::error::RecvError>),
-    Shutdown,
 }
 
 /// Whether a connection goes on after a step.
@@ -253,7 +252,6 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
                 tokio::select! {
                     m = c.socket.next() => Event::Message(m),
                     n = c.reg.rx.recv() => Event::Note(n),
-                    _ = c.shutdown.changed() => Event::Shutdown,
                 }
             }
         };
@@ -268,7 +266,6 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
 struct Conn {
     service: Arc<Service>,
     socket: WebSocket,
-    shutdown: watch::Receiver<bool>,
     reg: Registration,
     space: SpaceId,
     /// Taken while a step works on it (on the blocking pool or in a commit).
@@ -314,7 +311,6 @@ impl Conn {
             }
             error_frame(code, message)
         };
-        let shutdown = service.shutdown_signal();
         if service.is_shutting_down() {
             send(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
             return None;
@@ -354,6 +350,12 @@ impl Conn {
             send(&service, &mut socket, refuse("busy", code::BUSY, "too many connections to this space".into())).await;
             return None;
         };
+        // Checked again once registered: a shutdown that began before the registration sent
+        // its note to the connections registered then, not to this one.
+        if service.is_shutting_down() {
+            send(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
+            return None;
+        }
         let config = SyncConfig { require_member: true, limits, ..SyncConfig::default() };
         let sync = Sync::new(config, &mut OsRandom);
         let ctx = Ctx { space, members, members_version, server: service.id, service: service.clone() };
@@ -366,7 +368,6 @@ impl Conn {
         Some(Conn {
             service,
             socket,
-            shutdown,
             reg,
             space,
             state: Some((ctx, sync)),
@@ -601,6 +602,7 @@ impl Conn {
                 let mut next = Ok(n);
                 loop {
                     match next {
+                        Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
                         Ok(n) => {
                             if n.from != Some(self.reg.id) {
                                 self.recent.push(n);
@@ -615,7 +617,6 @@ impl Conn {
             // More than `Limits::queue` notes went by unread: this connection is too slow.
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
             Event::Note(Err(broadcast::error::RecvError::Closed)) => STOP,
-            Event::Shutdown => self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
         }
     }
 

@@ -18,16 +18,8 @@ async fn a_stalled_reader_is_cut_off_and_catches_up() -> anyhow::Result<()> {
     let cs = clients(&server, 3).await?;
     let (writer, fast) = (&cs[0].client, &cs[1].client);
     // The stalled peer is device 2's identity driven by hand: it handshakes, then stops reading.
-    let members = cs[2].client.read(|r| r.members().clone()).await?;
     cs[2].client.interrupt();
-    let identity = stead_core::replica::Identity {
-        space: writer.space(),
-        replica: cs[2].client.replica(),
-        signing: cs[2].client.device().signing.clone(),
-        space_key: stead_core::crypto::SpaceKey([0; 32]),
-    };
-    let mut stalled_replica = stead_core::replica::Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
-    let (mut stalled, _) = RawPeer::handshake(&server, &mut stalled_replica, 1).await?;
+    let (mut stalled, _) = RawPeer::as_device(&server, &cs[2], 1).await?;
 
     // Incompressible bodies, so the entries really are large on the wire.
     let mut rng = stead_core::env::SeededRandom::new(5);
@@ -74,10 +66,20 @@ async fn sigterm_finishes_commits_and_exits_cleanly() -> anyhow::Result<()> {
     for i in 0..200u64 {
         cs[(i % 2) as usize].client.set("notes", RecordId([i as u8; 16]), "n", Value::Int(i as i64)).await?;
     }
+    // An idle connection is told, rather than left open until the grace period ends.
+    let (mut idle, _) = RawPeer::as_device(&server, &cs[1], 2).await?;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (clean, took) = server.terminate()?;
     assert!(clean, "stead-server exits with success on SIGTERM");
     assert!(took < Duration::from_secs(11), "shutdown took {took:?}");
+    let told = loop {
+        match recv(&mut idle.ws).await {
+            Ok(Frame::Error { code: c, .. }) => break Some(c),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(told, Some(code::SHUTTING_DOWN), "the idle connection heard why it was closed");
     let stored = db.stored()?;
     for c in &cs {
         let acked = c.client.status().acked;

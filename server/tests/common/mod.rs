@@ -349,6 +349,20 @@ impl RawPeer {
         }
     }
 
+    /// A connection driven by hand as `c`'s device (beside its engine's own, unless that
+    /// was interrupted).
+    pub async fn as_device(server: &Server, c: &TestClient, seed: u64) -> anyhow::Result<(RawPeer, Frame)> {
+        let members = c.client.read(|r| r.members().clone()).await?;
+        let identity = stead_core::replica::Identity {
+            space: c.client.space(),
+            replica: c.client.replica(),
+            signing: c.client.device().signing.clone(),
+            space_key: stead_core::crypto::SpaceKey([0; 32]),
+        };
+        let mut replica = Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
+        RawPeer::handshake(server, &mut replica, seed).await
+    }
+
     pub async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.ws.send(Message::Binary(bytes.into())).await?;
         Ok(())
