@@ -42,6 +42,8 @@ use crate::service::{Note, OsRandom, Registration, Service};
 /// Frames generated per step at most; the rest follow once these are on the wire.
 const FRAMES_PER_STEP: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the peer's Close (see [`close`]).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Frames taken into one step at most, beyond the one that woke the connection.
 const MAX_DRAIN_FRAMES: usize = 64;
 
@@ -200,6 +202,23 @@ async fn send(service: &Service, socket: &mut WebSocket, msg: Message) -> bool {
 
 type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
+/// Sends `msg` (an error frame) and closes the socket.
+async fn send_and_close(service: &Service, socket: &mut WebSocket, msg: Message) {
+    if send(service, socket, msg).await {
+        close(socket).await;
+    }
+}
+
+/// Closes as RFC 6455 (section 7.1.1) asks: after the Close frame, what the peer still
+/// sends is read and dropped until its own Close, for at most [`CLOSE_LINGER`]. A socket
+/// dropped with unread input makes the kernel answer with a reset, and a reset can
+/// discard the error frame before the peer has read it.
+async fn close(socket: &mut WebSocket) {
+    if SinkExt::close(socket).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next().await {} }).await;
+    }
+}
+
 /// `GET /sync`: the WebSocket handshake (RFC 6455, section 4.2.2), answered here rather
 /// than by axum's `ws` extractor so that each connection's task is [`connection`] itself,
 /// with nothing of the handshake kept alongside it for the connection's life.
@@ -237,7 +256,6 @@ pub(crate) async fn upgrade(State(service): State<Arc<Service>>, mut req: Reques
 /// heap only while they run.
 pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
     let _active = service.enter();
-    service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let opening = Box::pin(Conn::open(service, on_upgrade));
     let Some(mut conn) = opening.await else { return };
     loop {
@@ -297,6 +315,7 @@ impl Conn {
                 return None;
             }
         };
+        service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         // Twice the frame limit, so a frame somewhat above it still arrives and is answered
         // with a clear error frame instead of a dropped socket.
         let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
@@ -312,7 +331,7 @@ impl Conn {
             error_frame(code, message)
         };
         if service.is_shutting_down() {
-            send(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
+            send_and_close(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
             return None;
         }
 
@@ -325,11 +344,11 @@ impl Conn {
         let space = match Frame::decode(&first, &limits) {
             Ok(Frame::Hello { space, .. }) => space,
             Ok(_) => {
-                send(&service, &mut socket, refuse("unexpected", code::UNEXPECTED, "the first frame must be a hello".into())).await;
+                send_and_close(&service, &mut socket, refuse("unexpected", code::UNEXPECTED, "the first frame must be a hello".into())).await;
                 return None;
             }
             Err(e) => {
-                send(&service, &mut socket, refuse("bad_frame", code::BAD_FRAME, e.to_string())).await;
+                send_and_close(&service, &mut socket, refuse("bad_frame", code::BAD_FRAME, e.to_string())).await;
                 return None;
             }
         };
@@ -337,23 +356,23 @@ impl Conn {
         let (members_version, members) = match tokio::task::spawn_blocking(move || svc.members(space)).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => {
-                send(&service, &mut socket, refuse("unauthorized", code::UNAUTHORIZED, "unknown space".into())).await;
+                send_and_close(&service, &mut socket, refuse("unauthorized", code::UNAUTHORIZED, "unknown space".into())).await;
                 return None;
             }
             other => {
                 tracing::error!("loading the membership of {space} failed: {other:?}");
-                send(&service, &mut socket, refuse("", code::INTERNAL, "the server could not load the space".into())).await;
+                send_and_close(&service, &mut socket, refuse("", code::INTERNAL, "the server could not load the space".into())).await;
                 return None;
             }
         };
         let Some(reg) = service.register(space) else {
-            send(&service, &mut socket, refuse("busy", code::BUSY, "too many connections to this space".into())).await;
+            send_and_close(&service, &mut socket, refuse("busy", code::BUSY, "too many connections to this space".into())).await;
             return None;
         };
         // Checked again once registered: a shutdown that began before the registration sent
         // its note to the connections registered then, not to this one.
         if service.is_shutting_down() {
-            send(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
+            send_and_close(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
             return None;
         }
         let config = SyncConfig { require_member: true, limits, ..SyncConfig::default() };
@@ -388,9 +407,7 @@ impl Conn {
 
     /// Sends an error frame and closes.
     async fn fail(&mut self, code: u16, message: impl Into<String>) -> Flow {
-        if self.send(error_frame(code, message)).await {
-            let _ = SinkExt::close(&mut self.socket).await;
-        }
+        send_and_close(&self.service, &mut self.socket, error_frame(code, message)).await;
         STOP
     }
 
@@ -429,8 +446,7 @@ impl Conn {
                 (self.state, self.recent, out) = (Some((ctx, sync)), notes, o);
                 if let Some(e) = failed {
                     tracing::error!(%space, "reading the version vector failed: {e}");
-                    self.send(error_frame(code::INTERNAL, "the server could not load the space")).await;
-                    return STOP;
+                    return self.fail(code::INTERNAL, "the server could not load the space").await;
                 }
             }
             self.proven |= out.proven;
@@ -447,7 +463,7 @@ impl Conn {
                 self.service.metrics.observe_ack(t.elapsed());
             }
             if out.close {
-                let _ = SinkExt::close(&mut self.socket).await;
+                close(&mut self.socket).await;
                 return STOP;
             }
             if out.more {
@@ -584,8 +600,7 @@ impl Conn {
             }
             Event::Message(Some(Ok(Message::Text(_)))) => {
                 self.service.metrics.reject("bad_frame");
-                self.send(error_frame(code::BAD_FRAME, "frames are binary")).await;
-                STOP
+                self.fail(code::BAD_FRAME, "frames are binary").await
             }
             // Pings and pongs carry nothing for the protocol; a close is followed by the end.
             Event::Message(Some(Ok(_))) => GO,
@@ -622,8 +637,7 @@ impl Conn {
 
     async fn too_slow(&mut self) -> Flow {
         self.service.metrics.reject("too_slow");
-        self.send(error_frame(code::TOO_SLOW, "this connection fell behind; reconnect to catch up")).await;
-        STOP
+        self.fail(code::TOO_SLOW, "this connection fell behind; reconnect to catch up").await
     }
 }
 
