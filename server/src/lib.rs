@@ -33,6 +33,7 @@ pub mod error;
 mod http;
 pub mod metrics;
 pub mod service;
+mod socket;
 pub mod storage;
 mod sync;
 

@@ -15,6 +15,8 @@ pub const REASONS: [&str; 9] =
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections_total: AtomicU64,
+    /// Open sync connections waiting with only their socket (see `socket::Socket`).
+    pub(crate) connections_asleep: AtomicU64,
     pub(crate) entries_stored: AtomicU64,
     pub(crate) frames_received: AtomicU64,
     pub(crate) blobs_stored: AtomicU64,
@@ -69,6 +71,8 @@ impl Metrics {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(o, "# HELP stead_connections Open sync connections.\n# TYPE stead_connections gauge");
         let _ = writeln!(o, "stead_connections{{backend=\"{backend}\"}} {connections}");
+        let _ = writeln!(o, "# HELP stead_connections_asleep Open sync connections idle with only their socket held.\n# TYPE stead_connections_asleep gauge");
+        let _ = writeln!(o, "stead_connections_asleep {}", c(&self.connections_asleep));
         let _ = writeln!(o, "# HELP stead_connections_total Sync connections accepted.\n# TYPE stead_connections_total counter");
         let _ = writeln!(o, "stead_connections_total {}", c(&self.connections_total));
         let _ = writeln!(o, "# HELP stead_entries_stored_total Entries verified and committed.\n# TYPE stead_entries_stored_total counter");

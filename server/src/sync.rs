@@ -22,13 +22,10 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use futures::{FutureExt, SinkExt, StreamExt};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
@@ -38,6 +35,7 @@ use crate::commit::{Ctx, Prechecked, Write, entries_in, precheck};
 use tokio::sync::broadcast;
 
 use crate::service::{Note, OsRandom, Registration, Service};
+use crate::socket::Socket;
 
 /// Frames generated per step at most; the rest follow once these are on the wire.
 const FRAMES_PER_STEP: usize = 16;
@@ -188,8 +186,8 @@ const GO: Flow = Flow::Continue(());
 const STOP: Flow = Flow::Break(());
 
 /// Sends one message, giving up after the send timeout; `false` ends the connection.
-async fn send(service: &Service, socket: &mut WebSocket, msg: Message) -> bool {
-    match tokio::time::timeout(service.limits.send_timeout, socket.send(msg)).await {
+async fn send(service: &Service, socket: &mut Socket, msg: Message) -> bool {
+    match tokio::time::timeout(service.limits.send_timeout, socket.send(&service.metrics, msg)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -200,12 +198,10 @@ async fn send(service: &Service, socket: &mut WebSocket, msg: Message) -> bool {
     }
 }
 
-type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
-
 /// Sends `msg` (an error frame) and closes the socket.
-async fn send_and_close(service: &Service, socket: &mut WebSocket, msg: Message) {
+async fn send_and_close(service: &Service, socket: &mut Socket, msg: Message) {
     if send(service, socket, msg).await {
-        close(socket).await;
+        close(service, socket).await;
     }
 }
 
@@ -213,9 +209,9 @@ async fn send_and_close(service: &Service, socket: &mut WebSocket, msg: Message)
 /// sends is read and dropped until its own Close, for at most [`CLOSE_LINGER`]. A socket
 /// dropped with unread input makes the kernel answer with a reset, and a reset can
 /// discard the error frame before the peer has read it.
-async fn close(socket: &mut WebSocket) {
-    if SinkExt::close(socket).await.is_ok() {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next().await {} }).await;
+async fn close(service: &Service, socket: &mut Socket) {
+    if socket.close(&service.metrics).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next(&service.metrics).await {} }).await;
     }
 }
 
@@ -265,13 +261,16 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
         }
         let event = match conn.held.take() {
             Some(m) => Event::Message(*m),
-            None => {
-                let c = &mut conn;
-                tokio::select! {
-                    m = c.socket.next() => Event::Message(m),
-                    n = c.reg.rx.recv() => Event::Note(n),
+            None => match conn.socket.sleep(&conn.service.metrics) {
+                Some(m) => Event::Message(m),
+                None => {
+                    let c = &mut conn;
+                    tokio::select! {
+                        m = c.socket.next(&c.service.metrics) => Event::Message(m),
+                        n = c.reg.rx.recv() => Event::Note(n),
+                    }
                 }
-            }
+            },
         };
         let handling = Box::pin(conn.handle(event));
         if handling.await.is_break() {
@@ -283,7 +282,8 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
 /// One `/sync` connection past its hello.
 struct Conn {
     service: Arc<Service>,
-    socket: WebSocket,
+    /// Asleep while the connection waits with nothing buffered (see [`Socket`]).
+    socket: Socket,
     reg: Registration,
     space: SpaceId,
     /// Taken while a step works on it (on the blocking pool or in a commit).
@@ -304,6 +304,14 @@ struct Conn {
     refused: Option<Box<(u16, String)>>,
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.socket.is_asleep() {
+            self.service.metrics.connections_asleep.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Conn {
     /// Reads the hello, loads the space's membership and registers the connection; `None`
     /// when the connection ended (with an error frame where one applies).
@@ -319,11 +327,7 @@ impl Conn {
         // Twice the frame limit, so a frame somewhat above it still arrives and is answered
         // with a clear error frame instead of a dropped socket.
         let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
-        // A small read buffer: every connection holds one for its life, and most are idle
-        // (512 B took 0.26 KB more per idle connection than 128 B). A frame's payload is
-        // still reserved whole once its header is read; a large one only takes more reads.
-        let config = WebSocketConfig::default().read_buffer_size(128).write_buffer_size(0).max_message_size(Some(max)).max_frame_size(Some(max));
-        let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let mut socket = Socket::new(TokioIo::new(upgraded), max);
         let refuse = |reason: &'static str, code: u16, message: String| {
             if !reason.is_empty() {
                 service.metrics.reject(reason);
@@ -336,7 +340,7 @@ impl Conn {
         }
 
         // The hello names the space; nothing else is accepted before it.
-        let first = match tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await {
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, socket.next(&service.metrics)).await {
             Ok(Some(Ok(Message::Binary(b)))) => b,
             _ => return None,
         };
@@ -463,7 +467,7 @@ impl Conn {
                 self.service.metrics.observe_ack(t.elapsed());
             }
             if out.close {
-                close(&mut self.socket).await;
+                close(&self.service, &mut self.socket).await;
                 return STOP;
             }
             if out.more {
@@ -528,7 +532,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 w = &mut committing => break w,
-                m = self.socket.next(), if reading => match m {
+                m = self.socket.next(&self.service.metrics), if reading => match m {
                     Some(Ok(Message::Binary(b))) => {
                         self.service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
                         if let Some(r) = check_limits(&self.service, &b, &mut self.rate) {
@@ -583,7 +587,7 @@ impl Conn {
                 // covers a client's pipelined frames.
                 let mut entries = self.input.iter().map(|f| entries_in(f)).sum::<usize>();
                 while self.input.len() <= MAX_DRAIN_FRAMES && entries < 4 * self.service.limits.max_batch_entries {
-                    match self.socket.next().now_or_never() {
+                    match self.socket.try_next(&self.service.metrics) {
                         None => break,
                         Some(Some(Ok(Message::Binary(b)))) => {
                             entries += entries_in(&b);

@@ -114,3 +114,95 @@ async fn a_bad_websocket_handshake_gets_a_clear_answer() -> anyhow::Result<()> {
     assert_eq!(good.headers().get("sec-websocket-accept").map(|v| v.as_bytes()), Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..]));
     Ok(())
 }
+
+/// A WebSocket frame as a client may write it: masked, with a zero mask key.
+fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![u8::from(fin) << 7 | opcode];
+    if payload.len() < 126 {
+        f.push(0x80 | payload.len() as u8);
+    } else {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn asleep(server: &Server) -> anyhow::Result<u64> {
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await?.text().await?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stead_connections_asleep "))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no stead_connections_asleep in\n{metrics}"))
+}
+
+async fn until_asleep(server: &Server, n: u64) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while asleep(server).await? != n {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{} connections asleep, not {n}", asleep(server).await?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// An idle connection keeps only its socket, and wakes whole: a frame cut in two by the
+/// network, or a message sent in fragments with a ping between them, arrives intact
+/// however long the pause in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_sleeps_and_wakes_whole() -> anyhow::Result<()> {
+    use stead_core::ops::Op;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("sleep.sqlite3")), &[])?;
+    let mut rng = stead_core::env::SeededRandom::new(11);
+    let space = stead_core::testing::Space::new(1, &mut rng);
+    let url = format!("{}/spaces/{}/members", server.base, space.space);
+    assert!(reqwest::Client::new().put(url).body(space.members.encode()).send().await?.status().is_success());
+    let mut device = space.open(0);
+    let (mut peer, _) = RawPeer::handshake(&server, &mut device, 3).await?;
+    until_asleep(&server, 1).await?;
+
+    let mut entry = |n: i64| -> anyhow::Result<Vec<u8>> {
+        let op = Op::Set { collection: "t".into(), record: RecordId([n as u8; 16]), field: "f".into(), value: Value::Int(n) };
+        Ok(Frame::Entries(vec![device.commit(vec![op], common::now(), &mut rng)?]).encode())
+    };
+    let acked = async |peer: &mut RawPeer, seq: u64| -> anyhow::Result<()> {
+        loop {
+            match recv(&mut peer.ws).await? {
+                Frame::Ack { seq: s, .. } if s == seq => return Ok(()),
+                Frame::Error { code, message } => anyhow::bail!("error {code}: {message}"),
+                _ => continue,
+            }
+        }
+    };
+    let write_raw = async |peer: &mut RawPeer, bytes: &[u8]| -> anyhow::Result<()> {
+        let MaybeTlsStream::Plain(tcp) = peer.ws.get_mut() else { anyhow::bail!("not a plain socket") };
+        tcp.write_all(bytes).await?;
+        Ok(tcp.flush().await?)
+    };
+
+    // A whole message (a ping) and half of the next frame arrive together; the rest later.
+    let first = raw_frame(true, 2, &entry(0)?);
+    let (head, tail) = first.split_at(first.len() / 2);
+    write_raw(&mut peer, &[raw_frame(true, 9, b"hi"), head.to_vec()].concat()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_raw(&mut peer, tail).await?;
+    acked(&mut peer, 0).await?;
+    until_asleep(&server, 1).await?;
+
+    // A message in two fragments with a ping between them.
+    let second = entry(1)?;
+    let (a, b) = second.split_at(second.len() / 2);
+    write_raw(&mut peer, &[raw_frame(false, 2, a), raw_frame(true, 9, b"hi")].concat()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_raw(&mut peer, &raw_frame(true, 0, b)).await?;
+    acked(&mut peer, 1).await?;
+    until_asleep(&server, 1).await?;
+
+    drop(peer);
+    until_asleep(&server, 0).await
+}
