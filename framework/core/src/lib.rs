@@ -34,6 +34,7 @@ pub mod query;
 pub mod relay;
 pub mod replica;
 pub mod schema;
+pub mod sig;
 pub mod state;
 pub mod store;
 pub mod sync;

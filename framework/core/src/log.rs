@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Reader, Writer};
@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::ids::{ReplicaId, SpaceId};
 use crate::membership::Membership;
+use crate::env::Random;
+use crate::sig;
 
 /// The entry encoding this build writes and reads.
 pub const ENTRY_VERSION: u8 = 1;
@@ -156,7 +158,7 @@ impl Entry {
             return Err(bad());
         }
         let msg = signed_message(&self.header, &self.payload);
-        key.verify(&msg, &Signature::from_bytes(&self.sig)).map_err(|_| bad())
+        if sig::verify(key, &msg, &self.sig) { Ok(()) } else { Err(bad()) }
     }
 }
 
@@ -395,6 +397,50 @@ pub fn check_entry(entry: &Entry, space: SpaceId, members: &Membership, limits: 
         .ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })?;
     entry.verify_signature(&key)?;
     Ok(Checked { replica: h.replica, seq: h.seq, hash: entry.hash() })
+}
+
+/// [`check_entry`] for many entries, each getting exactly the result `check_entry` gives
+/// it, but with the signatures of each key checked as one batch ([`sig::verify_batch`]),
+/// about three times faster for a run of one device's entries. A batch that fails is
+/// checked one by one, to tell which entries are bad.
+pub fn check_entries(entries: &[Entry], space: SpaceId, members: &Membership, limits: &Limits, random: &mut dyn Random) -> Vec<Result<Checked>> {
+    let mut out = Vec::with_capacity(entries.len());
+    /// Entries that passed every check but the signature (their index and signed bytes).
+    type Signed = Vec<(usize, Vec<u8>)>;
+    let mut by_key: BTreeMap<[u8; 32], (VerifyingKey, Signed)> = BTreeMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let h = &entry.header;
+        let found = if h.space != space {
+            Err(Error::WrongSpace { expected: space, found: h.space })
+        } else if entry.payload.len() > limits.max_payload {
+            Err(Error::TooLarge { what: "entry payload", size: entry.payload.len(), limit: limits.max_payload })
+        } else if h.payload_len as usize != entry.payload.len() {
+            Err(Error::BadSignature { replica: h.replica, seq: h.seq })
+        } else {
+            members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })
+        };
+        match found {
+            Ok(key) => {
+                let msg = signed_message(h, &entry.payload);
+                by_key.entry(key.to_bytes()).or_insert_with(|| (key, Vec::new())).1.push((i, msg));
+                out.push(Ok(Checked { replica: h.replica, seq: h.seq, hash: entry.hash() }));
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    for (key, signed) in by_key.into_values() {
+        let items: Vec<(&[u8], &[u8; 64])> = signed.iter().map(|(i, msg)| (msg.as_slice(), &entries[*i].sig)).collect();
+        if signed.len() > 1 && sig::verify_batch(&key, &items, random) {
+            continue;
+        }
+        for ((i, _), (msg, s)) in signed.iter().zip(items) {
+            if !sig::verify(&key, msg, s) {
+                let h = &entries[*i].header;
+                out[*i] = Err(Error::BadSignature { replica: h.replica, seq: h.seq });
+            }
+        }
+    }
+    out
 }
 
 /// The chain half of [`verify_entry`], cheap: seq continuity against `tip`, duplicate or

@@ -1,10 +1,12 @@
 //! Entry verification in two halves: `check_entry` (stateless, any thread, ahead of time)
 //! then `verify_chain` (against the tip) gives what `verify_entry` gives, typed errors
-//! included, for good entries, forgeries, gaps, forks, duplicates and breaks in the chain.
+//! included, for good entries, forgeries, gaps, forks, duplicates and breaks in the chain;
+//! and `check_entries` (signatures in batches) gives what `check_entry` gives each entry.
 
 use stead_core::env::SeededRandom;
 use stead_core::ids::SpaceId;
-use stead_core::log::{check_entry, verify_chain, verify_entry, ChainTip, Entry, Limits, Verified};
+use stead_core::ids::ReplicaId;
+use stead_core::log::{check_entries, check_entry, verify_chain, verify_entry, ChainTip, Entry, Limits, Verified};
 use stead_core::ops::{Op, Value};
 use stead_core::testing::Space;
 
@@ -77,4 +79,45 @@ fn checking_then_chaining_equals_verifying() {
     let elsewhere = Entry::sign(SpaceId([9; 16]), h.replica, 0, h.hlc, [0; 32], e0.payload.clone(), key);
     check(&space, &limits, &[elsewhere], &[&format!("entry belongs to space {}, not {}", SpaceId([9; 16]), space.space)]);
     check(&space, &Limits { max_payload: 1 }, std::slice::from_ref(&e0), &[&format!("entry payload of {} bytes is too large (limit 1)", e0.payload.len())]);
+}
+
+#[test]
+fn checking_many_at_once_equals_checking_each() {
+    let mut rng = SeededRandom::new(12);
+    let space = Space::new(3, &mut rng);
+    let mut devices: Vec<_> = (0..3).map(|i| space.open(i)).collect();
+    let limits = Limits { max_payload: 400 };
+    let mut good = Vec::new();
+    for n in 0..60u64 {
+        let d = (n % 3) as usize;
+        let len = if n % 13 == 0 { 500 } else { 8 };
+        let op = Op::Set { collection: "c".into(), record: stead_core::ids::RecordId([n as u8; 16]), field: "s".into(), value: Value::Str("x".repeat(len)) };
+        good.push(devices[d].commit(vec![op], NOW + n, &mut rng).unwrap());
+    }
+    for round in 0..8 {
+        // Spoil some: forged by another member, a flipped signature bit, another space, an
+        // unknown replica; some payloads are above the limit already.
+        let mut entries = good.clone();
+        for e in entries.iter_mut() {
+            let h = e.header.clone();
+            match rng.below(12) {
+                0 => *e = Entry::sign(h.space, h.replica, h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[(rng.below(3)) as usize].signing),
+                1 => e.sig[rng.below(64) as usize] ^= 1 << rng.below(8),
+                2 => *e = Entry::sign(SpaceId([9; 16]), h.replica, h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[0].signing),
+                3 => *e = Entry::sign(h.space, ReplicaId([round as u8 + 1; 16]), h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[0].signing),
+                _ => {}
+            }
+        }
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let entries: Vec<Entry> = order.iter().map(|i| entries[*i].clone()).collect();
+        let each: Vec<_> = entries.iter().map(|e| check_entry(e, space.space, &space.members, &limits)).collect();
+        let mut z = SeededRandom::new(round);
+        let many = check_entries(&entries, space.space, &space.members, &limits, &mut z);
+        assert_eq!(many, each, "round {round}");
+        assert!(each.iter().any(|c| c.is_ok()) && each.iter().any(|c| c.is_err()), "round {round} mixes good and bad");
+    }
+    assert!(check_entries(&[], space.space, &space.members, &limits, &mut SeededRandom::new(0)).is_empty());
 }
