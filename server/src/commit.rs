@@ -3,14 +3,15 @@
 //! A [`Write`] carries a connection's protocol state and the frames it received. Before
 //! the transaction, [`precheck`] checks what needs no chain — space, size, the member's key
 //! for (replica, seq), the signature, the entry hash — on the blocking pool, split across
-//! cores. Inside the transaction only the chain is verified (seq continuity, prev hash,
-//! fork or duplicate, clock) against the tips read in that transaction, for entries that
-//! are byte for byte those prechecked under the membership still current (any other is
-//! checked in full there); then they are inserted; the transaction commits; only then does
-//! the connection generate its `Ack`s from the returned state. On
-//! SQLite, which has one writer, a committer thread takes every write queued while the
-//! previous commit was being fsynced into the next transaction, so many frames and
-//! connections share one fsync and none waits for a transaction of its own.
+//! cores, each member's signatures in a batch (`log::check_entries`). Inside the
+//! transaction only the chain is verified (seq continuity, prev hash, fork or duplicate,
+//! clock) against the tips read in that transaction, for entries that are byte for byte
+//! those prechecked under the membership still current (any other is checked in full
+//! there); then they are inserted; the transaction commits; only then does the connection
+//! generate its `Ack`s from the returned state. On SQLite, which has one writer, a
+//! committer thread takes every write queued while the previous commit was being fsynced
+//! into the next transaction, so many frames and connections share one fsync and none
+//! waits for a transaction of its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,12 +21,12 @@ use axum::body::Bytes;
 use ed25519_dalek::Signer;
 use stead_core::codec::Reader;
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::log::{ChainTip, Checked, Entry, Limits as EntryLimits, Verified, VersionVector, check_entry, verify_chain};
+use stead_core::log::{ChainTip, Checked, Entry, Limits as EntryLimits, Verified, VersionVector, check_entries, check_entry, verify_chain};
 use stead_core::membership::Membership;
 use stead_core::sync::{Frame, Sync, SyncPeer, check_member};
 use tokio::sync::oneshot;
 
-use crate::service::Service;
+use crate::service::{OsRandom, Service};
 use crate::storage::WriteTx;
 
 /// Entries in one group transaction at most; the rest wait for the next one.
@@ -126,14 +127,10 @@ fn decode_entries(frames: &[Bytes], limits: &EntryLimits) -> Vec<Entry> {
     entries
 }
 
+/// Checks `entries`, the signatures of each member in one batch (`log::check_entries`).
 fn check_all(entries: Vec<Entry>, space: SpaceId, members: &Membership, limits: &EntryLimits) -> Vec<(Entry, stead_core::Result<Checked>)> {
-    entries
-        .into_iter()
-        .map(|e| {
-            let checked = check_entry(&e, space, members, limits);
-            (e, checked)
-        })
-        .collect()
+    let checked = check_entries(&entries, space, members, limits, &mut OsRandom);
+    entries.into_iter().zip(checked).collect()
 }
 
 /// Checks the signatures (and all else that needs no chain) of the entries in `frames`

@@ -42,6 +42,8 @@ const FRAMES_PER_STEP: usize = 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the peer's Close (see [`close`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Entries read during a commit that are checked together, ahead of the next commit.
+const AHEAD_CHECK_ENTRIES: usize = 32;
 /// Frames taken into one step at most, beyond the one that woke the connection.
 const MAX_DRAIN_FRAMES: usize = 64;
 
@@ -523,6 +525,14 @@ impl Conn {
         // its signatures, so the next commit finds them checked: the committer and the
         // checks then run at the same time.
         let mut entries = 0;
+        // Entries frames read and not yet handed to a check: checked in groups, so each
+        // member's signatures are checked in batches even when each frame holds one entry.
+        let mut unchecked: Vec<Bytes> = Vec::new();
+        let mut unchecked_entries = 0;
+        let check_ahead = |frames: Vec<Bytes>| {
+            let c = check_ctx.clone();
+            tokio::spawn(async move { precheck(&c, &frames).await })
+        };
         let committed = loop {
             let reading = self.proven
                 && self.held.is_none()
@@ -539,8 +549,12 @@ impl Conn {
                             self.refused = Some(Box::new(r));
                         } else {
                             if b.first() == Some(&3) {
-                                let (c, f) = (check_ctx.clone(), b.clone());
-                                self.ahead.push(tokio::spawn(async move { precheck(&c, std::slice::from_ref(&f)).await }));
+                                unchecked_entries += entries_in(&b);
+                                unchecked.push(b.clone());
+                                if unchecked_entries >= AHEAD_CHECK_ENTRIES {
+                                    self.ahead.push(check_ahead(std::mem::take(&mut unchecked)));
+                                    unchecked_entries = 0;
+                                }
                             }
                             entries += entries_in(&b);
                             self.input.push(b);
@@ -551,6 +565,9 @@ impl Conn {
                 },
             }
         };
+        if !unchecked.is_empty() {
+            self.ahead.push(check_ahead(unchecked));
+        }
         let Some(w) = committed else {
             tracing::error!(%space, "the commit was abandoned");
             return STOP;
