@@ -159,8 +159,10 @@ fn bench_stead(o: &Opts, works: &[Vec<(usize, usize, i64)>], fields: &[String], 
     for frames in &wire {
         for bytes in frames {
             let Frame::Entries(entries) = Frame::decode(bytes, &Limits::default())? else { bail!("not an entries frame") };
-            for e in entries {
-                fresh.ingest(e, now)?;
+            // As `Sync` takes a frame in: each signer's signatures in one batch.
+            let checks = fresh.check_entries(&entries);
+            for (e, checked) in entries.into_iter().zip(checks) {
+                fresh.ingest_checked(e, checked, now)?;
             }
         }
     }

@@ -374,6 +374,11 @@ impl Checked {
     pub fn hash(&self) -> Hash {
         self.hash
     }
+
+    /// Whether this check was made of `entry` (its replica and seq; the hash is trusted).
+    pub fn is_for(&self, entry: &Entry) -> bool {
+        self.replica == entry.header.replica && self.seq == entry.header.seq
+    }
 }
 
 /// The stateless half of [`verify_entry`]: space, size, the membership key for

@@ -17,7 +17,8 @@ use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, HlcClock};
 use crate::ids::{RecordId, ReplicaId, SpaceId};
-use crate::log::{verify_entry, ChainTip, Entry, Limits, Verified, VersionVector};
+use crate::log::{self, verify_chain, verify_entry, ChainTip, Checked, Entry, Hash, Limits, Verified, VersionVector};
+use crate::sig::DerivedWeights;
 use crate::membership::Membership;
 use crate::ops::{decode_batch, encode_batch, Op, Tag, Value, MAX_BATCH_OPS};
 use crate::query::{Indexes, Page, Query};
@@ -180,11 +181,12 @@ impl Replica {
                 if batch.is_empty() {
                     return Err(Error::Storage(format!("store lost entries of {rid} from seq {next}")));
                 }
-                for entry in batch {
+                let checks = r.check_entries(&batch);
+                for (entry, checked) in batch.into_iter().zip(checks) {
                     next = entry.header.seq + 1;
                     // Own entries replayed past the snapshot are not offered to undo: the
                     // log does not say which of them were undo entries themselves.
-                    r.ingest_inner(entry, None, false)?;
+                    r.ingest_inner(entry, Some(checked), None, false)?;
                 }
             }
         }
@@ -450,16 +452,38 @@ impl Replica {
 
     /// Takes in an entry from elsewhere: verifies it, stores it, merges its ops.
     pub fn ingest(&mut self, entry: Entry, now_ms: u64) -> Result<Ingested> {
-        self.ingest_inner(entry, Some(now_ms), true)
+        self.ingest_inner(entry, None, Some(now_ms), true)
     }
 
-    fn ingest_inner(&mut self, entry: Entry, now_ms: Option<u64>, store: bool) -> Result<Ingested> {
+    /// What [`log::check_entry`] says of each of `entries` (say, one frame's), with each
+    /// signer's signatures checked in one batch, about three times faster; then each goes
+    /// to [`Replica::ingest_checked`]. The batch weights are derived from this device's
+    /// secret key and the entries ([`DerivedWeights`]), so a sender cannot predict them.
+    pub fn check_entries(&self, entries: &[Entry]) -> Vec<Result<Checked>> {
+        let hashes: Vec<Hash> = entries.iter().map(Entry::hash).collect();
+        let mut weights = DerivedWeights::new(self.me.signing.as_bytes(), hashes.iter().map(|h| h.as_slice()));
+        log::check_entries(entries, self.me.space, &self.members, &self.config.limits, &mut weights)
+    }
+
+    /// [`Replica::ingest`] of an entry [`Replica::check_entries`] checked: `checked` is
+    /// what it said of this entry.
+    pub fn ingest_checked(&mut self, entry: Entry, checked: Result<Checked>, now_ms: u64) -> Result<Ingested> {
+        self.ingest_inner(entry, Some(checked), Some(now_ms), true)
+    }
+
+    fn ingest_inner(&mut self, entry: Entry, checked: Option<Result<Checked>>, now_ms: Option<u64>, store: bool) -> Result<Ingested> {
         let rid = entry.header.replica;
         let tip = self.tips.get(&rid);
         let store_ref = &self.store;
-        let (verdict, hash) = verify_entry(&entry, self.me.space, &self.members, tip, &self.config.limits, |seq| {
-            Ok(store_ref.read(rid, seq, 1)?.first().map(Entry::hash))
-        })?;
+        let known = |seq| Ok(store_ref.read(rid, seq, 1)?.first().map(Entry::hash));
+        let (verdict, hash) = match checked {
+            Some(checked) => {
+                let checked = checked?;
+                assert!(checked.is_for(&entry), "a check is used only for the entry it was made for");
+                (verify_chain(&entry, &checked, tip, known)?, checked.hash())
+            }
+            None => verify_entry(&entry, self.me.space, &self.members, tip, &self.config.limits, known)?,
+        };
         if verdict == Verified::Duplicate {
             return Ok(Ingested::Duplicate);
         }

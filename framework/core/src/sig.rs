@@ -70,6 +70,36 @@ pub fn verify_batch(key: &VerifyingKey, items: &[(&[u8], &[u8; 64])], random: &m
     EdwardsPoint::vartime_multiscalar_mul(scalars, points).mul_by_cofactor().is_identity()
 }
 
+/// Batch weights for a verifier with no random source at hand: each is SHA-512 of a
+/// secret and of everything in the batch, with a counter, as Ed25519 derives its nonces.
+/// Whoever made the batch knows neither the secret nor, so, the weights.
+pub struct DerivedWeights {
+    seed: [u8; 64],
+    counter: u64,
+}
+
+impl DerivedWeights {
+    /// `secret` is known only to the verifier; `contents` is every part of the batch.
+    pub fn new<'a>(secret: &[u8], contents: impl IntoIterator<Item = &'a [u8]>) -> DerivedWeights {
+        let mut h = Sha512::new().chain_update(b"stead-batch-weights-v1\0").chain_update(Sha512::digest(secret));
+        for part in contents {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        DerivedWeights { seed: h.finalize().into(), counter: 0 }
+    }
+}
+
+impl Random for DerivedWeights {
+    fn fill(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(64) {
+            let block = Sha512::new().chain_update(self.seed).chain_update(self.counter.to_le_bytes()).finalize();
+            self.counter += 1;
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
@@ -78,7 +108,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use super::{challenge, verify, verify_batch};
+    use super::{DerivedWeights, challenge, verify, verify_batch};
     use crate::env::{Random, SeededRandom};
 
     fn key(rng: &mut SeededRandom) -> SigningKey {
@@ -175,5 +205,20 @@ mod tests {
             cancel[i][32..].copy_from_slice(s.as_bytes());
         }
         assert!(!check(&items(&cancel), &mut rng));
+    }
+
+    #[test]
+    fn derived_weights_depend_on_the_secret_and_on_every_part() {
+        let weights = |secret: &[u8], parts: &[&[u8]]| {
+            let mut out = [0u8; 80];
+            DerivedWeights::new(secret, parts.iter().copied()).fill(&mut out);
+            out
+        };
+        let base = weights(b"k", &[b"a", b"b"]);
+        assert_eq!(base, weights(b"k", &[b"a", b"b"]));
+        assert_ne!(base, weights(b"j", &[b"a", b"b"]), "another secret");
+        assert_ne!(base, weights(b"k", &[b"a", b"c"]), "another part");
+        assert_ne!(base, weights(b"k", &[b"ab"]), "parts are length-delimited");
+        assert_ne!(base[..16], base[16..32], "each weight differs");
     }
 }

@@ -53,7 +53,7 @@ use crate::codec::{Reader, Writer};
 use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, SpaceId};
-use crate::log::{Entry, Limits, RunReader, RunWriter, VersionVector};
+use crate::log::{Checked, Entry, Limits, RunReader, RunWriter, VersionVector};
 use crate::replica::{Ingested, Replica};
 
 /// Protocol versions this build speaks.
@@ -234,6 +234,16 @@ pub trait SyncPeer {
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>>;
     /// Verifies and durably stores an entry; `Ok(true)` when it was new.
     fn sync_ingest(&mut self, entry: Entry, now_ms: u64) -> Result<bool>;
+    /// Checks what needs no chain of one frame's entries at once (signatures in
+    /// batches), for [`SyncPeer::sync_ingest_checked`]; `None` leaves each entry to
+    /// `sync_ingest`.
+    fn sync_check(&self, _entries: &[Entry]) -> Option<Vec<Result<Checked>>> {
+        None
+    }
+    /// `sync_ingest` of an entry `sync_check` checked; `checked` is what it said of it.
+    fn sync_ingest_checked(&mut self, entry: Entry, _checked: Result<Checked>, now_ms: u64) -> Result<bool> {
+        self.sync_ingest(entry, now_ms)
+    }
     fn sync_sign(&self, msg: &[u8]) -> [u8; 64];
     /// Whether `sig` over `msg` is by an active member `replica`.
     fn sync_check_member(&self, replica: ReplicaId, msg: &[u8], sig: &[u8; 64]) -> bool;
@@ -254,6 +264,12 @@ impl SyncPeer for Replica {
     }
     fn sync_ingest(&mut self, entry: Entry, now_ms: u64) -> Result<bool> {
         Ok(!matches!(self.ingest(entry, now_ms)?, Ingested::Duplicate))
+    }
+    fn sync_check(&self, entries: &[Entry]) -> Option<Vec<Result<Checked>>> {
+        (entries.len() > 1).then(|| self.check_entries(entries))
+    }
+    fn sync_ingest_checked(&mut self, entry: Entry, checked: Result<Checked>, now_ms: u64) -> Result<bool> {
+        Ok(!matches!(self.ingest_checked(entry, checked, now_ms)?, Ingested::Duplicate))
     }
     fn sync_sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing_key().sign(msg).to_bytes()
@@ -486,12 +502,18 @@ impl Sync {
             Frame::Entries(entries) => {
                 self.ready_or_fail()?;
                 let mut skip: Option<ReplicaId> = None;
+                let mut checks = local.sync_check(&entries).map(Vec::into_iter);
                 for entry in entries {
                     let (replica, seq) = (entry.header.replica, entry.header.seq);
+                    let checked = checks.as_mut().and_then(Iterator::next);
                     if skip == Some(replica) {
                         continue;
                     }
-                    match local.sync_ingest(entry, now_ms) {
+                    let ingested = match checked {
+                        Some(c) => local.sync_ingest_checked(entry, c, now_ms),
+                        None => local.sync_ingest(entry, now_ms),
+                    };
+                    match ingested {
                         Ok(_) => {
                             let due = self.acks_due.entry(replica).or_insert(seq);
                             *due = (*due).max(seq);

@@ -185,6 +185,42 @@ fn a_rejected_entry_is_an_error_frame_that_keeps_the_connection() {
     assert_eq!(a.state(), b.state());
 }
 
+/// A frame's entries are checked as batches, one per signer; one bad signature among them
+/// refuses that entry and the rest of its signer's, and nothing else.
+#[test]
+fn a_forged_entry_in_a_batch_refuses_only_itself_and_what_follows_it() {
+    let mut rng = SeededRandom::new(8);
+    let space = Space::new(3, &mut rng);
+    let (mut a, mut b, mut c) = (space.open(0), space.open(1), space.open(2));
+    let mut sb = Sync::new(SyncConfig::default(), &mut rng);
+    let mut sa = Sync::new(SyncConfig::default(), &mut rng);
+    run(&mut a, &mut sa, &mut b, &mut sb);
+    let mut frame = Vec::new();
+    for n in 0..10u8 {
+        frame.push(a.commit(vec![set(n, n as i64)], NOW + u64::from(n), &mut rng).unwrap());
+        if n % 2 == 0 {
+            frame.push(c.commit(vec![set(100 + n, 1)], NOW + u64::from(n), &mut rng).unwrap());
+        }
+    }
+    let forged = frame.iter().position(|e| e.header.replica == a.id() && e.header.seq == 5).unwrap();
+    frame[forged].sig[10] ^= 4;
+    sb.receive(&Frame::Entries(frame).encode(), &mut b, NOW + 100).unwrap();
+    let vv = b.version_vector();
+    assert_eq!(vv.get(&a.id()), Some(&5), "a's entries before the forged one are in");
+    assert_eq!(vv.get(&c.id()), Some(&5), "all of c's entries are in");
+    match sb.generate(&b) {
+        Some(Frame::Error { code, message }) => {
+            assert_eq!(code, code::REJECTED_ENTRY);
+            assert_eq!(message, format!("bad signature on entry {}/5", a.id()));
+        }
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    // The real entries still arrive from a.
+    let (_, errors) = run(&mut a, &mut sa, &mut b, &mut sb);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(b.version_vector().get(&a.id()), Some(&10));
+}
+
 #[test]
 fn snapshots_of_random_histories_round_trip() {
     let mut rng = SeededRandom::new(6);
