@@ -202,7 +202,7 @@ impl FileStore {
                 offsets.push(pos as u64);
                 pos = scan.ends[i];
             }
-            let bad = bad.or(scan.damage);
+            let bad = bad.or(scan.damage.clone());
             let mut framer = Framer::new(FULL_EVERY);
             if let Some(reason) = bad {
                 if !newest {
@@ -225,7 +225,7 @@ impl FileStore {
                 self.recovered.push(Recovery { path: path.clone(), kept_bytes: pos as u64, dropped_bytes: dropped, reason });
             }
             if newest && pos > 0 {
-                framer = Framer::resume(&scan.entries[..offsets.len()], FULL_EVERY);
+                framer = scan.framer(offsets.len(), FULL_EVERY);
             }
             log.framer = framer;
             log.segments.push(Segment { first_seq, path, offsets, len: pos as u64 });

@@ -194,13 +194,27 @@ pub struct Scan {
     pub valid: usize,
     /// Why reading stopped before the end, if it did.
     pub damage: Option<String>,
+    /// The runs of all of `entries`, for [`Scan::framer`].
+    runs: Runs,
+}
+
+impl Scan {
+    /// A framer that goes on after the first `kept` of `entries` as the one that wrote
+    /// them would: [`Framer::resume`], without hashing every entry again when all are kept.
+    pub fn framer(&self, kept: usize, full_every: usize) -> Framer {
+        if kept == self.entries.len() {
+            Framer { started: true, runs: self.runs.clone(), full_every }
+        } else {
+            Framer::resume(&self.entries[..kept], full_every)
+        }
+    }
 }
 
 /// Reads a whole segment. `Err` means it is not a segment of this format (an older one,
 /// or not a log at all): refuse it rather than cut it as damage. A header cut short (or
 /// zeros where a crash left the file longer than what was written) is damage at byte 0.
 pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, String> {
-    let mut out = Scan { entries: Vec::new(), ends: Vec::new(), compact: Vec::new(), valid: 0, damage: None };
+    let mut out = Scan { entries: Vec::new(), ends: Vec::new(), compact: Vec::new(), valid: 0, damage: None, runs: Runs::default() };
     if bytes.is_empty() {
         return Ok(out);
     }
@@ -234,6 +248,7 @@ pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, String> {
             }
         }
     }
+    out.runs = un.runs;
     Ok(out)
 }
 
@@ -291,6 +306,14 @@ mod tests {
             let mut tail = Vec::new();
             let extra = entries(n + 1, replicas);
             more.frame(&extra[n * replicas], &mut tail);
+            // So does one taken from the scan itself, whole or cut.
+            for kept in [s.entries.len(), s.entries.len() - 1] {
+                let (mut resumed, mut from_scan) = (Framer::resume(&s.entries[..kept], full_every), s.framer(kept, full_every));
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                resumed.frame(&extra[kept], &mut a);
+                from_scan.frame(&extra[kept], &mut b);
+                assert_eq!(a, b, "after {kept} of {} entries", s.entries.len());
+            }
             let mut all = bytes.clone();
             all.extend_from_slice(&tail);
             assert_eq!(scan(&all, &Limits::default()).unwrap().entries.len(), n * replicas + 1);

@@ -177,7 +177,7 @@ impl OpfsStore {
             let name = segment_name(index);
             let bytes = bytes?.unwrap_or_default();
             let scan = segment::scan(&bytes, &options.limits).map_err(|reason| OpfsError::Store(format!("log segment {name}: {reason}")))?;
-            let (mut valid, mut damage, mut kept) = (scan.valid.min(segment::SEGMENT_HEADER), scan.damage, 0);
+            let (mut valid, mut damage, mut kept) = (scan.valid.min(segment::SEGMENT_HEADER), scan.damage.clone(), 0);
             for (entry, &end) in scan.entries.iter().zip(&scan.ends) {
                 if let Err(e) = mem.append(entry) {
                     damage = Some(format!("entry out of order: {e}"));
@@ -186,7 +186,7 @@ impl OpfsStore {
                 (valid, kept) = (end, kept + 1);
             }
             (segment, segment_len) = (index, valid as u64);
-            framer = if valid > 0 { Framer::resume(&scan.entries[..kept], 0) } else { Framer::new(0) };
+            framer = if valid > 0 { scan.framer(kept, 0) } else { Framer::new(0) };
             if let Some(reason) = damage {
                 let later = &segments[i + 1..];
                 tracing::warn!(segment = %name, kept = valid, dropped = bytes.len() - valid, later = later.len(), %reason, "cutting off a damaged log tail");
