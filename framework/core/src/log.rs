@@ -386,6 +386,14 @@ impl Checked {
 /// any thread before the chain is at hand (a server checks a received batch in parallel
 /// before its write transaction).
 pub fn check_entry(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) -> Result<Checked> {
+    let key = signer(entry, space, members, limits)?;
+    entry.verify_signature(&key)?;
+    Ok(Checked { replica: entry.header.replica, seq: entry.header.seq, hash: entry.hash() })
+}
+
+/// What [`check_entry`] checks before the signature, in its order; the key that must
+/// have signed the entry.
+fn signer(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) -> Result<VerifyingKey> {
     let h = &entry.header;
     if h.space != space {
         return Err(Error::WrongSpace { expected: space, found: h.space });
@@ -397,11 +405,7 @@ pub fn check_entry(entry: &Entry, space: SpaceId, members: &Membership, limits: 
             limit: limits.max_payload,
         });
     }
-    let key = members
-        .key_for(h.replica, h.seq)
-        .ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })?;
-    entry.verify_signature(&key)?;
-    Ok(Checked { replica: h.replica, seq: h.seq, hash: entry.hash() })
+    members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })
 }
 
 /// [`check_entry`] for many entries, each getting exactly the result `check_entry` gives
@@ -415,16 +419,10 @@ pub fn check_entries(entries: &[Entry], space: SpaceId, members: &Membership, li
     let mut by_key: BTreeMap<[u8; 32], (VerifyingKey, Signed)> = BTreeMap::new();
     for (i, entry) in entries.iter().enumerate() {
         let h = &entry.header;
-        let found = if h.space != space {
-            Err(Error::WrongSpace { expected: space, found: h.space })
-        } else if entry.payload.len() > limits.max_payload {
-            Err(Error::TooLarge { what: "entry payload", size: entry.payload.len(), limit: limits.max_payload })
-        } else if h.payload_len as usize != entry.payload.len() {
-            Err(Error::BadSignature { replica: h.replica, seq: h.seq })
-        } else {
-            members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })
-        };
-        match found {
+        match signer(entry, space, members, limits) {
+            // A payload that is not the length its header states fails as a bad
+            // signature, as in `Entry::verify_signature`.
+            Ok(_) if h.payload_len as usize != entry.payload.len() => out.push(Err(Error::BadSignature { replica: h.replica, seq: h.seq })),
             Ok(key) => {
                 let msg = signed_message(h, &entry.payload);
                 by_key.entry(key.to_bytes()).or_insert_with(|| (key, Vec::new())).1.push((i, msg));

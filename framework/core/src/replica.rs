@@ -17,7 +17,7 @@ use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, HlcClock};
 use crate::ids::{RecordId, ReplicaId, SpaceId};
-use crate::log::{self, verify_chain, verify_entry, ChainTip, Checked, Entry, Hash, Limits, Verified, VersionVector};
+use crate::log::{self, verify_chain, verify_entry, ChainTip, Checked, Entry, Limits, Verified, VersionVector};
 use crate::sig::DerivedWeights;
 use crate::membership::Membership;
 use crate::ops::{decode_batch, encode_batch, Op, Tag, Value, MAX_BATCH_OPS};
@@ -458,10 +458,10 @@ impl Replica {
     /// What [`log::check_entry`] says of each of `entries` (say, one frame's), with each
     /// signer's signatures checked in one batch, about three times faster; then each goes
     /// to [`Replica::ingest_checked`]. The batch weights are derived from this device's
-    /// secret key and the entries ([`DerivedWeights`]), so a sender cannot predict them.
+    /// secret key and the entries' signatures ([`DerivedWeights`]), so a sender cannot
+    /// predict them.
     pub fn check_entries(&self, entries: &[Entry]) -> Vec<Result<Checked>> {
-        let hashes: Vec<Hash> = entries.iter().map(Entry::hash).collect();
-        let mut weights = DerivedWeights::new(self.me.signing.as_bytes(), hashes.iter().map(|h| h.as_slice()));
+        let mut weights = DerivedWeights::new(self.me.signing.as_bytes(), entries.iter().map(|e| e.sig.as_slice()));
         log::check_entries(entries, self.me.space, &self.members, &self.config.limits, &mut weights)
     }
 

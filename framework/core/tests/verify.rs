@@ -100,11 +100,17 @@ fn checking_many_at_once_equals_checking_each() {
         let mut entries = good.clone();
         for e in entries.iter_mut() {
             let h = e.header.clone();
-            match rng.below(12) {
+            match rng.below(14) {
                 0 => *e = Entry::sign(h.space, h.replica, h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[(rng.below(3)) as usize].signing),
                 1 => e.sig[rng.below(64) as usize] ^= 1 << rng.below(8),
                 2 => *e = Entry::sign(SpaceId([9; 16]), h.replica, h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[0].signing),
                 3 => *e = Entry::sign(h.space, ReplicaId([round as u8 + 1; 16]), h.seq, h.hlc, h.prev, e.payload.clone(), &space.identities[0].signing),
+                // A header that misstates the payload's length, from a member or not.
+                4 => e.header.payload_len += 1,
+                5 => {
+                    e.header.payload_len += 1;
+                    e.header.replica = ReplicaId([200; 16]);
+                }
                 _ => {}
             }
         }
