@@ -15,6 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
@@ -26,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::metrics::Metrics;
+use crate::service::Service;
 
 /// Bytes read while asleep at most; tungstenite reads the rest of the frame itself.
 const WAKE_BYTES: usize = 16;
@@ -162,13 +163,12 @@ impl AsyncWrite for Framed {
 
 type WebSocket = WebSocketStream<Framed>;
 
-/// A server-side WebSocket that is awake (a tungstenite) or asleep (only the socket).
-/// Its methods take the server's metrics to count the sleeping sockets; the owner
-/// uncounts a socket dropped asleep (see [`Socket::is_asleep`]).
+/// A server-side WebSocket that is awake (a tungstenite) or asleep (only the socket),
+/// counted in `stead_connections_asleep` while asleep.
 pub(crate) struct Socket {
     state: State,
-    /// The largest message and frame accepted, in bytes.
-    max_message: usize,
+    /// For the largest message accepted, and the count of sleeping sockets.
+    service: Arc<Service>,
 }
 
 enum State {
@@ -179,12 +179,15 @@ enum State {
 }
 
 impl Socket {
-    pub(crate) fn new(io: TokioIo<Upgraded>, max_message: usize) -> Socket {
-        let ws = Self::tungstenite(Framed::new(io), max_message);
-        Socket { state: State::Awake(Box::new(ws)), max_message }
+    pub(crate) fn new(io: TokioIo<Upgraded>, service: Arc<Service>) -> Socket {
+        let ws = Self::tungstenite(Framed::new(io), &service);
+        Socket { state: State::Awake(Box::new(ws)), service }
     }
 
-    fn tungstenite(framed: Framed, max: usize) -> WebSocket {
+    fn tungstenite(framed: Framed, service: &Service) -> WebSocket {
+        // Twice the frame limit, so a frame somewhat above it still arrives and is answered
+        // with a clear error frame instead of a dropped socket.
+        let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
         // A small read buffer: most connections hold it only while they are busy, and a
         // frame's payload is still reserved whole once its header is read. Nothing is held
         // back for writing: frames go out as they are sent.
@@ -196,12 +199,12 @@ impl Socket {
     }
 
     /// tungstenite, made anew if the socket was asleep.
-    fn awake(&mut self, metrics: &Metrics) -> &mut WebSocket {
+    fn awake(&mut self) -> &mut WebSocket {
         if let State::Asleep(_) = self.state
             && let State::Asleep(framed) = std::mem::replace(&mut self.state, State::Gone)
         {
-            metrics.connections_asleep.fetch_sub(1, Ordering::Relaxed);
-            self.state = State::Awake(Box::new(Self::tungstenite(framed, self.max_message)));
+            self.service.metrics.connections_asleep.fetch_sub(1, Ordering::Relaxed);
+            self.state = State::Awake(Box::new(Self::tungstenite(framed, &self.service)));
         }
         match &mut self.state {
             State::Awake(ws) => ws,
@@ -210,33 +213,33 @@ impl Socket {
     }
 
     /// The next message; `None` once the socket is closed. Cancel-safe.
-    pub(crate) async fn next(&mut self, metrics: &Metrics) -> Option<Result<Message, tungstenite::Error>> {
+    pub(crate) async fn next(&mut self) -> Option<Result<Message, tungstenite::Error>> {
         if let State::Asleep(framed) = &mut self.state {
             std::future::poll_fn(|cx| framed.poll_wake(cx)).await;
         }
-        self.awake(metrics).next().await
+        self.awake().next().await
     }
 
     /// The next message if one has already arrived.
-    pub(crate) fn try_next(&mut self, metrics: &Metrics) -> Option<Option<Result<Message, tungstenite::Error>>> {
+    pub(crate) fn try_next(&mut self) -> Option<Option<Result<Message, tungstenite::Error>>> {
         if let State::Asleep(framed) = &mut self.state
             && framed.poll_wake(&mut Context::from_waker(Waker::noop())).is_pending()
         {
             return None;
         }
-        self.awake(metrics).next().now_or_never()
+        self.awake().next().now_or_never()
     }
 
-    pub(crate) async fn send(&mut self, metrics: &Metrics, msg: Message) -> Result<(), tungstenite::Error> {
-        self.awake(metrics).send(msg).await
+    pub(crate) async fn send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        self.awake().send(msg).await
     }
 
-    pub(crate) async fn close(&mut self, metrics: &Metrics) -> Result<(), tungstenite::Error> {
-        SinkExt::close(self.awake(metrics)).await
+    pub(crate) async fn close(&mut self) -> Result<(), tungstenite::Error> {
+        SinkExt::close(self.awake()).await
     }
 
     /// Lets tungstenite go if it holds nothing; else the message that has arrived, if any.
-    pub(crate) fn sleep(&mut self, metrics: &Metrics) -> Option<Option<Result<Message, tungstenite::Error>>> {
+    pub(crate) fn sleep(&mut self) -> Option<Option<Result<Message, tungstenite::Error>>> {
         let State::Awake(ws) = &mut self.state else { return None };
         if let Some(m) = ws.next().now_or_never() {
             return Some(m);
@@ -247,13 +250,18 @@ impl Socket {
         }
         if let State::Awake(ws) = std::mem::replace(&mut self.state, State::Gone) {
             self.state = State::Asleep(ws.into_inner());
-            metrics.connections_asleep.fetch_add(1, Ordering::Relaxed);
+            self.service.metrics.connections_asleep.fetch_add(1, Ordering::Relaxed);
         }
         None
     }
 
-    pub(crate) fn is_asleep(&self) -> bool {
-        matches!(self.state, State::Asleep(_))
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let State::Asleep(_) = self.state {
+            self.service.metrics.connections_asleep.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

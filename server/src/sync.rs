@@ -189,7 +189,7 @@ const STOP: Flow = Flow::Break(());
 
 /// Sends one message, giving up after the send timeout; `false` ends the connection.
 async fn send(service: &Service, socket: &mut Socket, msg: Message) -> bool {
-    match tokio::time::timeout(service.limits.send_timeout, socket.send(&service.metrics, msg)).await {
+    match tokio::time::timeout(service.limits.send_timeout, socket.send(msg)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -203,7 +203,7 @@ async fn send(service: &Service, socket: &mut Socket, msg: Message) -> bool {
 /// Sends `msg` (an error frame) and closes the socket.
 async fn send_and_close(service: &Service, socket: &mut Socket, msg: Message) {
     if send(service, socket, msg).await {
-        close(service, socket).await;
+        close(socket).await;
     }
 }
 
@@ -211,9 +211,9 @@ async fn send_and_close(service: &Service, socket: &mut Socket, msg: Message) {
 /// sends is read and dropped until its own Close, for at most [`CLOSE_LINGER`]. A socket
 /// dropped with unread input makes the kernel answer with a reset, and a reset can
 /// discard the error frame before the peer has read it.
-async fn close(service: &Service, socket: &mut Socket) {
-    if socket.close(&service.metrics).await.is_ok() {
-        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next(&service.metrics).await {} }).await;
+async fn close(socket: &mut Socket) {
+    if socket.close().await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = socket.next().await {} }).await;
     }
 }
 
@@ -263,12 +263,12 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
         }
         let event = match conn.held.take() {
             Some(m) => Event::Message(*m),
-            None => match conn.socket.sleep(&conn.service.metrics) {
+            None => match conn.socket.sleep() {
                 Some(m) => Event::Message(m),
                 None => {
                     let c = &mut conn;
                     tokio::select! {
-                        m = c.socket.next(&c.service.metrics) => Event::Message(m),
+                        m = c.socket.next() => Event::Message(m),
                         n = c.reg.rx.recv() => Event::Note(n),
                     }
                 }
@@ -306,14 +306,6 @@ struct Conn {
     refused: Option<Box<(u16, String)>>,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if self.socket.is_asleep() {
-            self.service.metrics.connections_asleep.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Conn {
     /// Reads the hello, loads the space's membership and registers the connection; `None`
     /// when the connection ended (with an error frame where one applies).
@@ -326,10 +318,7 @@ impl Conn {
             }
         };
         service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        // Twice the frame limit, so a frame somewhat above it still arrives and is answered
-        // with a clear error frame instead of a dropped socket.
-        let max = service.limits.max_frame_bytes.saturating_mul(2).saturating_add(1024);
-        let mut socket = Socket::new(TokioIo::new(upgraded), max);
+        let mut socket = Socket::new(TokioIo::new(upgraded), service.clone());
         let refuse = |reason: &'static str, code: u16, message: String| {
             if !reason.is_empty() {
                 service.metrics.reject(reason);
@@ -342,7 +331,7 @@ impl Conn {
         }
 
         // The hello names the space; nothing else is accepted before it.
-        let first = match tokio::time::timeout(HELLO_TIMEOUT, socket.next(&service.metrics)).await {
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await {
             Ok(Some(Ok(Message::Binary(b)))) => b,
             _ => return None,
         };
@@ -469,7 +458,7 @@ impl Conn {
                 self.service.metrics.observe_ack(t.elapsed());
             }
             if out.close {
-                close(&self.service, &mut self.socket).await;
+                close(&mut self.socket).await;
                 return STOP;
             }
             if out.more {
@@ -542,7 +531,7 @@ impl Conn {
             tokio::select! {
                 biased;
                 w = &mut committing => break w,
-                m = self.socket.next(&self.service.metrics), if reading => match m {
+                m = self.socket.next(), if reading => match m {
                     Some(Ok(Message::Binary(b))) => {
                         self.service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
                         if let Some(r) = check_limits(&self.service, &b, &mut self.rate) {
@@ -604,7 +593,7 @@ impl Conn {
                 // covers a client's pipelined frames.
                 let mut entries = self.input.iter().map(|f| entries_in(f)).sum::<usize>();
                 while self.input.len() <= MAX_DRAIN_FRAMES && entries < 4 * self.service.limits.max_batch_entries {
-                    match self.socket.try_next(&self.service.metrics) {
+                    match self.socket.try_next() {
                         None => break,
                         Some(Some(Ok(Message::Binary(b)))) => {
                             entries += entries_in(&b);

@@ -391,8 +391,8 @@ pub fn check_entry(entry: &Entry, space: SpaceId, members: &Membership, limits: 
     Ok(Checked { replica: entry.header.replica, seq: entry.header.seq, hash: entry.hash() })
 }
 
-/// What [`check_entry`] checks before the signature, in its order; the key that must
-/// have signed the entry.
+/// What [`check_entry`] checks before the signature itself, in its order; the key that
+/// must have signed the entry.
 fn signer(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) -> Result<VerifyingKey> {
     let h = &entry.header;
     if h.space != space {
@@ -405,7 +405,12 @@ fn signer(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) 
             limit: limits.max_payload,
         });
     }
-    members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })
+    let key = members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })?;
+    // The signature covers the header's length: a payload of another length fails it.
+    if h.payload_len as usize != entry.payload.len() {
+        return Err(Error::BadSignature { replica: h.replica, seq: h.seq });
+    }
+    Ok(key)
 }
 
 /// [`check_entry`] for many entries, each getting exactly the result `check_entry` gives
@@ -420,9 +425,6 @@ pub fn check_entries(entries: &[Entry], space: SpaceId, members: &Membership, li
     for (i, entry) in entries.iter().enumerate() {
         let h = &entry.header;
         match signer(entry, space, members, limits) {
-            // A payload that is not the length its header states fails as a bad
-            // signature, as in `Entry::verify_signature`.
-            Ok(_) if h.payload_len as usize != entry.payload.len() => out.push(Err(Error::BadSignature { replica: h.replica, seq: h.seq })),
             Ok(key) => {
                 let msg = signed_message(h, &entry.payload);
                 by_key.entry(key.to_bytes()).or_insert_with(|| (key, Vec::new())).1.push((i, msg));
