@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use axum::body::Bytes;
 use ed25519_dalek::Signer;
 use stead_core::codec::Reader;
+use stead_core::hlc::HlcClock;
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Checked, Entry, Limits as EntryLimits, Verified, VersionVector, check_entries, check_entry, verify_chain};
 use stead_core::membership::Membership;
@@ -198,8 +199,11 @@ impl SyncPeer for TxPeer<'_> {
     fn sync_entries(&self, _: ReplicaId, _: u64, _: usize, _: usize) -> stead_core::Result<Vec<Entry>> {
         Ok(Vec::new())
     }
-    fn sync_ingest(&mut self, entry: Entry, _now_ms: u64) -> stead_core::Result<bool> {
+    fn sync_ingest(&mut self, entry: Entry, now_ms: u64) -> stead_core::Result<bool> {
         let (space, rid) = (self.ctx.space, entry.header.replica);
+        // An entry dated ahead of the server's clock would be refused by every client
+        // whose clock is right; it is refused here, before anyone else can receive it.
+        HlcClock::new(self.ctx.service.limits.max_clock_drift_ms).check(entry.header.hlc, now_ms)?;
         // Read in this transaction (which may hold other writes of the same chain), never
         // from a cache: another node or connection may have extended the chain.
         if !self.tips.contains_key(&rid) {

@@ -20,6 +20,10 @@ pub enum Error {
     NotAnExtension,
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("the space's quota of {limit} {what} is full")]
+    QuotaFull { what: &'static str, limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("{what} of {size} bytes is above the limit of {limit}")]
@@ -49,6 +53,8 @@ impl IntoResponse for Error {
             Error::UnknownSpace(_) | Error::NotFound => StatusCode::NOT_FOUND,
             Error::NotAnExtension => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::QuotaFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::BadRequest(_) | Error::Core(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadRange { size } => {

@@ -14,6 +14,10 @@ use stead_core::sync::{check_member, request_message};
 
 use crate::error::{Error, Result};
 use crate::service::Service;
+use crate::storage::PutBlob;
+
+/// The header carrying an operator-issued token that allows creating a space.
+pub(crate) const CREATION_TOKEN: &str = "stead-creation-token";
 
 /// How far a signed request's time may be from the server's.
 const REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
@@ -58,12 +62,20 @@ fn parse_space(s: &str) -> Result<SpaceId> {
     s.parse().map_err(|_| Error::BadRequest(format!("{s:?} is not a space id")))
 }
 
-/// `PUT /spaces/{space}/members`: creates a space from its genesis, or extends its
-/// membership log. Needs no header: every event in the log is signed by a member.
-pub(crate) async fn put_members(State(service): State<Arc<Service>>, Path(space): Path<String>, body: Bytes) -> Result<Response> {
+/// `PUT /spaces/{space}/members`: creates a space from its genesis (as the server's
+/// creation policy allows: a `Stead-Creation-Token` header where it asks for one), or
+/// extends its membership log, which needs no header: every event in the log is signed
+/// by a member.
+pub(crate) async fn put_members(
+    State(service): State<Arc<Service>>,
+    Path(space): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let space = parse_space(&space)?;
+    let token = headers.get(CREATION_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let svc = service.clone();
-    let version = blocking(move || svc.put_members(space, &body)).await?;
+    let version = blocking(move || svc.put_members(space, &body, token.as_deref())).await?;
     Ok((StatusCode::OK, version.to_string()).into_response())
 }
 
@@ -115,11 +127,19 @@ pub(crate) async fn put_blob(
         return Err(Error::BadRequest(format!("the body's sha-256 is {}", hex::encode(actual))));
     }
     let svc = service.clone();
-    let created = blocking(move || svc.backend.put_blob(space, &hash, &bytes)).await?;
-    if created {
-        service.metrics.blobs_stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let quota = service.limits.max_blob_bytes_per_space;
+    let put = blocking(move || svc.backend.put_blob(space, &hash, &bytes, quota)).await?;
+    match put {
+        PutBlob::Created => {
+            service.metrics.blobs_stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((StatusCode::CREATED, "").into_response())
+        }
+        PutBlob::Exists => Ok((StatusCode::OK, "").into_response()),
+        PutBlob::OverQuota => {
+            service.metrics.reject_quota("blob_bytes");
+            Err(Error::QuotaFull { what: "blob bytes", limit: quota })
+        }
     }
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, "").into_response())
 }
 
 /// One byte range of a `Range` header, resolved against `size`: `None` when absent or not
@@ -182,6 +202,19 @@ pub(crate) async fn get_blob(
 
 /// `GET /metrics`.
 pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
-    let text = service.metrics.render(service.connections(), service.backend.kind());
+    let mut text = service.metrics.render(service.connections(), service.backend.kind());
+    if let Some(gate) = service.gate.get() {
+        gate.stats.render(&mut text);
+    }
+    let l = &service.limits;
+    text.push_str("# HELP stead_quota_limit Per-space bounds.\n# TYPE stead_quota_limit gauge\n");
+    for (quota, n) in [
+        ("entries", l.max_entries_per_space),
+        ("blob_bytes", l.max_blob_bytes_per_space),
+        ("membership_events", l.max_membership_events as u64),
+        ("membership_bytes", l.max_membership_bytes as u64),
+    ] {
+        text.push_str(&format!("stead_quota_limit{{quota=\"{quota}\"}} {n}\n"));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

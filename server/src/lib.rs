@@ -31,6 +31,7 @@ use stead_core::bundle::{self, MANIFEST_FILE, WORKER_SCRIPT};
 mod commit;
 pub mod error;
 mod http;
+mod listen;
 pub mod metrics;
 pub mod service;
 mod socket;
@@ -38,7 +39,8 @@ pub mod storage;
 mod sync;
 
 pub use error::{Error, Result};
-pub use service::{Limits, Service};
+pub use listen::HttpLimits;
+pub use service::{Limits, Service, SpaceCreation};
 
 /// The MIME type the server and the bundle manifest give a path.
 pub fn mime_for(path: &str) -> String {
@@ -57,6 +59,8 @@ pub struct Config {
     /// The kill switch: the app is withdrawn, so the bundle manifest answers `410 Gone`
     /// and installed service workers delete what they stored and unregister.
     pub retired: bool,
+    /// Bounds on connections: counts, and deadlines for slow clients.
+    pub http: HttpLimits,
 }
 
 /// The server's routes: `/healthz`, sync (when configured) and the bundle's files.
@@ -66,14 +70,21 @@ pub fn router(config: Config) -> Router {
         let limit = service.limits.max_blob_bytes + 1;
         let sync = Router::new()
             .route("/sync", get(sync::upgrade))
-            .route("/spaces/{space}/members", get(http::get_members).put(http::put_members))
+            .route(
+                "/spaces/{space}/members",
+                get(http::get_members).put(http::put_members).layer(axum::extract::DefaultBodyLimit::max(service.limits.max_membership_bytes + 1)),
+            )
             .route("/blobs/{sha256}", get(http::get_blob).put(http::put_blob))
             .route("/metrics", get(http::metrics))
             .layer(axum::extract::DefaultBodyLimit::max(limit))
             .with_state(service);
         router = router.merge(sync);
     }
-    router.fallback(serve_file).with_state(Arc::new(config))
+    let body_idle = config.http.body_idle_timeout;
+    router
+        .fallback(serve_file)
+        .with_state(Arc::new(config))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
 }
 
 async fn serve_file(
@@ -136,13 +147,42 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/html"))
 }
 
-/// The request path as a relative bundle path, or `None` when it tries to leave the folder.
+/// The request path as a bundle-relative path, or `None` when it is not one.
+///
+/// Each segment is percent-decoded on its own and must then be a plain file name: not
+/// empty (but for a trailing slash), not `.` or `..`, and free of `/`, `\`, NUL, control
+/// characters and `%` (an encoded separator would otherwise become a real one after
+/// decoding, and a double encoding a second chance at one). The path can then neither
+/// climb out of the bundle folder nor replace it with an absolute path in `join`; where
+/// it still leads (through a symlink) is checked in [`read`].
 fn clean_path(path: &str) -> Option<String> {
-    let decoded = percent_decode(path.trim_start_matches('/'))?;
-    let ok = decoded
-        .split('/')
-        .all(|seg| seg != ".." && seg != "." && !seg.contains(['\\', '\0']));
-    ok.then_some(decoded)
+    let rest = path.strip_prefix('/')?;
+    if rest.is_empty() {
+        return Some(String::new());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    let mut out = String::with_capacity(rest.len());
+    for (i, raw) in segments.into_iter().enumerate() {
+        if raw.is_empty() {
+            // Only a trailing slash: "a//b" is not a path the bundle has.
+            if i != last {
+                return None;
+            }
+            out.push('/');
+            continue;
+        }
+        let seg = percent_decode(raw)?;
+        let plain = seg != "." && seg != ".." && !seg.chars().any(|c| matches!(c, '/' | '\\' | '%') || c.is_control());
+        if !plain {
+            return None;
+        }
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&seg);
+    }
+    Some(out)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -160,8 +200,23 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Reads `rel` (from [`clean_path`]) from the bundle folder, if it is a file there. A
+/// symlink in the folder is followed only while it stays inside the folder.
 async fn read(dir: &Path, rel: &str) -> Option<Vec<u8>> {
-    match tokio::fs::read(dir.join(rel)).await {
+    let path = dir.join(rel);
+    let inside = match (tokio::fs::canonicalize(dir).await, tokio::fs::canonicalize(&path).await) {
+        (Ok(root), Ok(real)) => real.starts_with(&root),
+        (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return None,
+        (root, real) => {
+            tracing::warn!("cannot resolve {rel}: {:?}", root.err().or(real.err()));
+            return None;
+        }
+    };
+    if !inside {
+        tracing::warn!("refused {rel}: it leads out of the bundle folder");
+        return None;
+    }
+    match tokio::fs::read(&path).await {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::IsADirectory => None,
         Err(e) => {
@@ -179,12 +234,15 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let gate = listen::Gate::new(config.http.clone());
     let service = config.sync.clone();
-    let signal = async move {
-        shutdown.await;
+    if let Some(s) = &service {
+        s.set_gate(gate.clone());
+    }
+    let drain = async move {
         if let Some(service) = service {
             service.shutdown(std::time::Duration::from_secs(10)).await;
         }
     };
-    axum::serve(listener, router(config)).with_graceful_shutdown(signal).await
+    listen::run(listener, router(config), gate, shutdown, drain, std::time::Duration::from_secs(10)).await
 }

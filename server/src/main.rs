@@ -39,12 +39,53 @@ struct Args {
     /// Most connections to one space.
     #[arg(long, default_value_t = stead_server::Limits::default().max_conns_per_space)]
     max_conns_per_space: usize,
+    /// `/sync` connections from one address (an IPv6 /64) still proving membership at
+    /// once; 0 for no bound.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_unproven_per_address)]
+    max_unproven_per_address: usize,
+    /// How long a new `/sync` connection has to prove membership, in ms.
+    #[arg(long, default_value_t = stead_server::Limits::default().proof_timeout.as_millis() as u64)]
+    proof_timeout_ms: u64,
+    /// Open connections at most (HTTP and sync sockets); 0 for no bound.
+    #[arg(long, default_value_t = stead_server::HttpLimits::default().max_connections)]
+    max_connections: usize,
+    /// Open connections at most from one address (an IPv6 /64); 0 for no bound.
+    #[arg(long, default_value_t = stead_server::HttpLimits::default().max_connections_per_address)]
+    max_connections_per_address: usize,
+    /// How long a client has to send a request's header, in ms.
+    #[arg(long, default_value_t = stead_server::HttpLimits::default().header_timeout.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// How long a request body may go without sending a byte, in ms.
+    #[arg(long, default_value_t = stead_server::HttpLimits::default().body_idle_timeout.as_millis() as u64)]
+    body_idle_timeout_ms: u64,
     /// Change notifications a connection may have pending before it is cut off as too slow.
     #[arg(long, default_value_t = stead_server::Limits::default().queue)]
     queue: usize,
     /// How long one send to a sync client may take before it counts as too slow, in ms.
     #[arg(long, default_value_t = stead_server::Limits::default().send_timeout.as_millis() as u64)]
     send_timeout_ms: u64,
+    /// Who may create spaces: `open` (anyone), `token` (whoever sends a token of
+    /// `--creation-tokens-file` in the `Stead-Creation-Token` header) or `closed`.
+    #[arg(long, value_enum, default_value_t = Creation::Closed)]
+    spaces: Creation,
+    /// A file of space creation tokens, one per line (with `--spaces token`).
+    #[arg(long)]
+    creation_tokens_file: Option<PathBuf>,
+    /// Entries of one space at most.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_entries_per_space)]
+    max_entries_per_space: u64,
+    /// A space's blobs in all, in bytes.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes_per_space)]
+    max_blob_bytes_per_space: u64,
+    /// Events of a space's membership log at most.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_membership_events)]
+    max_membership_events: usize,
+    /// Largest membership log in bytes.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_membership_bytes)]
+    max_membership_bytes: usize,
+    /// How far ahead of the server's clock an entry's time may be, in ms.
+    #[arg(long, default_value_t = stead_server::Limits::default().max_clock_drift_ms)]
+    max_clock_drift_ms: u64,
     /// Largest blob in bytes.
     #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes)]
     max_blob_bytes: usize,
@@ -54,6 +95,33 @@ struct Args {
     /// Port to listen on; 0 picks a free one.
     #[arg(long, default_value_t = 8080)]
     port: u16,
+}
+
+/// `--spaces`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Creation {
+    Open,
+    Token,
+    Closed,
+}
+
+/// The creation policy the flags ask for.
+fn creation(args: &Args) -> anyhow::Result<stead_server::SpaceCreation> {
+    use stead_server::SpaceCreation;
+    Ok(match args.spaces {
+        Creation::Open => SpaceCreation::Open,
+        Creation::Closed => SpaceCreation::Closed,
+        Creation::Token => {
+            let path = args.creation_tokens_file.as_ref().context("--spaces token needs --creation-tokens-file")?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let tokens: Vec<&str> = text.lines().map(str::trim).filter(|t| !t.is_empty() && !t.starts_with('#')).collect();
+            anyhow::ensure!(!tokens.is_empty(), "{} holds no tokens", path.display());
+            for t in &tokens {
+                anyhow::ensure!(t.len() >= 16, "creation tokens must be at least 16 characters long");
+            }
+            SpaceCreation::Token(tokens.iter().map(|t| stead_server::service::token_hash(t)).collect())
+        }
+    })
 }
 
 #[tokio::main]
@@ -83,8 +151,16 @@ async fn main() -> anyhow::Result<()> {
             frames_per_sec: args.frames_per_sec,
             frames_burst: args.frames_per_sec.saturating_mul(2),
             max_conns_per_space: args.max_conns_per_space,
+            max_unproven_per_address: args.max_unproven_per_address,
+            proof_timeout: std::time::Duration::from_millis(args.proof_timeout_ms),
             queue: args.queue,
             max_blob_bytes: args.max_blob_bytes,
+            max_entries_per_space: args.max_entries_per_space,
+            max_blob_bytes_per_space: args.max_blob_bytes_per_space,
+            max_membership_events: args.max_membership_events,
+            max_membership_bytes: args.max_membership_bytes,
+            max_clock_drift_ms: args.max_clock_drift_ms,
+            creation: creation(&args)?,
             send_timeout: std::time::Duration::from_millis(args.send_timeout_ms),
             ..defaults
         };
@@ -103,7 +179,14 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(dir = %dir.display(), "serving");
-    stead_server::serve(listener, stead_server::Config { bundle_dir: dir, sync, retired: args.retire }, shutdown_signal()).await?;
+    let http = stead_server::HttpLimits {
+        max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+        header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
+        body_idle_timeout: std::time::Duration::from_millis(args.body_idle_timeout_ms),
+    };
+    let config = stead_server::Config { bundle_dir: dir, sync, retired: args.retire, http };
+    stead_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

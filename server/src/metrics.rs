@@ -12,6 +12,9 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 
 pub const REASONS: [&str; 9] =
     ["bad_frame", "too_large", "rate_limited", "busy", "too_slow", "unauthorized", "rejected_entry", "unexpected", "other"];
 
+/// The per-space bounds a write can meet, as the `quota` label.
+pub const QUOTAS: [&str; 4] = ["entries", "blob_bytes", "membership", "creation"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) connections_total: AtomicU64,
@@ -21,6 +24,7 @@ pub struct Metrics {
     pub(crate) frames_received: AtomicU64,
     pub(crate) blobs_stored: AtomicU64,
     rejected: [AtomicU64; REASONS.len()],
+    quota: [AtomicU64; QUOTAS.len()],
     ack: Mutex<Histogram>,
 }
 
@@ -35,6 +39,13 @@ impl Metrics {
     pub(crate) fn reject(&self, reason: &str) {
         let i = REASONS.iter().position(|r| *r == reason).unwrap_or(REASONS.len() - 1);
         self.rejected[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a write refused by a per-space quota (or the space creation policy).
+    pub(crate) fn reject_quota(&self, quota: &str) {
+        if let Some(i) = QUOTAS.iter().position(|q| *q == quota) {
+            self.quota[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a refusal by the sync error code sent for it.
@@ -84,6 +95,10 @@ impl Metrics {
         let _ = writeln!(o, "# HELP stead_rejected_total Frames and connections refused, by reason.\n# TYPE stead_rejected_total counter");
         for (i, r) in REASONS.iter().enumerate() {
             let _ = writeln!(o, "stead_rejected_total{{reason=\"{r}\"}} {}", c(&self.rejected[i]));
+        }
+        let _ = writeln!(o, "# HELP stead_quota_refused_total Writes refused by a per-space quota, or space creations by the creation policy.\n# TYPE stead_quota_refused_total counter");
+        for (i, q) in QUOTAS.iter().enumerate() {
+            let _ = writeln!(o, "stead_quota_refused_total{{quota=\"{q}\"}} {}", c(&self.quota[i]));
         }
         let h = self.ack.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(o, "# HELP stead_ack_latency_seconds From receiving entries to acknowledging their commit.\n# TYPE stead_ack_latency_seconds histogram");

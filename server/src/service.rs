@@ -3,19 +3,22 @@
 //! One [`Service`] is shared by every connection.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use sha2::Digest;
 use stead_core::env::Random;
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, VersionVector};
-use stead_core::membership::Membership;
+use stead_core::membership::{MemberEvent, Membership};
 use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use crate::commit::{self, Write};
 use crate::error::{Error, Result};
+use crate::listen::AddressKey;
 use crate::metrics::Metrics;
 use crate::storage::{Backend, Remote};
 
@@ -32,11 +35,58 @@ pub struct Limits {
     pub frames_per_sec: u32,
     pub frames_burst: u32,
     pub max_conns_per_space: usize,
+    /// `/sync` connections from one address (an IPv6 /64) that may be waiting to prove
+    /// membership at once; 0 for no bound.
+    pub max_unproven_per_address: usize,
+    /// How long a new `/sync` connection has, from its upgrade, to prove membership.
+    pub proof_timeout: Duration,
     /// Change notifications a connection may have pending before it counts as too slow.
     pub queue: usize,
     /// How long one send to a client may take before the client counts as too slow.
     pub send_timeout: Duration,
     pub max_blob_bytes: usize,
+    /// A space's blobs in all, in bytes.
+    pub max_blob_bytes_per_space: u64,
+    /// Entries of one space at most, over all its replicas.
+    pub max_entries_per_space: u64,
+    /// A membership log's events at most, and its encoded size.
+    pub max_membership_events: usize,
+    pub max_membership_bytes: usize,
+    /// Who may create spaces.
+    pub creation: SpaceCreation,
+    /// Verified membership logs kept in memory, at most.
+    pub membership_cache: usize,
+    /// How far ahead of the server's clock an entry's time may be.
+    pub max_clock_drift_ms: u64,
+}
+
+/// Who may create a space on this server (by publishing its genesis membership log).
+/// Extending an existing space's log needs no more than its members' signatures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpaceCreation {
+    /// Anyone.
+    Open,
+    /// Whoever presents one of these operator-issued tokens (SHA-256 of each kept) in the
+    /// `Stead-Creation-Token` header.
+    Token(Vec<[u8; 32]>),
+    /// No one: the server keeps the spaces it has.
+    Closed,
+}
+
+impl SpaceCreation {
+    /// Whether `token` (the request's header) allows creating a space.
+    pub fn allows(&self, token: Option<&str>) -> bool {
+        match self {
+            SpaceCreation::Open => true,
+            SpaceCreation::Closed => false,
+            SpaceCreation::Token(hashes) => token.is_some_and(|t| hashes.contains(&token_hash(t))),
+        }
+    }
+}
+
+/// What [`SpaceCreation::Token`] keeps of a token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.trim().as_bytes()).into()
 }
 
 impl Default for Limits {
@@ -48,9 +98,18 @@ impl Default for Limits {
             frames_per_sec: 1000,
             frames_burst: 2000,
             max_conns_per_space: 20_000,
+            max_unproven_per_address: 32,
+            proof_timeout: Duration::from_secs(10),
             queue: 256,
             send_timeout: Duration::from_secs(20),
             max_blob_bytes: 64 << 20,
+            max_blob_bytes_per_space: 1 << 30,
+            max_entries_per_space: 10_000_000,
+            max_membership_events: 4096,
+            max_membership_bytes: 1 << 20,
+            creation: SpaceCreation::Closed,
+            membership_cache: 4096,
+            max_clock_drift_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -97,6 +156,77 @@ impl Drop for Registration {
             space.conns -= 1;
             if space.conns == 0 {
                 hub.remove(&self.space);
+            }
+        }
+    }
+}
+
+/// A `/sync` connection still proving membership; see [`Service::unproven`].
+pub(crate) struct Unproven {
+    service: Arc<Service>,
+    key: Option<AddressKey>,
+}
+
+impl Drop for Unproven {
+    fn drop(&mut self) {
+        let Some(key) = self.key else { return };
+        let mut map = self.service.unproven.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// `m` extended by the events of `events` past its own, which must start with its own.
+fn extend(m: &Membership, events: &[stead_core::membership::SignedEvent]) -> Result<Membership> {
+    let n = m.events().len();
+    if events.len() < n || events[..n] != *m.events() {
+        return Err(Error::NotAnExtension);
+    }
+    let mut m = m.clone();
+    for ev in &events[n..] {
+        m.apply(ev.clone())?;
+    }
+    Ok(m)
+}
+
+/// The size of a space key wrapped to a device (see `stead_core::crypto::wrap_space_key`):
+/// ephemeral public key, nonce, key, tag.
+const WRAPPED_KEY_LEN: usize = 32 + stead_core::crypto::NONCE_LEN + 32 + stead_core::crypto::TAG_LEN;
+
+/// Verified membership logs by space, the least recently used dropped past a bound.
+#[derive(Default)]
+struct MembersCache {
+    map: HashMap<SpaceId, (i64, Arc<Membership>, u64)>,
+    tick: u64,
+}
+
+impl MembersCache {
+    fn get(&mut self, space: SpaceId) -> Option<(i64, Arc<Membership>)> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(&space).map(|(v, m, used)| {
+            *used = tick;
+            (*v, m.clone())
+        })
+    }
+
+    fn insert(&mut self, space: SpaceId, version: i64, m: Arc<Membership>, bound: usize) {
+        self.tick += 1;
+        if self.map.get(&space).is_some_and(|(v, ..)| *v > version) {
+            return;
+        }
+        self.map.insert(space, (version, m, self.tick));
+        if self.map.len() > bound {
+            // A scan, but only when the cache is full, and it frees a slot for the next
+            // `bound / 8` inserts at once.
+            let mut by_use: Vec<(u64, SpaceId)> = self.map.iter().map(|(s, (_, _, u))| (*u, *s)).collect();
+            by_use.sort_unstable();
+            for (_, s) in by_use.into_iter().take((bound / 8).max(1)) {
+                self.map.remove(&s);
             }
         }
     }
@@ -149,11 +279,15 @@ pub struct Service {
     hub: Mutex<HashMap<SpaceId, SpaceHub>>,
     /// The group committer's queue, for backends with one writer at a time.
     committer: Option<commit::Queue>,
-    members: Mutex<HashMap<SpaceId, (i64, Arc<Membership>)>>,
+    members: Mutex<MembersCache>,
     next_conn: AtomicU64,
     shutdown: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
+    /// `/sync` connections not yet proven, per address.
+    unproven: Mutex<HashMap<AddressKey, usize>>,
+    /// The connection counts of the listener serving this service, for `/metrics`.
+    pub(crate) gate: OnceLock<Arc<crate::listen::Gate>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -186,11 +320,13 @@ impl Service {
             metrics: Metrics::default(),
             check_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             hub: Mutex::new(HashMap::new()),
-            members: Mutex::new(HashMap::new()),
+            members: Mutex::new(MembersCache::default()),
             next_conn: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
+            gate: OnceLock::new(),
+            unproven: Mutex::new(HashMap::new()),
         });
         service.spawn_listener();
         service
@@ -234,6 +370,10 @@ impl Service {
         }
     }
 
+    pub(crate) fn set_gate(&self, gate: Arc<crate::listen::Gate>) {
+        let _ = self.gate.set(gate);
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -268,6 +408,22 @@ impl Service {
         }
     }
 
+    /// Counts a `/sync` connection from `ip` that has yet to prove membership, unless its
+    /// address has too many such; the count drops with the guard. Connections whose
+    /// address is unknown (served without `listen`) are not counted.
+    pub(crate) fn unproven(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<Unproven> {
+        let Some(ip) = ip else { return Some(Unproven { service: self.clone(), key: None }) };
+        let key = AddressKey::of(ip);
+        let mut map = self.unproven.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        let max = self.limits.max_unproven_per_address;
+        if max != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Unproven { service: self.clone(), key: Some(key) })
+    }
+
     /// Joins the hub of `space`, unless it is full.
     pub(crate) fn register(self: &Arc<Self>, space: SpaceId) -> Option<Registration> {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
@@ -285,6 +441,12 @@ impl Service {
         hub.conns += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         Some(Registration { service: self.clone(), space, id, rx: hub.notes.subscribe() })
+    }
+
+    /// How many entries `space` holds, if this node holds its vector: seqs start at 0
+    /// and have no gaps, so the sum of the next seqs.
+    pub(crate) fn entries_in(&self, space: SpaceId) -> Option<u64> {
+        self.vector(space).map(|v| v.values().sum())
     }
 
     /// The version vector of `space` if this node holds it (the space has connections here
@@ -373,34 +535,85 @@ impl Service {
     /// The verified membership of `space` (cached by version); `None` for an unknown space.
     pub(crate) fn members(&self, space: SpaceId) -> Result<Option<(i64, Arc<Membership>)>> {
         let Some(stored) = self.backend.members(space)? else { return Ok(None) };
-        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, m)) = cache.get(&space)
-            && *v == stored.version
-        {
-            return Ok(Some((*v, m.clone())));
+        let cached = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(space);
+        match cached {
+            Some((v, m)) if v == stored.version => return Ok(Some((v, m))),
+            // An older version: verify only what the stored log adds to it.
+            Some((_, m)) => {
+                if let Ok(m) = extend(&m, &Membership::decode_events(&stored.bytes)?) {
+                    return Ok(Some(self.cache_members(space, stored.version, m)));
+                }
+            }
+            None => {}
         }
-        let m = Arc::new(Membership::decode(&stored.bytes)?);
-        cache.insert(space, (stored.version, m.clone()));
-        Ok(Some((stored.version, m)))
+        let m = Membership::decode(&stored.bytes)?;
+        Ok(Some(self.cache_members(space, stored.version, m)))
     }
 
-    /// Creates a space from its genesis log, or extends its membership log.
-    pub(crate) fn put_members(&self, space: SpaceId, bytes: &[u8]) -> Result<i64> {
-        let new = Membership::decode(bytes)?;
+    fn cache_members(&self, space: SpaceId, version: i64, m: Membership) -> (i64, Arc<Membership>) {
+        let m = Arc::new(m);
+        let mut cache = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(space, version, m.clone(), self.limits.membership_cache.max(1));
+        (version, m)
+    }
+
+    /// Creates a space from its genesis log (as the creation policy allows, given the
+    /// request's `token`), or extends its membership log.
+    ///
+    /// The log is bounded (events, bytes, wrapped key sizes) before anything is verified,
+    /// and only the events it adds to the log already verified are verified, outside the
+    /// write transaction: the transaction only checks that the stored log is still a
+    /// prefix of the new one. A log the server already has costs no write at all.
+    pub(crate) fn put_members(&self, space: SpaceId, bytes: &[u8], token: Option<&str>) -> Result<i64> {
+        let limits = &self.limits;
+        if bytes.len() > limits.max_membership_bytes {
+            self.metrics.reject_quota("membership");
+            return Err(Error::TooLarge { what: "membership log", size: bytes.len(), limit: limits.max_membership_bytes });
+        }
+        let events = Membership::decode_events(bytes)?;
+        if events.len() > limits.max_membership_events {
+            self.metrics.reject_quota("membership");
+            return Err(Error::TooLarge { what: "membership log (events)", size: events.len(), limit: limits.max_membership_events });
+        }
+        for (i, ev) in events.iter().enumerate() {
+            if let MemberEvent::Add { wrapped_key, .. } = &ev.event
+                && wrapped_key.len() != WRAPPED_KEY_LEN
+            {
+                return Err(Error::BadRequest(format!("event {i}: a wrapped space key is {WRAPPED_KEY_LEN} bytes, not {}", wrapped_key.len())));
+            }
+        }
+        let current = self.members(space)?;
+        let new = match &current {
+            None => {
+                if !limits.creation.allows(token) {
+                    self.metrics.reject_quota("creation");
+                    return Err(Error::Forbidden(match limits.creation {
+                        SpaceCreation::Closed => "this server does not take new spaces",
+                        _ => "creating a space here needs a valid Stead-Creation-Token header",
+                    }));
+                }
+                Membership::verify(&events)?
+            }
+            Some((version, m)) => {
+                if events.len() == m.events().len() && events == m.events() {
+                    return Ok(*version);
+                }
+                extend(m, &events)?
+            }
+        };
         if new.space() != space {
             return Err(Error::BadRequest(format!("the log is of space {}, not {space}", new.space())));
         }
         let check = |old: Option<&[u8]>| -> Result<()> {
             let Some(old) = old else { return Ok(()) };
-            let old = Membership::decode(old)?;
-            let n = old.events().len();
-            if new.events().len() < n || new.events()[..n] != *old.events() {
+            let old = Membership::decode_events(old)?;
+            if events.len() < old.len() || events[..old.len()] != *old {
                 return Err(Error::NotAnExtension);
             }
             Ok(())
         };
         let version = self.backend.put_members(space, bytes, &check)?;
-        self.members.lock().unwrap_or_else(|p| p.into_inner()).insert(space, (version, Arc::new(new)));
+        self.cache_members(space, version, new);
         Ok(version)
     }
 

@@ -34,12 +34,15 @@ use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 use crate::commit::{Ctx, Prechecked, Write, entries_in, precheck};
 use tokio::sync::broadcast;
 
+use crate::listen::{Peer, Permit};
 use crate::service::{Note, OsRandom, Registration, Service};
 use crate::socket::Socket;
 
 /// Frames generated per step at most; the rest follow once these are on the wire.
 const FRAMES_PER_STEP: usize = 16;
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames a connection may send before its proof: its hello and proof, and a few more
+/// a client may pipeline behind them.
+const HANDSHAKE_FRAMES: usize = 8;
 /// How long a closing connection waits for the peer's Close (see [`close`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Entries read during a commit that are checked together, ahead of the next commit.
@@ -111,8 +114,6 @@ struct Out {
     close: bool,
     /// Some entries are only in the database; generate again where it may be read.
     needed_db: bool,
-    /// A vector was sent, which `Sync` does only once the peer proved membership.
-    proven: bool,
 }
 
 fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note], db: bool, out: &mut Out) {
@@ -122,7 +123,6 @@ fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note],
         if let Frame::Error { code: c, .. } = &f {
             ctx.service.metrics.reject_code(*c);
         }
-        out.proven |= matches!(f, Frame::Vector(_));
         out.frames.push(f.encode());
         if out.frames.len() >= FRAMES_PER_STEP {
             out.more = true;
@@ -221,6 +221,7 @@ async fn close(socket: &mut Socket) {
 /// than by axum's `ws` extractor so that each connection's task is [`connection`] itself,
 /// with nothing of the handshake kept alongside it for the connection's life.
 pub(crate) async fn upgrade(State(service): State<Arc<Service>>, mut req: Request) -> Response {
+    let peer = req.extensions().get::<Peer>().cloned();
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
@@ -236,7 +237,7 @@ pub(crate) async fn upgrade(State(service): State<Arc<Service>>, mut req: Reques
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(connection(service, on_upgrade));
+    tokio::spawn(connection(service, on_upgrade, peer));
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
@@ -252,9 +253,9 @@ pub(crate) async fn upgrade(State(service): State<Arc<Service>>, mut req: Reques
 /// largest state for the task's life. So the task holds only its [`Conn`] and the wait for
 /// the next event; opening, each step and each event are futures of their own, on the
 /// heap only while they run.
-pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade) {
+pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade, peer: Option<Peer>) {
     let _active = service.enter();
-    let opening = Box::pin(Conn::open(service, on_upgrade));
+    let opening = Box::pin(Conn::open(service, on_upgrade, peer));
     let Some(mut conn) = opening.await else { return };
     loop {
         let stepping = Box::pin(conn.step());
@@ -298,18 +299,23 @@ struct Conn {
     /// A message met while taking in what had arrived, handled on the next round.
     held: Option<Box<Option<Result<Message, tungstenite::Error>>>>,
     ack_started: Option<Instant>,
-    /// The peer proved it is a member (see `Out::proven`).
-    proven: bool,
     /// Checks of the Entries frames in `input`, started as they arrived during a commit.
     ahead: Vec<tokio::task::JoinHandle<Prechecked>>,
     /// A limit broken by a frame read during a commit: the connection closes after it.
     refused: Option<Box<(u16, String)>>,
+    /// This socket's place among its address's connections (see `listen`).
+    _peer: Option<Arc<Permit>>,
 }
 
 impl Conn {
-    /// Reads the hello, loads the space's membership and registers the connection; `None`
-    /// when the connection ended (with an error frame where one applies).
-    async fn open(service: Arc<Service>, on_upgrade: OnUpgrade) -> Option<Conn> {
+    /// Runs the handshake (hellos, then proofs) and registers the connection in its space;
+    /// `None` when the connection ended (with an error frame where one applies).
+    ///
+    /// A connection takes a place in its space only once it has proven membership: the
+    /// space id is in every invite link, so an outsider must not be able to fill the
+    /// space's places by saying hello. Until then it counts against its address's unproven
+    /// connections, and it has `Limits::proof_timeout` from the upgrade to finish.
+    async fn open(service: Arc<Service>, on_upgrade: OnUpgrade, peer: Option<Peer>) -> Option<Conn> {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -317,6 +323,7 @@ impl Conn {
                 return None;
             }
         };
+        let deadline = tokio::time::Instant::now() + service.limits.proof_timeout;
         service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         let mut socket = Socket::new(TokioIo::new(upgraded), service.clone());
         let refuse = |reason: &'static str, code: u16, message: String| {
@@ -329,9 +336,14 @@ impl Conn {
             send_and_close(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
             return None;
         }
+        let Some(_unproven) = service.unproven(peer.as_ref().map(|p| p.addr.ip())) else {
+            let message = "too many connections from this address have not proven membership yet".into();
+            send_and_close(&service, &mut socket, refuse("busy", code::BUSY, message)).await;
+            return None;
+        };
 
         // The hello names the space; nothing else is accepted before it.
-        let first = match tokio::time::timeout(HELLO_TIMEOUT, socket.next()).await {
+        let first = match tokio::time::timeout_at(deadline, socket.next()).await {
             Ok(Some(Ok(Message::Binary(b)))) => b,
             _ => return None,
         };
@@ -360,6 +372,55 @@ impl Conn {
                 return None;
             }
         };
+        let config = SyncConfig { require_member: true, limits, ..SyncConfig::default() };
+        let mut sync = Sync::new(config, &mut OsRandom);
+        let ctx = Ctx { space, members, members_version, server: service.id, service: service.clone() };
+
+        // Hellos and proofs cross; the peer's frames are taken in until its proof. Nothing
+        // here reads the database or the space's vector: `Sync` sends neither before.
+        let mut received = first;
+        let mut frames_left = HANDSHAKE_FRAMES;
+        loop {
+            let empty = VersionVector::new();
+            let mut local = ReadPeer { ctx: &ctx, vector: &empty, recent: &[], db: false, needed_db: Cell::new(false) };
+            if let Err(e) = sync.receive(&received, &mut local, SystemClock.now_ms()) {
+                tracing::debug!(%space, "handshake frame refused: {e}");
+            }
+            if sync.peer_proven() {
+                break;
+            }
+            while let Some(f) = sync.generate(&local) {
+                if let Frame::Error { code: c, .. } = &f {
+                    service.metrics.reject_code(*c);
+                }
+                if !send(&service, &mut socket, Message::Binary(f.encode().into())).await {
+                    return None;
+                }
+            }
+            if sync.is_closed() {
+                close(&mut socket).await;
+                return None;
+            }
+            frames_left -= 1;
+            received = loop {
+                match tokio::time::timeout_at(deadline, socket.next()).await {
+                    Ok(Some(Ok(Message::Binary(b)))) if frames_left > 0 => break b,
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                    Ok(Some(Ok(Message::Binary(_)))) => {
+                        let message = "too many frames before the proof".into();
+                        send_and_close(&service, &mut socket, refuse("unexpected", code::UNEXPECTED, message)).await;
+                        return None;
+                    }
+                    Err(_) => {
+                        let message = format!("no proof of membership within {} ms", service.limits.proof_timeout.as_millis());
+                        send_and_close(&service, &mut socket, refuse("unauthorized", code::UNAUTHORIZED, message)).await;
+                        return None;
+                    }
+                    Ok(_) => return None,
+                }
+            };
+        }
+
         let Some(reg) = service.register(space) else {
             send_and_close(&service, &mut socket, refuse("busy", code::BUSY, "too many connections to this space".into())).await;
             return None;
@@ -370,9 +431,6 @@ impl Conn {
             send_and_close(&service, &mut socket, refuse("", code::SHUTTING_DOWN, "the server is shutting down".into())).await;
             return None;
         }
-        let config = SyncConfig { require_member: true, limits, ..SyncConfig::default() };
-        let sync = Sync::new(config, &mut OsRandom);
-        let ctx = Ctx { space, members, members_version, server: service.id, service: service.clone() };
         let rate = Rate {
             tokens: service.limits.frames_burst as f64,
             last: Instant::now(),
@@ -386,13 +444,13 @@ impl Conn {
             space,
             state: Some((ctx, sync)),
             rate,
-            input: vec![first],
+            input: Vec::new(),
             recent: Vec::new(),
             held: None,
             ack_started: None,
-            proven: false,
             ahead: Vec::new(),
             refused: None,
+            _peer: peer.map(|p| p.permit),
         })
     }
 
@@ -444,7 +502,6 @@ impl Conn {
                     return self.fail(code::INTERNAL, "the server could not load the space").await;
                 }
             }
-            self.proven |= out.proven;
             let n_out = out.frames.len();
             for frame in out.frames {
                 if !self.send(Message::Binary(frame.into())).await {
@@ -492,19 +549,25 @@ impl Conn {
             self.state = Some((ctx, sync));
             return GO;
         }
+        let quota = self.service.limits.max_entries_per_space;
+        let incoming: u64 = frames.iter().map(|f| entries_in(f) as u64).sum();
+        if let Some(stored) = self.service.entries_in(space)
+            && stored.saturating_add(incoming) > quota
+        {
+            self.service.metrics.reject_quota("entries");
+            self.state = Some((ctx, sync));
+            return self.fail(code::TOO_LARGE, format!("the space's quota of {quota} entries is full")).await;
+        }
         self.ack_started = Some(Instant::now());
-        // Signatures are checked off the committer, many writes at once; only once the
-        // peer has proven membership, so a stranger costs no signature checks.
+        // Signatures are checked off the committer, many writes at once.
         let checked = if !self.ahead.is_empty() {
             let mut parts = Vec::with_capacity(self.ahead.len());
             for task in std::mem::take(&mut self.ahead) {
                 parts.push(task.await.unwrap_or_default());
             }
             Prechecked::join(parts)
-        } else if self.proven {
-            precheck(&ctx, &frames).await
         } else {
-            Prechecked::default()
+            precheck(&ctx, &frames).await
         };
         let check_ctx = ctx.clone();
         let write = Write { ctx, sync, frames, checked, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
@@ -523,8 +586,7 @@ impl Conn {
             tokio::spawn(async move { precheck(&c, &frames).await })
         };
         let committed = loop {
-            let reading = self.proven
-                && self.held.is_none()
+            let reading = self.held.is_none()
                 && self.refused.is_none()
                 && self.input.len() <= MAX_DRAIN_FRAMES
                 && entries < 4 * self.service.limits.max_batch_entries;
@@ -654,9 +716,9 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     /// The size of the future a function returns, without calling it.
-    fn returned_size<F, A, B, R>(_: F) -> usize
+    fn returned_size<F, A, B, C, R>(_: F) -> usize
     where
-        F: FnOnce(A, B) -> R,
+        F: FnOnce(A, B, C) -> R,
     {
         std::mem::size_of::<R>()
     }

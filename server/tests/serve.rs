@@ -1,7 +1,6 @@
 //! The server's HTTP behaviour, on a real socket: MIME types, cache headers, ETags,
 //! navigation fallback and path safety.
 
-use std::path::Path;
 
 use reqwest::{StatusCode, header};
 
@@ -43,16 +42,6 @@ async fn get(base: &str, path: &str, accept: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn raw_get(base: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.unwrap();
-    response.lines().next().unwrap_or_default().to_owned()
 }
 
 fn check(resp: &reqwest::Response, status: StatusCode, content_type: &str, cache: &str) {
@@ -113,15 +102,62 @@ async fn navigations_fall_back_to_the_entry_but_assets_do_not() {
     assert_eq!(get(&s.base, "/missing.js", "text/html").await.status(), StatusCode::NOT_FOUND);
 }
 
+/// The whole response of a raw request: status line and body.
+async fn raw_get_all(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 #[tokio::test]
 async fn paths_cannot_leave_the_bundle_folder() {
-    let s = serve(&[("index.html", b"<h1>todo</h1>")]).await;
-    let secret = s._dir.path().parent().unwrap().join("stead-secret-test.txt");
-    std::fs::write(&secret, "secret").unwrap();
+    let s = serve(&[("index.html", b"<h1>todo</h1>"), ("assets/app.js", b"export {}")]).await;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("stead-secret-test.txt");
+    std::fs::write(&secret, "TOP-SECRET").unwrap();
+    let abs = secret.display().to_string();
+    let enc_abs = abs.replace('/', "%2F");
+    let up = "stead-secret-test.txt";
     // Raw requests: an HTTP client would normalise the dots away before sending.
-    for path in ["/../stead-secret-test.txt", "/%2e%2e/stead-secret-test.txt", "/a/%2E%2E/%2e%2e/stead-secret-test.txt"] {
-        let status = raw_get(&s.base, path).await;
-        assert!(status.starts_with("HTTP/1.1 400"), "{path}: {status}");
+    let attacks = [
+        format!("/{enc_abs}"),
+        format!("/%2F{}", enc_abs.trim_start_matches("%2F")),
+        "/%2Fetc%2Fpasswd".to_owned(),
+        "/%2fproc%2fself%2fcmdline".to_owned(),
+        format!("/{abs}").replacen('/', "//", 1),
+        format!("/../{up}"),
+        format!("/%2e%2e/{up}"),
+        format!("/%2E%2E%2F{up}"),
+        format!("/a/%2E%2E/%2e%2e/{up}"),
+        format!("/assets%2F..%2F..%2F{up}"),
+        format!("/..%5C{up}"),
+        format!("/assets\\..\\..\\{up}"),
+        format!("/%252e%252e/{up}"),
+        format!("/%252e%252e%252f{up}"),
+        "/index.html%00.js".to_owned(),
+        "/assets/%00".to_owned(),
+        "/./index.html".to_owned(),
+    ];
+    for path in &attacks {
+        let response = raw_get_all(&s.base, path).await;
+        assert!(!response.contains("TOP-SECRET") && !response.contains("root:"), "{path} leaked: {response}");
+        assert!(response.starts_with("HTTP/1.1 400"), "{path}: {}", response.lines().next().unwrap_or_default());
     }
-    let _ = std::fs::remove_file(Path::new(&secret));
+    // A symlink inside the bundle folder that points out of it is not followed.
+    std::os::unix::fs::symlink(&secret, s._dir.path().join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), s._dir.path().join("out")).unwrap();
+    for path in ["/leak.txt", "/out/stead-secret-test.txt"] {
+        let response = raw_get_all(&s.base, path).await;
+        assert!(!response.contains("TOP-SECRET"), "{path} leaked: {response}");
+        assert!(response.starts_with("HTTP/1.1 404"), "{path}: {}", response.lines().next().unwrap_or_default());
+    }
+    // One that stays inside is followed, and ordinary paths still work.
+    std::os::unix::fs::symlink(s._dir.path().join("assets/app.js"), s._dir.path().join("alias.js")).unwrap();
+    for path in ["/alias.js", "/assets/app.js", "/assets/%61pp.js"] {
+        assert!(raw_get_all(&s.base, path).await.starts_with("HTTP/1.1 200"), "{path}");
+    }
 }

@@ -202,6 +202,8 @@ fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
         .args(["--dir".as_ref(), dist.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
         .arg("--database")
         .arg(data.join("demo.sqlite3"))
+        // The demo's devices create spaces; a deployed server chooses its own policy.
+        .args(["--spaces", "open"])
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {}", server.display()))?;

@@ -177,6 +177,9 @@ impl Server {
             // The per-connection rate limit guards against abuse; the ingest writer sends
             // thousands of frames a second on purpose. Every other limit stays default.
             .args(["--frames-per-sec", "10000000"])
+            // Every bench client connects from 127.0.0.1: the per-address bounds, which
+            // would stop 10,000 sockets from one address, are lifted.
+            .args(["--max-connections-per-address", "0", "--max-unproven-per-address", "0", "--spaces", "open"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -39,6 +39,8 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// fsync every local append (turn off only for throwaway tests).
     pub fsync: bool,
+    /// The operator-issued token a server with `--spaces token` asks for to create a space.
+    pub creation_token: Option<String>,
 }
 
 impl ClientConfig {
@@ -49,6 +51,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             fsync: true,
+            creation_token: None,
         }
     }
 }
@@ -62,6 +65,8 @@ pub enum Event {
     Changed { replica: ReplicaId, next: u64 },
     /// The server has durably stored this device's entries below `next`.
     Acked { next: u64 },
+    /// An entry from the server was refused; its replica's chain is skipped.
+    Rejected { reason: String },
 }
 
 /// The engine's state as last reported.
@@ -75,6 +80,10 @@ pub struct Status {
     /// This device's next seq and the next seq the server has acknowledged.
     pub own_next: u64,
     pub acked: u64,
+    /// Why the last entry this device refused was refused (a forged entry, one dated
+    /// too far ahead): that replica's chain is skipped on this connection while the rest
+    /// of the space goes on syncing.
+    pub rejected: Option<String>,
 }
 
 type ReadFn = Box<dyn FnOnce(&mut Replica) + Send>;
@@ -138,7 +147,7 @@ impl Client {
         let space = SpaceId::generate(&SystemClock, &mut rng);
         let key = SpaceKey(rng.array());
         let members = Membership::genesis(space, device.card().member(), &device.signing)?;
-        request::put_members(&http_client(), &config.server, &members).await?;
+        request::put_members(&http_client(), &config.server, &members, config.creation_token.as_deref()).await?;
         save_space(&config.dir, space, &key)?;
         Client::start(config, device, space, key, Some(members)).await
     }
@@ -334,6 +343,10 @@ struct Engine {
     attempt: u32,
     acked: u64,
     connects: u64,
+    rejected: Option<String>,
+    /// The refusal last answered by reconnecting with a fresh membership log: met again,
+    /// a fresh log did not help, and the chain is skipped instead.
+    refreshed_for: Option<String>,
 }
 
 fn ws_url(server: &str) -> String {
@@ -380,6 +393,8 @@ impl Engine {
             attempt: 0,
             acked: 0,
             connects: 0,
+            rejected: None,
+            refreshed_for: None,
         };
         engine.report(false);
         Ok(engine)
@@ -388,7 +403,7 @@ impl Engine {
     fn report(&self, connected: bool) {
         let vector = self.replica.version_vector();
         let own_next = vector.get(&self.device.replica).copied().unwrap_or(0);
-        let s = Status { connected, connects: self.connects, vector, own_next, acked: self.acked };
+        let s = Status { connected, connects: self.connects, vector, own_next, acked: self.acked, rejected: self.rejected.clone() };
         self.status.send_replace(s);
     }
 
@@ -432,8 +447,23 @@ impl Engine {
         while let Some(frame) = conn.sync.generate(&self.replica) {
             if let Frame::Error { code: c, message } = &frame {
                 tracing::debug!("sending error {c}: {message}");
-                // An entry we could not verify may be from a member we do not know yet.
-                reconnect |= *c == code::REJECTED_ENTRY;
+                if *c == code::REJECTED_ENTRY {
+                    // An entry from a replica we do not know may be from a member added
+                    // since our log: reconnecting fetches the log, once. Anything else
+                    // (forged, dated too far ahead) a new connection would only meet
+                    // again: `Sync` skips the rest of that replica's chain, and everything
+                    // else goes on.
+                    let unknown = message.contains("is not a member of the space");
+                    if unknown && self.refreshed_for.as_deref() != Some(message) {
+                        self.refreshed_for = Some(message.clone());
+                        reconnect = true;
+                    } else {
+                        tracing::warn!("an entry was refused and its chain skipped: {message}");
+                        self.rejected = Some(message.clone());
+                        self.emit(Event::Rejected { reason: message.clone() });
+                        self.report(true);
+                    }
+                }
             }
             conn.ws.send(Message::Binary(frame.encode().into())).await.map_err(|e| e.to_string())?;
         }
@@ -586,7 +616,7 @@ impl Engine {
         let mut members = self.replica.members().clone();
         let wrapped = crypto::wrap_space_key(&self.key, self.space, &card.agreement, self.rng.array(), self.rng.array());
         members.add(self.device.replica, &self.device.signing, card.member(), wrapped)?;
-        request::put_members(&self.http, &self.config.server, &members).await?;
+        request::put_members(&self.http, &self.config.server, &members, None).await?;
         self.replica.set_members(members)?;
         Ok(())
     }

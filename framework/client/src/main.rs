@@ -236,6 +236,7 @@ async fn main() -> anyhow::Result<()> {
                         Ok(Event::Connected) => eprintln!("connected"),
                         Ok(Event::Disconnected { reason }) => eprintln!("disconnected: {reason}"),
                         Ok(Event::Acked { .. }) => {}
+                        Ok(Event::Rejected { reason }) => eprintln!("refused an entry: {reason}"),
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => eprintln!("missed {n} events"),
                         Err(_) => break,
                     },

@@ -28,10 +28,15 @@ fn base(server: &str) -> &str {
     server.trim_end_matches('/')
 }
 
-/// Creates the space or extends its membership log on the server.
-pub async fn put_members(http: &reqwest::Client, server: &str, members: &Membership) -> Result<()> {
+/// Creates the space (with the server's creation token, where it asks for one) or extends
+/// its membership log on the server.
+pub async fn put_members(http: &reqwest::Client, server: &str, members: &Membership, creation_token: Option<&str>) -> Result<()> {
     let url = format!("{}/spaces/{}/members", base(server), members.space());
-    check(http.put(url).body(members.encode()).send().await?).await?;
+    let mut put = http.put(url).body(members.encode());
+    if let Some(token) = creation_token {
+        put = put.header("stead-creation-token", token);
+    }
+    check(put.send().await?).await?;
     Ok(())
 }
 

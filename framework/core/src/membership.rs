@@ -296,6 +296,12 @@ impl Membership {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Membership> {
+        Membership::verify(&Membership::decode_events(bytes)?)
+    }
+
+    /// The events of an encoded log, decoded but not verified: for comparing a log with
+    /// one already verified, and verifying only what it adds (see [`Membership::apply`]).
+    pub fn decode_events(bytes: &[u8]) -> Result<Vec<SignedEvent>> {
         let mut r = Reader::new(bytes, "membership log");
         let n = r.len(1)?;
         let mut events = Vec::with_capacity(n);
@@ -303,7 +309,7 @@ impl Membership {
             events.push(SignedEvent::decode(r.bytes()?)?);
         }
         r.finish()?;
-        Membership::verify(&events)
+        Ok(events)
     }
 }
 

@@ -372,6 +372,12 @@ impl Sync {
         self.peer.as_ref().map(|p| p.replica)
     }
 
+    /// Whether the peer proved it holds the key of the replica its hello named, and (with
+    /// [`SyncConfig::require_member`]) that the replica is an active member.
+    pub fn peer_proven(&self) -> bool {
+        self.peer_proven
+    }
+
     /// Whether a fatal error ended the connection.
     pub fn is_closed(&self) -> bool {
         self.closed

@@ -56,12 +56,22 @@ pub trait Backend: Send + Sync + 'static {
     fn vector(&self, space: SpaceId) -> Result<VersionVector>;
     /// Up to `max` entries of `replica` from `from_seq` on, at most about `max_bytes`.
     fn read(&self, space: SpaceId, replica: ReplicaId, from_seq: u64, max: usize, max_bytes: usize) -> Result<Vec<Entry>>;
-    /// Stores a blob; `false` when it was already there.
-    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool>;
+    /// Stores a blob unless the space's blobs would then exceed `quota` bytes in all.
+    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8], quota: u64) -> Result<PutBlob>;
     fn blob(&self, space: SpaceId, hash: &[u8; 32]) -> Result<Option<Vec<u8>>>;
     /// Waits (up to `timeout`) for other nodes' commits; returns what they stored.
     /// A backend with no other nodes returns `None` at once, and the caller stops asking.
     fn listen(&self, timeout: std::time::Duration) -> Option<Result<Vec<Remote>>>;
+}
+
+/// What [`Backend::put_blob`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutBlob {
+    Created,
+    /// The space already had it.
+    Exists,
+    /// It would take the space's blobs over their quota; nothing was stored.
+    OverQuota,
 }
 
 /// Another node committed entries of `space`.

@@ -20,7 +20,7 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
-use super::{Backend, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use super::{Backend, PutBlob, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const CHANNEL: &str = "stead_entries";
@@ -84,6 +84,13 @@ impl PgTx {
 
 fn chain_lock_key(space: SpaceId, replica: ReplicaId) -> i64 {
     let h = Sha256::new().chain_update(space.0).chain_update(replica.0).finalize();
+    i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+/// The advisory lock taken while a blob of `space` is stored (a key no chain uses: a
+/// chain's replica id is never a domain tag).
+fn blob_lock_key(space: SpaceId) -> i64 {
+    let h = Sha256::new().chain_update(b"stead-blobs").chain_update(space.0).finalize();
     i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
 }
 
@@ -244,13 +251,27 @@ impl Backend for Postgres {
         })
     }
 
-    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool> {
+    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8], quota: u64) -> Result<PutBlob> {
         with(&self.pool, |c| {
-            let n = c.execute(
-                "INSERT INTO blobs (space, hash, bytes) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&&space.0[..], &&hash[..], &bytes],
+            let mut tx = c.transaction()?;
+            // One blob write per space at a time, across nodes: the sum cannot move between
+            // the check and the insert.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&blob_lock_key(space)])?;
+            let n = tx.execute(
+                "INSERT INTO blobs (space, hash, bytes) SELECT $1, $2, $3
+                 WHERE (SELECT COALESCE(SUM(octet_length(bytes)), 0) FROM blobs WHERE space = $1) + $4 <= $5
+                 ON CONFLICT DO NOTHING",
+                &[&&space.0[..], &&hash[..], &bytes, &(bytes.len() as i64), &i64::try_from(quota).unwrap_or(i64::MAX)],
             )?;
-            Ok(n == 1)
+            let put = if n == 1 {
+                PutBlob::Created
+            } else if tx.query_opt("SELECT 1 FROM blobs WHERE space = $1 AND hash = $2", &[&&space.0[..], &&hash[..]])?.is_some() {
+                PutBlob::Exists
+            } else {
+                PutBlob::OverQuota
+            };
+            tx.commit()?;
+            Ok(put)
         })
     }
 

@@ -10,7 +10,7 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
-use super::{Backend, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use super::{Backend, PutBlob, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const SCHEMA_VERSION: i64 = 1;
@@ -219,12 +219,24 @@ impl Backend for Sqlite {
         Ok(out)
     }
 
-    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8]) -> Result<bool> {
+    fn put_blob(&self, space: SpaceId, hash: &[u8; 32], bytes: &[u8], quota: u64) -> Result<PutBlob> {
+        // The writer connection is the only one that writes, so the sum cannot move
+        // between the check and the insert.
         let conn = self.writer.get()?;
         let n = conn
-            .prepare_cached("INSERT INTO blobs (space, hash, bytes) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
-            .execute(params![&space.0[..], &hash[..], bytes])?;
-        Ok(n == 1)
+            .prepare_cached(
+                "INSERT INTO blobs (space, hash, bytes) SELECT ?1, ?2, ?3
+                 WHERE (SELECT COALESCE(SUM(LENGTH(bytes)), 0) FROM blobs WHERE space = ?1) + ?4 <= ?5
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![&space.0[..], &hash[..], bytes, bytes.len() as i64, i64::try_from(quota).unwrap_or(i64::MAX)])?;
+        if n == 1 {
+            return Ok(PutBlob::Created);
+        }
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM blobs WHERE space = ?1 AND hash = ?2")?
+            .exists(params![&space.0[..], &hash[..]])?;
+        Ok(if exists { PutBlob::Exists } else { PutBlob::OverQuota })
     }
 
     fn blob(&self, space: SpaceId, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {

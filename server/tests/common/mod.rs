@@ -92,6 +92,7 @@ impl Server {
         loop {
             let mut child = Command::new(env!("CARGO_BIN_EXE_stead-server"))
                 .args(["--dir", &bundle.path().display().to_string(), "--port", &port.to_string(), "--database", &db.arg()])
+                .args(if extra.contains(&"--spaces") { &[][..] } else { &["--spaces", "open"][..] })
                 .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped())
@@ -111,6 +112,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn ws(&self) -> String {
@@ -352,14 +357,7 @@ impl RawPeer {
     /// A connection driven by hand as `c`'s device (beside its engine's own, unless that
     /// was interrupted).
     pub async fn as_device(server: &Server, c: &TestClient, seed: u64) -> anyhow::Result<(RawPeer, Frame)> {
-        let members = c.client.read(|r| r.members().clone()).await?;
-        let identity = stead_core::replica::Identity {
-            space: c.client.space(),
-            replica: c.client.replica(),
-            signing: c.client.device().signing.clone(),
-            space_key: stead_core::crypto::SpaceKey([0; 32]),
-        };
-        let mut replica = Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
+        let mut replica = device_replica(c).await?;
         RawPeer::handshake(server, &mut replica, seed).await
     }
 
@@ -367,6 +365,21 @@ impl RawPeer {
         self.ws.send(Message::Binary(bytes.into())).await?;
         Ok(())
     }
+}
+
+/// A replica in memory with `c`'s device identity and space key (from its `space.json`),
+/// to write entries by hand.
+pub async fn device_replica(c: &TestClient) -> anyhow::Result<Replica> {
+    let members = c.client.read(|r| r.members().clone()).await?;
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(c.dir.path().join("space.json"))?)?;
+    let key: [u8; 32] = hex::decode(file["key"].as_str().context("no key in space.json")?)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?;
+    let identity = stead_core::replica::Identity {
+        space: c.client.space(),
+        replica: c.client.replica(),
+        signing: c.client.device().signing.clone(),
+        space_key: stead_core::crypto::SpaceKey(key),
+    };
+    Ok(Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?)
 }
 
 pub fn now() -> u64 {

@@ -69,7 +69,7 @@ impl Server {
             .arg(dir)
             .arg("--database")
             .arg(dir.join("db.sqlite3"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--spaces", "open"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

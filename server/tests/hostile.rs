@@ -1,0 +1,358 @@
+//! Attacks on a real `stead-server` process: clients that hold connections without
+//! finishing requests, and outsiders that say hello to a space and never prove membership.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Db, Server, clients};
+use futures::{SinkExt, StreamExt};
+use stead_core::ids::{RecordId, ReplicaId, SpaceId};
+use stead_core::membership::Membership;
+use stead_core::ops::Value;
+use stead_core::sync::{Frame, PROTOCOL_MAX, PROTOCOL_MIN, code};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A TCP connection to `server` from the loopback address `from` (all of 127/8 is this
+/// machine, so tests can be several clients by address).
+async fn connect_from(server: &Server, from: &str) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse()?)?;
+    let addr: SocketAddr = server.base.trim_start_matches("http://").parse()?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// Whether the server closed `conn` within `within` (reading EOF or a reset); anything
+/// it sends first is read and dropped.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// `GET /healthz` from `from`, with the time it took; `None` when no answer came in 3 s.
+async fn healthz(server: &Server, from: &str) -> Option<Duration> {
+    let started = Instant::now();
+    let ask = async {
+        let mut c = connect_from(server, from).await.ok()?;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.ok()?;
+        out.starts_with("HTTP/1.1 200").then_some(())
+    };
+    tokio::time::timeout(Duration::from_secs(3), ask).await.ok().flatten().map(|()| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_hold_the_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("loris.sqlite3"));
+    let server = Server::start(
+        &db,
+        &["--max-connections-per-address", "50", "--header-timeout-ms", "1500", "--body-idle-timeout-ms", "1500"],
+    )?;
+
+    // 150 requests from one address, each sent half and then left hanging.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        let mut c = connect_from(&server, "127.0.0.1").await?;
+        let _ = c.write_all(b"GET /index.html HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+        held.push(c);
+    }
+    // Past the per-address bound they are closed at once.
+    let mut refused = 0;
+    for c in &mut held[50..] {
+        refused += closed_within(c, Duration::from_millis(500)).await as usize;
+    }
+    assert_eq!(refused, 100, "connections past the per-address bound are closed on accept");
+    // Everyone else is still served meanwhile.
+    let took = healthz(&server, "127.0.0.2").await;
+    assert!(took.is_some(), "/healthz answered while one address held its connections");
+
+    // The 50 admitted ones are closed once their header deadline passes.
+    let started = Instant::now();
+    let mut closed = 0;
+    for c in &mut held[..50] {
+        closed += closed_within(c, Duration::from_secs(5).saturating_sub(started.elapsed())).await as usize;
+    }
+    assert_eq!(closed, 50, "every half-sent request was closed by its header deadline");
+    drop(held);
+    assert!(healthz(&server, "127.0.0.1").await.is_some(), "the address is served again once its connections closed");
+
+    // An idle keep-alive connection, and a body that stops, are closed too.
+    let mut idle = connect_from(&server, "127.0.0.1").await?;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await, "an idle keep-alive connection is closed");
+    let mut body = connect_from(&server, "127.0.0.1").await?;
+    let space = "00".repeat(16);
+    let put = format!("PUT /spaces/{space}/members HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc");
+    body.write_all(put.as_bytes()).await?;
+    assert!(closed_within(&mut body, Duration::from_secs(5)).await, "a stalled body is closed");
+
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await?.text().await?;
+    assert!(metrics.contains("stead_http_refused_total{bound=\"per_address\"} 100"), "{metrics}");
+    Ok(())
+}
+
+/// A WebSocket to `/sync` from `from`.
+async fn ws_from(server: &Server, from: &str) -> anyhow::Result<common::Ws> {
+    let tcp = connect_from(server, from).await?;
+    let (ws, _) = tokio_tungstenite::client_async(server.ws(), tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await?;
+    Ok(ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_that_only_say_hello_cannot_lock_members_out() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("hello.sqlite3"));
+    let server = Server::start(
+        &db,
+        &["--max-conns-per-space", "4", "--max-unproven-per-address", "4", "--proof-timeout-ms", "2000"],
+    )?;
+    let cs = clients(&server, 1).await?;
+    let member = &cs[0].client;
+    // The space id is in every invite link: outsiders say hello to it and stop there.
+    let mut outsiders = Vec::new();
+    for n in 0..6u8 {
+        let mut ws = ws_from(&server, "127.0.0.3").await?;
+        let hello = Frame::Hello { min: PROTOCOL_MIN, max: PROTOCOL_MAX, space: member.space(), replica: ReplicaId([n; 16]), challenge: [n; 32] };
+        ws.send(Message::Binary(hello.encode().into())).await?;
+        outsiders.push(ws);
+    }
+    // Those past the address's bound on unproven connections are told so at once.
+    let mut busy = 0;
+    for ws in &mut outsiders[4..] {
+        if let Ok(Frame::Error { code: c, .. }) = common::recv(ws).await {
+            busy += (c == code::BUSY) as usize;
+        }
+    }
+    assert_eq!(busy, 2, "connections past the unproven bound are refused as busy");
+
+    // The member connects again and syncs while the outsiders hold on.
+    member.interrupt();
+    member.set("notes", RecordId([1; 16]), "body", Value::Str("mine".into())).await?;
+    member.wait_acked(Duration::from_secs(5)).await?;
+
+    // The outsiders are closed once their proof deadline passes.
+    let mut refused = 0;
+    for ws in &mut outsiders[..4] {
+        loop {
+            match common::recv(ws).await {
+                Ok(Frame::Error { code: c, .. }) => {
+                    refused += (c == code::UNAUTHORIZED) as usize;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        assert!(ws.next().await.is_none_or(|m| m.is_err() || matches!(m, Ok(Message::Close(_)))));
+    }
+    assert_eq!(refused, 4, "unproven connections are closed at their proof deadline");
+    Ok(())
+}
+
+/// The server's resident memory, from `/proc`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
+}
+
+/// A member key and identity for hand-made membership logs.
+fn member(n: u8) -> (stead_core::membership::Member, ed25519_dalek::SigningKey) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+    let m = stead_core::membership::Member {
+        replica: ReplicaId([n; 16]),
+        signing: key.verifying_key().to_bytes(),
+        agreement: stead_core::crypto::agreement_public(&[n.wrapping_add(100); 32]),
+    };
+    (m, key)
+}
+
+async fn put_members(server: &Server, space: SpaceId, body: Vec<u8>, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut put = reqwest::Client::new().put(format!("{}/spaces/{space}/members", server.base)).body(body);
+    if let Some(t) = token {
+        put = put.header("stead-creation-token", t);
+    }
+    let r = put.send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_logs_are_bounded_and_verified_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("members.sqlite3"));
+    let server = Server::start(&db, &["--max-membership-events", "16"])?;
+    let space = SpaceId([7; 16]);
+    let (a, ka) = member(1);
+    let mut log = Membership::genesis(space, a.clone(), &ka)?;
+    let (v, _) = put_members(&server, space, log.encode(), None).await?;
+    assert_eq!(v, 200);
+
+    // A huge wrapped key is refused before it is decoded, and memory stays flat.
+    let before = rss_kib(server.pid());
+    for n in 0..6u8 {
+        let mut big = log.clone();
+        let (b, _) = member(10 + n);
+        big.add(a.replica, &ka, b, vec![n; 16 << 20])?;
+        let (status, _) = put_members(&server, space, big.encode(), None).await?;
+        assert_eq!(status, 413, "a 16 MiB membership log is too large");
+    }
+    let grown = rss_kib(server.pid()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "the server grew by {grown} KiB taking six huge logs");
+
+    // A wrapped key of the wrong size is refused, signed or not.
+    let mut odd = log.clone();
+    odd.add(a.replica, &ka, member(30).0, vec![0; 200])?;
+    let (status, body) = put_members(&server, space, odd.encode(), None).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("wrapped space key"), "{body}");
+
+    // More events than the bound are refused.
+    let mut long = log.clone();
+    for n in 0..16u8 {
+        long.add(a.replica, &ka, member(40 + n).0, vec![0; WRAPPED])?;
+    }
+    let (status, _) = put_members(&server, space, long.encode(), None).await?;
+    assert_eq!(status, 413);
+
+    // A log the server already has changes nothing: same version, no write.
+    log.add(a.replica, &ka, member(2).0, vec![0; WRAPPED])?;
+    let (s1, v1) = put_members(&server, space, log.encode(), None).await?;
+    let (s2, v2) = put_members(&server, space, log.encode(), None).await?;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(v1, v2, "re-sending the same log is not a new version");
+    // A log that does not extend the stored one is a conflict.
+    let mut other = Membership::genesis(space, a.clone(), &ka)?;
+    other.add(a.replica, &ka, member(3).0, vec![1; WRAPPED])?;
+    assert_eq!(put_members(&server, space, other.encode(), None).await?.0, 409);
+
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await?.text().await?;
+    // The huge logs never reached the handler (the route's body limit ends them): only
+    // the long one counts.
+    assert!(metrics.contains("stead_quota_refused_total{quota=\"membership\"} 1"), "{metrics}");
+    Ok(())
+}
+
+const WRAPPED: usize = 32 + stead_core::crypto::NONCE_LEN + 32 + stead_core::crypto::TAG_LEN;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn space_creation_follows_the_servers_policy() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (a, ka) = member(1);
+    let genesis = |n: u8| Membership::genesis(SpaceId([n; 16]), a.clone(), &ka).map(|m| m.encode());
+
+    let closed = Server::start(&Db::Sqlite(dir.path().join("closed.sqlite3")), &["--spaces", "closed"])?;
+    let (status, body) = put_members(&closed, SpaceId([1; 16]), genesis(1)?, None).await?;
+    assert_eq!(status, 403, "{body}");
+
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# issued to alice\nalice-0123456789abcdef\n")?;
+    let t = tokens.display().to_string();
+    let gated = Server::start(&Db::Sqlite(dir.path().join("token.sqlite3")), &["--spaces", "token", "--creation-tokens-file", &t])?;
+    assert_eq!(put_members(&gated, SpaceId([2; 16]), genesis(2)?, None).await?.0, 403);
+    assert_eq!(put_members(&gated, SpaceId([2; 16]), genesis(2)?, Some("mallory-0123456789ab")).await?.0, 403);
+    assert_eq!(put_members(&gated, SpaceId([2; 16]), genesis(2)?, Some("alice-0123456789abcdef")).await?.0, 200);
+    // Extending an existing space needs only its members' signatures.
+    let mut log = Membership::genesis(SpaceId([2; 16]), a.clone(), &ka)?;
+    log.add(a.replica, &ka, member(2).0, vec![0; WRAPPED])?;
+    assert_eq!(put_members(&gated, SpaceId([2; 16]), log.encode(), None).await?.0, 200);
+    // stead-client creates with its configured token.
+    let cdir = tempfile::tempdir()?;
+    let mut config = common::config(cdir.path(), &gated);
+    assert!(stead_client::Client::create(config.clone()).await.is_err(), "no token, no space");
+    config.creation_token = Some("alice-0123456789abcdef".into());
+    let client = stead_client::Client::create(config).await?;
+    client.set("notes", RecordId([1; 16]), "body", Value::Str("hi".into())).await?;
+    client.wait_acked(Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_space_quotas_hold_and_show_in_metrics() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("quota.sqlite3"));
+    let server = Server::start(&db, &["--max-entries-per-space", "10", "--max-blob-bytes-per-space", "1000"])?;
+    let cs = clients(&server, 1).await?;
+    let c = &cs[0].client;
+    for i in 0..15u8 {
+        c.set("notes", RecordId([i; 16]), "body", Value::Str("x".into())).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored: u64 = db.stored()?.values().sum();
+    assert!(stored <= 10, "the space holds {stored} entries past its quota of 10");
+    c.put_blob(vec![1; 600]).await?;
+    let err = c.put_blob(vec![2; 600]).await.expect_err("a second 600-byte blob is over the 1000-byte quota");
+    assert!(err.to_string().contains("507") || err.to_string().contains("quota"), "{err}");
+    let metrics = reqwest::get(format!("{}/metrics", server.base)).await?.text().await?;
+    assert!(metrics.contains("stead_quota_limit{quota=\"entries\"} 10"), "{metrics}");
+    assert!(!metrics.contains("stead_quota_refused_total{quota=\"entries\"} 0"), "{metrics}");
+    assert!(metrics.contains("stead_quota_refused_total{quota=\"blob_bytes\"} 1"), "{metrics}");
+    Ok(())
+}
+
+/// An entry of `c`'s device dated a year ahead, sent by hand; the frame the server answers.
+async fn send_entry_from_the_future(server: &Server, c: &common::TestClient) -> anyhow::Result<Frame> {
+    let mut replica = common::device_replica(c).await?;
+    let year = 365 * 24 * 3600 * 1000;
+    let mut rng = stead_core::env::SeededRandom::new(9);
+    let op = stead_core::ops::Op::Set { collection: "notes".into(), record: RecordId([9; 16]), field: "body".into(), value: Value::Str("later".into()) };
+    let entry = replica.commit(vec![op], common::now() + year, &mut rng)?;
+    let (mut p, _) = common::RawPeer::handshake(server, &mut common::device_replica(c).await?, 3).await?;
+    p.send(Frame::Entries(vec![entry]).encode()).await?;
+    loop {
+        match common::recv(&mut p.ws).await? {
+            f @ (Frame::Ack { .. } | Frame::Error { .. }) => return Ok(f),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_dated_ahead_is_refused_and_cannot_freeze_sync() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The server refuses it.
+    let db = Db::Sqlite(dir.path().join("clock.sqlite3"));
+    let server = Server::start(&db, &[])?;
+    let cs = clients(&server, 2).await?;
+    match send_entry_from_the_future(&server, &cs[1]).await? {
+        Frame::Error { code: c, message } => {
+            assert_eq!(c, code::REJECTED_ENTRY);
+            assert!(message.contains("clock drift"), "{message}");
+        }
+        other => panic!("an entry a year ahead was answered with {other:?}"),
+    }
+    assert!(!db.stored()?.contains_key(&hex::encode(cs[1].client.replica().as_bytes())));
+
+    // A server that took it anyway (an older one, a wrong clock): the other members skip
+    // that chain, say so, and keep syncing everyone else.
+    let db = Db::Sqlite(dir.path().join("lax.sqlite3"));
+    let lax = Server::start(&db, &["--max-clock-drift-ms", "315360000000"])?;
+    let cs = clients(&lax, 3).await?;
+    assert!(matches!(send_entry_from_the_future(&lax, &cs[2]).await?, Frame::Ack { .. }));
+    let (writer, reader) = (&cs[0].client, &cs[1].client);
+    let connects = reader.status().connects;
+    for i in 0..5u8 {
+        writer.set("notes", RecordId([i; 16]), "body", Value::Str(format!("now {i}"))).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.value("notes", RecordId([4; 16]), "body").await? != Some(Value::Str("now 4".into())) {
+        assert!(Instant::now() < deadline, "the reader stopped syncing after a bad entry: {:?}", reader.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = reader.status();
+    assert!(status.rejected.as_deref().is_some_and(|r| r.contains("clock drift")), "{status:?}");
+    assert!(status.connects <= connects + 1, "the reader reconnected {} times", status.connects - connects);
+    assert_eq!(reader.value("notes", RecordId([9; 16]), "body").await?, None);
+    Ok(())
+}
