@@ -200,8 +200,24 @@ pub(crate) async fn get_blob(
     Ok(response)
 }
 
-/// `GET /metrics`.
-pub(crate) async fn metrics(State(service): State<Arc<Service>>) -> Response {
+/// `GET /metrics`: to loopback clients, or, when the operator set a token, to whoever
+/// sends `Authorization: Bearer <token>` (and then only to them).
+pub(crate) async fn metrics(State(service): State<Arc<Service>>, req: axum::extract::Request) -> Response {
+    let allowed = match &service.limits.metrics_token {
+        Some(hash) => req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| crate::service::token_hash(t) == *hash),
+        None => req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .is_some_and(|c| c.0.ip().to_canonical().is_loopback()),
+    };
+    if !allowed {
+        return (StatusCode::FORBIDDEN, "/metrics is served to loopback, or with the operator's token\n").into_response();
+    }
     let mut text = service.metrics.render(service.connections(), service.backend.kind());
     if let Some(gate) = service.gate.get() {
         gate.stats.render(&mut text);

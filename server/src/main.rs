@@ -86,6 +86,10 @@ struct Args {
     /// How far ahead of the server's clock an entry's time may be, in ms.
     #[arg(long, default_value_t = stead_server::Limits::default().max_clock_drift_ms)]
     max_clock_drift_ms: u64,
+    /// A file holding the token `/metrics` asks for (`Authorization: Bearer <token>`);
+    /// without it `/metrics` answers loopback clients only.
+    #[arg(long)]
+    metrics_token_file: Option<PathBuf>,
     /// Largest blob in bytes.
     #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes)]
     max_blob_bytes: usize,
@@ -161,6 +165,14 @@ async fn main() -> anyhow::Result<()> {
             max_membership_bytes: args.max_membership_bytes,
             max_clock_drift_ms: args.max_clock_drift_ms,
             creation: creation(&args)?,
+            metrics_token: match &args.metrics_token_file {
+                Some(path) => {
+                    let token = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    anyhow::ensure!(token.trim().len() >= 16, "the metrics token must be at least 16 characters long");
+                    Some(stead_server::service::token_hash(&token))
+                }
+                None => None,
+            },
             send_timeout: std::time::Duration::from_millis(args.send_timeout_ms),
             ..defaults
         };

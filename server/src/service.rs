@@ -58,6 +58,8 @@ pub struct Limits {
     pub membership_cache: usize,
     /// How far ahead of the server's clock an entry's time may be.
     pub max_clock_drift_ms: u64,
+    /// SHA-256 of the token `/metrics` asks for; without one it answers loopback only.
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 /// Who may create a space on this server (by publishing its genesis membership log).
@@ -110,6 +112,7 @@ impl Default for Limits {
             creation: SpaceCreation::Closed,
             membership_cache: 4096,
             max_clock_drift_ms: 5 * 60 * 1000,
+            metrics_token: None,
         }
     }
 }

@@ -356,3 +356,68 @@ async fn an_entry_dated_ahead_is_refused_and_cannot_freeze_sync() -> anyhow::Res
     assert_eq!(reader.value("notes", RecordId([9; 16]), "body").await?, None);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_notification_cannot_stop_clients_sending() -> anyhow::Result<()> {
+    let pg = common::Pg::start()?;
+    let db = pg.database()?;
+    let server = Server::start(&db, &[])?;
+    // Two devices: the second keeps the space active on the node while the first reconnects.
+    let cs = clients(&server, 2).await?;
+    let c = &cs[0].client;
+    c.set("notes", RecordId([1; 16]), "body", Value::Str("one".into())).await?;
+    c.wait_acked(Duration::from_secs(5)).await?;
+    // Any database login can notify: it claims the device has a million entries stored.
+    let (space, replica) = (hex::encode(c.space().as_bytes()), hex::encode(c.replica().as_bytes()));
+    let common::Db::Postgres(url) = &db else { unreachable!() };
+    let url = url.clone();
+    common::off_runtime(move || -> anyhow::Result<()> {
+        let mut pgc = postgres::Client::connect(&url, postgres::NoTls)?;
+        pgc.batch_execute(&format!("NOTIFY stead_entries, '{space}:forger:{replica}=1000000'"))?;
+        Ok(())
+    })?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The device reconnects and writes on: the server must still ask for its entries.
+    c.interrupt();
+    for i in 2..5u8 {
+        c.set("notes", RecordId([i; 16]), "body", Value::Str(format!("{i}"))).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let key = hex::encode(c.replica().as_bytes());
+    while db.stored()?.get(&key).copied() != Some(4) {
+        assert!(Instant::now() < deadline, "the server stored {:?} of the device's 4 entries", db.stored()?.get(&key));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// This machine's address on its first non-loopback interface, if it has one.
+fn outside_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    Some(probe.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_for_loopback_or_the_operators_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("metrics-token");
+    std::fs::write(&token, "scrape-0123456789abcdef\n")?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("m.sqlite3")), &["--metrics-token-file", &token.display().to_string()])?;
+    let url = format!("{}/metrics", server.base);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await?.status(), 403, "with a token set, loopback needs it too");
+    assert_eq!(http.get(&url).bearer_auth("wrong-0123456789abcdef").send().await?.status(), 403);
+    let ok = http.get(&url).bearer_auth("scrape-0123456789abcdef").send().await?;
+    assert_eq!(ok.status(), 200);
+    assert!(ok.text().await?.contains("stead_connections"));
+
+    // Without a token: loopback only (every other test reads /metrics over loopback). A
+    // client on another address is refused, seen here from this machine's own outside
+    // address where it has one, the server listening on that address alone.
+    let Some(ip) = outside_address() else { return Ok(()) };
+    let open = Server::start(&Db::Sqlite(dir.path().join("o.sqlite3")), &["--host", &ip.to_string()])?;
+    assert_eq!(http.get(format!("{}/metrics", open.base)).send().await?.status(), 403);
+    assert_eq!(http.get(format!("{}/healthz", open.base)).send().await?.status(), 200);
+    Ok(())
+}

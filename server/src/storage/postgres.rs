@@ -7,6 +7,11 @@
 //! advances its in-memory version vector of that space and wakes its own connections of
 //! it, which read the new entries from the database. A payload without the list (too many
 //! replicas for one notification) tells the listener to read the vector again.
+//!
+//! Any login to the database can send a notification, so its numbers are not believed:
+//! they only name the replicas to look at, whose next seqs are then read from the
+//! `entries` table (one index probe each). A payload naming more than
+//! [`MAX_NOTIFIED_REPLICAS`] reads the whole vector again instead.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -314,7 +319,8 @@ impl Backend for Postgres {
                         continue;
                     }
                     if let Ok(Ok(id)) = hex::decode(space).map(|b| id16(&b)) {
-                        spaces.push(Remote { space: SpaceId(id), vector: parts.next().and_then(parse_vector) });
+                        let named = parts.next().and_then(parse_vector).filter(|v| v.len() <= MAX_NOTIFIED_REPLICAS);
+                        spaces.push(Remote { space: SpaceId(id), vector: named });
                     }
                 }
                 Ok(None) => break,
@@ -325,11 +331,38 @@ impl Backend for Postgres {
                 }
             }
         }
+        drop(notes);
+        drop(g);
+        // What the notifications claim is only where to look: read the numbers.
+        for remote in &mut spaces {
+            if let Some(named) = remote.vector.take() {
+                remote.vector = self.next_seqs(remote.space, named.keys()).ok();
+            }
+        }
         Some(Ok(spaces))
     }
 }
 
+impl Postgres {
+    /// The next seq stored of each of `replicas` (those with none stored are left out).
+    fn next_seqs<'a>(&self, space: SpaceId, replicas: impl Iterator<Item = &'a ReplicaId>) -> Result<VersionVector> {
+        with(&self.pool, |c| {
+            let mut vv = VersionVector::new();
+            for r in replicas {
+                let row = c.query_one("SELECT MAX(seq) FROM entries WHERE space = $1 AND replica = $2", &[&&space.0[..], &&r.0[..]])?;
+                if let Some(max) = row.get::<_, Option<i64>>(0) {
+                    vv.insert(*r, max as u64 + 1);
+                }
+            }
+            Ok(vv)
+        })
+    }
+}
+
 /// `<replica hex>=<next seq>,…` from a notification; `None` when malformed.
+/// Replicas a notification may name before the whole vector is read instead.
+const MAX_NOTIFIED_REPLICAS: usize = 64;
+
 fn parse_vector(list: &str) -> Option<VersionVector> {
     let mut vv = VersionVector::new();
     for pair in list.split(',').filter(|p| !p.is_empty()) {
