@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::sync::{check_member, request_message};
+use stead_core::sync::{RequestTarget, body_hash, check_member, request_message};
 
 use crate::error::{Error, Result};
 use crate::service::Service;
@@ -19,15 +19,17 @@ use crate::storage::PutBlob;
 /// The header carrying an operator-issued token that allows creating a space.
 pub(crate) const CREATION_TOKEN: &str = "stead-creation-token";
 
-/// How far a signed request's time may be from the server's.
-const REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// How far a signed request's time may be from the server's. Each signature is taken
+/// once within it (see `Service::first_use`).
+pub(crate) const REQUEST_WINDOW_MS: u64 = 60 * 1000;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?
 }
 
-/// Checks the signed `Authorization` header; returns the space it proves membership of.
-async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<SpaceId> {
+/// Checks the signed `Authorization` header of a request whose body has SHA-256
+/// `body_sha256`; returns the space it proves membership of.
+async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<SpaceId> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -51,9 +53,15 @@ async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: 
     }
     let svc = service.clone();
     let members = blocking(move || svc.members(space)).await?.ok_or(Error::Unauthorized("not a member of the space"))?;
-    let msg = request_message(time, space, replica, method.as_str(), uri.path());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let target = RequestTarget { method: method.as_str(), host, path_and_query, body_sha256 };
+    let msg = request_message(time, space, replica, &target);
     if !check_member(&members.1, replica, &msg, &sig) {
         return Err(Error::Unauthorized("not a member of the space"));
+    }
+    if !service.first_use(&sig, time) {
+        return Err(Error::Unauthorized("this signed request was already used"));
     }
     Ok(space)
 }
@@ -88,7 +96,7 @@ pub(crate) async fn get_members(
     headers: HeaderMap,
 ) -> Result<Response> {
     let space = parse_space(&space)?;
-    if authorize(&service, &method, &uri, &headers).await? != space {
+    if authorize(&service, &method, &uri, &headers, body_hash(b"")).await? != space {
         return Err(Error::Unauthorized("the signature is for another space"));
     }
     let svc = service.clone();
@@ -114,7 +122,9 @@ pub(crate) async fn put_blob(
     body: Body,
 ) -> Result<Response> {
     let hash = parse_hash(&hash)?;
-    let space = authorize(&service, &method, &uri, &headers).await?;
+    // The body's hash is the path's: the signature covers it before a byte is read, and
+    // the body is checked against it below.
+    let space = authorize(&service, &method, &uri, &headers, hash).await?;
     let limit = service.limits.max_blob_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
@@ -178,7 +188,7 @@ pub(crate) async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response> {
     let hash = parse_hash(&hash)?;
-    let space = authorize(&service, &method, &uri, &headers).await?;
+    let space = authorize(&service, &method, &uri, &headers, body_hash(b"")).await?;
     let svc = service.clone();
     let bytes = blocking(move || svc.backend.blob(space, &hash)).await?.ok_or(Error::NotFound)?;
     let size = bytes.len();

@@ -287,6 +287,9 @@ pub struct Service {
     shutdown: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
+    /// Signed requests seen within the window (signature prefix → request time), so each
+    /// is taken once.
+    seen_requests: Mutex<HashMap<[u8; 16], u64>>,
     /// `/sync` connections not yet proven, per address.
     unproven: Mutex<HashMap<AddressKey, usize>>,
     /// The connection counts of the listener serving this service, for `/metrics`.
@@ -330,6 +333,7 @@ impl Service {
             idle: Notify::new(),
             gate: OnceLock::new(),
             unproven: Mutex::new(HashMap::new()),
+            seen_requests: Mutex::new(HashMap::new()),
         });
         service.spawn_listener();
         service
@@ -425,6 +429,22 @@ impl Service {
         }
         *n += 1;
         Some(Unproven { service: self.clone(), key: Some(key) })
+    }
+
+    /// Whether a signed request with signature `sig`, made at `time_ms`, is seen for the
+    /// first time (then it is remembered until it falls out of the window). Ed25519
+    /// signatures are deterministic, so a replay carries the same bytes.
+    pub(crate) fn first_use(&self, sig: &[u8; 64], time_ms: u64) -> bool {
+        use stead_core::env::Clock;
+        let now = stead_core::env::SystemClock.now_ms();
+        let window = crate::http::REQUEST_WINDOW_MS;
+        let key: [u8; 16] = sig[..16].try_into().expect("16 of 64 bytes");
+        let mut seen = self.seen_requests.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 4096 && seen.len().is_power_of_two() {
+            // Forget what can no longer be replayed: the window checks its time anyway.
+            seen.retain(|_, t| now.abs_diff(*t) <= window);
+        }
+        seen.insert(key, time_ms).is_none()
     }
 
     /// Joins the hub of `space`, unless it is full.

@@ -204,8 +204,12 @@ async fn membership_logs_are_bounded_and_verified_once() -> anyhow::Result<()> {
         let mut big = log.clone();
         let (b, _) = member(10 + n);
         big.add(a.replica, &ka, b, vec![n; 16 << 20])?;
-        let (status, _) = put_members(&server, space, big.encode(), None).await?;
-        assert_eq!(status, 413, "a 16 MiB membership log is too large");
+        // The server answers 413 and closes once it has read past its limit; the client
+        // may still be sending then, and see the reset instead of the answer.
+        match put_members(&server, space, big.encode(), None).await {
+            Ok((status, _)) => assert_eq!(status, 413, "a 16 MiB membership log is too large"),
+            Err(e) => assert!(format!("{e:?}").contains("reset") || format!("{e:?}").contains("closed") || format!("{e:?}").contains("pipe"), "{e:?}"),
+        }
     }
     let grown = rss_kib(server.pid()).saturating_sub(before);
     assert!(grown < 64 * 1024, "the server grew by {grown} KiB taking six huge logs");
@@ -419,5 +423,52 @@ async fn metrics_are_for_loopback_or_the_operators_token() -> anyhow::Result<()>
     let open = Server::start(&Db::Sqlite(dir.path().join("o.sqlite3")), &["--host", &ip.to_string()])?;
     assert_eq!(http.get(format!("{}/metrics", open.base)).send().await?.status(), 403);
     assert_eq!(http.get(format!("{}/healthz", open.base)).send().await?.status(), 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_requests_cover_what_they_ask_and_work_once() -> anyhow::Result<()> {
+    use stead_core::sync::{RequestTarget, authorization, body_hash};
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("req.sqlite3")), &[])?;
+    let cs = clients(&server, 1).await?;
+    let c = &cs[0].client;
+    let (space, replica, key) = (c.space(), c.replica(), c.device().signing.clone());
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let path = format!("/spaces/{space}/members");
+    let sign = |time: u64, host: &str, path: &str| {
+        authorization(time, space, replica, &key, &RequestTarget { method: "GET", host, path_and_query: path, body_sha256: body_hash(b"") })
+    };
+    let get = |path: String, auth: String, host: Option<String>| {
+        let mut r = reqwest::Client::new().get(format!("{}{path}", server.base)).header("authorization", auth);
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        async move {
+            let r = r.send().await?;
+            let status = r.status().as_u16();
+            if status != 200 {
+                eprintln!("{status}: {}", r.text().await?);
+            }
+            anyhow::Ok(status)
+        }
+    };
+    // A moment this device's own engine signed nothing at (it signs with the time of the
+    // request: one in the same millisecond would be the same request).
+    let now = common::now() - 5_000;
+    // Signed right, it works once; the same bytes again are a replay.
+    let auth = sign(now, &host, &path);
+    assert_eq!(get(path.clone(), auth.clone(), None).await?, 200);
+    assert_eq!(get(path.clone(), auth, None).await?, 401, "a replayed request was served");
+    // The query, the host and the time are all signed.
+    assert_eq!(get(format!("{path}?x=1"), sign(now + 1, &host, &path), None).await?, 401, "an unsigned query was accepted");
+    assert_eq!(get(path.clone(), sign(now + 2, "elsewhere.example:443", &path), None).await?, 401, "a signature for another host was accepted");
+    assert_eq!(get(path.clone(), sign(now + 3, &host, &path), Some("elsewhere.example".into())).await?, 401, "a request sent with another Host was accepted");
+    assert_eq!(get(path.clone(), sign(now - 90_000, &host, &path), None).await?, 401, "a request 90 s old was accepted");
+    assert_eq!(get(path.clone(), sign(now + 4, &host, &path), None).await?, 200);
+    // A blob read signed for one blob does not read another.
+    let hash = c.put_blob(vec![5; 100]).await?;
+    let other = "ab".repeat(32);
+    assert_eq!(get(format!("/blobs/{hash}"), sign(now + 5, &host, &format!("/blobs/{other}")), None).await?, 401);
     Ok(())
 }

@@ -302,7 +302,7 @@ async fn blobs(db: Db) -> anyhow::Result<()> {
     assert!(err.to_string().contains("413"), "{err}");
     // A body that does not hash to its URL is refused.
     let path = format!("/blobs/{}", "0".repeat(64));
-    let auth = stead_client::request::authorization(c.space(), c.replica(), &c.device().signing, "PUT", &path);
+    let auth = stead_client::request::authorization(&server.base, c.space(), c.replica(), &c.device().signing, "PUT", &path, [0; 32]);
     let resp = reqwest::Client::new().put(format!("{}{path}", server.base)).header("authorization", auth).body("x").send().await?;
     assert_eq!(resp.status(), 400);
     // No signature, no blob; a member of another space cannot read it either.

@@ -48,6 +48,7 @@
 use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Signer, Verifier};
+use sha2::Digest;
 
 use crate::codec::{Reader, Writer};
 use crate::env::Random;
@@ -63,7 +64,7 @@ pub const PROTOCOL_MIN: u16 = 2;
 pub const PROTOCOL_MAX: u16 = 2;
 const HELLO_MAGIC: &[u8; 5] = b"STEAD";
 const PROOF_DOMAIN: &[u8] = b"stead-proof-v1\0";
-const REQUEST_DOMAIN: &[u8] = b"stead-request-v1\0";
+const REQUEST_DOMAIN: &[u8] = b"stead-request-v2\0";
 
 /// Error codes carried by [`Frame::Error`].
 pub mod code {
@@ -197,31 +198,46 @@ impl Frame {
     }
 }
 
+/// What a signed request is: everything the server acts on, so a signature made for one
+/// request proves nothing for another.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTarget<'a> {
+    pub method: &'a str,
+    /// The `Host` the request is sent to (`host[:port]`, the port only when not the
+    /// scheme's default), so a signature for one server is no use at another.
+    pub host: &'a str,
+    /// The path with its query, as sent.
+    pub path_and_query: &'a str,
+    /// SHA-256 of the body ([`body_hash`]; of nothing for a request without one).
+    pub body_sha256: [u8; 32],
+}
+
+/// SHA-256 of a request body, for [`RequestTarget::body_sha256`].
+pub fn body_hash(body: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(body).into()
+}
+
 /// The message a member signs to prove itself on a plain request (HTTP) to a server:
-/// `"stead-request-v1\0" ‖ u64 time in ms ‖ space ‖ replica ‖ str method ‖ str path`.
-/// The server accepts it only within a few minutes of its own time.
-pub fn request_message(time_ms: u64, space: SpaceId, replica: ReplicaId, method: &str, path: &str) -> Vec<u8> {
+/// `"stead-request-v2\0" ‖ u64 time in ms ‖ space ‖ replica ‖ str method ‖ str host ‖
+/// str path and query ‖ body SHA-256`. The server accepts it once, and only within a
+/// minute of its own time.
+pub fn request_message(time_ms: u64, space: SpaceId, replica: ReplicaId, target: &RequestTarget<'_>) -> Vec<u8> {
     let mut w = Writer::new();
     w.fixed(REQUEST_DOMAIN);
     w.u64(time_ms);
     w.fixed(space.as_bytes());
     w.fixed(replica.as_bytes());
-    w.str(method);
-    w.str(path);
+    w.str(target.method);
+    w.str(target.host);
+    w.str(target.path_and_query);
+    w.fixed(&target.body_sha256);
     w.finish()
 }
 
 /// The `Authorization` header of a signed request:
 /// `Stead <space>.<replica>.<time ms>.<signature of request_message, hex>`.
-pub fn authorization(
-    time_ms: u64,
-    space: SpaceId,
-    replica: ReplicaId,
-    key: &ed25519_dalek::SigningKey,
-    method: &str,
-    path: &str,
-) -> String {
-    let sig = key.sign(&request_message(time_ms, space, replica, method, path));
+pub fn authorization(time_ms: u64, space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, target: &RequestTarget<'_>) -> String {
+    let sig = key.sign(&request_message(time_ms, space, replica, target));
     format!("Stead {space}.{replica}.{time_ms}.{}", hex::encode(sig.to_bytes()))
 }
 

@@ -66,7 +66,7 @@ async fn set_pending(engine: &Rc<Engine>, list: &[String]) -> Result<(), DataErr
 async fn upload(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), String> {
     let path = format!("/blobs/{sha}");
     let me = engine.me();
-    let auth = authorization(me.space, me.replica, &me.signing, "PUT", &path);
+    let auth = authorization(me.space, me.replica, &me.signing, "PUT", &path, Sha256::digest(sealed).into());
     match server_fetch("PUT", &path, Some(auth), Some(sealed)).await? {
         (s, _) if (200..300).contains(&s) => Ok(()),
         (s, body) => Err(format!("the server refused blob {sha}: HTTP {s}: {}", String::from_utf8_lossy(&body))),
@@ -114,7 +114,7 @@ pub async fn get(engine: &Rc<Engine>, sha: &str) -> Result<Vec<u8>, DataError> {
         None => {
             let path = format!("/blobs/{sha}");
             let me = engine.me();
-            let auth = authorization(me.space, me.replica, &me.signing, "GET", &path);
+            let auth = authorization(me.space, me.replica, &me.signing, "GET", &path, stead_core::sync::body_hash(b""));
             let sealed = match server_fetch("GET", &path, Some(auth), None).await {
                 Ok((200, body)) => body,
                 Ok((404, _)) => return Err(DataError::not_found(format!("no blob {sha} on this device or the server"))),

@@ -182,10 +182,21 @@ fn server_base() -> String {
     scope.location().origin()
 }
 
-/// The `Authorization` header proving `me` sends a request (see stead-core's
-/// `request_message`).
-pub fn authorization(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, method: &str, path: &str) -> String {
-    stead_core::sync::authorization(now_ms(), space, replica, key, method, path)
+/// The `Authorization` header proving `me` sends a request to the worker's own server
+/// (see stead-core's `request_message`), with a body of SHA-256 `body_sha256`.
+pub fn authorization(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, method: &str, path: &str, body_sha256: [u8; 32]) -> String {
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    let host = scope.location().host();
+    let target = stead_core::sync::RequestTarget { method, host: &host, path_and_query: path, body_sha256 };
+    // Never a millisecond already used: the server takes each signature once, and two
+    // identical requests in one millisecond would sign the same bytes.
+    thread_local! { static LAST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) }; }
+    let time = LAST.with(|last| {
+        let t = now_ms().max(last.get() + 1);
+        last.set(t);
+        t
+    });
+    stead_core::sync::authorization(time, space, replica, key, &target)
 }
 
 /// A fetch from the worker to the server; `Err` holds a readable reason.
@@ -215,7 +226,7 @@ pub async fn server_fetch(method: &str, path: &str, auth: Option<String>, body: 
 
 pub async fn get_members(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey) -> Result<Members, DataError> {
     let path = format!("/spaces/{space}/members");
-    let auth = authorization(space, replica, key, "GET", &path);
+    let auth = authorization(space, replica, key, "GET", &path, stead_core::sync::body_hash(b""));
     match server_fetch("GET", &path, Some(auth), None).await {
         Ok((200, body)) => Ok(Members::decode(&body)?),
         Ok((401 | 403 | 404, _)) => Err(DataError::new(403, "not invited", format!("the server does not list this device in space {space} (yet)"))),
