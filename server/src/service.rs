@@ -137,6 +137,9 @@ pub(crate) struct Published {
     /// the space's notes, which every connection waits on anyway, so an idle connection
     /// needs no second thing to wait on.
     pub(crate) shutdown: bool,
+    /// The space's membership changed to this (version and log): a connection whose
+    /// peer is no longer an active member closes before it sends anything after it.
+    pub(crate) members: Option<(i64, Arc<Membership>)>,
 }
 
 /// What a connection learns about new entries of its space.
@@ -366,7 +369,7 @@ impl Service {
                         tracing::warn!("listening for other nodes failed: {e}");
                         let spaces: Vec<SpaceId> = service.hub.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
                         for space in spaces {
-                            service.remote(Remote { space, vector: None });
+                            service.remote(Remote { space, vector: None, members: true });
                         }
                     }
                 }
@@ -398,7 +401,7 @@ impl Service {
             // A connection registered after this sees the flag set (see `sync::Conn::open`).
             let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
             for h in hub.values() {
-                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true }));
+                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None }));
             }
         }
         let wait = async {
@@ -515,6 +518,21 @@ impl Service {
             }
         }
         self.publish(remote.space, None, Vec::new());
+        if remote.members {
+            match self.members(remote.space) {
+                Ok(Some(m)) => self.publish_members(remote.space, m),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(space = %remote.space, "reading a changed membership failed: {e}"),
+            }
+        }
+    }
+
+    /// Tells every connection of `space` its membership is now `members`.
+    fn publish_members(&self, space: SpaceId, members: (i64, Arc<Membership>)) {
+        let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.get(&space) {
+            let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members) }));
+        }
     }
 
     /// Runs a write in a durable transaction (grouped with other connections' writes when
@@ -552,7 +570,7 @@ impl Service {
             h.merge(&advanced);
         }
         // No receiver is not an error: the space's connections are all gone.
-        let _ = h.notes.send(Arc::new(Published { from, entries, shutdown: false }));
+        let _ = h.notes.send(Arc::new(Published { from, entries, shutdown: false, members: None }));
     }
 
     /// The verified membership of `space` (cached by version); `None` for an unknown space.
@@ -636,7 +654,10 @@ impl Service {
             Ok(())
         };
         let version = self.backend.put_members(space, bytes, &check)?;
-        self.cache_members(space, version, new);
+        let members = self.cache_members(space, version, new);
+        // In order with the entries that follow it: a removed device's connection is
+        // closed before it could be sent any entry committed after its removal.
+        self.publish_members(space, members);
         Ok(version)
     }
 

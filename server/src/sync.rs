@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
+use stead_core::membership::Membership;
 use stead_core::sync::{Frame, Sync, SyncConfig, SyncPeer, check_member, code};
 
 use crate::commit::{Ctx, Prechecked, Write, entries_in, precheck};
@@ -690,6 +691,12 @@ impl Conn {
                 loop {
                     match next {
                         Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
+                        Ok(n) if n.members.is_some() => {
+                            if self.members_changed(n.members.clone().expect("checked")) {
+                                self.service.metrics.reject("unauthorized");
+                                return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
+                            }
+                        }
                         Ok(n) => {
                             if n.from != Some(self.reg.id) {
                                 self.recent.push(n);
@@ -705,6 +712,20 @@ impl Conn {
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
             Event::Note(Err(broadcast::error::RecvError::Closed)) => STOP,
         }
+    }
+
+    /// Takes in a new membership of the space; `true` when the peer is no longer an
+    /// active member, and the connection must close at once: nothing noted after the
+    /// change, nor anything read from the database, may reach it.
+    fn members_changed(&mut self, (version, members): (i64, Arc<Membership>)) -> bool {
+        let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
+        if version <= ctx.members_version {
+            return false;
+        }
+        let removed = sync.peer().is_none_or(|peer| !members.is_active(peer));
+        ctx.members = members;
+        ctx.members_version = version;
+        removed
     }
 
     async fn too_slow(&mut self) -> Flow {

@@ -472,3 +472,32 @@ async fn signed_requests_cover_what_they_ask_and_work_once() -> anyhow::Result<(
     assert_eq!(get(format!("/blobs/{hash}"), sign(now + 5, &host, &format!("/blobs/{other}")), None).await?, 401);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_stops_receiving_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("rm.sqlite3")), &[])?;
+    let cs = clients(&server, 3).await?;
+    let (owner, removed, kept) = (&cs[0].client, &cs[1].client, &cs[2].client);
+    owner.set("notes", RecordId([1; 16]), "body", Value::Str("before".into())).await?;
+    common::converge(&[owner, removed, kept], Duration::from_secs(10)).await?;
+    assert!(removed.status().connected);
+
+    owner.remove(removed.replica()).await?;
+    let members = owner.members().await?;
+    assert!(members.iter().any(|(m, active)| m.replica == removed.replica() && !active), "{members:?}");
+    owner.set("notes", RecordId([2; 16]), "body", Value::Str("after".into())).await?;
+    owner.wait_acked(Duration::from_secs(5)).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kept.value("notes", RecordId([2; 16]), "body").await?.is_none() {
+        assert!(Instant::now() < deadline, "the remaining member did not get the new entry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(removed.value("notes", RecordId([2; 16]), "body").await?, None, "the removed device's open socket got an entry written after its removal");
+    assert!(!removed.status().connected, "the removed device is still connected");
+    // Its signed requests are refused too.
+    let err = removed.get_blob(&"ab".repeat(32), None).await.expect_err("a removed device read a blob route");
+    assert!(err.to_string().contains("401"), "{err}");
+    Ok(())
+}

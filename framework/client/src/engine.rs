@@ -92,6 +92,7 @@ enum Cmd {
     Commit(Vec<Op>, oneshot::Sender<Result<u64>>),
     Read(ReadFn),
     Invite(DeviceCard, oneshot::Sender<Result<()>>),
+    Remove(ReplicaId, oneshot::Sender<Result<()>>),
     Interrupt,
 }
 
@@ -269,6 +270,20 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         self.cmds.send(Cmd::Invite(card.clone(), tx)).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Removes a device from the space and publishes the new membership log: the server
+    /// closes its connections and takes no more of its entries. Its entries up to the
+    /// last one this device holds stay valid.
+    pub async fn remove(&self, replica: ReplicaId) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Cmd::Remove(replica, tx)).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// The space's devices, with whether each is still an active member.
+    pub async fn members(&self) -> Result<Vec<(stead_core::membership::Member, bool)>> {
+        self.read(|r| r.members().members().map(|(m, active)| (m.clone(), active)).collect()).await
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -602,6 +617,10 @@ impl Engine {
                 let _ = reply.send(self.invite(&card).await);
                 false
             }
+            Cmd::Remove(replica, reply) => {
+                let _ = reply.send(self.remove(replica).await);
+                false
+            }
             Cmd::Interrupt => {
                 if conn.take().is_some() {
                     self.emit(Event::Disconnected { reason: "interrupted".into() });
@@ -610,6 +629,15 @@ impl Engine {
                 false
             }
         }
+    }
+
+    async fn remove(&mut self, replica: ReplicaId) -> Result<()> {
+        let mut members = self.replica.members().clone();
+        let last_seq = self.replica.version_vector().get(&replica).and_then(|n| n.checked_sub(1));
+        members.remove(self.device.replica, &self.device.signing, replica, last_seq)?;
+        request::put_members(&self.http, &self.config.server, &members, None).await?;
+        self.replica.set_members(members)?;
+        Ok(())
     }
 
     async fn invite(&mut self, card: &DeviceCard) -> Result<()> {

@@ -49,6 +49,10 @@ enum Cmd {
     Create,
     /// Adds a device (by its card) to this device's space.
     Invite { card: String },
+    /// Prints the space's devices, one JSON line each (`{"replica": ..., "active": ...}`).
+    Members,
+    /// Removes a device (by its replica id) from this device's space.
+    Remove { replica: String },
     /// Joins a space this device was invited to.
     Join { space: String },
     /// Sets a field to a JSON value (string, number, bool or null) and waits for the ack.
@@ -161,6 +165,21 @@ async fn main() -> anyhow::Result<()> {
             let card: DeviceCard = card.parse()?;
             let c = Client::open(config).await?;
             c.invite(&card).await.context("inviting the device")?;
+            c.close().await;
+        }
+        Cmd::Members => {
+            let c = Client::open(config).await?;
+            synced(&c, timeout).await?;
+            for (m, active) in c.members().await? {
+                println!("{}", serde_json::json!({ "replica": m.replica.to_string(), "active": active }));
+            }
+            c.close().await;
+        }
+        Cmd::Remove { replica } => {
+            let replica: stead_core::ids::ReplicaId = replica.parse().context("not a replica id")?;
+            let c = Client::open(config).await?;
+            synced(&c, timeout).await?;
+            c.remove(replica).await.context("removing the device")?;
             c.close().await;
         }
         Cmd::Join { space } => {

@@ -271,6 +271,11 @@ impl Membership {
         self.members.get(&replica).is_some_and(|s| s.removed.is_none())
     }
 
+    /// Every device ever added, with whether it is still an active member.
+    pub fn members(&self) -> impl Iterator<Item = (&Member, bool)> {
+        self.members.values().map(|s| (&s.member, s.removed.is_none()))
+    }
+
     pub fn member(&self, replica: ReplicaId) -> Option<&Member> {
         self.members.get(&replica).map(|s| &s.member)
     }

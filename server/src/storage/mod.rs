@@ -80,6 +80,8 @@ pub struct Remote {
     pub space: SpaceId,
     /// Replica → next seq now stored, when the notification said (else read the database).
     pub vector: Option<VersionVector>,
+    /// The space's membership log changed.
+    pub members: bool,
 }
 
 /// Opens storage from `--database`: a `postgres://` URL, or else a SQLite file path.

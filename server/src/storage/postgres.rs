@@ -210,6 +210,9 @@ impl Backend for Postgres {
                  ON CONFLICT (id) DO UPDATE SET members = excluded.members, version = excluded.version",
                 &[&&space.0[..], &new, &version],
             )?;
+            // Other nodes close the connections of devices this change removed.
+            let payload = format!("{}:{}:{MEMBERS_CHANGED}", hex::encode(space.0), self.node);
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
             tx.commit()?;
             Ok(version)
         })
@@ -319,8 +322,10 @@ impl Backend for Postgres {
                         continue;
                     }
                     if let Ok(Ok(id)) = hex::decode(space).map(|b| id16(&b)) {
-                        let named = parts.next().and_then(parse_vector).filter(|v| v.len() <= MAX_NOTIFIED_REPLICAS);
-                        spaces.push(Remote { space: SpaceId(id), vector: named });
+                        let rest = parts.next();
+                        let members = rest == Some(MEMBERS_CHANGED);
+                        let named = rest.filter(|_| !members).and_then(parse_vector).filter(|v| v.len() <= MAX_NOTIFIED_REPLICAS);
+                        spaces.push(Remote { space: SpaceId(id), vector: named, members });
                     }
                 }
                 Ok(None) => break,
@@ -360,6 +365,9 @@ impl Postgres {
 }
 
 /// `<replica hex>=<next seq>,…` from a notification; `None` when malformed.
+/// The payload's third part when a space's membership log changed.
+const MEMBERS_CHANGED: &str = "members";
+
 /// Replicas a notification may name before the whole vector is read instead.
 const MAX_NOTIFIED_REPLICAS: usize = 64;
 
