@@ -9,6 +9,9 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -140,6 +143,13 @@ pub fn agreement_public(secret: &[u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
 }
 
+/// Whether an X25519 public key is a point of small order (or an encoding of one): an
+/// exchange with it gives the all-zero secret whatever the other side's secret is, so a
+/// space key wrapped to it would be open to anyone. No secret makes such a key.
+pub fn is_weak_agreement_key(public: &[u8; 32]) -> bool {
+    (MontgomeryPoint(*public) * Scalar::from(8u8)).is_identity()
+}
+
 fn wrapping_key(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], space: SpaceId) -> SpaceKey {
     let mut h = Sha256::new();
     h.update(b"stead-wrap-v1\0");
@@ -222,6 +232,45 @@ mod tests {
         assert_eq!(unwrap_space_key(&wrapped, space, &device_secret).unwrap(), key);
         assert!(unwrap_space_key(&wrapped, space, &[8u8; 32]).is_err());
         assert!(unwrap_space_key(&wrapped, SpaceId([2; 16]), &device_secret).is_err());
+    }
+
+    /// Every X25519 public key of small order, as RFC 7748 implementations list them (the
+    /// u of the points of order 1, 2, 4 and 8, and u = p − 1, p, p + 1), with and without
+    /// the top bit, which X25519 ignores.
+    fn weak_agreement_keys() -> Vec<[u8; 32]> {
+        let mut out: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|p| p.to_montgomery().to_bytes())
+            .collect();
+        for low in [0xec, 0xed, 0xee] {
+            let mut b = [0xff; 32];
+            b[0] = low;
+            b[31] = 0x7f;
+            out.push(b);
+        }
+        for b in out.clone() {
+            let mut top = b;
+            top[31] |= 0x80;
+            out.push(top);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn weak_agreement_keys_are_found() {
+        let weak = weak_agreement_keys();
+        assert_eq!(weak.len(), 14, "0, 1, two of order 8, p − 1, p, p + 1, each with the top bit or not");
+        for key in &weak {
+            assert!(is_weak_agreement_key(key), "{}", hex::encode(key));
+            // The exchange with it is not contributory, whatever the secret.
+            let shared = StaticSecret::from([0x5a; 32]).diffie_hellman(&PublicKey::from(*key));
+            assert!(!shared.was_contributory());
+        }
+        for n in 0..50u8 {
+            assert!(!is_weak_agreement_key(&agreement_public(&[n; 32])));
+        }
     }
 
     #[test]
