@@ -161,18 +161,22 @@ fn wrapping_key(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], space: 
 }
 
 /// Wraps the space key to a device's X25519 public key: `eph_pub (32) ‖ nonce ‖ ciphertext`.
-/// `ephemeral` and `nonce` must be fresh random bytes.
+/// `ephemeral` and `nonce` must be fresh random bytes. Refuses a recipient key of small
+/// order, with which the exchange gives the all-zero secret: the wrap would open for all.
 pub fn wrap_space_key(
     key: &SpaceKey,
     space: SpaceId,
     recipient: &[u8; 32],
     ephemeral: [u8; 32],
     nonce: [u8; NONCE_LEN],
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     let eph = StaticSecret::from(ephemeral);
     let eph_pub = PublicKey::from(&eph).to_bytes();
-    let shared = eph.diffie_hellman(&PublicKey::from(*recipient)).to_bytes();
-    let kek = wrapping_key(&shared, &eph_pub, recipient, space);
+    let shared = eph.diffie_hellman(&PublicKey::from(*recipient));
+    if !shared.was_contributory() {
+        return Err(Error::WeakKey { what: "the recipient's agreement key" });
+    }
+    let kek = wrapping_key(shared.as_bytes(), &eph_pub, recipient, space);
     let cipher = XChaCha20Poly1305::new((&kek.0).into());
     let ct = cipher
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: &key.0, aad: space.as_bytes() })
@@ -181,10 +185,11 @@ pub fn wrap_space_key(
     out.extend_from_slice(&eph_pub);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    out
+    Ok(out)
 }
 
-/// Unwraps a space key with the device's X25519 secret.
+/// Unwraps a space key with the device's X25519 secret. Refuses a wrap whose ephemeral
+/// key is of small order: its wrapping key is one anyone can compute.
 pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Result<SpaceKey> {
     let bad = Error::Decode { what: "wrapped space key", reason: "does not decrypt" };
     if wrapped.len() != 32 + NONCE_LEN + 32 + TAG_LEN {
@@ -194,8 +199,11 @@ pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Re
     let nonce = &wrapped[32..32 + NONCE_LEN];
     let secret = StaticSecret::from(*secret);
     let recipient = PublicKey::from(&secret).to_bytes();
-    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub)).to_bytes();
-    let kek = wrapping_key(&shared, &eph_pub, &recipient, space);
+    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub));
+    if !shared.was_contributory() {
+        return Err(Error::WeakKey { what: "the wrapped key's ephemeral key" });
+    }
+    let kek = wrapping_key(shared.as_bytes(), &eph_pub, &recipient, space);
     let cipher = XChaCha20Poly1305::new((&kek.0).into());
     let plain = cipher
         .decrypt(XNonce::from_slice(nonce), Payload { msg: &wrapped[32 + NONCE_LEN..], aad: space.as_bytes() })
@@ -228,7 +236,7 @@ mod tests {
         let key = SpaceKey([7; 32]);
         let space = SpaceId([1; 16]);
         let device_secret = [9u8; 32];
-        let wrapped = wrap_space_key(&key, space, &agreement_public(&device_secret), [3; 32], [4; 24]);
+        let wrapped = wrap_space_key(&key, space, &agreement_public(&device_secret), [3; 32], [4; 24]).unwrap();
         assert_eq!(unwrap_space_key(&wrapped, space, &device_secret).unwrap(), key);
         assert!(unwrap_space_key(&wrapped, space, &[8u8; 32]).is_err());
         assert!(unwrap_space_key(&wrapped, SpaceId([2; 16]), &device_secret).is_err());
@@ -270,6 +278,28 @@ mod tests {
         }
         for n in 0..50u8 {
             assert!(!is_weak_agreement_key(&agreement_public(&[n; 32])));
+        }
+    }
+
+    #[test]
+    fn no_wrap_to_or_from_a_small_order_key() {
+        let key = SpaceKey([7; 32]);
+        let space = SpaceId([1; 16]);
+        let device_secret = [9u8; 32];
+        let recipient = agreement_public(&device_secret);
+        for weak in weak_agreement_keys() {
+            // To: every secret agrees with it on zero, so the wrap would open for anyone.
+            let err = wrap_space_key(&key, space, &weak, [3; 32], [4; 24]).unwrap_err();
+            assert_eq!(err, Error::WeakKey { what: "the recipient's agreement key" });
+            // From: a wrap whose ephemeral key is of small order, made with the all-zero
+            // secret anyone knows, is refused rather than opened.
+            let kek = wrapping_key(&[0; 32], &weak, &recipient, space);
+            let ct = XChaCha20Poly1305::new((&kek.0).into())
+                .encrypt(XNonce::from_slice(&[4; 24]), Payload { msg: &key.0, aad: space.as_bytes() })
+                .unwrap();
+            let forged = [&weak[..], &[4; 24], &ct].concat();
+            let err = unwrap_space_key(&forged, space, &device_secret).unwrap_err();
+            assert_eq!(err, Error::WeakKey { what: "the wrapped key's ephemeral key" }, "{}", hex::encode(weak));
         }
     }
 

@@ -648,7 +648,7 @@ impl Engine {
         let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
         let agreement: [u8; 32] = rng.array();
         let member = Member { replica, signing: signing.verifying_key().to_bytes(), agreement: crypto::agreement_public(&agreement) };
-        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array());
+        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array())?;
         let members = self.read(|r| {
             let mut m = r.members().clone();
             m.add(self.me.replica, &self.me.signing, member, wrapped)?;
