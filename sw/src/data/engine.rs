@@ -683,6 +683,9 @@ pub fn register_background_sync() {
 }
 
 /// Parses an invite code: `<space>.<replica>.<signing secret hex>.<agreement secret hex>`.
+/// It holds secrets, not public keys, so it needs no check for weak keys: the keys made
+/// from secrets are never of small order, and the membership log that holds this
+/// device's public keys is verified (`Members::decode`), weak keys refused, on join.
 pub fn parse_invite(code: &str) -> Option<(SpaceId, ReplicaId, ed25519_dalek::SigningKey, [u8; 32])> {
     let mut p = code.trim().split('.');
     let space = p.next()?.parse().ok()?;
