@@ -1,6 +1,6 @@
 //! The sync server through real processes and sockets, the same suite on SQLite and on
 //! PostgreSQL: convergence under random disconnects, hostile input, the plaintext canary,
-//! blobs, and (PostgreSQL) two nodes on one database.
+//! blobs, keys of small order, and (PostgreSQL) two nodes on one database.
 
 mod common;
 
@@ -318,6 +318,44 @@ async fn blobs(db: Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keys of small order sign for anyone: no membership log naming one is stored, so no
+/// request "signed" with one and no secret gets in.
+async fn weak_keys(db: Db) -> anyhow::Result<()> {
+    use stead_core::codec::Writer;
+    use stead_core::ids::{ReplicaId, SpaceId};
+    use stead_core::membership::{Member, MemberEvent, SignedEvent};
+    let server = Server::start(&db, &[])?;
+    let http = reqwest::Client::new();
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // R the identity and s = 0: with the identity as key, the equation holds for any message.
+    let mut trivial = [0u8; 64];
+    trivial[0] = 1;
+    let intruder = Member { replica: ReplicaId([66; 16]), signing: identity, agreement: stead_core::crypto::agreement_public(&[66; 32]) };
+    // A space of the intruder's own, and an honest space whose creator adds the intruder.
+    let own = SpaceId([77; 16]);
+    let genesis = SignedEvent { prev: [0; 32], by: intruder.replica, event: MemberEvent::Genesis { space: own, creator: intruder.clone() }, sig: trivial };
+    let honest = Space::new(1, &mut SeededRandom::new(11));
+    let creator = &honest.identities[0];
+    let url = |space: SpaceId| format!("{}/spaces/{space}/members", server.base);
+    assert!(http.put(url(honest.space)).body(honest.members.encode()).send().await?.status().is_success());
+    let add = SignedEvent::sign(honest.members.events()[0].hash(), creator.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![0; 104] }, &creator.signing);
+    for (space, events) in [(own, vec![genesis]), (honest.space, vec![honest.members.events()[0].clone(), add])] {
+        let mut log = Writer::new();
+        log.varint(events.len() as u64);
+        for ev in &events {
+            log.bytes(&ev.encode());
+        }
+        let resp = http.put(url(space)).body(log.finish()).send().await?;
+        assert_eq!(resp.status(), 400, "{space}");
+        assert!(resp.text().await?.contains("weak signing key"));
+        let auth = format!("Stead {space}.{}.{}.{}", intruder.replica, common::now(), hex::encode(trivial));
+        let resp = http.get(url(space)).header("authorization", auth).send().await?;
+        assert_eq!(resp.status(), 401, "{space}: the intruder read the membership log");
+    }
+    Ok(())
+}
+
 /// Two server processes on one PostgreSQL: clients on different nodes converge live.
 async fn two_nodes(db: Db) -> anyhow::Result<()> {
     let a = Server::start(&db, &[])?;
@@ -347,6 +385,7 @@ async fn sqlite_suite() -> anyhow::Result<()> {
     hostile(db("hostile")).await.context("hostile")?;
     canary(db("canary"), None).await.context("canary")?;
     blobs(db("blobs")).await.context("blobs")?;
+    weak_keys(db("weak_keys")).await.context("weak keys")?;
     Ok(())
 }
 
@@ -357,6 +396,7 @@ async fn postgres_suite() -> anyhow::Result<()> {
     hostile(pg.database()?).await.context("hostile")?;
     canary(pg.database()?, Some(&pg)).await.context("canary")?;
     blobs(pg.database()?).await.context("blobs")?;
+    weak_keys(pg.database()?).await.context("weak keys")?;
     two_nodes(pg.database()?).await.context("two nodes")?;
     Ok(())
 }

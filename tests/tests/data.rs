@@ -394,3 +394,65 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     .await?;
     a.quit().await
 }
+
+/// Page script that opens the worker's IndexedDB `stead` and defines helpers on its
+/// sealed space records: `get`/`put` of a store, the device key, and `seal`/`open` as the
+/// worker does them (`ad` is the record's associated data, `null` for the old form).
+const SEALED: &str = "const db = await new Promise((ok, err) => { const r = indexedDB.open('stead'); r.onsuccess = () => ok(r.result); r.onerror = err; });\
+     const req = (r) => new Promise((ok, err) => { r.onsuccess = () => ok(r.result); r.onerror = () => err(r.error); });\
+     const get = (store, k) => req(db.transaction(store).objectStore(store).get(k));\
+     const put = (store, k, v) => req(db.transaction(store, 'readwrite').objectStore(store).put(v, k));\
+     const key = await get('keys', 'device');\
+     const ad = (space) => new Uint8Array([...new TextEncoder().encode('stead-space-record-v1\\0'), ...space.replace(/-/g, '').match(/../g).map((h) => parseInt(h, 16))]);\
+     const params = (iv, ad) => ad ? {name: 'AES-GCM', iv, additionalData: ad} : {name: 'AES-GCM', iv};\
+     const open = async (rec, ad) => new Uint8Array(await crypto.subtle.decrypt(params(rec.slice(0, 12), ad), key, rec.slice(12)));\
+     const seal = async (plain, ad) => { const iv = crypto.getRandomValues(new Uint8Array(12)); return new Uint8Array([...iv, ...new Uint8Array(await crypto.subtle.encrypt(params(iv, ad), key, plain))]); };";
+
+#[tokio::test]
+async fn a_sealed_space_record_opens_only_in_its_own_slot() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let x = space(&a).await?;
+    let made = api(&a, "POST", "spaces", Some(json!({}))).await?;
+    let y = made["body"]["space"].as_str().expect("a space").to_owned();
+    let status = |space: &str| format!("spaces/{space}/status");
+    let refused = async |space: &str, why: &str| -> Result<()> {
+        a.stop_workers().await?;
+        let s = api(&a, "GET", &status(space), None).await?;
+        assert_eq!(s["status"], 500, "space {space} opened with another record: {s}");
+        let detail = s["body"]["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(&format!("space {space}: its sealed record {why}")), "{s}");
+        Ok(())
+    };
+    let swap = format!("{SEALED} const [rx, ry] = [await get('spaces', '{x}'), await get('spaces', '{y}')]; await put('spaces', '{x}', ry); await put('spaces', '{y}', rx); return 1;");
+
+    // Records swapped between two spaces' slots: neither opens as the other.
+    a.js_async(&swap).await?;
+    refused(&x, "does not open").await?;
+    refused(&y, "does not open").await?;
+    a.js_async(&swap).await?;
+    a.stop_workers().await?;
+    for s in [&x, &y] {
+        assert_eq!(api(&a, "GET", &status(s), None).await?["status"], 200, "space {s} after the swap back");
+    }
+
+    // A record sealed by the worker before the binding (no associated data) opens, and is
+    // sealed again bound to its space.
+    let unbind = |space: &str, into: &str| {
+        format!("{SEALED} const plain = await open(await get('spaces', '{space}'), ad('{space}')); await put('spaces', '{into}', await seal(plain, null)); return 1;")
+    };
+    a.js_async(&unbind(&x, &x)).await?;
+    a.stop_workers().await?;
+    assert_eq!(api(&a, "GET", &status(&x), None).await?["status"], 200, "an old record opens");
+    let bound = a
+        .js_async(&format!("{SEALED} const rec = await get('spaces', '{x}'); await open(rec, ad('{x}')); return 'bound';"))
+        .await?;
+    assert_eq!(bound, json!("bound"), "the old record is sealed again, bound to its space");
+    // An old-form record moved into another slot opens, but names its own space.
+    a.js_async(&unbind(&y, &x)).await?;
+    refused(&x, &format!("is space {y}'s")).await?;
+    a.quit().await
+}

@@ -42,7 +42,7 @@ pub async fn create_space(http: &reqwest::Client, server: &str, readers: usize) 
     for _ in 0..readers {
         let d = Device::generate();
         let card = d.card();
-        let wrapped = crypto::wrap_space_key(&key, id, &card.agreement, rng.array(), rng.array());
+        let wrapped = crypto::wrap_space_key(&key, id, &card.agreement, rng.array(), rng.array())?;
         members.add(creator.replica, &creator.signing, card.member(), wrapped)?;
         devices.push(d);
     }

@@ -140,6 +140,36 @@ impl std::str::FromStr for DeviceCard {
         if parts.next().is_some() {
             return Err(bad());
         }
+        // A key of small order signs for anyone, or lets anyone open what is wrapped to it:
+        // no device makes one, so a card with one is a forgery.
+        card.member()
+            .check_keys()
+            .map_err(|reason| Error::Invalid { what: "device card", reason: reason.into() })?;
         Ok(card)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(card: &str, expect: std::result::Result<(), &str>) {
+        let got = card.parse::<DeviceCard>().map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(got, expect.map_err(str::to_string), "{card}");
+    }
+
+    #[test]
+    fn cards_with_weak_keys_are_refused() {
+        let card = Device::generate().card();
+        let (replica, signing, agreement) = (card.replica, hex::encode(card.signing), hex::encode(card.agreement));
+        check(&card.to_string(), Ok(()));
+        // The identity point; the point of order 2; the identity written as y = p + 1.
+        for weak in ["01".to_string() + &"00".repeat(31), "ec".to_string() + &"ff".repeat(30) + "7f", "ee".to_string() + &"ff".repeat(30) + "7f"] {
+            check(&format!("{replica}.{weak}.{agreement}"), Err("invalid device card: weak signing key"));
+        }
+        // X25519: u = 0, u = 1, u = p (0 again).
+        for weak in ["00".repeat(32), "01".to_string() + &"00".repeat(31), "ed".to_string() + &"ff".repeat(30) + "7f"] {
+            check(&format!("{replica}.{signing}.{weak}"), Err("invalid device card: weak agreement key"));
+        }
     }
 }

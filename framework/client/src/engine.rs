@@ -642,7 +642,7 @@ impl Engine {
 
     async fn invite(&mut self, card: &DeviceCard) -> Result<()> {
         let mut members = self.replica.members().clone();
-        let wrapped = crypto::wrap_space_key(&self.key, self.space, &card.agreement, self.rng.array(), self.rng.array());
+        let wrapped = crypto::wrap_space_key(&self.key, self.space, &card.agreement, self.rng.array(), self.rng.array())?;
         members.add(self.device.replica, &self.device.signing, card.member(), wrapped)?;
         request::put_members(&self.http, &self.config.server, &members, None).await?;
         self.replica.set_members(members)?;

@@ -9,6 +9,9 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -140,6 +143,13 @@ pub fn agreement_public(secret: &[u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
 }
 
+/// Whether an X25519 public key is a point of small order (or an encoding of one): an
+/// exchange with it gives the all-zero secret whatever the other side's secret is, so a
+/// space key wrapped to it would be open to anyone. No secret makes such a key.
+pub fn is_weak_agreement_key(public: &[u8; 32]) -> bool {
+    (MontgomeryPoint(*public) * Scalar::from(8u8)).is_identity()
+}
+
 fn wrapping_key(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], space: SpaceId) -> SpaceKey {
     let mut h = Sha256::new();
     h.update(b"stead-wrap-v1\0");
@@ -151,18 +161,22 @@ fn wrapping_key(shared: &[u8; 32], eph: &[u8; 32], recipient: &[u8; 32], space: 
 }
 
 /// Wraps the space key to a device's X25519 public key: `eph_pub (32) ‖ nonce ‖ ciphertext`.
-/// `ephemeral` and `nonce` must be fresh random bytes.
+/// `ephemeral` and `nonce` must be fresh random bytes. Refuses a recipient key of small
+/// order, with which the exchange gives the all-zero secret: the wrap would open for all.
 pub fn wrap_space_key(
     key: &SpaceKey,
     space: SpaceId,
     recipient: &[u8; 32],
     ephemeral: [u8; 32],
     nonce: [u8; NONCE_LEN],
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     let eph = StaticSecret::from(ephemeral);
     let eph_pub = PublicKey::from(&eph).to_bytes();
-    let shared = eph.diffie_hellman(&PublicKey::from(*recipient)).to_bytes();
-    let kek = wrapping_key(&shared, &eph_pub, recipient, space);
+    let shared = eph.diffie_hellman(&PublicKey::from(*recipient));
+    if !shared.was_contributory() {
+        return Err(Error::WeakKey { what: "the recipient's agreement key" });
+    }
+    let kek = wrapping_key(shared.as_bytes(), &eph_pub, recipient, space);
     let cipher = XChaCha20Poly1305::new((&kek.0).into());
     let ct = cipher
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: &key.0, aad: space.as_bytes() })
@@ -171,10 +185,11 @@ pub fn wrap_space_key(
     out.extend_from_slice(&eph_pub);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
-    out
+    Ok(out)
 }
 
-/// Unwraps a space key with the device's X25519 secret.
+/// Unwraps a space key with the device's X25519 secret. Refuses a wrap whose ephemeral
+/// key is of small order: its wrapping key is one anyone can compute.
 pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Result<SpaceKey> {
     let bad = Error::Decode { what: "wrapped space key", reason: "does not decrypt" };
     if wrapped.len() != 32 + NONCE_LEN + 32 + TAG_LEN {
@@ -184,8 +199,11 @@ pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Re
     let nonce = &wrapped[32..32 + NONCE_LEN];
     let secret = StaticSecret::from(*secret);
     let recipient = PublicKey::from(&secret).to_bytes();
-    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub)).to_bytes();
-    let kek = wrapping_key(&shared, &eph_pub, &recipient, space);
+    let shared = secret.diffie_hellman(&PublicKey::from(eph_pub));
+    if !shared.was_contributory() {
+        return Err(Error::WeakKey { what: "the wrapped key's ephemeral key" });
+    }
+    let kek = wrapping_key(shared.as_bytes(), &eph_pub, &recipient, space);
     let cipher = XChaCha20Poly1305::new((&kek.0).into());
     let plain = cipher
         .decrypt(XNonce::from_slice(nonce), Payload { msg: &wrapped[32 + NONCE_LEN..], aad: space.as_bytes() })
@@ -218,10 +236,71 @@ mod tests {
         let key = SpaceKey([7; 32]);
         let space = SpaceId([1; 16]);
         let device_secret = [9u8; 32];
-        let wrapped = wrap_space_key(&key, space, &agreement_public(&device_secret), [3; 32], [4; 24]);
+        let wrapped = wrap_space_key(&key, space, &agreement_public(&device_secret), [3; 32], [4; 24]).unwrap();
         assert_eq!(unwrap_space_key(&wrapped, space, &device_secret).unwrap(), key);
         assert!(unwrap_space_key(&wrapped, space, &[8u8; 32]).is_err());
         assert!(unwrap_space_key(&wrapped, SpaceId([2; 16]), &device_secret).is_err());
+    }
+
+    /// Every X25519 public key of small order, as RFC 7748 implementations list them (the
+    /// u of the points of order 1, 2, 4 and 8, and u = p − 1, p, p + 1), with and without
+    /// the top bit, which X25519 ignores.
+    fn weak_agreement_keys() -> Vec<[u8; 32]> {
+        let mut out: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|p| p.to_montgomery().to_bytes())
+            .collect();
+        for low in [0xec, 0xed, 0xee] {
+            let mut b = [0xff; 32];
+            b[0] = low;
+            b[31] = 0x7f;
+            out.push(b);
+        }
+        for b in out.clone() {
+            let mut top = b;
+            top[31] |= 0x80;
+            out.push(top);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn weak_agreement_keys_are_found() {
+        let weak = weak_agreement_keys();
+        assert_eq!(weak.len(), 14, "0, 1, two of order 8, p − 1, p, p + 1, each with the top bit or not");
+        for key in &weak {
+            assert!(is_weak_agreement_key(key), "{}", hex::encode(key));
+            // The exchange with it is not contributory, whatever the secret.
+            let shared = StaticSecret::from([0x5a; 32]).diffie_hellman(&PublicKey::from(*key));
+            assert!(!shared.was_contributory());
+        }
+        for n in 0..50u8 {
+            assert!(!is_weak_agreement_key(&agreement_public(&[n; 32])));
+        }
+    }
+
+    #[test]
+    fn no_wrap_to_or_from_a_small_order_key() {
+        let key = SpaceKey([7; 32]);
+        let space = SpaceId([1; 16]);
+        let device_secret = [9u8; 32];
+        let recipient = agreement_public(&device_secret);
+        for weak in weak_agreement_keys() {
+            // To: every secret agrees with it on zero, so the wrap would open for anyone.
+            let err = wrap_space_key(&key, space, &weak, [3; 32], [4; 24]).unwrap_err();
+            assert_eq!(err, Error::WeakKey { what: "the recipient's agreement key" });
+            // From: a wrap whose ephemeral key is of small order, made with the all-zero
+            // secret anyone knows, is refused rather than opened.
+            let kek = wrapping_key(&[0; 32], &weak, &recipient, space);
+            let ct = XChaCha20Poly1305::new((&kek.0).into())
+                .encrypt(XNonce::from_slice(&[4; 24]), Payload { msg: &key.0, aad: space.as_bytes() })
+                .unwrap();
+            let forged = [&weak[..], &[4; 24], &ct].concat();
+            let err = unwrap_space_key(&forged, space, &device_secret).unwrap_err();
+            assert_eq!(err, Error::WeakKey { what: "the wrapped key's ephemeral key" }, "{}", hex::encode(weak));
+        }
     }
 
     #[test]

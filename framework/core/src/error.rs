@@ -30,6 +30,8 @@ pub enum Error {
     Decode { what: &'static str, reason: &'static str },
     #[error("payload of entry {replica}/{seq} does not decrypt under the space key")]
     Decrypt { replica: ReplicaId, seq: u64 },
+    #[error("{what} is of small order: a key exchange with it is not contributory")]
+    WeakKey { what: &'static str },
     #[error("invalid membership event {index}: {reason}")]
     Membership { index: usize, reason: &'static str },
     #[error("version conflict on {collection}/{record}: expected {expected}, current is {current}")]

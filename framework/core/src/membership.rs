@@ -7,16 +7,24 @@
 //! device's X25519 key, so the key travels with the membership and the server sees only
 //! ciphertext. A remove names the last seq of the removed replica that stays valid;
 //! entries it signs after that are refused as from an unknown replica.
+//!
+//! Every key that enters the log is checked: a member's Ed25519 key must be the canonical
+//! encoding of a point of large order ([`sig::public_key`]) and its X25519 key must not be
+//! of small order ([`crypto::is_weak_agreement_key`]). A small-order signing key signs for
+//! anyone, and a space key wrapped to a small-order agreement key is open to anyone.
+//! Events are verified strictly (`verify_strict`, which also refuses a small-order `R`):
+//! no batch needs a looser rule here, unlike entries (see [`crate::sig`]).
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, SpaceId};
 use crate::log::Hash;
+use crate::{crypto, sig};
 
 pub const MEMBERSHIP_VERSION: u8 = 1;
 const SIGN_DOMAIN: &[u8] = b"stead-member-v1\0";
@@ -29,6 +37,17 @@ pub struct Member {
     pub signing: [u8; 32],
     /// X25519 public key that space keys are wrapped to.
     pub agreement: [u8; 32],
+}
+
+impl Member {
+    /// Checks both public keys and returns the signing key; the error is the reason.
+    pub fn check_keys(&self) -> Result<VerifyingKey, &'static str> {
+        let key = sig::public_key(&self.signing)?;
+        if crypto::is_weak_agreement_key(&self.agreement) {
+            return Err("weak agreement key");
+        }
+        Ok(key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +162,7 @@ impl SignedEvent {
     fn verify_sig(&self, key: &VerifyingKey) -> bool {
         let mut msg = SIGN_DOMAIN.to_vec();
         msg.extend_from_slice(&SignedEvent::body(&self.prev, self.by, &self.event).finish());
-        key.verify(&msg, &Signature::from_bytes(&self.sig)).is_ok()
+        key.verify_strict(&msg, &Signature::from_bytes(&self.sig)).is_ok()
     }
 }
 
@@ -178,8 +197,7 @@ impl Membership {
         let MemberEvent::Genesis { space, creator } = &first.event else {
             return Err(Error::Membership { index: 0, reason: "the first event is not a genesis" });
         };
-        let key = VerifyingKey::from_bytes(&creator.signing)
-            .map_err(|_| Error::Membership { index: 0, reason: "bad public key" })?;
+        let key = creator.check_keys().map_err(|reason| Error::Membership { index: 0, reason })?;
         if first.prev != [0; 32] || first.by != creator.replica || !first.verify_sig(&key) {
             return Err(Error::Membership { index: 0, reason: "genesis is not signed by its creator" });
         }
@@ -217,8 +235,7 @@ impl Membership {
                 if self.members.contains_key(&member.replica) {
                     return Err(fail("the replica was already a member"));
                 }
-                let key =
-                    VerifyingKey::from_bytes(&member.signing).map_err(|_| fail("bad public key"))?;
+                let key = member.check_keys().map_err(fail)?;
                 self.members
                     .insert(member.replica, MemberState { member: member.clone(), key, removed: None });
             }
@@ -319,10 +336,61 @@ impl Membership {
 }
 
 #[cfg(test)]
+impl Membership {
+    /// Adds a member with no check at all: what a log verified by a looser rule could hold.
+    fn add_unchecked(&mut self, member: Member) {
+        let key = VerifyingKey::from_bytes(&member.signing).expect("a point");
+        self.members.insert(member.replica, MemberState { member, key, removed: None });
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::scalar::Scalar;
+    use curve25519_dalek::traits::IsIdentity;
+    use ed25519_dalek::Verifier;
+    use sha2::Sha512;
+
     use super::*;
+    use crate::hlc::Hlc;
+    use crate::log::{Entry, EntryHeader, Limits, check_entries, check_entry};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// The identity point, a point of order 8, and the identity written as y = p + 1.
+    fn weak_keys() -> [[u8; 32]; 3] {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut above_p = [0xff; 32];
+        above_p[0] = 0xee;
+        above_p[31] = 0x7f;
+        [identity, EIGHT_TORSION[1].compress().to_bytes(), above_p]
+    }
+
+    /// A signature of `msg` by the small-order key `a` that ed25519-dalek's `verify`
+    /// accepts, made with no secret: s = 0 and R = −[k]A, for the torsion point R (if any)
+    /// for which that holds. Any R does for the identity; one in eight for a point of order 8.
+    fn forge(a: &[u8; 32], msg: &[u8]) -> Option<[u8; 64]> {
+        let point = CompressedEdwardsY(*a).decompress()?;
+        let sig = EIGHT_TORSION.iter().find_map(|r| {
+            let r_bytes = r.compress().to_bytes();
+            let k = Scalar::from_hash(Sha512::new().chain_update(r_bytes).chain_update(a).chain_update(msg));
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&r_bytes);
+            (r + point * k).is_identity().then_some(sig)
+        })?;
+        let key = VerifyingKey::from_bytes(a).expect("a point");
+        assert!(key.verify(msg, &Signature::from_bytes(&sig)).is_ok(), "the looser rule takes the forgery");
+        Some(sig)
+    }
+
+    fn forged_event(prev: Hash, by: ReplicaId, event: MemberEvent, key: &[u8; 32]) -> Option<SignedEvent> {
+        let mut msg = SIGN_DOMAIN.to_vec();
+        msg.extend_from_slice(&SignedEvent::body(&prev, by, &event).finish());
+        Some(SignedEvent { prev, by, sig: forge(key, &msg)?, event })
+    }
 
     fn member(n: u8) -> (Member, SigningKey) {
         let key = SigningKey::from_bytes(&[n; 32]);
@@ -380,5 +448,95 @@ mod tests {
         let mut m = Membership::genesis(SpaceId([9; 16]), a, &ka).unwrap();
         let err = m.add(b.replica, &kb, b.clone(), vec![]).unwrap_err();
         assert!(matches!(err, Error::Membership { index: 1, .. }));
+    }
+
+    #[test]
+    fn weak_keys_never_enter_the_log() {
+        let (a, ka) = member(1);
+        let weak_reason = |r: Result<Membership>| match r {
+            Err(Error::Membership { index, reason }) => (index, reason),
+            other => panic!("a weak key was let in: {other:?}"),
+        };
+        for weak in weak_keys() {
+            // A genesis by a weak creator, signed with no secret.
+            let creator = Member { signing: weak, ..a.clone() };
+            let genesis = (0..=255u8)
+                .find_map(|n| {
+                    let event = MemberEvent::Genesis { space: SpaceId([n; 16]), creator: creator.clone() };
+                    forged_event([0; 32], a.replica, event, &weak)
+                })
+                .expect("one space in eight has a forgery");
+            assert_eq!(weak_reason(Membership::verify(&[genesis])), (0, "weak signing key"));
+
+            // A member adds a weak key; its holder (anyone) then removes the creator.
+            let m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+            let intruder = Member { replica: ReplicaId([66; 16]), signing: weak, agreement: crypto::agreement_public(&[66; 32]) };
+            let add = SignedEvent::sign(m.head, a.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![] }, &ka);
+            let remove = (0..=255u8)
+                .find_map(|n| {
+                    let event = MemberEvent::Remove { replica: a.replica, last_seq: Some(u64::from(n)) };
+                    forged_event(add.hash(), intruder.replica, event, &weak)
+                })
+                .expect("one seq in eight has a forgery");
+            let log = [m.events()[0].clone(), add, remove];
+            assert_eq!(weak_reason(Membership::verify(&log)), (1, "weak signing key"), "{}", hex::encode(weak));
+            let mut m2 = m.clone();
+            assert_eq!(m2.add(a.replica, &ka, intruder, vec![]).unwrap_err(), Error::Membership { index: 1, reason: "weak signing key" });
+            assert_eq!(m2, m);
+        }
+        // A small-order agreement key: a space key wrapped to it is open to anyone.
+        let (b, _) = member(2);
+        let mut m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for agreement in [[0; 32], one, EIGHT_TORSION[1].to_montgomery().to_bytes()] {
+            let err = m.add(a.replica, &ka, Member { agreement, ..b.clone() }, vec![]).unwrap_err();
+            assert_eq!(err, Error::Membership { index: 1, reason: "weak agreement key" });
+            let creator = Member { agreement, ..a.clone() };
+            let err = Membership::genesis(SpaceId([9; 16]), creator, &ka).unwrap_err();
+            assert_eq!(err, Error::Membership { index: 0, reason: "weak agreement key" });
+        }
+    }
+
+    #[test]
+    fn a_weak_key_proves_and_signs_nothing() {
+        // Were a weak key ever in a membership, nothing it "signed" would pass: not a
+        // membership event, a sync proof, a signed request, nor an entry.
+        let (a, ka) = member(1);
+        let space = SpaceId([9; 16]);
+        for weak in weak_keys() {
+            let mut m = Membership::genesis(space, a.clone(), &ka).unwrap();
+            let intruder = Member { replica: ReplicaId([66; 16]), signing: weak, agreement: crypto::agreement_public(&[66; 32]) };
+            m.add_unchecked(intruder.clone());
+            let remove = (0..=255u8)
+                .find_map(|n| {
+                    let event = MemberEvent::Remove { replica: a.replica, last_seq: Some(u64::from(n)) };
+                    forged_event(m.head, intruder.replica, event, &weak)
+                })
+                .expect("one seq in eight has a forgery");
+            assert_eq!(m.clone().apply(remove).unwrap_err(), Error::Membership { index: 1, reason: "bad signature" });
+            for msg in [b"proof of a sync hello".to_vec(), crate::sync::request_message(1, space, intruder.replica, &crate::sync::RequestTarget { method: "GET", host: "h", path_and_query: "/blobs/x", body_sha256: [0; 32] })] {
+                let sig = forge(&weak, &msg).unwrap_or_else(|| {
+                    let mut trivial = [0u8; 64];
+                    trivial[0] = 1;
+                    trivial
+                });
+                assert!(!crate::sync::check_member(&m, intruder.replica, &msg, &sig), "{}", hex::encode(weak));
+            }
+            // R = the identity and s = 0 pass the cofactored rule for any message.
+            let mut trivial = [0u8; 64];
+            trivial[0] = 1;
+            let entries: Vec<Entry> = (0..2)
+                .map(|seq| {
+                    let payload = vec![seq as u8; 3];
+                    let header = EntryHeader { space, replica: intruder.replica, seq, hlc: Hlc::from_u64(seq + 1), prev: [0; 32], payload_len: 3 };
+                    Entry { header, payload, sig: trivial }
+                })
+                .collect();
+            let bad = |seq| Err(Error::BadSignature { replica: intruder.replica, seq });
+            assert_eq!(check_entry(&entries[0], space, &m, &Limits::default()), bad(0));
+            let batch = check_entries(&entries, space, &m, &Limits::default(), &mut crate::env::SeededRandom::new(1));
+            assert_eq!(batch, vec![bad(0), bad(1)]);
+        }
     }
 }

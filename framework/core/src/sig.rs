@@ -12,6 +12,12 @@
 //! signature in it would (but with probability 2⁻¹²⁸), and costs about a third of
 //! checking them one by one: the key's point and the base point each take one scalar
 //! multiplication for the whole batch.
+//!
+//! Both refuse a weak key, a point `A` of small order: `[8][k]A = 0` for every `k`, so
+//! under the cofactored rule the signature `R = [s]B` would pass for every message and
+//! need no secret. No key pair has such a point (a secret scalar times `B` has the
+//! group's large prime order), so the refusal costs honest signers nothing. Keys from the
+//! outside are decoded with [`public_key`], which refuses them before they are stored.
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -21,6 +27,20 @@ use ed25519_dalek::VerifyingKey;
 use sha2::{Digest, Sha512};
 
 use crate::env::Random;
+
+/// Decodes a signing key from the outside, refusing what no key pair makes: a point of
+/// small order (a weak key, see the module doc) and a non-canonical encoding of a point.
+/// The error is the reason, for the caller's own error.
+pub fn public_key(bytes: &[u8; 32]) -> Result<VerifyingKey, &'static str> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| "bad signing key")?;
+    if key.is_weak() {
+        return Err("weak signing key");
+    }
+    if key.to_edwards().compress().as_bytes() != bytes {
+        return Err("non-canonical signing key");
+    }
+    Ok(key)
+}
 
 /// The parts of a signature: `R` as sent (it is hashed as sent), `R` as a point, and `s`.
 fn parts(sig: &[u8; 64]) -> Option<(&[u8; 32], EdwardsPoint, Scalar)> {
@@ -39,6 +59,9 @@ fn challenge(r_bytes: &[u8; 32], key: &VerifyingKey, msg: &[u8]) -> Scalar {
 
 /// Whether `sig` is `key`'s signature of `msg` under the cofactored rule.
 pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
+    if key.is_weak() {
+        return false;
+    }
     let Some((r_bytes, r, s)) = parts(sig) else { return false };
     let k = challenge(r_bytes, key, msg);
     // [s]B − [k]A
@@ -50,6 +73,9 @@ pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8; 64]) -> bool {
 /// checked as one: `[8](Σ zᵢRᵢ − [Σ zᵢsᵢ]B + [Σ zᵢkᵢ]A) = 0` for random 128-bit `zᵢ`. A
 /// `false` says some signature is bad, not which: check them one by one with [`verify`].
 pub fn verify_batch(key: &VerifyingKey, items: &[(&[u8], &[u8; 64])], random: &mut dyn Random) -> bool {
+    if key.is_weak() {
+        return false;
+    }
     let mut scalars = Vec::with_capacity(items.len() + 2);
     let mut points = Vec::with_capacity(items.len() + 2);
     let (mut zs, mut zk) = (Scalar::ZERO, Scalar::ZERO);
@@ -108,7 +134,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use super::{DerivedWeights, challenge, verify, verify_batch};
+    use super::{DerivedWeights, challenge, public_key, verify, verify_batch};
     use crate::env::{Random, SeededRandom};
 
     fn key(rng: &mut SeededRandom) -> SigningKey {
@@ -205,6 +231,91 @@ mod tests {
             cancel[i][32..].copy_from_slice(s.as_bytes());
         }
         assert!(!check(&items(&cancel), &mut rng));
+    }
+
+    /// `p + y` for a small `y`: a non-canonical encoding of the coordinate `y`.
+    fn above_p(y: u8) -> [u8; 32] {
+        let mut b = [0xff; 32];
+        b[0] = 0xed + y;
+        b[31] = 0x7f;
+        b
+    }
+
+    /// Every encoding of a point of small order that decodes: the eight points, with either
+    /// sign of x, and y = 0 and y = 1 written as p and p + 1.
+    fn weak_encodings() -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        for p in EIGHT_TORSION {
+            out.push(p.compress().to_bytes());
+        }
+        out.extend([above_p(0), above_p(1)]);
+        for b in out.clone() {
+            let mut flipped = b;
+            flipped[31] ^= 0x80;
+            out.push(flipped);
+        }
+        out.retain(|b| ed25519_dalek::VerifyingKey::from_bytes(b).is_ok());
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn weak_keys_sign_nothing() {
+        let weak = weak_encodings();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(weak.contains(&identity) && weak.contains(&above_p(1)), "the identity, also written as y = p + 1");
+        assert!(weak.len() >= 10, "{} encodings", weak.len());
+        // Forgeries that need no secret: once `[8]A = 0`, `R = [s]B` passes for any message;
+        // here with s = 0 (R the identity) and s = 8.
+        let forged = |s: Scalar| {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice((ED25519_BASEPOINT_POINT * s).compress().as_bytes());
+            sig[32..].copy_from_slice(s.as_bytes());
+            sig
+        };
+        let (trivial, eight) = (forged(Scalar::ZERO), forged(Scalar::from(8u8)));
+        assert_eq!(trivial[..32], identity);
+        let mut rng = SeededRandom::new(3);
+        for bytes in &weak {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).unwrap();
+            assert!(key.is_weak());
+            assert_eq!(public_key(bytes), Err("weak signing key"), "{}", hex::encode(bytes));
+            for sig in [trivial, eight] {
+                for msg in [&b""[..], b"pay mallory"] {
+                    assert!(!verify(&key, msg, &sig), "{} signed {msg:?}", hex::encode(bytes));
+                    assert!(!verify_batch(&key, &[(msg, &sig)], &mut rng), "{} signed {msg:?} in a batch", hex::encode(bytes));
+                }
+            }
+            assert!(!verify_batch(&key, &[(b"a", &trivial), (b"b", &eight)], &mut rng));
+        }
+    }
+
+    #[test]
+    fn public_keys_from_the_outside() {
+        let mut rng = SeededRandom::new(4);
+        for _ in 0..20 {
+            let vk = key(&mut rng).verifying_key();
+            assert_eq!(public_key(vk.as_bytes()), Ok(vk));
+        }
+        // Points with y < 19 written as y + p: refused, though not of small order.
+        let mut non_canonical = 0;
+        for y in 2..19 {
+            if ed25519_dalek::VerifyingKey::from_bytes(&above_p(y)).is_ok_and(|k| !k.is_weak()) {
+                assert_eq!(public_key(&above_p(y)), Err("non-canonical signing key"), "y = p + {y}");
+                non_canonical += 1;
+            }
+        }
+        assert!(non_canonical > 0);
+        let mut not_a_point = 0;
+        for y in 2..19 {
+            if ed25519_dalek::VerifyingKey::from_bytes(&above_p(y)).is_err() {
+                assert_eq!(public_key(&above_p(y)), Err("bad signing key"));
+                not_a_point += 1;
+            }
+        }
+        assert!(not_a_point > 0);
     }
 
     #[test]

@@ -47,7 +47,7 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, Signer, Verifier};
+use ed25519_dalek::{Signature, Signer};
 use sha2::Digest;
 
 use crate::codec::{Reader, Writer};
@@ -295,12 +295,14 @@ impl SyncPeer for Replica {
     }
 }
 
-/// Checks a proof signature against an active member's key.
+/// Checks a proof signature (of a sync hello or a signed request) against an active
+/// member's key, strictly: no batch rule applies here, so a small-order `R` or key is
+/// refused outright.
 pub fn check_member(members: &crate::membership::Membership, replica: ReplicaId, msg: &[u8], sig: &[u8; 64]) -> bool {
     members.is_active(replica)
         && members
             .key_for(replica, u64::MAX)
-            .is_some_and(|k| k.verify(msg, &Signature::from_bytes(sig)).is_ok())
+            .is_some_and(|k| k.verify_strict(msg, &Signature::from_bytes(sig)).is_ok())
 }
 
 #[derive(Debug, Clone)]

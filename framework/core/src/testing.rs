@@ -59,7 +59,7 @@ impl Space {
             rng.fill(&mut eph);
             let mut nonce = [0u8; 24];
             rng.fill(&mut nonce);
-            let wrapped = crypto::wrap_space_key(&key, space, to, eph, nonce);
+            let wrapped = crypto::wrap_space_key(&key, space, to, eph, nonce).expect("a fresh key is of large order");
             members
                 .add(creator.replica, &creator.signing, member(i), wrapped)
                 .expect("the creator may add members");

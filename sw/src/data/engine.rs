@@ -659,7 +659,7 @@ impl Engine {
         let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
         let agreement: [u8; 32] = rng.array();
         let member = Member { replica, signing: signing.verifying_key().to_bytes(), agreement: crypto::agreement_public(&agreement) };
-        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array());
+        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array())?;
         let members = self.read(|r| {
             let mut m = r.members().clone();
             m.add(self.me.replica, &self.me.signing, member, wrapped)?;
@@ -694,6 +694,9 @@ pub fn register_background_sync() {
 }
 
 /// Parses an invite code: `<space>.<replica>.<signing secret hex>.<agreement secret hex>`.
+/// It holds secrets, not public keys, so it needs no check for weak keys: the keys made
+/// from secrets are never of small order, and the membership log that holds this
+/// device's public keys is verified (`Members::decode`), weak keys refused, on join.
 pub fn parse_invite(code: &str) -> Option<(SpaceId, ReplicaId, ed25519_dalek::SigningKey, [u8; 32])> {
     let mut p = code.trim().split('.');
     let space = p.next()?.parse().ok()?;
