@@ -394,3 +394,99 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     .await?;
     a.quit().await
 }
+
+/// Stores `body` (JS expression) as a blob of the space with this content type; returns
+/// its address.
+async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<String> {
+    let r = b
+        .js_async(&format!(
+            "const r = await fetch('/_stead/v1/spaces/{space}/blobs', {{method: 'POST', headers: {{'content-type': '{mime}'}}, body: {body}}});\
+             return await r.json();"
+        ))
+        .await?;
+    r["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("storing a {mime} blob: {r}"))
+}
+
+/// The status and the headers that decide how a browser treats a blob, fetched from the page.
+async fn blob_headers(b: &Browser, url: &str) -> Result<Value> {
+    b.js_async(&format!(
+        "const r = await fetch('{url}'); const h = (n) => r.headers.get(n);\
+         return {{status: r.status, type: h('content-type'), nosniff: h('x-content-type-options'),\
+           csp: h('content-security-policy'), disposition: h('content-disposition')}};"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+    // What a hostile co-member could put in the space: documents whose scripts leave a
+    // mark in the app's storage if they ever run as the app's origin.
+    let html = put_blob(&a, &space, "text/html", "\"<script>localStorage.setItem('xss html ' + location.search, 1)</script>\"").await?;
+    let svg = put_blob(
+        &a,
+        &space,
+        "image/svg+xml",
+        "\"<svg xmlns='http://www.w3.org/2000/svg'><script>localStorage.setItem('xss svg ' + location.search, 1)</script></svg>\"",
+    )
+    .await?;
+    let png = put_blob(
+        &a,
+        &space,
+        "image/png",
+        "Uint8Array.from(atob('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=='), (c) => c.charCodeAt(0))",
+    )
+    .await?;
+    let url = |sha: &str, mime: &str| format!("/_stead/v1/spaces/{space}/blobs/{sha}?mime={mime}");
+
+    // Opened in a frame and in a new window, as a link in the app would open them.
+    let opened = a
+        .js_async(&format!(
+            "for (const u of ['{}', '{}', '{}']) {{\
+               const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
+               window.open(u, '_blank');\
+             }}\
+             await new Promise((ok) => setTimeout(ok, 3000));\
+             return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
+            url(&html, "text/html"),
+            url(&svg, "image/svg%2Bxml"),
+            url(&svg, "text/html"),
+        ))
+        .await?;
+    assert_eq!(opened, json!([]), "a blob's script ran as the app");
+
+    // The headers that make it so, whatever type the URL asks for.
+    let csp = "sandbox; default-src 'none'; style-src 'unsafe-inline'";
+    for (sha, asked, served) in [
+        (&html, "text/html", "text/html"),
+        (&html, "TEXT/HTML;charset=utf-8", "text/html; charset=utf-8"),
+        (&svg, "image/svg%2Bxml", "image/svg+xml"),
+        (&html, "application/xhtml%2Bxml", "application/xhtml+xml"),
+        (&html, "text/html%0D%0Ax-injected:%201", "application/octet-stream"),
+        (&html, "", "application/octet-stream"),
+    ] {
+        let h = blob_headers(&a, &url(sha, asked)).await?;
+        assert_eq!(
+            h,
+            json!({"status": 200, "type": served, "nosniff": "nosniff", "csp": csp, "disposition": "attachment"}),
+            "?mime={asked}"
+        );
+    }
+    let h = blob_headers(&a, &url(&png, "image/png")).await?;
+    assert_eq!(h, json!({"status": 200, "type": "image/png", "nosniff": "nosniff", "csp": csp, "disposition": null}));
+
+    // An allow-listed image still shows in the tab that opens it.
+    a.driver.goto(&format!("{}{}", server.url.trim_end_matches('/'), url(&png, "image/png"))).await?;
+    let shown = wait_for("the image to show", Duration::from_secs(10), || async {
+        let v = a.js("const i = document.images[0]; return [document.contentType, i ? i.naturalWidth : 0];").await?;
+        Ok((v[1] == 1).then_some(v))
+    })
+    .await?;
+    assert_eq!(shown, json!(["image/png", 1]));
+    a.quit().await
+}

@@ -66,8 +66,17 @@ async fn blob_response(request: &Request, space: &str, sha: &str) -> Result<Resp
     let engine = Data::get().engine(parse_id::<SpaceId>("space", space)?).await?;
     let mut content = super::blobs::get(&engine, sha).await?;
     let headers = Headers::new()?;
-    let mime = params(request)?.get("mime").unwrap_or_else(|| "application/octet-stream".into());
+    // Any member of the space chose these bytes, and any page can put any `mime` in the
+    // URL: served as asked, an HTML or SVG blob would run as the app, able to read every
+    // space. So the type must be well formed, the browser may not sniff another, a
+    // rendered blob is sandboxed, and only inert types show in the tab.
+    let mime = super::blobs::media_type(params(request)?.get("mime").as_deref());
     headers.set("content-type", &mime)?;
+    headers.set("x-content-type-options", "nosniff")?;
+    headers.set("content-security-policy", super::blobs::CSP)?;
+    if !super::blobs::shows_inline(&mime) {
+        headers.set("content-disposition", "attachment")?;
+    }
     headers.set("accept-ranges", "bytes")?;
     // Content-addressed: the bytes behind this URL never change.
     headers.set("cache-control", "private, max-age=31536000, immutable")?;
@@ -95,6 +104,9 @@ async fn blob_response(request: &Request, space: &str, sha: &str) -> Result<Resp
 fn respond(status: u16, body: &J, mime: &str) -> Result<Response, JsValue> {
     let headers = Headers::new()?;
     headers.set("content-type", mime)?;
+    // A navigation to a blob URL can get a problem instead: as inert as the blob.
+    headers.set("x-content-type-options", "nosniff")?;
+    headers.set("content-security-policy", super::blobs::CSP)?;
     headers.set("cache-control", "no-store")?;
     let init = ResponseInit::new();
     init.set_status(status);
@@ -225,7 +237,7 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         ("POST", ["blobs"]) => {
             let buf = JsFuture::from(request.array_buffer()?).await?;
             let content = js_sys::Uint8Array::new(&buf).to_vec();
-            let mime = request.headers().get("content-type")?.unwrap_or_else(|| "application/octet-stream".into());
+            let mime = super::blobs::media_type(request.headers().get("content-type")?.as_deref());
             let sha = super::blobs::put(engine, &content).await?;
             Ok((201, json!({ "sha256": sha, "size": content.len(), "mime": mime })))
         }
