@@ -8,12 +8,15 @@ use serde_json::{Value, json};
 use stead_e2e::{Browser, Env, Server, wait_for};
 use thirtyfour::prelude::*;
 
+/// The page API takes only JSON bodies that say so (`sw/PAGE-API.md`, Security).
+const JSON_TYPE: &str = "{'content-type': 'application/json'}";
+
 /// Calls the worker's page API from the page; returns the JSON answer (problems too).
 async fn api(b: &Browser, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
     let body = body.map_or("undefined".to_owned(), |b| format!("JSON.stringify({b})"));
     let v = b
         .js_async(&format!(
-            "const r = await fetch('/_stead/v1/{path}', {{method: '{method}', body: {body}}});\
+            "const r = await fetch('/_stead/v1/{path}', {{method: '{method}', headers: {JSON_TYPE}, body: {body}}});\
              return {{status: r.status, body: await r.json()}};"
         ))
         .await?;
@@ -271,7 +274,7 @@ async fn two_tabs_writing_at_once_lose_nothing() -> Result<()> {
     let burst = |tab: &str| {
         format!(
             "window.burst = Promise.all(Array.from({{length: 25}}, (_, i) =>\
-               fetch('/_stead/v1/spaces/{space}/collections/todos', {{method: 'POST',\
+               fetch('/_stead/v1/spaces/{space}/collections/todos', {{method: 'POST', headers: {JSON_TYPE},\
                  body: JSON.stringify({{fields: {{text: '{tab} ' + i}}}})}}).then(r => r.status)));"
         )
     };
@@ -302,7 +305,7 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     server.kill();
     let todos = format!("spaces/{space}/collections/todos");
     a.js_async(&format!(
-        "for (let i = 0; i < 60; i++) await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: 'offline ' + i}}}})}}); return 1;"
+        "for (let i = 0; i < 60; i++) await fetch('/_stead/v1/{todos}', {{method: 'POST', headers: {JSON_TYPE}, body: JSON.stringify({{fields: {{text: 'offline ' + i}}}})}}); return 1;"
     ))
     .await?;
     let server = server.restart(&env)?;
@@ -341,7 +344,7 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Re
     let big = a
         .js_async(&format!(
             "const chunk = Array.from({{length: 300000}}, () => (Math.random() * 36 | 0).toString(36)).join('');\
-             const r = await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: chunk}}}})}});\
+             const r = await fetch('/_stead/v1/{todos}', {{method: 'POST', headers: {JSON_TYPE}, body: JSON.stringify({{fields: {{text: chunk}}}})}});\
              return {{status: r.status, type: r.headers.get('content-type'), body: await r.json()}};"
         ))
         .await?;
@@ -392,6 +395,180 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
         Ok((s["body"]["state"] == "online" && s["body"]["pending"] == 0).then_some(()))
     })
     .await?;
+    a.quit().await
+}
+
+/// Stores `body` (JS expression) as a blob of the space with this content type; returns
+/// its address.
+async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<String> {
+    let r = b
+        .js_async(&format!(
+            "const r = await fetch('/_stead/v1/spaces/{space}/blobs', {{method: 'POST', headers: {{'content-type': '{mime}'}}, body: {body}}});\
+             return await r.json();"
+        ))
+        .await?;
+    r["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("storing a {mime} blob: {r}"))
+}
+
+/// The status and the headers that decide how a browser treats a blob, fetched from the page.
+async fn blob_headers(b: &Browser, url: &str) -> Result<Value> {
+    b.js_async(&format!(
+        "const r = await fetch('{url}'); const h = (n) => r.headers.get(n);\
+         return {{status: r.status, type: h('content-type'), nosniff: h('x-content-type-options'),\
+           csp: h('content-security-policy'), disposition: h('content-disposition')}};"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+    // What a hostile co-member could put in the space: documents whose scripts leave a
+    // mark in the app's storage if they ever run as the app's origin.
+    let html = put_blob(&a, &space, "text/html", "\"<script>localStorage.setItem('xss html ' + location.search, 1)</script>\"").await?;
+    let svg = put_blob(
+        &a,
+        &space,
+        "image/svg+xml",
+        "\"<svg xmlns='http://www.w3.org/2000/svg'><script>localStorage.setItem('xss svg ' + location.search, 1)</script></svg>\"",
+    )
+    .await?;
+    let png = put_blob(
+        &a,
+        &space,
+        "image/png",
+        "Uint8Array.from(atob('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=='), (c) => c.charCodeAt(0))",
+    )
+    .await?;
+    let url = |sha: &str, mime: &str| format!("/_stead/v1/spaces/{space}/blobs/{sha}?mime={mime}");
+
+    // Opened in a frame and in a new window, as a link in the app would open them.
+    let opened = a
+        .js_async(&format!(
+            "for (const u of ['{}', '{}', '{}']) {{\
+               const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
+               window.open(u, '_blank');\
+             }}\
+             await new Promise((ok) => setTimeout(ok, 3000));\
+             return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
+            url(&html, "text/html"),
+            url(&svg, "image/svg%2Bxml"),
+            url(&svg, "text/html"),
+        ))
+        .await?;
+    assert_eq!(opened, json!([]), "a blob's script ran as the app");
+
+    // The headers that make it so, whatever type the URL asks for.
+    let csp = "sandbox; default-src 'none'; style-src 'unsafe-inline'";
+    for (sha, asked, served) in [
+        (&html, "text/html", "text/html"),
+        (&html, "TEXT/HTML;charset=utf-8", "text/html; charset=utf-8"),
+        (&svg, "image/svg%2Bxml", "image/svg+xml"),
+        (&html, "application/xhtml%2Bxml", "application/xhtml+xml"),
+        (&html, "text/html%0D%0Ax-injected:%201", "application/octet-stream"),
+        (&html, "", "application/octet-stream"),
+    ] {
+        let h = blob_headers(&a, &url(sha, asked)).await?;
+        assert_eq!(
+            h,
+            json!({"status": 200, "type": served, "nosniff": "nosniff", "csp": csp, "disposition": "attachment"}),
+            "?mime={asked}"
+        );
+    }
+    let h = blob_headers(&a, &url(&png, "image/png")).await?;
+    assert_eq!(h, json!({"status": 200, "type": "image/png", "nosniff": "nosniff", "csp": csp, "disposition": null}));
+
+    // An allow-listed image still shows in the tab that opens it.
+    a.driver.goto(&format!("{}{}", server.url.trim_end_matches('/'), url(&png, "image/png"))).await?;
+    let shown = wait_for("the image to show", Duration::from_secs(10), || async {
+        let v = a.js("const i = document.images[0]; return [document.contentType, i ? i.naturalWidth : 0];").await?;
+        Ok((v[1] == 1).then_some(v))
+    })
+    .await?;
+    assert_eq!(shown, json!(["image/png", 1]));
+    a.quit().await
+}
+
+/// Serves `html` at every path of another origin (127.0.0.1, where the app is on
+/// localhost): a hostile site the person happens to visit. Stops when the handle drops.
+async fn hostile_site(html: String) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://127.0.0.1:{}/", listener.local_addr()?.port());
+    let app = axum::Router::new().fallback(move || std::future::ready(axum::response::Html(html.clone())));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
+}
+
+/// The text of the page a tab shows once it has navigated to a URL starting with `prefix`.
+async fn page_text_at(b: &Browser, prefix: &str) -> Result<String> {
+    wait_for(&format!("the tab to show {prefix}"), Duration::from_secs(20), || async {
+        if !b.driver.current_url().await?.as_str().starts_with(prefix) {
+            return Ok(None);
+        }
+        let text = b.js("return document.body ? document.body.innerText : ''").await?;
+        Ok(text.as_str().filter(|t| !t.is_empty()).map(str::to_owned))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_cross_site_form_cannot_write_and_the_page_api_takes_only_json() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.add_todo("mine").await?;
+    let space = space(&a).await?;
+    let todos = format!("{}_stead/v1/spaces/{space}/collections/todos", server.url);
+    let texts = || async {
+        let r = api(&a, "GET", &format!("spaces/{space}/collections/todos"), None).await?;
+        let mut out: Vec<String> = r["body"]["records"].as_array().into_iter().flatten().filter_map(|r| r["fields"]["text"].as_str().map(str::to_owned)).collect();
+        out.sort();
+        anyhow::Ok(out)
+    };
+
+    // A site the person visits posts a form to the app: a `text/plain` body is the one
+    // way a form can carry JSON (`name=value`, the `=` hidden in a string). The app's
+    // worker gets it as a navigation of that tab.
+    let (evil, _site) = hostile_site(format!(
+        "<form method='POST' enctype='text/plain' action='{todos}'>\
+           <input name='{{\"fields\": {{\"text\": \"forged' value='\"}}}}'></form>\
+         <script>document.forms[0].submit()</script>"
+    ))
+    .await?;
+    let home = a.driver.window().await?;
+    let tab = a.driver.new_window().await?;
+    a.driver.switch_to_window(tab).await?;
+    a.driver.goto(&evil).await?;
+    let answer = page_text_at(&a, &todos).await?;
+    assert!(answer.contains("\"status\":403") && answer.contains(evil.trim_end_matches('/')), "the forged write is refused: {answer}");
+    // A plain navigation to a data route (a link, the address bar) is refused too.
+    a.driver.goto(&format!("{}_stead/v1/spaces", server.url)).await?;
+    let answer = page_text_at(&a, &format!("{}_stead/v1/spaces", server.url)).await?;
+    assert!(answer.contains("\"status\":403") && answer.contains("not navigations"), "a navigation is not a page API call: {answer}");
+    a.driver.switch_to_window(home).await?;
+    assert_eq!(texts().await?, ["mine"], "nothing was written");
+
+    // From the app's own page, a body must be declared JSON.
+    let plain = a
+        .js_async(&format!(
+            "const r = await fetch('{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: 'as text/plain'}}}})}});\
+             return {{status: r.status, type: r.headers.get('content-type'), body: await r.json()}};"
+        ))
+        .await?;
+    assert_eq!(plain["status"], 415, "{plain}");
+    assert_eq!(plain["type"], "application/problem+json", "{plain}");
+    assert!(plain["body"]["detail"].as_str().unwrap_or_default().contains("application/json"), "{plain}");
+    let json = api(&a, "POST", &format!("spaces/{space}/collections/todos"), Some(json!({"fields": {"text": "as json"}}))).await?;
+    assert_eq!(json["status"], 201, "{json}");
+    assert_eq!(texts().await?, ["as json", "mine"]);
     a.quit().await
 }
 

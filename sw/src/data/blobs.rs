@@ -150,9 +150,62 @@ pub fn range(header: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && start < len).then_some((start, end))
 }
 
+/// What a blob is served as when its URL asks for nothing usable.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The `Content-Security-Policy` of every blob: whoever wrote a blob (any member of the
+/// space) chose its bytes, so if a browser ever renders one as a document it gets an
+/// opaque origin, no scripts, no plugins, no forms and no requests of its own. Inline
+/// styles stay allowed: the browser's own image and text views use them.
+pub const CSP: &str = "sandbox; default-src 'none'; style-src 'unsafe-inline'";
+
+/// The types a navigation to a blob may show in the tab (no `Content-Disposition:
+/// attachment`): images and plain text, which the browser draws from the response alone
+/// and which carry no script. Not SVG (a document with scripts), not HTML, not PDF (a
+/// viewer with its own scripting). Audio and video play through `<audio>`/`<video>` in
+/// the app, which ignore the disposition, so they need no exception here.
+const INLINE: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "text/plain"];
+
+/// The media type a blob URL's `?mime=` asks for, if it is a well-formed
+/// `type/subtype` with `name=value` parameters made only of RFC 9110 token characters
+/// (no quotes, spaces or line breaks to smuggle into a header); type, subtype and
+/// parameter names lower-cased. Anything else is [`OCTET_STREAM`].
+pub fn media_type(asked: Option<&str>) -> String {
+    fn token(s: &str) -> bool {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    }
+    let parse = |s: &str| -> Option<String> {
+        if s.len() > 255 {
+            return None;
+        }
+        let mut parts = s.split(';');
+        let (kind, sub) = parts.next()?.trim().split_once('/')?;
+        if !token(kind) || !token(sub) {
+            return None;
+        }
+        let mut out = format!("{}/{}", kind.to_ascii_lowercase(), sub.to_ascii_lowercase());
+        for p in parts {
+            let (name, value) = p.trim().split_once('=')?;
+            if !token(name) || !token(value) {
+                return None;
+            }
+            out.push_str(&format!("; {}={value}", name.to_ascii_lowercase()));
+        }
+        Some(out)
+    };
+    asked.and_then(parse).unwrap_or_else(|| OCTET_STREAM.to_owned())
+}
+
+/// Whether a blob of this type (as [`media_type`] gives it) may show in the tab that
+/// navigates to it; every other type is a download.
+pub fn shows_inline(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or_default();
+    INLINE.contains(&essence)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::range;
+    use super::{media_type, range, shows_inline};
     use wasm_bindgen_test::wasm_bindgen_test;
 
     wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_service_worker);
@@ -167,5 +220,32 @@ mod tests {
         assert_eq!(range("bytes=5-2", 100), None);
         assert_eq!(range("bytes=0-1,4-5", 100), None);
         assert_eq!(range("items=0-1", 100), None);
+    }
+
+    #[wasm_bindgen_test]
+    fn media_types() {
+        for (asked, served, inline) in [
+            (None, "application/octet-stream", false),
+            (Some("image/png"), "image/png", true),
+            (Some("IMAGE/PNG"), "image/png", true),
+            (Some("text/plain; charset=utf-8"), "text/plain; charset=utf-8", true),
+            (Some("text/plain;charset=UTF-8"), "text/plain; charset=UTF-8", true),
+            (Some("text/html"), "text/html", false),
+            (Some("Text/HTML; charset=utf-8"), "text/html; charset=utf-8", false),
+            (Some("image/svg+xml"), "image/svg+xml", false),
+            (Some("application/pdf"), "application/pdf", false),
+            (Some("video/mp4"), "video/mp4", false),
+            (Some("text/html\r\nx-evil: 1"), "application/octet-stream", false),
+            (Some("text/plain; charset=\"utf-8\""), "application/octet-stream", false),
+            (Some("text/plain; charset"), "application/octet-stream", false),
+            (Some("image/png, text/html"), "application/octet-stream", false),
+            (Some("text/"), "application/octet-stream", false),
+            (Some("html"), "application/octet-stream", false),
+            (Some(""), "application/octet-stream", false),
+        ] {
+            let got = media_type(asked);
+            assert_eq!((asked, got.as_str(), shows_inline(&got)), (asked, served, inline));
+        }
+        assert_eq!(media_type(Some(&format!("text/{}", "a".repeat(300)))), "application/octet-stream");
     }
 }

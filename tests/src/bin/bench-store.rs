@@ -59,7 +59,7 @@ async fn make_space(b: &Browser, storage: &str) -> Result<String> {
     let v = page(
         b,
         &format!(
-            "const r = await fetch('/_stead/v1/spaces', {{method: 'POST', body: JSON.stringify({{storage: '{storage}'}})}});\
+            "const r = await fetch('/_stead/v1/spaces', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{storage: '{storage}'}})}});\
              return (await r.json()).space;"
         ),
     )
@@ -77,7 +77,7 @@ async fn fill(b: &Browser, space: &str, n: usize) -> Result<()> {
             &format!(
                 "for (let done = {start}; done < {end}; done += 1000) {{\
                    const records = Array.from({{length: Math.min(1000, {end} - done)}}, (_, i) => ({{fields: {{n: done + i, name: 'item ' + (done + i)}}}}));\
-                   const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', body: JSON.stringify({{records, entries: 'each'}})}});\
+                   const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{records, entries: 'each'}})}});\
                    if (r.status !== 201) throw new Error('bulk create: HTTP ' + r.status + ' ' + await r.text());\
                  }} return 1;"
             ),
@@ -99,7 +99,7 @@ async fn writes(b: &Browser, space: &str, count: usize) -> Result<Vec<f64>> {
             &format!(
                 "const out = []; for (let i = 0; i < {count}; i++) {{\
                    const t = performance.now();\
-                   const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', body: JSON.stringify({{fields: {{n: -1, name: 'one more'}}}})}});\
+                   const r = await fetch('/_stead/v1/spaces/{space}/collections/items', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{fields: {{n: -1, name: 'one more'}}}})}});\
                    await r.json(); if (r.status !== 201) throw new Error('write: HTTP ' + r.status);\
                    out.push(performance.now() - t); }} return out;"
             ),
