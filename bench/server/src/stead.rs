@@ -46,7 +46,7 @@ pub async fn create_space(http: &reqwest::Client, server: &str, readers: usize) 
         members.add(creator.replica, &creator.signing, card.member(), wrapped)?;
         devices.push(d);
     }
-    request::put_members(http, server, &members).await.context("registering the space")?;
+    request::put_members(http, server, &members, None).await.context("registering the space")?;
     Ok(Space { id, key, creator, members, readers: devices })
 }
 
