@@ -35,6 +35,9 @@ const BLOCK: u64 = 4096;
 /// How long the kernel may cache names and attributes: nothing but this filesystem
 /// changes the backing folder while it is mounted.
 const TTL: Duration = Duration::from_secs(1);
+/// How long an fsync takes before its data is safe, as on a disk: a crash meanwhile loses
+/// it. Without it a cut would seldom find a commit in flight.
+const FSYNC_TIME: Duration = Duration::from_millis(2);
 // Linux's open(2) flags (as FUSE passes them on).
 const O_EXCL: i32 = 0o200;
 const O_TRUNC: i32 = 0o1000;
@@ -460,6 +463,7 @@ impl Filesystem for LazyFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        std::thread::sleep(FSYNC_TIME);
         answer!(reply, {
             let mut st = self.live()?;
             let file = st.file(fh)?.try_clone()?;
@@ -544,6 +548,8 @@ impl Mount {
         state.nodes.insert(INodeNo::ROOT.0, Node { path: PathBuf::new(), pending: None });
         let state = Arc::new(Mutex::new(state));
         let mut config = Config::default();
+        // Other requests go on while an fsync takes its time.
+        config.n_threads = Some(4);
         config.mount_options = vec![MountOption::FSName("stead-lazyfs".into()), MountOption::Subtype("lazyfs".into())];
         let session = fuser::spawn_mount(LazyFs { state: state.clone() }, &at, &config).with_context(|| {
             format!(
@@ -559,12 +565,17 @@ impl Mount {
     }
 
     /// The power cut: every unsynced change is dropped and every later request fails.
-    pub fn crash(&self) {
+    /// Returns the files that had unsynced changes, with the bytes of their unsynced blocks.
+    pub fn crash(&self) -> BTreeMap<PathBuf, u64> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.crashed = true;
+        let mut lost = BTreeMap::new();
         for node in st.nodes.values_mut() {
-            node.pending = None;
+            if let Some(p) = node.pending.take() {
+                *lost.entry(node.path.clone()).or_default() += p.blocks.len() as u64 * BLOCK;
+            }
         }
+        lost
     }
 
     /// Whether the mount point is in this process's mount table.
