@@ -55,7 +55,8 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Kill -9 the sync server under write load and restart it, N rounds per database.
+    /// Kill -9 the sync server under write load and restart it, N rounds per database,
+    /// then N power cuts on SQLite (the crash test).
     Chaos {
         #[arg(long, default_value_t = 10)]
         rounds: u32,
@@ -139,8 +140,9 @@ fn main() -> Result<()> {
         },
         Command::Chaos { rounds } => {
             cargo(&root)
-                .args(["test", "--package", "stead-server", "--test", "chaos", "--", "--nocapture"])
+                .args(["test", "--package", "stead-server", "--test", "chaos", "--test", "crash", "--", "--nocapture"])
                 .env("STEAD_CHAOS_ROUNDS", rounds.to_string())
+                .env("STEAD_CRASH_ROUNDS", rounds.to_string())
                 .run()?;
         }
         Command::Fuzz { seconds } => fuzz(&root, seconds)?,

@@ -46,7 +46,11 @@ impl Db {
         let mut out = std::collections::BTreeMap::new();
         match self {
             Db::Sqlite(p) => {
-                let conn = rusqlite::Connection::open(p)?;
+                // Read-only: a writing connection that closes last checkpoints the WAL and
+                // deletes it, and a server restarted after a kill would never recover its
+                // own WAL.
+                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = rusqlite::Connection::open_with_flags(p, flags)?;
                 let mut stmt = conn.prepare("SELECT replica, MAX(seq) FROM entries GROUP BY replica")?;
                 let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
                 for r in rows {
