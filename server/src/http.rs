@@ -28,7 +28,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Checks the signed `Authorization` header of a request whose body has SHA-256
-/// `body_sha256`; returns the space it proves membership of.
+/// `body_sha256`; returns the space it proves membership of. Anything but a GET needs a
+/// member that may write (not a reader).
 async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<SpaceId> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -62,6 +63,9 @@ async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: 
     }
     if !service.first_use(&sig, time) {
         return Err(Error::Unauthorized("this signed request was already used"));
+    }
+    if *method != Method::GET && !members.1.may_write(replica) {
+        return Err(Error::Forbidden("this device may only read the space"));
     }
     Ok(space)
 }

@@ -485,7 +485,7 @@ async fn a_removed_member_stops_receiving_at_once() -> anyhow::Result<()> {
 
     owner.remove(removed.replica()).await?;
     let members = owner.members().await?;
-    assert!(members.iter().any(|(m, active)| m.replica == removed.replica() && !active), "{members:?}");
+    assert!(members.iter().any(|(m, _, active)| m.replica == removed.replica() && !active), "{members:?}");
     owner.set("notes", RecordId([2; 16]), "body", Value::Str("after".into())).await?;
     owner.wait_acked(Duration::from_secs(5)).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -499,5 +499,65 @@ async fn a_removed_member_stops_receiving_at_once() -> anyhow::Result<()> {
     // Its signed requests are refused too.
     let err = removed.get_blob(&"ab".repeat(32), None).await.expect_err("a removed device read a blob route");
     assert!(err.to_string().contains("401"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_read_writers_write_owners_change_members() -> anyhow::Result<()> {
+    use stead_core::membership::Role;
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("roles.sqlite3"));
+    let server = Server::start(&db, &[])?;
+    let cs = clients(&server, 1).await?;
+    let owner = &cs[0].client;
+    let mut joined = Vec::new();
+    for role in [Role::Writer, Role::Reader] {
+        let d = tempfile::tempdir()?;
+        let device = stead_client::Device::load_or_create(d.path())?;
+        owner.invite_as(&device.card(), role).await?;
+        let client = stead_client::Client::join(common::config(d.path(), &server), owner.space()).await?;
+        joined.push(common::TestClient { client, dir: d });
+    }
+    let (writer, reader) = (&joined[0].client, &joined[1].client);
+    owner.set("notes", RecordId([1; 16]), "body", Value::Str("from the owner".into())).await?;
+    writer.set("notes", RecordId([2; 16]), "body", Value::Str("from a writer".into())).await?;
+    writer.wait_acked(Duration::from_secs(5)).await?;
+    // The reader reads everything...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.value("notes", RecordId([2; 16]), "body").await?.is_none() || reader.value("notes", RecordId([1; 16]), "body").await?.is_none() {
+        assert!(Instant::now() < deadline, "the reader did not receive the space's entries");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...but what it writes stays on its device: the server refuses it.
+    reader.set("notes", RecordId([3; 16]), "body", Value::Str("from a reader".into())).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!db.stored()?.contains_key(&hex::encode(reader.replica().as_bytes())), "a reader's entry was stored");
+    assert_eq!(owner.value("notes", RecordId([3; 16]), "body").await?, None);
+    let err = reader.put_blob(vec![1; 10]).await.expect_err("a reader stored a blob");
+    assert!(err.to_string().contains("403"), "{err}");
+    // Only owners add or remove devices.
+    let d = tempfile::tempdir()?;
+    let card = stead_client::Device::load_or_create(d.path())?.card();
+    let err = writer.invite(&card).await.expect_err("a writer added a device");
+    assert!(err.to_string().contains("not an owner"), "{err}");
+    let err = writer.remove(reader.replica()).await.expect_err("a writer removed a device");
+    assert!(err.to_string().contains("not an owner"), "{err}");
+    // The server applies the same rule to a log made by hand.
+    use stead_core::membership::{MemberEvent, SignedEvent};
+    let log = owner.read(|r| r.members().clone()).await?;
+    let add = SignedEvent::sign(
+        log.events().last().expect("a genesis").hash(),
+        writer.replica(),
+        MemberEvent::Add { member: card.member(), wrapped_key: vec![0; WRAPPED], role: Role::Owner },
+        &writer.device().signing,
+    );
+    let mut w = stead_core::codec::Writer::new();
+    w.varint(log.events().len() as u64 + 1);
+    for ev in log.events().iter().chain([&add]) {
+        w.bytes(&ev.encode());
+    }
+    let (status, body) = put_members(&server, owner.space(), w.finish(), None).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an owner"), "{body}");
     Ok(())
 }

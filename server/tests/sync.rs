@@ -339,7 +339,7 @@ async fn weak_keys(db: Db) -> anyhow::Result<()> {
     let creator = &honest.identities[0];
     let url = |space: SpaceId| format!("{}/spaces/{space}/members", server.base);
     assert!(http.put(url(honest.space)).body(honest.members.encode()).send().await?.status().is_success());
-    let add = SignedEvent::sign(honest.members.events()[0].hash(), creator.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![0; 104] }, &creator.signing);
+    let add = SignedEvent::sign(honest.members.events()[0].hash(), creator.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![0; 104], role: stead_core::membership::Role::Owner }, &creator.signing);
     for (space, events) in [(own, vec![genesis]), (honest.space, vec![honest.members.events()[0].clone(), add])] {
         let mut log = Writer::new();
         log.varint(events.len() as u64);

@@ -633,3 +633,34 @@ async fn a_sealed_space_record_opens_only_in_its_own_slot() -> Result<()> {
     refused(&x, &format!("is space {y}'s")).await?;
     a.quit().await
 }
+
+#[tokio::test]
+async fn an_owner_lists_and_removes_a_device_and_the_removed_one_stops_getting_edits() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let (a, b, space) = pair(&env, &server).await?;
+    a.add_todo("before").await?;
+    wait_shown(&b, "before", Duration::from_secs(5)).await?;
+
+    let listed = api(&a, "GET", &format!("spaces/{space}/members"), None).await?;
+    let members = listed["body"]["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 2, "A and the device its invite made, which B is: {listed}");
+    let b_replica = api(&b, "GET", &format!("spaces/{space}/members"), None).await?["body"]["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["me"] == true).cloned())
+        .ok_or_else(|| anyhow::anyhow!("B does not know itself"))?["replica"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(members.iter().any(|m| m["replica"] == b_replica.as_str() && m["role"] == "owner" && m["active"] == true), "{listed}");
+
+    let removed = api(&a, "DELETE", &format!("spaces/{space}/members/{b_replica}"), None).await?;
+    assert_eq!(removed["status"], 200, "{removed}");
+    let listed = api(&a, "GET", &format!("spaces/{space}/members"), None).await?;
+    assert!(listed["body"]["members"].as_array().is_some_and(|m| m.iter().any(|m| m["replica"] == b_replica.as_str() && m["active"] == false)), "{listed}");
+    a.add_todo("after the removal").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!shown(&b).await?.contains(&"after the removal".to_owned()), "the removed device still received an edit");
+    a.quit().await?;
+    b.quit().await
+}

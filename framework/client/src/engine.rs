@@ -13,7 +13,7 @@ use stead_core::crypto::{self, SpaceKey};
 use stead_core::env::{Clock, Random, SystemClock};
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
 use stead_core::log::VersionVector;
-use stead_core::membership::Membership;
+use stead_core::membership::{Membership, Role};
 use stead_core::ops::{Op, Value};
 use stead_core::query::{Page, Query};
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
@@ -91,7 +91,7 @@ type ReadFn = Box<dyn FnOnce(&mut Replica) + Send>;
 enum Cmd {
     Commit(Vec<Op>, oneshot::Sender<Result<u64>>),
     Read(ReadFn),
-    Invite(DeviceCard, oneshot::Sender<Result<()>>),
+    Invite(DeviceCard, Role, oneshot::Sender<Result<()>>),
     Remove(ReplicaId, oneshot::Sender<Result<()>>),
     Interrupt,
 }
@@ -267,8 +267,13 @@ impl Client {
     /// Adds a device to the space: wraps the space key to it and publishes the new
     /// membership log on the server.
     pub async fn invite(&self, card: &DeviceCard) -> Result<()> {
+        self.invite_as(card, Role::Owner).await
+    }
+
+    /// [`Client::invite`] as `role`: a writer writes, a reader only reads.
+    pub async fn invite_as(&self, card: &DeviceCard, role: Role) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.cmds.send(Cmd::Invite(card.clone(), tx)).map_err(|_| Error::Stopped)?;
+        self.cmds.send(Cmd::Invite(card.clone(), role, tx)).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
     }
 
@@ -281,9 +286,9 @@ impl Client {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
-    /// The space's devices, with whether each is still an active member.
-    pub async fn members(&self) -> Result<Vec<(stead_core::membership::Member, bool)>> {
-        self.read(|r| r.members().members().map(|(m, active)| (m.clone(), active)).collect()).await
+    /// The space's devices, with each one's role and whether it is still an active member.
+    pub async fn members(&self) -> Result<Vec<(stead_core::membership::Member, Role, bool)>> {
+        self.read(|r| r.members().members().map(|(m, role, active)| (m.clone(), role, active)).collect()).await
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -613,8 +618,8 @@ impl Engine {
                 f(&mut self.replica);
                 false
             }
-            Cmd::Invite(card, reply) => {
-                let _ = reply.send(self.invite(&card).await);
+            Cmd::Invite(card, role, reply) => {
+                let _ = reply.send(self.invite(&card, role).await);
                 false
             }
             Cmd::Remove(replica, reply) => {
@@ -640,10 +645,10 @@ impl Engine {
         Ok(())
     }
 
-    async fn invite(&mut self, card: &DeviceCard) -> Result<()> {
+    async fn invite(&mut self, card: &DeviceCard, role: Role) -> Result<()> {
         let mut members = self.replica.members().clone();
         let wrapped = crypto::wrap_space_key(&self.key, self.space, &card.agreement, self.rng.array(), self.rng.array())?;
-        members.add(self.device.replica, &self.device.signing, card.member(), wrapped)?;
+        members.add_as(self.device.replica, &self.device.signing, card.member(), wrapped, role)?;
         request::put_members(&self.http, &self.config.server, &members, None).await?;
         self.replica.set_members(members)?;
         Ok(())

@@ -48,8 +48,13 @@ enum Cmd {
     /// Creates a space with this device as its first member; prints the space id.
     Create,
     /// Adds a device (by its card) to this device's space.
-    Invite { card: String },
-    /// Prints the space's devices, one JSON line each (`{"replica": ..., "active": ...}`).
+    Invite {
+        card: String,
+        /// `owner` (adds and removes devices too), `writer` or `reader`.
+        #[arg(long, default_value = "owner")]
+        role: String,
+    },
+    /// Prints the space's devices, one JSON line each (`{"replica": ..., "role": ..., "active": ...}`).
     Members,
     /// Removes a device (by its replica id) from this device's space.
     Remove { replica: String },
@@ -161,17 +166,18 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", c.space());
             c.close().await;
         }
-        Cmd::Invite { card } => {
+        Cmd::Invite { card, role } => {
             let card: DeviceCard = card.parse()?;
+            let role: stead_core::membership::Role = role.parse()?;
             let c = Client::open(config).await?;
-            c.invite(&card).await.context("inviting the device")?;
+            c.invite_as(&card, role).await.context("inviting the device")?;
             c.close().await;
         }
         Cmd::Members => {
             let c = Client::open(config).await?;
             synced(&c, timeout).await?;
-            for (m, active) in c.members().await? {
-                println!("{}", serde_json::json!({ "replica": m.replica.to_string(), "active": active }));
+            for (m, role, active) in c.members().await? {
+                println!("{}", serde_json::json!({ "replica": m.replica.to_string(), "role": role.as_str(), "active": active }));
             }
             c.close().await;
         }

@@ -12,6 +12,8 @@ pub enum Error {
     TooLarge { what: &'static str, size: usize, limit: usize },
     #[error("replica {replica} is not a member of the space at seq {seq}")]
     UnknownReplica { replica: ReplicaId, seq: u64 },
+    #[error("replica {replica} may only read the space (entry {seq} refused)")]
+    ReadOnly { replica: ReplicaId, seq: u64 },
     #[error("bad signature on entry {replica}/{seq}")]
     BadSignature { replica: ReplicaId, seq: u64 },
     #[error("gap in the log of {replica}: expected seq {expected}, got {got}")]

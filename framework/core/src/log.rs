@@ -406,6 +406,9 @@ fn signer(entry: &Entry, space: SpaceId, members: &Membership, limits: &Limits) 
         });
     }
     let key = members.key_for(h.replica, h.seq).ok_or(Error::UnknownReplica { replica: h.replica, seq: h.seq })?;
+    if !members.may_write(h.replica) {
+        return Err(Error::ReadOnly { replica: h.replica, seq: h.seq });
+    }
     // The signature covers the header's length: a payload of another length fails it.
     if h.payload_len as usize != entry.payload.len() {
         return Err(Error::BadSignature { replica: h.replica, seq: h.seq });

@@ -50,10 +50,49 @@ impl Member {
     }
 }
 
+/// What a member may do. The creator is an owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Writes entries, and adds and removes members.
+    Owner,
+    /// Writes entries.
+    Writer,
+    /// Reads only: its entries are refused.
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn may_write(self) -> bool {
+        self != Role::Reader
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "writer" => Ok(Role::Writer),
+            "reader" => Ok(Role::Reader),
+            _ => Err(Error::Decode { what: "role", reason: "not owner, writer or reader" }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberEvent {
     Genesis { space: SpaceId, creator: Member },
-    Add { member: Member, wrapped_key: Vec<u8> },
+    /// Adds a device as `role`. Logs from before roles hold only owners' adds, which keep
+    /// their encoding (kind 1); writers and readers are kind 3, with the role.
+    Add { member: Member, wrapped_key: Vec<u8>, role: Role },
     /// Entries of `replica` with seq ≤ `last_seq` stay valid; `None` keeps none.
     Remove { replica: ReplicaId, last_seq: Option<u64> },
 }
@@ -88,10 +127,20 @@ impl SignedEvent {
                 w.fixed(space.as_bytes());
                 write_member(&mut w, creator);
             }
-            MemberEvent::Add { member, wrapped_key } => {
+            MemberEvent::Add { member, wrapped_key, role: Role::Owner } => {
                 w.u8(1);
                 write_member(&mut w, member);
                 w.bytes(wrapped_key);
+            }
+            MemberEvent::Add { member, wrapped_key, role } => {
+                w.u8(3);
+                write_member(&mut w, member);
+                w.bytes(wrapped_key);
+                w.u8(match role {
+                    Role::Owner => 0,
+                    Role::Writer => 1,
+                    Role::Reader => 2,
+                });
             }
             MemberEvent::Remove { replica, last_seq } => {
                 w.u8(2);
@@ -141,7 +190,17 @@ impl SignedEvent {
         let by = ReplicaId(r.array()?);
         let event = match r.u8()? {
             0 => MemberEvent::Genesis { space: SpaceId(r.array()?), creator: read_member(r)? },
-            1 => MemberEvent::Add { member: read_member(r)?, wrapped_key: r.bytes()?.to_vec() },
+            1 => MemberEvent::Add { member: read_member(r)?, wrapped_key: r.bytes()?.to_vec(), role: Role::Owner },
+            3 => {
+                let (member, wrapped_key) = (read_member(r)?, r.bytes()?.to_vec());
+                let role = match r.u8()? {
+                    // An owner's add has one encoding only (kind 1), so an event has one hash.
+                    1 => Role::Writer,
+                    2 => Role::Reader,
+                    _ => return Err(r.err("bad role")),
+                };
+                MemberEvent::Add { member, wrapped_key, role }
+            }
             2 => MemberEvent::Remove {
                 replica: ReplicaId(r.array()?),
                 last_seq: match r.u8()? {
@@ -170,6 +229,7 @@ impl SignedEvent {
 struct MemberState {
     member: Member,
     key: VerifyingKey,
+    role: Role,
     /// `None` while active; `Some(last valid seq)` once removed.
     removed: Option<Option<u64>>,
 }
@@ -208,7 +268,7 @@ impl Membership {
             head: first.hash(),
         };
         m.members
-            .insert(creator.replica, MemberState { member: creator.clone(), key, removed: None });
+            .insert(creator.replica, MemberState { member: creator.clone(), key, role: Role::Owner, removed: None });
         for ev in &events[1..] {
             m.apply(ev.clone())?;
         }
@@ -229,22 +289,29 @@ impl Membership {
         if !ev.verify_sig(&signer.key) {
             return Err(fail("bad signature"));
         }
+        if signer.role != Role::Owner {
+            return Err(fail("signed by a member that is not an owner"));
+        }
         match &ev.event {
             MemberEvent::Genesis { .. } => return Err(fail("a second genesis")),
-            MemberEvent::Add { member, .. } => {
+            MemberEvent::Add { member, role, .. } => {
                 if self.members.contains_key(&member.replica) {
                     return Err(fail("the replica was already a member"));
                 }
                 let key = member.check_keys().map_err(fail)?;
                 self.members
-                    .insert(member.replica, MemberState { member: member.clone(), key, removed: None });
+                    .insert(member.replica, MemberState { member: member.clone(), key, role: *role, removed: None });
             }
             MemberEvent::Remove { replica, last_seq } => {
+                let owners = self.members.values().filter(|s| s.removed.is_none() && s.role == Role::Owner).count();
                 let target = self
                     .members
                     .get_mut(replica)
                     .filter(|s| s.removed.is_none())
                     .ok_or(fail("removes a replica that is not an active member"))?;
+                if target.role == Role::Owner && owners == 1 {
+                    return Err(fail("removes the space's last owner"));
+                }
                 target.removed = Some(*last_seq);
             }
         }
@@ -253,9 +320,15 @@ impl Membership {
         Ok(())
     }
 
-    /// Signs and applies an add of `member`, with the space key already wrapped to it.
+    /// Signs and applies an add of `member` as an owner, with the space key already
+    /// wrapped to it.
     pub fn add(&mut self, by: ReplicaId, key: &SigningKey, member: Member, wrapped_key: Vec<u8>) -> Result<SignedEvent> {
-        let ev = SignedEvent::sign(self.head, by, MemberEvent::Add { member, wrapped_key }, key);
+        self.add_as(by, key, member, wrapped_key, Role::Owner)
+    }
+
+    /// Signs and applies an add of `member` as `role`.
+    pub fn add_as(&mut self, by: ReplicaId, key: &SigningKey, member: Member, wrapped_key: Vec<u8>, role: Role) -> Result<SignedEvent> {
+        let ev = SignedEvent::sign(self.head, by, MemberEvent::Add { member, wrapped_key, role }, key);
         self.apply(ev.clone())?;
         Ok(ev)
     }
@@ -284,13 +357,23 @@ impl Membership {
         }
     }
 
+    /// The role of `replica`, while it is an active member.
+    pub fn role(&self, replica: ReplicaId) -> Option<Role> {
+        self.members.get(&replica).filter(|s| s.removed.is_none()).map(|s| s.role)
+    }
+
+    /// Whether `replica`'s entries may be taken: it was added as a writer or owner.
+    pub fn may_write(&self, replica: ReplicaId) -> bool {
+        self.members.get(&replica).is_some_and(|s| s.role.may_write())
+    }
+
     pub fn is_active(&self, replica: ReplicaId) -> bool {
         self.members.get(&replica).is_some_and(|s| s.removed.is_none())
     }
 
-    /// Every device ever added, with whether it is still an active member.
-    pub fn members(&self) -> impl Iterator<Item = (&Member, bool)> {
-        self.members.values().map(|s| (&s.member, s.removed.is_none()))
+    /// Every device ever added, with its role and whether it is still an active member.
+    pub fn members(&self) -> impl Iterator<Item = (&Member, Role, bool)> {
+        self.members.values().map(|s| (&s.member, s.role, s.removed.is_none()))
     }
 
     pub fn member(&self, replica: ReplicaId) -> Option<&Member> {
@@ -300,7 +383,7 @@ impl Membership {
     /// The wrapped space key carried by the event that added `replica`.
     pub fn wrapped_key_for(&self, replica: ReplicaId) -> Option<&[u8]> {
         self.events.iter().find_map(|ev| match &ev.event {
-            MemberEvent::Add { member, wrapped_key } if member.replica == replica => {
+            MemberEvent::Add { member, wrapped_key, .. } if member.replica == replica => {
                 Some(wrapped_key.as_slice())
             }
             _ => None,
@@ -340,7 +423,7 @@ impl Membership {
     /// Adds a member with no check at all: what a log verified by a looser rule could hold.
     fn add_unchecked(&mut self, member: Member) {
         let key = VerifyingKey::from_bytes(&member.signing).expect("a point");
-        self.members.insert(member.replica, MemberState { member, key, removed: None });
+        self.members.insert(member.replica, MemberState { member, key, role: Role::Owner, removed: None });
     }
 }
 
@@ -471,7 +554,7 @@ mod tests {
             // A member adds a weak key; its holder (anyone) then removes the creator.
             let m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
             let intruder = Member { replica: ReplicaId([66; 16]), signing: weak, agreement: crypto::agreement_public(&[66; 32]) };
-            let add = SignedEvent::sign(m.head, a.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![] }, &ka);
+            let add = SignedEvent::sign(m.head, a.replica, MemberEvent::Add { member: intruder.clone(), wrapped_key: vec![], role: Role::Owner }, &ka);
             let remove = (0..=255u8)
                 .find_map(|n| {
                     let event = MemberEvent::Remove { replica: a.replica, last_seq: Some(u64::from(n)) };
@@ -538,5 +621,50 @@ mod tests {
             let batch = check_entries(&entries, space, &m, &Limits::default(), &mut crate::env::SeededRandom::new(1));
             assert_eq!(batch, vec![bad(0), bad(1)]);
         }
+    }
+
+    #[test]
+    fn roles_decide_who_adds_removes_and_writes() {
+        let (a, ka) = member(1);
+        let (w, kw) = member(2);
+        let (r, _) = member(3);
+        let (x, _) = member(4);
+        let mut m = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        m.add_as(a.replica, &ka, w.clone(), vec![], Role::Writer).unwrap();
+        m.add_as(a.replica, &ka, r.clone(), vec![], Role::Reader).unwrap();
+        assert_eq!((m.role(a.replica), m.role(w.replica), m.role(r.replica)), (Some(Role::Owner), Some(Role::Writer), Some(Role::Reader)));
+        assert!(m.may_write(w.replica) && !m.may_write(r.replica));
+        // Only owners change the membership.
+        let err = m.add(w.replica, &kw, x.clone(), vec![]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid membership event 3: signed by a member that is not an owner");
+        assert!(m.remove(w.replica, &kw, r.replica, None).is_err());
+        // The last owner stays.
+        assert!(m.remove(a.replica, &ka, a.replica, None).is_err());
+        // Roles survive encoding, and an owner's add keeps the encoding from before roles.
+        let again = Membership::decode(&m.encode()).unwrap();
+        assert_eq!(again, m);
+        assert_eq!(again.events()[1].encode()[1 + 32 + 16], 3, "a writer's add is kind 3");
+        let mut legacy = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        let ev = legacy.add(a.replica, &ka, w.clone(), vec![]).unwrap();
+        assert_eq!(ev.encode()[1 + 32 + 16], 1, "an owner's add is kind 1, as before roles");
+        assert_eq!(Membership::decode(&legacy.encode()).unwrap().role(w.replica), Some(Role::Owner));
+    }
+
+    #[test]
+    fn a_readers_entries_are_refused() {
+        use crate::log::{Limits, check_entry};
+        let mut rng = crate::env::SeededRandom::new(3);
+        let mut space = crate::testing::Space::new(2, &mut rng);
+        // Make the second device a reader: a log where it was added as one.
+        let (owner, reader) = (&space.identities[0], &space.identities[1]);
+        let mut m = Membership::genesis(space.space, space.members.member(owner.replica).unwrap().clone(), &owner.signing).unwrap();
+        let card = space.members.member(reader.replica).unwrap().clone();
+        m.add_as(owner.replica, &owner.signing, card, vec![], Role::Reader).unwrap();
+        space.members = m.clone();
+        let mut r = space.open(1);
+        let op = crate::ops::Op::Set { collection: "t".into(), record: crate::ids::RecordId([1; 16]), field: "f".into(), value: crate::ops::Value::Int(1) };
+        let entry = r.commit(vec![op], 1_700_000_000_000, &mut rng).unwrap();
+        let err = check_entry(&entry, space.space, &m, &Limits::default()).unwrap_err();
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
     }
 }

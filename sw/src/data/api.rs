@@ -288,6 +288,20 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
             Ok((200, json!({"ok": true})))
         }
         ("POST", ["invites"]) => Ok((201, json!({ "invite": engine.invite().await? }))),
+        ("GET", ["members"]) => {
+            let me = engine.me().replica;
+            let list: Vec<J> = engine.read(|r| {
+                r.members()
+                    .members()
+                    .map(|(m, role, active)| json!({"replica": m.replica.to_string(), "role": role.as_str(), "active": active, "me": m.replica == me}))
+                    .collect()
+            });
+            Ok((200, json!({ "members": list })))
+        }
+        ("DELETE", ["members", replica]) => {
+            engine.remove_member(parse_id("replica", replica)?).await?;
+            Ok((200, json!({ "removed": replica })))
+        }
         ("POST", ["blobs"]) => {
             let buf = JsFuture::from(request.array_buffer()?).await?;
             let content = js_sys::Uint8Array::new(&buf).to_vec();

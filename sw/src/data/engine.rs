@@ -673,6 +673,25 @@ impl Engine {
         }
         Ok(format!("{}.{}.{}.{}", self.me.space, replica, hex::encode(signing.to_bytes()), hex::encode(agreement)))
     }
+
+    /// Removes a device from the space (this device must be an owner) and publishes the
+    /// log, now or on the next connection: the server then closes the device's sockets
+    /// and refuses what it sends. Its entries up to the last one held here stay valid.
+    pub async fn remove_member(self: &Rc<Self>, replica: ReplicaId) -> Result<(), DataError> {
+        let members = self.read(|r| {
+            let mut m = r.members().clone();
+            let last_seq = r.version_vector().get(&replica).and_then(|n| n.checked_sub(1));
+            m.remove(self.me.replica, &self.me.signing, replica, last_seq)
+                .map_err(|e| DataError::new(403, "not allowed", e.to_string()))?;
+            r.set_members(m.clone())?;
+            Ok::<_, DataError>(m)
+        })?;
+        self.flush().await?;
+        if put_members(&members).await.is_ok() {
+            self.members_pushed.set(members.events().len());
+        }
+        Ok(())
+    }
 }
 
 /// Asks the browser for a `sync` event when it is back online (where Background Sync
