@@ -6,6 +6,7 @@
 //! loopback ports with a fresh browser profile and stops them by their own PIDs.
 
 pub mod proxy;
+pub mod throttle;
 
 use std::{
     io::{BufRead, BufReader},

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use stead_e2e::throttle::Throttle;
 use stead_e2e::{Browser, Env, Server, wait_for};
 use thirtyfour::prelude::*;
 
@@ -52,9 +53,9 @@ async fn wait_online(b: &Browser) -> Result<()> {
 }
 
 /// A opens the app and creates a space; B joins it through A's invite link.
-async fn pair(env: &Env, server: &Server) -> Result<(Browser, Browser, String)> {
+async fn pair(env: &Env, url: &str) -> Result<(Browser, Browser, String)> {
     let a = Browser::start(env).await?;
-    a.driver.goto(&server.url).await?;
+    a.driver.goto(url).await?;
     a.wait_app().await?;
     let space_a = space(&a).await?;
     wait_online(&a).await?;
@@ -84,7 +85,7 @@ async fn pair(env: &Env, server: &Server) -> Result<(Browser, Browser, String)> 
 async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, _) = pair(&env, &server).await?;
+    let (a, b, _) = pair(&env, &server.url).await?;
 
     // The space's secrets are sealed at rest under a key script cannot read.
     let at_rest = a
@@ -112,7 +113,7 @@ async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() ->
 async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server).await?;
+    let (a, b, space) = pair(&env, &server.url).await?;
     let todos = format!("spaces/{space}/collections/todos");
 
     // One record both know, then the network goes.
@@ -293,23 +294,51 @@ async fn two_tabs_writing_at_once_lose_nothing() -> Result<()> {
     a.quit().await
 }
 
+/// `stead_entries_stored_total` from the server's `/metrics` (loopback may read it).
+async fn entries_stored(server: &Server) -> Result<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await?.error_for_status()?.text().await?;
+    let line = text.lines().find_map(|l| l.strip_prefix("stead_entries_stored_total ")).context("no stead_entries_stored_total in /metrics")?;
+    Ok(line.trim().parse()?)
+}
+
 #[tokio::test]
 async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server).await?;
+    // Both browsers reach the server through a proxy that can slow A's uploads down, so
+    // the sync below takes seconds and the worker can be stopped in the middle of it.
+    let link = Throttle::start(server.port).await?;
+    let (a, b, space) = pair(&env, &link.url).await?;
     let mut server = server;
     server.kill();
     let todos = format!("spaces/{space}/collections/todos");
-    a.js_async(&format!(
-        "for (let i = 0; i < 60; i++) await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text: 'offline ' + i}}}})}}); return 1;"
-    ))
-    .await?;
+    // 60 entries of ~45 KB (random, so nothing compresses them away): a frame carries at
+    // most 1 MiB, so they go up in several frames, each committed on its own.
+    let written = a
+        .js_async(&format!(
+            "for (let i = 0; i < 60; i++) {{\
+               const bytes = crypto.getRandomValues(new Uint8Array(45000));\
+               const text = 'offline ' + i + ' ' + btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(''));\
+               const r = await fetch('/_stead/v1/{todos}', {{method: 'POST', body: JSON.stringify({{fields: {{text}}}})}});\
+               if (r.status !== 201) return r.status;\
+             }} return 201;"
+        ))
+        .await?;
+    assert_eq!(written, json!(201), "every offline write is stored: {written}");
     let server = server.restart(&env)?;
-    // Nudge A's worker to reconnect, and stop it while it sends.
+    assert_eq!(entries_stored(&server).await?, 0, "the restarted server counts from zero");
+    link.set_rate(400_000);
+    // Nudge A's worker to reconnect, and stop it once the server has committed part of
+    // what it sends.
     a.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for("the server to commit A's first entries", Duration::from_secs(30), || async {
+        Ok((entries_stored(&server).await? > 0).then_some(()))
+    })
+    .await?;
     a.stop_workers().await?;
+    let at_stop = entries_stored(&server).await?;
+    assert!((1..60).contains(&at_stop), "the worker was stopped in the middle of the sync: the server held {at_stop} of 60");
+    link.set_rate(0);
     // The next event wakes a new worker, which resumes from the version vectors.
     a.js("navigator.serviceWorker.controller && navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
     wait_for("B to receive all 60 of A's offline writes", Duration::from_secs(60), || async {
@@ -318,6 +347,8 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     })
     .await?;
     wait_online(&a).await?;
+    let total = entries_stored(&server).await?;
+    assert!(total >= 60, "the server committed the rest after the stop: {total}");
     drop(server);
     a.quit().await?;
     b.quit().await
