@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use stead_core::ids::RecordId;
+use stead_core::ops::Value as V;
+use stead_e2e::native::{self, NativeDevice};
 use stead_e2e::throttle::Throttle;
 use stead_e2e::{Browser, Env, Server, wait_for};
 use thirtyfour::prelude::*;
@@ -424,4 +427,81 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     })
     .await?;
     a.quit().await
+}
+
+#[tokio::test]
+async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Result<()> {
+    let env = Env::get()?;
+    // A server that takes entries a year ahead, as an older one would.
+    let server = Server::start_with(&env, &env.dist, 0, &["--max-clock-drift-ms", "315360000000"])?;
+    let b = Browser::start(&env).await?;
+    b.driver.goto(&server.url).await?;
+    b.wait_app().await?;
+    let space = space(&b).await?;
+    wait_online(&b).await?;
+    b.js(
+        "window.rejections = []; window.steadEvents = new BroadcastChannel('stead');\
+         window.steadEvents.onmessage = (e) => { if (e.data.type === 'rejected') window.rejections.push(e.data); };",
+    )
+    .await?;
+    // Two native members, invited by the browser: one whose clock is a year ahead, and
+    // one that writes normal records.
+    let invite = async || -> Result<String> {
+        let r = api(&b, "POST", &format!("spaces/{space}/invites"), None).await?;
+        Ok(r["body"]["invite"].as_str().context("an invite code")?.to_owned())
+    };
+    let (ahead_code, writer_code) = (invite().await?, invite().await?);
+    let mut ahead = NativeDevice::join(server.port, &ahead_code, 1).await?;
+    let mut writer = NativeDevice::join(server.port, &writer_code, 2).await?;
+    let year = 365 * 24 * 3600 * 1000;
+    ahead.set("todos", RecordId([9; 16]), "text", V::Str("from the future".into()), native::now_ms() + year)?;
+    ahead.push().await?;
+    let connects = |s: &Value| s["body"]["connects"].as_u64().unwrap_or(0);
+    let status = wait_for("the browser to report the refused entry", Duration::from_secs(10), || async {
+        let s = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+        Ok(s["body"]["rejected"].is_string().then_some(s))
+    })
+    .await?;
+    assert!(status["body"]["rejected"].as_str().unwrap_or_default().contains("clock drift"), "{status}");
+    let before = connects(&status);
+
+    // The other member's records still arrive, live.
+    for i in 0..5u8 {
+        writer.set("todos", RecordId([i + 1; 16]), "text", V::Str(format!("now {i}")), native::now_ms())?;
+    }
+    writer.push().await?;
+    wait_shown(&b, "now 4", Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= before + 1, "the worker reconnected {} times: {status}", connects(&status) - before);
+    let heard = b.js("return window.rejections").await?;
+    assert!(heard.as_array().is_some_and(|h| !h.is_empty() && h[0]["reason"].as_str().unwrap_or_default().contains("clock drift")), "{heard}");
+    assert!(!shown(&b).await?.iter().any(|t| t == "from the future"));
+
+    // A member added since the worker took its membership log: its first entry is
+    // refused as from an unknown replica, and one reconnect with a fresh log takes it in.
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    let before = connects(&status);
+    let mut newcomer = writer.invite(3).await?;
+    newcomer.set("todos", RecordId([8; 16]), "text", V::Str("from a newcomer".into()), native::now_ms())?;
+    newcomer.push().await?;
+    wait_shown(&b, "from a newcomer", Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= before + 1, "the worker reconnected {} times: {status}", connects(&status) - before);
+
+    // A new worker meets the refused entry again on its first connection (before the
+    // writer's, in the server's order), and still takes in what the writer adds.
+    b.stop_workers().await?;
+    b.driver.refresh().await?;
+    b.wait_app().await?;
+    writer.set("todos", RecordId([7; 16]), "text", V::Str("after the restart".into()), native::now_ms())?;
+    writer.push().await?;
+    wait_shown(&b, "after the restart", Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= 2, "the new worker reconnected {} times: {status}", connects(&status));
+    assert!(status["body"]["rejected"].as_str().unwrap_or_default().contains("clock drift"), "{status}");
+    assert!(!shown(&b).await?.iter().any(|t| t == "from the future"));
+    b.quit().await
 }
