@@ -5,7 +5,9 @@
 //! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`. Every test starts its own processes on free
 //! loopback ports with a fresh browser profile and stops them by their own PIDs.
 
+pub mod native;
 pub mod proxy;
+pub mod throttle;
 
 use std::{
     io::{BufRead, BufReader},

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use stead_core::ids::RecordId;
+use stead_core::ops::Value as V;
+use stead_e2e::native::{self, NativeDevice};
+use stead_e2e::throttle::Throttle;
 use stead_e2e::{Browser, Env, Server, wait_for};
 use thirtyfour::prelude::*;
 
@@ -55,9 +59,9 @@ async fn wait_online(b: &Browser) -> Result<()> {
 }
 
 /// A opens the app and creates a space; B joins it through A's invite link.
-async fn pair(env: &Env, server: &Server) -> Result<(Browser, Browser, String)> {
+async fn pair(env: &Env, url: &str) -> Result<(Browser, Browser, String)> {
     let a = Browser::start(env).await?;
-    a.driver.goto(&server.url).await?;
+    a.driver.goto(url).await?;
     a.wait_app().await?;
     let space_a = space(&a).await?;
     wait_online(&a).await?;
@@ -87,7 +91,7 @@ async fn pair(env: &Env, server: &Server) -> Result<(Browser, Browser, String)> 
 async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, _) = pair(&env, &server).await?;
+    let (a, b, _) = pair(&env, &server.url).await?;
 
     // The space's secrets are sealed at rest under a key script cannot read.
     let at_rest = a
@@ -115,7 +119,7 @@ async fn an_edit_in_one_browser_appears_live_in_the_other_through_an_invite() ->
 async fn offline_edits_in_two_browsers_converge_after_the_server_returns() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server).await?;
+    let (a, b, space) = pair(&env, &server.url).await?;
     let todos = format!("spaces/{space}/collections/todos");
 
     // One record both know, then the network goes.
@@ -296,23 +300,51 @@ async fn two_tabs_writing_at_once_lose_nothing() -> Result<()> {
     a.quit().await
 }
 
+/// `stead_entries_stored_total` from the server's `/metrics` (loopback may read it).
+async fn entries_stored(server: &Server) -> Result<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await?.error_for_status()?.text().await?;
+    let line = text.lines().find_map(|l| l.strip_prefix("stead_entries_stored_total ")).context("no stead_entries_stored_total in /metrics")?;
+    Ok(line.trim().parse()?)
+}
+
 #[tokio::test]
 async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server).await?;
+    // Both browsers reach the server through a proxy that can slow A's uploads down, so
+    // the sync below takes seconds and the worker can be stopped in the middle of it.
+    let link = Throttle::start(server.port).await?;
+    let (a, b, space) = pair(&env, &link.url).await?;
     let mut server = server;
     server.kill();
     let todos = format!("spaces/{space}/collections/todos");
-    a.js_async(&format!(
-        "for (let i = 0; i < 60; i++) await fetch('/_stead/v1/{todos}', {{method: 'POST', headers: {JSON_TYPE}, body: JSON.stringify({{fields: {{text: 'offline ' + i}}}})}}); return 1;"
-    ))
-    .await?;
+    // 60 entries of ~45 KB (random, so nothing compresses them away): a frame carries at
+    // most 1 MiB, so they go up in several frames, each committed on its own.
+    let written = a
+        .js_async(&format!(
+            "for (let i = 0; i < 60; i++) {{\
+               const bytes = crypto.getRandomValues(new Uint8Array(45000));\
+               const text = 'offline ' + i + ' ' + btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(''));\
+               const r = await fetch('/_stead/v1/{todos}', {{method: 'POST', headers: {JSON_TYPE}, body: JSON.stringify({{fields: {{text}}}})}});\
+               if (r.status !== 201) return r.status;\
+             }} return 201;"
+        ))
+        .await?;
+    assert_eq!(written, json!(201), "every offline write is stored: {written}");
     let server = server.restart(&env)?;
-    // Nudge A's worker to reconnect, and stop it while it sends.
+    assert_eq!(entries_stored(&server).await?, 0, "the restarted server counts from zero");
+    link.set_rate(400_000);
+    // Nudge A's worker to reconnect, and stop it once the server has committed part of
+    // what it sends.
     a.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for("the server to commit A's first entries", Duration::from_secs(30), || async {
+        Ok((entries_stored(&server).await? > 0).then_some(()))
+    })
+    .await?;
     a.stop_workers().await?;
+    let at_stop = entries_stored(&server).await?;
+    assert!((1..60).contains(&at_stop), "the worker was stopped in the middle of the sync: the server held {at_stop} of 60");
+    link.set_rate(0);
     // The next event wakes a new worker, which resumes from the version vectors.
     a.js("navigator.serviceWorker.controller && navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
     wait_for("B to receive all 60 of A's offline writes", Duration::from_secs(60), || async {
@@ -321,6 +353,8 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     })
     .await?;
     wait_online(&a).await?;
+    let total = entries_stored(&server).await?;
+    assert!(total >= 60, "the server committed the rest after the stop: {total}");
     drop(server);
     a.quit().await?;
     b.quit().await
@@ -638,7 +672,7 @@ async fn a_sealed_space_record_opens_only_in_its_own_slot() -> Result<()> {
 async fn an_owner_lists_and_removes_a_device_and_the_removed_one_stops_getting_edits() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server).await?;
+    let (a, b, space) = pair(&env, &server.url).await?;
     a.add_todo("before").await?;
     wait_shown(&b, "before", Duration::from_secs(5)).await?;
 
@@ -662,5 +696,82 @@ async fn an_owner_lists_and_removes_a_device_and_the_removed_one_stops_getting_e
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!shown(&b).await?.contains(&"after the removal".to_owned()), "the removed device still received an edit");
     a.quit().await?;
+    b.quit().await
+}
+
+#[tokio::test]
+async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Result<()> {
+    let env = Env::get()?;
+    // A server that takes entries a year ahead, as an older one would.
+    let server = Server::start_with(&env, &env.dist, 0, &["--max-clock-drift-ms", "315360000000"])?;
+    let b = Browser::start(&env).await?;
+    b.driver.goto(&server.url).await?;
+    b.wait_app().await?;
+    let space = space(&b).await?;
+    wait_online(&b).await?;
+    b.js(
+        "window.rejections = []; window.steadEvents = new BroadcastChannel('stead');\
+         window.steadEvents.onmessage = (e) => { if (e.data.type === 'rejected') window.rejections.push(e.data); };",
+    )
+    .await?;
+    // Two native members, invited by the browser: one whose clock is a year ahead, and
+    // one that writes normal records.
+    let invite = async || -> Result<String> {
+        let r = api(&b, "POST", &format!("spaces/{space}/invites"), None).await?;
+        Ok(r["body"]["invite"].as_str().context("an invite code")?.to_owned())
+    };
+    let (ahead_code, writer_code) = (invite().await?, invite().await?);
+    let mut ahead = NativeDevice::join(server.port, &ahead_code, 1).await?;
+    let mut writer = NativeDevice::join(server.port, &writer_code, 2).await?;
+    let year = 365 * 24 * 3600 * 1000;
+    ahead.set("todos", RecordId([9; 16]), "text", V::Str("from the future".into()), native::now_ms() + year)?;
+    ahead.push().await?;
+    let connects = |s: &Value| s["body"]["connects"].as_u64().unwrap_or(0);
+    let status = wait_for("the browser to report the refused entry", Duration::from_secs(10), || async {
+        let s = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+        Ok(s["body"]["rejected"].is_string().then_some(s))
+    })
+    .await?;
+    assert!(status["body"]["rejected"].as_str().unwrap_or_default().contains("clock drift"), "{status}");
+    let before = connects(&status);
+
+    // The other member's records still arrive, live.
+    for i in 0..5u8 {
+        writer.set("todos", RecordId([i + 1; 16]), "text", V::Str(format!("now {i}")), native::now_ms())?;
+    }
+    writer.push().await?;
+    wait_shown(&b, "now 4", Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= before + 1, "the worker reconnected {} times: {status}", connects(&status) - before);
+    let heard = b.js("return window.rejections").await?;
+    assert!(heard.as_array().is_some_and(|h| !h.is_empty() && h[0]["reason"].as_str().unwrap_or_default().contains("clock drift")), "{heard}");
+    assert!(!shown(&b).await?.iter().any(|t| t == "from the future"));
+
+    // A member added since the worker took its membership log: its first entry is
+    // refused as from an unknown replica, and one reconnect with a fresh log takes it in.
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    let before = connects(&status);
+    let mut newcomer = writer.invite(3).await?;
+    newcomer.set("todos", RecordId([8; 16]), "text", V::Str("from a newcomer".into()), native::now_ms())?;
+    newcomer.push().await?;
+    wait_shown(&b, "from a newcomer", Duration::from_secs(5)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= before + 1, "the worker reconnected {} times: {status}", connects(&status) - before);
+
+    // A new worker meets the refused entry again on its first connection (before the
+    // writer's, in the server's order), and still takes in what the writer adds.
+    b.stop_workers().await?;
+    b.driver.refresh().await?;
+    b.wait_app().await?;
+    writer.set("todos", RecordId([7; 16]), "text", V::Str("after the restart".into()), native::now_ms())?;
+    writer.push().await?;
+    wait_shown(&b, "after the restart", Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(connects(&status) <= 2, "the new worker reconnected {} times: {status}", connects(&status));
+    assert!(status["body"]["rejected"].as_str().unwrap_or_default().contains("clock drift"), "{status}");
+    assert!(!shown(&b).await?.iter().any(|t| t == "from the future"));
     b.quit().await
 }

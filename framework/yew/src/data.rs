@@ -161,7 +161,8 @@ pub fn use_changes(space: Option<String>) -> u64 {
 }
 
 /// The sync status the worker last announced (`state`: online, syncing, offline or
-/// error; `pending`; `last_synced`; `last_error`).
+/// error; `pending`; `last_synced`; `last_error`; `rejected`, why an entry from another
+/// member was refused).
 #[hook]
 pub fn use_sync_status() -> Option<J> {
     let status = use_state(|| None);

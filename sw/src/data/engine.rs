@@ -45,6 +45,12 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
     /// The server refused us (not a member, protocol error) rather than being unreachable.
     pub refused: bool,
+    /// Why the last entry this device refused was refused (forged, dated too far ahead):
+    /// that replica's chain is skipped while the rest of the space syncs on.
+    pub rejected: Option<String>,
+    /// The refusal last answered by reconnecting with a fresh membership log: met again,
+    /// the fresh log did not help, and the chain is skipped instead.
+    pub refreshed_for: Option<String>,
 }
 
 struct Conn {
@@ -404,6 +410,7 @@ impl Engine {
             "connects": s.connects,
             "last_synced": s.last_synced,
             "last_error": s.last_error,
+            "rejected": s.rejected,
             "recovered": *self.recovered.borrow(),
             "snapshot_entries": self.snapshot_at.get(),
         })
@@ -574,11 +581,15 @@ impl Engine {
     /// Sends whatever the protocol has to send.
     pub fn pump(self: &Rc<Self>) {
         let mut failed = None;
+        let mut refused = Vec::new();
         {
             let mut conn = self.conn.borrow_mut();
             let Some(c) = conn.as_mut().filter(|c| c.open) else { return };
             let replica = self.replica.borrow();
             while let Some(frame) = c.sync.generate(&*replica) {
+                if let Frame::Error { code: code::REJECTED_ENTRY, message } = &frame {
+                    refused.push(message.clone());
+                }
                 if let Err(e) = c.ws.send_with_u8_array(&frame.encode()) {
                     failed = Some(opfs::FsError::from(e).to_string());
                     break;
@@ -588,9 +599,40 @@ impl Engine {
                 failed = Some("the protocol ended the connection".into());
             }
         }
+        let mut refresh = false;
+        for message in refused {
+            refresh |= self.refused_entry(message);
+        }
         if let Some(reason) = failed {
             self.drop_conn(&reason);
+        } else if refresh {
+            self.drop_conn("an entry from a replica this device does not know was refused; reconnecting with a fresh membership log");
         }
+    }
+
+    /// Takes note of an entry this device refused (its replica's chain is skipped for the
+    /// rest of the frame by `Sync`); `true` when a reconnect should fetch a fresh
+    /// membership log. An entry from a replica we do not know may be from a member added
+    /// since our log, so the first such refusal reconnects; anything else (forged, dated
+    /// too far ahead, or the same refusal after a fresh log) a new connection would only
+    /// meet again, so it is reported and everything else syncs on.
+    fn refused_entry(&self, message: String) -> bool {
+        let unknown = message.contains("is not a member of the space");
+        {
+            let mut s = self.status.borrow_mut();
+            if unknown && s.refreshed_for.as_deref() != Some(message.as_str()) {
+                s.refreshed_for = Some(message);
+                return true;
+            }
+            if s.rejected.as_deref() == Some(message.as_str()) {
+                return false;
+            }
+            s.rejected = Some(message.clone());
+        }
+        web_sys::console::warn_1(&format!("space {}: an entry was refused and its chain skipped: {message}", self.me.space).into());
+        super::api::broadcast(json!({"type": "rejected", "space": self.me.space.to_string(), "reason": message}));
+        self.broadcast_status();
+        false
     }
 
     /// Closes the connection for good (the reconnect loop stops with the last `Rc`).

@@ -1,0 +1,128 @@
+//! A native device made from a browser's invite code, writing entries by hand: a
+//! stead-core replica in memory driven over the real sync protocol. Tests use it to put
+//! into a space what no well-behaved browser writes (an entry dated a year ahead).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::{SinkExt, StreamExt};
+use stead_core::crypto::{SpaceKey, agreement_public, unwrap_space_key, wrap_space_key};
+use stead_core::env::Random;
+use stead_core::env::{Clock, SeededRandom, SystemClock};
+use stead_core::ids::{RecordId, ReplicaId, SpaceId};
+use stead_core::membership::{Member, Membership};
+use stead_core::ops::{Op, Value};
+use stead_core::replica::{Identity, Replica};
+use stead_core::sync::{Frame, RequestTarget, Sync, SyncConfig, authorization, body_hash};
+use tokio_tungstenite::tungstenite::Message;
+
+pub struct NativeDevice {
+    pub replica: Replica,
+    pub id: ReplicaId,
+    pub space: SpaceId,
+    key: SpaceKey,
+    signing: ed25519_dalek::SigningKey,
+    port: u16,
+    rng: SeededRandom,
+}
+
+pub fn now_ms() -> u64 {
+    SystemClock.now_ms()
+}
+
+/// The server's membership log of `space`, asked for as `replica` (a signed GET).
+pub async fn get_members(port: u16, space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey) -> Result<Membership> {
+    let path = format!("/spaces/{space}/members");
+    let host = format!("127.0.0.1:{port}");
+    let target = RequestTarget { method: "GET", host: &host, path_and_query: &path, body_sha256: body_hash(b"") };
+    let auth = authorization(now_ms(), space, replica, key, &target);
+    let resp = reqwest::Client::new().get(format!("http://{host}{path}")).header("authorization", auth).send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(Membership::decode(&body)?)
+}
+
+impl NativeDevice {
+    /// Joins through an invite code (`<space>.<replica>.<signing>.<agreement>`, hex
+    /// secrets) from the page API, against the server on `port`.
+    pub async fn join(port: u16, invite: &str, seed: u64) -> Result<NativeDevice> {
+        let parts: Vec<&str> = invite.split('.').collect();
+        let [space, replica, signing, agreement] = parts.as_slice() else { bail!("not an invite code: {invite}") };
+        let space: SpaceId = space.parse().map_err(|_| anyhow::anyhow!("bad space id"))?;
+        let id: ReplicaId = replica.parse().map_err(|_| anyhow::anyhow!("bad replica id"))?;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&hex::decode(signing)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?);
+        let agreement: [u8; 32] = hex::decode(agreement)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?;
+        let members = get_members(port, space, id, &signing).await?;
+        let wrapped = members.wrapped_key_for(id).context("the log holds no key for this invite")?;
+        let key = unwrap_space_key(wrapped, space, &agreement)?;
+        Self::open(port, space, id, signing, key, members, seed)
+    }
+
+    fn open(port: u16, space: SpaceId, id: ReplicaId, signing: ed25519_dalek::SigningKey, key: SpaceKey, members: Membership, seed: u64) -> Result<NativeDevice> {
+        let identity = Identity { space, replica: id, signing: signing.clone(), space_key: key.clone() };
+        let replica = Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
+        Ok(NativeDevice { replica, id, space, key, signing, port, rng: SeededRandom::new(seed) })
+    }
+
+    /// Adds a new device to the space (publishing the longer membership log) and
+    /// returns it: a member the browsers have not heard of yet.
+    pub async fn invite(&mut self, seed: u64) -> Result<NativeDevice> {
+        let mut rng = SeededRandom::new(seed);
+        let id = ReplicaId::generate(&SystemClock, &mut rng);
+        let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
+        let agreement: [u8; 32] = rng.array();
+        let member = Member { replica: id, signing: signing.verifying_key().to_bytes(), agreement: agreement_public(&agreement) };
+        let wrapped = wrap_space_key(&self.key, self.space, &member.agreement, rng.array(), rng.array())?;
+        let mut members = self.replica.members().clone();
+        members.add(self.id, &self.signing, member, wrapped)?;
+        let path = format!("/spaces/{}/members", self.space);
+        let resp = reqwest::Client::new().put(format!("http://127.0.0.1:{}{path}", self.port)).body(members.encode()).send().await?;
+        if !resp.status().is_success() {
+            bail!("PUT {path}: {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        self.replica.set_members(members.clone())?;
+        Self::open(self.port, self.space, id, signing, self.key.clone(), members, seed)
+    }
+
+    /// Commits one field set, dated `at_ms` (the device's clock, right or wrong).
+    pub fn set(&mut self, collection: &str, record: RecordId, field: &str, value: Value, at_ms: u64) -> Result<()> {
+        let op = Op::Set { collection: collection.into(), record, field: field.into(), value };
+        self.replica.commit(vec![op], at_ms, &mut self.rng)?;
+        Ok(())
+    }
+
+    /// Connects, sends every entry of this device the server lacks, waits for their
+    /// acks, and closes.
+    pub async fn push(&mut self) -> Result<()> {
+        let url = format!("ws://127.0.0.1:{}/sync", self.port);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut self.rng);
+        let own = self.replica.version_vector().get(&self.id).copied().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Some(f) = sync.generate(&self.replica) {
+                ws.send(Message::Binary(f.encode().into())).await?;
+            }
+            if sync.acked().get(&self.id).copied().unwrap_or(0) >= own {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            let msg = tokio::time::timeout_at(deadline, ws.next()).await.context("no acks within 10 s")?;
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Ok(Frame::Error { code, message }) = Frame::decode(&b, &Default::default()) {
+                        bail!("the server refused: {code}: {message}");
+                    }
+                    // Other members' entries are of no interest here.
+                    let _ = sync.receive(&b, &mut self.replica, now_ms());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("the server closed the connection"),
+            }
+        }
+    }
+}
