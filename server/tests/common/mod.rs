@@ -403,3 +403,81 @@ pub async fn recv(ws: &mut Ws) -> anyhow::Result<Frame> {
         }
     }
 }
+
+/// Clients each committing a counter increment and a field every 2 ms until stopped: the
+/// load the durability tests crash the server under. Every client sees every write once
+/// everything converged, so the counter equals the number of writes.
+pub struct WriteLoad {
+    pub clients: Vec<std::sync::Arc<TestClient>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    writers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl WriteLoad {
+    pub async fn start(server: &Server, n: usize) -> anyhow::Result<WriteLoad> {
+        use std::sync::atomic::Ordering;
+        use stead_core::ids::RecordId;
+        use stead_core::ops::{Op, Value};
+        let clients: Vec<_> = clients(server, n).await?.into_iter().map(std::sync::Arc::new).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let mut writers = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            let (c, stop, written) = (c.clone(), stop.clone(), written.clone());
+            writers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let ops = vec![
+                        Op::CounterAdd { collection: "stats".into(), record: RecordId([0; 16]), field: "writes".into(), delta: 1 },
+                        Op::Set { collection: "log".into(), record: RecordId([i as u8; 16]), field: "n".into(), value: Value::Int(n as i64) },
+                    ];
+                    c.client.commit(ops).await?;
+                    written.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        Ok(WriteLoad { clients, stop, written, writers })
+    }
+
+    /// Each client's replica and the entries the server has acknowledged to it.
+    pub fn acked(&self) -> Vec<(stead_core::ids::ReplicaId, u64)> {
+        self.clients.iter().map(|c| (c.client.replica(), c.client.status().acked)).collect()
+    }
+
+    /// Waits until more than `before` entries are acknowledged in all: each round of a
+    /// crash test must see acks of its own, or a server that came back and never
+    /// acknowledged again would pass on the earlier rounds' acks.
+    pub async fn wait_acks_past(&self, before: u64, round: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.acked().iter().map(|(_, a)| a).sum::<u64>() <= before {
+            anyhow::ensure!(Instant::now() < deadline, "round {round}: no write was acknowledged within 20 s of the restart");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops writing, waits for every write to be acknowledged and every client to
+    /// converge, and checks each write was applied exactly once; returns how many there were.
+    pub async fn finish(self) -> anyhow::Result<i64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in self.writers {
+            w.await??;
+        }
+        for c in &self.clients {
+            c.client.wait_acked(Duration::from_secs(30)).await?;
+        }
+        let refs: Vec<_> = self.clients.iter().map(|c| &c.client).collect();
+        converge(&refs, Duration::from_secs(30)).await?;
+        let total = self.written.load(std::sync::atomic::Ordering::SeqCst);
+        for c in &self.clients {
+            let record = stead_core::ids::RecordId([0; 16]);
+            let n = c.client.read(move |r| r.get("stats", record).and_then(|s| s.field("writes")).map(|f| f.counter_value())).await?;
+            anyhow::ensure!(n == Some(total), "every write applied exactly once on {}: {n:?} of {total}", c.client.replica());
+        }
+        Ok(total)
+    }
+}

@@ -5,36 +5,18 @@
 //! first entry may chain as new.
 #![no_main]
 
-use std::sync::OnceLock;
+#[path = "common/fixture.rs"]
+mod fixture;
 
+use fixture::fixture;
 use libfuzzer_sys::fuzz_target;
 use stead_core::env::SeededRandom;
-use stead_core::log::{Entry, Limits, Verified, check_entries, check_entry, verify_chain};
-use stead_core::ops::{Op, Value};
+use stead_core::log::{Limits, Verified, check_entries, check_entry, verify_chain};
 use stead_core::sync::Frame;
-use stead_core::testing::Space;
-
-struct Fixture {
-    space: Space,
-    first: Entry,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let mut rng = SeededRandom::new(1);
-        let space = Space::new(2, &mut rng);
-        let mut r = space.open(0);
-        let op = Op::Set { collection: "t".into(), record: stead_core::ids::RecordId([1; 16]), field: "f".into(), value: Value::Int(1) };
-        let first = r.commit(vec![op], 1_700_000_000_000, &mut rng).expect("a fixture commit");
-        Fixture { space, first }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let limits = Limits::default();
-    // Seeds of the genuine entry: a frame holding it, so the fuzzer starts from a valid one.
     let Ok(Frame::Entries(entries)) = Frame::decode(data, &limits) else { return };
     let (space, members) = (f.space.space, &f.space.members);
     let batched = check_entries(&entries, space, members, &limits, &mut SeededRandom::new(data.len() as u64));

@@ -3,30 +3,12 @@
 //! the one genuine entry may verify as new.
 #![no_main]
 
-use std::sync::OnceLock;
+#[path = "common/fixture.rs"]
+mod fixture;
 
+use fixture::fixture;
 use libfuzzer_sys::fuzz_target;
-use stead_core::env::SeededRandom;
 use stead_core::log::{ChainTip, Entry, Limits, Verified, verify_entry};
-use stead_core::ops::{Op, Value};
-use stead_core::testing::Space;
-
-struct Fixture {
-    space: Space,
-    first: Entry,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let mut rng = SeededRandom::new(1);
-        let space = Space::new(2, &mut rng);
-        let mut r = space.open(0);
-        let op = Op::Set { collection: "t".into(), record: stead_core::ids::RecordId([1; 16]), field: "f".into(), value: Value::Int(1) };
-        let first = r.commit(vec![op], 1_700_000_000_000, &mut rng).expect("a fixture commit");
-        Fixture { space, first }
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
