@@ -775,3 +775,52 @@ async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Resul
     assert!(!shown(&b).await?.iter().any(|t| t == "from the future"));
     b.quit().await
 }
+
+async fn invite_code(b: &Browser, space: &str) -> Result<String> {
+    let r = api(b, "POST", &format!("spaces/{space}/invites"), None).await?;
+    Ok(r["body"]["invite"].as_str().with_context(|| format!("an invite code: {r}"))?.to_owned())
+}
+
+#[tokio::test]
+async fn two_devices_inviting_offline_settle_their_membership_logs_and_sync_on() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let (a, b, space) = pair(&env, &server.url).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+
+    // Offline, each device invites one more: each appends an add to its own copy of the
+    // membership log, and whichever publishes second gets a 409 from the server.
+    let mut server = server;
+    server.kill();
+    let (code_a, code_b) = (invite_code(&a, &space).await?, invite_code(&b, &space).await?);
+    let server = server.restart(&env)?;
+    for dev in [&a, &b] {
+        dev.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
+    }
+    wait_online(&a).await?;
+    wait_online(&b).await?;
+    // Both invites hold: the server lists both new devices, with the space key.
+    let c = NativeDevice::join(server.port, &code_a, 1).await?;
+    let d = NativeDevice::join(server.port, &code_b, 2).await?;
+    assert_eq!(c.replica.members().events().len(), 4, "genesis, B, and the two offline invites");
+    assert_eq!(c.replica.members().events(), d.replica.members().events());
+    api(&a, "POST", &todos, Some(json!({"fields": {"text": "from A after the merge"}}))).await?;
+    api(&b, "POST", &todos, Some(json!({"fields": {"text": "from B after the merge"}}))).await?;
+    wait_shown(&a, "from B after the merge", Duration::from_secs(10)).await?;
+    wait_shown(&b, "from A after the merge", Duration::from_secs(10)).await?;
+
+    // A invites while B is connected, so B's copy falls behind the server's; B's next
+    // worker publishes its shorter copy first (a 409 too), and must still sync.
+    invite_code(&a, &space).await?;
+    b.stop_workers().await?;
+    b.driver.refresh().await?;
+    b.wait_app().await?;
+    api(&a, "POST", &todos, Some(json!({"fields": {"text": "from A after B's restart"}}))).await?;
+    wait_shown(&b, "from A after B's restart", Duration::from_secs(10)).await?;
+    wait_online(&b).await?;
+    let status = api(&b, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(status["body"]["members_dropped"].is_null(), "{status}");
+    drop(server);
+    a.quit().await?;
+    b.quit().await
+}

@@ -225,6 +225,18 @@ impl SignedEvent {
     }
 }
 
+/// What [`Membership::rebase_onto`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebased {
+    /// `onto` with this log's own events on top.
+    pub members: Membership,
+    /// How many events were signed again on top of `onto`.
+    pub resigned: usize,
+    /// Events `onto` lacks that could not be carried over (signed by another device, or
+    /// refused on top of `onto`).
+    pub dropped: Vec<SignedEvent>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MemberState {
     member: Member,
@@ -390,6 +402,52 @@ impl Membership {
         })
     }
 
+    /// Puts the events of this log that `onto` (another copy of the space's log, e.g. the
+    /// server's) lacks on top of it, so two copies that each grew on their own (two
+    /// devices inviting while offline) become one log again.
+    ///
+    /// Events past the common prefix are taken in order. One already in `onto` (the same
+    /// signer and event), or whose effect `onto` already has (the same device added, a
+    /// removed device removed), is left out. One signed by `me` is signed again with
+    /// `key` on top of the rebased head. One signed by anyone else cannot be signed again
+    /// and is dropped, as is one `onto` refuses (e.g. `me` was removed there); the
+    /// caller reports the dropped ones.
+    pub fn rebase_onto(&self, onto: &Membership, me: ReplicaId, key: &SigningKey) -> Result<Rebased> {
+        if self.space != onto.space {
+            return Err(Error::WrongSpace { expected: onto.space, found: self.space });
+        }
+        if self.events[0] != onto.events[0] {
+            return Err(Error::Membership { index: 0, reason: "the two logs start with different genesis events" });
+        }
+        let common = self.events.iter().zip(&onto.events).take_while(|(a, b)| a == b).count();
+        let theirs = &onto.events[common..];
+        let mut out = Rebased { members: onto.clone(), resigned: 0, dropped: Vec::new() };
+        for ev in &self.events[common..] {
+            if theirs.iter().any(|t| t.by == ev.by && t.event == ev.event) {
+                continue;
+            }
+            let m = &out.members;
+            let in_effect = match &ev.event {
+                MemberEvent::Genesis { .. } => false,
+                MemberEvent::Add { member, .. } => m.member(member.replica) == Some(member),
+                MemberEvent::Remove { replica, .. } => m.members.get(replica).is_some_and(|s| s.removed.is_some()),
+            };
+            if in_effect {
+                continue;
+            }
+            if ev.by != me {
+                out.dropped.push(ev.clone());
+                continue;
+            }
+            let again = SignedEvent::sign(out.members.head, me, ev.event.clone(), key);
+            match out.members.apply(again) {
+                Ok(()) => out.resigned += 1,
+                Err(_) => out.dropped.push(ev.clone()),
+            }
+        }
+        Ok(out)
+    }
+
     /// The whole log, encoded as a sequence of length-prefixed events.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
@@ -522,6 +580,57 @@ mod tests {
                 assert!(Membership::decode(&t).is_err(), "flip of byte {i} bit {bit:#x} went unseen");
             }
         }
+    }
+
+    #[test]
+    fn logs_grown_apart_are_rebased_with_own_events_signed_again() {
+        let (a, ka) = member(1);
+        let (b, kb) = member(2);
+        let (c, kc) = member(3);
+        let (d, _) = member(4);
+        let (e, _) = member(5);
+        let mut shared = Membership::genesis(SpaceId([9; 16]), a.clone(), &ka).unwrap();
+        shared.add(a.replica, &ka, b.clone(), vec![1]).unwrap();
+        shared.add(a.replica, &ka, c.clone(), vec![1]).unwrap();
+        // Offline, A invites D and B invites E and removes C; the server took A's first.
+        let mut server = shared.clone();
+        server.add(a.replica, &ka, d.clone(), vec![4]).unwrap();
+        let mut ours = shared.clone();
+        ours.add(b.replica, &kb, e.clone(), vec![5]).unwrap();
+        ours.remove(b.replica, &kb, c.replica, Some(7)).unwrap();
+        // An event signed by C that only this copy holds cannot be signed again.
+        let mut with_c = shared.clone();
+        with_c.add(c.replica, &kc, member(6).0, vec![6]).unwrap();
+        let mut ours_and_c = with_c.clone();
+        ours_and_c.add(b.replica, &kb, e.clone(), vec![5]).unwrap();
+
+        let r = ours.rebase_onto(&server, b.replica, &kb).unwrap();
+        assert_eq!(r.resigned, 2);
+        assert!(r.dropped.is_empty());
+        assert_eq!(r.members.events()[..4], *server.events(), "the server's log is a prefix");
+        assert_eq!(Membership::decode(&r.members.encode()).unwrap(), r.members);
+        assert_eq!(r.members.wrapped_key_for(e.replica), Some(&[5u8][..]));
+        assert!(r.members.is_active(d.replica) && !r.members.is_active(c.replica));
+        assert!(r.members.key_for(c.replica, 7).is_some());
+
+        // Rebasing again, or a copy the server already extends, changes nothing.
+        let again = ours.rebase_onto(&r.members, b.replica, &kb).unwrap();
+        assert_eq!((again.members.events().len(), again.resigned), (r.members.events().len(), 0));
+        let prefix = shared.rebase_onto(&server, b.replica, &kb).unwrap();
+        assert_eq!((prefix.members, prefix.resigned), (server.clone(), 0));
+
+        let r = ours_and_c.rebase_onto(&server, b.replica, &kb).unwrap();
+        assert_eq!(r.dropped, with_c.events()[3..].to_vec());
+        assert_eq!(r.resigned, 1);
+
+        // A device the server removed cannot carry its events over.
+        let mut removed_b = shared.clone();
+        removed_b.remove(a.replica, &ka, b.replica, None).unwrap();
+        let r = ours.rebase_onto(&removed_b, b.replica, &kb).unwrap();
+        assert_eq!((r.resigned, r.dropped.len()), (0, 2));
+
+        let other = Membership::genesis(SpaceId([9; 16]), b, &kb).unwrap();
+        assert!(ours.rebase_onto(&other, a.replica, &ka).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct SyncStatus {
     /// The refusal last answered by reconnecting with a fresh membership log: met again,
     /// the fresh log did not help, and the chain is skipped instead.
     pub refreshed_for: Option<String>,
+    /// Membership events of other devices dropped when this device's log was rebased
+    /// onto the server's (they could not be signed again).
+    pub members_dropped: Option<String>,
 }
 
 struct Conn {
@@ -241,11 +244,30 @@ pub async fn get_members(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek
     }
 }
 
-async fn put_members(members: &Members) -> Result<(), String> {
+/// Why a membership log was not published.
+enum PutMembers {
+    /// The server holds a log ours does not extend (409): another device's events went
+    /// up first, or ours is behind.
+    Conflict,
+    Failed(String),
+}
+
+async fn put_members(members: &Members) -> Result<(), PutMembers> {
     let path = format!("/spaces/{}/members", members.space());
-    match server_fetch("PUT", &path, None, Some(&members.encode())).await? {
+    match server_fetch("PUT", &path, None, Some(&members.encode())).await.map_err(PutMembers::Failed)? {
         (s, _) if (200..300).contains(&s) => Ok(()),
-        (s, body) => Err(format!("the server refused the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body))),
+        (409, _) => Err(PutMembers::Conflict),
+        (s, body) => Err(PutMembers::Failed(format!("the server refused the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body)))),
+    }
+}
+
+/// A membership event in words, for a warning.
+fn describe_event(event: &stead_core::membership::MemberEvent, by: ReplicaId) -> String {
+    use stead_core::membership::MemberEvent;
+    match event {
+        MemberEvent::Genesis { .. } => format!("the space's creation by {by}"),
+        MemberEvent::Add { member, .. } => format!("{by} added {}", member.replica),
+        MemberEvent::Remove { replica, .. } => format!("{by} removed {replica}"),
     }
 }
 
@@ -411,6 +433,7 @@ impl Engine {
             "last_synced": s.last_synced,
             "last_error": s.last_error,
             "rejected": s.rejected,
+            "members_dropped": s.members_dropped,
             "recovered": *self.recovered.borrow(),
             "snapshot_entries": self.snapshot_at.get(),
         })
@@ -448,10 +471,13 @@ impl Engine {
 
     async fn open_socket(self: &Rc<Self>) -> Result<(), String> {
         // The server learns of new spaces and invited devices from the membership log.
-        let members = self.read(|r| r.members().clone());
+        let mut members = self.read(|r| r.members().clone());
         if members.events().len() > self.members_pushed.get() {
-            put_members(&members).await?;
-            self.members_pushed.set(members.events().len());
+            match put_members(&members).await {
+                Ok(()) => self.members_pushed.set(members.events().len()),
+                Err(PutMembers::Conflict) => members = self.rebase_members().await?,
+                Err(PutMembers::Failed(reason)) => return Err(reason),
+            }
         }
         // Blobs written offline go up before the entries that may refer to them.
         super::blobs::upload_pending(self).await?;
@@ -513,6 +539,50 @@ impl Engine {
         *self.conn.borrow_mut() = Some(Conn { ws, sync, open: false, _handlers: vec![on_open, on_message, on_close] });
         self.status.borrow_mut().connecting = false;
         Ok(())
+    }
+
+    /// Settles a membership log the server refused as no extension of its own (409):
+    /// takes the server's log, signs this device's events it lacks again on top of it
+    /// (two devices that invited while offline each grew their own copy), publishes the
+    /// result and adopts it. Events of other devices the server lacks cannot be signed
+    /// again: they are dropped, and status and pages are told.
+    async fn rebase_members(self: &Rc<Self>) -> Result<Members, String> {
+        let server = match get_members(self.me.space, self.me.replica, &self.me.signing).await {
+            Ok(m) => m,
+            Err(e) => {
+                if e.status != 503 {
+                    self.status.borrow_mut().refused = true;
+                }
+                return Err(e.detail);
+            }
+        };
+        let ours = self.read(|r| r.members().clone());
+        let rebased = ours.rebase_onto(&server, self.me.replica, &self.me.signing).map_err(|e| {
+            self.status.borrow_mut().refused = true;
+            format!("this device's membership log cannot be joined to the server's: {e}")
+        })?;
+        if rebased.members.events().len() > server.events().len() {
+            // Another device may have published in between: the next attempt rebases again.
+            put_members(&rebased.members).await.map_err(|e| match e {
+                PutMembers::Conflict => "the server's membership log moved on while rebasing onto it".to_owned(),
+                PutMembers::Failed(reason) => reason,
+            })?;
+        }
+        self.read(|r| r.set_members(rebased.members.clone())).map_err(|e| e.to_string())?;
+        self.flush().await.map_err(|e| e.to_string())?;
+        self.members_pushed.set(rebased.members.events().len());
+        if !rebased.dropped.is_empty() {
+            let what: Vec<String> = rebased.dropped.iter().map(|ev| describe_event(&ev.event, ev.by)).collect();
+            let warning = format!(
+                "the server's membership log lacked {} event(s) signed by other devices, which this device cannot sign again; dropped: {}",
+                what.len(),
+                what.join("; ")
+            );
+            web_sys::console::warn_1(&format!("space {}: {warning}", self.me.space).into());
+            super::api::broadcast(json!({"type": "members-dropped", "space": self.me.space.to_string(), "message": warning}));
+            self.status.borrow_mut().members_dropped = Some(warning);
+        }
+        Ok(rebased.members)
     }
 
     fn on_open(self: &Rc<Self>) {
@@ -709,9 +779,17 @@ impl Engine {
             Ok::<_, DataError>(m)
         })?;
         self.flush().await?;
-        // Publish now if we can; otherwise the next connection does.
-        if put_members(&members).await.is_ok() {
-            self.members_pushed.set(members.events().len());
+        // Publish now if we can; otherwise the next connection does. A log that grew
+        // apart from the server's is settled now: the invite works only once the server
+        // lists the new device.
+        match put_members(&members).await {
+            Ok(()) => self.members_pushed.set(members.events().len()),
+            Err(PutMembers::Conflict) => {
+                if let Err(reason) = self.rebase_members().await {
+                    web_sys::console::warn_1(&format!("space {}: publishing the invite: {reason}", self.me.space).into());
+                }
+            }
+            Err(PutMembers::Failed(_)) => {}
         }
         Ok(format!("{}.{}.{}.{}", self.me.space, replica, hex::encode(signing.to_bytes()), hex::encode(agreement)))
     }
