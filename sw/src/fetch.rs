@@ -12,6 +12,8 @@ use web_sys::{FetchEvent, Headers, Request, RequestMode, Response, ResponseInit}
 use crate::worker::Worker;
 
 pub const STATUS_PATH: &str = "_stead/v1/status";
+/// `POST` with `{"confirm": true}`: erase what the kill switch kept.
+pub const ERASE_PATH: &str = "_stead/v1/erase";
 
 /// What the worker does with a request path (relative to the scope, query removed).
 #[derive(Debug, PartialEq, Eq)]
@@ -35,12 +37,35 @@ pub fn route(rel: &str) -> Route {
 
 pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
     let request = event.request();
-    if worker.is_killed() {
+    let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
+    if rel == ERASE_PATH {
+        let w = worker.clone();
+        let _ = event.respond_with(&future_to_promise(async move {
+            let (status, body) = erase(&w, &request).await;
+            Ok(json_response_with(status, &body)?.into())
+        }));
         return;
     }
-    let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
+    if worker.is_killed() {
+        // Withdrawn: everything goes to the network but status (which tells what was
+        // kept and waits for consent) and the erase call.
+        if rel == STATUS_PATH {
+            let w = worker.clone();
+            let _ = event.respond_with(&future_to_promise(async move { Ok(json_response(&w.killed_status().await)?.into()) }));
+        }
+        return;
+    }
     if crate::data::api::is_data_route(&rel) {
-        let _ = event.respond_with(&future_to_promise(crate::data::api::handle(request, rel)));
+        let w = worker.clone();
+        let _ = event.respond_with(&future_to_promise(async move {
+            // A worker that just started learns here whether it was killed before.
+            let _ = w.load().await;
+            if w.is_killed() {
+                let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+                return JsFuture::from(scope.fetch_with_request(&request)).await;
+            }
+            crate::data::api::handle(request, rel).await
+        }));
         return;
     }
     if request.method() != "GET" {
@@ -147,10 +172,37 @@ fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::File, ver
 }
 
 fn json_response(value: &serde_json::Value) -> Result<Response, JsValue> {
+    json_response_with(200, value)
+}
+
+fn json_response_with(status: u16, value: &serde_json::Value) -> Result<Response, JsValue> {
     let headers = Headers::new()?;
-    headers.set("content-type", "application/json")?;
+    let problem = status >= 400;
+    headers.set("content-type", if problem { "application/problem+json" } else { "application/json" })?;
     headers.set("cache-control", "no-store")?;
     let init = ResponseInit::new();
+    init.set_status(status);
     init.set_headers(&headers);
     Response::new_with_opt_str_and_init(Some(&value.to_string()), &init)
+}
+
+/// The erase call, only as a page's own JSON request: a navigation (a form another site
+/// posts here) or any other body is refused.
+async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, serde_json::Value) {
+    let problem = |status: u16, title: &str, detail: &str| {
+        (status, serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}))
+    };
+    if request.method() != "POST" {
+        return problem(405, "method not allowed", "erase is a POST");
+    }
+    let json = request.headers().get("content-type").ok().flatten().is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"));
+    if request.mode() == RequestMode::Navigate || !json {
+        return problem(400, "bad request", "erase takes a JSON body (content-type: application/json) sent by a page with fetch");
+    }
+    let text = match request.text() {
+        Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let confirmed = serde_json::from_str::<serde_json::Value>(&text).ok().is_some_and(|b| b["confirm"] == true);
+    w.erase_kept(confirmed).await
 }

@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod fetch;
+pub mod scope;
 pub mod store;
 pub mod worker;
 
@@ -64,6 +65,7 @@ impl SwError {
 /// first event arrives, so a cold start does not wait for it on the first fetch.
 #[wasm_bindgen]
 pub fn on_start() {
+    scope::init();
     let worker = worker::Worker::get();
     wasm_bindgen_futures::spawn_local(async move {
         let _ = worker.load().await;

@@ -1,6 +1,7 @@
 //! The worker's bundle store in OPFS.
 //!
-//! Layout under the origin's OPFS root:
+//! Layout under the worker's OPFS folder (the origin's root for the root scope, see
+//! [`crate::scope`]):
 //!
 //! ```text
 //! stead/files/<sha256>        file contents, content-addressed, written once
@@ -52,7 +53,7 @@ pub struct BundleStore {
 
 impl BundleStore {
     pub async fn open() -> Result<Self, SwError> {
-        Self::open_in(&opfs::root().await?).await
+        Self::open_in(&crate::scope::opfs_root().await?).await
     }
 
     /// Opens (creating) the store under `parent`; tests use a folder of their own.

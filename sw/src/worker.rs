@@ -23,8 +23,15 @@ use web_sys::{
 
 use crate::{
     SwError,
+    data::{Data, Kept},
     store::{ACTIVE, BundleStore, Meta, PENDING},
 };
+
+/// In the worker's OPFS folder while a kill waits for kept data: a restarted worker is
+/// still killed.
+const KILLED_MARKER: &str = "stead-killed.json";
+/// How often a killed worker looks whether the server now has the kept data.
+const KEPT_CHECK_MS: f64 = 2_000.0;
 
 /// Downloads at once during install and update: a browser opens six connections per host.
 const DOWNLOADS_AT_ONCE: usize = 6;
@@ -56,8 +63,16 @@ pub struct Worker {
     started: f64,
     channel: Option<BroadcastChannel>,
     state: RefCell<State>,
-    /// Set by the kill switch: from then on this instance stores and answers nothing.
+    /// Set by the kill switch: from then on this instance stores and answers nothing but
+    /// status and the erase call (the marker file carries it to the next instance).
     killed: std::cell::Cell<bool>,
+    /// Spaces the kill switch kept because the server lacks some of them.
+    kept: RefCell<Vec<Kept>>,
+    /// Whether `kept` was worked out in this worker life (a restarted worker learns it
+    /// by opening the spaces).
+    kept_known: std::cell::Cell<bool>,
+    /// Whether a loop is erasing kept spaces as the server acknowledges them.
+    watching: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
 }
@@ -94,6 +109,9 @@ impl Worker {
             channel: BroadcastChannel::new(CHANNEL).ok(),
             state: RefCell::default(),
             killed: std::cell::Cell::new(false),
+            kept: RefCell::default(),
+            kept_known: std::cell::Cell::new(false),
+            watching: std::cell::Cell::new(false),
             loading: RefCell::default(),
             updating: RefCell::default(),
         }
@@ -121,11 +139,22 @@ impl Worker {
 
     pub fn on_message(self: &Rc<Self>, event: ExtendableMessageEvent) {
         if self.killed.get() {
-            // A page registered again and revived this registration: say so, and go.
-            self.broadcast(json!({"type": "killed"}));
-            let scope = self.scope.clone();
+            let w = self.clone();
             wait_until(&event, async move {
-                JsFuture::from(scope.registration().unregister()?).await?;
+                if !w.kept_known.get() {
+                    w.check_kept().await;
+                }
+                let nothing_kept = w.kept.borrow().is_empty();
+                if w.kept_known.get() && nothing_kept {
+                    // A page registered again and revived this registration: say so, and go.
+                    w.broadcast(json!({"type": "killed", "kept": []}));
+                    JsFuture::from(w.scope.registration().unregister()?).await?;
+                } else if !nothing_kept {
+                    // Kept data waits for the server or the user; the page hears it again,
+                    // and its heartbeat keeps the kept spaces syncing.
+                    w.announce_kept();
+                    let _ = Data::get().wake().await;
+                }
                 Ok(())
             });
             return;
@@ -178,6 +207,13 @@ impl Worker {
             .get_or_insert_with(|| {
                 let w = self.clone();
                 async move {
+                    let root = crate::scope::opfs_root().await?;
+                    if crate::opfs::file(&root, KILLED_MARKER).await?.is_some() {
+                        // Killed in an earlier life, with data kept.
+                        w.killed.set(true);
+                        w.watch_kept();
+                        return Err(SwError::Js("this app was withdrawn (kill switch)".into()));
+                    }
                     let store = BundleStore::open().await?;
                     // Three independent reads: in flight together, a cold start pays one
                     // OPFS round trip for them instead of three.
@@ -427,23 +463,142 @@ impl Worker {
         Ok(list.iter().map(|c| c.unchecked_into::<Client>().id()).collect())
     }
 
-    /// The kill switch: forget every stored file and version, and unregister.
+    /// The kill switch: forgets every stored file and version, erases the data the server
+    /// holds, and unregisters. Data the server lacks (after 5 s to send it) is kept, and
+    /// the worker stays registered, answering status and the erase call, until the server
+    /// has it or the user agrees to lose it ([`Worker::erase_kept`]).
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.killed.set(true);
-        if let Err(e) = crate::data::Data::get().erase(5_000.0).await {
-            web_sys::console::warn_1(&format!("erasing the data: {e}").into());
-        }
-        BundleStore::wipe(&crate::opfs::root().await?).await?;
+        let root = crate::scope::opfs_root().await?;
+        BundleStore::wipe(&root).await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;
-        self.broadcast(json!({"type": "killed"}));
+        let kept = match Data::get().retire(5_000.0).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                // Whether anything is unacknowledged is unknown: keep it all.
+                web_sys::console::warn_1(&format!("erasing the data: {e}").into());
+                let unknown = |space: String| Kept { space, pending: None, blobs_pending: None };
+                match Data::get().spaces().await {
+                    Ok(spaces) if !spaces.is_empty() => spaces.iter().map(|s| unknown(s.to_string())).collect(),
+                    _ => vec![unknown(String::new())],
+                }
+            }
+        };
+        if kept.is_empty() {
+            return self.finish_kill().await;
+        }
+        crate::opfs::write_bytes(&root, KILLED_MARKER, json!({"killed_at": Date::now()}).to_string().as_bytes()).await?;
+        *self.kept.borrow_mut() = kept;
+        self.kept_known.set(true);
+        self.announce_kept();
+        self.watch_kept();
+        Ok(())
+    }
+
+    /// Opens the kept spaces, erases those the server now has, and ends the kill when none
+    /// is left; pages hear when what is kept changed.
+    async fn check_kept(self: &Rc<Self>) {
+        let data = Data::get();
+        if let Err(e) = data.wake().await {
+            web_sys::console::warn_1(&format!("opening the kept data: {e}").into());
+        }
+        match data.erase_acknowledged().await {
+            Ok(kept) if kept.is_empty() => {
+                self.kept_known.set(true);
+                if let Err(e) = self.finish_kill().await {
+                    web_sys::console::warn_1(&format!("ending the kill: {e}").into());
+                }
+            }
+            Ok(kept) => {
+                let changed = !self.kept_known.replace(true) || *self.kept.borrow() != kept;
+                *self.kept.borrow_mut() = kept;
+                if changed {
+                    self.announce_kept();
+                }
+            }
+            Err(e) => web_sys::console::warn_1(&format!("checking the kept data: {e}").into()),
+        }
+    }
+
+    /// Tells pages what the kill switch kept and that it waits for their consent.
+    fn announce_kept(&self) {
+        let kept = self.kept.borrow().clone();
+        self.broadcast(json!({"type": "killed", "kept": kept, "consent_needed": true}));
+    }
+
+    /// Erases kept spaces as the server acknowledges them (their engines keep syncing
+    /// while the worker lives), and ends the kill once none is left.
+    fn watch_kept(self: &Rc<Self>) {
+        if self.watching.replace(true) {
+            return;
+        }
+        let w = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            loop {
+                w.check_kept().await;
+                if w.kept_known.get() && w.kept.borrow().is_empty() {
+                    break;
+                }
+                let _ = crate::data::engine::sleep(KEPT_CHECK_MS).await;
+            }
+            w.watching.set(false);
+        });
+    }
+
+    /// Nothing of the app is left: the marker goes, pages hear `killed`, and the
+    /// registration ends.
+    async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
+        self.kept.borrow_mut().clear();
+        let root = crate::scope::opfs_root().await?;
+        crate::opfs::remove(&root, KILLED_MARKER, false).await?;
+        crate::scope::remove_opfs_root_if_empty().await?;
+        self.broadcast(json!({"type": "killed", "kept": []}));
         JsFuture::from(self.scope.registration().unregister()?).await?;
         Ok(())
+    }
+
+    /// `POST _stead/v1/erase` with `{"confirm": true}`: the user agreed to lose what the
+    /// kill switch kept. Returns the HTTP status and the answer.
+    pub async fn erase_kept(self: &Rc<Self>, confirmed: bool) -> (u16, serde_json::Value) {
+        // A worker that just started learns here whether it was killed.
+        let _ = self.load().await;
+        if !self.killed.get() {
+            let detail = "nothing waits to be erased: the app was not withdrawn";
+            return (409, json!({"type": "about:blank", "title": "conflict", "status": 409, "detail": detail}));
+        }
+        if !confirmed {
+            let detail = "expected {\"confirm\": true}: the kept data has changes the server never received";
+            return (400, json!({"type": "about:blank", "title": "bad request", "status": 400, "detail": detail}));
+        }
+        let erased = match Data::get().erase_all().await {
+            Ok(spaces) => spaces,
+            Err(e) => return (500, json!({"type": "about:blank", "title": "storage error", "status": 500, "detail": e.to_string()})),
+        };
+        if let Err(e) = self.finish_kill().await {
+            return (500, json!({"type": "about:blank", "title": "browser error", "status": 500, "detail": e.to_string()}));
+        }
+        (200, json!({"erased": erased}))
+    }
+
+    /// What a killed worker reports as its status.
+    pub async fn killed_status(self: &Rc<Self>) -> serde_json::Value {
+        if !self.kept_known.get() {
+            self.check_kept().await;
+        }
+        let kept = self.kept.borrow().clone();
+        json!({
+            "killed": true,
+            "consent_needed": !kept.is_empty(),
+            "kept": kept,
+            "worker_started": self.started,
+        })
     }
 
     pub async fn status(self: &Rc<Self>) -> serde_json::Value {
         let store = match self.load().await {
             Ok(s) => s,
+            Err(_) if self.killed.get() => return self.killed_status().await,
             Err(e) => return json!({"error": e.to_string()}),
         };
         let stored = store.stored().await.unwrap_or_default();
@@ -466,10 +621,12 @@ impl Worker {
             "last_error": s.meta.last_error,
             "storage": estimate,
             "worker_started": self.started,
+            "killed": false,
         })
     }
 
     fn broadcast(&self, message: serde_json::Value) {
+        let message = crate::scope::tag(message);
         if let (Some(channel), Ok(value)) = (&self.channel, JSON::parse(&message.to_string())) {
             let _ = channel.post_message(&value);
         }

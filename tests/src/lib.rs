@@ -134,9 +134,14 @@ impl Server {
 
     /// Kills the server and starts it again on the same port with the same database.
     pub fn restart(self, env: &Env) -> Result<Server> {
+        self.restart_with(env, &[])
+    }
+
+    /// Restarts it as [`Server::restart`] does, with extra flags.
+    pub fn restart_with(self, env: &Env, flags: &[&str]) -> Result<Server> {
         let Server { mut process, dir, port, bundle, .. } = self;
         process.kill();
-        Self::start_in(env, &bundle, dir, port, &[])
+        Self::start_in(env, &bundle, dir, port, flags)
     }
 
     /// Kills the process (SIGKILL): the network is gone for the browser.

@@ -284,6 +284,199 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     // install fails on the 410 and leaves nothing; the app itself still loads.
     browser.driver.refresh().await?;
     browser.wait_app().await?;
-    wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await?;
+    if let Err(e) = wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await {
+        let left = browser
+            .js_async(
+                "const root = await navigator.storage.getDirectory(); const names = [];\
+                 for await (const k of root.keys()) names.push(k);\
+                 const r = await navigator.serviceWorker.getRegistration();\
+                 return {opfs: names, registration: r ? r.scope : null, killed_key: localStorage.getItem('stead-killed')};",
+            )
+            .await?;
+        anyhow::bail!("{e:#}; left behind: {left}");
+    }
     browser.quit().await
+}
+
+const OPFS_NAMES: &str = "const root = await navigator.storage.getDirectory(); const names = [];\
+                          for await (const k of root.keys()) names.push(k); return names.sort();";
+const IDB_NAMES: &str = "return (await indexedDB.databases()).map(d => d.name).sort();";
+
+/// Posts to `_stead/v1/{path}` (relative to the page) and returns `{status, body}`.
+async fn post(b: &Browser, path: &str, content_type: &str, body: &str) -> Result<Value> {
+    b.js_async(&format!(
+        "const r = await fetch('_stead/v1/{path}', {{method: 'POST', headers: {{'content-type': '{content_type}'}}, body: '{body}'}});\
+         return {{status: r.status, body: await r.json()}};"
+    ))
+    .await
+}
+
+/// Collects the `killed` messages of the `stead` channel in `window.killed`.
+async fn listen_for_killed(b: &Browser) -> Result<()> {
+    b.js("window.killed = []; window.steadChannel = new BroadcastChannel('stead');\
+          window.steadChannel.onmessage = (e) => { if (e.data.type === 'killed') window.killed.push(e.data); };")
+        .await?;
+    Ok(())
+}
+
+/// Writes a todo while the server is down: the server never acknowledges it.
+async fn write_unsent(b: &Browser, space: &str, text: &str) -> Result<()> {
+    let r = b
+        .js_async(&format!(
+            "const r = await fetch('_stead/v1/spaces/{space}/collections/todos', {{method: 'POST', body: JSON.stringify({{fields: {{text: '{text}'}}}})}});\
+             return r.status;"
+        ))
+        .await?;
+    anyhow::ensure!(r == 201, "the offline write was refused: {r}");
+    Ok(())
+}
+
+async fn app_space(b: &Browser) -> Result<String> {
+    wait_for("the app to open its space", Duration::from_secs(30), || async {
+        Ok(b.js("return localStorage.getItem('stead-space')").await?.as_str().map(str::to_owned))
+    })
+    .await
+}
+
+/// Kills the worker from the page with an unsent change, and waits for its answer.
+async fn kill_with_unsent_change(b: &Browser, server: &mut Server, env: &Env) -> Result<(String, Value)> {
+    install(b, &server.url, &manifest(&env.dist)?.version).await?;
+    let space = app_space(b).await?;
+    b.add_todo("sent").await?;
+    server.kill();
+    write_unsent(b, &space, "never sent").await?;
+    listen_for_killed(b).await?;
+    b.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
+    let killed = wait_for("the kill switch to report what it kept", Duration::from_secs(20), || async {
+        let k = b.js("return window.killed").await?;
+        Ok(k.as_array().and_then(|a| a.first()).cloned())
+    })
+    .await?;
+    Ok((space, killed))
+}
+
+#[tokio::test]
+async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let b = Browser::start(&env).await?;
+    let (space, killed) = kill_with_unsent_change(&b, &mut server, &env).await?;
+    assert_eq!(killed["consent_needed"], true, "{killed}");
+    assert_eq!(killed["kept"][0]["space"], space.as_str(), "{killed}");
+    assert!(killed["kept"][0]["pending"].as_u64() >= Some(1), "{killed}");
+
+    // The bundle is gone; the space, its keys and the worker stay to answer the erase call.
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-data", "stead-killed.json"]));
+    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!(["stead"]));
+    let status = b.status().await?;
+    assert_eq!((status["killed"].clone(), status["consent_needed"].clone()), (Value::Bool(true), Value::Bool(true)), "{status}");
+    assert_eq!(status["kept"][0]["space"], space.as_str(), "{status}");
+    // A restarted worker is still killed and still keeps it.
+    b.stop_workers().await?;
+    let status = b.status().await?;
+    assert_eq!(status["consent_needed"], true, "{status}");
+    assert!(b.js_async("return !!(await navigator.serviceWorker.getRegistration());").await?.as_bool() == Some(true));
+
+    // Only a page's own JSON request with the confirmation erases it.
+    let no = post(&b, "erase", "application/json", "{}").await?;
+    assert_eq!(no["status"], 400, "{no}");
+    let form = post(&b, "erase", "application/x-www-form-urlencoded", "confirm=true").await?;
+    assert_eq!(form["status"], 400, "{form}");
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-data", "stead-killed.json"]));
+    let yes = post(&b, "erase", "application/json", "{\"confirm\": true}").await?;
+    assert_eq!(yes["status"], 200, "{yes}");
+    assert_eq!(yes["body"]["erased"], serde_json::json!([space]), "{yes}");
+    wait_for("the worker to unregister", Duration::from_secs(20), || async {
+        let gone = b.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        Ok((gone.as_bool() == Some(true)).then_some(()))
+    })
+    .await?;
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!([]));
+    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!([]));
+    b.quit().await
+}
+
+#[tokio::test]
+async fn kept_changes_that_reach_the_server_after_a_kill_are_erased_then() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let b = Browser::start(&env).await?;
+    kill_with_unsent_change(&b, &mut server, &env).await?;
+    // The server comes back, retired: the kept space still syncs, and once the server has
+    // its change nothing needs consent any more.
+    let server = server.restart_with(&env, &["--retire"])?;
+    wait_for("the worker to send what it kept and remove itself", Duration::from_secs(60), || async {
+        let gone = b.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        Ok((gone.as_bool() == Some(true)).then_some(()))
+    })
+    .await?;
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!([]));
+    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!([]));
+    let last = b.js("return window.killed[window.killed.length - 1]").await?;
+    assert_eq!(last["kept"], serde_json::json!([]), "{last}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await?.text().await?;
+    assert!(metrics.lines().any(|l| l == "stead_entries_stored_total 1"), "the kept change reached the server:\n{metrics}");
+    b.quit().await
+}
+
+#[tokio::test]
+async fn two_apps_under_different_scopes_of_one_origin_keep_their_data_apart() -> Result<()> {
+    let env = Env::get()?;
+    // One origin, the same app under /one/ and /two/ (its code loads from /).
+    let dist = env.copy_dist()?;
+    for app in ["one", "two"] {
+        stead_e2e::copy_dir(&env.dist, &dist.path().join(app))?;
+    }
+    let server = Server::start(&env, dist.path())?;
+    let b = Browser::start(&env).await?;
+    let spaces = "const r = await fetch('_stead/v1/spaces'); return (await r.json()).spaces;";
+    let mut windows = Vec::new();
+    let mut listed = Vec::new();
+    for (i, app) in ["one", "two"].into_iter().enumerate() {
+        if i > 0 {
+            let w = b.driver.new_window().await?;
+            b.driver.switch_to_window(w).await?;
+        }
+        windows.push(b.driver.window().await?);
+        b.driver.goto(&format!("{}{app}/", server.url)).await?;
+        b.wait_controlled().await?;
+        b.add_todo(&format!("in {app}")).await?;
+        listed.push(b.js_async(spaces).await?);
+    }
+    assert_eq!(listed[0].as_array().map(Vec::len), Some(1), "{listed:?}");
+    assert_eq!(listed[1].as_array().map(Vec::len), Some(1), "each app sees only its own space: {listed:?}");
+    assert_ne!(listed[0], listed[1]);
+    let scope = "return (await navigator.serviceWorker.getRegistration()).scope;";
+    assert_eq!(b.js_async(scope).await?, format!("{}two/", server.url));
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-scope@one", "stead-scope@two"]));
+    let idb = b.js_async(IDB_NAMES).await?;
+    assert_eq!(idb, serde_json::json!(["stead@one", "stead@two"]), "{idb}");
+
+    // Retiring app one (its data is all on the server) leaves app two alone, even with a
+    // page of app two open to hear the `killed` message.
+    b.driver.switch_to_window(windows[0].clone()).await?;
+    b.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
+    let registered = "return (await navigator.serviceWorker.getRegistrations()).map(r => r.scope).sort();";
+    wait_for("app one to unregister", Duration::from_secs(30), || async {
+        Ok((b.js_async(registered).await? == serde_json::json!([format!("{}two/", server.url)])).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.js_async(registered).await?, serde_json::json!([format!("{}two/", server.url)]));
+    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-scope@two"]));
+    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!(["stead@two"]));
+    b.driver.switch_to_window(windows[1].clone()).await?;
+    b.driver.refresh().await?;
+    b.wait_app().await?;
+    wait_for("app two's todo to show", Duration::from_secs(20), || async {
+        for item in b.driver.find_all(By::Css("li.todo span")).await? {
+            if item.text().await? == "in two" {
+                return Ok(Some(()));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    assert_eq!(b.js_async(spaces).await?, listed[1]);
+    b.quit().await
 }

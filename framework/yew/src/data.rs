@@ -126,6 +126,9 @@ fn use_channel(on_message: impl Fn(J) + 'static) {
     use_effect_with((), move |_| {
         let channel = BroadcastChannel::new(crate::CHANNEL).ok();
         let handler = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
+            if !crate::for_this_app(&e.data()) {
+                return;
+            }
             if let Some(text) = js_sys::JSON::stringify(&e.data()).ok().and_then(|s| s.as_string())
                 && let Ok(j) = serde_json::from_str::<J>(&text) {
                     on_message(j);
@@ -175,4 +178,43 @@ pub fn use_sync_status() -> Option<J> {
         });
     }
     (*status).clone()
+}
+
+/// What the kill switch kept because the server lacks it, while it waits for the user's
+/// consent: `[{"space", "pending", "blobs_pending"}]`, or `None` when nothing waits. The
+/// app was withdrawn (the server answers `410` for its manifest, or a page posted
+/// `kill`); everything else of it is gone, and these changes are lost for good once
+/// erased. Ask the user, then call [`erase_kept_data`].
+#[hook]
+pub fn use_kept_data() -> Option<J> {
+    let kept = use_state(|| None::<J>);
+    {
+        let kept = kept.clone();
+        use_effect_with((), move |_| {
+            // A page opened after the announcement learns of it from status.
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Ok(status) = call("GET", "status", None).await
+                    && status["consent_needed"] == true
+                {
+                    kept.set(Some(status["kept"].clone()));
+                }
+            });
+        });
+    }
+    {
+        let kept = kept.clone();
+        use_channel(move |j| {
+            if j["type"] == "killed" {
+                let waiting = j["kept"].as_array().is_some_and(|k| !k.is_empty());
+                kept.set(waiting.then(|| j["kept"].clone()));
+            }
+        });
+    }
+    (*kept).clone()
+}
+
+/// Erases what the kill switch kept ([`use_kept_data`]), changes the server never
+/// received included. Call it only once the user agreed.
+pub async fn erase_kept_data() -> Result<J, ApiError> {
+    call("POST", "erase", Some(&json!({ "confirm": true }))).await
 }

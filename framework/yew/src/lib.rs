@@ -8,7 +8,12 @@
 //! - [`use_update_ready`] tells when a new version is downloaded and waiting;
 //! - [`activate_update`] switches to it and reloads this page;
 //! - [`UpdatePrompt`] is a ready-made banner for the two;
-//! - [`data`] calls the worker's page API and follows change and sync events.
+//! - [`data`] calls the worker's page API and follows change and sync events, and
+//!   [`data::use_kept_data`] / [`data::erase_kept_data`] ask the user before the kill
+//!   switch erases changes the server never received.
+//!
+//! Apps under different scopes of one origin share the `stead` channel; every message a
+//! worker sends names its scope, and these hooks hear only their own app's.
 
 pub mod data;
 
@@ -30,6 +35,21 @@ const HEARTBEAT_MS: i32 = 20_000;
 
 thread_local! {
     static ACTIVATING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This page's registration scope, as [`register`] registers it (`./` of the page).
+pub(crate) fn own_scope() -> Option<String> {
+    let href = web_sys::window()?.location().href().ok()?;
+    Some(web_sys::Url::new_with_base("./", &href).ok()?.href())
+}
+
+/// Whether a message on the channel comes from this page's app: workers name their
+/// scope (older ones did not, and are taken as this app's).
+pub(crate) fn for_this_app(data: &JsValue) -> bool {
+    match js_sys::Reflect::get(data, &"scope".into()).ok().and_then(|s| s.as_string()) {
+        Some(scope) => own_scope().is_none_or(|own| own == scope),
+        None => true,
+    }
 }
 
 /// Set in `localStorage` when the worker announced the kill switch.
@@ -65,8 +85,12 @@ pub fn register() {
     });
     if let Ok(channel) = BroadcastChannel::new(CHANNEL) {
         let on_killed = Closure::<dyn Fn(MessageEvent)>::new(|e: MessageEvent| {
-            let kind = js_sys::Reflect::get(&e.data(), &"type".into()).ok().and_then(|t| t.as_string());
-            if kind.as_deref() == Some("killed") {
+            let data = e.data();
+            let kind = js_sys::Reflect::get(&data, &"type".into()).ok().and_then(|t| t.as_string());
+            // With data kept for the user's consent the worker stays registered, to answer
+            // the erase call (see `data::use_kept_data`).
+            let kept = js_sys::Reflect::get(&data, &"kept".into()).ok().and_then(|k| k.dyn_into::<js_sys::Array>().ok()).is_some_and(|k| k.length() > 0);
+            if kind.as_deref() == Some("killed") && for_this_app(&data) && !kept {
                 wasm_bindgen_futures::spawn_local(unregister_after_kill());
             }
         });
@@ -144,6 +168,9 @@ pub fn use_update_ready() -> Option<String> {
             });
             let channel = BroadcastChannel::new(CHANNEL).ok();
             let onmessage = Closure::<dyn Fn(MessageEvent)>::new(move |e: MessageEvent| {
+                if !for_this_app(&e.data()) {
+                    return;
+                }
                 let Ok(json) = js_sys::JSON::stringify(&e.data()) else { return };
                 let Ok(event) = serde_json::from_str::<WorkerEvent>(&String::from(json)) else { return };
                 match event {

@@ -18,7 +18,7 @@ use crate::opfs;
 const PENDING: &str = "blobs-pending";
 
 fn blob_db(engine: &Engine) -> String {
-    format!("{}-blobs", super::space_db(engine.space()))
+    super::blob_db(engine.space())
 }
 
 async fn put_local(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), DataError> {
@@ -49,6 +49,11 @@ async fn get_local(engine: &Engine, sha: &str) -> Result<Option<Vec<u8>>, DataEr
             v
         }
     })
+}
+
+/// How many blobs wait to be uploaded.
+pub fn pending_count(engine: &Engine) -> usize {
+    pending(engine).len()
 }
 
 fn pending(engine: &Engine) -> Vec<String> {

@@ -271,7 +271,7 @@ fn describe_event(event: &stead_core::membership::MemberEvent, by: ReplicaId) ->
     }
 }
 
-fn sleep(ms: f64) -> JsFuture {
+pub(crate) fn sleep(ms: f64) -> JsFuture {
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let set_timeout: js_sys::Function = Reflect::get(&js_sys::global(), &"setTimeout".into()).expect("setTimeout").into();
         let _ = set_timeout.call2(&JsValue::NULL, &resolve, &JsValue::from_f64(ms));
@@ -439,12 +439,20 @@ impl Engine {
         })
     }
 
+    /// What the kill switch must keep of this space: `Some` while the server lacks some
+    /// of this device's entries or blobs.
+    pub fn unacknowledged(&self) -> Option<super::Kept> {
+        let pending = self.status_json()["pending"].as_u64().unwrap_or(0);
+        let blobs = super::blobs::pending_count(self);
+        (pending > 0 || blobs > 0).then(|| super::Kept { space: self.me.space.to_string(), pending: Some(pending), blobs_pending: Some(blobs) })
+    }
+
     fn broadcast_status(&self) {
-        super::api::broadcast(json!({"type": "sync", "status": self.status_json()}));
+        super::api::broadcast(crate::scope::tag(json!({"type": "sync", "status": self.status_json()})));
     }
 
     fn changed(&self) {
-        super::api::broadcast(json!({"type": "changed", "space": self.me.space.to_string()}));
+        super::api::broadcast(crate::scope::tag(json!({"type": "changed", "space": self.me.space.to_string()})));
         self.broadcast_status();
     }
 
@@ -579,7 +587,7 @@ impl Engine {
                 what.join("; ")
             );
             web_sys::console::warn_1(&format!("space {}: {warning}", self.me.space).into());
-            super::api::broadcast(json!({"type": "members-dropped", "space": self.me.space.to_string(), "message": warning}));
+            super::api::broadcast(crate::scope::tag(json!({"type": "members-dropped", "space": self.me.space.to_string(), "message": warning})));
             self.status.borrow_mut().members_dropped = Some(warning);
         }
         Ok(rebased.members)
@@ -700,7 +708,7 @@ impl Engine {
             s.rejected = Some(message.clone());
         }
         web_sys::console::warn_1(&format!("space {}: an entry was refused and its chain skipped: {message}", self.me.space).into());
-        super::api::broadcast(json!({"type": "rejected", "space": self.me.space.to_string(), "reason": message}));
+        super::api::broadcast(crate::scope::tag(json!({"type": "rejected", "space": self.me.space.to_string(), "reason": message})));
         self.broadcast_status();
         false
     }

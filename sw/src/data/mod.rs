@@ -9,6 +9,8 @@
 //! - each space's log, snapshot and metadata (stead-store): in OPFS under
 //!   `stead-data/spaces/<space>/store/` (apart from the bundle's `stead/`), or in the
 //!   IndexedDB database `stead-space-<space>` where OPFS cannot be written.
+//!
+//! All of these names are scoped by the worker's registration scope ([`crate::scope`]).
 
 pub mod api;
 pub mod blobs;
@@ -222,7 +224,7 @@ impl From<JsValue> for DataError {
 }
 
 async fn data_root() -> Result<Dir, DataError> {
-    Ok(opfs::dir(&opfs::root().await?, DATA_ROOT, true).await?.expect("created"))
+    Ok(opfs::dir(&crate::scope::opfs_root().await?, DATA_ROOT, true).await?.expect("created"))
 }
 
 /// The OPFS folder of a space's store.
@@ -234,6 +236,31 @@ pub async fn space_dir(space: SpaceId) -> Result<Dir, DataError> {
 /// The IndexedDB database of a space's store.
 pub fn space_db(space: SpaceId) -> String {
     format!("stead-space-{space}")
+}
+
+/// The IndexedDB database of a space's blobs (where its log is in IndexedDB too).
+pub fn blob_db(space: SpaceId) -> String {
+    format!("{}-blobs", space_db(space))
+}
+
+/// Removes a space's sealed identity from the registry (`keys`: the `spaces` store of
+/// the `stead` database), so the space is no longer listed or opened.
+async fn forget_identity(space: SpaceId) -> Result<(), DataError> {
+    let database = stead_store::idb::db::open(keys::DB, &["keys", "spaces"]).await?;
+    let deleted = stead_store::idb::db::delete(&database, "spaces", &space.to_string()).await;
+    database.close();
+    Ok(deleted?)
+}
+
+/// A space the kill switch kept because the server lacks some of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    pub space: String,
+    /// This device's entries the server has not acknowledged; `None` when the space
+    /// could not be opened to tell.
+    pub pending: Option<u64>,
+    /// Blobs waiting to be uploaded.
+    pub blobs_pending: Option<usize>,
 }
 
 impl Data {
@@ -293,25 +320,84 @@ impl Data {
         Ok(())
     }
 
-    /// The kill switch: gives every space a few seconds to send what the server has not
-    /// acknowledged, closes the connections, and erases the data and the keys.
-    pub async fn erase(&self, settle_ms: f64) -> Result<(), DataError> {
+    /// The kill switch's data side: every space gets `settle_ms` (all at once) to send
+    /// what the server lacks; then each space the server holds all of is erased, and
+    /// the others are kept, with their keys, until the server has them or the user agrees
+    /// to lose them ([`Data::erase_all`]). Returns the kept spaces.
+    pub async fn retire(&self, settle_ms: f64) -> Result<Vec<Kept>, DataError> {
+        self.wake().await?;
+        let engines = self.open_engines();
+        futures::future::join_all(engines.iter().map(|e| e.settle(settle_ms))).await;
+        self.erase_acknowledged().await
+    }
+
+    /// Erases every space the server holds all of (this device's entries acknowledged,
+    /// no blob waiting to go up) and returns the others. A space that could not be opened
+    /// cannot tell, and is kept. When nothing is kept, the key database and the data
+    /// folder go too.
+    pub async fn erase_acknowledged(&self) -> Result<Vec<Kept>, DataError> {
+        let _guard = self.opening.lock().await;
+        let mut kept = Vec::new();
+        for space in keys::spaces().await? {
+            let engine = self.engines.borrow().get(&space).cloned();
+            let Some(engine) = engine else {
+                kept.push(Kept { space: space.to_string(), pending: None, blobs_pending: None });
+                continue;
+            };
+            if let Some(k) = engine.unacknowledged() {
+                kept.push(k);
+            } else if let Err(e) = self.erase_space(&engine).await {
+                web_sys::console::warn_1(&format!("erasing space {space}: {e}").into());
+                kept.push(Kept { space: space.to_string(), pending: None, blobs_pending: None });
+            }
+        }
+        if kept.is_empty() {
+            self.erase_rest().await?;
+        }
+        Ok(kept)
+    }
+
+    /// Erases every space, acknowledged or not, and the keys: what the user agreed to.
+    /// Returns the spaces erased.
+    pub async fn erase_all(&self) -> Result<Vec<String>, DataError> {
         let _guard = self.opening.lock().await;
         let engines: Vec<Rc<Engine>> = std::mem::take(&mut *self.engines.borrow_mut()).into_values().collect();
-        self.woken.set(false);
         for engine in &engines {
-            if !engine.settle(settle_ms).await {
-                web_sys::console::warn_1(&format!("space {}: erased with changes the server never acknowledged", engine.space()).into());
-            }
             engine.close();
         }
         drop(engines);
-        for space in keys::spaces().await.unwrap_or_default() {
-            stead_store::idb::destroy(&space_db(space)).await?;
-            stead_store::idb::destroy(&format!("{}-blobs", space_db(space))).await?;
+        let spaces = keys::spaces().await.unwrap_or_default();
+        for space in &spaces {
+            stead_store::idb::destroy(&space_db(*space)).await?;
+            stead_store::idb::destroy(&blob_db(*space)).await?;
         }
+        self.erase_rest().await?;
+        Ok(spaces.iter().map(ToString::to_string).collect())
+    }
+
+    /// Erases one space: its identity first (a store without one is no space), then its
+    /// log and blobs wherever they are.
+    async fn erase_space(&self, engine: &Rc<Engine>) -> Result<(), DataError> {
+        let space = engine.space();
+        engine.close();
+        self.engines.borrow_mut().remove(&space);
+        forget_identity(space).await?;
+        stead_store::idb::destroy(&space_db(space)).await?;
+        stead_store::idb::destroy(&blob_db(space)).await?;
+        let root = crate::scope::opfs_root().await?;
+        if let Some(data) = opfs::dir(&root, DATA_ROOT, false).await?
+            && let Some(spaces) = opfs::dir(&data, "spaces", false).await?
+        {
+            opfs::remove(&spaces, &space.to_string(), true).await?;
+        }
+        Ok(())
+    }
+
+    /// The key database and the data folder, once no space is left in them.
+    async fn erase_rest(&self) -> Result<(), DataError> {
+        self.woken.set(false);
         stead_store::idb::destroy(keys::DB).await?;
-        opfs::remove(&opfs::root().await?, DATA_ROOT, true).await?;
+        opfs::remove(&crate::scope::opfs_root().await?, DATA_ROOT, true).await?;
         Ok(())
     }
 

@@ -55,9 +55,29 @@ pub async fn committed(tx: &IdbTransaction) -> Result<(), FsError> {
     Ok(())
 }
 
+thread_local! {
+    static NAMESPACE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Puts every database this thread opens or deletes from now on under `namespace`: the
+/// name `n` becomes `n@namespace` (an empty namespace keeps names as they are). A
+/// service worker sets it once, from its registration scope, so two apps under
+/// different scopes of one origin never share a database, whoever names it.
+pub fn set_namespace(namespace: &str) {
+    NAMESPACE.with(|n| *n.borrow_mut() = namespace.to_owned());
+}
+
+/// The name a database called `name` really has under the current namespace.
+pub fn scoped_name(name: &str) -> String {
+    NAMESPACE.with(|n| {
+        let n = n.borrow();
+        if n.is_empty() { name.to_owned() } else { format!("{name}@{n}") }
+    })
+}
+
 /// Opens (creating, at version 1) a database with the given object stores.
 pub async fn open(name: &str, stores: &[&str]) -> Result<IdbDatabase, FsError> {
-    let req: IdbOpenDbRequest = factory()?.open_with_u32(name, 1)?;
+    let req: IdbOpenDbRequest = factory()?.open_with_u32(&scoped_name(name), 1)?;
     let names: Vec<String> = stores.iter().map(|s| (*s).to_owned()).collect();
     let r = req.clone();
     let upgrade = Closure::once_into_js(move |_: JsValue| {
@@ -74,7 +94,7 @@ pub async fn open(name: &str, stores: &[&str]) -> Result<IdbDatabase, FsError> {
 }
 
 pub async fn delete_database(name: &str) -> Result<(), FsError> {
-    let req = factory()?.delete_database(name)?;
+    let req = factory()?.delete_database(&scoped_name(name))?;
     request(&req).await?;
     Ok(())
 }
@@ -101,6 +121,12 @@ pub async fn get(db: &IdbDatabase, store_name: &str, key: &str) -> Result<Option
 pub async fn put(db: &IdbDatabase, store_name: &str, key: &str, value: &JsValue) -> Result<(), FsError> {
     let tx = transaction(db, &[store_name], true)?;
     store(&tx, store_name)?.put_with_key(value, &key.into())?;
+    committed(&tx).await
+}
+
+pub async fn delete(db: &IdbDatabase, store_name: &str, key: &str) -> Result<(), FsError> {
+    let tx = transaction(db, &[store_name], true)?;
+    store(&tx, store_name)?.delete(&key.into())?;
     committed(&tx).await
 }
 
