@@ -323,7 +323,7 @@ async fn listen_for_killed(b: &Browser) -> Result<()> {
 async fn write_unsent(b: &Browser, space: &str, text: &str) -> Result<()> {
     let r = b
         .js_async(&format!(
-            "const r = await fetch('_stead/v1/spaces/{space}/collections/todos', {{method: 'POST', body: JSON.stringify({{fields: {{text: '{text}'}}}})}});\
+            "const r = await fetch('_stead/v1/spaces/{space}/collections/todos', {{method: 'POST', headers: {{'content-type': 'application/json'}}, body: JSON.stringify({{fields: {{text: '{text}'}}}})}});\
              return r.status;"
         ))
         .await?;
