@@ -1,11 +1,18 @@
 //! End-to-end encryption of payloads and the wrapping of a space key for a new device.
 //!
 //! A payload is `nonce (24) ‖ XChaCha20-Poly1305(space key, nonce, aad, packed batch)`, where
-//! the associated data binds it to its entry's (space, replica, seq), and the packed batch
+//! the nonce's first 8 bytes name the key ([`SpaceKey::id`]; the other 16 are random), the
+//! associated data binds it to its entry's (space, replica, seq), and the packed batch
 //! is the encoded ops compressed with DEFLATE (when that helps) and zero-padded to a Padmé
 //! length, so the ciphertext length reveals only a coarse size class. The server never
 //! holds the space key: a new device receives it wrapped to its X25519 public key
 //! ([`wrap_space_key`]) inside the membership event that adds it.
+//!
+//! A space has a key per epoch: removing a member rotates it (see
+//! [`crate::membership`]), and each new key carries the one before it sealed under it
+//! ([`seal_previous_key`]), so whoever holds the newest key can read the whole history
+//! while a removed device, holding only older keys, cannot read what comes after. A
+//! [`Keyring`] is what one device holds: every key it can reach, and the current one.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -25,9 +32,32 @@ pub const TAG_LEN: usize = 16;
 /// numbers into bits already, so this pays for batches of text.
 const DEFLATE_LEVEL: u8 = 6;
 
+/// Bytes of a key id: the leading bytes of every nonce sealed under that key.
+pub const KEY_ID_LEN: usize = 8;
+/// A space key wrapped to a device: ephemeral X25519 key, nonce, key, tag.
+pub const WRAPPED_KEY_LEN: usize = 32 + NONCE_LEN + 32 + TAG_LEN;
+/// A previous space key sealed under the next one: nonce, key, tag.
+pub const SEALED_KEY_LEN: usize = NONCE_LEN + 32 + TAG_LEN;
+
 /// The symmetric key of a space, known only to member devices.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SpaceKey(pub [u8; 32]);
+
+impl SpaceKey {
+    /// A public name for the key, which reveals nothing of it: the first bytes of its
+    /// SHA-256 under a domain of their own. Nonces start with it, so a reader knows which
+    /// of its keys opens a payload; the membership log names each rotation's key by it.
+    pub fn id(&self) -> [u8; KEY_ID_LEN] {
+        let h = Sha256::new().chain_update(b"stead-key-id-v1\0").chain_update(self.0).finalize();
+        h[..KEY_ID_LEN].try_into().expect("a SHA-256 is longer")
+    }
+
+    /// `random` with its leading bytes replaced by this key's id.
+    fn nonce(&self, mut random: [u8; NONCE_LEN]) -> [u8; NONCE_LEN] {
+        random[..KEY_ID_LEN].copy_from_slice(&self.id());
+        random
+    }
+}
 
 impl std::fmt::Debug for SpaceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +73,9 @@ fn aad(space: SpaceId, replica: ReplicaId, seq: u64) -> [u8; 40] {
     out
 }
 
-/// Encrypts a packed batch for entry (space, replica, seq).
+/// Encrypts a packed batch for entry (space, replica, seq). The nonce's first
+/// [`KEY_ID_LEN`] bytes are replaced by the key's id: 128 random bits stay, ample for
+/// random nonces under one key.
 pub fn seal(
     key: &SpaceKey,
     nonce: [u8; NONCE_LEN],
@@ -52,6 +84,7 @@ pub fn seal(
     seq: u64,
     packed: &[u8],
 ) -> Vec<u8> {
+    let nonce = key.nonce(nonce);
     let cipher = XChaCha20Poly1305::new((&key.0).into());
     let ad = aad(space, replica, seq);
     let ct = cipher
@@ -211,6 +244,127 @@ pub fn unwrap_space_key(wrapped: &[u8], space: SpaceId, secret: &[u8; 32]) -> Re
     Ok(SpaceKey(plain.try_into().map_err(|_| bad)?))
 }
 
+/// The associated data of a previous key sealed under the next: a domain, the space and
+/// the next key's id, so a sealed key cannot be moved to another space or link.
+fn chain_aad(space: SpaceId, next: &SpaceKey) -> Vec<u8> {
+    let mut ad = b"stead-key-chain-v1\0".to_vec();
+    ad.extend_from_slice(space.as_bytes());
+    ad.extend_from_slice(&next.id());
+    ad
+}
+
+/// Seals `previous` under `next` ([`SEALED_KEY_LEN`] bytes): a rotation carries this, so a
+/// holder of the newest key walks back to every older one.
+pub fn seal_previous_key(next: &SpaceKey, previous: &SpaceKey, space: SpaceId, nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new((&next.0).into());
+    let ct = cipher
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &previous.0, aad: &chain_aad(space, next) })
+        .expect("xchacha20poly1305 encryption cannot fail for in-memory buffers");
+    [&nonce[..], &ct].concat()
+}
+
+/// Opens what [`seal_previous_key`] sealed.
+pub fn open_previous_key(next: &SpaceKey, sealed: &[u8], space: SpaceId) -> Result<SpaceKey> {
+    let bad = Error::Decode { what: "sealed previous key", reason: "does not decrypt under the next key" };
+    if sealed.len() != SEALED_KEY_LEN {
+        return Err(bad);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let plain = XChaCha20Poly1305::new((&next.0).into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: &chain_aad(space, next) })
+        .map_err(|_| bad.clone())?;
+    Ok(SpaceKey(plain.try_into().map_err(|_| bad)?))
+}
+
+/// The space keys one device holds: every epoch's key it can reach, and the one it
+/// writes with. Built by [`crate::membership::Membership::keyring`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keyring {
+    keys: Vec<SpaceKey>,
+    current: Option<usize>,
+}
+
+impl Keyring {
+    /// A ring of one key, which is also the current one (a space never rotated).
+    pub fn single(key: SpaceKey) -> Keyring {
+        Keyring { keys: vec![key], current: Some(0) }
+    }
+
+    /// Adds a key (once); returns its index.
+    pub fn insert(&mut self, key: SpaceKey) -> usize {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(i) => i,
+            None => {
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        }
+    }
+
+    pub fn set_current(&mut self, key: SpaceKey) {
+        let i = self.insert(key);
+        self.current = Some(i);
+    }
+
+    pub fn clear_current(&mut self) {
+        self.current = None;
+    }
+
+    pub fn key(&self, i: usize) -> &SpaceKey {
+        &self.keys[i]
+    }
+
+    /// Every key, in the order they were added.
+    pub fn keys(&self) -> &[SpaceKey] {
+        &self.keys
+    }
+
+    /// The key new entries and blobs are sealed with; `None` when this device does not
+    /// hold the space's newest key (it was removed, or has not seen the rotation's wrap).
+    pub fn current(&self) -> Option<&SpaceKey> {
+        self.current.map(|i| &self.keys[i])
+    }
+
+    pub fn get(&self, id: &[u8; KEY_ID_LEN]) -> Option<&SpaceKey> {
+        self.keys.iter().find(|k| k.id() == *id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys to try for something sealed with `nonce`: the one its id names first, then
+    /// the others (payloads sealed before key ids began with 8 random bytes).
+    fn candidates<'a>(&'a self, sealed: &'a [u8]) -> impl Iterator<Item = &'a SpaceKey> + 'a {
+        let id: Option<[u8; KEY_ID_LEN]> = sealed.get(..KEY_ID_LEN).and_then(|b| b.try_into().ok());
+        let named = id.and_then(|id| self.get(&id));
+        named.into_iter().chain(self.keys.iter().filter(move |k| Some(*k) != named))
+    }
+
+    /// Whether the key a sealed payload names is one this ring holds.
+    pub fn holds_key_of(&self, sealed: &[u8]) -> bool {
+        sealed.get(..KEY_ID_LEN).and_then(|b| <[u8; KEY_ID_LEN]>::try_from(b).ok()).is_some_and(|id| self.get(&id).is_some())
+    }
+
+    /// [`open`] with whichever key of the ring opens the payload.
+    pub fn open(&self, space: SpaceId, replica: ReplicaId, seq: u64, payload: &[u8]) -> Result<Vec<u8>> {
+        self.candidates(payload)
+            .find_map(|k| open(k, space, replica, seq, payload).ok())
+            .ok_or(Error::Decrypt { replica, seq })
+    }
+
+    /// [`open_blob`] with whichever key of the ring opens the blob.
+    pub fn open_blob(&self, space: SpaceId, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.candidates(sealed)
+            .find_map(|k| open_blob(k, space, sealed).ok())
+            .ok_or(Error::Decode { what: "blob", reason: "does not decrypt under any key this device holds" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +487,7 @@ fn blob_aad(space: SpaceId) -> Vec<u8> {
 /// Encrypts a blob's content for `space`: `nonce ‖ ciphertext ‖ tag`. Blobs are addressed
 /// by the SHA-256 of this sealed form, so the server stores and checks only ciphertext.
 pub fn seal_blob(key: &SpaceKey, nonce: [u8; NONCE_LEN], space: SpaceId, content: &[u8]) -> Vec<u8> {
+    let nonce = key.nonce(nonce);
     let cipher = XChaCha20Poly1305::new((&key.0).into());
     let ct = cipher
         .encrypt(XNonce::from_slice(&nonce), Payload { msg: content, aad: &blob_aad(space) })

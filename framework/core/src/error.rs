@@ -34,6 +34,10 @@ pub enum Error {
     Decrypt { replica: ReplicaId, seq: u64 },
     #[error("{what} is of small order: a key exchange with it is not contributory")]
     WeakKey { what: &'static str },
+    #[error("entry {replica}/{seq} is sealed under a space key this device does not hold yet")]
+    MissingKey { replica: ReplicaId, seq: u64 },
+    #[error("this device does not hold the space's current key")]
+    NoCurrentKey,
     #[error("invalid membership event {index}: {reason}")]
     Membership { index: usize, reason: &'static str },
     #[error("version conflict on {collection}/{record}: expected {expected}, current is {current}")]

@@ -8,6 +8,21 @@
 //! ciphertext. A remove names the last seq of the removed replica that stays valid;
 //! entries it signs after that are refused as from an unknown replica.
 //!
+//! Invites and key rotation:
+//! - An owner invites with a one-time key pair made for the invite ([`InviteSecret`]):
+//!   `Invite` names its public keys, the role, an expiry, and the space key wrapped to
+//!   it. The secret travels in the link. The joining device makes its own fresh identity
+//!   and appends `Join`, signed by the invite's key, naming itself; an invite adds one
+//!   device, once. The inviter never knows the joiner's secrets. Expiry is checked by the
+//!   server when the `Join` arrives ([`Membership::expired_join`]): a log alone cannot
+//!   know the time.
+//! - `Rekey` starts a new space key: it names the key's id, seals the previous key under
+//!   it, and wraps it to every active member and to the pending invites it keeps (the
+//!   others are cancelled). Removing a member is followed by a rekey, so the removed
+//!   device, which holds only older keys, cannot read what is written after, while every
+//!   holder of the newest key can walk back through the whole history
+//!   ([`Membership::keyring`]).
+//!
 //! Every key that enters the log is checked: a member's Ed25519 key must be the canonical
 //! encoding of a point of large order ([`sig::public_key`]) and its X25519 key must not be
 //! of small order ([`crypto::is_weak_agreement_key`]). A small-order signing key signs for
@@ -21,6 +36,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Reader, Writer};
+use crate::crypto::{KEY_ID_LEN, Keyring, SEALED_KEY_LEN, SpaceKey, WRAPPED_KEY_LEN};
+use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, SpaceId};
 use crate::log::Hash;
@@ -95,6 +112,90 @@ pub enum MemberEvent {
     Add { member: Member, wrapped_key: Vec<u8>, role: Role },
     /// Entries of `replica` with seq ≤ `last_seq` stay valid; `None` keeps none.
     Remove { replica: ReplicaId, last_seq: Option<u64> },
+    /// A one-time invite: whoever holds its secret may add one device as `role`, with a
+    /// `Join` the server takes until `expires_ms` (Unix ms). `wrapped_key` is the space
+    /// key wrapped to `agreement`.
+    Invite { key: [u8; 32], agreement: [u8; 32], wrapped_key: Vec<u8>, role: Role, expires_ms: u64 },
+    /// The device `member` joins through the invite whose public key is `invite`; signed
+    /// by that key, with `by` the new member. `wrapped_key` is the space key it wrapped
+    /// to itself.
+    Join { invite: [u8; 32], member: Member, wrapped_key: Vec<u8> },
+    /// A new space key, named by its id: `previous` is the key before it sealed under it,
+    /// and `keys` wraps it to each holder's agreement key (every active member, and the
+    /// pending invites kept; the others are cancelled).
+    Rekey { key_id: [u8; KEY_ID_LEN], previous: Vec<u8>, keys: Vec<([u8; 32], Vec<u8>)> },
+    /// Cancels an invite nobody has used.
+    Revoke { invite: [u8; 32] },
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Owner => 0,
+        Role::Writer => 1,
+        Role::Reader => 2,
+    }
+}
+
+fn read_role(r: &mut Reader<'_>) -> Result<Role> {
+    match r.u8()? {
+        0 => Ok(Role::Owner),
+        1 => Ok(Role::Writer),
+        2 => Ok(Role::Reader),
+        _ => Err(r.err("bad role")),
+    }
+}
+
+/// The secret of an invite: 32 random bytes, from which its Ed25519 signing key and its
+/// X25519 secret are derived. It goes into the invite link, never to the server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InviteSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for InviteSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InviteSecret(..)")
+    }
+}
+
+impl InviteSecret {
+    pub fn signing(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.0)
+    }
+
+    /// The public key that names the invite in the log.
+    pub fn public(&self) -> [u8; 32] {
+        self.signing().verifying_key().to_bytes()
+    }
+
+    pub fn agreement_secret(&self) -> [u8; 32] {
+        Sha256::new().chain_update(b"stead-invite-agreement-v1\0").chain_update(self.0).finalize().into()
+    }
+}
+
+/// What an invite grants, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InviteTerms {
+    pub role: Role,
+    /// When the server stops taking a join through it (Unix ms).
+    pub expires_ms: u64,
+}
+
+/// What the log says of an invite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteState {
+    Pending,
+    /// Used by the member it names.
+    Used(ReplicaId),
+    /// Cancelled by an owner, or by a rotation that did not keep it.
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Invitation {
+    key: VerifyingKey,
+    agreement: [u8; 32],
+    role: Role,
+    expires_ms: u64,
+    state: InviteState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,11 +237,35 @@ impl SignedEvent {
                 w.u8(3);
                 write_member(&mut w, member);
                 w.bytes(wrapped_key);
-                w.u8(match role {
-                    Role::Owner => 0,
-                    Role::Writer => 1,
-                    Role::Reader => 2,
-                });
+                w.u8(role_byte(*role));
+            }
+            MemberEvent::Invite { key, agreement, wrapped_key, role, expires_ms } => {
+                w.u8(4);
+                w.fixed(key);
+                w.fixed(agreement);
+                w.bytes(wrapped_key);
+                w.u8(role_byte(*role));
+                w.u64(*expires_ms);
+            }
+            MemberEvent::Join { invite, member, wrapped_key } => {
+                w.u8(5);
+                w.fixed(invite);
+                write_member(&mut w, member);
+                w.bytes(wrapped_key);
+            }
+            MemberEvent::Rekey { key_id, previous, keys } => {
+                w.u8(6);
+                w.fixed(key_id);
+                w.bytes(previous);
+                w.varint(keys.len() as u64);
+                for (agreement, wrapped) in keys {
+                    w.fixed(agreement);
+                    w.bytes(wrapped);
+                }
+            }
+            MemberEvent::Revoke { invite } => {
+                w.u8(7);
+                w.fixed(invite);
             }
             MemberEvent::Remove { replica, last_seq } => {
                 w.u8(2);
@@ -193,14 +318,33 @@ impl SignedEvent {
             1 => MemberEvent::Add { member: read_member(r)?, wrapped_key: r.bytes()?.to_vec(), role: Role::Owner },
             3 => {
                 let (member, wrapped_key) = (read_member(r)?, r.bytes()?.to_vec());
-                let role = match r.u8()? {
+                let role = match read_role(r)? {
                     // An owner's add has one encoding only (kind 1), so an event has one hash.
-                    1 => Role::Writer,
-                    2 => Role::Reader,
-                    _ => return Err(r.err("bad role")),
+                    Role::Owner => return Err(r.err("bad role")),
+                    role => role,
                 };
                 MemberEvent::Add { member, wrapped_key, role }
             }
+            4 => MemberEvent::Invite {
+                key: r.array()?,
+                agreement: r.array()?,
+                wrapped_key: r.bytes()?.to_vec(),
+                role: read_role(r)?,
+                expires_ms: r.u64()?,
+            },
+            5 => MemberEvent::Join { invite: r.array()?, member: read_member(r)?, wrapped_key: r.bytes()?.to_vec() },
+            6 => {
+                let key_id = r.array()?;
+                let previous = r.bytes()?.to_vec();
+                // Each holder takes at least 33 bytes, which bounds the count by the input.
+                let n = r.len(33)?;
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    keys.push((r.array()?, r.bytes()?.to_vec()));
+                }
+                MemberEvent::Rekey { key_id, previous, keys }
+            }
+            7 => MemberEvent::Revoke { invite: r.array()? },
             2 => MemberEvent::Remove {
                 replica: ReplicaId(r.array()?),
                 last_seq: match r.u8()? {
@@ -251,8 +395,19 @@ struct MemberState {
 pub struct Membership {
     space: SpaceId,
     members: BTreeMap<ReplicaId, MemberState>,
+    /// By the invite's public key.
+    invites: BTreeMap<[u8; 32], Invitation>,
     events: Vec<SignedEvent>,
     head: Hash,
+}
+
+/// An invite as the log holds it, for listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteInfo {
+    pub key: [u8; 32],
+    pub role: Role,
+    pub expires_ms: u64,
+    pub state: InviteState,
 }
 
 impl Membership {
@@ -276,6 +431,7 @@ impl Membership {
         let mut m = Membership {
             space: *space,
             members: BTreeMap::new(),
+            invites: BTreeMap::new(),
             events: vec![first.clone()],
             head: first.hash(),
         };
@@ -294,23 +450,37 @@ impl Membership {
         if ev.prev != self.head {
             return Err(fail("does not chain to the previous event"));
         }
+        match &ev.event {
+            MemberEvent::Join { invite, member, wrapped_key } => {
+                self.apply_join(&ev, invite, member, wrapped_key).map_err(fail)?
+            }
+            _ => self.apply_owners(&ev).map_err(fail)?,
+        }
+        self.head = ev.hash();
+        self.events.push(ev);
+        Ok(())
+    }
+
+    /// An event only an active owner may sign.
+    fn apply_owners(&mut self, ev: &SignedEvent) -> Result<(), &'static str> {
         let signer = self.members.get(&ev.by).filter(|s| s.removed.is_none());
         let Some(signer) = signer else {
-            return Err(fail("signed by a replica that is not an active member"));
+            return Err("signed by a replica that is not an active member");
         };
         if !ev.verify_sig(&signer.key) {
-            return Err(fail("bad signature"));
+            return Err("bad signature");
         }
         if signer.role != Role::Owner {
-            return Err(fail("signed by a member that is not an owner"));
+            return Err("signed by a member that is not an owner");
         }
         match &ev.event {
-            MemberEvent::Genesis { .. } => return Err(fail("a second genesis")),
+            MemberEvent::Genesis { .. } => return Err("a second genesis"),
+            MemberEvent::Join { .. } => unreachable!("a join is signed by its invite"),
             MemberEvent::Add { member, role, .. } => {
                 if self.members.contains_key(&member.replica) {
-                    return Err(fail("the replica was already a member"));
+                    return Err("the replica was already a member");
                 }
-                let key = member.check_keys().map_err(fail)?;
+                let key = member.check_keys()?;
                 self.members
                     .insert(member.replica, MemberState { member: member.clone(), key, role: *role, removed: None });
             }
@@ -320,20 +490,262 @@ impl Membership {
                     .members
                     .get_mut(replica)
                     .filter(|s| s.removed.is_none())
-                    .ok_or(fail("removes a replica that is not an active member"))?;
+                    .ok_or("removes a replica that is not an active member")?;
                 if target.role == Role::Owner && owners == 1 {
-                    return Err(fail("removes the space's last owner"));
+                    return Err("removes the space's last owner");
                 }
                 target.removed = Some(*last_seq);
             }
+            MemberEvent::Invite { key, agreement, wrapped_key, role, expires_ms } => {
+                let verifying = sig::public_key(key)?;
+                if crypto::is_weak_agreement_key(agreement) {
+                    return Err("weak agreement key");
+                }
+                if wrapped_key.len() != WRAPPED_KEY_LEN {
+                    return Err("a wrapped key of the wrong size");
+                }
+                if self.invites.contains_key(key) {
+                    return Err("the invite's key was used before");
+                }
+                let invitation =
+                    Invitation { key: verifying, agreement: *agreement, role: *role, expires_ms: *expires_ms, state: InviteState::Pending };
+                self.invites.insert(*key, invitation);
+            }
+            MemberEvent::Rekey { key_id, previous, keys } => {
+                if previous.len() != SEALED_KEY_LEN {
+                    return Err("a sealed previous key of the wrong size");
+                }
+                if self.key_ids().any(|id| id == key_id) {
+                    return Err("the key id was used before");
+                }
+                let mut holders = std::collections::BTreeSet::new();
+                for (agreement, wrapped) in keys {
+                    if wrapped.len() != WRAPPED_KEY_LEN {
+                        return Err("a wrapped key of the wrong size");
+                    }
+                    if !holders.insert(*agreement) {
+                        return Err("wraps the key twice to one holder");
+                    }
+                }
+                let active: std::collections::BTreeSet<[u8; 32]> =
+                    self.members.values().filter(|s| s.removed.is_none()).map(|s| s.member.agreement).collect();
+                if !active.is_subset(&holders) {
+                    return Err("leaves an active member without the new key");
+                }
+                let pending = |a: &[u8; 32]| {
+                    self.invites.values().any(|i| i.state == InviteState::Pending && i.agreement == *a)
+                };
+                if holders.iter().any(|a| !active.contains(a) && !pending(a)) {
+                    return Err("wraps the key to a device that is neither a member nor invited");
+                }
+                for invite in self.invites.values_mut() {
+                    if invite.state == InviteState::Pending && !holders.contains(&invite.agreement) {
+                        invite.state = InviteState::Revoked;
+                    }
+                }
+            }
+            MemberEvent::Revoke { invite } => {
+                let invite = self
+                    .invites
+                    .get_mut(invite)
+                    .filter(|i| i.state == InviteState::Pending)
+                    .ok_or("cancels an invite that is not pending")?;
+                invite.state = InviteState::Revoked;
+            }
         }
-        self.head = ev.hash();
-        self.events.push(ev);
         Ok(())
     }
 
-    /// Signs and applies an add of `member` as an owner, with the space key already
-    /// wrapped to it.
+    /// A join, signed by its invite's key in the name of the device it adds.
+    fn apply_join(&mut self, ev: &SignedEvent, invite: &[u8; 32], member: &Member, wrapped_key: &[u8]) -> Result<(), &'static str> {
+        let invitation = self.invites.get(invite).ok_or("joins through an invite the log does not hold")?;
+        match invitation.state {
+            InviteState::Pending => {}
+            InviteState::Used(_) => return Err("the invite was used already"),
+            InviteState::Revoked => return Err("the invite was cancelled"),
+        }
+        if ev.by != member.replica {
+            return Err("a join must be in the name of the device it adds");
+        }
+        if !ev.verify_sig(&invitation.key) {
+            return Err("bad signature");
+        }
+        if self.members.contains_key(&member.replica) {
+            return Err("the replica was already a member");
+        }
+        let key = member.check_keys()?;
+        if wrapped_key.len() != WRAPPED_KEY_LEN {
+            return Err("a wrapped key of the wrong size");
+        }
+        let role = invitation.role;
+        self.invites.get_mut(invite).expect("looked up above").state = InviteState::Used(member.replica);
+        self.members.insert(member.replica, MemberState { member: member.clone(), key, role, removed: None });
+        Ok(())
+    }
+
+    /// Whether a rotation of this log started the key named `id`.
+    pub fn names_key(&self, id: &[u8; KEY_ID_LEN]) -> bool {
+        self.key_ids().any(|k| k == id)
+    }
+
+    /// The ids of the keys rotations started, oldest first.
+    fn key_ids(&self) -> impl Iterator<Item = &[u8; KEY_ID_LEN]> {
+        self.events.iter().filter_map(|ev| match &ev.event {
+            MemberEvent::Rekey { key_id, .. } => Some(key_id),
+            _ => None,
+        })
+    }
+
+    /// Every space key a device with the X25519 `secret` can reach: the newest key
+    /// wrapped to it (by its add, join, invite or a rotation), and from there, through
+    /// each rotation's sealed previous key, every older one. `known` adds keys the
+    /// device kept itself (the creator's first key is wrapped to nobody). The current key
+    /// is the newest rotation's, or with no rotation the only key there is.
+    pub fn keyring(&self, secret: &[u8; 32], known: &Keyring) -> Keyring {
+        let mine = crypto::agreement_public(secret);
+        let mut ring = known.clone();
+        let newest_wrap = self.events.iter().rev().find_map(|ev| {
+            let wrapped = match &ev.event {
+                MemberEvent::Add { member, wrapped_key, .. } | MemberEvent::Join { member, wrapped_key, .. }
+                    if member.agreement == mine =>
+                {
+                    wrapped_key
+                }
+                MemberEvent::Invite { agreement, wrapped_key, .. } if *agreement == mine => wrapped_key,
+                MemberEvent::Rekey { keys, .. } => keys.iter().find(|(a, _)| *a == mine).map(|(_, w)| w)?,
+                _ => return None,
+            };
+            crypto::unwrap_space_key(wrapped, self.space, secret).ok()
+        });
+        let first = newest_wrap.map(|k| ring.insert(k));
+        let rotations: Vec<(&[u8; KEY_ID_LEN], &Vec<u8>)> = self
+            .events
+            .iter()
+            .filter_map(|ev| match &ev.event {
+                MemberEvent::Rekey { key_id, previous, .. } => Some((key_id, previous)),
+                _ => None,
+            })
+            .collect();
+        for (id, previous) in rotations.iter().rev() {
+            let previous = ring.get(id).and_then(|next| crypto::open_previous_key(next, previous, self.space).ok());
+            if let Some(p) = previous {
+                ring.insert(p);
+            }
+        }
+        match rotations.last() {
+            Some((id, _)) => match ring.get(id).cloned() {
+                Some(k) => ring.set_current(k),
+                None => ring.clear_current(),
+            },
+            None => match first.or((!ring.is_empty()).then_some(0)) {
+                Some(i) => {
+                    let k = ring.key(i).clone();
+                    ring.set_current(k)
+                }
+                None => ring.clear_current(),
+            },
+        }
+        ring
+    }
+
+    /// Invites one device with a fresh invite secret: wraps the current key to the
+    /// invite's own X25519 key.
+    pub fn invite(
+        &mut self,
+        by: ReplicaId,
+        key: &SigningKey,
+        ring: &Keyring,
+        secret: &InviteSecret,
+        terms: InviteTerms,
+        rng: &mut dyn Random,
+    ) -> Result<SignedEvent> {
+        let InviteTerms { role, expires_ms } = terms;
+        let current = ring.current().ok_or(Error::NoCurrentKey)?;
+        let agreement = crypto::agreement_public(&secret.agreement_secret());
+        let wrapped = crypto::wrap_space_key(current, self.space, &agreement, fresh(rng), fresh(rng))?;
+        let event = MemberEvent::Invite { key: secret.public(), agreement, wrapped_key: wrapped, role, expires_ms };
+        let ev = SignedEvent::sign(self.head, by, event, key);
+        self.apply(ev.clone())?;
+        Ok(ev)
+    }
+
+    /// Joins through an invite as the device `me` (a fresh identity the joiner made, with
+    /// X25519 secret `my_agreement`): takes the space keys the invite can reach, wraps the
+    /// current one to `me`, and appends the join. Returns the joiner's keyring.
+    pub fn join(&mut self, secret: &InviteSecret, me: Member, my_agreement: &[u8; 32], rng: &mut dyn Random) -> Result<Keyring> {
+        let index = self.events.len();
+        let info = self.invites.get(&secret.public()).ok_or(Error::Membership { index, reason: "joins through an invite the log does not hold" })?;
+        if info.state != InviteState::Pending {
+            let reason = if info.state == InviteState::Revoked { "the invite was cancelled" } else { "the invite was used already" };
+            return Err(Error::Membership { index, reason });
+        }
+        let ring = self.keyring(&secret.agreement_secret(), &Keyring::default());
+        let current = ring.current().ok_or(Error::NoCurrentKey)?.clone();
+        debug_assert_eq!(crypto::agreement_public(my_agreement), me.agreement);
+        let wrapped = crypto::wrap_space_key(&current, self.space, &me.agreement, fresh(rng), fresh(rng))?;
+        let by = me.replica;
+        let ev = SignedEvent::sign(self.head, by, MemberEvent::Join { invite: secret.public(), member: me, wrapped_key: wrapped }, &secret.signing());
+        self.apply(ev)?;
+        let mut mine = ring;
+        mine.set_current(current);
+        Ok(mine)
+    }
+
+    /// Starts a new space key: seals the current one under it and wraps it to every
+    /// active member and every pending invite that has not expired by `now_ms` (the
+    /// others are cancelled). `ring` takes the new key as its current one.
+    pub fn rekey(&mut self, by: ReplicaId, key: &SigningKey, ring: &mut Keyring, new_key: SpaceKey, now_ms: u64, rng: &mut dyn Random) -> Result<SignedEvent> {
+        let previous = ring.current().ok_or(Error::NoCurrentKey)?;
+        let sealed = crypto::seal_previous_key(&new_key, previous, self.space, fresh(rng));
+        let mut holders: Vec<[u8; 32]> =
+            self.members.values().filter(|s| s.removed.is_none()).map(|s| s.member.agreement).collect();
+        holders.extend(
+            self.invites.values().filter(|i| i.state == InviteState::Pending && i.expires_ms > now_ms).map(|i| i.agreement),
+        );
+        holders.sort();
+        holders.dedup();
+        let mut keys = Vec::with_capacity(holders.len());
+        for agreement in holders {
+            keys.push((agreement, crypto::wrap_space_key(&new_key, self.space, &agreement, fresh(rng), fresh(rng))?));
+        }
+        let event = MemberEvent::Rekey { key_id: new_key.id(), previous: sealed, keys };
+        let ev = SignedEvent::sign(self.head, by, event, key);
+        self.apply(ev.clone())?;
+        ring.set_current(new_key);
+        Ok(ev)
+    }
+
+    /// Cancels an invite nobody has used.
+    pub fn revoke_invite(&mut self, by: ReplicaId, key: &SigningKey, invite: [u8; 32]) -> Result<SignedEvent> {
+        let ev = SignedEvent::sign(self.head, by, MemberEvent::Revoke { invite }, key);
+        self.apply(ev.clone())?;
+        Ok(ev)
+    }
+
+    /// The log's invites, in the order of their keys.
+    pub fn invites(&self) -> impl Iterator<Item = InviteInfo> + '_ {
+        self.invites.iter().map(|(k, i)| InviteInfo { key: *k, role: i.role, expires_ms: i.expires_ms, state: i.state })
+    }
+
+    /// What a server checks of the events from `from` on, which a log cannot know by
+    /// itself: a join arrives before its invite expires, and no invite is made to last
+    /// longer than `max_invite_ms`. `Err` names the first event that fails.
+    pub fn check_times(&self, from: usize, now_ms: u64, max_invite_ms: u64) -> Result<()> {
+        for (index, ev) in self.events.iter().enumerate().skip(from) {
+            let reason = match &ev.event {
+                MemberEvent::Invite { expires_ms, .. } if *expires_ms > now_ms.saturating_add(max_invite_ms) => {
+                    "the invite is set to last longer than the server allows"
+                }
+                MemberEvent::Join { invite, .. } if self.invites.get(invite).is_some_and(|i| i.expires_ms <= now_ms) => {
+                    "the invite has expired"
+                }
+                _ => continue,
+            };
+            return Err(Error::Membership { index, reason });
+        }
+        Ok(())
+    }
+
     pub fn add(&mut self, by: ReplicaId, key: &SigningKey, member: Member, wrapped_key: Vec<u8>) -> Result<SignedEvent> {
         self.add_as(by, key, member, wrapped_key, Role::Owner)
     }
@@ -395,7 +807,9 @@ impl Membership {
     /// The wrapped space key carried by the event that added `replica`.
     pub fn wrapped_key_for(&self, replica: ReplicaId) -> Option<&[u8]> {
         self.events.iter().find_map(|ev| match &ev.event {
-            MemberEvent::Add { member, wrapped_key, .. } if member.replica == replica => {
+            MemberEvent::Add { member, wrapped_key, .. } | MemberEvent::Join { member, wrapped_key, .. }
+                if member.replica == replica =>
+            {
                 Some(wrapped_key.as_slice())
             }
             _ => None,
@@ -411,7 +825,9 @@ impl Membership {
     /// removed device removed), is left out. One signed by `me` is signed again with
     /// `key` on top of the rebased head. One signed by anyone else cannot be signed again
     /// and is dropped, as is one `onto` refuses (e.g. `me` was removed there); the
-    /// caller reports the dropped ones.
+    /// caller reports the dropped ones. A rotation is dropped too when `onto` rotated
+    /// since the common prefix: its sealed previous key would skip `onto`'s key
+    /// ([`Membership::rebase_keeping_keys`] issues it again).
     pub fn rebase_onto(&self, onto: &Membership, me: ReplicaId, key: &SigningKey) -> Result<Rebased> {
         if self.space != onto.space {
             return Err(Error::WrongSpace { expected: onto.space, found: self.space });
@@ -422,6 +838,7 @@ impl Membership {
         let common = self.events.iter().zip(&onto.events).take_while(|(a, b)| a == b).count();
         let theirs = &onto.events[common..];
         let mut out = Rebased { members: onto.clone(), resigned: 0, dropped: Vec::new() };
+        let they_rotated = theirs.iter().any(|t| matches!(t.event, MemberEvent::Rekey { .. }));
         for ev in &self.events[common..] {
             if theirs.iter().any(|t| t.by == ev.by && t.event == ev.event) {
                 continue;
@@ -431,11 +848,15 @@ impl Membership {
                 MemberEvent::Genesis { .. } => false,
                 MemberEvent::Add { member, .. } => m.member(member.replica) == Some(member),
                 MemberEvent::Remove { replica, .. } => m.members.get(replica).is_some_and(|s| s.removed.is_some()),
+                MemberEvent::Invite { key, .. } => m.invites.contains_key(key),
+                MemberEvent::Join { member, .. } => m.member(member.replica) == Some(member),
+                MemberEvent::Rekey { key_id, .. } => m.key_ids().any(|id| id == key_id),
+                MemberEvent::Revoke { invite } => m.invites.get(invite).is_some_and(|i| i.state != InviteState::Pending),
             };
             if in_effect {
                 continue;
             }
-            if ev.by != me {
+            if ev.by != me || (they_rotated && matches!(ev.event, MemberEvent::Rekey { .. })) {
                 out.dropped.push(ev.clone());
                 continue;
             }
@@ -449,6 +870,41 @@ impl Membership {
     }
 
     /// The whole log, encoded as a sequence of length-prefixed events.
+    /// [`Membership::rebase_onto`], then every rotation of `me`'s that was dropped is
+    /// issued again on the rebased log with the same key: entries may already be sealed
+    /// under it, so it must reach the holders of the rebased log, chained to its current
+    /// key. `agreement` is `me`'s X25519 secret and `ring` the keys it held; returns the
+    /// ring on the rebased log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rebase_keeping_keys(
+        &self,
+        onto: &Membership,
+        me: ReplicaId,
+        key: &SigningKey,
+        agreement: &[u8; 32],
+        ring: &Keyring,
+        now_ms: u64,
+        rng: &mut dyn Random,
+    ) -> Result<(Rebased, Keyring)> {
+        let mut out = self.rebase_onto(onto, me, key)?;
+        let mut ring = out.members.keyring(agreement, ring);
+        let dropped = std::mem::take(&mut out.dropped);
+        for ev in dropped {
+            let again = match &ev.event {
+                MemberEvent::Rekey { key_id, .. } if ev.by == me && !out.members.names_key(key_id) => ring.get(key_id).cloned(),
+                _ => None,
+            };
+            match again {
+                Some(k) if ring.current().is_some() => {
+                    out.members.rekey(me, key, &mut ring, k, now_ms, rng)?;
+                    out.resigned += 1;
+                }
+                _ => out.dropped.push(ev),
+            }
+        }
+        Ok((out, ring))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.varint(self.events.len() as u64);
@@ -474,6 +930,12 @@ impl Membership {
         r.finish()?;
         Ok(events)
     }
+}
+
+fn fresh<const N: usize>(rng: &mut dyn Random) -> [u8; N] {
+    let mut out = [0u8; N];
+    rng.fill(&mut out);
+    out
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use crate::codec::{Reader, Writer};
-use crate::crypto::{self, SpaceKey};
+use crate::crypto::{self, Keyring, SpaceKey};
 use crate::env::Random;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, HlcClock};
@@ -54,6 +54,10 @@ pub struct Identity {
     pub space: SpaceId,
     pub replica: ReplicaId,
     pub signing: SigningKey,
+    /// The X25519 secret space keys are wrapped to.
+    pub agreement: [u8; 32],
+    /// The space key this device was given or made; the membership log gives the rest
+    /// ([`Membership::keyring`]).
     pub space_key: SpaceKey,
 }
 
@@ -79,6 +83,8 @@ pub struct Replica {
     config: Config,
     clock: HlcClock,
     members: Membership,
+    /// The space keys this device holds, from `members`.
+    keys: Keyring,
     schema: Option<Schema>,
     tips: BTreeMap<ReplicaId, ChainTip>,
     state: State,
@@ -124,11 +130,13 @@ impl Replica {
         if members.space() != me.space {
             return Err(Error::WrongSpace { expected: me.space, found: members.space() });
         }
+        let keys = members.keyring(&me.agreement, &Keyring::single(me.space_key.clone()));
         let mut r = Replica {
             clock: HlcClock::new(config.max_drift_ms),
             me,
             config,
             members,
+            keys,
             schema: None,
             tips: BTreeMap::new(),
             state: State::default(),
@@ -302,6 +310,10 @@ impl Replica {
     pub fn members(&self) -> &Membership {
         &self.members
     }
+    /// The space keys this device holds.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
     pub fn clock(&self) -> Hlc {
         self.clock.last()
     }
@@ -319,6 +331,7 @@ impl Replica {
             return Err(Error::WrongSpace { expected: self.me.space, found: members.space() });
         }
         self.store.put_meta("membership", &members.encode())?;
+        self.keys = members.keyring(&self.me.agreement, &self.keys);
         self.members = members;
         Ok(())
     }
@@ -431,7 +444,8 @@ impl Replica {
         let packed = crypto::pack(&encode_batch(&ops));
         let mut nonce = [0u8; crypto::NONCE_LEN];
         rng.fill(&mut nonce);
-        let payload = crypto::seal(&self.me.space_key, nonce, self.me.space, self.me.replica, seq, &packed);
+        let key = self.keys.current().ok_or(Error::NoCurrentKey)?;
+        let payload = crypto::seal(key, nonce, self.me.space, self.me.replica, seq, &packed);
         if payload.len() > self.config.limits.max_payload {
             return Err(Error::TooLarge {
                 what: "entry payload",
@@ -491,6 +505,11 @@ impl Replica {
             self.clock.check(entry.header.hlc, now)?;
         }
         let ops = self.decrypt(&entry);
+        if store && matches!(ops, Err(Error::MissingKey { .. })) {
+            // Sealed under a rotation this device has not seen: refused, not stored as
+            // unreadable, so it comes again once the membership log has caught up.
+            return Err(ops.expect_err("matched"));
+        }
         if store {
             self.store.append(&entry)?;
         }
@@ -508,7 +527,15 @@ impl Replica {
 
     fn decrypt(&self, entry: &Entry) -> Result<Vec<Op>> {
         let h = &entry.header;
-        let packed = crypto::open(&self.me.space_key, h.space, h.replica, h.seq, &entry.payload)?;
+        let packed = self.keys.open(h.space, h.replica, h.seq, &entry.payload).map_err(|e| {
+            let id = entry.payload.get(..crypto::KEY_ID_LEN).and_then(|b| b.try_into().ok());
+            match id {
+                Some(id) if !self.keys.holds_key_of(&entry.payload) && !self.members.names_key(&id) => {
+                    Error::MissingKey { replica: h.replica, seq: h.seq }
+                }
+                _ => e,
+            }
+        })?;
         decode_batch(&crypto::unpack(&packed, self.config.max_batch_len)?)
     }
 

@@ -42,6 +42,7 @@ impl Space {
                 space,
                 replica: ReplicaId(rid),
                 signing: SigningKey::from_bytes(&seed),
+                agreement: x,
                 space_key: key.clone(),
             });
             agreement.push(crypto::agreement_public(&x));
