@@ -30,6 +30,9 @@ pub enum Error {
     TooLarge { what: &'static str, size: usize, limit: usize },
     #[error("not found")]
     NotFound,
+    /// An invite that has expired, or one set to outlive the server's bound.
+    #[error("{0}")]
+    Gone(String),
     #[error("range not satisfiable")]
     BadRange { size: usize },
     #[error("storage task failed: {0}")]
@@ -51,6 +54,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
             Error::UnknownSpace(_) | Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Gone(_) => StatusCode::GONE,
             Error::NotAnExtension => StatusCode::CONFLICT,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,

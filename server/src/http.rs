@@ -27,10 +27,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task(e.to_string()))?
 }
 
+/// Who may sign a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signers {
+    Members,
+    /// Members, and holders of a pending, unexpired invite (who read the membership log
+    /// to join).
+    MembersAndInvites,
+}
+
 /// Checks the signed `Authorization` header of a request whose body has SHA-256
 /// `body_sha256`; returns the space it proves membership of. Anything but a GET needs a
 /// member that may write (not a reader).
-async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: &HeaderMap, body_sha256: [u8; 32]) -> Result<SpaceId> {
+async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: &HeaderMap, body_sha256: [u8; 32], signers: Signers) -> Result<SpaceId> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +48,18 @@ async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: 
     let mut parts = value.split('.');
     let bad = || Error::Unauthorized("malformed Authorization header");
     let space: SpaceId = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-    let replica: ReplicaId = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let signer = parts.next().ok_or_else(bad)?;
+    let invite: Option<[u8; 32]> = match signer.strip_prefix("invite-") {
+        Some(hex_key) if signers == Signers::MembersAndInvites && *method == Method::GET => {
+            Some(hex::decode(hex_key).ok().and_then(|b| b.try_into().ok()).ok_or_else(bad)?)
+        }
+        Some(_) => return Err(Error::Unauthorized("an invite signs only for reading the membership log")),
+        None => None,
+    };
+    let replica: ReplicaId = match &invite {
+        Some(key) => stead_core::sync::invite_replica(key),
+        None => signer.parse().map_err(|_| bad())?,
+    };
     let time: u64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let sig: [u8; 64] = parts
         .next()
@@ -58,8 +78,15 @@ async fn authorize(service: &Arc<Service>, method: &Method, uri: &Uri, headers: 
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let target = RequestTarget { method: method.as_str(), host, path_and_query, body_sha256 };
     let msg = request_message(time, space, replica, &target);
-    if !check_member(&members.1, replica, &msg, &sig) {
-        return Err(Error::Unauthorized("not a member of the space"));
+    let proven = match &invite {
+        Some(key) => stead_core::sync::check_invite(&members.1, key, SystemClock.now_ms(), &msg, &sig),
+        None => check_member(&members.1, replica, &msg, &sig),
+    };
+    if !proven {
+        return Err(Error::Unauthorized(match invite {
+            Some(_) => "the invite is not pending (used, cancelled or expired) or the signature is wrong",
+            None => "not a member of the space",
+        }));
     }
     if !service.first_use(&sig, time) {
         return Err(Error::Unauthorized("this signed request was already used"));
@@ -91,7 +118,8 @@ pub(crate) async fn put_members(
     Ok((StatusCode::OK, version.to_string()).into_response())
 }
 
-/// `GET /spaces/{space}/members`: the membership log, to members only.
+/// `GET /spaces/{space}/members`: the membership log, to members, and to the holder of a
+/// pending invite (who needs it to join).
 pub(crate) async fn get_members(
     State(service): State<Arc<Service>>,
     Path(space): Path<String>,
@@ -100,7 +128,7 @@ pub(crate) async fn get_members(
     headers: HeaderMap,
 ) -> Result<Response> {
     let space = parse_space(&space)?;
-    if authorize(&service, &method, &uri, &headers, body_hash(b"")).await? != space {
+    if authorize(&service, &method, &uri, &headers, body_hash(b""), Signers::MembersAndInvites).await? != space {
         return Err(Error::Unauthorized("the signature is for another space"));
     }
     let svc = service.clone();
@@ -128,7 +156,7 @@ pub(crate) async fn put_blob(
     let hash = parse_hash(&hash)?;
     // The body's hash is the path's: the signature covers it before a byte is read, and
     // the body is checked against it below.
-    let space = authorize(&service, &method, &uri, &headers, hash).await?;
+    let space = authorize(&service, &method, &uri, &headers, hash, Signers::Members).await?;
     let limit = service.limits.max_blob_bytes;
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
@@ -192,7 +220,7 @@ pub(crate) async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response> {
     let hash = parse_hash(&hash)?;
-    let space = authorize(&service, &method, &uri, &headers, body_hash(b"")).await?;
+    let space = authorize(&service, &method, &uri, &headers, body_hash(b""), Signers::Members).await?;
     let svc = service.clone();
     let bytes = blocking(move || svc.backend.blob(space, &hash)).await?.ok_or(Error::NotFound)?;
     let size = bytes.len();

@@ -86,6 +86,10 @@ struct Args {
     /// How far ahead of the server's clock an entry's time may be, in ms.
     #[arg(long, default_value_t = stead_server::Limits::default().max_clock_drift_ms)]
     max_clock_drift_ms: u64,
+    /// The longest an invite may stay open, in days: joins after an invite's expiry are
+    /// refused, and so are invites set to last longer.
+    #[arg(long, default_value_t = 30)]
+    max_invite_days: u64,
     /// A file holding the token `/metrics` asks for (`Authorization: Bearer <token>`);
     /// without it `/metrics` answers loopback clients only.
     #[arg(long)]
@@ -164,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
             max_membership_events: args.max_membership_events,
             max_membership_bytes: args.max_membership_bytes,
             max_clock_drift_ms: args.max_clock_drift_ms,
+            max_invite_ms: args.max_invite_days * 24 * 3600 * 1000,
             creation: creation(&args)?,
             metrics_token: match &args.metrics_token_file {
                 Some(path) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use sha2::Digest;
-use stead_core::env::Random;
+use stead_core::env::{Clock, Random, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{Entry, VersionVector};
 use stead_core::membership::{MemberEvent, Membership};
@@ -58,6 +58,9 @@ pub struct Limits {
     pub membership_cache: usize,
     /// How far ahead of the server's clock an entry's time may be.
     pub max_clock_drift_ms: u64,
+    /// The longest an invite may stay open: a join after its expiry is refused, and so is
+    /// an invite set to last longer.
+    pub max_invite_ms: u64,
     /// SHA-256 of the token `/metrics` asks for; without one it answers loopback only.
     pub metrics_token: Option<[u8; 32]>,
 }
@@ -112,6 +115,7 @@ impl Default for Limits {
             creation: SpaceCreation::Closed,
             membership_cache: 4096,
             max_clock_drift_ms: 5 * 60 * 1000,
+            max_invite_ms: 30 * 24 * 3600 * 1000,
             metrics_token: None,
         }
     }
@@ -644,6 +648,10 @@ impl Service {
         };
         if new.space() != space {
             return Err(Error::BadRequest(format!("the log is of space {}, not {space}", new.space())));
+        }
+        let known = current.as_ref().map_or(0, |(_, m)| m.events().len());
+        if let Err(e) = new.check_times(known, SystemClock.now_ms(), limits.max_invite_ms) {
+            return Err(Error::Gone(e.to_string()));
         }
         let check = |old: Option<&[u8]>| -> Result<()> {
             let Some(old) = old else { return Ok(()) };

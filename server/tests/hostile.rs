@@ -499,6 +499,99 @@ async fn a_removed_member_stops_receiving_at_once() -> anyhow::Result<()> {
     // Its signed requests are refused too.
     let err = removed.get_blob(&"ab".repeat(32), None).await.expect_err("a removed device read a blob route");
     assert!(err.to_string().contains("401"), "{err}");
+
+    // The key was rotated: what is written after the removal is sealed under a key the
+    // removed device cannot reach, even with the whole new log and its own secrets.
+    use stead_core::crypto::Keyring;
+    let log = owner.read(|r| r.members().clone()).await?;
+    let old_key = removed.read(|r| r.keys().current().cloned()).await?.expect("it held the key before");
+    let theirs = log.keyring(&removed.device().agreement, &Keyring::single(old_key.clone()));
+    assert_eq!(theirs.current(), None, "the removed device reached the new key");
+    let ours = owner.read(|r| r.keys().clone()).await?;
+    assert_ne!(ours.current(), Some(&old_key), "the key was not rotated");
+    let me = owner.replica();
+    let after = owner
+        .read(move |r| {
+            let seq = r.version_vector()[&me] - 1;
+            r.store().read(me, seq, 1).map(|mut e| e.remove(0))
+        })
+        .await??;
+    let h = &after.header;
+    assert!(theirs.open(h.space, h.replica, h.seq, &after.payload).is_err(), "the removed device read an entry written after");
+    assert!(ours.open(h.space, h.replica, h.seq, &after.payload).is_ok());
+    // The member who stayed got the new key, and reads the old entries through the chain.
+    let kept_keys = kept.read(|r| r.keys().clone()).await?;
+    assert_eq!(kept_keys.current(), ours.current());
+    assert!(kept_keys.get(&old_key.id()).is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_codes_add_one_fresh_device_once_until_they_expire() -> anyhow::Result<()> {
+    use stead_core::membership::{InviteSecret, InviteTerms, Role};
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("inv.sqlite3")), &[])?;
+    let cs = clients(&server, 1).await?;
+    let owner = &cs[0].client;
+    let day = 24 * 3600 * 1000;
+    let code = owner.invite_code(InviteTerms { role: Role::Writer, expires_ms: common::now() + day }).await?;
+    assert!(!code.contains(&hex::encode(owner.device().signing.to_bytes())));
+    // The joiner makes its own keys; the code adds it once, as a writer.
+    let d = tempfile::tempdir()?;
+    let joined = stead_client::Client::join_invite(common::config(d.path(), &server), &code).await?;
+    let members = owner.read(|r| r.members().clone()).await?;
+    assert!(members.role(joined.replica()).is_none(), "the owner's copy is from before the join");
+    joined.set("notes", RecordId([1; 16]), "body", Value::Str("joined".into())).await?;
+    joined.wait_acked(Duration::from_secs(10)).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while owner.value("notes", RecordId([1; 16]), "body").await?.is_none() {
+        assert!(Instant::now() < deadline, "the owner did not get the joiner's entry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let roles = owner.members().await?;
+    assert!(roles.iter().any(|(m, role, _)| m.replica == joined.replica() && *role == Role::Writer), "{roles:?}");
+    // A second device with the same code is refused.
+    let d2 = tempfile::tempdir()?;
+    let err = stead_client::Client::join_invite(common::config(d2.path(), &server), &code).await.expect_err("a code joined twice");
+    assert!(matches!(err, stead_client::Error::InviteNotPending), "{err}");
+
+    // An expired code cannot even read the log, and a join made in time but sent late is
+    // refused by the server.
+    let http = reqwest::Client::new();
+    let short = owner.invite_code(InviteTerms { role: Role::Reader, expires_ms: common::now() + 2_000 }).await?;
+    let (space, secret) = short.split_once('.').expect("a code");
+    let secret = InviteSecret(hex::decode(secret)?.try_into().map_err(|_| anyhow::anyhow!("secret"))?);
+    let space: SpaceId = space.parse()?;
+    let mut log = stead_client::request::get_members_invited(&http, &server.base, space, &secret).await?;
+    let device = stead_client::Device::load_or_create(tempfile::tempdir()?.path())?;
+    log.join(&secret, device.card().member(), &device.agreement, &mut stead_core::env::SeededRandom::new(1))?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, body) = put_members(&server, space, log.encode(), None).await?;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.ends_with("the invite has expired"), "{body}");
+    let err = stead_client::request::get_members_invited(&http, &server.base, space, &secret).await.expect_err("an expired invite read the log");
+    assert!(err.to_string().contains("401"), "{err}");
+    // An invite may not be set to outlive the server's bound (30 days by default).
+    let mut log = owner.read(|r| r.members().clone()).await?;
+    let ring = owner.read(|r| r.keys().clone()).await?;
+    let me = owner.device();
+    let terms = InviteTerms { role: Role::Owner, expires_ms: common::now() + 365 * day };
+    log.invite(me.replica, &me.signing, &ring, &InviteSecret([9; 32]), terms, &mut stead_core::env::SeededRandom::new(2))?;
+    let (status, body) = put_members(&server, space, log.encode(), None).await?;
+    assert_eq!(status, 410, "{body}");
+    assert!(body.contains("longer than the server allows"), "{body}");
+    // An invite key signs for the membership log only.
+    let target = stead_core::sync::RequestTarget {
+        method: "GET",
+        host: server.base.trim_start_matches("http://"),
+        path_and_query: "/blobs/aa",
+        body_sha256: stead_core::sync::body_hash(b""),
+    };
+    let code2 = owner.invite_code(InviteTerms { role: Role::Reader, expires_ms: common::now() + day }).await?;
+    let secret2 = InviteSecret(hex::decode(code2.split_once('.').expect("a code").1)?.try_into().map_err(|_| anyhow::anyhow!("secret"))?);
+    let auth = stead_core::sync::invite_authorization(common::now(), space, &secret2, &target);
+    let r = http.get(format!("{}/blobs/{}", server.base, "ab".repeat(32))).header("authorization", auth).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! A native device made from a browser's invite code, writing entries by hand: a
+//! A native device joined through a browser's invite code, writing entries by hand: a
 //! stead-core replica in memory driven over the real sync protocol. Tests use it to put
 //! into a space what no well-behaved browser writes (an entry dated a year ahead).
 
@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
-use stead_core::crypto::{SpaceKey, agreement_public, unwrap_space_key, wrap_space_key};
+use stead_core::crypto::{SpaceKey, agreement_public, wrap_space_key};
 use stead_core::env::Random;
 use stead_core::env::{Clock, SeededRandom, SystemClock};
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
-use stead_core::membership::{Member, Membership};
+use stead_core::membership::{InviteSecret, Member, Membership};
 use stead_core::ops::{Op, Value};
 use stead_core::replica::{Identity, Replica};
 use stead_core::sync::{Frame, RequestTarget, Sync, SyncConfig, authorization, body_hash};
@@ -20,7 +20,6 @@ pub struct NativeDevice {
     pub replica: Replica,
     pub id: ReplicaId,
     pub space: SpaceId,
-    key: SpaceKey,
     signing: ed25519_dalek::SigningKey,
     port: u16,
     rng: SeededRandom,
@@ -46,25 +45,43 @@ pub async fn get_members(port: u16, space: SpaceId, replica: ReplicaId, key: &ed
 }
 
 impl NativeDevice {
-    /// Joins through an invite code (`<space>.<replica>.<signing>.<agreement>`, hex
-    /// secrets) from the page API, against the server on `port`.
+    /// Joins through a one-time invite code (`<space>.<secret, hex>`) from the page API,
+    /// against the server on `port`: makes its own identity, appends its join to the
+    /// membership log and publishes it.
     pub async fn join(port: u16, invite: &str, seed: u64) -> Result<NativeDevice> {
-        let parts: Vec<&str> = invite.split('.').collect();
-        let [space, replica, signing, agreement] = parts.as_slice() else { bail!("not an invite code: {invite}") };
+        let (space, secret) = invite.split_once('.').context("not an invite code")?;
         let space: SpaceId = space.parse().map_err(|_| anyhow::anyhow!("bad space id"))?;
-        let id: ReplicaId = replica.parse().map_err(|_| anyhow::anyhow!("bad replica id"))?;
-        let signing = ed25519_dalek::SigningKey::from_bytes(&hex::decode(signing)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?);
-        let agreement: [u8; 32] = hex::decode(agreement)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?;
-        let members = get_members(port, space, id, &signing).await?;
-        let wrapped = members.wrapped_key_for(id).context("the log holds no key for this invite")?;
-        let key = unwrap_space_key(wrapped, space, &agreement)?;
-        Self::open(port, space, id, signing, key, members, seed)
+        let secret = InviteSecret(hex::decode(secret)?.try_into().map_err(|_| anyhow::anyhow!("bad invite secret"))?);
+        let host = format!("127.0.0.1:{port}");
+        let path = format!("/spaces/{space}/members");
+        let target = RequestTarget { method: "GET", host: &host, path_and_query: &path, body_sha256: body_hash(b"") };
+        let auth = stead_core::sync::invite_authorization(now_ms(), space, &secret, &target);
+        let http = reqwest::Client::new();
+        let resp = http.get(format!("http://{host}{path}")).header("authorization", auth).send().await?;
+        let (status, body) = (resp.status(), resp.bytes().await?);
+        if !status.is_success() {
+            bail!("GET {path} with the invite: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        let mut members = Membership::decode(&body)?;
+        let mut rng = SeededRandom::new(seed);
+        let id = ReplicaId::generate(&SystemClock, &mut rng);
+        let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
+        let agreement: [u8; 32] = rng.array();
+        let member = Member { replica: id, signing: signing.verifying_key().to_bytes(), agreement: agreement_public(&agreement) };
+        let ring = members.join(&secret, member, &agreement, &mut rng)?;
+        let resp = http.put(format!("http://{host}{path}")).body(members.encode()).send().await?;
+        if !resp.status().is_success() {
+            bail!("PUT {path}: {}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let key = ring.current().context("the invite reaches no current key")?.clone();
+        Self::open(port, space, id, signing, agreement, key, members, seed)
     }
 
-    fn open(port: u16, space: SpaceId, id: ReplicaId, signing: ed25519_dalek::SigningKey, key: SpaceKey, members: Membership, seed: u64) -> Result<NativeDevice> {
-        let identity = Identity { space, replica: id, signing: signing.clone(), space_key: key.clone() };
+    #[allow(clippy::too_many_arguments)]
+    fn open(port: u16, space: SpaceId, id: ReplicaId, signing: ed25519_dalek::SigningKey, agreement: [u8; 32], key: SpaceKey, members: Membership, seed: u64) -> Result<NativeDevice> {
+        let identity = Identity { space, replica: id, signing: signing.clone(), agreement, space_key: key };
         let replica = Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
-        Ok(NativeDevice { replica, id, space, key, signing, port, rng: SeededRandom::new(seed) })
+        Ok(NativeDevice { replica, id, space, signing, port, rng: SeededRandom::new(seed) })
     }
 
     /// Adds a new device to the space (publishing the longer membership log) and
@@ -75,7 +92,8 @@ impl NativeDevice {
         let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
         let agreement: [u8; 32] = rng.array();
         let member = Member { replica: id, signing: signing.verifying_key().to_bytes(), agreement: agreement_public(&agreement) };
-        let wrapped = wrap_space_key(&self.key, self.space, &member.agreement, rng.array(), rng.array())?;
+        let current = self.replica.keys().current().context("this device holds no current key")?.clone();
+        let wrapped = wrap_space_key(&current, self.space, &member.agreement, rng.array(), rng.array())?;
         let mut members = self.replica.members().clone();
         members.add(self.id, &self.signing, member, wrapped)?;
         let path = format!("/spaces/{}/members", self.space);
@@ -84,7 +102,7 @@ impl NativeDevice {
             bail!("PUT {path}: {}: {}", resp.status(), resp.text().await.unwrap_or_default());
         }
         self.replica.set_members(members.clone())?;
-        Self::open(self.port, self.space, id, signing, self.key.clone(), members, seed)
+        Self::open(self.port, self.space, id, signing, agreement, current, members, seed)
     }
 
     /// Commits one field set, dated `at_ms` (the device's clock, right or wrong).

@@ -53,7 +53,13 @@ pub async fn create_space(http: &reqwest::Client, server: &str, readers: usize) 
 /// The creator's entries: `ops` map sets, `per_entry` ops in each, committed (signed,
 /// compressed, encrypted, chained) by a real replica.
 pub fn entries(space: &Space, ops: usize, per_entry: usize) -> Result<Vec<Entry>> {
-    let me = Identity { space: space.id, replica: space.creator.replica, signing: space.creator.signing.clone(), space_key: space.key.clone() };
+    let me = Identity {
+        space: space.id,
+        replica: space.creator.replica,
+        signing: space.creator.signing.clone(),
+        agreement: space.creator.agreement,
+        space_key: space.key.clone(),
+    };
     let mut replica = Replica::open(me, space.members.clone(), Box::new(MemStore::new()), Config::default())?;
     let record = RecordId([7; 16]);
     let mut rng = OsRandom;

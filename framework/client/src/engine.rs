@@ -13,7 +13,7 @@ use stead_core::crypto::{self, SpaceKey};
 use stead_core::env::{Clock, Random, SystemClock};
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
 use stead_core::log::VersionVector;
-use stead_core::membership::{Membership, Role};
+use stead_core::membership::{InviteSecret, InviteTerms, Membership, Role};
 use stead_core::ops::{Op, Value};
 use stead_core::query::{Page, Query};
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
@@ -92,6 +92,7 @@ enum Cmd {
     Commit(Vec<Op>, oneshot::Sender<Result<u64>>),
     Read(ReadFn),
     Invite(DeviceCard, Role, oneshot::Sender<Result<()>>),
+    InviteCode(InviteTerms, oneshot::Sender<Result<String>>),
     Remove(ReplicaId, oneshot::Sender<Result<()>>),
     Interrupt,
 }
@@ -118,6 +119,15 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client").field("space", &self.space).field("replica", &self.device.replica).finish()
     }
+}
+
+/// Splits an invite code `<space>.<secret, 64 hex>`.
+fn parse_invite_code(code: &str) -> Result<(SpaceId, InviteSecret)> {
+    let bad = |reason: &str| Error::Invalid { what: "invite code", reason: reason.into() };
+    let (space, secret) = code.trim().split_once('.').ok_or_else(|| bad("expected <space>.<secret>"))?;
+    let space = space.parse().map_err(|_| bad("the space id is malformed"))?;
+    let secret: [u8; 32] = hex::decode(secret).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("the secret is not 64 hex digits"))?;
+    Ok((space, InviteSecret(secret)))
 }
 
 fn http_client() -> reqwest::Client {
@@ -164,6 +174,34 @@ impl Client {
         };
         let wrapped = members.wrapped_key_for(device.replica).ok_or_else(|| Error::NotInvited(space.to_string()))?;
         let key = crypto::unwrap_space_key(wrapped, space, &device.agreement)?;
+        save_space(&config.dir, space, &key)?;
+        Client::start(config, device, space, key, Some(members)).await
+    }
+
+    /// Joins through an invite code ([`Client::invite_code`]): this folder's device (its
+    /// own keys, made here) fetches the membership log with the invite's key, appends
+    /// its join and publishes it. A code works once, until it expires.
+    pub async fn join_invite(config: ClientConfig, code: &str) -> Result<Client> {
+        let (space, secret) = parse_invite_code(code)?;
+        let device = Device::load_or_create(&config.dir)?;
+        let http = http_client();
+        let mut attempts = 0;
+        let (members, key) = loop {
+            let mut members = match request::get_members_invited(&http, &config.server, space, &secret).await {
+                Ok(m) => m,
+                Err(Error::Server { status: 401, .. }) => return Err(Error::InviteNotPending),
+                Err(e) => return Err(e),
+            };
+            let ring = members.join(&secret, device.card().member(), &device.agreement, &mut OsRandom)?;
+            let key = ring.current().ok_or(stead_core::Error::NoCurrentKey)?.clone();
+            match request::put_members(&http, &config.server, &members, None).await {
+                Ok(()) => break (members, key),
+                // The log moved on meanwhile (say, a rotation): join again on top of it.
+                Err(Error::Server { status: 409, .. }) if attempts < 3 => attempts += 1,
+                Err(Error::Server { status: 410, body }) => return Err(Error::Server { status: 410, body }),
+                Err(e) => return Err(e),
+            }
+        };
         save_space(&config.dir, space, &key)?;
         Client::start(config, device, space, key, Some(members)).await
     }
@@ -277,7 +315,17 @@ impl Client {
         rx.await.map_err(|_| Error::Stopped)?
     }
 
-    /// Removes a device from the space and publishes the new membership log: the server
+    /// Makes a one-time invite code (`<space>.<secret>`) for one device, as `terms` say:
+    /// the invite is in the membership log on the server when this returns. The code is a
+    /// secret: whoever holds it may join, once, until it expires.
+    pub async fn invite_code(&self, terms: InviteTerms) -> Result<String> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds.send(Cmd::InviteCode(terms, tx)).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Removes a device from the space, rotates the space key (the removed device cannot
+    /// read what is written after) and publishes the new membership log: the server
     /// closes its connections and takes no more of its entries. Its entries up to the
     /// last one this device holds stay valid.
     pub async fn remove(&self, replica: ReplicaId) -> Result<()> {
@@ -354,7 +402,6 @@ struct Engine {
     config: ClientConfig,
     device: Device,
     space: SpaceId,
-    key: SpaceKey,
     replica: Replica,
     http: reqwest::Client,
     events: broadcast::Sender<Event>,
@@ -395,7 +442,13 @@ impl Engine {
             (None, Some(m)) => (m, true),
             (None, None) => return Err(Error::Invalid { what: "store", reason: "no membership log; create or join a space".into() }),
         };
-        let identity = Identity { space, replica: device.replica, signing: device.signing.clone(), space_key: key.clone() };
+        let identity = Identity {
+            space,
+            replica: device.replica,
+            signing: device.signing.clone(),
+            agreement: device.agreement,
+            space_key: key,
+        };
         let mut replica = Replica::open(identity, members.clone(), Box::new(store), ReplicaConfig::default())?;
         if fresh {
             replica.set_members(members)?;
@@ -404,7 +457,6 @@ impl Engine {
             config,
             device,
             space,
-            key,
             replica,
             http: http_client(),
             events,
@@ -473,7 +525,7 @@ impl Engine {
                     // (forged, dated too far ahead) a new connection would only meet
                     // again: `Sync` skips the rest of that replica's chain, and everything
                     // else goes on.
-                    let unknown = message.contains("is not a member of the space");
+                    let unknown = message.contains("is not a member of the space") || message.contains("does not hold yet");
                     if unknown && self.refreshed_for.as_deref() != Some(message) {
                         self.refreshed_for = Some(message.clone());
                         reconnect = true;
@@ -622,6 +674,10 @@ impl Engine {
                 let _ = reply.send(self.invite(&card, role).await);
                 false
             }
+            Cmd::InviteCode(terms, reply) => {
+                let _ = reply.send(self.invite_code(terms).await);
+                false
+            }
             Cmd::Remove(replica, reply) => {
                 let _ = reply.send(self.remove(replica).await);
                 false
@@ -640,14 +696,28 @@ impl Engine {
         let mut members = self.replica.members().clone();
         let last_seq = self.replica.version_vector().get(&replica).and_then(|n| n.checked_sub(1));
         members.remove(self.device.replica, &self.device.signing, replica, last_seq)?;
+        let mut ring = self.replica.keys().clone();
+        let new_key = SpaceKey(self.rng.array());
+        members.rekey(self.device.replica, &self.device.signing, &mut ring, new_key, SystemClock.now_ms(), &mut self.rng)?;
         request::put_members(&self.http, &self.config.server, &members, None).await?;
         self.replica.set_members(members)?;
         Ok(())
     }
 
+    async fn invite_code(&mut self, terms: InviteTerms) -> Result<String> {
+        let mut members = self.replica.members().clone();
+        let secret = InviteSecret(self.rng.array());
+        let ring = self.replica.keys().clone();
+        members.invite(self.device.replica, &self.device.signing, &ring, &secret, terms, &mut self.rng)?;
+        request::put_members(&self.http, &self.config.server, &members, None).await?;
+        self.replica.set_members(members)?;
+        Ok(format!("{}.{}", self.space, hex::encode(secret.0)))
+    }
+
     async fn invite(&mut self, card: &DeviceCard, role: Role) -> Result<()> {
         let mut members = self.replica.members().clone();
-        let wrapped = crypto::wrap_space_key(&self.key, self.space, &card.agreement, self.rng.array(), self.rng.array())?;
+        let current = self.replica.keys().current().ok_or(stead_core::Error::NoCurrentKey)?;
+        let wrapped = crypto::wrap_space_key(current, self.space, &card.agreement, self.rng.array(), self.rng.array())?;
         members.add_as(self.device.replica, &self.device.signing, card.member(), wrapped, role)?;
         request::put_members(&self.http, &self.config.server, &members, None).await?;
         self.replica.set_members(members)?;

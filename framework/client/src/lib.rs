@@ -36,6 +36,8 @@ pub enum Error {
     Invalid { what: &'static str, reason: String },
     #[error("this device is not a member of space {0} (ask a member to invite its card)")]
     NotInvited(String),
+    #[error("the invite was used already, cancelled or has expired (ask for a new one)")]
+    InviteNotPending,
     #[error("the client engine has stopped")]
     Stopped,
     #[error("timed out waiting for {0}")]

@@ -5,6 +5,8 @@
 //! stead-client --dir bob device                                           # prints bob's card
 //! stead-client --dir alice --server ... invite <card>
 //! stead-client --dir bob --server ... join <space>
+//! stead-client --dir alice --server ... invite --role writer --days 7  # prints a one-time code
+//! stead-client --dir carol --server ... join <code>
 //! stead-client --dir bob --server ... put notes first title '"hello"'
 //! stead-client --dir alice --server ... get notes first title
 //! stead-client --dir alice --server ... query notes --eq 'stars=3' --schema app.toml
@@ -47,18 +49,23 @@ enum Cmd {
     Device,
     /// Creates a space with this device as its first member; prints the space id.
     Create,
-    /// Adds a device (by its card) to this device's space.
+    /// Adds a device by its card; without a card, prints a one-time invite code that adds
+    /// whichever device joins with it first (within `--days`).
     Invite {
-        card: String,
+        card: Option<String>,
         /// `owner` (adds and removes devices too), `writer` or `reader`.
         #[arg(long, default_value = "owner")]
         role: String,
+        /// How long an invite code stays usable, in days.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
     },
     /// Prints the space's devices, one JSON line each (`{"replica": ..., "role": ..., "active": ...}`).
     Members,
     /// Removes a device (by its replica id) from this device's space.
     Remove { replica: String },
-    /// Joins a space this device was invited to.
+    /// Joins a space: by its id once a member has added this device's card, or with an
+    /// invite code.
     Join { space: String },
     /// Sets a field to a JSON value (string, number, bool or null) and waits for the ack.
     Put { collection: String, record: String, field: String, value: String },
@@ -166,11 +173,21 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", c.space());
             c.close().await;
         }
-        Cmd::Invite { card, role } => {
-            let card: DeviceCard = card.parse()?;
+        Cmd::Invite { card, role, days } => {
             let role: stead_core::membership::Role = role.parse()?;
             let c = Client::open(config).await?;
-            c.invite_as(&card, role).await.context("inviting the device")?;
+            match card {
+                Some(card) => {
+                    let card: DeviceCard = card.parse()?;
+                    c.invite_as(&card, role).await.context("inviting the device")?;
+                }
+                None => {
+                    use stead_core::env::Clock;
+                    let expires_ms = stead_core::env::SystemClock.now_ms() + days * 24 * 3600 * 1000;
+                    let terms = stead_core::membership::InviteTerms { role, expires_ms };
+                    println!("{}", c.invite_code(terms).await.context("making the invite")?);
+                }
+            }
             c.close().await;
         }
         Cmd::Members => {
@@ -189,8 +206,12 @@ async fn main() -> anyhow::Result<()> {
             c.close().await;
         }
         Cmd::Join { space } => {
-            let space: SpaceId = space.parse().context("not a space id")?;
-            let c = Client::join(config, space).await?;
+            let c = if space.contains('.') {
+                Client::join_invite(config, &space).await?
+            } else {
+                let space: SpaceId = space.parse().context("not a space id or an invite code")?;
+                Client::join(config, space).await?
+            };
             c.wait_for(timeout, "the first connection", |s| s.connected).await?;
             c.close().await;
         }

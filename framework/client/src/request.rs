@@ -7,7 +7,7 @@ use reqwest::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 use stead_core::env::{Clock, SystemClock};
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::membership::Membership;
+use stead_core::membership::{InviteSecret, Membership};
 use stead_core::sync::{RequestTarget, body_hash};
 
 use crate::{Error, Result};
@@ -72,6 +72,15 @@ pub async fn put_members(http: &reqwest::Client, server: &str, members: &Members
 pub async fn get_members(http: &reqwest::Client, server: &str, space: SpaceId, replica: ReplicaId, key: &SigningKey) -> Result<Membership> {
     let path = format!("/spaces/{space}/members");
     let auth = authorization(server, space, replica, key, "GET", &path, body_hash(b""));
+    let resp = check(http.get(format!("{}{path}", base(server))).header(AUTHORIZATION, auth).send().await?).await?;
+    Ok(Membership::decode(&resp.bytes().await?)?)
+}
+
+/// The space's membership log, read with an invite's key before joining.
+pub async fn get_members_invited(http: &reqwest::Client, server: &str, space: SpaceId, secret: &InviteSecret) -> Result<Membership> {
+    let path = format!("/spaces/{space}/members");
+    let target = RequestTarget { method: "GET", host: &host(server), path_and_query: &path, body_sha256: body_hash(b"") };
+    let auth = stead_core::sync::invite_authorization(request_time(), space, secret, &target);
     let resp = check(http.get(format!("{}{path}", base(server))).header(AUTHORIZATION, auth).send().await?).await?;
     Ok(Membership::decode(&resp.bytes().await?)?)
 }

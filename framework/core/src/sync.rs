@@ -241,6 +241,31 @@ pub fn authorization(time_ms: u64, space: SpaceId, replica: ReplicaId, key: &ed2
     format!("Stead {space}.{replica}.{time_ms}.{}", hex::encode(sig.to_bytes()))
 }
 
+/// The `Authorization` header with which the holder of an invite reads the space's
+/// membership log before it has joined: `Stead <space>.invite-<invite key, hex>.<time
+/// ms>.<signature>`, the message as [`request_message`]'s with the invite key's first 16
+/// bytes in the replica's place. A server takes it for that one route, while the invite
+/// is pending and unexpired ([`check_invite`]).
+pub fn invite_authorization(time_ms: u64, space: SpaceId, secret: &crate::membership::InviteSecret, target: &RequestTarget<'_>) -> String {
+    let public = secret.public();
+    let sig = secret.signing().sign(&request_message(time_ms, space, invite_replica(&public), target));
+    format!("Stead {space}.invite-{}.{time_ms}.{}", hex::encode(public), hex::encode(sig.to_bytes()))
+}
+
+/// The replica id an invite key signs requests as.
+pub fn invite_replica(invite: &[u8; 32]) -> ReplicaId {
+    ReplicaId(invite[..16].try_into().expect("32 bytes"))
+}
+
+/// Whether `sig` over `msg` is by the key of an invite of `members` that is pending and
+/// has not expired at `now_ms`.
+pub fn check_invite(members: &crate::membership::Membership, invite: &[u8; 32], now_ms: u64, msg: &[u8], sig: &[u8; 64]) -> bool {
+    use crate::membership::InviteState;
+    members.invites().any(|i| i.key == *invite && i.state == InviteState::Pending && i.expires_ms > now_ms)
+        && crate::sig::public_key(invite)
+            .is_ok_and(|key| key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig)).is_ok())
+}
+
 /// What one side of a sync connection works against: a [`Replica`], or a server's
 /// keyless verifying log.
 pub trait SyncPeer {

@@ -381,6 +381,7 @@ pub async fn device_replica(c: &TestClient) -> anyhow::Result<Replica> {
         space: c.client.space(),
         replica: c.client.replica(),
         signing: c.client.device().signing.clone(),
+        agreement: c.client.device().agreement,
         space_key: stead_core::crypto::SpaceKey(key),
     };
     Ok(Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?)
