@@ -1,32 +1,37 @@
-//! Benchmarks of Stead against its anchors, run by `cargo xtask bench <name>`.
+//! Benchmarks of Stead against its anchors, run by `cargo xtask bench core`.
 //!
 //! `core` (BENCH.md, "Merge"): 4 replicas × 250,000 field sets committed in batches of
-//! 100, keys from 10,000 records × 5 fields, integer values. Each system builds the four
-//! replicas' changes untimed, then a fresh replica takes them all in and reads a value
-//! (timed). Stead's side does everything a real replica does: frame decoding, chain and
-//! signature verification, decryption, decompression and merge. Also: bytes per op at
-//! rest and on the wire, store append cost at 1k vs 1M entries, and open-to-first-query
-//! at 1k vs 100k records. Prints ratios Stead/anchor and writes raw numbers to CSV.
+//! 100, keys from 10,000 records × 5 fields, integer values, in two value sequences
+//! (`random`: SplitMix-drawn keys and values; `regular`: an arithmetic progression, the
+//! kind automerge's columns compress best). Each system builds the four replicas' changes
+//! untimed, then a fresh replica takes them all in and reads a value (timed). Stead's side
+//! does everything a real replica does: frame decoding, chain and signature verification,
+//! decryption, decompression and merge. automerge is measured twice: `load_incremental` of
+//! each saved document, and `apply_changes` of the change stream a sync would carry. Also:
+//! bytes per op at rest and on the wire, store append cost at 1k vs 1M entries, and
+//! open-to-first-query at 1k vs 100k records.
+//!
+//! Every system runs in its own process (`core-one`, which prints one JSON line), `reps`
+//! times per workload, in the interleaved order of `stead_bench_harness::order`; the
+//! driver prints each figure's median and min–max and the ratios of medians with their
+//! range, and writes `core.csv` and `core.json` (read by `cargo xtask bench`).
 //!
 //! Bytes are counted where they land: at rest, the size of every file the writers'
 //! `FileStore`s hold under `log/` (segment headers, record framing and checksums
 //! included; no snapshot is saved, and the space's membership log is not counted);
 //! on the wire, every Entries frame a sync would send from those stores, as encoded
 //! (the WebSocket's own few bytes per message are not counted, nor automerge's
-//! transport). automerge's figure for both is its compressed `save()`.
+//! transport). automerge's figure for both is its compressed `save()`; its change stream
+//! (each change's compressed bytes, as its sync protocol sends them) is reported beside.
 //!
-//! Run with `cargo run --release -p stead-bench -- core [--quick] [--csv PATH]`.
-//!
-//! The workspace release profile is `opt-level = "z"` (small wasm), which makes
-//! curve25519-dalek's signature checks many times slower and Stead's merge ~15× slower
-//! than at `opt-level = 3`; measure with `CARGO_PROFILE_RELEASE_OPT_LEVEL=3` (or a
-//! dedicated profile) until the workspace gives the bench one.
+//! Run with `cargo run --release -p stead-bench -- core [--quick] [--reps N] [--out DIR]`.
 
-use std::io::Write;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
+use stead_bench_harness::{Better, Environment, Key, RatioSpec, SuiteResult, env::locked_version, order::interleaved};
 use stead_core::env::SeededRandom;
 use stead_core::hlc::Hlc;
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
@@ -39,6 +44,10 @@ use stead_store::{FileStore, Options};
 
 const T0: u64 = 1_700_000_000_000;
 
+/// The merge anchors and Stead, in the order of a round (reversed every other round).
+const SYSTEMS: [&str; 4] = ["stead", "yrs", "automerge", "automerge-changes"];
+const WORKLOADS: [&str; 2] = ["random", "regular"];
+
 #[derive(Debug, Clone)]
 struct Opts {
     replicas: usize,
@@ -48,7 +57,12 @@ struct Opts {
     fields: usize,
     append_big: usize,
     open_big: usize,
-    csv: PathBuf,
+    reps: usize,
+    quick: bool,
+    out: PathBuf,
+    /// `core-one` only.
+    system: String,
+    workload: String,
 }
 
 impl Opts {
@@ -61,38 +75,67 @@ impl Opts {
             fields: 5,
             append_big: 1_000_000,
             open_big: 100_000,
-            csv: PathBuf::from("target/bench/core.csv"),
+            reps: 5,
+            quick: false,
+            out: PathBuf::from("target/bench"),
+            system: String::new(),
+            workload: "random".into(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let mut num = |name: &str| -> Result<usize> {
-                it.next().with_context(|| format!("{name} needs a value"))?.parse().with_context(|| format!("bad {name}"))
-            };
+            let mut val = |name: &str| -> Result<String> { it.next().cloned().with_context(|| format!("{name} needs a value")) };
             match a.as_str() {
                 "--quick" => {
+                    o.quick = true;
                     o.ops_per_replica = 25_000;
                     o.append_big = 100_000;
                     o.open_big = 10_000;
+                    o.reps = 3;
                 }
-                "--ops" => o.ops_per_replica = num("--ops")?,
-                "--append" => o.append_big = num("--append")?,
-                "--open" => o.open_big = num("--open")?,
-                "--csv" => o.csv = PathBuf::from(it.next().context("--csv needs a path")?),
+                "--ops" => o.ops_per_replica = val(a)?.parse().context("bad --ops")?,
+                "--append" => o.append_big = val(a)?.parse().context("bad --append")?,
+                "--open" => o.open_big = val(a)?.parse().context("bad --open")?,
+                "--reps" => o.reps = val(a)?.parse().context("bad --reps")?,
+                "--out" => o.out = PathBuf::from(val(a)?),
+                "--system" => o.system = val(a)?,
+                "--workload" => o.workload = val(a)?,
                 other => bail!("unknown option {other:?}"),
             }
         }
         Ok(o)
     }
+
+    /// The options a child process needs to run the same sizes.
+    fn child_args(&self) -> Vec<String> {
+        vec![
+            "--ops".into(),
+            self.ops_per_replica.to_string(),
+            "--append".into(),
+            self.append_big.to_string(),
+            "--open".into(),
+            self.open_big.to_string(),
+        ]
+    }
 }
 
 /// One replica's writes: (record, field, value), in commit order.
-fn workload(o: &Opts, replica: usize) -> Vec<(usize, usize, i64)> {
-    let mut rng = SeededRandom::new(1000 + replica as u64);
-    (0..o.ops_per_replica)
-        .map(|_| {
-            (rng.below(o.records as u64) as usize, rng.below(o.fields as u64) as usize, rng.below(1_000_000) as i64)
-        })
-        .collect()
+fn workload(o: &Opts, replica: usize) -> Result<Vec<(usize, usize, i64)>> {
+    match o.workload.as_str() {
+        "random" => {
+            let mut rng = SeededRandom::new(1000 + replica as u64);
+            Ok((0..o.ops_per_replica)
+                .map(|_| (rng.below(o.records as u64) as usize, rng.below(o.fields as u64) as usize, rng.below(1_000_000) as i64))
+                .collect())
+        }
+        // BENCH.md: x = (i·6364136223846793005 + r·1442695040888963407) >> 17.
+        "regular" => Ok((0..o.ops_per_replica as u64)
+            .map(|i| {
+                let x = i.wrapping_mul(6364136223846793005).wrapping_add((replica as u64).wrapping_mul(1442695040888963407)) >> 17;
+                ((x % o.records as u64) as usize, ((x / o.records as u64) % o.fields as u64) as usize, (x % 1_000_000) as i64)
+            })
+            .collect()),
+        other => bail!("unknown workload {other:?} (known: random, regular)"),
+    }
 }
 
 fn record_id(k: usize) -> RecordId {
@@ -109,9 +152,6 @@ struct Measure {
 impl Measure {
     fn add(&mut self, metric: &str, system: &str, value: f64, unit: &str) {
         self.rows.push((metric.into(), system.into(), value, unit.into()));
-    }
-    fn get(&self, metric: &str, system: &str) -> f64 {
-        self.rows.iter().find(|r| r.0 == metric && r.1 == system).map_or(f64::NAN, |r| r.2)
     }
 }
 
@@ -204,6 +244,38 @@ fn bench_automerge(o: &Opts, works: &[Vec<(usize, usize, i64)>], keys: &dyn Fn(u
     m.add("merge", "automerge", secs(took), "s");
     m.add("bytes/op at rest", "automerge", bytes as f64 / total_ops, "B");
     m.add("bytes/op on the wire", "automerge", bytes as f64 / total_ops, "B");
+    Ok(())
+}
+
+/// automerge as its sync protocol would feed a fresh peer: every change of every replica,
+/// compressed as sent, decoded and applied.
+fn bench_automerge_changes(o: &Opts, works: &[Vec<(usize, usize, i64)>], keys: &dyn Fn(usize, usize) -> String, m: &mut Measure) -> Result<()> {
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, Change, ReadDoc, ROOT};
+    let mut stream: Vec<Vec<u8>> = Vec::new();
+    for (r, work) in works.iter().enumerate() {
+        let mut doc = AutoCommit::new().with_actor(ActorId::from(vec![r as u8 + 1; 16]));
+        for chunk in work.chunks(o.batch) {
+            for &(rec, f, v) in chunk {
+                doc.put(ROOT, keys(rec, f), v)?;
+            }
+            doc.commit();
+        }
+        for mut c in doc.get_changes(&[]) {
+            stream.push(c.bytes().into_owned());
+        }
+    }
+    let bytes: usize = stream.iter().map(Vec::len).sum();
+    let start = Instant::now();
+    let mut fresh = AutoCommit::new();
+    let changes = stream.iter().map(|b| Change::from_bytes(b.clone())).collect::<Result<Vec<_>, _>>()?;
+    fresh.apply_changes(changes)?;
+    let v = fresh.get(ROOT, keys(0, 0))?;
+    let took = start.elapsed();
+    std::hint::black_box(v);
+    let total_ops = (o.replicas * o.ops_per_replica) as f64;
+    m.add("merge", "automerge-changes", secs(took), "s");
+    m.add("bytes/op on the wire", "automerge-changes", bytes as f64 / total_ops, "B");
     Ok(())
 }
 
@@ -319,84 +391,123 @@ fn open_cost(n: usize) -> Result<f64> {
 /// Opens timed per size in `bench core`; the median is reported.
 const OPEN_SAMPLES: usize = 9;
 
-fn core(o: Opts) -> Result<()> {
-    eprintln!(
-        "bench core: {} replicas × {} field sets, batches of {}, {} records × {} fields (anchors: automerge 0.12, yrs 0.28)",
-        o.replicas, o.ops_per_replica, o.batch, o.records, o.fields
-    );
-    let works: Vec<_> = (0..o.replicas).map(|r| workload(&o, r)).collect();
-    let fields: Vec<String> = (0..o.fields).map(|f| format!("f{f}")).collect();
-    let key_table: Vec<String> =
-        (0..o.records * o.fields).map(|i| format!("r{}.f{}", i / o.fields, i % o.fields)).collect();
-    let keys = |rec: usize, f: usize| key_table[rec * o.fields + f].clone();
+/// Child process: one system, one workload; prints its figures as one JSON line.
+fn core_one(o: Opts) -> Result<()> {
     let mut m = Measure { rows: Vec::new() };
-    eprintln!("stead …");
-    bench_stead(&o, &works, &fields, &mut m)?;
-    eprintln!("yrs …");
-    bench_yrs(&o, &works, &keys, &mut m)?;
-    eprintln!("automerge …");
-    bench_automerge(&o, &works, &keys, &mut m)?;
-    eprintln!("append at 1k and {} entries …", o.append_big);
-    let small = append_cost(1000)?;
-    let big = append_cost(o.append_big)?;
-    m.add("append at 1k", "stead", small * 1e6, "us");
-    m.add(&format!("append at {}", o.append_big), "stead", big * 1e6, "us");
-    eprintln!("open at 1k and {} records …", o.open_big);
-    let small = open_cost(1000)?;
-    let big = open_cost(o.open_big)?;
-    m.add("open 1k records", "stead", small * 1e3, "ms");
-    m.add(&format!("open {} records", o.open_big), "stead", big * 1e3, "ms");
-
-    let ratio = |a: f64, b: f64| a / b;
-    let lines = [
-        ("merge time, stead / automerge", ratio(m.get("merge", "stead"), m.get("merge", "automerge")), "≤ 0.10"),
-        ("merge time, stead / yrs", ratio(m.get("merge", "stead"), m.get("merge", "yrs")), "≤ 0.50"),
-        (
-            "bytes/op at rest, stead / automerge",
-            ratio(m.get("bytes/op at rest", "stead"), m.get("bytes/op at rest", "automerge")),
-            "≤ 1.0",
-        ),
-        (
-            "bytes/op on the wire, stead / automerge",
-            ratio(m.get("bytes/op on the wire", "stead"), m.get("bytes/op on the wire", "automerge")),
-            "≤ 1.0",
-        ),
-        (
-            "append at big / at 1k",
-            ratio(m.get(&format!("append at {}", o.append_big), "stead"), m.get("append at 1k", "stead")),
-            "≤ 1.2",
-        ),
-        (
-            "open big / open 1k",
-            ratio(m.get(&format!("open {} records", o.open_big), "stead"), m.get("open 1k records", "stead")),
-            "≤ 3",
-        ),
-    ];
-    println!("{:<28} {:<10} {:>14} {}", "metric", "system", "value", "unit");
-    for (metric, system, value, unit) in &m.rows {
-        println!("{metric:<28} {system:<10} {value:>14.4} {unit}");
+    if o.system == "stead-store" {
+        m.add("append at 1k", "stead", append_cost(1000)? * 1e6, "us");
+        m.add("append at big", "stead", append_cost(o.append_big)? * 1e6, "us");
+        m.add("open 1k records", "stead", open_cost(1000)? * 1e3, "ms");
+        m.add("open big", "stead", open_cost(o.open_big)? * 1e3, "ms");
+    } else {
+        let works: Vec<_> = (0..o.replicas).map(|r| workload(&o, r)).collect::<Result<_>>()?;
+        let fields: Vec<String> = (0..o.fields).map(|f| format!("f{f}")).collect();
+        let key_table: Vec<String> =
+            (0..o.records * o.fields).map(|i| format!("r{}.f{}", i / o.fields, i % o.fields)).collect();
+        let keys = |rec: usize, f: usize| key_table[rec * o.fields + f].clone();
+        match o.system.as_str() {
+            "stead" => bench_stead(&o, &works, &fields, &mut m)?,
+            "yrs" => bench_yrs(&o, &works, &keys, &mut m)?,
+            "automerge" => bench_automerge(&o, &works, &keys, &mut m)?,
+            "automerge-changes" => bench_automerge_changes(&o, &works, &keys, &mut m)?,
+            other => bail!("unknown system {other:?}"),
+        }
     }
-    println!();
-    println!("{:<42} {:>8}  goal", "ratio", "value");
-    for (name, r, goal) in lines {
-        println!("{name:<42} {r:>8.3}  {goal}");
-    }
-    if let Some(dir) = o.csv.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::File::create(&o.csv).with_context(|| format!("creating {}", o.csv.display()))?;
-    writeln!(f, "metric,system,value,unit")?;
-    for (metric, system, value, unit) in &m.rows {
-        writeln!(f, "{metric},{system},{value},{unit}")?;
-    }
-    eprintln!("raw numbers written to {}", o.csv.display());
+    let rows: Vec<serde_json::Value> = m.rows.iter().map(|(metric, _, v, unit)| serde_json::json!([metric, v, unit])).collect();
+    println!("{}", serde_json::Value::Array(rows));
     Ok(())
+}
+
+/// Runs `core-one` as a child process and returns its figures: (metric, value, unit).
+fn child(o: &Opts, system: &str, workload: &str) -> Result<Vec<(String, f64, String)>> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["core-one", "--system", system, "--workload", workload])
+        .args(o.child_args())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting a core-one process")?;
+    if !out.status.success() {
+        bail!("core-one --system {system} --workload {workload} failed: {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("core-one printed nothing")?;
+    let rows: Vec<(String, f64, String)> = serde_json::from_str(line).with_context(|| format!("core-one printed {line:?}"))?;
+    Ok(rows)
+}
+
+fn core(o: Opts) -> Result<()> {
+    let started = Instant::now();
+    let anchors = ["automerge", "yrs"].iter().map(|a| (a.to_string(), locked_version(a).unwrap_or_else(|| "?".into()))).collect();
+    let mut r = SuiteResult::new("core", o.quick, o.reps, Environment::detect(anchors));
+    eprintln!(
+        "bench core: {} replicas × {} field sets, batches of {}, {} records × {} fields; {} rounds of {:?} per workload",
+        o.replicas, o.ops_per_replica, o.batch, o.records, o.fields, o.reps, SYSTEMS
+    );
+    for w in WORKLOADS {
+        for (round, s) in interleaved(SYSTEMS.len(), o.reps) {
+            let system = SYSTEMS[s];
+            let t = Instant::now();
+            let rows = child(&o, system, w)?;
+            let merge = rows.iter().find(|x| x.0 == "merge").map_or(f64::NAN, |x| x.1);
+            eprintln!("  {w:<8} round {round} {system:<18} merge {merge:.3} s  ({:.1} s with set-up)", t.elapsed().as_secs_f64());
+            for (metric, value, unit) in rows {
+                r.add(w, &metric, system, round, value, &unit);
+            }
+        }
+    }
+    for round in 0..o.reps {
+        let rows = child(&o, "stead-store", "store")?;
+        eprintln!("  store    round {round} {rows:?}");
+        for (metric, value, unit) in rows {
+            r.add("store", &metric, "stead", round, value, &unit);
+        }
+    }
+    let spec = |name: String, w: &str, metric: &str, num: &str, den: &str, goal: Option<f64>| RatioSpec {
+        name,
+        num: Key::new(w, metric, num),
+        den: Key::new(w, metric, den),
+        better: Better::Lower,
+        goal,
+        note: String::new(),
+    };
+    for w in WORKLOADS {
+        r.ratio(spec(format!("{w}: merge time, stead / automerge load_incremental"), w, "merge", "stead", "automerge", Some(0.10)));
+        r.ratio(spec(format!("{w}: merge time, stead / automerge apply_changes"), w, "merge", "stead", "automerge-changes", Some(0.10)));
+        r.ratio(spec(format!("{w}: merge time, stead / yrs"), w, "merge", "stead", "yrs", Some(0.50)));
+        r.ratio(spec(format!("{w}: bytes/op at rest, stead / automerge save"), w, "bytes/op at rest", "stead", "automerge", Some(1.0)));
+        r.ratio(spec(format!("{w}: bytes/op on the wire, stead / automerge save"), w, "bytes/op on the wire", "stead", "automerge", Some(1.0)));
+        r.ratio(RatioSpec {
+            num: Key::new(w, "bytes/op on the wire", "stead"),
+            den: Key::new(w, "bytes/op on the wire", "automerge-changes"),
+            ..spec(format!("{w}: bytes/op on the wire, stead / automerge changes"), w, "", "", "", None)
+        });
+        r.ratio(spec(format!("{w}: bytes/op at rest, stead / yrs"), w, "bytes/op at rest", "stead", "yrs", None));
+    }
+    r.ratio(RatioSpec {
+        num: Key::new("store", "append at big", "stead"),
+        den: Key::new("store", "append at 1k", "stead"),
+        ..spec(format!("store: append at {} entries / at 1k", o.append_big), "", "", "", "", Some(1.2))
+    });
+    r.ratio(RatioSpec {
+        num: Key::new("store", "open big", "stead"),
+        den: Key::new("store", "open 1k records", "stead"),
+        ..spec(format!("store: open {} records / 1k records", o.open_big), "", "", "", "", Some(3.0))
+    });
+    r.notes.push(format!(
+        "{} replicas × {} field sets per workload; `store`: 'big' is {} appended entries, {} records opened",
+        o.replicas, o.ops_per_replica, o.append_big, o.open_big
+    ));
+    r.notes.push("automerge load_incremental takes each saved doc; apply_changes decodes and applies the compressed change stream".into());
+    r.seconds = started.elapsed().as_secs_f64();
+    r.finish(&o.out)
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("core") => core(Opts::parse(&args[1..])?),
+        Some("core-one") => core_one(Opts::parse(&args[1..])?),
         other => bail!("unknown benchmark {other:?} (known: core)"),
     }
 }
