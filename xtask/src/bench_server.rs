@@ -3,11 +3,12 @@
 //! Installs the pinned Yjs server packages into `.tools/bench-server/` (skipped when
 //! present), builds stead-server and the load generator (`bench/server`, bin
 //! `bench-server`) in release mode, and runs it. It prints the Stead/Yjs table and writes
-//! raw numbers to `target/bench/server.csv`.
+//! raw numbers to `target/bench/server.csv` (and `server.json` for the report).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use stead_bench_harness::SuiteResult;
 
 use crate::{
     setup,
@@ -20,12 +21,11 @@ const WEBSOCKET_SERVER_VERSION: &str = "0.1.1";
 const YJS_VERSION: &str = "13.6.33";
 const Y_PROTOCOLS_VERSION: &str = "1.0.7";
 
-pub fn run(root: &Path, quick: bool) -> Result<()> {
+pub fn run(root: &Path, quick: bool, reps: Option<usize>, out_dir: &Path) -> Result<SuiteResult> {
     let tools = install_yjs(root)?;
     step("bench server: build stead-server and the load generator (release)");
     cargo(root).args(["build", "--release", "--package", "stead-server", "--package", "stead-bench-server"]).run()?;
     let release = target_dir(root).join("release");
-    let out = target_dir(root).join("bench/server.csv");
 
     step("bench server: stead-server against @y/websocket-server");
     let mut c = cmd(release.join("bench-server"))
@@ -37,11 +37,15 @@ pub fn run(root: &Path, quick: bool) -> Result<()> {
         .arg("--yjs-versions")
         .arg(format!("@y/websocket-server {WEBSOCKET_SERVER_VERSION}, yjs {YJS_VERSION}, y-protocols {Y_PROTOCOLS_VERSION}, node {}", node_version()))
         .arg("--out")
-        .arg(&out);
+        .arg(out_dir);
     if quick {
         c = c.arg("--quick");
     }
-    c.run()
+    if let Some(n) = reps {
+        c = c.args(["--reps", &n.to_string()]);
+    }
+    c.run()?;
+    SuiteResult::load(&out_dir.join("server.json"))
 }
 
 fn target_dir(root: &Path) -> PathBuf {

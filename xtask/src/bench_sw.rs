@@ -3,13 +3,19 @@
 //! Installs the pinned Workbox packages and esbuild into `.tools/bench-sw/`, bundles
 //! `bench/sw/workbox-sw.js` into one classic worker script, then runs the measuring
 //! program (`tests/src/bin/bench-sw.rs`, which drives Chromium through the e2e harness).
-//! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv`.
+//! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv`; the
+//! samples are then read back into the shared harness (medians, spreads, ratio ranges,
+//! environment) and written as `sw.json` for the report. Both sites are served by a release
+//! build of stead-server.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use stead_bench_harness::SuiteResult;
+
 use crate::{
+    bench_report,
     setup::{self, Tools},
     util::{cargo, cmd, step},
 };
@@ -18,7 +24,7 @@ use crate::{
 const WORKBOX_VERSION: &str = "7.4.1";
 const ESBUILD_VERSION: &str = "0.28.2";
 
-pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) -> Result<()> {
+pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) -> Result<SuiteResult> {
     let out_dir = target_dir(root).join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let workbox_script = bundle_workbox(root, &out_dir)?;
@@ -44,7 +50,14 @@ pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) 
     if quick {
         c = c.arg("--quick");
     }
-    c.run()
+    let started = std::time::Instant::now();
+    c.run()?;
+    let csv = std::fs::read_to_string(out_dir.join("sw.csv")).context("bench-sw wrote no sw.csv")?;
+    let anchors = vec![("workbox".into(), WORKBOX_VERSION.into()), ("esbuild".into(), ESBUILD_VERSION.into())];
+    let mut result = bench_report::sw_result(&csv, quick, bench_report::sw_env(anchors, &tools.chromium))?;
+    result.seconds = started.elapsed().as_secs_f64();
+    result.finish(&out_dir)?;
+    Ok(result)
 }
 
 fn target_dir(root: &Path) -> PathBuf {

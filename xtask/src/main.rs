@@ -4,8 +4,10 @@
 //!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
 //! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
-//! - `build` builds the todo example into a folder.
+//! - `build` builds the todo example into a folder;
+//! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
+mod bench_report;
 mod bench_server;
 mod bench_sw;
 mod setup;
@@ -20,6 +22,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use setup::Tools;
+use stead_bench_harness::SuiteResult;
 use util::{cargo, step};
 
 #[derive(Parser)]
@@ -48,12 +51,22 @@ enum Command {
     },
     /// Run every test: native, wasm in Chromium, end to end.
     Test,
-    /// Run a benchmark against its anchor and print ratios (`sw`, `core`, `server`, `store`).
+    /// Run the benchmarks against their anchors (`core`, `server`, `sw`; all three when
+    /// none is named; `store` by name), print ratios with their spreads and write REPORT.md.
     Bench {
-        name: String,
-        /// Fewer rounds, for a quick look.
+        names: Vec<String>,
+        /// Fewer repetitions and smaller workloads, for a quick look (report under target/bench).
         #[arg(long)]
         quick: bool,
+        /// Repetitions per system (default 5; 3 with --quick).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Compare the ratios with bench/baseline.json; fail past a 10% regression beyond its spread.
+        #[arg(long)]
+        check: bool,
+        /// Write bench/baseline.json from this run's ratios.
+        #[arg(long)]
+        save_baseline: bool,
     },
     /// Kill -9 the sync server under write load and restart it, N rounds per database,
     /// then N power cuts on SQLite (the crash test).
@@ -93,51 +106,7 @@ fn main() -> Result<()> {
             let tools = setup::run(&root)?;
             test(&root, &tools)?;
         }
-        Command::Bench { name, quick } => match name.as_str() {
-            "sw" => {
-                let tools = setup::run(&root)?;
-                let dist = root.join("target/bench-dist");
-                let _ = std::fs::remove_dir_all(&dist);
-                build_example(&root, &tools, &dist, true)?;
-                let server = server_binary(&root)?;
-                bench_sw::run(&root, &tools, &dist, &server, quick)?;
-            }
-            "core" => {
-                let mut c = cargo(&root).args(["run", "--release", "--package", "stead-bench", "--", "core"]);
-                if quick {
-                    c = c.arg("--quick");
-                }
-                c.run()?;
-            }
-            "server" => bench_server::run(&root, quick)?,
-            "store" => {
-                let tools = setup::run(&root)?;
-                let dist = root.join("target/bench-dist");
-                let _ = std::fs::remove_dir_all(&dist);
-                build_example(&root, &tools, &dist, true)?;
-                let server = server_binary(&root)?;
-                let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-                std::fs::create_dir_all(target.join("bench"))?;
-                step("bench store: the worker's data engine on OPFS and on IndexedDB");
-                let mut c = cargo(&root)
-                    .args(["run", "--package", "stead-e2e", "--bin", "bench-store", "--"])
-                    .arg("--dist")
-                    .arg(&dist)
-                    .arg("--server")
-                    .arg(&server)
-                    .arg("--out")
-                    .arg(target.join("bench/store.csv"))
-                    .arg("--chromium")
-                    .arg(&tools.chromium)
-                    .arg("--chromedriver")
-                    .arg(&tools.chromedriver);
-                if quick {
-                    c = c.arg("--quick");
-                }
-                c.run()?;
-            }
-            other => anyhow::bail!("unknown benchmark {other:?}: try sw, core, server or store"),
-        },
+        Command::Bench { names, quick, reps, check, save_baseline } => bench(&root, &names, quick, reps, check, save_baseline)?,
         Command::Chaos { rounds } => {
             cargo(&root)
                 .args(["test", "--package", "stead-server", "--test", "chaos", "--test", "crash", "--", "--nocapture"])
@@ -154,6 +123,93 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the named suites (core, server and sw when none is named), then writes the report
+/// and checks or saves the baseline.
+fn bench(root: &Path, names: &[String], quick: bool, reps: Option<usize>, check: bool, save_baseline: bool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let names: Vec<String> = if names.is_empty() { ["core", "server", "sw"].map(String::from).to_vec() } else { names.to_vec() };
+    let out = target_dir(root).join("bench");
+    std::fs::create_dir_all(&out)?;
+    let mut results = Vec::new();
+    for name in &names {
+        match name.as_str() {
+            "sw" => {
+                let tools = setup::run(root)?;
+                let dist = root.join("target/bench-dist");
+                let _ = std::fs::remove_dir_all(&dist);
+                build_example(root, &tools, &dist, true)?;
+                // BENCH.md: browser benchmarks are served by a release build of stead-server.
+                let server = release_server_binary(root)?;
+                results.push(bench_sw::run(root, &tools, &dist, &server, quick)?);
+            }
+            "core" => {
+                step("bench core: Stead's merge against automerge and yrs, each system in its own process");
+                let mut c = cargo(root).args(["run", "--release", "--package", "stead-bench", "--", "core", "--out"]).arg(&out);
+                if quick {
+                    c = c.arg("--quick");
+                }
+                if let Some(n) = reps {
+                    c = c.args(["--reps", &n.to_string()]);
+                }
+                c.run()?;
+                results.push(SuiteResult::load(&out.join("core.json"))?);
+            }
+            "server" => results.push(bench_server::run(root, quick, reps, &out)?),
+            "store" => {
+                // Stead's worker store on OPFS and on IndexedDB: no anchor, so no ratios for the report.
+                let tools = setup::run(root)?;
+                let dist = root.join("target/bench-dist");
+                let _ = std::fs::remove_dir_all(&dist);
+                build_example(root, &tools, &dist, true)?;
+                let server = release_server_binary(root)?;
+                step("bench store: the worker's data engine on OPFS and on IndexedDB");
+                let mut c = cargo(root)
+                    .args(["run", "--package", "stead-e2e", "--bin", "bench-store", "--"])
+                    .arg("--dist")
+                    .arg(&dist)
+                    .arg("--server")
+                    .arg(&server)
+                    .arg("--out")
+                    .arg(out.join("store.csv"))
+                    .arg("--chromium")
+                    .arg(&tools.chromium)
+                    .arg("--chromedriver")
+                    .arg(&tools.chromedriver);
+                if quick {
+                    c = c.arg("--quick");
+                }
+                c.run()?;
+            }
+            other => anyhow::bail!("unknown benchmark {other:?}: try sw, core, server or store"),
+        }
+    }
+    if results.is_empty() {
+        return Ok(());
+    }
+    let dir = bench_report::report_dir(root, &out, quick);
+    let report = bench_report::write(&results, &dir, started.elapsed().as_secs_f64())?;
+    step(&format!("report: {}", report.display()));
+    for r in &results {
+        println!("{}", r.table());
+    }
+    if save_baseline {
+        bench_report::save_baseline(&results, &root.join("bench/baseline.json"))?;
+    }
+    if check {
+        bench_report::check(&results, &root.join("bench/baseline.json"))?;
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+fn release_server_binary(root: &Path) -> Result<PathBuf> {
+    cargo(root).args(["build", "--release", "--package", "stead-server", "--bin", "stead-server"]).run()?;
+    Ok(target_dir(root).join("release/stead-server"))
 }
 
 /// Builds examples/todo with its worker and manifest into `dist`.

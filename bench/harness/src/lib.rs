@@ -12,6 +12,8 @@
 pub mod baseline;
 pub mod env;
 pub mod order;
+#[cfg(feature = "plots")]
+pub mod plots;
 pub mod results;
 pub mod stats;
 

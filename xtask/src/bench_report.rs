@@ -1,0 +1,250 @@
+//! `cargo xtask bench`'s report: reads each suite's results (`target/bench/<suite>.json`),
+//! writes `REPORT.md` with SVG plots, and compares the ratios with `bench/baseline.json`.
+//!
+//! A full run writes `bench/REPORT.md` and `bench/report/*.svg` (committed); a `--quick`
+//! pass writes them under `target/bench/` so a short look never replaces the real report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use stead_bench_harness::baseline::{self, Baseline, Finding};
+use stead_bench_harness::env::{describe_profile, workspace_root};
+use stead_bench_harness::results::fmt;
+use stead_bench_harness::stats::{Better, median};
+use stead_bench_harness::{Environment, Key, RatioSpec, SuiteResult, plots};
+
+use crate::util::cmd;
+
+/// Where the report goes: the committed folder for a full run, target/bench for `--quick`.
+pub fn report_dir(root: &Path, out: &Path, quick: bool) -> PathBuf {
+    if quick { out.to_path_buf() } else { root.join("bench") }
+}
+
+/// Writes REPORT.md and its plots for the suites that ran; returns the report's path.
+pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<PathBuf> {
+    let plots_dir = dir.join("report");
+    std::fs::create_dir_all(&plots_dir)?;
+    let quick = results.iter().any(|r| r.quick);
+    let date = cmd("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).probe().map(|s| s.trim().to_owned()).unwrap_or_default();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Stead benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench{}` on {date} ({:.0} min). Each system ran in its own process, \
+         its repetitions interleaved with the anchor's (A B B A …); every figure is the median of the \
+         repetitions, with min–max beside it. A ratio's range goes from the numerator's least over the \
+         denominator's greatest to its greatest over their least; a ratio is **unstable** when that range \
+         straddles its goal, so this run cannot say whether the goal is met. Workloads and anchors: \
+         `shared/BENCH.md`.\n",
+        if quick { " --quick" } else { "" },
+        total_secs / 60.0
+    );
+    if quick {
+        let _ = writeln!(md, "**A `--quick` pass: fewer repetitions and smaller workloads; not a measurement to quote.**\n");
+    }
+    for r in results {
+        let _ = writeln!(md, "## bench {}\n", r.suite);
+        let anchors: Vec<String> = r.env.anchors.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        let _ = writeln!(
+            md,
+            "{} repetitions per system; {}; {}; {} × {} (load {} at start); anchors: {}; {:.0} s.\n",
+            r.reps,
+            r.env.rustc,
+            r.env.profile,
+            r.env.cores,
+            r.env.cpu,
+            r.env.load,
+            if anchors.is_empty() { "none".into() } else { anchors.join(", ") },
+            r.seconds
+        );
+        let svg = format!("{}-ratios.svg", r.suite);
+        if plots::ratios(r, &plots_dir.join(&svg))? > 0 {
+            let _ = writeln!(md, "![ratios of bench {}](report/{svg})\n", r.suite);
+        }
+        let _ = writeln!(md, "| # | ratio | median | range | goal | verdict |\n|---|---|---|---|---|---|");
+        for (i, x) in r.ratios.iter().enumerate() {
+            let goal = match (x.spec.goal, x.spec.better) {
+                (Some(g), Better::Lower) => format!("≤ {g}"),
+                (Some(g), Better::Higher) => format!("≥ {g}"),
+                (None, _) => "—".into(),
+            };
+            let (m, range) = match x.range {
+                Some(q) => (format!("{:.3}", q.median), format!("{:.3} – {:.3}", q.lo, q.hi)),
+                None => ("n/a".into(), "no samples".into()),
+            };
+            let verdict = x.verdict.map_or("", |v| v.as_str());
+            let note = if x.spec.note.is_empty() { String::new() } else { format!(" ({})", x.spec.note) };
+            let _ = writeln!(md, "| {} | {}{note} | {m} | {range} | {goal} | {verdict} |", i + 1, x.spec.name);
+        }
+        let _ = writeln!(md);
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+        if !r.notes.is_empty() {
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md, "<details><summary>every figure (median, min – max, n)</summary>\n");
+        let _ = writeln!(md, "| workload | metric | system | median | min – max | n |\n|---|---|---|---|---|---|");
+        let mut seen: Vec<Key> = Vec::new();
+        for s in &r.samples {
+            let k = Key::new(&s.workload, &s.metric, &s.system);
+            if seen.contains(&k) {
+                continue;
+            }
+            if let Some(sum) = r.summary(&k) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} {} | {} – {} | {} |",
+                    k.workload, k.metric, k.system, fmt(sum.median), s.unit, fmt(sum.min), fmt(sum.max), sum.n
+                );
+            }
+            seen.push(k);
+        }
+        let _ = writeln!(md, "\n</details>\n");
+        for (i, c) in r.curves.iter().enumerate() {
+            let svg = format!("{}-curve-{}.svg", r.suite, i + 1);
+            plots::curve(c, &plots_dir.join(&svg))?;
+            let _ = writeln!(md, "![{}](report/{svg})\n", c.name);
+        }
+    }
+    let path = dir.join("REPORT.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Compares this run's ratios with the committed baseline; an error lists the regressions.
+pub fn check(results: &[SuiteResult], baseline_path: &Path) -> Result<()> {
+    let base = Baseline::load(baseline_path).context("no baseline to check against: a full run with --save-baseline writes it")?;
+    let now = Baseline::from_results(results);
+    if base.quick != now.quick {
+        eprintln!(
+            "  warning: the baseline is from a {} run and this is a {} run; workload sizes differ",
+            if base.quick { "--quick" } else { "full" },
+            if now.quick { "--quick" } else { "full" }
+        );
+    }
+    let findings = baseline::check(&base, &now);
+    let mut regressed = 0;
+    println!("\ncheck against {} (a regression: the median more than {:.0}% past the baseline's range)", baseline_path.display(), baseline::TOLERANCE * 100.0);
+    for f in &findings {
+        match f {
+            Finding::Regressed { suite, name, baseline, current, limit } => {
+                regressed += 1;
+                println!(
+                    "  REGRESSED {suite}: {name}: {:.3} (range {:.3} – {:.3}) past {limit:.3}; baseline {:.3} ({:.3} – {:.3})",
+                    current.median, current.lo, current.hi, baseline.median, baseline.lo, baseline.hi
+                );
+            }
+            Finding::Held { suite, name } => println!("  ok        {suite}: {name}"),
+            Finding::Unmatched { suite, name } => println!("  unmatched {suite}: {name} (in only one of baseline and run)"),
+        }
+    }
+    if regressed > 0 {
+        bail!("{regressed} ratio(s) regressed against {}", baseline_path.display());
+    }
+    Ok(())
+}
+
+pub fn save_baseline(results: &[SuiteResult], path: &Path) -> Result<()> {
+    let b = Baseline::from_results(results);
+    std::fs::write(path, serde_json::to_string_pretty(&b)?)?;
+    println!("baseline written: {} ({} ratios)", path.display(), b.ratios.len());
+    Ok(())
+}
+
+/// `bench sw`'s raw samples (`site,block,metric,sample,ms`) as a suite result. A block is
+/// one fresh browser per site (serving pairs, precache runs), its rounds interleaved A B B A
+/// inside it; a repetition is the median of up to 4 consecutive rounds of a block, so the
+/// spread is that of a measurement, not of single fetches.
+pub fn sw_result(csv: &str, quick: bool, env: Environment) -> Result<SuiteResult> {
+    // (site, metric) -> block -> samples in order
+    let mut groups: BTreeMap<(String, String), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    let mut metrics: Vec<String> = Vec::new();
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [site, block, metric, _, ms] = f[..] else { bail!("bad sw.csv line {line:?}") };
+        let block: usize = block.parse().with_context(|| format!("bad block in {line:?}"))?;
+        let ms: f64 = ms.parse().with_context(|| format!("bad ms in {line:?}"))?;
+        if !metrics.iter().any(|m| m == metric) {
+            metrics.push(metric.to_owned());
+        }
+        groups.entry((site.to_owned(), metric.to_owned())).or_default().entry(block).or_default().push(ms);
+    }
+    let mut reps = 0;
+    let mut r = SuiteResult::new("sw", quick, 0, env);
+    for metric in &metrics {
+        for site in ["stead", "workbox"] {
+            let Some(blocks) = groups.get(&(site.to_owned(), metric.clone())) else { continue };
+            let mut rep = 0;
+            for samples in blocks.values() {
+                let chunks = (samples.len() / 4).max(1);
+                for c in 0..chunks {
+                    let end = if c + 1 == chunks { samples.len() } else { (c + 1) * 4 };
+                    if let Some(m) = median(&samples[c * 4..end]) {
+                        r.add("sw", metric, site, rep, m, "ms");
+                        rep += 1;
+                    }
+                }
+            }
+            reps = reps.max(rep);
+        }
+        let goal = if metric.starts_with("fetch_offline") || metric == "reload_offline_dcl" {
+            Some(0.8)
+        } else if metric == "cold_fetch_offline_1k" || metric == "reload_offline_cold_dcl" {
+            Some(1.0)
+        } else if metric.starts_with("precache") {
+            Some(0.5)
+        } else {
+            None
+        };
+        r.ratio(RatioSpec {
+            name: format!("{metric}, stead / workbox"),
+            num: Key::new("sw", metric, "stead"),
+            den: Key::new("sw", metric, "workbox"),
+            better: Better::Lower,
+            goal,
+            note: String::new(),
+        });
+    }
+    r.reps = reps;
+    r.notes.push("a repetition is the median of ≤ 4 consecutive interleaved rounds in one fresh browser per site; precache: one browser per sample".into());
+    Ok(r)
+}
+
+/// The environment of `bench sw`: the worker's wasm profile and the release server's.
+pub fn sw_env(anchors: Vec<(String, String)>, chromium: &Path) -> Environment {
+    let mut env = Environment::detect(anchors);
+    let toml = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap_or_default();
+    let server = describe_profile(&toml, false, |k| std::env::var(k).ok());
+    env.profile = format!("worker: wasm-release (opt-level z, lto, codegen-units 1); stead-server {server}");
+    let browser = cmd(chromium).arg("--version").probe().map(|s| s.trim().to_owned()).unwrap_or_else(|| "chromium ?".into());
+    env.anchors.push(("browser".into(), browser));
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sw_samples_become_repetitions_of_up_to_four_rounds() {
+        let mut csv = String::from("site,block,metric,sample,ms\n");
+        for block in 0..2 {
+            for i in 0..9 {
+                csv.push_str(&format!("stead,{block},fetch_warm_1k,{i},{}\n", 1.0 + i as f64));
+                csv.push_str(&format!("workbox,{block},fetch_warm_1k,{i},{}\n", 2.0 + i as f64));
+            }
+        }
+        csv.push_str("stead,4,precache_10mb,0,100\nworkbox,5,precache_10mb,0,400\n");
+        let r = sw_result(&csv, false, Environment::default()).expect("parse");
+        // 9 rounds per block: chunks of 4 and 5 → 2 repetitions per block, 4 in all.
+        let stead: Vec<f64> = r.samples.iter().filter(|s| s.system == "stead" && s.metric == "fetch_warm_1k").map(|s| s.value).collect();
+        assert_eq!(stead, vec![2.5, 7.0, 2.5, 7.0]);
+        assert_eq!(r.reps, 4);
+        let pre = r.ratios.iter().find(|x| x.spec.name.starts_with("precache")).expect("precache ratio");
+        assert_eq!(pre.range.map(|x| x.median), Some(0.25));
+        assert_eq!(pre.verdict, Some(stead_bench_harness::stats::Verdict::Met));
+    }
+}
