@@ -25,6 +25,8 @@ use stead_core::sync::Frame;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_tungstenite::tungstenite::Message;
+use stead_bench_harness::stats::percentile;
+use stead_bench_harness::{Better, Curve, Environment, Key, RatioSpec, SuiteResult, order::interleaved};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -53,6 +55,9 @@ enum Cmd {
     /// Only the idle-connection memory workload, for one server: a quick look while
     /// working on per-connection memory.
     Memory(MemoryArgs),
+    /// The null server the load generator is calibrated against: relays each message to
+    /// the other connections on the same path, nothing else.
+    Null,
 }
 
 #[derive(clap::Args)]
@@ -80,11 +85,15 @@ struct RunArgs {
     /// What ran as the anchor, for the output.
     #[arg(long, default_value = "@y/websocket-server 0.1.1, yjs 13.6.33, y-protocols 1.0.7")]
     yjs_versions: String,
+    /// The folder for server.csv and server.json.
     #[arg(long)]
     out: PathBuf,
-    /// Smaller workloads, for a quick look.
+    /// Smaller workloads and fewer repetitions, for a quick look.
     #[arg(long)]
     quick: bool,
+    /// Repetitions per system (default 5; 3 with --quick).
+    #[arg(long)]
+    reps: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,7 +144,11 @@ struct HoldArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (soft, hard) = raise_nofile()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Holders are light receivers: one thread each, as a browser tab's client would be.
+    let rt = match cli.command {
+        Cmd::Hold(_) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
     match cli.command {
         Cmd::Run(a) => {
             eprintln!("  open files: soft limit {soft}, hard {hard}");
@@ -143,6 +156,75 @@ fn main() -> Result<()> {
         }
         Cmd::Hold(a) => rt.block_on(hold(a)),
         Cmd::Memory(a) => rt.block_on(memory_only(a)),
+        Cmd::Null => rt.block_on(null_server()),
+    }
+}
+
+/// Connects with Nagle's algorithm off, as both servers' real clients should be measured.
+pub async fn ws_connect(url: &str) -> Result<Ws> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
+/// A WebSocket relay with no protocol: every binary message goes to the other connections
+/// on the same path. Prints `listening on http://127.0.0.1:PORT` like stead-server.
+async fn null_server() -> Result<()> {
+    use std::collections::HashMap;
+    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+    type Rooms = Arc<std::sync::Mutex<HashMap<String, Vec<(usize, UnboundedSender<Message>)>>>>;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let rooms: Rooms = Arc::default();
+    let mut next = 0usize;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        next += 1;
+        let (id, rooms) = (next, rooms.clone());
+        tokio::spawn(async move {
+            let mut path = String::new();
+            let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                path = req.uri().path().to_owned();
+                Ok(resp)
+            };
+            let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
+            let (mut sink, mut stream) = ws.split();
+            let (tx, mut rx) = unbounded_channel::<Message>();
+            rooms.lock().map(|mut r| r.entry(path.clone()).or_default().push((id, tx))).ok();
+            let writer = tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    if sink.feed(m).await.is_err() {
+                        return;
+                    }
+                    // Flush only when nothing else is queued: no per-message flush.
+                    while let Ok(m) = rx.try_recv() {
+                        if sink.feed(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Binary(b) = msg
+                    && let Ok(r) = rooms.lock()
+                {
+                    for (other, tx) in r.get(&path).into_iter().flatten() {
+                        if *other != id {
+                            let _ = tx.send(Message::Binary(b.clone()));
+                        }
+                    }
+                }
+            }
+            if let Ok(mut r) = rooms.lock()
+                && let Some(v) = r.get_mut(&path)
+            {
+                v.retain(|(o, _)| *o != id);
+            }
+            writer.abort();
+        });
     }
 }
 
@@ -210,6 +292,30 @@ impl Server {
         Ok(Server { child, pid, base: format!("http://127.0.0.1:{port}") })
     }
 
+    async fn null() -> Result<Server> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("null")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the null server")?;
+        let line = first_line(&mut child).await?;
+        let base = line.strip_prefix("listening on ").with_context(|| format!("the null server said {line:?}"))?.to_owned();
+        let pid = child.id().context("no pid")?;
+        Ok(Server { child, pid, base })
+    }
+
+    /// User plus system CPU seconds the process has used, from /proc/PID/stat.
+    fn cpu_secs(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad /proc stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).context("no utime")?.parse::<f64>()? + f.get(12).context("no stime")?.parse::<f64>()?;
+        Ok(ticks / clock_ticks())
+    }
+
     fn ws(&self) -> String {
         self.base.replace("http://", "ws://")
     }
@@ -230,6 +336,19 @@ impl Server {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 async fn first_line(child: &mut Child) -> Result<String> {
@@ -364,9 +483,8 @@ async fn hold(a: HoldArgs) -> Result<()> {
                     }
                     _ => {
                         let connecting = async {
-                            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await?;
-                            // The server greets every connection with sync step 1.
-                            ws.next().await.context("closed before the greeting")??;
+                            let mut ws = ws_connect(&url).await?;
+                            yjs::handshake(&mut ws).await?;
                             anyhow::Ok(ws)
                         };
                         let mut ws = tokio::time::timeout(Duration::from_secs(60), connecting).await.context("connect timed out")??;
@@ -436,14 +554,13 @@ async fn hold(a: HoldArgs) -> Result<()> {
 // The run
 
 struct Sizes {
+    /// One-op writes in every ingest pass, the same count for both servers.
     ingest_ops: usize,
-    /// Stead with one entry per message pays one fsync'd commit per message: fewer of them.
-    unbatched_entries: usize,
     receivers: usize,
     procs: usize,
-    /// Fan-out passes: (updates, interval between them). BENCH.md's pass is 50/s; the full
-    /// run adds a slower pass, since at 1,000 receivers 50/s can saturate this machine's 2
-    /// cores (servers and receivers share them) and then measures a growing queue.
+    /// Fan-out passes: (updates, interval between them). BENCH.md's pass is 50/s; the slower
+    /// pass shows delivery when neither server is near saturation on 2 shared cores. Both
+    /// are always reported.
     fanout: Vec<(usize, Duration)>,
     memory_steps: Vec<usize>,
     spaces: usize,
@@ -452,11 +569,17 @@ struct Sizes {
 impl Sizes {
     fn new(quick: bool) -> Sizes {
         if quick {
-            Sizes { ingest_ops: 10_000, unbatched_entries: 300, receivers: 100, procs: 2, fanout: vec![(100, FANOUT_PERIOD)], memory_steps: vec![100, 500, 1000], spaces: 10 }
+            Sizes {
+                ingest_ops: 5_000,
+                receivers: 100,
+                procs: 2,
+                fanout: vec![(100, FANOUT_PERIOD), (15, SUSTAINED_PERIOD)],
+                memory_steps: vec![100, 500, 1000],
+                spaces: 10,
+            }
         } else {
             Sizes {
                 ingest_ops: 100_000,
-                unbatched_entries: 2_000,
                 receivers: 1_000,
                 procs: 4,
                 fanout: vec![(1_000, FANOUT_PERIOD), (200, SUSTAINED_PERIOD)],
@@ -468,7 +591,6 @@ impl Sizes {
 }
 
 const FANOUT_PERIOD: Duration = Duration::from_millis(20); // 50 updates/s
-/// A rate both servers sustain with 1,000 receivers on 2 shared cores.
 const SUSTAINED_PERIOD: Duration = Duration::from_millis(200); // 5 updates/s
 
 /// A fan-out pass counts as saturated when latency grew past this (a queue, not a delivery time).
@@ -476,14 +598,11 @@ const SATURATED_MS: f64 = 1000.0;
 
 /// One ingest measurement.
 struct Ingest {
-    label: String,
     messages: usize,
     entries: usize,
     ops: usize,
     /// First send to last receipt by the second client.
     secs: f64,
-    /// First send to the last acknowledgement (Stead) or echo (Yjs).
-    ack_secs: f64,
     /// Per message/frame: send to its ack (Stead) or echo (Yjs), in ms.
     ack_ms: Vec<f64>,
 }
@@ -497,6 +616,8 @@ impl Ingest {
 struct Latency {
     samples: Vec<f64>,
     missing: usize,
+    /// Server CPU seconds (user + system) from the first send to the end of the pass.
+    cpu: f64,
 }
 
 struct Memory {
@@ -520,21 +641,28 @@ impl Memory {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
 }
 
+/// "name version, name version" as (name, version) pairs.
+fn anchors(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .filter_map(|a| a.trim().rsplit_once(' ').map(|(n, v)| (n.to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// The ingest systems, in round order: the null server calibrates the load generator.
+const INGEST: [&str; 4] = ["null", "stead-batched", "stead-single", "yjs"];
+const TWO: [&str; 2] = ["stead", "yjs"];
+const NOT_DURABLE: &str = "Yjs keeps documents in memory only: nothing it relays is durable; Stead acks after its SQLite commit";
+
 async fn run(a: RunArgs) -> Result<()> {
+    let started = Instant::now();
     let sizes = Sizes::new(a.quick);
+    let reps = a.reps.unwrap_or(if a.quick { 3 } else { 5 });
+    let mut r = SuiteResult::new("server", a.quick, reps, Environment::detect(anchors(&a.yjs_versions)));
     let tmp = tempfile::Builder::new().prefix("stead-bench-server").tempdir()?;
     let http = reqwest::Client::new();
 
@@ -544,49 +672,181 @@ async fn run(a: RunArgs) -> Result<()> {
     anyhow::ensure!(status.success(), "gen-updates.mjs failed");
     let updates = yjs::read_updates(&updates_file)?;
 
-    // Stead.
-    eprintln!("\n  stead: ingest");
-    let dir = tmp.path().join("stead-1");
-    let server = Server::stead(&a.stead_server, &dir).await?;
-    let mut stead_ingest = Vec::new();
-    stead_ingest.push(stead_ingest_run(&server, &http, "1 op/entry, 1 entry/message", sizes.unbatched_entries, 1, 1).await?);
-    stead_ingest.push(stead_ingest_run(&server, &http, "1 op/entry, ≤256 entries/message", sizes.ingest_ops, 1, 256).await?);
-    stead_ingest.push(stead_ingest_run(&server, &http, "100 ops/entry, ≤256 entries/message", sizes.ingest_ops, 100, 256).await?);
-    eprintln!("  stead: fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
-    let mut stead_fanout = Vec::new();
-    for &(updates, period) in &sizes.fanout {
-        eprintln!("    {updates} updates at {:.0}/s", 1.0 / period.as_secs_f64());
-        stead_fanout.push(stead_fanout_run(&server, &http, &sizes, updates, period, tmp.path()).await?);
+    // Ingest, with the generator's ceiling: every sample on a fresh server process.
+    let w = "ingest";
+    for (round, s) in interleaved(INGEST.len(), reps) {
+        let system = INGEST[s];
+        let dir = tmp.path().join(format!("ingest-{round}-{system}"));
+        let i = match system {
+            "null" => {
+                let server = Server::null().await?;
+                let i = relay_ingest_run(&server, &updates, false).await?;
+                server.stop().await?;
+                i
+            }
+            "yjs" => {
+                let server = Server::yjs(&a.yjs_dir).await?;
+                let i = relay_ingest_run(&server, &updates, true).await?;
+                server.stop().await?;
+                i
+            }
+            _ => {
+                let server = Server::stead(&a.stead_server, &dir).await?;
+                let max_entries = if system == "stead-batched" { 256 } else { 1 };
+                let i = stead_ingest_run(&server, &http, sizes.ingest_ops, max_entries).await?;
+                server.stop().await?;
+                i
+            }
+        };
+        let acks = sorted(i.ack_ms.clone());
+        eprintln!(
+            "    round {round} {system:<14} {} ops in {} messages: {:.2} s, {:.0} ops/s, ack/echo p50 {:.1} ms",
+            i.ops,
+            i.messages,
+            i.secs,
+            i.per_sec(i.ops),
+            percentile(&acks, 0.5)
+        );
+        r.add(w, "ops/s", system, round, i.per_sec(i.ops), "1/s");
+        r.add(w, "ops per message", system, round, i.ops as f64 / i.messages as f64, "ops");
+        r.add(w, "entries", system, round, i.entries as f64, "count");
+        if system != "null" {
+            r.add(w, "ack p50", system, round, percentile(&acks, 0.5), "ms");
+            r.add(w, "ack p99", system, round, percentile(&acks, 0.99), "ms");
+        }
     }
-    server.stop().await?;
-    eprintln!("  stead: memory per idle connection");
-    let server = Server::stead(&a.stead_server, &tmp.path().join("stead-2")).await?;
-    let stead_mem = memory_run(Target::Stead, &server, &http, &sizes, tmp.path()).await?;
-    server.stop().await?;
 
-    // Yjs.
-    eprintln!("\n  yjs: ingest");
-    let server = Server::yjs(&a.yjs_dir).await?;
-    let yjs_ingest = yjs_ingest_run(&server, &updates).await?;
-    eprintln!("  yjs: fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
-    let mut yjs_fanout = Vec::new();
-    for &(n, period) in &sizes.fanout {
-        eprintln!("    {n} updates at {:.0}/s", 1.0 / period.as_secs_f64());
-        yjs_fanout.push(yjs_fanout_run(&server, &updates, &sizes, n, period, tmp.path()).await?);
+    // Fan-out, at both rates.
+    eprintln!("  fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
+    let mut saturated = Vec::new();
+    for &(updates_n, period) in &sizes.fanout {
+        let rate = 1.0 / period.as_secs_f64();
+        let w = format!("fan-out {rate:.0}/s");
+        for (round, s) in interleaved(TWO.len(), reps) {
+            let system = TWO[s];
+            let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
+            std::fs::create_dir_all(&dir)?;
+            let lat = if system == "stead" {
+                let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
+                let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
+                server.stop().await?;
+                l
+            } else {
+                let server = Server::yjs(&a.yjs_dir).await?;
+                let l = yjs_fanout_run(&server, &updates, &sizes, updates_n, period, &dir).await?;
+                server.stop().await?;
+                l
+            };
+            let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
+            let cpu_per_k = lat.cpu / lat.samples.len().max(1) as f64 * 1000.0;
+            eprintln!(
+                "    {w} round {round} {system:<6} p50 {p50:.2} ms, p99 {p99:.2} ms, {} missing, {:.3} CPU s per 1,000 deliveries",
+                lat.missing, cpu_per_k
+            );
+            if p50 > SATURATED_MS || lat.missing > 0 {
+                saturated.push(format!("{w} round {round} {system}"));
+            }
+            r.add(&w, "p50", system, round, p50, "ms");
+            r.add(&w, "p99", system, round, p99, "ms");
+            r.add(&w, "max", system, round, percentile(&lat.samples, 1.0), "ms");
+            r.add(&w, "missing", system, round, lat.missing as f64, "count");
+            r.add(&w, "CPU s per 1000 deliveries", system, round, cpu_per_k, "s");
+        }
     }
-    server.stop().await?;
-    eprintln!("  yjs: memory per idle connection");
-    let server = Server::yjs(&a.yjs_dir).await?;
-    let yjs_mem = memory_run(Target::Yjs, &server, &http, &sizes, tmp.path()).await?;
-    server.stop().await?;
 
-    report(&a, &sizes, &stead_ingest, &yjs_ingest, &stead_fanout, &yjs_fanout, &stead_mem, &yjs_mem)
+    // Idle connections: server RSS as they grow.
+    eprintln!("  memory per idle connection over {} spaces/rooms", sizes.spaces);
+    let mut rss: Vec<Vec<(usize, u64)>> = vec![Vec::new(), Vec::new()];
+    for (round, s) in interleaved(TWO.len(), reps) {
+        let system = TWO[s];
+        let (target, server) = if system == "stead" {
+            (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("memory-{round}"))).await?)
+        } else {
+            (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
+        };
+        let m = memory_run(target, &server, &http, &sizes, &tmp.path().join(format!("memory-{round}-{system}"))).await?;
+        server.stop().await?;
+        eprintln!("    round {round} {system:<6} {:.2} KB per connection, held {} of {}", m.slope() / 1024.0, m.held, m.tried);
+        r.add("memory", "KB per idle connection", system, round, m.slope() / 1024.0, "KB");
+        r.add("memory", "sockets held", system, round, m.held as f64, "count");
+        rss[s].extend(m.points);
+    }
+
+    let ratio = |name: String, w: &str, metric: &str, num: &str, den: &str, better: Better, goal: Option<f64>, note: &str| RatioSpec {
+        name,
+        num: Key::new(w, metric, num),
+        den: Key::new(w, metric, den),
+        better,
+        goal,
+        note: note.into(),
+    };
+    r.ratio(ratio("ingest ops/s, stead batched / yjs".into(), "ingest", "ops/s", "stead-batched", "yjs", Better::Higher, Some(5.0), NOT_DURABLE));
+    r.ratio(ratio("ingest ops/s, one write per message, stead / yjs".into(), "ingest", "ops/s", "stead-single", "yjs", Better::Higher, Some(2.0), NOT_DURABLE));
+    for system in ["stead-batched", "stead-single", "yjs"] {
+        r.ratio(ratio(
+            format!("ingest ops/s, {system} / the generator's ceiling (null server)"),
+            "ingest",
+            "ops/s",
+            system,
+            "null",
+            Better::Higher,
+            None,
+            "near 1: the ratio above measures the load generator",
+        ));
+    }
+    for &(_, period) in &sizes.fanout {
+        let w = format!("fan-out {:.0}/s", 1.0 / period.as_secs_f64());
+        for metric in ["p50", "p99", "CPU s per 1000 deliveries"] {
+            r.ratio(ratio(format!("{w}: {metric}, stead / yjs"), &w, metric, "stead", "yjs", Better::Lower, Some(1.0), NOT_DURABLE));
+        }
+    }
+    r.ratio(ratio("memory per idle connection, stead / yjs".into(), "memory", "KB per idle connection", "stead", "yjs", Better::Lower, Some(1.0 / 3.0), ""));
+
+    // RSS against connections: the median at each step over the repetitions.
+    let mut series = Vec::new();
+    for (s, name) in TWO.iter().enumerate() {
+        let mut steps: Vec<usize> = rss[s].iter().map(|p| p.0).collect();
+        steps.sort();
+        steps.dedup();
+        let pts = steps
+            .iter()
+            .filter_map(|&n| {
+                let v: Vec<f64> = rss[s].iter().filter(|p| p.0 == n).map(|p| p.1 as f64 / 1048576.0).collect();
+                stead_bench_harness::stats::median(&v).map(|m| (n as f64, m))
+            })
+            .collect();
+        series.push((name.to_string(), pts));
+    }
+    r.curves.push(Curve { name: "server RSS with idle connections".into(), x_label: "open connections".into(), y_label: "RSS (MB)".into(), series });
+
+    r.notes.push(format!(
+        "ingest: {} one-op writes per pass for every system; one writer, a second client counts; first send to last receipt. \
+         stead-batched packs ≤ 256 entries (1 op each) per message as its sync does under load; stead-single and Yjs send one write per message. \
+         Senders feed without a flush per message, TCP_NODELAY on, reading and writing in separate tasks.",
+        sizes.ingest_ops
+    ));
+    r.notes.push("ack p50/p99: from a message's send to its durable ack (Stead) or its echo (Yjs); `ops per message` is the batch size".into());
+    r.notes.push(format!(
+        "fan-out: {} receivers in {} single-threaded processes, passes {:?}; CPU: the server's user+system seconds from /proc/PID/stat per 1,000 deliveries",
+        sizes.receivers,
+        sizes.procs,
+        sizes.fanout.iter().map(|(n, p)| format!("{n} updates at {:.0}/s", 1.0 / p.as_secs_f64())).collect::<Vec<_>>()
+    ));
+    r.notes.push(format!("memory: RSS at {:?} idle connections; Yjs holders finish the sync handshake both ways", sizes.memory_steps));
+    if !saturated.is_empty() {
+        r.notes.push(format!(
+            "SATURATED (p50 above {SATURATED_MS:.0} ms or updates missing: a growing queue, not delivery latency): {}",
+            saturated.join(", ")
+        ));
+    }
+    r.seconds = started.elapsed().as_secs_f64();
+    r.finish(&a.out)
 }
 
-async fn stead_ingest_run(server: &Server, http: &reqwest::Client, label: &str, ops: usize, per_entry: usize, max_entries: usize) -> Result<Ingest> {
+async fn stead_ingest_run(server: &Server, http: &reqwest::Client, ops: usize, max_entries: usize) -> Result<Ingest> {
     let url = format!("{}/sync", server.ws());
     let space = stead::create_space(http, &server.base, 1).await?;
-    let entries = stead::entries(&space, ops, per_entry)?;
+    let entries = stead::entries(&space, ops, 1)?;
     let n = entries.len();
     let reader = &space.readers[0];
     let mut counter = stead::Counter {
@@ -600,7 +860,7 @@ async fn stead_ingest_run(server: &Server, http: &reqwest::Client, label: &str, 
     let (mut rws, mut rsync) = stead::connect(&url, &mut counter, 256).await?;
     let receiving = tokio::spawn(async move {
         while (counter.next as usize) < n {
-            let msg = tokio::time::timeout(Duration::from_secs(120), rws.next()).await.context("the receiver heard nothing for 120 s")?;
+            let msg = tokio::time::timeout(Duration::from_secs(300), rws.next()).await.context("the receiver heard nothing for 300 s")?;
             stead::take(msg, &mut rsync, &mut counter)?;
             stead::pump(&mut rws, &mut rsync, &counter).await?;
         }
@@ -620,94 +880,87 @@ async fn stead_ingest_run(server: &Server, http: &reqwest::Client, label: &str, 
         frames.push(f.encode());
     }
     let messages = frames.len();
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let t0 = Instant::now();
-    let sending = tokio::spawn(async move {
-        let mut sent = Vec::with_capacity(frames.len());
-        for f in frames {
-            sink.send(Message::Binary(f.into())).await?;
-            sent.push(Instant::now());
-        }
-        anyhow::Ok((sent, sink))
-    });
+    let sending = tokio::spawn(send_all(sink, frames));
     let me = space.creator.replica;
     let mut acked_at = Vec::with_capacity(last.len());
     while acked_at.len() < last.len() {
-        let msg = tokio::time::timeout(Duration::from_secs(120), stream.next()).await.context("no ack for 120 s")?;
+        let msg = tokio::time::timeout(Duration::from_secs(300), stream.next()).await.context("no ack for 300 s")?;
         stead::take(msg, &mut sync, &mut writer)?;
         let acked = sync.acked().get(&me).copied().unwrap_or(0);
         while acked_at.len() < last.len() && acked >= last[acked_at.len()] {
             acked_at.push(Instant::now());
         }
     }
-    let t_ack = Instant::now();
-    let (sent, _sink) = sending.await??;
+    let sent = sending.await??;
     let t_recv = receiving.await??;
     let ack_ms = sent.iter().zip(&acked_at).map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64() * 1e3).collect();
-    let r = Ingest {
-        label: label.to_owned(),
-        messages,
-        entries: n,
-        ops,
-        secs: (t_recv - t0).as_secs_f64(),
-        ack_secs: (t_ack - t0).as_secs_f64(),
-        ack_ms,
-    };
-    eprintln!("    {label}: {} entries, {} ops in {} messages: {:.2} s ({:.0} entries/s, {:.0} ops/s)", r.entries, r.ops, r.messages, r.secs, r.per_sec(r.entries), r.per_sec(r.ops));
-    Ok(r)
+    Ok(Ingest { messages, entries: n, ops, secs: (t_recv - t0).as_secs_f64(), ack_ms })
 }
 
+/// Feeds every message without a flush per message, then flushes once: tungstenite writes
+/// out as its buffer fills. Returns when each message was handed over.
+async fn send_all(mut sink: futures::stream::SplitSink<Ws, Message>, messages: Vec<Vec<u8>>) -> Result<Vec<Instant>> {
+    let mut sent = Vec::with_capacity(messages.len());
+    for m in messages {
+        sink.feed(Message::Binary(m.into())).await?;
+        sent.push(Instant::now());
+    }
+    sink.flush().await?;
+    // Keep the socket open until the caller has what it waits for.
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(sink);
+    });
+    Ok(sent)
+}
+
+/// Connects as a y-websocket client does: the sync handshake done both ways.
 async fn yjs_connect(url: &str) -> Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.context("connecting to the Yjs server")?;
-    ws.next().await.context("closed before the greeting")??;
+    let mut ws = ws_connect(url).await?;
+    yjs::handshake(&mut ws).await?;
     Ok(ws)
 }
 
-async fn yjs_ingest_run(server: &Server, updates: &[Vec<u8>]) -> Result<Ingest> {
+/// Ingest through a relay: the Yjs server (`yjs`: handshake first, the writer's own
+/// updates echoed back to it) or the null server (no protocol, no echo).
+async fn relay_ingest_run(server: &Server, updates: &[Vec<u8>], yjs: bool) -> Result<Ingest> {
     let url = format!("{}/ingest", server.ws());
     let n = updates.len();
-    let mut counter = yjs_connect(&url).await?;
+    let connect = |url: String| async move { if yjs { yjs_connect(&url).await } else { ws_connect(&url).await } };
+    let mut counter = connect(url.clone()).await?;
     let receiving = tokio::spawn(async move {
         let mut count = 0;
         while count < n {
-            match tokio::time::timeout(Duration::from_secs(120), counter.next()).await.context("the receiver heard nothing for 120 s")? {
-                Some(Ok(Message::Binary(b))) if yjs::is_update(&b) => count += 1,
+            match tokio::time::timeout(Duration::from_secs(300), counter.next()).await.context("the receiver heard nothing for 300 s")? {
+                Some(Ok(Message::Binary(b))) if !yjs || yjs::is_update(&b) => count += 1,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
-                None => bail!("the Yjs server closed the receiver"),
+                None => bail!("the server closed the receiver"),
             }
         }
         anyhow::Ok(Instant::now())
     });
     let messages: Vec<Vec<u8>> = updates.iter().map(|u| yjs::update_message(u)).collect();
-    let ws = yjs_connect(&url).await?;
-    let (mut sink, mut stream) = ws.split();
+    let ws = connect(url).await?;
+    let (sink, mut stream) = ws.split();
     let t0 = Instant::now();
-    let sending = tokio::spawn(async move {
-        let mut sent = Vec::with_capacity(messages.len());
-        for m in messages {
-            sink.send(Message::Binary(m.into())).await?;
-            sent.push(Instant::now());
-        }
-        anyhow::Ok((sent, sink))
-    });
-    // The server sends every update to every connection of the room, its writer included.
+    let sending = tokio::spawn(send_all(sink, messages));
+    // The Yjs server sends every update to every connection of the room, its writer included.
     let mut echoed = Vec::with_capacity(n);
-    while echoed.len() < n {
-        match tokio::time::timeout(Duration::from_secs(120), stream.next()).await.context("no echo for 120 s")? {
+    while yjs && echoed.len() < n {
+        match tokio::time::timeout(Duration::from_secs(300), stream.next()).await.context("no echo for 300 s")? {
             Some(Ok(Message::Binary(b))) if yjs::is_update(&b) => echoed.push(Instant::now()),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(e.into()),
             None => bail!("the Yjs server closed the writer"),
         }
     }
-    let t_echo = Instant::now();
-    let (sent, _sink) = sending.await??;
+    let sent = sending.await??;
     let t_recv = receiving.await??;
     let ack_ms = sent.iter().zip(&echoed).map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64() * 1e3).collect();
-    let r = Ingest { label: "1 op/update, 1 update/message".into(), messages: n, entries: n, ops: n, secs: (t_recv - t0).as_secs_f64(), ack_secs: (t_echo - t0).as_secs_f64(), ack_ms };
-    eprintln!("    {} updates: {:.2} s ({:.0} updates/s)", n, r.secs, r.per_sec(n));
-    Ok(r)
+    Ok(Ingest { messages: n, entries: n, ops: n, secs: (t_recv - t0).as_secs_f64(), ack_ms })
 }
 
 /// Starts `procs` holders over `receivers` connections and waits until all are up.
@@ -755,7 +1008,7 @@ fn read_times(dir: &Path, receivers: usize, procs: usize, expect: usize, send_us
         }
         offset += per.min(receivers - offset);
     }
-    Ok(Latency { samples: sorted(samples), missing })
+    Ok(Latency { samples: sorted(samples), missing, cpu: 0.0 })
 }
 
 async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes, updates: usize, period: Duration, tmp: &Path) -> Result<Latency> {
@@ -784,6 +1037,7 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
     let mut writer = stead::Writer { who, entries, released: 0 };
     let (mut ws, mut sync) = stead::connect(&url, &mut writer, 256).await?;
     let mut send_us = vec![0u64; updates];
+    let cpu0 = server.cpu_secs()?;
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let mut i = 0;
     let end = start + period * updates as u32 + Duration::from_secs(2);
@@ -802,10 +1056,12 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
             _ = tokio::time::sleep_until(end) => break,
         }
     }
+    let cpu = server.cpu_secs()? - cpu0;
     for h in hs {
         h.finish().await?;
     }
-    let lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    let mut lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    lat.cpu = cpu;
     eprintln!("    p50 {:.2} ms, p99 {:.2} ms, {} missing", percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99), lat.missing);
     Ok(lat)
 }
@@ -830,6 +1086,7 @@ async fn yjs_fanout_run(server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates
     let mut ws = yjs_connect(&format!("{}/fanout{}-0", server.ws(), period.as_millis())).await?;
     let messages: Vec<Vec<u8>> = all.iter().take(updates).map(|u| yjs::update_message(u)).collect();
     let mut send_us = vec![0u64; updates];
+    let cpu0 = server.cpu_secs()?;
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let end = start + period * updates as u32 + Duration::from_secs(2);
     let mut i = 0;
@@ -849,10 +1106,12 @@ async fn yjs_fanout_run(server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates
             _ = tokio::time::sleep_until(end) => break,
         }
     }
+    let cpu = server.cpu_secs()? - cpu0;
     for h in hs {
         h.finish().await?;
     }
-    let lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    let mut lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    lat.cpu = cpu;
     eprintln!("    p50 {:.2} ms, p99 {:.2} ms, {} missing", percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99), lat.missing);
     Ok(lat)
 }
@@ -919,137 +1178,3 @@ async fn memory_run(target: Target, server: &Server, http: &reqwest::Client, siz
     Ok(Memory { points, held, tried })
 }
 
-// ---------------------------------------------------------------------------------------
-// Output
-
-#[allow(clippy::too_many_arguments)]
-fn report(a: &RunArgs, sizes: &Sizes, si: &[Ingest], yi: &Ingest, sf: &[Latency], yf: &[Latency], sm: &Memory, ym: &Memory) -> Result<()> {
-    let mut csv = String::from("server,workload,metric,value,unit\n");
-    let mut row = |server: &str, workload: &str, metric: &str, value: f64, unit: &str| {
-        csv.push_str(&format!("{server},\"{workload}\",{metric},{value},{unit}\n"));
-    };
-    for (server, ing) in si.iter().map(|i| ("stead", i)).chain([("yjs", yi)]) {
-        let acks = sorted(ing.ack_ms.clone());
-        row(server, &ing.label, "messages", ing.messages as f64, "count");
-        row(server, &ing.label, "entries", ing.entries as f64, "count");
-        row(server, &ing.label, "ops", ing.ops as f64, "count");
-        row(server, &ing.label, "seconds_to_last_receipt", ing.secs, "s");
-        row(server, &ing.label, "seconds_to_last_ack", ing.ack_secs, "s");
-        row(server, &ing.label, "entries_per_s", ing.per_sec(ing.entries), "1/s");
-        row(server, &ing.label, "ops_per_s", ing.per_sec(ing.ops), "1/s");
-        row(server, &ing.label, "ack_p50", percentile(&acks, 0.5), "ms");
-        row(server, &ing.label, "ack_p99", percentile(&acks, 0.99), "ms");
-    }
-    for (server, f, &(updates, period)) in sf.iter().map(|f| ("stead", f)).chain(yf.iter().map(|f| ("yjs", f))).zip(sizes.fanout.iter().cycle()).map(|((s, f), p)| (s, f, p)) {
-        let w = format!("fan-out {} receivers, {updates} updates at {:.0}/s", sizes.receivers, 1.0 / period.as_secs_f64());
-        row(server, &w, "p50", percentile(&f.samples, 0.5), "ms");
-        row(server, &w, "p99", percentile(&f.samples, 0.99), "ms");
-        row(server, &w, "max", percentile(&f.samples, 1.0), "ms");
-        row(server, &w, "missing", f.missing as f64, "count");
-    }
-    for (server, m) in [("stead", sm), ("yjs", ym)] {
-        let w = format!("idle connections over {} spaces/rooms", sizes.spaces);
-        for (n, rss) in &m.points {
-            row(server, &w, &format!("rss_at_{n}"), *rss as f64, "bytes");
-        }
-        row(server, &w, "bytes_per_connection", m.slope(), "bytes");
-        row(server, &w, "sockets_held", m.held as f64, "count");
-    }
-    if let Some(parent) = a.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&a.out, csv)?;
-
-    let y_rate = yi.per_sec(yi.ops);
-    println!();
-    println!("bench server{}: stead-server vs the Yjs WebSocket server ({}), same machine, same run", if a.quick { " --quick" } else { "" }, a.yjs_versions);
-    println!("  Stead acks an entry only after its SQLite transaction committed (WAL, synchronous=FULL);");
-    println!("  y-websocket-server keeps documents in memory only: nothing it acknowledges or relays is durable.");
-    println!("  Load generator: Rust (tokio-tungstenite) for both servers; Yjs updates made beforehand by yjs");
-    println!("  in node, Stead entries (signed, encrypted) beforehand by a real replica; receivers count without");
-    println!("  applying. stead-server runs with --frames-per-sec raised (the per-connection abuse limit).");
-    println!();
-    println!("  ingest: one writer, a second client counts; first send to last receipt");
-    for i in si {
-        let acks = sorted(i.ack_ms.clone());
-        println!(
-            "    stead  {:<36} {:>7} entries {:>7} ops {:>6} msgs  {:>9.0} entries/s {:>10.0} ops/s  ack p50 {:.1} ms  ×{:.2} Yjs ops/s",
-            i.label,
-            i.entries,
-            i.ops,
-            i.messages,
-            i.per_sec(i.entries),
-            i.per_sec(i.ops),
-            percentile(&acks, 0.5),
-            i.per_sec(i.ops) / y_rate
-        );
-    }
-    let yacks = sorted(yi.ack_ms.clone());
-    println!(
-        "    yjs    {:<36} {:>7} updates         {:>6} msgs  {:>9.0} updates/s                   echo p50 {:.1} ms (in memory)",
-        yi.label,
-        yi.entries,
-        yi.messages,
-        y_rate,
-        percentile(&yacks, 0.5)
-    );
-    println!("    Stead batches as its client does under load: the sync protocol packs every entry not yet sent");
-    println!("    into one frame (≤256), and an app may put many ops in one entry; the ack p50 above is the latency");
-    println!("    a write sees from its frame's send to its durable ack.");
-    println!();
-    for (i, &(updates, period)) in sizes.fanout.iter().enumerate() {
-        let (sf, yf) = (&sf[i], &yf[i]);
-        let rate = 1.0 / period.as_secs_f64();
-        println!("  fan-out: {} receivers in {} processes, {updates} updates at {rate:.0}/s (Stead: delivered after the commit)", sizes.receivers, sizes.procs);
-        let mut saturated = Vec::new();
-        for (name, f) in [("stead", sf), ("yjs", yf)] {
-            let sat = percentile(&f.samples, 0.5) > SATURATED_MS || f.missing > 0;
-            if sat {
-                saturated.push(name);
-            }
-            println!(
-                "    {name:<6} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  ({} samples, {} missing){}",
-                percentile(&f.samples, 0.5),
-                percentile(&f.samples, 0.99),
-                percentile(&f.samples, 1.0),
-                f.samples.len(),
-                f.missing,
-                if sat { "  SATURATED" } else { "" }
-            );
-        }
-        if saturated.is_empty() {
-            println!(
-                "    Stead/Yjs  p50 ×{:.2}  p99 ×{:.2} (Yjs: in memory, not durable)",
-                percentile(&sf.samples, 0.5) / percentile(&yf.samples, 0.5),
-                percentile(&sf.samples, 0.99) / percentile(&yf.samples, 0.99)
-            );
-        } else {
-            println!(
-                "    no ratio: {} could not keep up at {rate:.0}/s on this machine (p50 above {SATURATED_MS:.0} ms or updates missing),",
-                saturated.join(" and ")
-            );
-            println!("    so the figures measure a growing queue, not delivery latency");
-        }
-        println!();
-    }
-    println!("  memory: server RSS with idle connections over {} spaces/rooms (least-squares slope)", sizes.spaces);
-    for (name, m) in [("stead", sm), ("yjs", ym)] {
-        let pts: Vec<String> = m.points.iter().map(|(n, r)| format!("{n}: {:.1} MB", *r as f64 / 1048576.0)).collect();
-        println!("    {name:<6} {:>6.1} KB/connection; held {} of {} sockets  [{}]", m.slope() / 1024.0, m.held, m.tried, pts.join(", "));
-    }
-    let mem_ratio = sm.slope() / ym.slope();
-    println!("    Stead/Yjs ×{mem_ratio:.2} per connection");
-    println!();
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    println!("  goals (issue 4):");
-    println!("    ≥5× y-websocket throughput (Stead durable, Yjs in memory):");
-    for i in si {
-        let r = i.per_sec(i.ops) / y_rate;
-        println!("      {:<36} ops/s ×{r:.2} — {}", i.label, verdict(r >= 5.0));
-    }
-    println!("    ≤1/3 its memory per connection: ×{mem_ratio:.2} — {}", verdict(mem_ratio <= 1.0 / 3.0));
-    let target = *sizes.memory_steps.last().unwrap_or(&0);
-    println!("    {target} sockets held: Stead {} — {}", sm.held, verdict(sm.held >= target));
-    println!("  raw numbers: {}", a.out.display());
-    Ok(())
-}

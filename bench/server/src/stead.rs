@@ -215,7 +215,7 @@ pub fn take(msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
 
 /// Connects and handshakes; returns once the server's vector has arrived.
 pub async fn connect<P: SyncPeer + Send + std::marker::Sync>(url: &str, peer: &mut P, max_entries: usize) -> Result<(Ws, Sync)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.context("connecting to stead-server")?;
+    let mut ws = crate::ws_connect(url).await.context("connecting to stead-server")?;
     let mut sync = Sync::new(sync_config(max_entries), &mut OsRandom);
     loop {
         pump(&mut ws, &mut sync, &*peer).await?;

@@ -39,6 +39,40 @@ pub fn update_message(update: &[u8]) -> Vec<u8> {
     out
 }
 
+const SYNC_STEP1: u64 = 0;
+const SYNC_STEP2: u64 = 1;
+
+/// What a y-websocket client does on open, for an empty document: send sync step 1 (its
+/// empty state vector), answer the server's step 1 with step 2 (an empty update), and
+/// take the server's step 2. Returns once both directions are done, so an idle holder
+/// costs the server what a real synced client costs. (Real clients also send an awareness
+/// state; these holders do not.)
+pub async fn handshake(ws: &mut crate::Ws) -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // messageSync, step 1, state vector as a byte array: an empty vector is varuint 0.
+    ws.send(Message::Binary(vec![0, 0, 1, 0].into())).await?;
+    let (mut answered, mut synced) = (false, false);
+    while !(answered && synced) {
+        let msg = ws.next().await.context("closed during the sync handshake")??;
+        let Message::Binary(b) = msg else { continue };
+        let mut at = 0;
+        if read_varuint(&b, &mut at) != Some(MESSAGE_SYNC) {
+            continue;
+        }
+        match read_varuint(&b, &mut at) {
+            Some(SYNC_STEP1) => {
+                // Step 2 with an empty v1 update (no structs, empty delete set).
+                ws.send(Message::Binary(vec![0, 1, 2, 0, 0].into())).await?;
+                answered = true;
+            }
+            Some(SYNC_STEP2) => synced = true,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether a message from the server carries a document update.
 pub fn is_update(msg: &[u8]) -> bool {
     let mut at = 0;
