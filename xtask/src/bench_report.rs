@@ -65,11 +65,7 @@ pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<Pat
         }
         let _ = writeln!(md, "| # | ratio | median | range | goal | verdict |\n|---|---|---|---|---|---|");
         for (i, x) in r.ratios.iter().enumerate() {
-            let goal = match (x.spec.goal, x.spec.better) {
-                (Some(g), Better::Lower) => format!("≤ {g}"),
-                (Some(g), Better::Higher) => format!("≥ {g}"),
-                (None, _) => "—".into(),
-            };
+            let goal = x.spec.goal_str();
             let (m, range) = match x.range {
                 Some(q) => (format!("{:.3}", q.median), format!("{:.3} – {:.3}", q.lo, q.hi)),
                 None => ("n/a".into(), "no samples".into()),

@@ -48,6 +48,22 @@ pub struct RatioSpec {
     pub note: String,
 }
 
+impl RatioSpec {
+    /// `≤ 0.5`, `≥ 5`, `≤ 0.333`, or `—` without a goal.
+    pub fn goal_str(&self) -> String {
+        let Some(g) = self.goal else { return "—".into() };
+        let mut v = format!("{g:.3}");
+        while v.ends_with('0') {
+            v.pop();
+        }
+        let v = v.trim_end_matches('.');
+        match self.better {
+            Better::Lower => format!("≤ {v}"),
+            Better::Higher => format!("≥ {v}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RatioResult {
     pub spec: RatioSpec,
@@ -146,19 +162,15 @@ impl SuiteResult {
             );
         }
         let _ = writeln!(t);
-        let _ = writeln!(t, "  {:<62} {:>8} {:>19}  {:<8} verdict", "ratio (of medians)", "median", "range", "goal");
+        let _ = writeln!(t, "  {:<64} {:>8} {:>19}  {:<8} verdict", "ratio (of medians)", "median", "range", "goal");
         for r in &self.ratios {
-            let goal = match (r.spec.goal, r.spec.better) {
-                (Some(g), Better::Lower) => format!("≤ {g}"),
-                (Some(g), Better::Higher) => format!("≥ {g}"),
-                (None, _) => "—".into(),
-            };
+            let goal = r.spec.goal_str();
             let (median, range) = match r.range {
                 Some(x) => (format!("{:.3}", x.median), format!("{:.3} – {:.3}", x.lo, x.hi)),
                 None => ("n/a".into(), "no samples".into()),
             };
             let verdict = r.verdict.map_or("", Verdict::as_str);
-            let _ = writeln!(t, "  {:<62} {median:>8} {range:>19}  {goal:<8} {verdict}", r.spec.name);
+            let _ = writeln!(t, "  {:<64} {median:>8} {range:>19}  {goal:<8} {verdict}", r.spec.name);
             if !r.spec.note.is_empty() {
                 let _ = writeln!(t, "      ({})", r.spec.note);
             }
@@ -249,6 +261,9 @@ mod tests {
         let got: Vec<_> = r.ratios.iter().map(|x| (x.range.map(|r| r.median), x.verdict)).collect();
         assert_eq!(got, vec![(Some(0.4), Some(Verdict::Unstable)), (Some(0.4), Some(Verdict::Met)), (Some(0.4), None), (None, None)]);
         assert!(r.table().contains("unstable"));
+        let third = RatioSpec { goal: Some(1.0 / 3.0), ..spec(None) };
+        assert_eq!(third.goal_str(), "≤ 0.333");
+        assert_eq!(RatioSpec { goal: Some(5.0), better: Better::Higher, ..spec(None) }.goal_str(), "≥ 5");
     }
 
     #[test]

@@ -656,7 +656,7 @@ fn anchors(list: &str) -> Vec<(String, String)> {
 /// The ingest systems, in round order: the null server calibrates the load generator.
 const INGEST: [&str; 4] = ["null", "stead-batched", "stead-single", "yjs"];
 const TWO: [&str; 2] = ["stead", "yjs"];
-const NOT_DURABLE: &str = "Yjs keeps documents in memory only: nothing it relays is durable; Stead acks after its SQLite commit";
+const NOT_DURABLE: &str = "Yjs: in memory only, not durable";
 
 async fn run(a: RunArgs) -> Result<()> {
     let started = Instant::now();
@@ -699,14 +699,7 @@ async fn run(a: RunArgs) -> Result<()> {
             }
         };
         let acks = sorted(i.ack_ms.clone());
-        eprintln!(
-            "    round {round} {system:<14} {} ops in {} messages: {:.2} s, {:.0} ops/s, ack/echo p50 {:.1} ms",
-            i.ops,
-            i.messages,
-            i.secs,
-            i.per_sec(i.ops),
-            percentile(&acks, 0.5)
-        );
+        eprintln!("    round {round} {system:<14} {} ops in {} messages: {:.3} s, {:.0} ops/s", i.ops, i.messages, i.secs, i.per_sec(i.ops));
         r.add(w, "ops/s", system, round, i.per_sec(i.ops), "1/s");
         r.add(w, "ops per message", system, round, i.ops as f64 / i.messages as f64, "ops");
         r.add(w, "entries", system, round, i.entries as f64, "count");
@@ -784,14 +777,14 @@ async fn run(a: RunArgs) -> Result<()> {
     r.ratio(ratio("ingest ops/s, one write per message, stead / yjs".into(), "ingest", "ops/s", "stead-single", "yjs", Better::Higher, Some(2.0), NOT_DURABLE));
     for system in ["stead-batched", "stead-single", "yjs"] {
         r.ratio(ratio(
-            format!("ingest ops/s, {system} / the generator's ceiling (null server)"),
+            format!("ingest ops/s, {system} / null server (generator ceiling)"),
             "ingest",
             "ops/s",
             system,
             "null",
             Better::Higher,
             None,
-            "near 1: the ratio above measures the load generator",
+            "near 1 would measure the generator",
         ));
     }
     for &(_, period) in &sizes.fanout {
@@ -825,6 +818,7 @@ async fn run(a: RunArgs) -> Result<()> {
          Senders feed without a flush per message, TCP_NODELAY on, reading and writing in separate tasks.",
         sizes.ingest_ops
     ));
+    r.notes.push("Stead acks a write only after its SQLite transaction committed (WAL, synchronous=FULL); the Yjs WebSocket server keeps documents in memory only: nothing it acknowledges or relays is durable".into());
     r.notes.push("ack p50/p99: from a message's send to its durable ack (Stead) or its echo (Yjs); `ops per message` is the batch size".into());
     r.notes.push(format!(
         "fan-out: {} receivers in {} single-threaded processes, passes {:?}; CPU: the server's user+system seconds from /proc/PID/stat per 1,000 deliveries",
