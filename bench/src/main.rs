@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use stead_bench_harness::{Better, Environment, Key, RatioSpec, SuiteResult, env::locked_version, order::interleaved};
+use stead_bench_harness::{Better, Curve, Environment, Key, RatioSpec, SuiteResult, env::locked_version, order::interleaved};
 use stead_core::env::SeededRandom;
 use stead_core::hlc::Hlc;
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
@@ -391,6 +391,11 @@ fn open_cost(n: usize) -> Result<f64> {
 /// Opens timed per size in `bench core`; the median is reported.
 const OPEN_SAMPLES: usize = 9;
 
+/// Powers of ten from 10,000 up to (not including) `big`.
+fn growth_points(big: usize) -> Vec<usize> {
+    std::iter::successors(Some(10_000usize), |n| Some(n * 10)).take_while(|&n| n < big).collect()
+}
+
 /// Child process: one system, one workload; prints its figures as one JSON line.
 fn core_one(o: Opts) -> Result<()> {
     let mut m = Measure { rows: Vec::new() };
@@ -399,6 +404,13 @@ fn core_one(o: Opts) -> Result<()> {
         m.add("append at big", "stead", append_cost(o.append_big)? * 1e6, "us");
         m.add("open 1k records", "stead", open_cost(1000)? * 1e3, "ms");
         m.add("open big", "stead", open_cost(o.open_big)? * 1e3, "ms");
+        // The points between, for the growth curves.
+        for n in growth_points(o.append_big) {
+            m.add(&format!("append at {n}"), "stead", append_cost(n)? * 1e6, "us");
+        }
+        for n in growth_points(o.open_big) {
+            m.add(&format!("open {n} records"), "stead", open_cost(n)? * 1e3, "ms");
+        }
     } else {
         let works: Vec<_> = (0..o.replicas).map(|r| workload(&o, r)).collect::<Result<_>>()?;
         let fields: Vec<String> = (0..o.fields).map(|f| format!("f{f}")).collect();
@@ -463,6 +475,43 @@ fn core(o: Opts) -> Result<()> {
             r.add("store", &metric, "stead", round, value, &unit);
         }
     }
+    // Merge time against ops (random workload): one more round of each system at smaller
+    // sizes; the largest point is the main pass's median.
+    let mut merge_curve: Vec<(String, Vec<(f64, f64)>)> = SYSTEMS.iter().map(|s| (s.to_string(), Vec::new())).collect();
+    for per_replica in growth_points(o.ops_per_replica * o.replicas).into_iter().map(|n| n / o.replicas).chain([o.ops_per_replica / 10]) {
+        if per_replica == 0 || merge_curve[0].1.iter().any(|p| p.0 == (per_replica * o.replicas) as f64) {
+            continue;
+        }
+        let small = Opts { ops_per_replica: per_replica, ..o.clone() };
+        for (s, system) in SYSTEMS.iter().enumerate() {
+            let rows = child(&small, system, "random")?;
+            if let Some(m) = rows.iter().find(|x| x.0 == "merge") {
+                merge_curve[s].1.push(((per_replica * o.replicas) as f64, m.1));
+            }
+        }
+    }
+    for (system, points) in &mut merge_curve {
+        if let Some(m) = r.summary(&Key::new("random", "merge", system)) {
+            points.push(((o.ops_per_replica * o.replicas) as f64, m.median));
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    r.curves.push(Curve { name: "merge time against ops, random workload (s)".into(), x_label: "ops merged".into(), y_label: "seconds".into(), series: merge_curve });
+    let store_curve = |prefix: &str, suffix: &str, small: &str, big_name: &str, big: usize| -> Vec<(f64, f64)> {
+        let mut pts: Vec<(f64, f64)> = [(1000, small.to_owned())]
+            .into_iter()
+            .chain(growth_points(big).into_iter().map(|n| (n, format!("{prefix}{n}{suffix}"))))
+            .chain([(big, big_name.to_owned())])
+            .filter_map(|(n, metric)| r.summary(&Key::new("store", &metric, "stead")).map(|s| (n as f64, s.median)))
+            .collect();
+        pts.dedup_by(|a, b| a.0 == b.0);
+        pts
+    };
+    let append = store_curve("append at ", "", "append at 1k", "append at big", o.append_big);
+    let open = store_curve("open ", " records", "open 1k records", "open big", o.open_big);
+    r.curves.push(Curve { name: "store append against log length (µs per append)".into(), x_label: "entries in the log".into(), y_label: "µs".into(), series: vec![("stead".into(), append)] });
+    r.curves.push(Curve { name: "open + first query against records (ms)".into(), x_label: "records".into(), y_label: "ms".into(), series: vec![("stead".into(), open)] });
+
     let spec = |name: String, w: &str, metric: &str, num: &str, den: &str, goal: Option<f64>| RatioSpec {
         name,
         num: Key::new(w, metric, num),

@@ -564,6 +564,9 @@ struct Sizes {
     fanout: Vec<(usize, Duration)>,
     memory_steps: Vec<usize>,
     spaces: usize,
+    /// Steady writes: how many, at what rate per second.
+    paced_writes: usize,
+    paced_rate: f64,
 }
 
 impl Sizes {
@@ -576,6 +579,8 @@ impl Sizes {
                 fanout: vec![(100, FANOUT_PERIOD), (15, SUSTAINED_PERIOD)],
                 memory_steps: vec![100, 500, 1000],
                 spaces: 10,
+                paced_writes: 2_000,
+                paced_rate: 1000.0,
             }
         } else {
             Sizes {
@@ -585,6 +590,8 @@ impl Sizes {
                 fanout: vec![(1_000, FANOUT_PERIOD), (200, SUSTAINED_PERIOD)],
                 memory_steps: vec![1_000, 5_000, 10_000],
                 spaces: 100,
+                paced_writes: 10_000,
+                paced_rate: 1000.0,
             }
         }
     }
@@ -709,6 +716,23 @@ async fn run(a: RunArgs) -> Result<()> {
         }
     }
 
+    // Steady writes: the latency an app sees from its write to the ack, batching included.
+    let w = format!("writes at {:.0}/s", sizes.paced_rate);
+    for (round, s) in interleaved(TWO.len(), reps) {
+        let system = TWO[s];
+        let (target, server) = if system == "stead" {
+            (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("paced-{round}"))).await?)
+        } else {
+            (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
+        };
+        let lat = paced_run(target, &server, &http, &updates, sizes.paced_writes, sizes.paced_rate).await?;
+        server.stop().await?;
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        eprintln!("    {w} round {round} {system:<6} write to ack p50 {p50:.2} ms, p99 {p99:.2} ms");
+        r.add(&w, "write to ack p50", system, round, p50, "ms");
+        r.add(&w, "write to ack p99", system, round, p99, "ms");
+    }
+
     // Fan-out, at both rates.
     eprintln!("  fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
     let mut saturated = Vec::new();
@@ -787,6 +811,10 @@ async fn run(a: RunArgs) -> Result<()> {
             "near 1 would measure the generator",
         ));
     }
+    let w = format!("writes at {:.0}/s", sizes.paced_rate);
+    for metric in ["write to ack p50", "write to ack p99"] {
+        r.ratio(ratio(format!("{w}: {metric}, stead / yjs"), &w, metric, "stead", "yjs", Better::Lower, None, "Stead: durable ack; Yjs: echo"));
+    }
     for &(_, period) in &sizes.fanout {
         let w = format!("fan-out {:.0}/s", 1.0 / period.as_secs_f64());
         for metric in ["p50", "p99", "CPU s per 1000 deliveries"] {
@@ -819,6 +847,11 @@ async fn run(a: RunArgs) -> Result<()> {
         sizes.ingest_ops
     ));
     r.notes.push("Stead acks a write only after its SQLite transaction committed (WAL, synchronous=FULL); the Yjs WebSocket server keeps documents in memory only: nothing it acknowledges or relays is durable".into());
+    r.notes.push(format!(
+        "writes at {0:.0}/s: {1} one-op writes, each due at its own time; the sender wakes every 1 ms and sends all that is due \
+         (Stead packs them into one frame, Yjs one message each); latency from when a write was due to its durable ack (Stead) or echo (Yjs)",
+        sizes.paced_rate, sizes.paced_writes
+    ));
     r.notes.push("ack p50/p99: from a message's send to its durable ack (Stead) or its echo (Yjs); `ops per message` is the batch size".into());
     r.notes.push(format!(
         "fan-out: {} receivers in {} single-threaded processes, passes {:?}; CPU: the server's user+system seconds from /proc/PID/stat per 1,000 deliveries",
@@ -891,6 +924,89 @@ async fn stead_ingest_run(server: &Server, http: &reqwest::Client, ops: usize, m
     let t_recv = receiving.await??;
     let ack_ms = sent.iter().zip(&acked_at).map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64() * 1e3).collect();
     Ok(Ingest { messages, entries: n, ops, secs: (t_recv - t0).as_secs_f64(), ack_ms })
+}
+
+/// Writes at a steady rate, as an app would: each write is due at `start + k / rate` and
+/// sent at the next 1 ms tick with every other write then due (Stead's sync packs them into
+/// one frame; Yjs sends one message per update). Latency runs from the moment a write was
+/// due (the app wrote) to its durable ack (Stead) or its echo (Yjs), so batching and any
+/// queueing count in full.
+async fn paced_run(target: Target, server: &Server, http: &reqwest::Client, updates: &[Vec<u8>], writes: usize, rate: f64) -> Result<Vec<f64>> {
+    let due = |k: usize, start: tokio::time::Instant| start + Duration::from_secs_f64(k as f64 / rate);
+    let mut done: Vec<Option<tokio::time::Instant>> = vec![None; writes];
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start;
+    match target {
+        Target::Stead => {
+            let url = format!("{}/sync", server.ws());
+            let space = stead::create_space(http, &server.base, 0).await?;
+            let entries = stead::entries(&space, writes, 1)?;
+            let who = stead::Who { space: space.id, replica: space.creator.replica, signing: space.creator.signing.clone() };
+            let me = who.replica;
+            let mut writer = stead::Writer { who, entries, released: 0 };
+            let (mut ws, mut sync) = stead::connect(&url, &mut writer, 256).await?;
+            start = tokio::time::Instant::now() + Duration::from_millis(100);
+            let mut acked_n = 0;
+            let deadline = due(writes, start) + Duration::from_secs(30);
+            while acked_n < writes {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = tokio::time::Instant::now();
+                        // Writes 0..n are due: write k is due at start + k / rate.
+                        let n = if now < start { 0 } else { ((now - start).as_secs_f64() * rate) as usize + 1 }.min(writes);
+                        if n > writer.released {
+                            writer.released = n;
+                            stead::pump(&mut ws, &mut sync, &writer).await?;
+                        }
+                        anyhow::ensure!(now < deadline, "acks stopped: {acked_n} of {writes}");
+                    }
+                    msg = ws.next() => {
+                        stead::take(msg, &mut sync, &mut writer)?;
+                        let acked = sync.acked().get(&me).copied().unwrap_or(0) as usize;
+                        let now = tokio::time::Instant::now();
+                        while acked_n < acked.min(writes) {
+                            done[acked_n] = Some(now);
+                            acked_n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        Target::Yjs => {
+            let ws = yjs_connect(&format!("{}/paced", server.ws())).await?;
+            let (mut sink, mut stream) = ws.split();
+            start = tokio::time::Instant::now() + Duration::from_millis(100);
+            let (mut sent, mut echoed) = (0, 0);
+            let deadline = due(writes, start) + Duration::from_secs(30);
+            while echoed < writes {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = tokio::time::Instant::now();
+                        let before = sent;
+                        while sent < writes && due(sent, start) <= now {
+                            sink.feed(Message::Binary(yjs::update_message(&updates[sent % updates.len()]).into())).await?;
+                            sent += 1;
+                        }
+                        if sent > before {
+                            sink.flush().await?;
+                        }
+                        anyhow::ensure!(now < deadline, "echoes stopped: {echoed} of {writes}");
+                    }
+                    msg = stream.next() => match msg {
+                        Some(Ok(Message::Binary(b))) if yjs::is_update(&b) => {
+                            done[echoed] = Some(tokio::time::Instant::now());
+                            echoed += 1;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => bail!("the Yjs server closed the writer"),
+                    },
+                }
+            }
+        }
+    }
+    Ok(sorted(done.iter().enumerate().filter_map(|(k, t)| t.map(|t| t.saturating_duration_since(due(k, start)).as_secs_f64() * 1e3)).collect()))
 }
 
 /// Feeds every message without a flush per message, then flushes once: tungstenite writes
