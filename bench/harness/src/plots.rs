@@ -31,7 +31,10 @@ pub fn ratios(result: &SuiteResult, path: &Path) -> Result<usize> {
     let root = SVGBackend::new(path, (width, 360)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("bench {}: ratio of medians, range from the spreads, goal in red", result.suite), ("sans-serif", 15))
+        .caption(
+            format!("bench {}: ratio of medians, range from the spreads, goal in red (green met, amber unstable, red not met)", result.suite),
+            ("sans-serif", 14),
+        )
         .margin(12)
         .y_label_area_size(48)
         .x_label_area_size(10)
@@ -81,7 +84,13 @@ pub fn curve(c: &Curve, path: &Path) -> Result<()> {
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..(x1 * 1.05).max(1.0), 0f64..(y1 * 1.1).max(1e-9))
         .map_err(err)?;
-    chart.configure_mesh().x_desc(c.x_label.as_str()).y_desc(c.y_label.as_str()).draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label.as_str())
+        .y_desc(c.y_label.as_str())
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .draw()
+        .map_err(err)?;
     for (i, (system, points)) in c.series.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
         chart

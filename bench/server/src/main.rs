@@ -168,6 +168,8 @@ pub async fn ws_connect(url: &str) -> Result<Ws> {
 
 /// A WebSocket relay with no protocol: every binary message goes to the other connections
 /// on the same path. Prints `listening on http://127.0.0.1:PORT` like stead-server.
+// The handshake callback's error type is tungstenite's, large or not.
+#[allow(clippy::result_large_err)]
 async fn null_server() -> Result<()> {
     use std::collections::HashMap;
     use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
