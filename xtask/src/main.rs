@@ -67,6 +67,10 @@ enum Command {
         /// Write bench/baseline.json from this run's ratios.
         #[arg(long)]
         save_baseline: bool,
+        /// Run nothing: rewrite the report (and check or save the baseline) from the results
+        /// the last run left in target/bench.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Kill -9 the sync server under write load and restart it, N rounds per database,
     /// then N power cuts on SQLite (the crash test).
@@ -106,7 +110,9 @@ fn main() -> Result<()> {
             let tools = setup::run(&root)?;
             test(&root, &tools)?;
         }
-        Command::Bench { names, quick, reps, check, save_baseline } => bench(&root, &names, quick, reps, check, save_baseline)?,
+        Command::Bench { names, quick, reps, check, save_baseline, report_only } => {
+            bench(&root, &names, BenchOptions { quick, reps, check, save_baseline, report_only })?
+        }
         Command::Chaos { rounds } => {
             cargo(&root)
                 .args(["test", "--package", "stead-server", "--test", "chaos", "--test", "crash", "--", "--nocapture"])
@@ -127,13 +133,31 @@ fn main() -> Result<()> {
 
 /// Runs the named suites (core, server and sw when none is named), then writes the report
 /// and checks or saves the baseline.
-fn bench(root: &Path, names: &[String], quick: bool, reps: Option<usize>, check: bool, save_baseline: bool) -> Result<()> {
+struct BenchOptions {
+    quick: bool,
+    reps: Option<usize>,
+    check: bool,
+    save_baseline: bool,
+    report_only: bool,
+}
+
+fn bench(root: &Path, names: &[String], o: BenchOptions) -> Result<()> {
+    let BenchOptions { quick, reps, check, save_baseline, report_only } = o;
     let started = std::time::Instant::now();
     let names: Vec<String> = if names.is_empty() { ["core", "server", "sw"].map(String::from).to_vec() } else { names.to_vec() };
     let out = target_dir(root).join("bench");
     std::fs::create_dir_all(&out)?;
     let mut results = Vec::new();
     for name in &names {
+        if report_only {
+            let path = out.join(format!("{name}.json"));
+            if path.exists() {
+                results.push(SuiteResult::load(&path)?);
+            } else {
+                eprintln!("  no results for bench {name} in {}", out.display());
+            }
+            continue;
+        }
         match name.as_str() {
             "sw" => {
                 let tools = setup::run(root)?;
@@ -186,10 +210,15 @@ fn bench(root: &Path, names: &[String], quick: bool, reps: Option<usize>, check:
         }
     }
     if results.is_empty() {
+        // `store` alone has no anchor and no ratios; anything else found nothing to report.
+        anyhow::ensure!(!(report_only || check || save_baseline), "no benchmark results in {}", out.display());
         return Ok(());
     }
+    // A report from saved results is as quick or full as the run that made them.
+    let quick = if report_only { results.iter().any(|r| r.quick) } else { quick };
     let dir = bench_report::report_dir(root, &out, quick);
-    let report = bench_report::write(&results, &dir, started.elapsed().as_secs_f64())?;
+    let secs = if report_only { results.iter().map(|r| r.seconds).sum() } else { started.elapsed().as_secs_f64() };
+    let report = bench_report::write(&results, &dir, secs)?;
     step(&format!("report: {}", report.display()));
     for r in &results {
         println!("{}", r.table());
