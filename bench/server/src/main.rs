@@ -1,12 +1,18 @@
 //! `bench-server`: stead-server against the Yjs WebSocket server under the same load
 //! (BENCH.md, "Sync server"), run by `cargo xtask bench server`.
 //!
-//! `bench-server run` starts each server as its own process on 127.0.0.1 and measures, in
-//! one run: ingest (one writer, a second client counting receipts), fan-out latency to
-//! many receivers held by several `bench-server hold` child processes, and server RSS per
-//! idle connection up to 10,000 sockets. The load generator is this Rust program for both
-//! servers; the Yjs updates are made beforehand by yjs itself (`js/gen-updates.mjs`) and
-//! Stead's entries by a real replica, so neither side's client-side encoding is timed.
+//! `bench-server run` measures, each sample on a fresh server process on 127.0.0.1 and the
+//! systems in the interleaved order of `stead_bench_harness::order`: ingest of the same
+//! count of one-op writes (Stead batched as its sync sends, Stead and Yjs one write per
+//! message) with the same messages through `bench-server null`, a protocol-free relay whose
+//! rate is the load generator's ceiling; latency from an app's write to its ack at a steady
+//! rate; fan-out latency and server CPU per delivery at 50/s and 5/s to many receivers held
+//! by several single-threaded `bench-server hold` processes; and server RSS per idle
+//! connection up to 10,000 sockets. The load generator is this Rust program for both
+//! servers (TCP_NODELAY, no flush per message, reads and writes in separate tasks); the Yjs
+//! updates are made beforehand by yjs itself (`js/gen-updates.mjs`) and Stead's entries by
+//! a real replica, so neither side's client-side encoding is timed. Results go through the
+//! shared harness: a table of medians and ranges, `server.csv` and `server.json`.
 #![deny(clippy::unwrap_used)]
 
 mod stead;
@@ -848,6 +854,23 @@ async fn run(a: RunArgs) -> Result<()> {
          Senders feed without a flush per message, TCP_NODELAY on, reading and writing in separate tasks.",
         sizes.ingest_ops
     ));
+    if let Some(ceiling) = r.summary(&Key::new("ingest", "ops/s", "null")) {
+        let fastest = ["stead-batched", "stead-single", "yjs"]
+            .iter()
+            .filter_map(|s| r.summary(&Key::new("ingest", "ops/s", s)).map(|x| (s, x.max)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let mut line = format!(
+            "load generator ceiling (null relay, same messages): median {:.0} msgs/s ({:.0} – {:.0})",
+            ceiling.median, ceiling.min, ceiling.max
+        );
+        if let Some((s, best)) = fastest
+            && best > ceiling.min / 2.0
+        {
+            line.push_str(&format!("; WARNING: {s} reached {best:.0}/s, over half the ceiling: its ratio partly measures the generator"));
+        }
+        eprintln!("  {line}");
+        r.notes.insert(0, line);
+    }
     r.notes.push("Stead acks a write only after its SQLite transaction committed (WAL, synchronous=FULL); the Yjs WebSocket server keeps documents in memory only: nothing it acknowledges or relays is durable".into());
     r.notes.push(format!(
         "writes at {0:.0}/s: {1} one-op writes, each due at its own time; the sender wakes every 1 ms and sends all that is due \
