@@ -106,6 +106,8 @@ struct RunArgs {
 enum Target {
     Stead,
     Yjs,
+    /// The null relay: no handshake, every message counts.
+    Null,
 }
 
 impl Target {
@@ -113,6 +115,7 @@ impl Target {
         match self {
             Target::Stead => "stead",
             Target::Yjs => "yjs",
+            Target::Null => "null",
         }
     }
 }
@@ -449,7 +452,7 @@ async fn hold(a: HoldArgs) -> Result<()> {
         let (target, expect, base) = (a.target, a.expect, c * a.expect);
         let url = match target {
             Target::Stead => a.url.clone(),
-            Target::Yjs => format!("{}/{}{}", a.url, a.room_prefix, n % a.rooms.max(1)),
+            Target::Yjs | Target::Null => format!("{}/{}{}", a.url, a.room_prefix, n % a.rooms.max(1)),
         };
         let who = if target == Target::Stead {
             let w = identities.get(n % identities.len().max(1)).context("no identities for Stead")?.clone();
@@ -492,7 +495,9 @@ async fn hold(a: HoldArgs) -> Result<()> {
                     _ => {
                         let connecting = async {
                             let mut ws = ws_connect(&url).await?;
-                            yjs::handshake(&mut ws).await?;
+                            if target == Target::Yjs {
+                                yjs::handshake(&mut ws).await?;
+                            }
                             anyhow::Ok(ws)
                         };
                         let mut ws = tokio::time::timeout(Duration::from_secs(60), connecting).await.context("connect timed out")??;
@@ -504,7 +509,7 @@ async fn hold(a: HoldArgs) -> Result<()> {
                             tokio::select! {
                                 msg = ws.next() => match msg {
                                     Some(Ok(Message::Binary(b))) => {
-                                        if yjs::is_update(&b) {
+                                        if target == Target::Null || yjs::is_update(&b) {
                                             if count < expect
                                                 && let Some(slot) = times.get(base + count) {
                                                     slot.store(now_us(), Ordering::Relaxed);
@@ -671,6 +676,8 @@ fn anchors(list: &str) -> Vec<(String, String)> {
 /// The ingest systems, in round order: the null server calibrates the load generator.
 const INGEST: [&str; 4] = ["null", "stead-batched", "stead-single", "yjs"];
 const TWO: [&str; 2] = ["stead", "yjs"];
+/// The fan-out systems, in round order: the null relay gives the generator's delivery floor.
+const FANOUT: [&str; 3] = ["null", "stead", "yjs"];
 const NOT_DURABLE: &str = "Yjs: in memory only, not durable";
 
 async fn run(a: RunArgs) -> Result<()> {
@@ -747,20 +754,29 @@ async fn run(a: RunArgs) -> Result<()> {
     for &(updates_n, period) in &sizes.fanout {
         let rate = 1.0 / period.as_secs_f64();
         let w = format!("fan-out {rate:.0}/s");
-        for (round, s) in interleaved(TWO.len(), reps) {
-            let system = TWO[s];
+        for (round, s) in interleaved(FANOUT.len(), reps) {
+            let system = FANOUT[s];
             let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
             std::fs::create_dir_all(&dir)?;
-            let lat = if system == "stead" {
-                let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
-                let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
-                server.stop().await?;
-                l
-            } else {
-                let server = Server::yjs(&a.yjs_dir).await?;
-                let l = yjs_fanout_run(&server, &updates, &sizes, updates_n, period, &dir).await?;
-                server.stop().await?;
-                l
+            let lat = match system {
+                "stead" => {
+                    let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
+                    let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
+                    server.stop().await?;
+                    l
+                }
+                "yjs" => {
+                    let server = Server::yjs(&a.yjs_dir).await?;
+                    let l = yjs_fanout_run(Target::Yjs, &server, &updates, &sizes, updates_n, period, &dir).await?;
+                    server.stop().await?;
+                    l
+                }
+                _ => {
+                    let server = Server::null().await?;
+                    let l = yjs_fanout_run(Target::Null, &server, &updates, &sizes, updates_n, period, &dir).await?;
+                    server.stop().await?;
+                    l
+                }
             };
             let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
             let cpu_per_k = lat.cpu / lat.samples.len().max(1) as f64 * 1000.0;
@@ -827,6 +843,12 @@ async fn run(a: RunArgs) -> Result<()> {
         let w = format!("fan-out {:.0}/s", 1.0 / period.as_secs_f64());
         for metric in ["p50", "p99", "CPU s per 1000 deliveries"] {
             r.ratio(ratio(format!("{w}: {metric}, stead / yjs"), &w, metric, "stead", "yjs", Better::Lower, Some(1.0), NOT_DURABLE));
+        }
+        if let Some(floor) = r.summary(&Key::new(&w, "p50", "null")) {
+            r.notes.push(format!(
+                "{w}: the generator's delivery floor through the null relay, same receivers: p50 median {:.2} ms ({:.2} – {:.2})",
+                floor.median, floor.min, floor.max
+            ));
         }
     }
     r.ratio(ratio("memory per idle connection, stead / yjs".into(), "memory", "KB per idle connection", "stead", "yjs", Better::Lower, Some(1.0 / 3.0), ""));
@@ -998,6 +1020,7 @@ async fn paced_run(target: Target, server: &Server, http: &reqwest::Client, upda
                 }
             }
         }
+        Target::Null => bail!("the null relay echoes nothing back to a writer: no paced writes through it"),
         Target::Yjs => {
             let ws = yjs_connect(&format!("{}/paced", server.ws())).await?;
             let (mut sink, mut stream) = ws.split();
@@ -1201,12 +1224,14 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
     Ok(lat)
 }
 
-async fn yjs_fanout_run(server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates: usize, period: Duration, tmp: &Path) -> Result<Latency> {
-    let dir = tmp.join(format!("fanout-yjs-{}", period.as_millis()));
+/// Fan-out through the Yjs server, or through the null relay (`target` Null: the load
+/// generator's own delivery floor, with the same messages and receivers).
+async fn yjs_fanout_run(target: Target, server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates: usize, period: Duration, tmp: &Path) -> Result<Latency> {
+    let dir = tmp.join(format!("fanout-{}-{}", target.name(), period.as_millis()));
     std::fs::create_dir_all(&dir)?;
     let common = vec![
         "--target".into(),
-        "yjs".into(),
+        target.name().into(),
         "--url".into(),
         server.ws(),
         "--room-prefix".into(),
@@ -1218,7 +1243,8 @@ async fn yjs_fanout_run(server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates
     ];
     let (hs, open) = holders(sizes.receivers, sizes.procs, &common, Some(&dir)).await?;
     eprintln!("    {open} receivers connected");
-    let mut ws = yjs_connect(&format!("{}/fanout{}-0", server.ws(), period.as_millis())).await?;
+    let url = format!("{}/fanout{}-0", server.ws(), period.as_millis());
+    let mut ws = if target == Target::Null { ws_connect(&url).await? } else { yjs_connect(&url).await? };
     let messages: Vec<Vec<u8>> = all.iter().take(updates).map(|u| yjs::update_message(u)).collect();
     let mut send_us = vec![0u64; updates];
     let cpu0 = server.cpu_secs()?;
@@ -1257,6 +1283,7 @@ async fn memory_only(a: MemoryArgs) -> Result<()> {
     let server = match a.target {
         Target::Stead => Server::stead(a.stead_server.as_deref().context("--stead-server is needed")?, tmp.path()).await?,
         Target::Yjs => Server::yjs(a.yjs_dir.as_deref().context("--yjs-dir is needed")?).await?,
+        Target::Null => Server::null().await?,
     };
     let m = memory_run(a.target, &server, &reqwest::Client::new(), &sizes, tmp.path()).await?;
     server.stop().await?;
@@ -1278,7 +1305,7 @@ async fn memory_run(target: Target, server: &Server, http: &reqwest::Client, siz
             std::fs::write(dir.join("ids.txt"), ids.join("\n"))?;
             common.extend(["--url".into(), format!("{}/sync", server.ws()), "--identities".into(), dir.join("ids.txt").display().to_string()]);
         }
-        Target::Yjs => {
+        Target::Yjs | Target::Null => {
             common.extend(["--url".into(), server.ws(), "--room-prefix".into(), "mem".into(), "--rooms".into(), sizes.spaces.to_string()]);
         }
     }
