@@ -560,3 +560,34 @@ fn main() -> Result<()> {
         other => bail!("unknown benchmark {other:?} (known: core)"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(workload: &str, ops: usize) -> Opts {
+        Opts::parse(&["--ops".into(), ops.to_string(), "--workload".into(), workload.into()]).expect("options")
+    }
+
+    #[test]
+    fn regular_workload_follows_the_bench_md_progression() {
+        // x = (i·6364136223846793005 + r·1442695040888963407) >> 17, wrapping.
+        let w0 = workload(&opts("regular", 3), 0).expect("workload");
+        assert_eq!(w0[..2], [(0, 0, 0), (2346, 0, 102346)]);
+        assert_eq!(workload(&opts("regular", 3), 3).expect("workload")[2], (352, 2, 170352));
+        assert!(workload(&opts("sideways", 3), 0).is_err());
+    }
+
+    #[test]
+    fn random_workload_is_the_same_every_run() {
+        let o = opts("random", 50);
+        assert_eq!(workload(&o, 1).expect("a"), workload(&o, 1).expect("b"));
+        assert_ne!(workload(&o, 1).expect("a"), workload(&o, 2).expect("b"));
+    }
+
+    #[test]
+    fn growth_points_are_powers_of_ten_below_the_big_size() {
+        assert_eq!(growth_points(1_000_000), vec![10_000, 100_000]);
+        assert_eq!(growth_points(10_000), Vec::<usize>::new());
+    }
+}

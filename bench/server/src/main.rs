@@ -1340,3 +1340,21 @@ async fn memory_run(target: Target, server: &Server, http: &reqwest::Client, siz
     Ok(Memory { points, held, tried })
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_versions_from_the_xtask_line() {
+        let got = anchors("@y/websocket-server 0.1.1, yjs 13.6.33, node v20.20.2");
+        let want = [("@y/websocket-server", "0.1.1"), ("yjs", "13.6.33"), ("node", "v20.20.2")];
+        assert_eq!(got, want.map(|(n, v)| (n.to_owned(), v.to_owned())).to_vec());
+    }
+
+    #[test]
+    fn memory_slope_is_bytes_per_connection() {
+        let m = Memory { points: vec![(0, 1_000_000), (1_000, 3_000_000), (2_000, 5_000_000)], held: 2_000, tried: 2_000 };
+        assert!((m.slope() - 2_000.0).abs() < 1e-9);
+    }
+}
