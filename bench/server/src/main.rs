@@ -100,6 +100,18 @@ struct RunArgs {
     /// Repetitions per system (default 5; 3 with --quick).
     #[arg(long)]
     reps: Option<usize>,
+    /// Only these workloads (ingest, paced, fanout, memory); all when none is given.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// One-op writes per ingest pass, instead of the size's default (100,000; 5,000 with --quick).
+    #[arg(long)]
+    ingest_ops: Option<usize>,
+}
+
+impl RunArgs {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -682,7 +694,10 @@ const NOT_DURABLE: &str = "Yjs: in memory only, not durable";
 
 async fn run(a: RunArgs) -> Result<()> {
     let started = Instant::now();
-    let sizes = Sizes::new(a.quick);
+    let mut sizes = Sizes::new(a.quick);
+    if let Some(n) = a.ingest_ops {
+        sizes.ingest_ops = n;
+    }
     let reps = a.reps.unwrap_or(if a.quick { 3 } else { 5 });
     let mut r = SuiteResult::new("server", a.quick, reps, Environment::detect(anchors(&a.yjs_versions)));
     let tmp = tempfile::Builder::new().prefix("stead-bench-server").tempdir()?;
@@ -695,122 +710,130 @@ async fn run(a: RunArgs) -> Result<()> {
     let updates = yjs::read_updates(&updates_file)?;
 
     // Ingest, with the generator's ceiling: every sample on a fresh server process.
-    let w = "ingest";
-    for (round, s) in interleaved(INGEST.len(), reps) {
-        let system = INGEST[s];
-        let dir = tmp.path().join(format!("ingest-{round}-{system}"));
-        let i = match system {
-            "null" => {
-                let server = Server::null().await?;
-                let i = relay_ingest_run(&server, &updates, false).await?;
-                server.stop().await?;
-                i
+    if a.wants("ingest") {
+        let w = "ingest";
+        for (round, s) in interleaved(INGEST.len(), reps) {
+            let system = INGEST[s];
+            let dir = tmp.path().join(format!("ingest-{round}-{system}"));
+            let i = match system {
+                "null" => {
+                    let server = Server::null().await?;
+                    let i = relay_ingest_run(&server, &updates, false).await?;
+                    server.stop().await?;
+                    i
+                }
+                "yjs" => {
+                    let server = Server::yjs(&a.yjs_dir).await?;
+                    let i = relay_ingest_run(&server, &updates, true).await?;
+                    server.stop().await?;
+                    i
+                }
+                _ => {
+                    let server = Server::stead(&a.stead_server, &dir).await?;
+                    let max_entries = if system == "stead-batched" { 256 } else { 1 };
+                    let i = stead_ingest_run(&server, &http, sizes.ingest_ops, max_entries).await?;
+                    server.stop().await?;
+                    i
+                }
+            };
+            let acks = sorted(i.ack_ms.clone());
+            eprintln!("    round {round} {system:<14} {} ops in {} messages: {:.3} s, {:.0} ops/s", i.ops, i.messages, i.secs, i.per_sec(i.ops));
+            r.add(w, "ops/s", system, round, i.per_sec(i.ops), "1/s");
+            r.add(w, "ops per message", system, round, i.ops as f64 / i.messages as f64, "ops");
+            r.add(w, "entries", system, round, i.entries as f64, "count");
+            if system != "null" {
+                r.add(w, "ack p50", system, round, percentile(&acks, 0.5), "ms");
+                r.add(w, "ack p99", system, round, percentile(&acks, 0.99), "ms");
             }
-            "yjs" => {
-                let server = Server::yjs(&a.yjs_dir).await?;
-                let i = relay_ingest_run(&server, &updates, true).await?;
-                server.stop().await?;
-                i
-            }
-            _ => {
-                let server = Server::stead(&a.stead_server, &dir).await?;
-                let max_entries = if system == "stead-batched" { 256 } else { 1 };
-                let i = stead_ingest_run(&server, &http, sizes.ingest_ops, max_entries).await?;
-                server.stop().await?;
-                i
-            }
-        };
-        let acks = sorted(i.ack_ms.clone());
-        eprintln!("    round {round} {system:<14} {} ops in {} messages: {:.3} s, {:.0} ops/s", i.ops, i.messages, i.secs, i.per_sec(i.ops));
-        r.add(w, "ops/s", system, round, i.per_sec(i.ops), "1/s");
-        r.add(w, "ops per message", system, round, i.ops as f64 / i.messages as f64, "ops");
-        r.add(w, "entries", system, round, i.entries as f64, "count");
-        if system != "null" {
-            r.add(w, "ack p50", system, round, percentile(&acks, 0.5), "ms");
-            r.add(w, "ack p99", system, round, percentile(&acks, 0.99), "ms");
         }
     }
 
     // Steady writes: the latency an app sees from its write to the ack, batching included.
-    let w = format!("writes at {:.0}/s", sizes.paced_rate);
-    for (round, s) in interleaved(TWO.len(), reps) {
-        let system = TWO[s];
-        let (target, server) = if system == "stead" {
-            (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("paced-{round}"))).await?)
-        } else {
-            (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
-        };
-        let lat = paced_run(target, &server, &http, &updates, sizes.paced_writes, sizes.paced_rate).await?;
-        server.stop().await?;
-        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-        eprintln!("    {w} round {round} {system:<6} write to ack p50 {p50:.2} ms, p99 {p99:.2} ms");
-        r.add(&w, "write to ack p50", system, round, p50, "ms");
-        r.add(&w, "write to ack p99", system, round, p99, "ms");
+    if a.wants("paced") {
+        let w = format!("writes at {:.0}/s", sizes.paced_rate);
+        for (round, s) in interleaved(TWO.len(), reps) {
+            let system = TWO[s];
+            let (target, server) = if system == "stead" {
+                (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("paced-{round}"))).await?)
+            } else {
+                (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
+            };
+            let lat = paced_run(target, &server, &http, &updates, sizes.paced_writes, sizes.paced_rate).await?;
+            server.stop().await?;
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            eprintln!("    {w} round {round} {system:<6} write to ack p50 {p50:.2} ms, p99 {p99:.2} ms");
+            r.add(&w, "write to ack p50", system, round, p50, "ms");
+            r.add(&w, "write to ack p99", system, round, p99, "ms");
+        }
     }
 
     // Fan-out, at both rates.
-    eprintln!("  fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
     let mut saturated = Vec::new();
-    for &(updates_n, period) in &sizes.fanout {
-        let rate = 1.0 / period.as_secs_f64();
-        let w = format!("fan-out {rate:.0}/s");
-        for (round, s) in interleaved(FANOUT.len(), reps) {
-            let system = FANOUT[s];
-            let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
-            std::fs::create_dir_all(&dir)?;
-            let lat = match system {
-                "stead" => {
-                    let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
-                    let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
-                    server.stop().await?;
-                    l
+    if a.wants("fanout") {
+        eprintln!("  fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
+        for &(updates_n, period) in &sizes.fanout {
+            let rate = 1.0 / period.as_secs_f64();
+            let w = format!("fan-out {rate:.0}/s");
+            for (round, s) in interleaved(FANOUT.len(), reps) {
+                let system = FANOUT[s];
+                let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
+                std::fs::create_dir_all(&dir)?;
+                let lat = match system {
+                    "stead" => {
+                        let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
+                        let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
+                        server.stop().await?;
+                        l
+                    }
+                    "yjs" => {
+                        let server = Server::yjs(&a.yjs_dir).await?;
+                        let l = yjs_fanout_run(Target::Yjs, &server, &updates, &sizes, updates_n, period, &dir).await?;
+                        server.stop().await?;
+                        l
+                    }
+                    _ => {
+                        let server = Server::null().await?;
+                        let l = yjs_fanout_run(Target::Null, &server, &updates, &sizes, updates_n, period, &dir).await?;
+                        server.stop().await?;
+                        l
+                    }
+                };
+                let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
+                let cpu_per_k = lat.cpu / lat.samples.len().max(1) as f64 * 1000.0;
+                eprintln!(
+                    "    {w} round {round} {system:<6} p50 {p50:.2} ms, p99 {p99:.2} ms, {} missing, {:.3} CPU s per 1,000 deliveries",
+                    lat.missing, cpu_per_k
+                );
+                if p50 > SATURATED_MS || lat.missing > 0 {
+                    saturated.push(format!("{w} round {round} {system}"));
                 }
-                "yjs" => {
-                    let server = Server::yjs(&a.yjs_dir).await?;
-                    let l = yjs_fanout_run(Target::Yjs, &server, &updates, &sizes, updates_n, period, &dir).await?;
-                    server.stop().await?;
-                    l
-                }
-                _ => {
-                    let server = Server::null().await?;
-                    let l = yjs_fanout_run(Target::Null, &server, &updates, &sizes, updates_n, period, &dir).await?;
-                    server.stop().await?;
-                    l
-                }
-            };
-            let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
-            let cpu_per_k = lat.cpu / lat.samples.len().max(1) as f64 * 1000.0;
-            eprintln!(
-                "    {w} round {round} {system:<6} p50 {p50:.2} ms, p99 {p99:.2} ms, {} missing, {:.3} CPU s per 1,000 deliveries",
-                lat.missing, cpu_per_k
-            );
-            if p50 > SATURATED_MS || lat.missing > 0 {
-                saturated.push(format!("{w} round {round} {system}"));
+                r.add(&w, "p50", system, round, p50, "ms");
+                r.add(&w, "p99", system, round, p99, "ms");
+                r.add(&w, "max", system, round, percentile(&lat.samples, 1.0), "ms");
+                r.add(&w, "missing", system, round, lat.missing as f64, "count");
+                r.add(&w, "CPU s per 1000 deliveries", system, round, cpu_per_k, "s");
             }
-            r.add(&w, "p50", system, round, p50, "ms");
-            r.add(&w, "p99", system, round, p99, "ms");
-            r.add(&w, "max", system, round, percentile(&lat.samples, 1.0), "ms");
-            r.add(&w, "missing", system, round, lat.missing as f64, "count");
-            r.add(&w, "CPU s per 1000 deliveries", system, round, cpu_per_k, "s");
         }
     }
 
     // Idle connections: server RSS as they grow.
-    eprintln!("  memory per idle connection over {} spaces/rooms", sizes.spaces);
     let mut rss: Vec<Vec<(usize, u64)>> = vec![Vec::new(), Vec::new()];
-    for (round, s) in interleaved(TWO.len(), reps) {
-        let system = TWO[s];
-        let (target, server) = if system == "stead" {
-            (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("memory-{round}"))).await?)
-        } else {
-            (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
-        };
-        let m = memory_run(target, &server, &http, &sizes, &tmp.path().join(format!("memory-{round}-{system}"))).await?;
-        server.stop().await?;
-        eprintln!("    round {round} {system:<6} {:.2} KB per connection, held {} of {}", m.slope() / 1024.0, m.held, m.tried);
-        r.add("memory", "KB per idle connection", system, round, m.slope() / 1024.0, "KB");
-        r.add("memory", "sockets held", system, round, m.held as f64, "count");
-        rss[s].extend(m.points);
+    if a.wants("memory") {
+        eprintln!("  memory per idle connection over {} spaces/rooms", sizes.spaces);
+        for (round, s) in interleaved(TWO.len(), reps) {
+            let system = TWO[s];
+            let (target, server) = if system == "stead" {
+                (Target::Stead, Server::stead(&a.stead_server, &tmp.path().join(format!("memory-{round}"))).await?)
+            } else {
+                (Target::Yjs, Server::yjs(&a.yjs_dir).await?)
+            };
+            let m = memory_run(target, &server, &http, &sizes, &tmp.path().join(format!("memory-{round}-{system}"))).await?;
+            server.stop().await?;
+            eprintln!("    round {round} {system:<6} {:.2} KB per connection, held {} of {}", m.slope() / 1024.0, m.held, m.tried);
+            r.add("memory", "KB per idle connection", system, round, m.slope() / 1024.0, "KB");
+            r.add("memory", "sockets held", system, round, m.held as f64, "count");
+            rss[s].extend(m.points);
+        }
     }
 
     let ratio = |name: String, w: &str, metric: &str, num: &str, den: &str, better: Better, goal: Option<f64>, note: &str| RatioSpec {
@@ -853,22 +876,24 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     r.ratio(ratio("memory per idle connection, stead / yjs".into(), "memory", "KB per idle connection", "stead", "yjs", Better::Lower, Some(1.0 / 3.0), ""));
 
-    // RSS against connections: the median at each step over the repetitions.
-    let mut series = Vec::new();
-    for (s, name) in TWO.iter().enumerate() {
-        let mut steps: Vec<usize> = rss[s].iter().map(|p| p.0).collect();
-        steps.sort();
-        steps.dedup();
-        let pts = steps
-            .iter()
-            .filter_map(|&n| {
-                let v: Vec<f64> = rss[s].iter().filter(|p| p.0 == n).map(|p| p.1 as f64 / 1048576.0).collect();
-                stead_bench_harness::stats::median(&v).map(|m| (n as f64, m))
-            })
-            .collect();
-        series.push((name.to_string(), pts));
+    if a.wants("memory") {
+        // RSS against connections: the median at each step over the repetitions.
+        let mut series = Vec::new();
+        for (s, name) in TWO.iter().enumerate() {
+            let mut steps: Vec<usize> = rss[s].iter().map(|p| p.0).collect();
+            steps.sort();
+            steps.dedup();
+            let pts = steps
+                .iter()
+                .filter_map(|&n| {
+                    let v: Vec<f64> = rss[s].iter().filter(|p| p.0 == n).map(|p| p.1 as f64 / 1048576.0).collect();
+                    stead_bench_harness::stats::median(&v).map(|m| (n as f64, m))
+                })
+                .collect();
+            series.push((name.to_string(), pts));
+        }
+        r.curves.push(Curve { name: "server RSS with idle connections".into(), x_label: "open connections".into(), y_label: "RSS (MB)".into(), series });
     }
-    r.curves.push(Curve { name: "server RSS with idle connections".into(), x_label: "open connections".into(), y_label: "RSS (MB)".into(), series });
 
     r.notes.push(format!(
         "ingest: {} one-op writes per pass for every system; one writer, a second client counts; first send to last receipt. \
