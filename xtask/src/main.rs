@@ -226,7 +226,7 @@ fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
 /// `libfuzzer-sys` with the machine's C++ compiler, so nothing can be missing that the
 /// rest of the build has, and a failed build fails the run.
 fn fuzz(root: &Path, seconds: u32) -> Result<()> {
-    step("fuzz stead-core (frame decoder, entry verifier, the checks a received frame goes through)");
+    step("fuzz stead-core (frame decoder, entry verifier, the checks a received frame goes through, membership logs)");
     let fuzz_dir = root.join("framework/core/fuzz");
     let flags = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
                  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -238,7 +238,7 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
         .env("RUSTFLAGS", flags)
         .dir(&fuzz_dir)
         .run()?;
-    for target in ["frame_decode", "entry_verify", "entries_check"] {
+    for target in ["frame_decode", "entry_verify", "entries_check", "membership_verify"] {
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         util::cmd(fuzz_dir.join("target/x86_64-unknown-linux-gnu/release").join(target))
