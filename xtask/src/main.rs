@@ -167,6 +167,7 @@ fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Resu
         wasm_bindgen: tools.wasm_bindgen.clone(),
         wasm_opt: Some(tools.wasm_opt()),
         path: Some(tools.path_env()),
+        output: stead_cli::build::Output::Inherit,
     };
     let config = stead_cli::build::BuildConfig {
         workspace: root.to_path_buf(),
