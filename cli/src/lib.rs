@@ -10,6 +10,10 @@
 //! - [`serve`]: `stead serve`, stead-server in process;
 //! - [`diag`]: errors with the file, the field and a hint.
 
+// A `Problem` carries the file's text for its snippet; it is made once, when a command
+// fails, so its size costs nothing worth boxing.
+#![allow(clippy::result_large_err)]
+
 pub mod app;
 pub mod build;
 pub mod diag;

@@ -4,6 +4,9 @@
 //! be a bug in stead, and is reported as one rather than as a backtrace.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
+// A `Problem` carries the file's text for its snippet; it is made once, when a command
+// fails, so its size costs nothing worth boxing.
+#![allow(clippy::result_large_err)]
 
 use std::{
     net::IpAddr,

@@ -103,6 +103,11 @@ fn tool_problem(e: BuildError) -> Problem {
 /// Builds the app in `app.dir`.
 pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
     let started = Instant::now();
+    // Refuse an app Chromium would not install before spending minutes building it.
+    let errors = install_errors(&stead_manifest::validate::validate(&stead_manifest::web::WebManifest::from_config(&app.config)));
+    if !errors.is_empty() {
+        return Err(not_installable(app, errors));
+    }
     let root = tools::stead_root().map_err(|e| {
         let hint = e.hint(Path::new("."));
         Problem::new(e.to_string()).help(hint)
@@ -143,17 +148,10 @@ pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
             }
         })
     })?;
-    let errors: Vec<Problem> = written
-        .problems
-        .iter()
-        .filter(|p| p.severity == Severity::Error)
-        .map(|p| Problem::new(format!("manifest `{}`: {}", p.field, p.message)).help(p.fix.clone()))
-        .collect();
+    let errors = install_errors(&written.problems);
     if !errors.is_empty() {
         s.failed();
-        return Err(Problem::new(format!("the app would not be installable ({} problems)", errors.len()))
-            .help(format!("fix them in {}", app.config_path().display()))
-            .related(errors));
+        return Err(not_installable(app, errors));
     }
     s.done(&format!("{} files", written.files.len()));
     let mut warnings: Vec<String> = written.icon_warnings.clone();
@@ -164,6 +162,20 @@ pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
 
     let rows = sizes(&dist).map_err(|e| Problem::new(format!("cannot read {}: {e}", dist.display())))?;
     Ok(Built { dist, rows, warnings, worker, elapsed: started.elapsed() })
+}
+
+fn install_errors(problems: &[stead_manifest::validate::Problem]) -> Vec<Problem> {
+    problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| Problem::new(format!("manifest `{}`: {}", p.field, p.message)).help(p.fix.clone()))
+        .collect()
+}
+
+fn not_installable(app: &App, errors: Vec<Problem>) -> Problem {
+    Problem::new(format!("{}: the app would not be installable ({} problems)", app.config_path().display(), errors.len()))
+        .help(format!("fix them in {}", app.config_path().display()))
+        .related(errors)
 }
 
 fn fetch(tools: &Tools, dir: &Path) -> Result<(), Problem> {

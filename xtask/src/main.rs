@@ -263,7 +263,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("native tests");
     cargo(root)
-        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e"])
+        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
         .run()?;
 
     step("stead-core tests on wasm32 in Chromium");
@@ -294,6 +294,16 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dist);
     build_example(root, tools, &dist, true)?;
     let server = server_binary(root)?;
+
+    // After the example: the worker's wasm-opt result is cached by then, and the app's
+    // crates build into the workspace's target folder rather than a fresh one.
+    step("stead-cli: unit tests, and `stead new` + `stead build` + `stead serve` on the template");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    cargo(root)
+        .args(["test", "--package", "stead-cli", "--", "--nocapture"])
+        .env("PATH", tools.path_env())
+        .env("CARGO_TARGET_DIR", target)
+        .run()?;
 
     fuzz(root, 15)?;
 
