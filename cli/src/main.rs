@@ -130,7 +130,7 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
             for w in &built.warnings {
                 eprintln!("  warning: {w}");
             }
-            let shown = built.dist.strip_prefix(cwd()?).unwrap_or(&built.dist).display().to_string();
+            let shown = shown_path(&built.dist, &cwd()?);
             eprintln!("\nBuilt {} in {:.1} s into {shown}. Serve it: stead serve", app.config.name, built.elapsed.as_secs_f64());
             Ok(())
         }
@@ -141,6 +141,14 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
             println!("version {} ({} files, {} bytes)", m.version, m.files.len(), m.total_size());
             Ok(())
         }
+    }
+}
+
+/// `path` relative to `cwd` when it is under it (and `cwd` is not `/`), else as is.
+fn shown_path(path: &Path, cwd: &Path) -> String {
+    match path.strip_prefix(cwd) {
+        Ok(rel) if cwd.parent().is_some() && !rel.as_os_str().is_empty() => rel.display().to_string(),
+        _ => path.display().to_string(),
     }
 }
 
@@ -166,7 +174,7 @@ fn new(name: &str, variant: Variant, path: Option<PathBuf>) -> Result<(), Proble
         id: uuid::Uuid::now_v7().to_string(),
     };
     let written = template::write(&app).map_err(|e| Problem::new(e.to_string()).help(e.hint()))?;
-    let shown = dir.strip_prefix(cwd()?).map(|p| p.display().to_string()).unwrap_or_else(|_| dir.display().to_string());
+    let shown = shown_path(&dir, &cwd()?);
     println!(
         "Made {} in {shown} ({} template, {} files, {} ms). Next:\n\n  cd {shown}\n  stead build\n  stead serve\n",
         template::title(name),

@@ -302,15 +302,26 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     cargo(root)
         .args(["test", "--package", "stead-cli", "--", "--nocapture"])
         .env("PATH", tools.path_env())
-        .env("CARGO_TARGET_DIR", target)
+        .env("CARGO_TARGET_DIR", &target)
+        .run()?;
+    step("an app from the template, for the end-to-end tests (stead new, stead build)");
+    let template_app = target.join("e2e-template");
+    let _ = std::fs::remove_dir_all(&template_app);
+    cargo(root).args(["run", "--quiet", "--package", "stead-cli", "--", "new", "e2e-app", "--path"]).arg(&template_app).run()?;
+    cargo(root)
+        .args(["run", "--quiet", "--package", "stead-cli", "--", "build", "--app"])
+        .arg(&template_app)
+        .env("PATH", tools.path_env())
+        .env("CARGO_TARGET_DIR", &target)
         .run()?;
 
     fuzz(root, 15)?;
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "template", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
+        .env("STEAD_E2E_TEMPLATE_DIST", template_app.join("dist"))
         .env("STEAD_SERVER_BIN", &server)
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("CHROMIUM", &tools.chromium)
