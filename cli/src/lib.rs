@@ -8,6 +8,7 @@
 //!   bundle manifest `stead-bundle.json`;
 //! - [`tools`]: the Stead checkout apps build against, and the tools a build runs;
 //! - [`serve`]: `stead serve`, stead-server in process;
+//! - [`dev`]: `stead dev`: build, serve, rebuild on change, reload open pages;
 //! - [`diag`]: errors with the file, the field and a hint.
 
 // A `Problem` carries the file's text for its snippet; it is made once, when a command
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod build;
+pub mod dev;
 pub mod diag;
 pub mod pipeline;
 pub mod serve;

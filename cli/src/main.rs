@@ -59,6 +59,12 @@ enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Build, serve with a local sync server, rebuild on every change and reload open pages.
+    Dev {
+        /// Port to listen on (default: Stead.toml's `server.dev`, else 8080); 0 picks one.
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Serve a built app with a local sync server (SQLite).
     Serve {
         /// The built folder (default: dist of the app here, or ./dist).
@@ -112,6 +118,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The server's own logs: warnings unless RUST_LOG asks for more.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn cwd() -> Result<PathBuf, Problem> {
     std::env::current_dir().map_err(|e| Problem::new(format!("cannot read the current folder: {e}")))
 }
@@ -124,7 +138,7 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
                 Some(dir) => App::load(&dir)?,
                 None => App::find(&cwd()?)?,
             };
-            let built = pipeline::build_app(&app, &BuildOptions { release, dist, verbose })?;
+            let built = pipeline::build_app(&app, &BuildOptions { release, dist, verbose, dev: None })?;
             eprintln!();
             eprint!("{}", pipeline::table(&built.rows));
             for w in &built.warnings {
@@ -133,6 +147,11 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
             let shown = shown_path(&built.dist, &cwd()?);
             eprintln!("\nBuilt {} in {:.1} s into {shown}. Serve it: stead serve", app.config.name, built.elapsed.as_secs_f64());
             Ok(())
+        }
+        Cmd::Dev { port } => {
+            let app = App::find(&cwd()?)?;
+            init_logs();
+            stead_cli::dev::run(app, port)
         }
         Cmd::Serve { dir, port, host, database, spaces } => serve_cmd(dir, port, host, database, spaces),
         Cmd::Manifest { dist } => {
@@ -199,11 +218,7 @@ fn serve_cmd(dir: Option<PathBuf>, port: Option<u16>, host: IpAddr, database: Op
     let database = database.unwrap_or_else(|| data_dir.join(".stead/stead.sqlite3").display().to_string());
     let opts = ServeOptions { dir: dir.clone(), host, port, database: database.clone(), open_spaces: spaces == Spaces::Open };
 
-    // The server's own logs: warnings unless RUST_LOG asks for more.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logs();
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Problem::new(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let running = serve::start(&opts).await?;

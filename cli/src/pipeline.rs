@@ -25,6 +25,9 @@ pub struct BuildOptions {
     pub dist: Option<PathBuf>,
     /// Tool output straight to the terminal instead of progress lines.
     pub verbose: bool,
+    /// A `stead dev` build with this build id: open pages reload when it changes
+    /// (see `dev`).
+    pub dev: Option<String>,
 }
 
 /// What a build made, for the summary and for `stead dev`.
@@ -157,8 +160,20 @@ pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
     let mut warnings: Vec<String> = written.icon_warnings.clone();
     warnings.extend(written.problems.iter().filter(|p| p.severity == Severity::Warning).map(|p| p.to_string()));
 
+    let dev_file = dist.join(crate::dev::DEV_FILE);
+    if let Some(id) = &opts.dev {
+        let index = dist.join("index.html");
+        let html = std::fs::read_to_string(&index).map_err(|e| Problem::new(format!("cannot read {}: {e}", index.display())))?;
+        std::fs::write(&index, crate::dev::add_reload_script(&html, id)).map_err(|e| Problem::new(format!("cannot write {}: {e}", index.display())))?;
+    }
+    // The dev build id is written last and is no part of the bundle, so a page reloads only
+    // once the whole build is in place, and always reads it from the server.
+    let _ = std::fs::remove_file(&dev_file);
     let (bundle, s) = step("bundle manifest", || build::write_bundle_manifest(&dist).map_err(tool_problem))?;
     s.done(&format!("version {}", bundle.version.get(..12).unwrap_or_default()));
+    if let Some(id) = &opts.dev {
+        std::fs::write(&dev_file, format!("{{\"build\": {id:?}}}\n")).map_err(|e| Problem::new(format!("cannot write {}: {e}", dev_file.display())))?;
+    }
 
     let rows = sizes(&dist).map_err(|e| Problem::new(format!("cannot read {}: {e}", dist.display())))?;
     Ok(Built { dist, rows, warnings, worker, elapsed: started.elapsed() })
