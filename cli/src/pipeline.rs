@@ -107,7 +107,7 @@ fn tool_problem(e: BuildError) -> Problem {
 pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
     let started = Instant::now();
     // Refuse an app Chromium would not install before spending minutes building it.
-    let errors = install_errors(&stead_manifest::validate::validate(&stead_manifest::web::WebManifest::from_config(&app.config)));
+    let errors = install_errors(app, &stead_manifest::validate::validate(&stead_manifest::web::WebManifest::from_config(&app.config)));
     if !errors.is_empty() {
         return Err(not_installable(app, errors));
     }
@@ -151,7 +151,7 @@ pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
             }
         })
     })?;
-    let errors = install_errors(&written.problems);
+    let errors = install_errors(app, &written.problems);
     if !errors.is_empty() {
         s.failed();
         return Err(not_installable(app, errors));
@@ -179,16 +179,23 @@ pub fn build_app(app: &App, opts: &BuildOptions) -> Result<Built, Problem> {
     Ok(Built { dist, rows, warnings, worker, elapsed: started.elapsed() })
 }
 
-fn install_errors(problems: &[stead_manifest::validate::Problem]) -> Vec<Problem> {
+/// The installability errors among `problems`, each pointing at the `Stead.toml` field
+/// the manifest field comes from.
+fn install_errors(app: &App, problems: &[stead_manifest::validate::Problem]) -> Vec<Problem> {
     problems
         .iter()
         .filter(|p| p.severity == Severity::Error)
-        .map(|p| Problem::new(format!("manifest `{}`: {}", p.field, p.message)).help(p.fix.clone()))
+        .map(|p| {
+            let key = p.field.split(['.', '[']).next().unwrap_or_default();
+            let key = if key == "icons" { "icon" } else { key };
+            app.problem_at(key, format!("manifest `{}`: {}", p.field, p.message), p.fix.clone())
+        })
         .collect()
 }
 
 fn not_installable(app: &App, errors: Vec<Problem>) -> Problem {
-    Problem::new(format!("{}: the app would not be installable ({} problems)", app.config_path().display(), errors.len()))
+    let n = errors.len();
+    Problem::new(format!("{}: the app would not be installable ({n} problem{})", app.config_path().display(), if n == 1 { "" } else { "s" }))
         .help(format!("fix them in {}", app.config_path().display()))
         .related(errors)
 }

@@ -102,7 +102,7 @@ fn new_build_serve() {
 }
 
 #[test]
-fn mistakes_are_explained_not_panicked() {
+fn mistakes_are_explained_not_panicked_and_the_blank_template_builds() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = stead(tmp.path(), &["new", "Bad Name"]);
     assert!(!out.status.success());
@@ -131,4 +131,10 @@ fn mistakes_are_explained_not_panicked() {
     let out = stead(&app, &["serve", "--port", "0"]);
     assert!(!out.status.success(), "nothing built yet");
     assert!(text(&out).contains("run `stead build`"), "{}", text(&out));
+
+    // Put right, the blank template builds too.
+    std::fs::write(app.join("Stead.toml"), &config).expect("written");
+    let out = stead(&app, &["build"]);
+    assert!(out.status.success(), "the blank template builds:\n{}", text(&out));
+    assert!(app.join("dist/manifest.webmanifest").is_file());
 }
