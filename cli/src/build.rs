@@ -130,6 +130,9 @@ pub fn run(tools: &Tools, program: &Path, args: &[&std::ffi::OsStr], dir: &Path)
     let (status, log) = match tools.output {
         Output::Inherit => (cmd.status().map_err(spawn_err)?, String::new()),
         Output::Capture => {
+            // The log is shown to someone fixing their app: the tools' own backtraces
+            // (trunk prints one with every failed cargo run) would bury the compiler's.
+            cmd.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0");
             let out = cmd.output().map_err(spawn_err)?;
             let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
             log.push_str(&String::from_utf8_lossy(&out.stderr));

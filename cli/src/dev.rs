@@ -147,7 +147,7 @@ pub fn run(app: App, port: Option<u16>) -> Result<(), Problem> {
         match App::load(&app.dir) {
             Ok(reloaded) => app = reloaded,
             Err(p) => {
-                eprintln!("{:?}", miette::Report::new(p));
+                p.report();
                 continue;
             }
         }
@@ -158,7 +158,10 @@ pub fn run(app: App, port: Option<u16>) -> Result<(), Problem> {
                 }
                 eprintln!("  rebuilt in {:.1} s: open pages reload", b.elapsed.as_secs_f64());
             }
-            Err(p) => eprintln!("{:?}\n(still serving the last good build; fix and save to try again)", miette::Report::new(p)),
+            Err(p) => {
+                p.report();
+                eprintln!("(still serving the last good build; fix and save to try again)");
+            }
         }
     }
     drop(watcher);

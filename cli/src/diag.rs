@@ -19,11 +19,14 @@ pub struct Problem {
     pub label: String,
     #[related]
     pub related: Vec<Problem>,
+    /// A failed tool's own output, printed as is before the diagnostic (compiler messages
+    /// keep their layout).
+    pub output: Option<String>,
 }
 
 impl Problem {
     pub fn new(message: impl Into<String>) -> Problem {
-        Problem { message: message.into(), help: None, src: None, at: None, label: String::new(), related: Vec::new() }
+        Problem { message: message.into(), help: None, src: None, at: None, label: String::new(), related: Vec::new(), output: None }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Problem {
@@ -39,6 +42,14 @@ impl Problem {
             self.label = label.into();
         }
         self
+    }
+
+    /// Prints the tool output, if any, then the diagnostic, to stderr.
+    pub fn report(self) {
+        if let Some(out) = &self.output {
+            eprintln!("{out}\n");
+        }
+        eprintln!("{:?}", miette::Report::new(self));
     }
 
     pub fn related(mut self, related: Vec<Problem>) -> Problem {

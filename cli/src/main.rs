@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     match run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
-            eprintln!("{:?}", miette::Report::new(problem));
+            problem.report();
             ExitCode::FAILURE
         }
     }

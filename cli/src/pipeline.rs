@@ -94,7 +94,9 @@ fn step<T>(what: &str, f: impl FnOnce() -> Result<T, Problem>) -> Result<(T, Ste
 fn tool_problem(e: BuildError) -> Problem {
     match e {
         BuildError::Tool { tool, status, log } if !log.is_empty() => {
-            Problem::new(format!("{tool} failed ({status})\n{}", tail(&log, 60))).help("the tool's output is above; `stead build --verbose` shows all of it")
+            let mut p = Problem::new(format!("{tool} failed ({status})")).help("its output is above (the end of it; `stead build --verbose` shows all)");
+            p.output = Some(tail(&log, 80));
+            p
         }
         BuildError::Spawn { tool, source } => {
             Problem::new(format!("cannot run {tool}: {source}")).help("run `cargo xtask setup` in Stead's checkout to install the tools")
