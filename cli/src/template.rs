@@ -154,7 +154,7 @@ fn fill(path: &str, bytes: &[u8], app: &NewApp) -> Vec<u8> {
             .join("\n")
             + "\n",
         "index.html" => text.replace(CRATE_NAME, &app.name).replace(TITLE, &title),
-        p if p.ends_with(".rs") => text.replace(TITLE, &title),
+        p if p.ends_with(".rs") || p.ends_with(".md") => text.replace(TITLE, &title),
         _ => text.to_owned(),
     };
     text.into_bytes()
@@ -240,6 +240,7 @@ mod tests {
         let html = text(&files, "index.html");
         assert!(html.contains("data-bin=\"field-notes\"") && html.contains("<title>Field Notes</title>"), "{html}");
         assert!(text(&files, "src/main.rs").contains("<h1>{\"Field Notes\"}</h1>"));
+        assert!(text(&files, "README.md").starts_with("# Field Notes\n"));
         assert!(files.iter().all(|(p, _)| !p.starts_with("variants/")));
     }
 

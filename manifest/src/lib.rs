@@ -40,6 +40,8 @@ pub enum WriteError {
     Schema { path: PathBuf, message: String },
     #[error("{} has no </head>, so the manifest and icons cannot be linked", path.display())]
     NoHead { path: PathBuf },
+    #[error("screenshot `{src}` is neither in the app's folder nor in the build")]
+    Screenshot { src: String },
 }
 
 impl WriteError {
@@ -48,6 +50,7 @@ impl WriteError {
         match self {
             WriteError::Icon { .. } => Some("icon"),
             WriteError::Schema { .. } => Some("schema"),
+            WriteError::Screenshot { .. } => Some("screenshots"),
             WriteError::Io { .. } | WriteError::NoHead { .. } => None,
         }
     }
@@ -61,6 +64,7 @@ impl WriteError {
             WriteError::Icon { source, .. } => source.hint().into(),
             WriteError::Schema { .. } => "the schema is JSON: {\"version\": 1, \"collections\": {…}} (see sw/PAGE-API.md)".into(),
             WriteError::NoHead { .. } => "keep a <head> … </head> in the app's index.html".into(),
+            WriteError::Screenshot { .. } => "put the image in the app's folder (the path is relative to Stead.toml); the build copies it".into(),
         }
     }
 }
@@ -110,6 +114,26 @@ pub fn write_app_files(config: &AppConfig, app_dir: &Path, dist: &Path) -> Resul
         files.push(SCHEMA_FILE.into());
     }
 
+    // Screenshots are files of the app's folder, copied to the same place in the build
+    // (or files the build already has, or URLs elsewhere).
+    for shot in &config.screenshots {
+        if shot.src.contains("://") || dist.join(&shot.src).is_file() {
+            continue;
+        }
+        let rel = Path::new(&shot.src);
+        let from = app_dir.join(rel);
+        let clean = rel.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !clean || !from.is_file() {
+            return Err(WriteError::Screenshot { src: shot.src.clone() });
+        }
+        let to = dist.join(rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        fs::copy(&from, &to).map_err(io_err(&from))?;
+        files.push(shot.src.clone());
+    }
+
     let path = dist.join(web::FILE);
     fs::write(&path, manifest.to_json()).map_err(io_err(&path))?;
     files.push(web::FILE.into());
@@ -144,6 +168,15 @@ mod tests {
         assert!(w.files.contains(&"icons/maskable-512.png".to_owned()));
         assert!(fs::read_to_string(dist.join("index.html")).unwrap().contains("rel=\"manifest\""));
         assert!(w.problems.iter().all(|p| p.severity == validate::Severity::Warning), "{:?}", w.problems);
+
+        let shot = "[[screenshots]]\nsrc = \"shots/wide.png\"\nsizes = \"1280x720\"\nform_factor = \"wide\"\n";
+        let with_shot = AppConfig::parse(&format!("id = \"x\"\nname = \"Notes\"\nicon = \"icon.svg\"\n{shot}")).unwrap();
+        let e = write_app_files(&with_shot, &app, &dist).unwrap_err();
+        assert_eq!(e.field(), Some("screenshots"));
+        fs::create_dir_all(app.join("shots")).unwrap();
+        fs::write(app.join("shots/wide.png"), b"png").unwrap();
+        let w = write_app_files(&with_shot, &app, &dist).unwrap();
+        assert!(w.files.contains(&"shots/wide.png".to_owned()) && dist.join("shots/wide.png").is_file());
 
         fs::write(app.join("schema.json"), "{").unwrap();
         let e = write_app_files(&config, &app, &dist).unwrap_err();
