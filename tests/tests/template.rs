@@ -1,7 +1,7 @@
 //! The app `stead new` makes, built by `stead build` and served by `stead serve`'s code,
 //! in Chromium: it installs its worker, Chromium finds nothing stopping its installation
-//! (CDP `Page.getInstallabilityErrors`, `Page.getAppManifest`), and it works offline after
-//! a forced worker stop.
+//! (CDP `Page.getInstallabilityErrors`, `Page.getAppManifest`), its install button
+//! appears (`beforeinstallprompt`), and it works offline after a forced worker stop.
 //!
 //! `cargo xtask test` builds the app and passes its folder in `STEAD_E2E_TEMPLATE_DIST`.
 
@@ -67,6 +67,9 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     assert_eq!(manifest["errors"], json!([]), "{manifest}");
     let parsed: Value = serde_json::from_str(manifest["data"].as_str().unwrap_or("{}"))?;
     assert_eq!(parsed["display"], "standalone");
+
+    // Installable, so Chromium offers it: the install button shows.
+    wait_element(&browser, "install").await.context("no beforeinstallprompt: the install button stayed hidden")?;
 
     // Offline: the server gone, the worker stopped, the page reloaded.
     let input = wait_element(&browser, "new-item").await?;
