@@ -34,6 +34,8 @@ impl App {
 
     /// Loads the app in `dir`.
     pub fn load(dir: &Path) -> Result<App, Problem> {
+        // Absolute: the tools run in other folders (trunk in the app's, cargo in Stead's).
+        let dir = &std::path::absolute(dir).map_err(|e| Problem::new(format!("cannot resolve {}: {e}", dir.display())))?;
         let path = dir.join(config::FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Problem::new(format!("cannot read {}: {e}", path.display())).help("check that the file exists and is readable"))?;
@@ -69,7 +71,19 @@ mod tests {
         let e = App::find(&sub).unwrap_err();
         assert!(e.message.contains("`them_color`: unknown field"), "{}", e.message);
         assert!(e.at.is_some() && e.help.is_some());
+        let here = std::env::current_dir().unwrap();
+        let rel = pathdiff(tmp.path(), &here);
+        std::fs::write(tmp.path().join("Stead.toml"), "id = \"x\"\nname = \"A\"\nicon = \"i.svg\"\n").unwrap();
+        assert!(App::load(&rel).unwrap().dir.is_absolute(), "a relative folder is made absolute");
         let e = App::find(Path::new("/")).unwrap_err();
         assert!(e.help.unwrap().contains("stead new"));
+    }
+
+    /// `to` as a path relative to `from` (both absolute).
+    fn pathdiff(to: &Path, from: &Path) -> PathBuf {
+        let up = from.components().count() - 1;
+        let mut p: PathBuf = std::iter::repeat_n("..", up).collect();
+        p.push(to.strip_prefix("/").unwrap());
+        p
     }
 }

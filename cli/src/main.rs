@@ -138,6 +138,10 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
                 Some(dir) => App::load(&dir)?,
                 None => App::find(&cwd()?)?,
             };
+            let dist = match dist {
+                Some(d) => Some(cwd()?.join(d)),
+                None => None,
+            };
             let built = pipeline::build_app(&app, &BuildOptions { release, dist, verbose, dev: None })?;
             eprintln!();
             eprint!("{}", pipeline::table(&built.rows));

@@ -25,8 +25,8 @@ pub const BINARYEN_VERSION: &str = "132";
 pub enum ToolError {
     #[error("{0} is not a Stead checkout (no framework/yew or sw crate there)")]
     NoCheckout(PathBuf),
-    #[error("{tool} {want} is not installed{}", found.as_ref().map(|f| format!(" (found: {f})")).unwrap_or_default())]
-    Missing { tool: &'static str, want: String, found: Option<String> },
+    #[error("{want} is not installed{}", found.as_ref().map(|f| format!(" (found: {f})")).unwrap_or_default())]
+    Missing { want: String, found: Option<String> },
 }
 
 impl ToolError {
@@ -67,7 +67,7 @@ fn version_of(program: &Path) -> Option<String> {
 }
 
 /// The first of `candidates` whose `--version` contains `want`; else what was found.
-fn find(tool: &'static str, candidates: &[PathBuf], want: &str) -> Result<PathBuf, ToolError> {
+fn find(candidates: &[PathBuf], want: &str) -> Result<PathBuf, ToolError> {
     let mut found = None;
     for c in candidates {
         if let Some(v) = version_of(c) {
@@ -77,7 +77,7 @@ fn find(tool: &'static str, candidates: &[PathBuf], want: &str) -> Result<PathBu
             found.get_or_insert(format!("{v} at {}", c.display()));
         }
     }
-    Err(ToolError::Missing { tool, want: want.to_owned(), found })
+    Err(ToolError::Missing { want: want.to_owned(), found })
 }
 
 /// The version of `package` in the checkout's `Cargo.lock`.
@@ -99,11 +99,11 @@ pub fn find_tools(root: &Path, release: bool, output: Output) -> Result<Tools, T
     let on_path = |name: &str| -> Vec<PathBuf> {
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect()).unwrap_or_default()
     };
-    let trunk = find("trunk", &[vec![bin.join("trunk")], on_path("trunk")].concat(), &format!("trunk {TRUNK_VERSION}"))?;
+    let trunk = find(&[vec![bin.join("trunk")], on_path("trunk")].concat(), &format!("trunk {TRUNK_VERSION}"))?;
     let wb_version = lockfile_version(root, "wasm-bindgen").unwrap_or_default();
-    let wasm_bindgen = find("wasm-bindgen", &[vec![bin.join("wasm-bindgen")], on_path("wasm-bindgen")].concat(), &format!("wasm-bindgen {wb_version}"))?;
+    let wasm_bindgen = find(&[vec![bin.join("wasm-bindgen")], on_path("wasm-bindgen")].concat(), &format!("wasm-bindgen {wb_version}"))?;
     let binaryen = root.join(".tools/node_modules/.bin/wasm-opt");
-    let wasm_opt = match find("wasm-opt", &[vec![binaryen], on_path("wasm-opt")].concat(), &format!("version {BINARYEN_VERSION}")) {
+    let wasm_opt = match find(&[vec![binaryen], on_path("wasm-opt")].concat(), &format!("wasm-opt version {BINARYEN_VERSION}")) {
         Ok(p) => Some(p),
         Err(e) if release => return Err(e),
         Err(_) => None,
@@ -120,4 +120,27 @@ pub fn find_tools(root: &Path, release: bool, output: Output) -> Result<Tools, T
     let path: Option<OsString> = std::env::join_paths(dirs).ok();
     let cargo = std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| "cargo".into());
     Ok(Tools { cargo, trunk, wasm_bindgen, wasm_opt, path, output })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lockfile_names_the_versions() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let v = lockfile_version(&root, "wasm-bindgen").unwrap();
+        assert!(v.starts_with("0.2."), "{v}");
+        assert_eq!(lockfile_version(&root, "no-such-crate"), None);
+        assert!(stead_root().is_ok(), "stead is built inside a checkout");
+    }
+
+    #[test]
+    fn a_missing_tool_says_what_was_found_and_what_to_run() {
+        let e = find(&[PathBuf::from("/no/such/wasm-bindgen")], "wasm-bindgen 0.2.130").unwrap_err();
+        assert_eq!(e.to_string(), "wasm-bindgen 0.2.130 is not installed");
+        assert!(e.hint(Path::new("/opt/stead")).contains("cargo xtask setup"));
+        let e = ToolError::NoCheckout(PathBuf::from("/nowhere"));
+        assert!(e.hint(Path::new(".")).contains("STEAD_ROOT"));
+    }
 }
