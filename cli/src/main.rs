@@ -149,7 +149,8 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
                 eprintln!("  warning: {w}");
             }
             let shown = shown_path(&built.dist, &cwd()?);
-            eprintln!("\nBuilt {} in {:.1} s into {shown}. Serve it: stead serve", app.config.name, built.elapsed.as_secs_f64());
+            let serve = if built.dist == app.dir.join("dist") { "stead serve".to_owned() } else { format!("stead serve {shown}") };
+            eprintln!("\nBuilt {} in {:.1} s into {shown}. Serve it: {serve}", app.config.name, built.elapsed.as_secs_f64());
             Ok(())
         }
         Cmd::Dev { port } => {
