@@ -5,6 +5,11 @@
 //! glue and the shim. A worker that fetched its `.wasm` at start-up could not start again
 //! offline once the browser stopped it; scripts a worker imports (or is) are stored with
 //! the worker itself, so this single script is all a cold start needs.
+//!
+//! wasm-opt is the slow step (~18 s for the worker on two cores), and its result depends
+//! only on its input and flags: optimised modules are kept under
+//! `target/stead-sw/opt-cache/`, keyed by the SHA-256 of wasm-bindgen's output, the flags
+//! and wasm-opt's version, so a rebuild with an unchanged worker skips it.
 
 use std::{
     ffi::OsString,
@@ -12,6 +17,7 @@ use std::{
     io,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use base64::Engine as _;
@@ -33,12 +39,16 @@ const WASM_FEATURES: &[&str] = &[
     "--enable-multivalue",
 ];
 
+/// Optimised worker modules kept, newest first; older ones are deleted.
+const OPT_CACHE_KEEP: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot run {tool}: {source}")]
     Spawn { tool: String, source: io::Error },
+    /// `log` holds what the tool printed when its output was captured.
     #[error("{tool} failed ({status})")]
-    Tool { tool: String, status: std::process::ExitStatus },
+    Tool { tool: String, status: std::process::ExitStatus, log: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{0}")]
@@ -61,6 +71,17 @@ pub struct Tools {
     pub wasm_opt: Option<PathBuf>,
     /// PATH for the tools' children (trunk looks up wasm-opt and wasm-bindgen on it).
     pub path: Option<OsString>,
+    pub output: Output,
+}
+
+/// Where the tools' own output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Straight to this process's stdout and stderr.
+    Inherit,
+    /// Kept, and handed back in [`BuildError::Tool`] if the tool fails (progress bars
+    /// stay readable).
+    Capture,
 }
 
 #[derive(Debug, Clone)]
@@ -79,27 +100,47 @@ pub struct BuildReport {
     pub worker_wasm_raw: u64,
     pub worker_wasm_optimized: u64,
     pub worker_script: u64,
+    pub worker_optimization: Optimization,
     pub manifest: BundleManifest,
 }
 
 /// Builds the app, its worker and its manifest into `config.dist`.
 pub fn build(config: &BuildConfig, tools: &Tools) -> Result<BuildReport, BuildError> {
     build_app(config, tools)?;
-    let (raw, optimized, script) = build_worker(config, tools)?;
+    let worker = build_worker(config, tools)?;
     let manifest = write_bundle_manifest(&config.dist)?;
-    Ok(BuildReport { worker_wasm_raw: raw, worker_wasm_optimized: optimized, worker_script: script, manifest })
+    Ok(BuildReport {
+        worker_wasm_raw: worker.wasm_raw,
+        worker_wasm_optimized: worker.wasm_optimized,
+        worker_script: worker.script,
+        worker_optimization: worker.optimization,
+        manifest,
+    })
 }
 
-fn run(tools: &Tools, program: &Path, args: &[&std::ffi::OsStr], dir: &Path) -> Result<(), BuildError> {
+/// Runs a tool to completion; an unsuccessful exit is an error.
+pub fn run(tools: &Tools, program: &Path, args: &[&std::ffi::OsStr], dir: &Path) -> Result<(), BuildError> {
     let tool = program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned();
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).stdin(Stdio::null());
     if let Some(path) = &tools.path {
         cmd.env("PATH", path);
     }
-    let status = cmd.status().map_err(|source| BuildError::Spawn { tool: tool.clone(), source })?;
+    let spawn_err = |source| BuildError::Spawn { tool: tool.clone(), source };
+    let (status, log) = match tools.output {
+        Output::Inherit => (cmd.status().map_err(spawn_err)?, String::new()),
+        Output::Capture => {
+            // The log is shown to someone fixing their app: the tools' own backtraces
+            // (trunk prints one with every failed cargo run) would bury the compiler's.
+            cmd.env("RUST_BACKTRACE", "0").env("RUST_LIB_BACKTRACE", "0");
+            let out = cmd.output().map_err(spawn_err)?;
+            let mut log = String::from_utf8_lossy(&out.stdout).into_owned();
+            log.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status, log)
+        }
+    };
     if !status.success() {
-        return Err(BuildError::Tool { tool, status });
+        return Err(BuildError::Tool { tool, status, log });
     }
     Ok(())
 }
@@ -120,9 +161,28 @@ pub fn build_app(config: &BuildConfig, tools: &Tools) -> Result<(), BuildError> 
     run(tools, &tools.trunk, &args, dir)
 }
 
+/// What became of the worker's wasm-opt step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimization {
+    /// wasm-opt ran, this long.
+    Ran(Duration),
+    /// The same module was optimised before: the kept result was used.
+    Cached,
+    /// No wasm-opt: the worker ships as wasm-bindgen wrote it.
+    Skipped,
+}
+
+/// The worker's sizes: raw wasm, optimised wasm, and the script carrying it.
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    pub wasm_raw: u64,
+    pub wasm_optimized: u64,
+    pub script: u64,
+    pub optimization: Optimization,
+}
+
 /// Builds the worker to wasm and writes `stead-sw.js` into the dist folder.
-/// Returns the raw wasm size, the optimised size and the script size.
-pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<(u64, u64, u64), BuildError> {
+pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<WorkerReport, BuildError> {
     // Always release: the worker's size is its start-up time, and tests should run
     // what ships.
     run(
@@ -145,23 +205,92 @@ pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<(u64, u64, u6
         &config.workspace,
     )?;
     let bg = out.join(format!("{WORKER_WASM}_bg.wasm"));
-    let raw = fs::metadata(&bg).map_err(io_err(&bg))?.len();
-    if let Some(wasm_opt) = &tools.wasm_opt {
-        let opt = out.join(format!("{WORKER_WASM}_opt.wasm"));
-        let mut args: Vec<&std::ffi::OsStr> = vec!["-Oz".as_ref()];
-        args.extend(WASM_FEATURES.iter().map(std::ffi::OsStr::new));
-        args.extend([bg.as_os_str(), "-o".as_ref(), opt.as_os_str()]);
-        run(tools, wasm_opt, &args, &config.workspace)?;
-        fs::rename(&opt, &bg).map_err(io_err(&bg))?;
-    }
-    let wasm_bytes = fs::read(&bg).map_err(io_err(&bg))?;
+    let raw_bytes = fs::read(&bg).map_err(io_err(&bg))?;
+    let raw = raw_bytes.len() as u64;
+    let (wasm_bytes, optimization) = match &tools.wasm_opt {
+        Some(wasm_opt) => {
+            let cache = out.join("opt-cache");
+            let key = opt_cache_key(&raw_bytes, &wasm_opt_version(tools, wasm_opt));
+            let cached = cache.join(format!("{key}.wasm"));
+            match fs::read(&cached) {
+                Ok(bytes) => {
+                    touch(&cached);
+                    (bytes, Optimization::Cached)
+                }
+                Err(_) => {
+                    let started = Instant::now();
+                    let opt = out.join(format!("{WORKER_WASM}_opt.wasm"));
+                    let mut args: Vec<&std::ffi::OsStr> = vec!["-Oz".as_ref()];
+                    args.extend(WASM_FEATURES.iter().map(std::ffi::OsStr::new));
+                    args.extend([bg.as_os_str(), "-o".as_ref(), opt.as_os_str()]);
+                    run(tools, wasm_opt, &args, &config.workspace)?;
+                    let bytes = fs::read(&opt).map_err(io_err(&opt))?;
+                    // The cache only saves time: failing to keep a copy fails nothing.
+                    if fs::create_dir_all(&cache).is_ok() && fs::rename(&opt, &cached).is_ok() {
+                        prune(&cache, OPT_CACHE_KEEP);
+                    }
+                    (bytes, Optimization::Ran(started.elapsed()))
+                }
+            }
+        }
+        None => (raw_bytes, Optimization::Skipped),
+    };
     let glue_path = out.join(format!("{WORKER_WASM}.js"));
     let glue = fs::read_to_string(&glue_path).map_err(io_err(&glue_path))?;
     let script = worker_script(&glue, &wasm_bytes);
     fs::create_dir_all(&config.dist).map_err(io_err(&config.dist))?;
     let script_path = config.dist.join(WORKER_SCRIPT);
     fs::write(&script_path, &script).map_err(io_err(&script_path))?;
-    Ok((raw, wasm_bytes.len() as u64, script.len() as u64))
+    Ok(WorkerReport { wasm_raw: raw, wasm_optimized: wasm_bytes.len() as u64, script: script.len() as u64, optimization })
+}
+
+/// The cache key of an optimised module: everything wasm-opt's output depends on.
+pub fn opt_cache_key(raw_wasm: &[u8], wasm_opt_version: &str) -> String {
+    let mut input = Vec::with_capacity(raw_wasm.len() + 256);
+    input.extend_from_slice(wasm_opt_version.as_bytes());
+    input.push(0);
+    input.extend_from_slice(b"-Oz");
+    for f in WASM_FEATURES {
+        input.push(0);
+        input.extend_from_slice(f.as_bytes());
+    }
+    input.push(0);
+    input.extend_from_slice(raw_wasm);
+    bundle::sha256_hex(&input)
+}
+
+/// `wasm-opt --version`, or its path when it will not say (a different binary at the same
+/// path is then still a different key, as long as it moved).
+fn wasm_opt_version(tools: &Tools, wasm_opt: &Path) -> String {
+    let mut cmd = Command::new(wasm_opt);
+    cmd.arg("--version").stdin(Stdio::null()).stderr(Stdio::null());
+    if let Some(path) = &tools.path {
+        cmd.env("PATH", path);
+    }
+    match cmd.output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        _ => wasm_opt.display().to_string(),
+    }
+}
+
+/// Marks a cache entry as just used.
+fn touch(path: &Path) {
+    if let Ok(f) = fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Keeps the `keep` most recently used entries of a cache folder.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = fs::remove_file(path);
+    }
 }
 
 /// The worker's single script: the wasm as base64, wasm-bindgen's glue, then the shim.
@@ -197,7 +326,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<BundleFile>) -> Result<(), Bui
             collect(root, &path, out)?;
             continue;
         }
-        let rel = path.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
         if rel == WORKER_SCRIPT || rel == MANIFEST_FILE {
             continue;
         }
@@ -249,6 +378,29 @@ mod tests {
         fs::write(dir.path().join("app.js"), "x").unwrap();
         let err = write_bundle_manifest(dir.path()).unwrap_err();
         assert!(err.to_string().ends_with("has no index.html: is it an app's build folder?"), "{err}");
+    }
+
+    #[test]
+    fn the_opt_cache_key_follows_input_and_tool() {
+        let a = opt_cache_key(b"\0asm\x01", "wasm-opt version 132");
+        assert_eq!(a, opt_cache_key(b"\0asm\x01", "wasm-opt version 132"));
+        assert_ne!(a, opt_cache_key(b"\0asm\x02", "wasm-opt version 132"));
+        assert_ne!(a, opt_cache_key(b"\0asm\x01", "wasm-opt version 133"));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.path().join(name);
+            fs::write(&p, "x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
+            fs::File::options().append(true).open(&p).unwrap().set_modified(t).unwrap();
+        }
+        prune(dir.path(), 2);
+        let mut left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["b", "c"]);
     }
 
     #[test]

@@ -578,9 +578,18 @@ impl Service {
     }
 
     /// The verified membership of `space` (cached by version); `None` for an unknown space.
+    /// A cached log costs one read of the stored version (another node may have changed
+    /// the log); only a new version reads the log itself.
     pub(crate) fn members(&self, space: SpaceId) -> Result<Option<(i64, Arc<Membership>)>> {
-        let Some(stored) = self.backend.members(space)? else { return Ok(None) };
         let cached = self.members.lock().unwrap_or_else(|p| p.into_inner()).get(space);
+        if let Some((v, m)) = &cached {
+            match self.backend.members_version(space)? {
+                Some(stored) if stored == *v => return Ok(Some((*v, m.clone()))),
+                None => return Ok(None),
+                Some(_) => {}
+            }
+        }
+        let Some(stored) = self.backend.members(space)? else { return Ok(None) };
         match cached {
             Some((v, m)) if v == stored.version => return Ok(Some((v, m))),
             // An older version: verify only what the stored log adds to it.

@@ -44,6 +44,9 @@ const FRAMES_PER_STEP: usize = 16;
 /// Frames a connection may send before its proof: its hello and proof, and a few more
 /// a client may pipeline behind them.
 const HANDSHAKE_FRAMES: usize = 8;
+/// Pings and pongs a connection may send before its proof: each ping costs a pong, so
+/// an unproven socket may not make the server write at will.
+const HANDSHAKE_CONTROL_FRAMES: usize = 16;
 /// How long a closing connection waits for the peer's Close (see [`close`]).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Entries read during a commit that are checked together, ahead of the next commit.
@@ -381,6 +384,7 @@ impl Conn {
         // here reads the database or the space's vector: `Sync` sends neither before.
         let mut received = first;
         let mut frames_left = HANDSHAKE_FRAMES;
+        let mut control_left = HANDSHAKE_CONTROL_FRAMES;
         loop {
             let empty = VersionVector::new();
             let mut local = ReadPeer { ctx: &ctx, vector: &empty, recent: &[], db: false, needed_db: Cell::new(false) };
@@ -406,8 +410,8 @@ impl Conn {
             received = loop {
                 match tokio::time::timeout_at(deadline, socket.next()).await {
                     Ok(Some(Ok(Message::Binary(b)))) if frames_left > 0 => break b,
-                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                    Ok(Some(Ok(Message::Binary(_)))) => {
+                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) if control_left > 0 => control_left -= 1,
+                    Ok(Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_)))) => {
                         let message = "too many frames before the proof".into();
                         send_and_close(&service, &mut socket, refuse("unexpected", code::UNEXPECTED, message)).await;
                         return None;

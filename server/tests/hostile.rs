@@ -161,6 +161,51 @@ async fn outsiders_that_only_say_hello_cannot_lock_members_out() -> anyhow::Resu
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unproven_socket_cannot_flood_frames_or_pings() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("flood.sqlite3")), &[])?;
+    let cs = clients(&server, 1).await?;
+    let space = cs[0].client.space();
+    let hello = Frame::Hello { min: PROTOCOL_MIN, max: PROTOCOL_MAX, space, replica: ReplicaId([7; 16]), challenge: [7; 32] };
+    for flood in ["pings", "frames"] {
+        let mut ws = ws_from(&server, "127.0.0.4").await?;
+        ws.send(Message::Binary(hello.encode().into())).await?;
+        let started = Instant::now();
+        let mut sent = 0;
+        let closed = loop {
+            let msg = match flood {
+                "pings" => Message::Ping(vec![0; 100].into()),
+                _ => Message::Binary(hello.encode().into()),
+            };
+            if ws.send(msg).await.is_err() {
+                break true;
+            }
+            sent += 1;
+            if sent >= 2_000 {
+                break false;
+            }
+        };
+        // Either the sends failed, or the server's answer ends in a refusal and a close.
+        let mut refused = closed;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            match m {
+                Ok(Message::Binary(b)) => {
+                    if let Ok(Frame::Error { code: c, message }) = Frame::decode(&b, &Default::default()) {
+                        eprintln!("{flood}: refused with {c}: {message}");
+                        refused = true;
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        assert!(refused, "{flood}: {sent} sent and no refusal");
+        assert!(started.elapsed() < Duration::from_secs(8), "{flood}: the socket was held until the proof deadline, not refused at once");
+    }
+    Ok(())
+}
+
 /// The server's resident memory, from `/proc`.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

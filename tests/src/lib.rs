@@ -112,7 +112,8 @@ impl Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(own.path().join("server.log"))?;
         let mut child = Command::new(&env.server_bin)
             .args(["--dir".as_ref(), dir.as_os_str(), "--port".as_ref(), port.to_string().as_ref()])
-            .args(["--spaces", "open"])
+            // Tests create spaces freely unless they ask for another policy.
+            .args(if flags.contains(&"--spaces") { &[][..] } else { &["--spaces", "open"][..] })
             .args(flags)
             .arg("--database")
             .arg(own.path().join("stead.sqlite3"))

@@ -21,6 +21,8 @@ pub struct NativeDevice {
     pub id: ReplicaId,
     pub space: SpaceId,
     signing: ed25519_dalek::SigningKey,
+    /// The device's X25519 secret, to which space keys are wrapped.
+    pub agreement: [u8; 32],
     port: u16,
     rng: SeededRandom,
 }
@@ -81,7 +83,7 @@ impl NativeDevice {
     fn open(port: u16, space: SpaceId, id: ReplicaId, signing: ed25519_dalek::SigningKey, agreement: [u8; 32], key: SpaceKey, members: Membership, seed: u64) -> Result<NativeDevice> {
         let identity = Identity { space, replica: id, signing: signing.clone(), agreement, space_key: key };
         let replica = Replica::open(identity, members, Box::new(stead_core::store::MemStore::new()), Default::default())?;
-        Ok(NativeDevice { replica, id, space, signing, port, rng: SeededRandom::new(seed) })
+        Ok(NativeDevice { replica, id, space, signing, agreement, port, rng: SeededRandom::new(seed) })
     }
 
     /// Adds a new device to the space (publishing the longer membership log) and
@@ -110,6 +112,48 @@ impl NativeDevice {
         let op = Op::Set { collection: collection.into(), record, field: field.into(), value };
         self.replica.commit(vec![op], at_ms, &mut self.rng)?;
         Ok(())
+    }
+
+    /// Takes the server's membership log where it is longer than this device's, then
+    /// connects and takes in what the server holds until `done` says the replica has
+    /// what the test waits for (within 10 s), and closes. Fails with the last refusal
+    /// when `done` never holds.
+    pub async fn pull_until(&mut self, done: impl Fn(&Replica) -> bool) -> Result<()> {
+        let server = get_members(self.port, self.space, self.id, &self.signing).await?;
+        if server.events().len() > self.replica.members().events().len() {
+            self.replica.set_members(server)?;
+        }
+        let url = format!("ws://127.0.0.1:{}/sync", self.port);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut self.rng);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut refused = None;
+        loop {
+            while let Some(f) = sync.generate(&self.replica) {
+                if let Frame::Error { message, .. } = &f {
+                    refused = Some(message.clone());
+                }
+                ws.send(Message::Binary(f.encode().into())).await?;
+            }
+            if done(&self.replica) {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(msg) => msg,
+                Err(_) => bail!("what was waited for did not arrive within 10 s; last refusal: {refused:?}"),
+            };
+            match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Err(e) = sync.receive(&b, &mut self.replica, now_ms()) {
+                        refused = Some(e.to_string());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("the server closed the connection; last refusal: {refused:?}"),
+            }
+        }
     }
 
     /// Connects, sends every entry of this device the server lacks, waits for their

@@ -58,21 +58,32 @@ async fn wait_online(b: &Browser) -> Result<()> {
     .await
 }
 
-/// A opens the app and creates a space; B joins it through A's invite link.
+/// A opens the app and creates a space; B joins it through A's invite link (the app's
+/// invite button: B is a writer).
 async fn pair(env: &Env, url: &str) -> Result<(Browser, Browser, String)> {
+    pair_as(env, url, None).await
+}
+
+/// [`pair`], B joining as `role` when one is given (through a code from the page API).
+async fn pair_as(env: &Env, url: &str, role: Option<&str>) -> Result<(Browser, Browser, String)> {
     let a = Browser::start(env).await?;
     a.driver.goto(url).await?;
     a.wait_app().await?;
     let space_a = space(&a).await?;
     wait_online(&a).await?;
-    a.driver.find(By::Id("invite")).await?.click().await?;
-    let link = wait_for("the invite link", Duration::from_secs(10), || async {
-        match a.driver.find(By::Id("invite-link")).await {
-            Ok(el) => Ok(el.prop("value").await?),
-            Err(_) => Ok(None),
+    let link = match role {
+        Some(role) => format!("{url}#join={}", invite_code_as(&a, &space_a, json!({"role": role})).await?),
+        None => {
+            a.driver.find(By::Id("invite")).await?.click().await?;
+            wait_for("the invite link", Duration::from_secs(10), || async {
+                match a.driver.find(By::Id("invite-link")).await {
+                    Ok(el) => Ok(el.prop("value").await?),
+                    Err(_) => Ok(None),
+                }
+            })
+            .await?
         }
-    })
-    .await?;
+    };
     assert!(link.contains("#join="), "the invite travels in the fragment: {link}");
 
     let b = Browser::start(env).await?;
@@ -678,7 +689,7 @@ async fn an_owner_lists_and_removes_a_device_and_the_removed_one_stops_getting_e
 
     let listed = api(&a, "GET", &format!("spaces/{space}/members"), None).await?;
     let members = listed["body"]["members"].as_array().cloned().unwrap_or_default();
-    assert_eq!(members.len(), 2, "A and the device its invite made, which B is: {listed}");
+    assert_eq!(members.len(), 2, "A and B, which joined with its own keys: {listed}");
     let b_replica = api(&b, "GET", &format!("spaces/{space}/members"), None).await?["body"]["members"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["me"] == true).cloned())
@@ -686,7 +697,7 @@ async fn an_owner_lists_and_removes_a_device_and_the_removed_one_stops_getting_e
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(members.iter().any(|m| m["replica"] == b_replica.as_str() && m["role"] == "owner" && m["active"] == true), "{listed}");
+    assert!(members.iter().any(|m| m["replica"] == b_replica.as_str() && m["role"] == "writer" && m["active"] == true), "{listed}");
 
     let removed = api(&a, "DELETE", &format!("spaces/{space}/members/{b_replica}"), None).await?;
     assert_eq!(removed["status"], 200, "{removed}");
@@ -715,12 +726,9 @@ async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Resul
     )
     .await?;
     // Two native members, invited by the browser: one whose clock is a year ahead, and
-    // one that writes normal records.
-    let invite = async || -> Result<String> {
-        let r = api(&b, "POST", &format!("spaces/{space}/invites"), None).await?;
-        Ok(r["body"]["invite"].as_str().context("an invite code")?.to_owned())
-    };
-    let (ahead_code, writer_code) = (invite().await?, invite().await?);
+    // one that writes normal records (an owner: it invites a device itself below).
+    let ahead_code = invite_code(&b, &space).await?;
+    let writer_code = invite_code_as(&b, &space, json!({"role": "owner"})).await?;
     let mut ahead = NativeDevice::join(server.port, &ahead_code, 1).await?;
     let mut writer = NativeDevice::join(server.port, &writer_code, 2).await?;
     let year = 365 * 24 * 3600 * 1000;
@@ -777,7 +785,12 @@ async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Resul
 }
 
 async fn invite_code(b: &Browser, space: &str) -> Result<String> {
-    let r = api(b, "POST", &format!("spaces/{space}/invites"), None).await?;
+    invite_code_as(b, space, json!({})).await
+}
+
+/// An invite code made with `terms` (`{"role"?, "expires_in_days"?}`).
+async fn invite_code_as(b: &Browser, space: &str, terms: Value) -> Result<String> {
+    let r = api(b, "POST", &format!("spaces/{space}/invites"), Some(terms)).await?;
     Ok(r["body"]["invite"].as_str().with_context(|| format!("an invite code: {r}"))?.to_owned())
 }
 
@@ -785,11 +798,12 @@ async fn invite_code(b: &Browser, space: &str) -> Result<String> {
 async fn two_devices_inviting_offline_settle_their_membership_logs_and_sync_on() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let (a, b, space) = pair(&env, &server.url).await?;
+    // B joins as an owner: only owners invite.
+    let (a, b, space) = pair_as(&env, &server.url, Some("owner")).await?;
     let todos = format!("spaces/{space}/collections/todos");
 
-    // Offline, each device invites one more: each appends an add to its own copy of the
-    // membership log, and whichever publishes second gets a 409 from the server.
+    // Offline, each device invites one more: each appends an invite to its own copy of
+    // the membership log, and whichever publishes second gets a 409 from the server.
     let mut server = server;
     server.kill();
     let (code_a, code_b) = (invite_code(&a, &space).await?, invite_code(&b, &space).await?);
@@ -799,11 +813,12 @@ async fn two_devices_inviting_offline_settle_their_membership_logs_and_sync_on()
     }
     wait_online(&a).await?;
     wait_online(&b).await?;
-    // Both invites hold: the server lists both new devices, with the space key.
+    // Both invites hold: the server lists both, each joined with the space key.
     let c = NativeDevice::join(server.port, &code_a, 1).await?;
     let d = NativeDevice::join(server.port, &code_b, 2).await?;
-    assert_eq!(c.replica.members().events().len(), 4, "genesis, B, and the two offline invites");
-    assert_eq!(c.replica.members().events(), d.replica.members().events());
+    let (ce, de) = (c.replica.members().events(), d.replica.members().events());
+    assert_eq!(ce.len(), 6, "genesis, B's invite and join, the two offline invites, C's join");
+    assert_eq!((de.len(), &de[..6]), (7, ce), "D's join follows C's");
     api(&a, "POST", &todos, Some(json!({"fields": {"text": "from A after the merge"}}))).await?;
     api(&b, "POST", &todos, Some(json!({"fields": {"text": "from B after the merge"}}))).await?;
     wait_shown(&a, "from B after the merge", Duration::from_secs(10)).await?;
@@ -823,4 +838,179 @@ async fn two_devices_inviting_offline_settle_their_membership_logs_and_sync_on()
     drop(server);
     a.quit().await?;
     b.quit().await
+}
+
+/// This device's replica id in `space`, from the page API.
+async fn my_replica(b: &Browser, space: &str) -> Result<String> {
+    let listed = api(b, "GET", &format!("spaces/{space}/members"), None).await?;
+    let me = listed["body"]["members"].as_array().and_then(|m| m.iter().find(|m| m["me"] == true).cloned());
+    Ok(me.with_context(|| format!("the device does not know itself: {listed}"))?["replica"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn an_invite_code_adds_one_device_with_the_role_it_names_and_is_refused_after() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+    wait_online(&a).await?;
+
+    let made = api(&a, "POST", &format!("spaces/{space}/invites"), Some(json!({"role": "reader", "expires_in_days": 1}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
+    assert_eq!((&made["body"]["role"], &made["body"]["published"]), (&json!("reader"), &json!(true)), "{made}");
+    let day = 24 * 3600 * 1000;
+    let expires = made["body"]["expires"].as_u64().unwrap_or_default();
+    assert!(expires.abs_diff(native::now_ms() + day) < 60_000, "expires in a day: {made}");
+    let code = made["body"]["invite"].as_str().context("a code")?.to_owned();
+    let (code_space, secret) = code.split_once('.').context("<space>.<secret>")?;
+    assert_eq!((code_space, secret.len()), (space.as_str(), 64), "the code names the space and a 32-byte secret, no device: {code}");
+    let defaults = api(&a, "POST", &format!("spaces/{space}/invites"), None).await?;
+    assert_eq!(defaults["body"]["role"], "writer", "an invite grants writing by default: {defaults}");
+    let week = defaults["body"]["expires"].as_u64().unwrap_or_default();
+    assert!(week.abs_diff(native::now_ms() + 7 * day) < 60_000, "for 7 days by default: {defaults}");
+    let bad = api(&a, "POST", &format!("spaces/{space}/invites"), Some(json!({"role": "admin"}))).await?;
+    assert_eq!(bad["status"], 400, "{bad}");
+
+    // B opens the link: the worker makes B's own keys and joins as a reader.
+    let b = Browser::start(&env).await?;
+    b.driver.goto(&format!("{}#join={code}", server.url)).await?;
+    b.wait_app().await?;
+    assert_eq!(self::space(&b).await?, space, "B joined A's space");
+    wait_online(&b).await?;
+    let b_replica = my_replica(&b, &space).await?;
+    b.quit().await?;
+
+    // C, another browser profile, gets the same code: refused, clearly.
+    let c = Browser::start(&env).await?;
+    c.driver.goto(&server.url).await?;
+    c.wait_app().await?;
+    // Once the app has its own space, the worker answers the page.
+    self::space(&c).await?;
+    let again = api(&c, "POST", "join", Some(json!({"invite": code}))).await?;
+    assert_eq!(again["status"], 410, "{again}");
+    assert!(again["body"]["detail"].as_str().unwrap_or_default().contains("used already, cancelled or has expired"), "{again}");
+    let spaces = api(&c, "GET", "spaces", None).await?;
+    assert!(!spaces["body"]["spaces"].as_array().is_some_and(|s| s.contains(&json!(space))), "C holds no copy of the space: {spaces}");
+    // A code of the old kind (a device the inviter made) is refused as such.
+    let old = format!("{space}.{}.{}.{}", b_replica, "11".repeat(32), "22".repeat(32));
+    let old = api(&c, "POST", "join", Some(json!({"invite": old}))).await?;
+    assert_eq!(old["status"], 400, "{old}");
+    assert!(old["body"]["detail"].as_str().unwrap_or_default().contains("older kind"), "{old}");
+
+    // A lists B with the role the code gave, and the code as used by B.
+    let listed = api(&a, "GET", &format!("spaces/{space}/members"), None).await?;
+    let members = listed["body"]["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 2, "A and B only: {listed}");
+    assert!(members.iter().any(|m| m["replica"] == b_replica.as_str() && m["role"] == "reader" && m["active"] == true), "{listed}");
+    let invites = api(&a, "GET", &format!("spaces/{space}/invites"), None).await?;
+    let list = invites["body"]["invites"].as_array().cloned().unwrap_or_default();
+    assert!(list.iter().any(|i| i["state"] == "used" && i["used_by"] == b_replica.as_str() && i["role"] == "reader"), "{invites}");
+
+    // A cancels the other invite: its code no longer joins.
+    let pending = list.iter().find(|i| i["state"] == "pending").context("the default invite is pending")?;
+    let key = pending["key"].as_str().unwrap_or_default();
+    let revoked = api(&a, "DELETE", &format!("spaces/{space}/invites/{key}"), None).await?;
+    assert_eq!(revoked["status"], 200, "{revoked}");
+    let cancelled = api(&c, "POST", "join", Some(json!({"invite": defaults["body"]["invite"]}))).await?;
+    assert_eq!(cancelled["status"], 410, "a cancelled invite: {cancelled}");
+    a.quit().await?;
+    c.quit().await
+}
+
+#[tokio::test]
+async fn a_removed_device_cannot_read_what_is_written_after_its_removal() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    // A (owner) and W (a browser member that stays), and two native devices joined with
+    // codes: `gone`, which A removes, and `stay`, which stays.
+    let (a, w, space) = pair(&env, &server.url).await?;
+    let mut gone = NativeDevice::join(server.port, &invite_code(&a, &space).await?, 1).await?;
+    let mut stay = NativeDevice::join(server.port, &invite_code(&a, &space).await?, 2).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+    let before = api(&a, "POST", &todos, Some(json!({"fields": {"text": "before the removal"}}))).await?;
+    let before: RecordId = before["body"]["id"].as_str().context("an id")?.parse().map_err(|_| anyhow::anyhow!("a record id"))?;
+    wait_shown(&w, "before the removal", Duration::from_secs(10)).await?;
+    gone.pull_until(|r| r.get("todos", before).is_some()).await?;
+
+    let removed = api(&a, "DELETE", &format!("spaces/{space}/members/{}", gone.id), None).await?;
+    assert_eq!(removed["status"], 200, "{removed}");
+    let after = api(&a, "POST", &todos, Some(json!({"fields": {"text": "after the removal"}}))).await?;
+    let after: RecordId = after["body"]["id"].as_str().context("an id")?.parse().map_err(|_| anyhow::anyhow!("a record id"))?;
+
+    // W took its membership log before the rotation: the new entry names a key W does not
+    // hold, and W reconnects once with a fresh log instead of skipping A's chain.
+    wait_shown(&w, "after the removal", Duration::from_secs(15)).await?;
+    let status = api(&w, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(status["body"]["rejected"].is_null(), "W skipped an entry: {status}");
+
+    // The member that stays reads old and new entries.
+    let text = |r: &stead_core::replica::Replica, id| r.value("todos", id, "text");
+    stay.pull_until(|r| text(r, after).is_some()).await?;
+    assert_eq!(text(&stay.replica, before), Some(V::Str("before the removal".into())));
+    assert_eq!(text(&stay.replica, after), Some(V::Str("after the removal".into())));
+
+    // The entry written after the removal, as the server relays it, does not open with
+    // the removed device's keys, nor with what the newest membership log wraps to it.
+    let a_id: stead_core::ids::ReplicaId = my_replica(&a, &space).await?.parse().map_err(|_| anyhow::anyhow!("a replica id"))?;
+    let entries = stay.replica.entries_from(a_id, 0, 1000, 1 << 24)?;
+    let [.., old, new] = entries.as_slice() else { bail!("A wrote {} entries", entries.len()) };
+    let sid = stay.space;
+    let open = |ring: &stead_core::crypto::Keyring, e: &stead_core::log::Entry| ring.open(sid, a_id, e.header.seq, &e.payload).is_ok();
+    assert!(open(stay.replica.keys(), old) && open(stay.replica.keys(), new), "the member that stays opens both");
+    assert!(open(gone.replica.keys(), old), "the removed device opens what was written before");
+    assert!(!open(gone.replica.keys(), new), "the removed device opens what was written after its removal");
+    let newest = stay.replica.members().keyring(&gone.agreement, gone.replica.keys());
+    assert!(newest.current().is_none() && !open(&newest, new), "the newest log gives the removed device the new key");
+    assert_ne!(old.payload[..8], new.payload[..8], "the entries name different keys");
+    // And the removed device is refused the log, so it cannot even try.
+    assert!(native::get_members(server.port, gone.space, gone.id, gone.replica.signing_key()).await.is_err());
+    a.quit().await?;
+    w.quit().await
+}
+
+#[tokio::test]
+async fn a_server_that_takes_new_spaces_only_with_a_token() -> Result<()> {
+    let env = Env::get()?;
+    let tokens = tempfile::tempdir()?;
+    let token = "e2e-creation-token-5a1f09c3";
+    let file = tokens.path().join("tokens");
+    std::fs::write(&file, format!("{token}\n"))?;
+    let server = Server::start_with(&env, &env.dist, 0, &["--spaces", "token", "--creation-tokens-file", file.to_str().context("a path")?])?;
+    let a = Browser::start(&env).await?;
+    a.driver.goto(&server.url).await?;
+    a.wait_app().await?;
+    // The app made its space without a token: it works on the device, and its status
+    // says why it does not sync.
+    let untokened = space(&a).await?;
+    let status = wait_for("the space's status to show the refusal", Duration::from_secs(20), || async {
+        let s = api(&a, "GET", &format!("spaces/{untokened}/status"), None).await?;
+        Ok((s["body"]["state"] == "error").then_some(s))
+    })
+    .await?;
+    let error = status["body"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("HTTP 403") && error.contains("Stead-Creation-Token") && error.contains("creation_token"), "{status}");
+
+    // A wrong token is refused as such.
+    let wrong = api(&a, "POST", "spaces", Some(json!({"creation_token": "not-the-token-0000000"}))).await?;
+    let wrong = wrong["body"]["space"].as_str().context("a space")?.to_owned();
+    let status = wait_for("the wrong token's refusal", Duration::from_secs(20), || async {
+        let s = api(&a, "GET", &format!("spaces/{wrong}/status"), None).await?;
+        Ok((s["body"]["state"] == "error").then_some(s))
+    })
+    .await?;
+    assert!(status["body"]["last_error"].as_str().unwrap_or_default().contains("was not accepted"), "{status}");
+
+    // With the token, the space reaches the server and syncs.
+    let made = api(&a, "POST", "spaces", Some(json!({"creation_token": token}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
+    let tokened = made["body"]["space"].as_str().context("a space")?.to_owned();
+    api(&a, "POST", &format!("spaces/{tokened}/collections/notes"), Some(json!({"fields": {"text": "kept"}}))).await?;
+    wait_for("the space with a token to sync", Duration::from_secs(20), || async {
+        let s = api(&a, "GET", &format!("spaces/{tokened}/status"), None).await?;
+        Ok((s["body"]["state"] == "online" && s["body"]["pending"] == 0).then_some(()))
+    })
+    .await?;
+    a.quit().await
 }

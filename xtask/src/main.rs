@@ -252,6 +252,7 @@ fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Resu
         wasm_bindgen: tools.wasm_bindgen.clone(),
         wasm_opt: Some(tools.wasm_opt()),
         path: Some(tools.path_env()),
+        output: stead_cli::build::Output::Inherit,
     };
     let config = stead_cli::build::BuildConfig {
         workspace: root.to_path_buf(),
@@ -311,7 +312,7 @@ fn demo(root: &Path, tools: &Tools, port: u16) -> Result<()> {
 /// `libfuzzer-sys` with the machine's C++ compiler, so nothing can be missing that the
 /// rest of the build has, and a failed build fails the run.
 fn fuzz(root: &Path, seconds: u32) -> Result<()> {
-    step("fuzz stead-core (frame decoder, entry verifier, the checks a received frame goes through)");
+    step("fuzz stead-core (frame decoder, entry verifier, the checks a received frame goes through, membership logs)");
     let fuzz_dir = root.join("framework/core/fuzz");
     let flags = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
                  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
@@ -323,7 +324,7 @@ fn fuzz(root: &Path, seconds: u32) -> Result<()> {
         .env("RUSTFLAGS", flags)
         .dir(&fuzz_dir)
         .run()?;
-    for target in ["frame_decode", "entry_verify", "entries_check"] {
+    for target in ["frame_decode", "entry_verify", "entries_check", "membership_verify"] {
         let corpus = fuzz_dir.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         util::cmd(fuzz_dir.join("target/x86_64-unknown-linux-gnu/release").join(target))
@@ -347,7 +348,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("native tests");
     cargo(root)
-        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e"])
+        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
         .run()?;
 
     step("stead-core tests on wasm32 in Chromium");
@@ -379,12 +380,37 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     build_example(root, tools, &dist, true)?;
     let server = server_binary(root)?;
 
+    // After the example: the worker's wasm-opt result is cached by then, and the app's
+    // crates build into the workspace's target folder rather than a fresh one.
+    step("stead-cli: unit tests, and `stead new` + `stead build` + `stead serve` on the template");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    cargo(root)
+        .args(["test", "--package", "stead-cli", "--", "--nocapture"])
+        .env("PATH", tools.path_env())
+        .env("CARGO_TARGET_DIR", &target)
+        .run()?;
+    step("an app from the template, for the end-to-end tests (stead new, stead build)");
+    let template_app = target.join("e2e-template");
+    let _ = std::fs::remove_dir_all(&template_app);
+    cargo(root).args(["run", "--quiet", "--package", "stead-cli", "--", "new", "e2e-app", "--path"]).arg(&template_app).run()?;
+    cargo(root)
+        .args(["run", "--quiet", "--package", "stead-cli", "--", "build", "--app"])
+        .arg(&template_app)
+        .env("PATH", tools.path_env())
+        .env("CARGO_TARGET_DIR", &target)
+        .run()?;
+
     fuzz(root, 15)?;
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "template", "--test", "dev", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
+        .env("STEAD_E2E_TEMPLATE_DIST", template_app.join("dist"))
+        // `stead dev` (built by the `cargo run` above) builds apps: its tools and target.
+        .env("STEAD_BIN", target.join("debug/stead"))
+        .env("PATH", tools.path_env())
+        .env("CARGO_TARGET_DIR", &target)
         .env("STEAD_SERVER_BIN", &server)
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("CHROMIUM", &tools.chromium)

@@ -87,7 +87,8 @@ pub async fn open_space(schema: &J) -> Result<String, ApiError> {
     let hash = window.location().hash().unwrap_or_default();
     let space = if let Some(code) = hash.strip_prefix(JOIN_FRAGMENT) {
         let joined = call("POST", "join", Some(&json!({ "invite": code }))).await?;
-        // The invite holds a device secret: keep it out of the address bar and history.
+        // The invite code is a secret (whoever holds it may join, once): keep it out of
+        // the address bar and history.
         if let Ok(h) = window.history() {
             let path = window.location().pathname().unwrap_or_else(|_| "/".into());
             let _ = h.replace_state_with_url(&JsValue::NULL, "", Some(&path));
@@ -109,10 +110,18 @@ pub async fn open_space(schema: &J) -> Result<String, ApiError> {
     Ok(space)
 }
 
-/// An invite link for another device: this page's address with the invite code in
-/// its fragment.
+/// A one-time invite link for another device: this page's address with the invite code
+/// in its fragment. The device that opens it first joins as a writer, within 7 days
+/// (the worker's defaults); see [`invite_link_as`].
 pub async fn invite_link(space: &str) -> Result<String, ApiError> {
-    let code = call("POST", &format!("spaces/{space}/invites"), None).await?;
+    invite_link_as(space, None).await
+}
+
+/// [`invite_link`] granting `role` (`"owner"`, `"writer"` or `"reader"`; `None`: the
+/// worker's default, writer).
+pub async fn invite_link_as(space: &str, role: Option<&str>) -> Result<String, ApiError> {
+    let body = role.map(|r| json!({ "role": r }));
+    let code = call("POST", &format!("spaces/{space}/invites"), body.as_ref()).await?;
     let window = web_sys::window().ok_or_else(|| js_error("no window".into()))?;
     let loc = window.location();
     let base = format!("{}{}", loc.origin().map_err(js_error)?, loc.pathname().map_err(js_error)?);

@@ -43,6 +43,9 @@ pub trait Backend: Send + Sync + 'static {
     /// `sqlite` or `postgres`, for logs and metrics.
     fn kind(&self) -> &'static str;
     fn members(&self, space: SpaceId) -> Result<Option<StoredMembers>>;
+    /// The version of the space's membership log alone (`None` for an unknown space):
+    /// enough to tell whether a cached log is still current without reading the log.
+    fn members_version(&self, space: SpaceId) -> Result<Option<i64>>;
     /// Creates a space with `new`, or replaces its log when `new` extends the stored one
     /// (`check` decides that on the stored bytes, inside the transaction).
     fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64>;

@@ -197,6 +197,10 @@ impl Backend for Postgres {
         })
     }
 
+    fn members_version(&self, space: SpaceId) -> Result<Option<i64>> {
+        with(&self.pool, |c| Ok(c.query_opt("SELECT version FROM spaces WHERE id = $1", &[&&space.0[..]])?.map(|r| r.get(0))))
+    }
+
     fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64> {
         with(&self.pool, |c| {
             let mut tx = c.transaction()?;

@@ -157,6 +157,12 @@ impl Backend for Sqlite {
         Ok(row)
     }
 
+    fn members_version(&self, space: SpaceId) -> Result<Option<i64>> {
+        let conn = self.readers.get()?;
+        let v = conn.prepare_cached("SELECT version FROM spaces WHERE id = ?1")?.query_row(params![&space.0[..]], |r| r.get(0)).optional()?;
+        Ok(v)
+    }
+
     fn put_members(&self, space: SpaceId, new: &[u8], check: &dyn Fn(Option<&[u8]>) -> Result<()>) -> Result<i64> {
         let mut conn = self.writer.get()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

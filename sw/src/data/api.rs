@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use serde_json::{Value as J, json};
 use stead_core::ids::{RecordId, SpaceId};
-use stead_core::membership::{Member, Membership as Members};
+use stead_core::membership::{InviteTerms, Member, Membership as Members, Role};
 use stead_core::ops::Op;
 use stead_core::query::{Cursor, Filter, Query};
 use stead_core::schema::Schema;
@@ -15,7 +15,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{BroadcastChannel, Headers, Request, RequestMode, Response, ResponseInit};
 
-use super::engine::{Engine, get_members, parse_invite};
+use super::engine::{Engine, PutMembers, get_members_invited, invite_not_usable, parse_invite, put_members};
 use super::json::{from_value, record, to_value};
 use super::{Data, DataError, Membership, WebClock, WebRandom};
 
@@ -222,22 +222,17 @@ async fn create_space(data: &Data, body: J) -> Answer {
         Some("indexeddb") => super::StorageKind::Indexeddb,
         Some(other) => return Err(DataError::bad_request(format!("storage {other:?}: expected \"opfs\" or \"indexeddb\""))),
     };
+    let creation_token = match body.get("creation_token") {
+        None | Some(J::Null) => None,
+        Some(J::String(t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => Some(t.clone()),
+        Some(_) => return Err(DataError::bad_request("creation_token: expected a string of visible ASCII characters")),
+    };
     let mut rng = WebRandom;
     let space = SpaceId::generate(&WebClock, &mut rng);
-    let me = Membership {
-        space,
-        replica: stead_core::ids::ReplicaId::generate(&WebClock, &mut rng),
-        signing: ed25519_dalek::SigningKey::from_bytes(&rng.array()),
-        agreement: rng.array(),
-        key: stead_core::crypto::SpaceKey(rng.array()),
-        storage,
-    };
-    let member = Member {
-        replica: me.replica,
-        signing: me.signing.verifying_key().to_bytes(),
-        agreement: stead_core::crypto::agreement_public(&me.agreement),
-    };
-    let members = Members::genesis(space, member, &me.signing)?;
+    let mut me = new_device(space, storage);
+    me.key = stead_core::crypto::SpaceKey(rng.array());
+    me.creation_token = creation_token;
+    let members = Members::genesis(space, member_card(&me), &me.signing)?;
     let engine = data.add_space(me, members).await?;
     if let Some(s) = schema {
         set_schema(&engine, s).await?;
@@ -245,21 +240,89 @@ async fn create_space(data: &Data, body: J) -> Answer {
     Ok((201, json!({ "space": space.to_string(), "status": engine.status_json() })))
 }
 
+/// A fresh device identity in `space`: replica id, Ed25519 and X25519 keys. The space
+/// key is filled in by the caller.
+fn new_device(space: SpaceId, storage: super::StorageKind) -> Membership {
+    use stead_core::env::Random;
+    let mut rng = WebRandom;
+    Membership {
+        space,
+        replica: stead_core::ids::ReplicaId::generate(&WebClock, &mut rng),
+        signing: ed25519_dalek::SigningKey::from_bytes(&rng.array()),
+        agreement: rng.array(),
+        key: stead_core::crypto::SpaceKey([0; 32]),
+        storage,
+        creation_token: None,
+    }
+}
+
+/// The public keys of a device, as the membership log names it.
+fn member_card(me: &Membership) -> Member {
+    Member { replica: me.replica, signing: me.signing.verifying_key().to_bytes(), agreement: stead_core::crypto::agreement_public(&me.agreement) }
+}
+
+/// How many times a join is made again on top of a log that moved on meanwhile.
+const JOIN_ATTEMPTS: usize = 4;
+
+/// `POST join {"invite": code}`: this device makes its own identity for the space, reads
+/// the membership log with the invite's key, appends its join (signed by that key, once)
+/// and publishes it. The invite works once: a second device gets 410.
 async fn join(data: &Data, body: J) -> Answer {
     let code = body.get("invite").and_then(J::as_str).ok_or_else(|| DataError::bad_request("expected {\"invite\": \"<code>\"}"))?;
-    let (space, replica, signing, agreement) = parse_invite(code).ok_or_else(|| DataError::bad_request("the invite code is malformed"))?;
+    let (space, secret) = parse_invite(code)?;
     if data.spaces().await?.contains(&space) {
         return Ok((200, json!({ "space": space.to_string(), "joined": false })));
     }
-    let members = get_members(space, replica, &signing).await?;
-    let wrapped = members
-        .wrapped_key_for(replica)
-        .ok_or_else(|| DataError::new(403, "not invited", "the membership log holds no key for this invite"))?;
-    let key = stead_core::crypto::unwrap_space_key(wrapped, space, &agreement)
-        .map_err(|e| DataError::new(403, "not invited", format!("the invite does not open the space key: {e}")))?;
-    let me = Membership { space, replica, signing, agreement, key, storage: super::StorageKind::detect().await };
+    let mut me = new_device(space, super::StorageKind::detect().await);
+    let mut attempt = 0;
+    let members = loop {
+        attempt += 1;
+        let mut members = get_members_invited(space, &secret).await?;
+        let ring = members.join(&secret, member_card(&me), &me.agreement, &mut WebRandom).map_err(|e| match e {
+            stead_core::Error::Membership { .. } => invite_not_usable(),
+            other => other.into(),
+        })?;
+        me.key = ring.current().ok_or(stead_core::Error::NoCurrentKey)?.clone();
+        match put_members(&members, None).await {
+            Ok(()) => break members,
+            // The log moved on meanwhile (another join, a rotation): join again on top.
+            Err(PutMembers::Conflict) if attempt < JOIN_ATTEMPTS => {}
+            Err(PutMembers::Conflict) => {
+                return Err(DataError::new(503, "busy", "the space's membership log kept changing while joining: try again"));
+            }
+            Err(PutMembers::Refused(410, _)) => return Err(invite_not_usable()),
+            Err(PutMembers::Refused(status, reason)) => return Err(DataError::new(403, "not joined", format!("HTTP {status}: {reason}"))),
+            Err(PutMembers::Failed(reason)) => return Err(DataError::new(503, "offline", format!("the server could not be reached: {reason}"))),
+        }
+    };
     let engine = data.add_space(me, members).await?;
-    Ok((201, json!({ "space": space.to_string(), "joined": true, "status": engine.status_json() })))
+    let role = engine.read(|r| r.members().role(engine.me().replica)).map(Role::as_str);
+    Ok((201, json!({ "space": space.to_string(), "joined": true, "role": role, "status": engine.status_json() })))
+}
+
+/// The longest an invite may stay open, in days: what stead-server takes by default
+/// (`--max-invite-days`).
+const MAX_INVITE_DAYS: f64 = 30.0;
+/// What an invite grants unless the page says otherwise.
+const DEFAULT_INVITE_ROLE: Role = Role::Writer;
+const DEFAULT_INVITE_DAYS: f64 = 7.0;
+
+/// The terms of `POST spaces/{space}/invites` `{"role"?, "expires_in_days"?}`.
+fn invite_terms(body: &J) -> Result<InviteTerms, DataError> {
+    let role = match body.get("role") {
+        None | Some(J::Null) => DEFAULT_INVITE_ROLE,
+        Some(J::String(r)) => r.parse().map_err(|_| DataError::bad_request(format!("role {r:?}: expected \"owner\", \"writer\" or \"reader\"")))?,
+        Some(other) => return Err(DataError::bad_request(format!("role {other}: expected \"owner\", \"writer\" or \"reader\""))),
+    };
+    let days = match body.get("expires_in_days") {
+        None | Some(J::Null) => DEFAULT_INVITE_DAYS,
+        Some(d) => d
+            .as_f64()
+            .filter(|d| *d > 0.0 && *d <= MAX_INVITE_DAYS)
+            .ok_or_else(|| DataError::bad_request(format!("expires_in_days {d}: expected a number above 0, at most {MAX_INVITE_DAYS}")))?,
+    };
+    let expires_ms = super::now_ms() + (days * 24.0 * 3600.0 * 1000.0) as u64;
+    Ok(InviteTerms { role, expires_ms })
 }
 
 async fn set_schema(engine: &Rc<Engine>, schema: Schema) -> Result<(), DataError> {
@@ -287,8 +350,20 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
             set_schema(engine, schema).await?;
             Ok((200, json!({"ok": true})))
         }
-        ("POST", ["invites"]) => Ok((201, json!({ "invite": engine.invite().await? }))),
+        ("POST", ["invites"]) => {
+            let terms = invite_terms(&body(request).await?)?;
+            let (code, published) = engine.invite(terms).await?;
+            Ok((201, json!({ "invite": code, "role": terms.role.as_str(), "expires": terms.expires_ms, "published": published })))
+        }
+        ("GET", ["invites"]) => {
+            // Joins reach the server, not the inviter: take the server's log if it can be
+            // had (offline, the list is this device's).
+            let _ = engine.take_server_members().await;
+            Ok((200, json!({ "invites": engine.invites() })))
+        }
+        ("DELETE", ["invites", key]) => Ok((200, json!({ "revoked": engine.revoke_invite(key).await? }))),
         ("GET", ["members"]) => {
+            let _ = engine.take_server_members().await;
             let me = engine.me().replica;
             let list: Vec<J> = engine.read(|r| {
                 r.members()

@@ -1,4 +1,5 @@
-//! Blobs: content sealed under the space key (stead-core's `seal_blob`), addressed by the
+//! Blobs: content sealed under the space's current key (stead-core's `seal_blob`, which
+//! names the key in the nonce; any key of the device's keyring opens it), addressed by the
 //! SHA-256 of the sealed form, kept on the device and uploaded to the server's
 //! `/blobs/{sha256}`. The page stores and reads plaintext; the server only ever sees the
 //! sealed bytes. A blob written offline waits in the `blobs-pending` list (store
@@ -81,8 +82,8 @@ async fn upload(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), String>
 /// Seals and stores `content`; uploads it now if the server is reachable. Returns the
 /// blob's address (SHA-256 of the sealed form, hex).
 pub async fn put(engine: &Rc<Engine>, content: &[u8]) -> Result<String, DataError> {
-    let me = engine.me();
-    let sealed = stead_core::crypto::seal_blob(&me.key, WebRandom.array(), me.space, content);
+    let key = engine.read(|r| r.keys().current().cloned()).ok_or(stead_core::Error::NoCurrentKey)?;
+    let sealed = stead_core::crypto::seal_blob(&key, WebRandom.array(), engine.space(), content);
     let sha = hex::encode(Sha256::digest(&sealed));
     put_local(engine, &sha, &sealed).await?;
     if upload(engine, &sha, &sealed).await.is_err() {
@@ -133,7 +134,16 @@ pub async fn get(engine: &Rc<Engine>, sha: &str) -> Result<Vec<u8>, DataError> {
             sealed
         }
     };
-    Ok(stead_core::crypto::open_blob(&engine.me().key, engine.space(), &sealed)?)
+    let open = |engine: &Engine| engine.read(|r| r.keys().open_blob(engine.space(), &sealed));
+    match open(engine) {
+        Ok(plain) => Ok(plain),
+        // Sealed under a key a rotation since this device's membership log brought:
+        // a fresh log from the server may hold it.
+        Err(e) => match engine.take_server_members().await {
+            Ok(true) => Ok(open(engine)?),
+            _ => Err(e.into()),
+        },
+    }
 }
 
 /// Parses a single `Range: bytes=…` against a length: the inclusive byte range, or

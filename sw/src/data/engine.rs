@@ -8,9 +8,10 @@ use std::rc::Rc;
 
 use js_sys::{ArrayBuffer, Reflect, Uint8Array};
 use serde_json::json;
-use stead_core::crypto;
+use stead_core::crypto::SpaceKey;
+use stead_core::env::Random;
 use stead_core::ids::{ReplicaId, SpaceId};
-use stead_core::membership::{Member, Membership as Members};
+use stead_core::membership::{InviteSecret, InviteState, InviteTerms, MemberEvent, Membership as Members, Role};
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
 use stead_core::store::Store;
 use stead_core::sync::{Frame, Sync, SyncConfig, code};
@@ -143,6 +144,9 @@ pub struct Engine {
     /// How many membership events the server is known to hold.
     members_pushed: Cell<usize>,
     recovered: RefCell<Option<String>>,
+    /// The server's creation token, until the server has taken the space's first
+    /// membership log.
+    creation_token: RefCell<Option<String>>,
     /// Set by [`Engine::close`]: no more connections.
     closed: Cell<bool>,
     /// How many entries the replica held at the last snapshot (or at open).
@@ -160,7 +164,7 @@ impl std::fmt::Debug for Engine {
 }
 
 fn identity(me: &Membership) -> Identity {
-    Identity { space: me.space, replica: me.replica, signing: me.signing.clone(), space_key: me.key.clone() }
+    Identity { space: me.space, replica: me.replica, signing: me.signing.clone(), agreement: me.agreement, space_key: me.key.clone() }
 }
 
 async fn open_replica(me: &Membership, members: Option<Members>) -> Result<(Backend, Replica), DataError> {
@@ -194,22 +198,43 @@ fn server_base() -> String {
 /// The `Authorization` header proving `me` sends a request to the worker's own server
 /// (see stead-core's `request_message`), with a body of SHA-256 `body_sha256`.
 pub fn authorization(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek::SigningKey, method: &str, path: &str, body_sha256: [u8; 32]) -> String {
-    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
-    let host = scope.location().host();
+    let host = server_host();
     let target = stead_core::sync::RequestTarget { method, host: &host, path_and_query: path, body_sha256 };
-    // Never a millisecond already used: the server takes each signature once, and two
-    // identical requests in one millisecond would sign the same bytes.
+    stead_core::sync::authorization(request_time(), space, replica, key, &target)
+}
+
+/// The `Authorization` header with which the holder of an invite reads the membership
+/// log before joining (a GET with no body).
+fn invite_authorization(space: SpaceId, secret: &InviteSecret, path: &str) -> String {
+    let host = server_host();
+    let target = stead_core::sync::RequestTarget { method: "GET", host: &host, path_and_query: path, body_sha256: stead_core::sync::body_hash(b"") };
+    stead_core::sync::invite_authorization(request_time(), space, secret, &target)
+}
+
+fn server_host() -> String {
+    let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
+    scope.location().host()
+}
+
+/// The time to sign a request with: never a millisecond already used, since the server
+/// takes each signature once and two identical requests in one millisecond would sign
+/// the same bytes.
+fn request_time() -> u64 {
     thread_local! { static LAST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) }; }
-    let time = LAST.with(|last| {
+    LAST.with(|last| {
         let t = now_ms().max(last.get() + 1);
         last.set(t);
         t
-    });
-    stead_core::sync::authorization(time, space, replica, key, &target)
+    })
 }
 
 /// A fetch from the worker to the server; `Err` holds a readable reason.
 pub async fn server_fetch(method: &str, path: &str, auth: Option<String>, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
+    server_fetch_with(method, path, auth, None, body).await
+}
+
+/// [`server_fetch`] with a `Stead-Creation-Token` header when `token` is given.
+async fn server_fetch_with(method: &str, path: &str, auth: Option<String>, token: Option<&str>, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), String> {
     let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
     let init = web_sys::RequestInit::new();
     init.set_method(method);
@@ -217,6 +242,9 @@ pub async fn server_fetch(method: &str, path: &str, auth: Option<String>, body: 
     let headers = web_sys::Headers::new().map_err(|e| opfs::FsError::from(e).to_string())?;
     if let Some(a) = auth {
         headers.set("authorization", &a).map_err(|e| opfs::FsError::from(e).to_string())?;
+    }
+    if let Some(t) = token {
+        headers.set("stead-creation-token", t).map_err(|e| opfs::FsError::from(e).to_string())?;
     }
     init.set_headers(&headers);
     if let Some(b) = body {
@@ -244,30 +272,80 @@ pub async fn get_members(space: SpaceId, replica: ReplicaId, key: &ed25519_dalek
     }
 }
 
+/// The membership log of `space` as the holder of an invite may read it (to join).
+/// A server that does not take the invite (used, cancelled, expired, or not published
+/// yet) answers 401, told here as 410.
+pub async fn get_members_invited(space: SpaceId, secret: &InviteSecret) -> Result<Members, DataError> {
+    let path = format!("/spaces/{space}/members");
+    let auth = invite_authorization(space, secret, &path);
+    match server_fetch("GET", &path, Some(auth), None).await {
+        Ok((200, body)) => Ok(Members::decode(&body)?),
+        Ok((401 | 403 | 404, _)) => Err(invite_not_usable()),
+        Ok((status, body)) => Err(DataError::new(502, "server error", format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))),
+        Err(reason) => Err(DataError::new(503, "offline", format!("the server could not be reached: {reason}"))),
+    }
+}
+
+/// The answer to a join through an invite the server does not take.
+pub fn invite_not_usable() -> DataError {
+    DataError::new(
+        410,
+        "invite not usable",
+        "the invite was used already, cancelled or has expired (or the device that made it has not reached the server since): ask for a new one",
+    )
+}
+
 /// Why a membership log was not published.
-enum PutMembers {
+pub enum PutMembers {
     /// The server holds a log ours does not extend (409): another device's events went
     /// up first, or ours is behind.
     Conflict,
+    /// The server answered and refused it (say 403: no creation token; 410: a join after
+    /// its invite expired): trying again will not help until something changes.
+    Refused(u16, String),
+    /// The server could not be reached, or failed.
     Failed(String),
 }
 
-async fn put_members(members: &Members) -> Result<(), PutMembers> {
+impl PutMembers {
+    pub fn reason(self) -> String {
+        match self {
+            PutMembers::Conflict => "the server's membership log moved on meanwhile".to_owned(),
+            PutMembers::Refused(_, reason) | PutMembers::Failed(reason) => reason,
+        }
+    }
+}
+
+/// Publishes a membership log, with the server's creation token where one is given.
+pub async fn put_members(members: &Members, token: Option<&str>) -> Result<(), PutMembers> {
     let path = format!("/spaces/{}/members", members.space());
-    match server_fetch("PUT", &path, None, Some(&members.encode())).await.map_err(PutMembers::Failed)? {
+    match server_fetch_with("PUT", &path, None, token, Some(&members.encode())).await.map_err(PutMembers::Failed)? {
         (s, _) if (200..300).contains(&s) => Ok(()),
         (409, _) => Err(PutMembers::Conflict),
-        (s, body) => Err(PutMembers::Failed(format!("the server refused the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body)))),
+        (403, body) => {
+            let hint = match token {
+                None => "; on this server a space is created with a creation token: POST spaces {\"creation_token\": ...}",
+                Some(_) => "; the creation token this device holds was not accepted",
+            };
+            Err(PutMembers::Refused(403, format!("the server refused this space (HTTP 403: {}){hint}", String::from_utf8_lossy(&body))))
+        }
+        (s, body) if (400..500).contains(&s) => {
+            Err(PutMembers::Refused(s, format!("the server refused the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body))))
+        }
+        (s, body) => Err(PutMembers::Failed(format!("the server failed to take the membership log: HTTP {s}: {}", String::from_utf8_lossy(&body)))),
     }
 }
 
 /// A membership event in words, for a warning.
 fn describe_event(event: &stead_core::membership::MemberEvent, by: ReplicaId) -> String {
-    use stead_core::membership::MemberEvent;
     match event {
         MemberEvent::Genesis { .. } => format!("the space's creation by {by}"),
         MemberEvent::Add { member, .. } => format!("{by} added {}", member.replica),
         MemberEvent::Remove { replica, .. } => format!("{by} removed {replica}"),
+        MemberEvent::Invite { key, role, .. } => format!("{by} invited a {} (invite {})", role.as_str(), hex::encode(&key[..8])),
+        MemberEvent::Join { member, invite, .. } => format!("{} joined through invite {}", member.replica, hex::encode(&invite[..8])),
+        MemberEvent::Rekey { key_id, .. } => format!("{by} rotated the space key (to {})", hex::encode(key_id)),
+        MemberEvent::Revoke { invite } => format!("{by} cancelled invite {}", hex::encode(&invite[..8])),
     }
 }
 
@@ -289,6 +367,7 @@ impl Engine {
         let has_snapshot = replica.store().snapshot().ok().flatten().is_some();
         let total: u64 = if has_snapshot { replica.version_vector().values().sum() } else { 0 };
         Ok(Rc::new(Engine {
+            creation_token: RefCell::new(me.creation_token.clone()),
             me,
             replica: RefCell::new(replica),
             cache: RefCell::new(store.cache()),
@@ -479,29 +558,27 @@ impl Engine {
 
     async fn open_socket(self: &Rc<Self>) -> Result<(), String> {
         // The server learns of new spaces and invited devices from the membership log.
-        let mut members = self.read(|r| r.members().clone());
+        let members = self.read(|r| r.members().clone());
         if members.events().len() > self.members_pushed.get() {
-            match put_members(&members).await {
-                Ok(()) => self.members_pushed.set(members.events().len()),
-                Err(PutMembers::Conflict) => members = self.rebase_members().await?,
+            match self.publish(&members).await {
+                Ok(()) => {}
+                Err(PutMembers::Conflict) => {
+                    self.rebase_members().await?;
+                }
+                Err(PutMembers::Refused(_, reason)) => {
+                    self.status.borrow_mut().refused = true;
+                    return Err(reason);
+                }
                 Err(PutMembers::Failed(reason)) => return Err(reason),
             }
         }
         // Blobs written offline go up before the entries that may refer to them.
         super::blobs::upload_pending(self).await?;
-        match get_members(self.me.space, self.me.replica, &self.me.signing).await {
-            Ok(m) => {
-                let ours = members.events().len();
-                if m.events().len() > ours && m.events()[..ours] == *members.events() {
-                    self.read(|r| r.set_members(m)).map_err(|e| e.to_string())?;
-                    let _ = self.flush().await;
-                }
-            }
-            Err(e) if e.status == 503 => return Err(e.detail),
-            Err(e) => {
+        if let Err(e) = self.take_server_members().await {
+            if e.status != 503 {
                 self.status.borrow_mut().refused = true;
-                return Err(e.detail);
             }
+            return Err(e.detail);
         }
         if self.closed.get() {
             return Err("the engine is closed".into());
@@ -555,6 +632,7 @@ impl Engine {
     /// result and adopts it. Events of other devices the server lacks cannot be signed
     /// again: they are dropped, and status and pages are told.
     async fn rebase_members(self: &Rc<Self>) -> Result<Members, String> {
+        let me = &self.me;
         let server = match get_members(self.me.space, self.me.replica, &self.me.signing).await {
             Ok(m) => m,
             Err(e) => {
@@ -564,16 +642,20 @@ impl Engine {
                 return Err(e.detail);
             }
         };
-        let ours = self.read(|r| r.members().clone());
-        let rebased = ours.rebase_onto(&server, self.me.replica, &self.me.signing).map_err(|e| {
-            self.status.borrow_mut().refused = true;
-            format!("this device's membership log cannot be joined to the server's: {e}")
-        })?;
+        let (ours, ring) = self.read(|r| (r.members().clone(), r.keys().clone()));
+        // A rotation this device made offline is issued again on top of the server's log
+        // (with the same key: entries may be sealed under it already), not dropped.
+        let (rebased, _) = ours
+            .rebase_keeping_keys(&server, me.replica, &me.signing, &me.agreement, &ring, now_ms(), &mut WebRandom)
+            .map_err(|e| {
+                self.status.borrow_mut().refused = true;
+                format!("this device's membership log cannot be joined to the server's: {e}")
+            })?;
         if rebased.members.events().len() > server.events().len() {
             // Another device may have published in between: the next attempt rebases again.
-            put_members(&rebased.members).await.map_err(|e| match e {
+            self.publish(&rebased.members).await.map_err(|e| match e {
                 PutMembers::Conflict => "the server's membership log moved on while rebasing onto it".to_owned(),
-                PutMembers::Failed(reason) => reason,
+                other => other.reason(),
             })?;
         }
         self.read(|r| r.set_members(rebased.members.clone())).map_err(|e| e.to_string())?;
@@ -684,7 +766,7 @@ impl Engine {
         if let Some(reason) = failed {
             self.drop_conn(&reason);
         } else if refresh {
-            self.drop_conn("an entry from a replica this device does not know was refused; reconnecting with a fresh membership log");
+            self.drop_conn("an entry from a replica or under a space key this device does not know was refused; reconnecting with a fresh membership log");
         }
     }
 
@@ -695,7 +777,9 @@ impl Engine {
     /// too far ahead, or the same refusal after a fresh log) a new connection would only
     /// meet again, so it is reported and everything else syncs on.
     fn refused_entry(&self, message: String) -> bool {
-        let unknown = message.contains("is not a member of the space");
+        // Sealed under a space key this device does not hold yet: a rotation (a removal)
+        // the membership log taken at connect does not hold; a fresh log brings its key.
+        let unknown = message.contains("is not a member of the space") || message.contains("does not hold yet");
         {
             let mut s = self.status.borrow_mut();
             if unknown && s.refreshed_for.as_deref() != Some(message.as_str()) {
@@ -768,56 +852,158 @@ impl Engine {
         }
     }
 
-    /// Adds a device to the space: a fresh identity whose secrets go into the invite
-    /// code (and from there into a link's fragment, which browsers never send). The
-    /// space key is wrapped to the new device's X25519 key in the membership log, so the
-    /// server stores only the wrapped form.
-    pub async fn invite(self: &Rc<Self>) -> Result<String, DataError> {
-        let mut rng = WebRandom;
-        use stead_core::env::Random;
-        let replica = ReplicaId::generate(&super::WebClock, &mut rng);
-        let signing = ed25519_dalek::SigningKey::from_bytes(&rng.array());
-        let agreement: [u8; 32] = rng.array();
-        let member = Member { replica, signing: signing.verifying_key().to_bytes(), agreement: crypto::agreement_public(&agreement) };
-        let wrapped = crypto::wrap_space_key(&self.me.key, self.me.space, &member.agreement, rng.array(), rng.array())?;
-        let members = self.read(|r| {
-            let mut m = r.members().clone();
-            m.add(self.me.replica, &self.me.signing, member, wrapped)?;
-            r.set_members(m.clone())?;
-            Ok::<_, DataError>(m)
-        })?;
-        self.flush().await?;
-        // Publish now if we can; otherwise the next connection does. A log that grew
-        // apart from the server's is settled now: the invite works only once the server
-        // lists the new device.
-        match put_members(&members).await {
-            Ok(()) => self.members_pushed.set(members.events().len()),
-            Err(PutMembers::Conflict) => {
-                if let Err(reason) = self.rebase_members().await {
-                    web_sys::console::warn_1(&format!("space {}: publishing the invite: {reason}", self.me.space).into());
-                }
+    /// Publishes `members` (with the creation token while the server has not taken the
+    /// space yet) and notes how much of the log the server holds.
+    async fn publish(&self, members: &Members) -> Result<(), PutMembers> {
+        let token = self.creation_token.borrow().clone();
+        put_members(members, token.as_deref()).await?;
+        self.members_pushed.set(members.events().len());
+        if token.is_some() {
+            // The server holds the space now: the token is of no more use here.
+            self.creation_token.replace(None);
+            let me = Membership { creation_token: None, ..self.me.clone() };
+            if let Err(e) = super::keys::save(&me).await {
+                web_sys::console::warn_1(&format!("space {}: forgetting the creation token: {e}", self.me.space).into());
             }
-            Err(PutMembers::Failed(_)) => {}
         }
-        Ok(format!("{}.{}.{}.{}", self.me.space, replica, hex::encode(signing.to_bytes()), hex::encode(agreement)))
+        Ok(())
     }
 
-    /// Removes a device from the space (this device must be an owner) and publishes the
-    /// log, now or on the next connection: the server then closes the device's sockets
-    /// and refuses what it sends. Its entries up to the last one held here stay valid.
-    pub async fn remove_member(self: &Rc<Self>, replica: ReplicaId) -> Result<(), DataError> {
+    /// Takes the server's membership log where it extends this device's (new members,
+    /// rotations, joins through this device's invites). `Err` when the server cannot be
+    /// reached (503) or does not take this device (403).
+    pub async fn take_server_members(self: &Rc<Self>) -> Result<bool, DataError> {
+        let server = get_members(self.me.space, self.me.replica, &self.me.signing).await?;
+        let ours = self.read(|r| r.members().events().len());
+        let extends = server.events().len() > ours && self.read(|r| server.events()[..ours] == *r.members().events());
+        if extends {
+            self.read(|r| r.set_members(server))?;
+            // If this flush fails, the next connection takes the log from the server again.
+            let _ = self.flush().await;
+        }
+        Ok(extends)
+    }
+
+    /// Signs a membership change with this device's keys and stores it, then publishes
+    /// it now if the server can be reached (a log that grew apart from the server's is
+    /// settled now); otherwise the next connection does. Returns whether the server
+    /// holds it.
+    async fn change_members(self: &Rc<Self>, change: impl FnOnce(&mut Members, &stead_core::crypto::Keyring) -> Result<(), DataError>) -> Result<bool, DataError> {
         let members = self.read(|r| {
             let mut m = r.members().clone();
-            let last_seq = r.version_vector().get(&replica).and_then(|n| n.checked_sub(1));
-            m.remove(self.me.replica, &self.me.signing, replica, last_seq)
-                .map_err(|e| DataError::new(403, "not allowed", e.to_string()))?;
+            change(&mut m, r.keys())?;
             r.set_members(m.clone())?;
             Ok::<_, DataError>(m)
         })?;
         self.flush().await?;
-        if put_members(&members).await.is_ok() {
-            self.members_pushed.set(members.events().len());
+        let published = match self.publish(&members).await {
+            Ok(()) => true,
+            Err(PutMembers::Conflict) => match self.rebase_members().await {
+                Ok(_) => true,
+                Err(reason) => {
+                    web_sys::console::warn_1(&format!("space {}: publishing a membership change: {reason}", self.me.space).into());
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        self.broadcast_status();
+        Ok(published)
+    }
+
+    /// This device's role, while it is an active member.
+    fn role(&self) -> Option<Role> {
+        self.read(|r| r.members().role(self.me.replica))
+    }
+
+    fn require_owner(&self, what: &str) -> Result<(), DataError> {
+        match self.role() {
+            Some(Role::Owner) => Ok(()),
+            Some(role) => Err(DataError::new(403, "not allowed", format!("only an owner may {what}; this device is a {} of the space", role.as_str()))),
+            None => Err(DataError::new(403, "not allowed", format!("only an owner may {what}; this device is no longer a member of the space"))),
         }
+    }
+
+    /// Makes a one-time invite as `terms` say: a fresh invite secret, whose public key
+    /// and the current space key wrapped to it go into the membership log. The code
+    /// `<space>.<secret hex>` is for a link's fragment, which browsers never send; the
+    /// device that joins with it makes its own keys. Published now or on the next
+    /// connection; the code works once the server holds it. Returns the code and
+    /// whether the server holds the invite yet.
+    pub async fn invite(self: &Rc<Self>, terms: InviteTerms) -> Result<(String, bool), DataError> {
+        self.require_owner("invite")?;
+        let secret = InviteSecret(WebRandom.array());
+        let me = &self.me;
+        let published = self
+            .change_members(|m, ring| {
+                m.invite(me.replica, &me.signing, ring, &secret, terms, &mut WebRandom)?;
+                Ok(())
+            })
+            .await?;
+        Ok((format!("{}.{}", me.space, hex::encode(secret.0)), published))
+    }
+
+    /// The space's invites, oldest state first as the log holds them.
+    pub fn invites(&self) -> Vec<serde_json::Value> {
+        let now = now_ms();
+        self.read(|r| {
+            r.members()
+                .invites()
+                .map(|i| {
+                    let (state, used_by) = match i.state {
+                        InviteState::Pending if i.expires_ms <= now => ("expired", None),
+                        InviteState::Pending => ("pending", None),
+                        InviteState::Used(by) => ("used", Some(by.to_string())),
+                        InviteState::Revoked => ("cancelled", None),
+                    };
+                    json!({"key": hex::encode(&i.key[..8]), "role": i.role.as_str(), "expires": i.expires_ms, "state": state, "used_by": used_by})
+                })
+                .collect()
+        })
+    }
+
+    /// Cancels the pending invite whose public key starts with `prefix` (hex).
+    pub async fn revoke_invite(self: &Rc<Self>, prefix: &str) -> Result<String, DataError> {
+        self.require_owner("cancel an invite")?;
+        let prefix = prefix.to_ascii_lowercase();
+        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DataError::bad_request(format!("{prefix:?}: expected an invite key in hex (at least 8 digits)")));
+        }
+        let matching: Vec<_> = self.read(|r| r.members().invites().filter(|i| hex::encode(i.key).starts_with(&prefix)).collect());
+        let invite = match matching.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(DataError::not_found(format!("no invite {prefix}"))),
+            _ => return Err(DataError::bad_request(format!("{prefix} names more than one invite: give more digits"))),
+        };
+        if invite.state != InviteState::Pending {
+            return Err(DataError::new(409, "not pending", format!("invite {prefix} was used or cancelled already")));
+        }
+        let me = &self.me;
+        self.change_members(|m, _| {
+            m.revoke_invite(me.replica, &me.signing, invite.key)?;
+            Ok(())
+        })
+        .await?;
+        Ok(hex::encode(&invite.key[..8]))
+    }
+
+    /// Removes a device from the space (this device must be an owner) and rotates the
+    /// space key in the same update: a fresh key, wrapped to every remaining member and
+    /// kept invite, with the previous key sealed under it, so the removed device cannot
+    /// read what is written after. Published now or on the next connection: the server
+    /// then closes the device's sockets and refuses what it sends. Its entries up to the
+    /// last one held here stay valid.
+    pub async fn remove_member(self: &Rc<Self>, replica: ReplicaId) -> Result<(), DataError> {
+        self.require_owner("remove a device")?;
+        let me = &self.me;
+        let last_seq = self.read(|r| r.version_vector().get(&replica).and_then(|n| n.checked_sub(1)));
+        self.change_members(|m, ring| {
+            m.remove(me.replica, &me.signing, replica, last_seq).map_err(|e| DataError::new(403, "not allowed", e.to_string()))?;
+            let mut ring = ring.clone();
+            m.rekey(me.replica, &me.signing, &mut ring, SpaceKey(WebRandom.array()), now_ms(), &mut WebRandom)?;
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 }
@@ -840,18 +1026,22 @@ pub fn register_background_sync() {
         }
 }
 
-/// Parses an invite code: `<space>.<replica>.<signing secret hex>.<agreement secret hex>`.
-/// It holds secrets, not public keys, so it needs no check for weak keys: the keys made
-/// from secrets are never of small order, and the membership log that holds this
-/// device's public keys is verified (`Members::decode`), weak keys refused, on join.
-pub fn parse_invite(code: &str) -> Option<(SpaceId, ReplicaId, ed25519_dalek::SigningKey, [u8; 32])> {
-    let mut p = code.trim().split('.');
-    let space = p.next()?.parse().ok()?;
-    let replica = p.next()?.parse().ok()?;
-    let signing = ed25519_dalek::SigningKey::from_bytes(&hex::decode(p.next()?).ok()?.try_into().ok()?);
-    let agreement = hex::decode(p.next()?).ok()?.try_into().ok()?;
-    if p.next().is_some() {
-        return None;
-    }
-    Some((space, replica, signing, agreement))
+/// Parses an invite code: `<space>.<invite secret, 64 hex digits>`. The older form
+/// (`<space>.<replica>.<signing>.<agreement>`, a device made by the inviter) is refused
+/// with a reason: such a code handed its holder another device's keys.
+pub fn parse_invite(code: &str) -> Result<(SpaceId, InviteSecret), DataError> {
+    let code = code.trim();
+    let bad = |why: &str| DataError::bad_request(format!("the invite code is malformed: {why}"));
+    let parts: Vec<&str> = code.split('.').collect();
+    let [space, secret] = parts.as_slice() else {
+        if parts.len() == 4 {
+            return Err(DataError::bad_request(
+                "this invite code is of an older kind (it carried a device made by the inviter), which this app no longer takes: ask for a new invite",
+            ));
+        }
+        return Err(bad("expected <space>.<secret>"));
+    };
+    let space = space.parse().map_err(|_| bad("the space id is not valid"))?;
+    let secret: [u8; 32] = hex::decode(secret).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("the secret is not 64 hex digits"))?;
+    Ok((space, InviteSecret(secret)))
 }

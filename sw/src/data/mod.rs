@@ -83,16 +83,22 @@ impl StorageKind {
     }
 }
 
-/// This device's place in one space: its replica and keys, the space key, and where
-/// its log is stored. Kept sealed ([`keys`]); never sent anywhere.
+/// This device's place in one space: its replica and keys, the space key it made or was
+/// given (the membership log gives the later ones, wrapped to `agreement`), and where
+/// its log is stored. Kept sealed ([`keys`]); never sent anywhere but the creation
+/// token, to the app's own server.
 #[derive(Clone)]
 pub struct Membership {
     pub space: SpaceId,
     pub replica: ReplicaId,
     pub signing: SigningKey,
+    /// This device's X25519 secret, to which space keys are wrapped.
     pub agreement: [u8; 32],
     pub key: SpaceKey,
     pub storage: StorageKind,
+    /// The server's space creation token, kept until the server has taken the space's
+    /// first membership log (`Stead-Creation-Token`).
+    pub creation_token: Option<String>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -109,6 +115,8 @@ struct SpaceFile {
     agreement: String,
     key: String,
     storage: StorageKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    creation_token: Option<String>,
 }
 
 fn hex32(s: &str) -> Option<[u8; 32]> {
@@ -124,6 +132,7 @@ impl Membership {
             agreement: hex::encode(self.agreement),
             key: hex::encode(self.key.0),
             storage: self.storage,
+            creation_token: self.creation_token.clone(),
         };
         serde_json::to_vec_pretty(&f).expect("serialisable")
     }
@@ -137,6 +146,7 @@ impl Membership {
             agreement: hex32(&f.agreement)?,
             key: SpaceKey(hex32(&f.key)?),
             storage: f.storage,
+            creation_token: f.creation_token,
         })
     }
 }
@@ -212,6 +222,11 @@ impl From<stead_core::Error> for DataError {
                 extra: Some(serde_json::json!({ "current_version": current.to_string() })),
             },
             stead_core::Error::Schema(_) | stead_core::Error::Validation { .. } => DataError::new(422, "invalid", e.to_string()),
+            stead_core::Error::NoCurrentKey => DataError::new(
+                403,
+                "no current key",
+                "this device does not hold the space's current key: it was removed from the space, or has not received the newest key yet",
+            ),
             _ => DataError::new(500, "engine error", e.to_string()),
         }
     }
