@@ -273,7 +273,7 @@ mod tests {
         a.stead_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let written = write(&a).unwrap();
         assert!(written.contains(&"Cargo.lock".to_owned()));
-        assert!(a.dir.join("src/chrome.rs").is_file());
+        assert!(a.dir.join("src/main.rs").is_file());
         assert!(matches!(write(&a), Err(NewError::Exists(_))));
     }
 }
