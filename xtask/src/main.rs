@@ -156,7 +156,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Builds examples/todo with its worker and manifest into `dist`.
+/// Builds examples/todo with its worker, web app manifest, icons and bundle manifest into
+/// `dist`: the steps of `stead build`, with the workspace's own `Trunk.toml`.
 fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
     step(&format!("build examples/todo into {}", dist.display()));
     // trunk runs cargo offline: fetch first so a fresh clone has its crates.
@@ -175,7 +176,23 @@ fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Resu
         dist: dist.to_path_buf(),
         release,
     };
-    let report = stead_cli::build::build(&config, &build_tools).context("build failed")?;
+    stead_cli::build::build_app(&config, &build_tools).context("building the app failed")?;
+    let worker = stead_cli::build::build_worker(&config, &build_tools).context("building the worker failed")?;
+    // The manifest and icons go in before the bundle manifest lists the files.
+    let app_dir = root.join("examples/todo");
+    let toml = std::fs::read_to_string(app_dir.join(stead_manifest::config::FILE)).context("reading examples/todo/Stead.toml")?;
+    let app = stead_manifest::config::AppConfig::parse(&toml).context("examples/todo/Stead.toml")?;
+    let written = stead_manifest::write_app_files(&app, &app_dir, dist).context("writing the web app manifest and icons")?;
+    let refused: Vec<String> = written.problems.iter().filter(|p| p.severity == stead_manifest::validate::Severity::Error).map(ToString::to_string).collect();
+    anyhow::ensure!(refused.is_empty(), "Chromium would not install the demo: {}", refused.join("; "));
+    let manifest = stead_cli::build::write_bundle_manifest(dist).context("writing the bundle manifest")?;
+    let report = stead_cli::build::BuildReport {
+        worker_wasm_raw: worker.wasm_raw,
+        worker_wasm_optimized: worker.wasm_optimized,
+        worker_script: worker.script,
+        worker_optimization: worker.optimization,
+        manifest,
+    };
     eprintln!(
         "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes; bundle {} files, {} bytes, version {}",
         report.worker_wasm_optimized,
