@@ -1,5 +1,14 @@
 //! Installing the app: Chromium's `beforeinstallprompt`, and the Web Install API
 //! (`navigator.install()`) where the browser has it.
+//!
+//! Chromium offers installation once per page load, as soon as it finds the app
+//! installable, which can be before the app's wasm has even started. A page keeps an
+//! early offer with this line in `index.html`'s `<head>` (the template and the examples
+//! have it), and [`use_install_prompt`] picks it up on mount:
+//!
+//! ```html
+//! <script>addEventListener('beforeinstallprompt', (e) => { e.preventDefault(); self.steadInstallPrompt = e; });</script>
+//! ```
 
 use gloo_events::{EventListener, EventListenerOptions};
 use wasm_bindgen::{JsCast, JsValue};
@@ -25,7 +34,7 @@ pub struct InstallPrompt {
 #[hook]
 pub fn use_install_prompt() -> InstallPrompt {
     // The browser's deferred prompt event, kept until the user asks.
-    let deferred = use_state(|| None::<JsValue>);
+    let deferred = use_state(early_offer);
     let installed = use_state(standalone);
     let web_install = use_memo((), |_| has_web_install());
     {
@@ -38,10 +47,12 @@ pub fn use_install_prompt() -> InstallPrompt {
                     // Not passive: the default (the browser's own bar) is prevented.
                     EventListener::new_with_options(&w, "beforeinstallprompt", EventListenerOptions::enable_prevent_default(), move |e| {
                         e.prevent_default();
+                        forget_early_offer();
                         deferred.set(Some(e.clone().into()));
                     })
                 };
                 let done = EventListener::new(&w, "appinstalled", move |_| {
+                    forget_early_offer();
                     deferred.set(None);
                     installed.set(true);
                 });
@@ -56,6 +67,7 @@ pub fn use_install_prompt() -> InstallPrompt {
         Callback::from(move |()| {
             if let Some(event) = (*deferred).clone() {
                 // An event prompts once; the browser fires a new one if the user declines.
+                forget_early_offer();
                 deferred.set(None);
                 if let Ok(prompt) = js_sys::Reflect::get(&event, &"prompt".into()).and_then(|f| f.dyn_into::<js_sys::Function>()) {
                     let _ = prompt.call0(&event);
@@ -72,6 +84,20 @@ pub fn use_install_prompt() -> InstallPrompt {
     };
     let available = !*installed && (deferred.is_some() || *web_install);
     InstallPrompt { available, installed: *installed, install }
+}
+
+/// Where the page's early listener keeps an offer made before the app ran.
+const EARLY_OFFER: &str = "steadInstallPrompt";
+
+fn early_offer() -> Option<JsValue> {
+    let w = web_sys::window()?;
+    js_sys::Reflect::get(&w, &EARLY_OFFER.into()).ok().filter(|v| v.is_object())
+}
+
+fn forget_early_offer() {
+    if let Some(w) = web_sys::window() {
+        let _ = js_sys::Reflect::delete_property(&w, &EARLY_OFFER.into());
+    }
 }
 
 /// Whether this page runs as an installed app (its own window).
