@@ -359,3 +359,77 @@ pub fn use_kept_data() -> Option<J> {
 pub async fn erase_kept_data() -> Result<J, ApiError> {
     call("POST", "erase", Some(&json!({ "confirm": true }))).await
 }
+
+/// A stored blob, as a `blob` field holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+}
+
+impl BlobRef {
+    /// Where the worker serves the blob's content (relative to the page, like every
+    /// page API path): an `<img src>` shows an image from it, offline too.
+    pub fn url(&self, space: &str) -> String {
+        format!("_stead/v1/spaces/{space}/blobs/{}?mime={}", self.sha256, String::from(js_sys::encode_uri_component(&self.mime)))
+    }
+}
+
+/// Stores `blob` (a `File` from an `<input type=file>` is one) in `space`: sealed, kept on
+/// the device at once, uploaded now or on the next connection. Put the returned
+/// reference in a `blob` field.
+pub async fn upload_blob(space: &str, blob: &web_sys::Blob) -> Result<BlobRef, ApiError> {
+    let window = web_sys::window().ok_or_else(|| js_error("no window".into()))?;
+    let init = RequestInit::new();
+    init.set_method("POST");
+    init.set_body(blob);
+    let headers = web_sys::Headers::new().map_err(js_error)?;
+    let mime = blob.type_();
+    headers.set("content-type", if mime.is_empty() { "application/octet-stream" } else { &mime }).map_err(js_error)?;
+    init.set_headers(&headers);
+    let url = format!("_stead/v1/spaces/{space}/blobs");
+    let resp: Response = JsFuture::from(window.fetch_with_str_and_init(&url, &init)).await.map_err(js_error)?.unchecked_into();
+    let text = JsFuture::from(resp.text().map_err(js_error)?).await.map_err(js_error)?.as_string().unwrap_or_default();
+    let value: J = serde_json::from_str(&text).unwrap_or(J::String(text));
+    if !resp.ok() {
+        return Err(ApiError {
+            status: resp.status(),
+            title: value.get("title").and_then(J::as_str).unwrap_or("error").to_owned(),
+            detail: value.get("detail").and_then(J::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string()),
+        });
+    }
+    decode(value)
+}
+
+/// One change to a record, oldest first in [`history`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Change {
+    /// `<ms>.<counter>…`: when the change was made (Unix ms first).
+    pub stamp: String,
+    /// The device that made it.
+    pub replica: String,
+    /// The operation, as the worker describes it (`Set { field: "title", … }`).
+    pub op: String,
+}
+
+impl Change {
+    /// When the change was made (Unix ms), read from its stamp.
+    pub fn time_ms(&self) -> Option<f64> {
+        self.stamp.split('.').next()?.parse().ok()
+    }
+
+    /// What the operation was: its kind (`Set`, `Delete`, `Restore`, `CounterAdd`,
+    /// `SetAdd`, `SetRemove`) and the field it touched, if any.
+    pub fn summary(&self) -> (&str, Option<&str>) {
+        let kind = self.op.split([' ', '{']).next().unwrap_or_default();
+        let field = self.op.split("field: \"").nth(1).and_then(|r| r.split('"').next());
+        (kind, field)
+    }
+}
+
+/// Every change to a record, from the device's log.
+pub async fn history(space: &str, collection: &str, id: &str) -> Result<Vec<Change>, ApiError> {
+    let mut r = call("GET", &format!("{}/{id}/history", collection_path(space, collection)), None).await?;
+    decode(r["history"].take())
+}

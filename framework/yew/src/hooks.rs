@@ -280,6 +280,15 @@ where
     use_live(deps, |(space, collection, id, _)| async move { data::get::<T>(&space, &collection, &id).await })
 }
 
+/// Every change to one record (oldest first), loaded again after every change to the
+/// space.
+#[hook]
+pub fn use_history(collection: &str, id: &str) -> Loaded<Vec<data::Change>> {
+    let stead = use_context::<Stead>();
+    let deps = stead.as_ref().and_then(|s| Some((s.space_id()?.to_owned(), collection.to_owned(), id.to_owned(), s.changes)));
+    use_live(deps, |(space, collection, id, _)| async move { data::history(&space, &collection, &id).await })
+}
+
 /// Writes to the app's space. Each call goes to the worker at once and returns; the
 /// queries refresh from the change it announces, and a refusal (a value the schema does
 /// not take, a full disk...) lands in [`Mutation::error`].
@@ -337,6 +346,19 @@ impl Mutation {
     pub fn create(&self, collection: &str, fields: impl Serialize) {
         let fields = serde_json::to_value(fields).unwrap_or(J::Null);
         self.send("POST", format!("collections/{}", String::from(js_sys::encode_uri_component(collection))), Some(json!({ "fields": fields })));
+    }
+
+    /// Creates a record with `fields`, then hands it to `done` (to select it, say).
+    pub fn create_then(&self, collection: &str, fields: impl Serialize, done: impl FnOnce(Record<J>) + 'static) {
+        let Some(space) = self.space.clone() else { return };
+        let (error, collection) = (self.error.clone(), collection.to_owned());
+        let fields = serde_json::to_value(fields).unwrap_or(J::Null);
+        spawn_local(async move {
+            match data::create(&space, &collection, &fields).await {
+                Ok(r) => done(r),
+                Err(e) => error.set(Some(e)),
+            }
+        });
     }
 
     /// Sets the given `fields` of a record; the others keep their values.

@@ -38,9 +38,9 @@ mod install;
 pub use components::{InstallButton, InstallButtonProps, InviteDialog, InviteDialogProps, SyncBadge, UpdateBanner};
 /// The update banner's former name.
 pub use components::UpdateBanner as UpdatePrompt;
-pub use data::{ApiError, Filter, Record};
+pub use data::{ApiError, BlobRef, Change, Filter, Record};
 pub use hooks::{
-    Loaded, Mutation, Persist, SpaceState, Stead, SteadProvider, SteadProviderProps, SyncStatus, use_mutation, use_persist, use_query, use_record,
+    Loaded, Mutation, Persist, SpaceState, Stead, SteadProvider, SteadProviderProps, SyncStatus, use_history, use_mutation, use_persist, use_query, use_record,
     use_space, use_stead, use_sync_status,
 };
 pub use install::{InstallPrompt, use_install_prompt};
