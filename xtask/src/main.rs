@@ -309,6 +309,13 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .run()?;
 
+    step("stead-yew tests in a Chromium page (channel messages, filters, records, the sync badge)");
+    cargo(root)
+        .args(["test", "--package", "stead-yew", "--target", "wasm32-unknown-unknown"])
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("PATH", tools.path_env())
+        .run()?;
+
     for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
         step(&format!("OPFS and IndexedDB store tests in Chromium ({scope} scope)"));
         cargo(root)

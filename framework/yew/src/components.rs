@@ -202,3 +202,60 @@ async fn copy_text(text: &str) -> bool {
     }
     JsFuture::from(navigator.clipboard().write_text(text)).await.is_ok()
 }
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod tests {
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::hooks::{Stead, SyncStatus};
+
+    #[derive(Properties, PartialEq)]
+    struct Props {
+        stead: Stead,
+    }
+
+    #[function_component]
+    fn Badge(props: &Props) -> Html {
+        html! { <ContextProvider<Stead> context={props.stead.clone()}><SyncBadge /></ContextProvider<Stead>> }
+    }
+
+    /// Lets Yew's scheduler render.
+    async fn settle() {
+        let p = js_sys::Promise::new(&mut |resolve, _| {
+            let _ = web_sys::window().expect("a page").set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 20);
+        });
+        let _ = JsFuture::from(p).await;
+    }
+
+    /// What the badge shows for `stead`: its `data-state` and its text.
+    async fn badge(stead: Stead) -> (String, String) {
+        let document = web_sys::window().and_then(|w| w.document()).expect("a document");
+        let root = document.create_element("div").expect("a div");
+        document.body().expect("a body").append_child(&root).expect("appended");
+        let app = yew::Renderer::<Badge>::with_root_and_props(root.clone(), Props { stead }).render();
+        settle().await;
+        let el = root.query_selector("#sync-status").ok().flatten().expect("the badge");
+        let shown = (el.get_attribute("data-state").unwrap_or_default(), el.text_content().unwrap_or_default().trim().to_owned());
+        app.destroy();
+        root.remove();
+        shown
+    }
+
+    fn with(state: &str, pending: u64) -> Stead {
+        let sync = SyncStatus { space: "s".into(), state: state.into(), pending, last_synced: None, last_error: None, rejected: None };
+        Stead { space: SpaceState::Ready("s".into()), changes: 0, sync: Some(sync) }
+    }
+
+    #[test]
+    async fn the_sync_badge_reads_as_a_sentence_for_each_state() {
+        let starting = Stead { space: SpaceState::Opening, changes: 0, sync: None };
+        assert_eq!(badge(starting).await, ("starting".into(), "Starting".into()));
+        assert_eq!(badge(with("online", 0)).await, ("online".into(), "Synced".into()));
+        assert_eq!(badge(with("syncing", 3)).await, ("syncing".into(), "Syncing · 3 to send".into()));
+        assert_eq!(badge(with("offline", 1)).await, ("offline".into(), "Offline · 1 to send".into()));
+        assert_eq!(badge(with("error", 0)).await, ("error".into(), "Sync refused".into()));
+        let failed = Stead { space: SpaceState::Failed(ApiError { status: 0, title: "browser error".into(), detail: "no worker".into() }), changes: 0, sync: None };
+        assert_eq!(badge(failed).await, ("error".into(), "Not available".into()));
+    }
+}

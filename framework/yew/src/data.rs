@@ -433,3 +433,45 @@ pub async fn history(space: &str, collection: &str, id: &str) -> Result<Vec<Chan
     let mut r = call("GET", &format!("{}/{id}/history", collection_path(space, collection)), None).await?;
     decode(r["history"].take())
 }
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod tests {
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn filters_become_the_page_apis_query_parameters() {
+        assert_eq!(Filter::All.params(), "");
+        assert_eq!(Filter::eq("done", false).params(), "&field=done&eq=false");
+        assert_eq!(Filter::eq("title_key", "a b").params(), "&field=title_key&eq=%22a%20b%22");
+        let range = Filter::Range { field: "n".into(), from: Some(json!(1)), to: None };
+        assert_eq!(range.params(), "&field=n&from=1");
+    }
+
+    #[test]
+    fn a_records_fields_decode_into_the_apps_type() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Todo {
+            text: String,
+            done: bool,
+        }
+        let r: Record<Todo> = decode(json!({"id": "01", "version": "3", "fields": {"text": "milk", "done": true, "votes": 2}})).unwrap();
+        assert_eq!(r.fields, Todo { text: "milk".into(), done: true });
+        let bad = decode::<Record<Todo>>(json!({"id": "01", "version": "3", "fields": {"done": true}})).unwrap_err();
+        assert_eq!(bad.title, "unexpected record");
+    }
+
+    #[test]
+    fn a_change_says_what_it_did_and_when() {
+        let c = Change {
+            stamp: "1796109200650.0@01a2/3#0".into(),
+            replica: "01a2".into(),
+            op: r#"Set { collection: "notes", record: RecordId(01), field: "body", value: Str("milk") }"#.into(),
+        };
+        assert_eq!(c.summary(), ("Set", Some("body")));
+        assert_eq!(c.time_ms(), Some(1_796_109_200_650.0));
+        let d = Change { op: r#"Delete { collection: "notes", record: RecordId(01) }"#.into(), ..c };
+        assert_eq!(d.summary(), ("Delete", None));
+    }
+}

@@ -447,3 +447,56 @@ async fn storage_call(f: impl FnOnce(&web_sys::StorageManager) -> Result<js_sys:
     }
     JsFuture::from(f(&navigator.storage()).ok()?).await.ok()?.as_bool()
 }
+
+#[cfg(all(test, target_arch = "wasm32"))]
+mod tests {
+    use wasm_bindgen::JsValue;
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn js(json: &str) -> JsValue {
+        js_sys::JSON::parse(json).expect("test JSON")
+    }
+
+    fn stead(space: &str) -> Rc<Shared> {
+        Rc::new(Shared(Stead { space: SpaceState::Ready(space.into()), changes: 0, sync: None }))
+    }
+
+    #[test]
+    fn channel_messages_decode_from_the_objects_the_worker_posts() {
+        // The shape of the worker's `sync` notice (sw/src/data/engine.rs `status_json`).
+        let sync = js(r#"{"type": "sync", "scope": "http://localhost/", "status": {"space": "s1", "replica": "r", "state": "offline",
+            "pending": 2, "entries": 7, "replicas": 1, "connects": 0, "last_synced": null, "last_error": "no server",
+            "rejected": null, "members_dropped": null, "recovered": null, "snapshot_entries": 0}}"#);
+        match serde_wasm_bindgen::from_value::<Notice>(sync) {
+            Ok(Notice::Sync { status }) => {
+                assert_eq!((status.space.as_str(), status.state.as_str(), status.pending), ("s1", "offline", 2));
+                assert_eq!(status.last_error.as_deref(), Some("no server"));
+                assert_eq!(status.last_synced, None);
+            }
+            _ => panic!("a sync notice"),
+        }
+        assert!(matches!(serde_wasm_bindgen::from_value::<Notice>(js(r#"{"type": "changed", "space": "s1", "scope": "x"}"#)), Ok(Notice::Changed { space }) if space == "s1"));
+        assert!(matches!(serde_wasm_bindgen::from_value::<Notice>(js(r#"{"type": "update-ready", "version": "v2"}"#)), Ok(Notice::Other)));
+        let synced = js(r#"{"type": "sync", "status": {"space": "s1", "state": "online", "pending": 0, "last_synced": 1796109200650}}"#);
+        assert!(matches!(serde_wasm_bindgen::from_value::<Notice>(synced), Ok(Notice::Sync { status }) if status.last_synced == Some(1_796_109_200_650.0)));
+    }
+
+    #[test]
+    fn the_provider_counts_changes_and_takes_statuses_of_its_own_space_only() {
+        let s = stead("s1");
+        let s = s.reduce(Action::Changed("s1".into()));
+        let s = s.reduce(Action::Changed("s1".into()));
+        let s = s.reduce(Action::Changed("other".into()));
+        assert_eq!(s.0.changes, 2, "every change of its space counts, another space's does not");
+        let status = |space: &str, state: &str| SyncStatus { space: space.into(), state: state.into(), pending: 0, last_synced: None, last_error: None, rejected: None };
+        let s = s.reduce(Action::Sync(status("other", "error")));
+        assert_eq!(s.0.sync, None);
+        let s = s.reduce(Action::Sync(status("s1", "online")));
+        assert_eq!(s.0.sync.as_ref().map(|s| s.state.as_str()), Some("online"));
+        // Before the space is open, nothing counts.
+        let opening = Rc::new(Shared(Stead { space: SpaceState::Opening, changes: 0, sync: None })).reduce(Action::Changed("s1".into()));
+        assert_eq!(opening.0.changes, 0);
+    }
+}

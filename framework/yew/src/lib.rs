@@ -233,3 +233,8 @@ async fn pending_version() -> Option<String> {
     let json = JsFuture::from(resp.json().ok()?).await.ok()?;
     js_sys::Reflect::get(&json, &JsValue::from_str("pending_version")).ok()?.as_string()
 }
+
+
+// One configuration for the whole test binary: the tests run in a Chromium page.
+#[cfg(all(test, target_arch = "wasm32"))]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
