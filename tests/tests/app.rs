@@ -1,7 +1,8 @@
 //! The todo example as a person sees it, through stead-yew's hooks and components: the
 //! sync badge knows the state as soon as the page opens (offline too), the list follows
-//! changes live, the invite dialog gives a link to copy and says what to do with it, and
-//! Chromium finds the demo installable and its install button appears.
+//! changes live, the invite dialog gives a link to copy and says what to do with it, the
+//! page says whether the browser keeps the data and asks it to, and Chromium finds the
+//! demo installable and its install button appears.
 
 use std::time::Duration;
 
@@ -139,6 +140,35 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
     })
     .await?;
     other.quit().await?;
+    b.quit().await
+}
+
+#[tokio::test]
+async fn the_page_says_whether_the_browser_keeps_the_data_and_asks_when_not() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let b = Browser::start(&env).await?;
+    b.driver.goto(&server.url).await?;
+    b.add_todo("keep me").await?;
+    let persisted = b.js_async("return await navigator.storage.persisted();").await?;
+    if persisted == json!(true) {
+        wait_for("the kept notice", Duration::from_secs(10), || async { Ok(b.driver.find(By::Id("persisted")).await.ok()) }).await?;
+    } else {
+        let ask = wait_for("the keep button", Duration::from_secs(10), || async { Ok(b.driver.find(By::Id("persist")).await.ok()) }).await?;
+        ask.click().await?;
+        // The browser decides; either way the page tells the person what happened.
+        let answer = wait_for("the browser's answer", Duration::from_secs(10), || async {
+            for id in ["persisted", "persist-refused"] {
+                if let Ok(el) = b.driver.find(By::Id(id)).await {
+                    return Ok(Some((id, el.text().await?)));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+        let granted = b.js_async("return await navigator.storage.persisted();").await?;
+        assert_eq!(answer.0 == "persisted", granted == json!(true), "the page shows the browser's answer: {answer:?}, persisted() = {granted}");
+    }
     b.quit().await
 }
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
-use stead_yew::{Filter, InstallButton, InviteDialog, SteadProvider, SyncBadge, UpdateBanner, use_mutation, use_query, use_stead};
+use stead_yew::{Filter, InstallButton, InviteDialog, SteadProvider, SyncBadge, UpdateBanner, use_mutation, use_persist, use_query, use_stead};
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
@@ -91,6 +91,33 @@ fn Todos() -> Html {
     }
 }
 
+/// Whether the browser keeps the list when the disk runs low, and a button to ask it.
+#[function_component]
+fn KeepData() -> Html {
+    let persist = use_persist();
+    let asked = use_state(|| false);
+    let ask = {
+        let (request, asked) = (persist.request.clone(), asked.clone());
+        Callback::from(move |_: MouseEvent| {
+            asked.set(true);
+            request.emit(());
+        })
+    };
+    match (persist.persisted, *asked) {
+        (Some(true), _) => html! { <p id="persisted">{"Your browser keeps this list on this device even when space runs low."}</p> },
+        (Some(false), false) => html! {
+            <p>
+                {"When space runs low, your browser may clear unsynced changes. "}
+                <button id="persist" onclick={ask}>{"Keep my list on this device"}</button>
+            </p>
+        },
+        (Some(false), true) => html! {
+            <p id="persist-refused">{"Your browser did not agree this time. Installing the app, or using it often, usually makes it agree."}</p>
+        },
+        (None, _) => html! {},
+    }
+}
+
 #[function_component]
 fn App() -> Html {
     html! {
@@ -103,6 +130,7 @@ fn App() -> Html {
                     <InstallButton />
                 </header>
                 <Todos />
+                <KeepData />
                 <footer>{"Works offline: your list lives on this device and syncs end-to-end encrypted."}</footer>
             </main>
         </SteadProvider>

@@ -11,8 +11,9 @@ use crate::data::{self, ApiError, Invite};
 use crate::hooks::{SpaceState, use_space, use_stead, use_sync_status};
 use crate::install::use_install_prompt;
 
-/// The space's sync state and how many of this device's changes wait for the server.
-/// `data-state` is the worker's state (`starting` until it answered).
+/// The space's sync state and how many of this device's changes wait for the server, under
+/// a [`crate::SteadProvider`]. `data-state` is the worker's state (`starting` until it
+/// answered, which is as soon as the space is open).
 #[function_component]
 pub fn SyncBadge() -> Html {
     let stead = use_stead();
