@@ -127,6 +127,9 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
     let clip = b.js_async("return await navigator.clipboard.readText();").await?;
     assert_eq!(clip.as_str(), Some(link.as_str()), "the clipboard holds the link");
 
+    b.driver.set_window_rect(0, 0, 800, 900).await?;
+    b.screenshot("todo-invite").await?;
+
     // "Done" closes the dialog; the button stays.
     b.driver.find(By::Id("invite-close")).await?.click().await?;
     wait_for("the dialog to close", Duration::from_secs(5), || async { Ok(b.driver.find(By::Id("invite-dialog")).await.is_err().then_some(())) }).await?;

@@ -97,6 +97,8 @@ async fn a_note_with_a_picture_keeps_its_history_undoes_and_is_found_by_its_titl
         Ok((h.contains("changed the body") && h.contains("changed the title")).then_some(()))
     })
     .await?;
+    let history = b.driver.find(By::Id("history")).await?.text().await?;
+    assert!(history.trim_end().ends_with("created the note"), "the oldest line is the note's creation: {history}");
     type_into(&b, "body", "milk and eggs").await?;
     wait_for("the second body to be stored", Duration::from_secs(10), || async {
         Ok((b.driver.find(By::Id("history")).await?.find_all(By::Tag("li")).await?.len() >= 4).then_some(()))
@@ -113,6 +115,9 @@ async fn a_note_with_a_picture_keeps_its_history_undoes_and_is_found_by_its_titl
     std::fs::write(&png, PNG)?;
     b.driver.find(By::Id("attach")).await?.send_keys(png.display().to_string()).await?;
     wait_for("the picture to show", Duration::from_secs(15), || async { Ok((pictures_loaded(&b).await? == 1).then_some(())) }).await?;
+
+    b.driver.set_window_rect(0, 0, 1000, 760).await?;
+    b.screenshot("notes").await?;
 
     // Search goes through the index on titles, by prefix, ignoring case.
     new_note(&b, "Garden").await?;

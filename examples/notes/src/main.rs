@@ -99,6 +99,7 @@ fn NoteList(props: &ListProps) -> Html {
             if notes.value.as_ref().is_some_and(Vec::is_empty) {
                 <p class="empty">{ if query.is_empty() { "No notes yet." } else { "No title starts with that." } }</p>
             }
+            <InviteDialog />
         </nav>
     }
 }
@@ -170,17 +171,7 @@ fn Editor(props: &EditorProps) -> Html {
         html! { <img key={a.id.clone()} src={a.fields.image.url(&space)} alt={a.fields.name.clone()} /> }
     });
     let changes = history.value.clone().unwrap_or_default();
-    let lines = changes.iter().rev().take(20).map(|c| {
-        let when = c.time_ms().map(|ms| String::from(js_sys::Date::new(&ms.into()).to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED))).unwrap_or_default();
-        let what = match c.summary() {
-            ("Set", Some("title_key")) => return html! {},
-            ("Set", Some(field)) => format!("changed the {field}"),
-            ("Delete", _) => "deleted the note".to_owned(),
-            ("Restore", _) => "restored the note".to_owned(),
-            (kind, _) => kind.to_lowercase(),
-        };
-        html! { <li>{ format!("{when}: {what}") }</li> }
-    });
+    let lines = describe(&changes).into_iter().rev().take(20).map(|(when, what)| html! { <li>{ format!("{when}: {what}") }</li> });
     html! {
         <section class="editor">
             <input id="title" type="text" value={record.fields.title.clone()} onchange={on_title} aria-label="Title" />
@@ -194,10 +185,48 @@ fn Editor(props: &EditorProps) -> Html {
                 <button id="undo" onclick={undo}>{"Undo my last change"}</button>
                 <button id="delete" onclick={delete}>{"Delete note"}</button>
             </div>
-            <h2>{"History"}</h2>
+            <h2 class="history-title">{"History"}</h2>
             <ul id="history" class="history">{ for lines }</ul>
         </section>
     }
+}
+
+/// The note's history as sentences, oldest first: one line per stored change (the
+/// operations of one write share a stamp up to its `#`), the first one its creation.
+fn describe(changes: &[stead_yew::Change]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String, Vec<String>)> = Vec::new();
+    for c in changes {
+        let entry = c.stamp.split('#').next().unwrap_or_default().to_owned();
+        let (kind, field) = c.summary();
+        let what = match (kind, field) {
+            // The search key follows the title: not worth a word of its own.
+            ("Set", Some("title_key")) => None,
+            ("Set", Some(field)) => Some(field.to_owned()),
+            ("Delete", _) => Some("deleted".to_owned()),
+            ("Restore", _) => Some("restored".to_owned()),
+            (kind, _) => Some(kind.to_lowercase()),
+        };
+        if out.last().is_none_or(|(e, _, _)| *e != entry) {
+            let when = c.time_ms().map(|ms| String::from(js_sys::Date::new(&ms.into()).to_locale_string("default", &wasm_bindgen::JsValue::UNDEFINED))).unwrap_or_default();
+            out.push((entry, when, Vec::new()));
+        }
+        if let (Some(w), Some(last)) = (what, out.last_mut())
+            && !last.2.contains(&w)
+        {
+            last.2.push(w);
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (_, when, what))| {
+            let sentence = match what.as_slice() {
+                _ if i == 0 => "created the note".to_owned(),
+                [one] if one == "deleted" || one == "restored" => format!("{one} the note"),
+                fields => format!("changed the {}", fields.join(" and ")),
+            };
+            (when, sentence)
+        })
+        .collect()
 }
 
 #[function_component]
@@ -235,7 +264,6 @@ fn App() -> Html {
                     <h1>{"Notes"}</h1>
                     <SyncBadge />
                     <InstallButton />
-                    <InviteDialog />
                 </header>
                 <Notes />
                 <footer>{"Works offline: notes and pictures live on this device and sync end-to-end encrypted."}</footer>
