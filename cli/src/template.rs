@@ -249,8 +249,9 @@ mod tests {
         let todo = files(&app("todo")).unwrap();
         let blank = files(&app("blank")).unwrap();
         assert_eq!(todo.len(), blank.len());
-        assert!(text(&todo, "src/main.rs").contains("collections/items"));
-        assert!(!text(&blank, "src/main.rs").contains("collections/items"));
+        // The todo template lists items; the blank one has no list.
+        assert!(text(&todo, "src/main.rs").contains("use_query::<Item>(\"items\""));
+        assert!(!text(&blank, "src/main.rs").contains("use_query::<"));
         assert!(matches!(files(&app("kanban")), Err(NewError::Variant(_))));
     }
 
