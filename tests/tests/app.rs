@@ -1,6 +1,7 @@
 //! The todo example as a person sees it, through stead-yew's hooks and components: the
 //! sync badge knows the state as soon as the page opens (offline too), the list follows
-//! changes live, the invite dialog gives a link to copy and says what to do with it, the
+//! changes live, the invite dialog gives a link to copy and says what to do with it (and
+//! tells a device that may not invite who can), the
 //! page says whether the browser keeps the data and asks it to, and Chromium finds the
 //! demo installable and its install button appears.
 
@@ -146,6 +147,10 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
         Ok(shown(&other).await?.iter().any(|t| t == "shared").then_some(()))
     })
     .await?;
+    // The invited device is a writer: it cannot invite, and the dialog says who can.
+    other.driver.find(By::Id("invite")).await?.click().await?;
+    let refused = wait_for("the owner-only notice", Duration::from_secs(10), || async { Ok(other.driver.find(By::Id("invite-error")).await.ok()) }).await?;
+    assert!(refused.text().await?.starts_with("Only an owner"), "{}", refused.text().await?);
     other.quit().await?;
     b.quit().await
 }
