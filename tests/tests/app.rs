@@ -1,9 +1,9 @@
 //! The todo example as a person sees it, through stead-yew's hooks and components: the
 //! sync badge knows the state as soon as the page opens (offline too), the list follows
 //! changes live, the invite dialog gives a link to copy and says what to do with it (and
-//! tells a device that may not invite who can), the
-//! page says whether the browser keeps the data and asks it to, and Chromium finds the
-//! demo installable and its install button appears.
+//! tells a device that may not invite who can), the page says whether the browser keeps
+//! the data and asks it to, and Chromium finds the demo installable and its install
+//! button appears.
 
 use std::time::Duration;
 
