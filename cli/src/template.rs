@@ -249,8 +249,9 @@ mod tests {
         let todo = files(&app("todo")).unwrap();
         let blank = files(&app("blank")).unwrap();
         assert_eq!(todo.len(), blank.len());
-        assert!(text(&todo, "src/main.rs").contains("collections/items"));
-        assert!(!text(&blank, "src/main.rs").contains("collections/items"));
+        // The todo template lists items; the blank one has no list.
+        assert!(text(&todo, "src/main.rs").contains("use_query::<Item>(\"items\""));
+        assert!(!text(&blank, "src/main.rs").contains("use_query::<"));
         assert!(matches!(files(&app("kanban")), Err(NewError::Variant(_))));
     }
 
@@ -273,7 +274,7 @@ mod tests {
         a.stead_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let written = write(&a).unwrap();
         assert!(written.contains(&"Cargo.lock".to_owned()));
-        assert!(a.dir.join("src/chrome.rs").is_file());
+        assert!(a.dir.join("src/main.rs").is_file());
         assert!(matches!(write(&a), Err(NewError::Exists(_))));
     }
 }

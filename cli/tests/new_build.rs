@@ -44,7 +44,7 @@ fn new_build_serve() {
     let new_time = started.elapsed();
     assert!(text(&out).contains("stead build"), "prints the next commands: {}", text(&out));
     let app = tmp.path().join("field-notes");
-    for f in ["Cargo.toml", "Cargo.lock", "Stead.toml", "Trunk.toml", "index.html", "icon.svg", "schema.json", "src/main.rs", "src/chrome.rs"] {
+    for f in ["Cargo.toml", "Cargo.lock", "Stead.toml", "Trunk.toml", "index.html", "icon.svg", "schema.json", "src/main.rs"] {
         assert!(app.join(f).is_file(), "{f} written");
     }
 

@@ -307,6 +307,17 @@ impl Browser {
         .await
     }
 
+    /// Saves what the page shows as `<target>/screenshots/<name>.png` (for the README and
+    /// for a person checking the examples) and returns the path.
+    pub async fn screenshot(&self, name: &str) -> Result<PathBuf> {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let dir = target.join("screenshots");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.png"));
+        self.driver.screenshot(&path).await?;
+        Ok(path)
+    }
+
     /// Sends a raw Chrome DevTools Protocol command.
     pub async fn cdp(&self, method: &str, params: Value) -> Result<Value> {
         Ok(self.driver.cdp().send_raw(method, params).await?)

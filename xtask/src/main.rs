@@ -4,7 +4,7 @@
 //!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
 //! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
-//! - `build` builds the todo example into a folder;
+//! - `build` builds an example (todo, or `--app notes`) into a folder;
 //! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
 mod bench_report;
@@ -41,10 +41,14 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
-    /// Build the todo example (app, service worker, bundle manifest) into a folder.
+    /// Build an example (app, service worker, web app manifest and icons, bundle manifest)
+    /// into a folder.
     Build {
         #[arg(long, default_value = "dist")]
         dist: PathBuf,
+        /// Which of examples/ to build.
+        #[arg(long, default_value = "todo")]
+        app: String,
         /// A debug build of the app (the worker is always a release build).
         #[arg(long)]
         debug: bool,
@@ -102,9 +106,9 @@ fn main() -> Result<()> {
             let tools = setup::run(&root)?;
             demo(&root, &tools, port)?;
         }
-        Command::Build { dist, debug } => {
+        Command::Build { dist, debug, app } => {
             let tools = setup::run(&root)?;
-            build_example(&root, &tools, &root.join(dist), !debug)?;
+            build_app_example(&root, &tools, &app, &root.join(dist), !debug)?;
         }
         Command::Test => {
             let tools = setup::run(&root)?;
@@ -241,9 +245,17 @@ fn release_server_binary(root: &Path) -> Result<PathBuf> {
     Ok(target_dir(root).join("release/stead-server"))
 }
 
-/// Builds examples/todo with its worker and manifest into `dist`.
+/// Builds examples/todo with its worker, web app manifest, icons and bundle manifest into
+/// `dist`.
 fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
-    step(&format!("build examples/todo into {}", dist.display()));
+    build_app_example(root, tools, "todo", dist, release)
+}
+
+/// Builds `examples/<app>` into `dist`: the steps of `stead build`, with the app's own
+/// `Trunk.toml` or else the workspace's (the todo demo's).
+fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
+    step(&format!("build examples/{app} into {}", dist.display()));
+    let app_dir = root.join("examples").join(app);
     // trunk runs cargo offline: fetch first so a fresh clone has its crates.
     cargo(root).args(["fetch", "--quiet"]).run()?;
     let build_tools = stead_cli::build::Tools {
@@ -254,13 +266,30 @@ fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Resu
         path: Some(tools.path_env()),
         output: stead_cli::build::Output::Inherit,
     };
+    let own_trunk = app_dir.join("Trunk.toml");
     let config = stead_cli::build::BuildConfig {
         workspace: root.to_path_buf(),
-        trunk_config: root.join("Trunk.toml"),
+        trunk_config: if own_trunk.is_file() { own_trunk } else { root.join("Trunk.toml") },
         dist: dist.to_path_buf(),
         release,
     };
-    let report = stead_cli::build::build(&config, &build_tools).context("build failed")?;
+    stead_cli::build::build_app(&config, &build_tools).context("building the app failed")?;
+    let worker = stead_cli::build::build_worker(&config, &build_tools).context("building the worker failed")?;
+    // The manifest and icons go in before the bundle manifest lists the files.
+    let toml_path = app_dir.join(stead_manifest::config::FILE);
+    let toml = std::fs::read_to_string(&toml_path).with_context(|| format!("reading {}", toml_path.display()))?;
+    let config = stead_manifest::config::AppConfig::parse(&toml).with_context(|| toml_path.display().to_string())?;
+    let written = stead_manifest::write_app_files(&config, &app_dir, dist).context("writing the web app manifest and icons")?;
+    let refused: Vec<String> = written.problems.iter().filter(|p| p.severity == stead_manifest::validate::Severity::Error).map(ToString::to_string).collect();
+    anyhow::ensure!(refused.is_empty(), "Chromium would not install examples/{app}: {}", refused.join("; "));
+    let manifest = stead_cli::build::write_bundle_manifest(dist).context("writing the bundle manifest")?;
+    let report = stead_cli::build::BuildReport {
+        worker_wasm_raw: worker.wasm_raw,
+        worker_wasm_optimized: worker.wasm_optimized,
+        worker_script: worker.script,
+        worker_optimization: worker.optimization,
+        manifest,
+    };
     eprintln!(
         "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes; bundle {} files, {} bytes, version {}",
         report.worker_wasm_optimized,
@@ -348,7 +377,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("native tests");
     cargo(root)
-        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
+        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "notes", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
         .run()?;
 
     step("stead-core tests on wasm32 in Chromium");
@@ -361,6 +390,13 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     step("service worker tests in Chromium (wasm-bindgen-test, service worker scope)");
     cargo(root)
         .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("PATH", tools.path_env())
+        .run()?;
+
+    step("stead-yew tests in a Chromium page (channel messages, filters, records, the sync badge)");
+    cargo(root)
+        .args(["test", "--package", "stead-yew", "--target", "wasm32-unknown-unknown"])
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("PATH", tools.path_env())
         .run()?;
@@ -378,6 +414,9 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     let dist = root.join("target/e2e-dist");
     let _ = std::fs::remove_dir_all(&dist);
     build_example(root, tools, &dist, true)?;
+    let notes_dist = root.join("target/e2e-notes");
+    let _ = std::fs::remove_dir_all(&notes_dist);
+    build_app_example(root, tools, "notes", &notes_dist, true)?;
     let server = server_binary(root)?;
 
     // After the example: the worker's wasm-opt result is cached by then, and the app's
@@ -404,8 +443,9 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "template", "--test", "dev", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "app", "--test", "notes", "--test", "template", "--test", "dev", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
+        .env("STEAD_E2E_NOTES_DIST", &notes_dist)
         .env("STEAD_E2E_TEMPLATE_DIST", template_app.join("dist"))
         // `stead dev` (built by the `cargo run` above) builds apps: its tools and target.
         .env("STEAD_BIN", target.join("debug/stead"))

@@ -1,171 +1,139 @@
 //! Stead's demo app: a todo list whose data lives in Stead's service worker (OPFS, end-to-
 //! end encrypted log, synced with the server), so it starts offline, keeps every edit,
-//! merges edits from other devices, and updates when a new build is out.
+//! merges edits from other devices, updates when a new build is out, and installs.
+//!
+//! Everything Stead-specific goes through stead-yew's hooks: [`SteadProvider`] opens the
+//! space, `use_query` keeps the list live, `use_mutation` writes.
 
-use serde_json::{Value as J, json};
-use stead_yew::UpdatePrompt;
-use stead_yew::data::{self, ApiError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+use stead_yew::{Filter, InstallButton, InviteDialog, SteadProvider, SyncBadge, UpdateBanner, use_mutation, use_persist, use_query, use_stead};
 use web_sys::HtmlInputElement;
-use yew::platform::spawn_local;
 use yew::prelude::*;
 
-#[derive(Debug, Clone, PartialEq)]
+/// A todo's fields, as the schema declares them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Todo {
-    id: String,
     text: String,
+    #[serde(default)]
     done: bool,
 }
 
 /// The app's data, declared for the worker: it validates writes and indexes `done`.
 fn schema() -> J {
-    json!({
-        "version": 1,
-        "collections": {
-            "todos": {
-                "fields": {
-                    "text": {"type": "string", "required": true},
-                    "done": {"type": "bool", "default": false},
-                    "votes": {"type": "counter"},
-                    "tags": {"type": "set", "of": "string"}
-                },
-                "indexes": [{"field": "done"}]
-            }
-        }
-    })
-}
-
-async fn load(space: &str) -> Result<Vec<Todo>, ApiError> {
-    let page = data::call("GET", &format!("spaces/{space}/collections/todos?limit=1000"), None).await?;
-    Ok(page["records"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| Todo {
-            id: r["id"].as_str().unwrap_or_default().to_owned(),
-            text: r["fields"]["text"].as_str().unwrap_or_default().to_owned(),
-            done: r["fields"]["done"].as_bool().unwrap_or(false),
-        })
-        .collect())
+    serde_json::from_str(include_str!("../schema.json")).unwrap_or(J::Null)
 }
 
 #[function_component]
-fn App() -> Html {
-    let space = use_state(|| None::<String>);
-    let todos = use_state(Vec::<Todo>::new);
-    let error = use_state(|| None::<String>);
-    let invite = use_state(|| None::<String>);
+fn Todos() -> Html {
+    let todos = use_query::<Todo>("todos", Filter::All);
+    let write = use_mutation();
+    let stead = use_stead();
     let input = use_node_ref();
-    let changes = data::use_changes((*space).clone());
-    let sync = data::use_sync_status();
-
-    {
-        let (space, error) = (space.clone(), error.clone());
-        use_effect_with((), move |_| {
-            spawn_local(async move {
-                match data::open_space(&schema()).await {
-                    Ok(s) => space.set(Some(s)),
-                    Err(e) => error.set(Some(e.to_string())),
-                }
-            });
-        });
-    }
-    {
-        let (todos, error) = (todos.clone(), error.clone());
-        use_effect_with(((*space).clone(), changes), move |(space, _)| {
-            if let Some(space) = space.clone() {
-                spawn_local(async move {
-                    match load(&space).await {
-                        Ok(t) => todos.set(t),
-                        Err(e) => error.set(Some(e.to_string())),
-                    }
-                });
-            }
-        });
-    }
-
-    // Every write goes to the worker; the list refreshes from its change event.
-    let run = {
-        let error = error.clone();
-        move |method: &'static str, path: String, body: Option<J>| {
-            let error = error.clone();
-            spawn_local(async move {
-                if let Err(e) = data::call(method, &path, body.as_ref()).await {
-                    error.set(Some(e.to_string()));
-                }
-            });
-        }
-    };
 
     let onsubmit = {
-        let (space, input, run) = (space.clone(), input.clone(), run.clone());
+        let (write, input) = (write.clone(), input.clone());
         Callback::from(move |e: SubmitEvent| {
             e.prevent_default();
-            let (Some(space), Some(field)) = ((*space).clone(), input.cast::<HtmlInputElement>()) else { return };
+            let Some(field) = input.cast::<HtmlInputElement>() else { return };
             let text = field.value().trim().to_owned();
             if text.is_empty() {
                 return;
             }
             field.set_value("");
-            run("POST", format!("spaces/{space}/collections/todos"), Some(json!({"fields": {"text": text, "done": false}})));
+            write.create("todos", Todo { text, done: false });
         })
     };
 
-    let on_invite = {
-        let (space, invite, error) = (space.clone(), invite.clone(), error.clone());
-        Callback::from(move |_: MouseEvent| {
-            let Some(space) = (*space).clone() else { return };
-            let (invite, error) = (invite.clone(), error.clone());
-            spawn_local(async move {
-                match data::invite_link(&space).await {
-                    Ok(link) => invite.set(Some(link)),
-                    Err(e) => error.set(Some(e.to_string())),
-                }
-            });
-        })
-    };
-
-    let sp = (*space).clone().unwrap_or_default();
-    let items = todos.iter().map(|todo| {
+    let list = todos.value.clone().unwrap_or_default();
+    let items = list.iter().map(|todo| {
         let toggle = {
-            let (run, path, done) = (run.clone(), format!("spaces/{sp}/collections/todos/{}", todo.id), todo.done);
-            Callback::from(move |_: Event| run("PATCH", path.clone(), Some(json!({"fields": {"done": !done}}))))
+            let (write, id, done) = (write.clone(), todo.id.clone(), todo.fields.done);
+            Callback::from(move |_: Event| write.update("todos", &id, serde_json::json!({ "done": !done })))
         };
         let remove = {
-            let (run, path) = (run.clone(), format!("spaces/{sp}/collections/todos/{}", todo.id));
-            Callback::from(move |_: MouseEvent| run("DELETE", path.clone(), None))
+            let (write, id) = (write.clone(), todo.id.clone());
+            Callback::from(move |_: MouseEvent| write.delete("todos", &id))
         };
         html! {
-            <li key={todo.id.clone()} class={classes!("todo", todo.done.then_some("done"))}>
-                <input type="checkbox" checked={todo.done} onchange={toggle} />
-                <span>{ &todo.text }</span>
+            <li key={todo.id.clone()} class={classes!("todo", todo.fields.done.then_some("done"))}>
+                <input type="checkbox" checked={todo.fields.done} onchange={toggle} aria-label="Done" />
+                <span>{ &todo.fields.text }</span>
                 <button class="remove" aria-label="Remove" onclick={remove}>{"×"}</button>
             </li>
         }
     });
-    let left = todos.iter().filter(|t| !t.done).count();
-    let sync_state = sync.as_ref().and_then(|s| s["state"].as_str().map(str::to_owned)).unwrap_or_else(|| "starting".into());
-    let pending = sync.as_ref().and_then(|s| s["pending"].as_u64()).unwrap_or(0);
+    let left = list.iter().filter(|t| !t.fields.done).count();
+    let failed = stead.and_then(|s| match s.space {
+        stead_yew::SpaceState::Failed(e) => Some(e),
+        _ => None,
+    });
+    let error = failed.or_else(|| write.error()).or(todos.error.clone());
 
     html! {
-        <main>
-            <UpdatePrompt />
-            <h1>{"Todo"}</h1>
+        <>
             <form {onsubmit}>
-                <input id="new-todo" type="text" ref={input} placeholder="What needs doing?" autofocus=true />
-                <button id="add" type="submit" disabled={space.is_none()}>{"Add"}</button>
+                <input id="new-todo" type="text" ref={input} placeholder="What needs doing?" autofocus=true aria-label="New todo" />
+                <button id="add" type="submit" disabled={!write.ready()}>{"Add"}</button>
             </form>
             <ul id="todos">{ for items }</ul>
+            if todos.value.as_ref().is_some_and(Vec::is_empty) {
+                <p id="empty" class="empty">{"Nothing to do. Add something above."}</p>
+            }
             <p id="left">{ format!("{left} left") }</p>
-            if let Some(e) = &*error {
-                <p id="error" role="alert">{ e }</p>
+            if let Some(e) = error {
+                <p id="error" role="alert">{ e.to_string() }</p>
             }
-            <p id="sync-status" data-state={sync_state.clone()}>{ format!("sync: {sync_state}, {pending} pending") }</p>
-            <button id="invite" onclick={on_invite} disabled={space.is_none()}>{"Invite a device"}</button>
-            if let Some(link) = &*invite {
-                <input id="invite-link" type="text" readonly=true value={link.clone()} />
-            }
-            <footer>{"Works offline: your data lives in Stead's service worker and syncs end-to-end encrypted."}</footer>
-        </main>
+            <section class="share">
+                <InviteDialog />
+            </section>
+        </>
+    }
+}
+
+/// Whether the browser keeps the list when the disk runs low, and a button to ask it.
+#[function_component]
+fn KeepData() -> Html {
+    let persist = use_persist();
+    let asked = use_state(|| false);
+    let ask = {
+        let (request, asked) = (persist.request.clone(), asked.clone());
+        Callback::from(move |_: MouseEvent| {
+            asked.set(true);
+            request.emit(());
+        })
+    };
+    match (persist.persisted, *asked) {
+        (Some(true), _) => html! { <p id="persisted">{"Your browser keeps this list on this device even when space runs low."}</p> },
+        (Some(false), false) => html! {
+            <p>
+                {"When space runs low, your browser may clear unsynced changes. "}
+                <button id="persist" onclick={ask}>{"Keep my list on this device"}</button>
+            </p>
+        },
+        (Some(false), true) => html! {
+            <p id="persist-refused">{"Your browser did not agree this time. Installing the app, or using it often, usually makes it agree."}</p>
+        },
+        (None, _) => html! {},
+    }
+}
+
+#[function_component]
+fn App() -> Html {
+    html! {
+        <SteadProvider schema={schema()}>
+            <main>
+                <UpdateBanner />
+                <header>
+                    <h1>{"Todo"}</h1>
+                    <SyncBadge />
+                    <InstallButton />
+                </header>
+                <Todos />
+                <KeepData />
+                <footer>{"Works offline: your list lives on this device and syncs end-to-end encrypted."}</footer>
+            </main>
+        </SteadProvider>
     }
 }
 

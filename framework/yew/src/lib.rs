@@ -5,17 +5,45 @@
 //! could do the same.
 //!
 //! - [`register`] installs the worker and keeps it awake while the page is open;
-//! - [`use_update_ready`] tells when a new version is downloaded and waiting;
-//! - [`activate_update`] switches to it and reloads this page;
-//! - [`UpdatePrompt`] is a ready-made banner for the two;
-//! - [`data`] calls the worker's page API and follows change and sync events, and
+//! - [`SteadProvider`] opens the app's space; under it, [`use_query`] and [`use_record`]
+//!   read records into the app's own serde types and stay live, [`use_mutation`] writes,
+//!   [`use_sync_status`] reports sync from the first render after the space opened;
+//! - [`use_update_ready`] tells when a new version is downloaded and waiting, and
+//!   [`activate_update`] switches to it and reloads this page;
+//! - [`use_install_prompt`] offers installation (`beforeinstallprompt`, or the Web
+//!   Install API), [`use_persist`] asks the browser to keep the app's storage;
+//! - components: [`SyncBadge`], [`UpdateBanner`], [`InstallButton`], [`InviteDialog`];
+//! - [`data`] is the layer below: calls to the worker's page API, and
 //!   [`data::use_kept_data`] / [`data::erase_kept_data`] ask the user before the kill
 //!   switch erases changes the server never received.
+//!
+//! ```ignore
+//! #[function_component]
+//! fn Todos() -> Html {
+//!     let todos = use_query::<Todo>("todos", Filter::All);
+//!     let write = use_mutation();
+//!     // ... write.create("todos", Todo { text, done: false }) ...
+//! }
+//! html! { <SteadProvider schema={schema()}><SyncBadge /><Todos /></SteadProvider> }
+//! ```
 //!
 //! Apps under different scopes of one origin share the `stead` channel; every message a
 //! worker sends names its scope, and these hooks hear only their own app's.
 
+mod components;
 pub mod data;
+mod hooks;
+mod install;
+
+pub use components::{InstallButton, InstallButtonProps, InviteDialog, InviteDialogProps, SyncBadge, UpdateBanner};
+/// The update banner's former name.
+pub use components::UpdateBanner as UpdatePrompt;
+pub use data::{ApiError, BlobRef, Change, Filter, Record};
+pub use hooks::{
+    Loaded, Mutation, Persist, SpaceState, Stead, SteadProvider, SteadProviderProps, SyncStatus, use_history, use_mutation, use_persist, use_query, use_record,
+    use_space, use_stead, use_sync_status,
+};
+pub use install::{InstallPrompt, use_install_prompt};
 
 use std::cell::Cell;
 
@@ -206,15 +234,7 @@ async fn pending_version() -> Option<String> {
     js_sys::Reflect::get(&json, &JsValue::from_str("pending_version")).ok()?.as_string()
 }
 
-/// A banner offering to switch to a downloaded update; renders nothing otherwise.
-#[function_component]
-pub fn UpdatePrompt() -> Html {
-    let Some(_version) = use_update_ready() else { return html! {} };
-    let onclick = Callback::from(|_: MouseEvent| activate_update());
-    html! {
-        <div class="stead-update" role="status">
-            {"A new version is ready. "}
-            <button id="stead-update" {onclick}>{"Reload"}</button>
-        </div>
-    }
-}
+
+// One configuration for the whole test binary: the tests run in a Chromium page.
+#[cfg(all(test, target_arch = "wasm32"))]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);

@@ -1,12 +1,8 @@
 //! Stead App: a blank page with Stead's frame (update banner, sync badge, install button)
 //! and a space of its own in the service worker, ready for data.
 
-mod chrome;
-
-use chrome::{InstallButton, SyncBadge};
 use serde_json::Value as J;
-use stead_yew::{UpdatePrompt, data};
-use yew::platform::spawn_local;
+use stead_yew::{InstallButton, SteadProvider, SyncBadge, UpdateBanner};
 use yew::prelude::*;
 
 /// The app's data, declared to the worker (`schema.json`).
@@ -16,31 +12,20 @@ fn schema() -> J {
 
 #[function_component]
 fn App() -> Html {
-    let error = use_state(|| None::<String>);
-    {
-        // Opening the space starts sync; `data::call` reads and writes in it.
-        let error = error.clone();
-        use_effect_with((), move |_| {
-            spawn_local(async move {
-                if let Err(e) = data::open_space(&schema()).await {
-                    error.set(Some(e.to_string()));
-                }
-            });
-        });
-    }
+    // The provider opens the app's space and starts sync; under it, `use_query`,
+    // `use_record` and `use_mutation` read and write.
     html! {
-        <main>
-            <UpdatePrompt />
-            <header>
-                <h1>{"Stead App"}</h1>
-                <SyncBadge />
-                <InstallButton />
-            </header>
-            <p>{"Edit src/main.rs, then run `stead build` again."}</p>
-            if let Some(e) = &*error {
-                <p id="error" role="alert">{ e }</p>
-            }
-        </main>
+        <SteadProvider schema={schema()}>
+            <main>
+                <UpdateBanner />
+                <header>
+                    <h1>{"Stead App"}</h1>
+                    <SyncBadge />
+                    <InstallButton />
+                </header>
+                <p>{"Edit src/main.rs, then run `stead build` again."}</p>
+            </main>
+        </SteadProvider>
     }
 }
 
