@@ -3,11 +3,12 @@
 //! merges edits from other devices.
 //!
 //! `SteadProvider` opens the app's space; `use_query` keeps the list live (edits here, in
-//! another tab, or synced in from another device), `use_mutation` writes.
+//! another tab, or synced in from another device), `use_mutation` writes, and
+//! `InviteDialog` makes the link that adds another device (or person) to the list.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as J, json};
-use stead_yew::{Filter, InstallButton, SteadProvider, SyncBadge, UpdateBanner, use_mutation, use_query};
+use stead_yew::{Filter, InstallButton, InviteDialog, SteadProvider, SyncBadge, UpdateBanner, use_mutation, use_query};
 use web_sys::HtmlInputElement;
 use yew::prelude::*;
 
@@ -87,6 +88,7 @@ fn App() -> Html {
                     <InstallButton />
                 </header>
                 <Items />
+                <InviteDialog label="Share with another device" />
                 <footer>{"Works offline: your data lives on this device and syncs end-to-end encrypted."}</footer>
             </main>
         </SteadProvider>

@@ -217,6 +217,12 @@ impl Browser {
         Ok(Browser { driver, _chromedriver: chromedriver, _profile: profile })
     }
 
+    /// A new browser (its own profile) with `url` open.
+    pub async fn open(env: &Env, url: &str) -> Result<Browser> {
+        let b = Browser::start(env).await?;
+        b.driver.goto(url).await?;
+        Ok(b)
+    }
 }
 
 /// Kills every process whose command line names `marker` (a browser's own profile folder):

@@ -41,8 +41,7 @@ async fn shown(b: &Browser) -> Result<Vec<String>> {
 async fn the_sync_badge_shows_offline_at_once_after_an_offline_reload_and_counts_what_waits() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.add_todo("first").await?;
     wait_badge(&b, "online", "Synced", Duration::from_secs(30)).await?;
 
@@ -73,8 +72,7 @@ async fn the_sync_badge_shows_offline_at_once_after_an_offline_reload_and_counts
 async fn the_list_follows_every_change_made_in_another_tab() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.add_todo("one").await?;
     let first = b.driver.window().await?;
     let second = b.driver.new_tab().await?;
@@ -106,8 +104,7 @@ async fn the_list_follows_every_change_made_in_another_tab() -> Result<()> {
 async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.add_todo("shared").await?;
     let origin = server.url.trim_end_matches('/').to_owned();
     b.cdp("Browser.grantPermissions", json!({"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})).await?;
@@ -141,8 +138,7 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
     assert!(b.driver.find(By::Id("invite")).await?.is_displayed().await?);
 
     // The link works once: a second device opening it joins the list.
-    let other = Browser::start(&env).await?;
-    other.driver.goto(&link).await?;
+    let other = Browser::open(&env, &link).await?;
     wait_for("the shared todo on the invited device", Duration::from_secs(30), || async {
         Ok(shown(&other).await?.iter().any(|t| t == "shared").then_some(()))
     })
@@ -159,8 +155,7 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
 async fn the_page_says_whether_the_browser_keeps_the_data_and_asks_when_not() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.add_todo("keep me").await?;
     let persisted = b.js_async("return await navigator.storage.persisted();").await?;
     if persisted == json!(true) {
@@ -188,8 +183,7 @@ async fn the_page_says_whether_the_browser_keeps_the_data_and_asks_when_not() ->
 async fn the_demo_is_installable_and_its_install_button_appears() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.wait_app().await?;
     b.wait_controlled().await?;
     let errors = wait_for("Chromium's installability verdict", Duration::from_secs(30), || async {

@@ -248,8 +248,7 @@ async fn corrupt_log_tail(b: &Browser, space: &str) -> Result<()> {
 async fn a_corrupted_log_tail_is_cut_on_reopen_and_refilled_from_the_server() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     for t in ["one", "two", "three"] {
         a.add_todo(t).await?;
     }
@@ -277,8 +276,7 @@ async fn a_corrupted_log_tail_is_cut_on_reopen_and_refilled_from_the_server() ->
 async fn two_tabs_writing_at_once_lose_nothing() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.add_todo("first").await?;
     let space = space(&a).await?;
     let first = a.driver.window().await?;
@@ -375,8 +373,7 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
 async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.add_todo("kept").await?;
     let space = space(&a).await?;
     let todos = format!("spaces/{space}/collections/todos");
@@ -412,8 +409,7 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Re
 async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.wait_app().await?;
     space(&a).await?;
     let made = api(&a, "POST", "spaces", Some(json!({"storage": "indexeddb"}))).await?;
@@ -443,6 +439,41 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     a.quit().await
 }
 
+#[tokio::test]
+async fn synced_writes_are_not_pending_again_after_the_worker_wakes_offline() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let a = Browser::open(&env, &server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+
+    // The API says which version it speaks and lists its routes.
+    let index = api(&a, "GET", "", None).await?;
+    assert_eq!(index["status"], 200, "{index}");
+    assert_eq!(index["body"]["version"], 1, "{index}");
+    let routes: Vec<String> = index["body"]["routes"].as_array().expect("routes").iter().map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap())).collect();
+    assert!(routes.contains(&"GET /_stead/v1/spaces/{space}/status".to_owned()), "{routes:?}");
+
+    let notes = format!("spaces/{space}/collections/notes");
+    for i in 0..3 {
+        api(&a, "POST", &notes, Some(json!({"fields": {"n": i}}))).await?;
+    }
+    wait_online(&a).await?;
+    server.kill();
+    a.stop_workers().await?;
+    // The worker wakes with no server to ask: what it knew was acknowledged stays so.
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert_eq!(s["body"]["state"], "offline", "{s}");
+    assert_eq!(s["body"]["pending"], 0, "synced writes counted as pending after an offline wake: {s}");
+    api(&a, "POST", &notes, Some(json!({"fields": {"n": 3}}))).await?;
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert_eq!(s["body"]["pending"], 1, "the write made offline is pending: {s}");
+
+    let _server = server.restart(&env)?;
+    wait_online(&a).await?;
+    a.quit().await
+}
+
 /// Stores `body` (JS expression) as a blob of the space with this content type; returns
 /// its address.
 async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<String> {
@@ -469,8 +500,7 @@ async fn blob_headers(b: &Browser, url: &str) -> Result<Value> {
 async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.wait_app().await?;
     let space = space(&a).await?;
     // What a hostile co-member could put in the space: documents whose scripts leave a
@@ -567,8 +597,7 @@ async fn page_text_at(b: &Browser, prefix: &str) -> Result<String> {
 async fn a_cross_site_form_cannot_write_and_the_page_api_takes_only_json() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.add_todo("mine").await?;
     let space = space(&a).await?;
     let todos = format!("{}_stead/v1/spaces/{space}/collections/todos", server.url);
@@ -634,8 +663,7 @@ const SEALED: &str = "const db = await new Promise((ok, err) => { const r = inde
 async fn a_sealed_space_record_opens_only_in_its_own_slot() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.wait_app().await?;
     let x = space(&a).await?;
     let made = api(&a, "POST", "spaces", Some(json!({}))).await?;
@@ -715,8 +743,7 @@ async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Resul
     let env = Env::get()?;
     // A server that takes entries a year ahead, as an older one would.
     let server = Server::start_with(&env, &env.dist, 0, &["--max-clock-drift-ms", "315360000000"])?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.wait_app().await?;
     let space = space(&b).await?;
     wait_online(&b).await?;
@@ -851,8 +878,7 @@ async fn my_replica(b: &Browser, space: &str) -> Result<String> {
 async fn an_invite_code_adds_one_device_with_the_role_it_names_and_is_refused_after() -> Result<()> {
     let env = Env::get()?;
     let server = Server::start(&env, &env.dist)?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.wait_app().await?;
     let space = space(&a).await?;
     wait_online(&a).await?;
@@ -883,8 +909,7 @@ async fn an_invite_code_adds_one_device_with_the_role_it_names_and_is_refused_af
     b.quit().await?;
 
     // C, another browser profile, gets the same code: refused, clearly.
-    let c = Browser::start(&env).await?;
-    c.driver.goto(&server.url).await?;
+    let c = Browser::open(&env, &server.url).await?;
     c.wait_app().await?;
     // Once the app has its own space, the worker answers the page.
     self::space(&c).await?;
@@ -978,8 +1003,7 @@ async fn a_server_that_takes_new_spaces_only_with_a_token() -> Result<()> {
     let file = tokens.path().join("tokens");
     std::fs::write(&file, format!("{token}\n"))?;
     let server = Server::start_with(&env, &env.dist, 0, &["--spaces", "token", "--creation-tokens-file", file.to_str().context("a path")?])?;
-    let a = Browser::start(&env).await?;
-    a.driver.goto(&server.url).await?;
+    let a = Browser::open(&env, &server.url).await?;
     a.wait_app().await?;
     // The app made its space without a token: it works on the device, and its status
     // says why it does not sync.

@@ -58,8 +58,7 @@ async fn an_edit_reloads_the_page_with_no_stale_file() -> Result<()> {
     let url = url.trim().to_owned();
     anyhow::ensure!(url.starts_with("http://"), "stead dev printed no URL: {url:?}");
 
-    let browser = Browser::start(&env).await?;
-    browser.driver.goto(&url).await?;
+    let browser = Browser::open(&env, &url).await?;
     browser.wait_controlled().await?;
     let input = wait_for("the app to render", Duration::from_secs(30), || async { Ok(browser.driver.find(By::Id("new-item")).await.ok()) }).await?;
     wait_for("the app's space to open", Duration::from_secs(30), || async {

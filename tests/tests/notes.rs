@@ -79,8 +79,7 @@ async fn new_note(b: &Browser, title: &str) -> Result<()> {
 async fn a_note_with_a_picture_keeps_its_history_undoes_and_is_found_by_its_title_offline_too() -> Result<()> {
     let env = env()?;
     let mut server = Server::start(&env, &env.dist)?;
-    let b = Browser::start(&env).await?;
-    b.driver.goto(&server.url).await?;
+    let b = Browser::open(&env, &server.url).await?;
     b.wait_controlled().await?;
     // Installable: Chromium finds nothing in the way.
     wait_for("Chromium to find the notes app installable", Duration::from_secs(30), || async {

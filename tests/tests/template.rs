@@ -1,7 +1,8 @@
 //! The app `stead new` makes, built by `stead build` and served by `stead serve`'s code,
 //! in Chromium: it installs its worker, Chromium finds nothing stopping its installation
 //! (CDP `Page.getInstallabilityErrors`, `Page.getAppManifest`), its install button
-//! appears (`beforeinstallprompt`), and it works offline after a forced worker stop.
+//! appears (`beforeinstallprompt`), a second browser profile joins through its invite
+//! link and syncs both ways, and it works offline after a forced worker stop.
 //!
 //! `cargo xtask test` builds the app and passes its folder in `STEAD_E2E_TEMPLATE_DIST`.
 
@@ -43,8 +44,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     };
     let server = serve::start(&opts).await.map_err(|p| anyhow::anyhow!("{p}"))?;
     let url = server.url();
-    let browser = Browser::start(&env).await?;
-    browser.driver.goto(&url).await?;
+    let browser = Browser::open(&env, &url).await?;
     browser.wait_controlled().await?;
     wait_element(&browser, "sync-status").await?;
 
@@ -71,25 +71,54 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     // Installable, so Chromium offers it: the install button shows.
     wait_element(&browser, "install").await.context("no beforeinstallprompt: the install button stayed hidden")?;
 
+    add_item(&browser, "before").await?;
+
+    // A second profile joins through the app's invite link and syncs both ways.
+    browser.driver.find(By::Id("invite")).await?.click().await?;
+    let link: String = wait_for("the invite link", Duration::from_secs(15), || async {
+        match browser.driver.find(By::Id("invite-link")).await {
+            Ok(el) => Ok(el.prop("value").await?.filter(|v| !v.is_empty())),
+            Err(_) => Ok(None),
+        }
+    })
+    .await?;
+    let other = Browser::open(&env, &link).await?;
+    wait_shown(&other, "before").await.context("the joined profile never showed the first profile's item")?;
+    add_item(&other, "from the other profile").await?;
+    wait_shown(&browser, "from the other profile").await.context("the first profile never showed the joined profile's item")?;
+    browser.screenshot("template").await?;
+    other.quit().await?;
+
     // Offline: the server gone, the worker stopped, the page reloaded.
-    let input = wait_element(&browser, "new-item").await?;
+    server.stop().await.map_err(|p| anyhow::anyhow!("{p}"))?;
+    browser.stop_workers().await?;
+    browser.driver.refresh().await?;
+    wait_shown(&browser, "before").await.context("offline after a worker stop")?;
+    wait_shown(&browser, "from the other profile").await.context("offline after a worker stop")?;
+    browser.quit().await
+}
+
+/// Types `text` into the new-item field and adds it.
+async fn add_item(browser: &Browser, text: &str) -> Result<()> {
+    let input = wait_element(browser, "new-item").await?;
     wait_for("the app's space to open", Duration::from_secs(30), || async {
         Ok(browser.driver.find(By::Id("add")).await?.is_enabled().await?.then_some(()))
     })
     .await?;
-    input.send_keys("before").await?;
+    input.send_keys(text).await?;
     browser.driver.find(By::Id("add")).await?.click().await?;
-    server.stop().await.map_err(|p| anyhow::anyhow!("{p}"))?;
-    browser.stop_workers().await?;
-    browser.driver.refresh().await?;
-    wait_for("the item to show offline", Duration::from_secs(30), || async {
+    Ok(())
+}
+
+/// Waits until the list shows an item with this text.
+async fn wait_shown(browser: &Browser, text: &str) -> Result<()> {
+    wait_for(&format!("{text:?} to show"), Duration::from_secs(30), || async {
         for item in browser.driver.find_all(By::Css("#items li span")).await? {
-            if item.text().await? == "before" {
+            if item.text().await? == text {
                 return Ok(Some(()));
             }
         }
         Ok(None)
     })
-    .await?;
-    browser.quit().await
+    .await
 }

@@ -92,11 +92,32 @@ impl Store for CachedStore {
     fn put_meta(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
         let mut inner = self.inner.borrow_mut();
         inner.mem.put_meta(key, bytes)?;
+        // Each key is one whole file: an older value still queued need not be written.
+        inner.pending.retain(|w| !matches!(w, Write::Meta(k, _) if k == key));
         inner.pending.push(Write::Meta(key.to_owned(), bytes.to_vec()));
         Ok(())
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.inner.borrow().mem.meta(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meta_key_written_twice_before_a_flush_is_written_once_with_its_newest_value() {
+        let mut cache = CachedStore::default();
+        cache.put_meta("acked", b"1").unwrap();
+        cache.put_meta("other", b"x").unwrap();
+        cache.put_meta("acked", b"2").unwrap();
+        assert_eq!(cache.meta("acked").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(
+            cache.take_pending(),
+            [Write::Meta("other".into(), b"x".to_vec()), Write::Meta("acked".into(), b"2".to_vec())]
+        );
+        assert!(!cache.has_pending());
     }
 }

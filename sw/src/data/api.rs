@@ -186,12 +186,52 @@ fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, DataError> {
 
 type Answer = Result<(u16, J), DataError>;
 
+/// Every route of the page API, relative to `/_stead/v1/`, as `GET /_stead/v1/` lists
+/// them; `sw/PAGE-API.md` has the details.
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "", "this index"),
+    ("GET", "spaces", "the spaces this browser holds"),
+    ("POST", "spaces", "create a space: {storage?, schema?, creation_token?}"),
+    ("POST", "join", "join a space through an invite code: {invite}"),
+    ("GET", "spaces/{space}/status", "sync state, pending entries, storage estimate"),
+    ("PUT", "spaces/{space}/schema", "set the space's schema"),
+    ("POST", "spaces/{space}/invites", "make an invite code: {role?, expires_in_days?}"),
+    ("GET", "spaces/{space}/invites", "the invites and their states"),
+    ("DELETE", "spaces/{space}/invites/{key}", "cancel a pending invite"),
+    ("GET", "spaces/{space}/members", "the members and their roles"),
+    ("DELETE", "spaces/{space}/members/{replica}", "remove a device (rotates the space's key)"),
+    ("POST", "spaces/{space}/blobs", "store a blob (the body, with its content type)"),
+    ("GET", "spaces/{space}/blobs/{sha256}", "a stored blob (Range supported)"),
+    ("POST", "spaces/{space}/undo", "undo this device's last changes: {n?}"),
+    ("GET", "spaces/{space}/collections/{collection}", "query records (filters by index)"),
+    ("POST", "spaces/{space}/collections/{collection}", "create a record, or many: {fields} | {records}"),
+    ("GET", "spaces/{space}/collections/{collection}/{id}", "one record"),
+    ("PATCH", "spaces/{space}/collections/{collection}/{id}", "set fields: {fields, if_version?}"),
+    ("DELETE", "spaces/{space}/collections/{collection}/{id}", "delete a record (?if_version=)"),
+    ("POST", "spaces/{space}/collections/{collection}/{id}/restore", "restore a deleted record"),
+    ("POST", "spaces/{space}/collections/{collection}/{id}/counters/{field}", "add to a counter: {delta}"),
+    ("POST", "spaces/{space}/collections/{collection}/{id}/sets/{field}", "add to or remove from a set: {add} | {remove}"),
+    ("GET", "spaces/{space}/collections/{collection}/{id}/history", "the record's history"),
+];
+
+/// `GET /_stead/v1/`: what this worker answers, so a client can check the API's version.
+fn index() -> J {
+    let routes: Vec<J> = ROUTES.iter().map(|(m, p, what)| json!({"method": m, "path": format!("/_stead/v1/{p}"), "what": what})).collect();
+    json!({
+        "api": "stead page API",
+        "version": 1,
+        "worker": env!("CARGO_PKG_VERSION"),
+        "routes": routes,
+    })
+}
+
 async fn route(request: &Request, rel: &str) -> Answer {
     let method = request.method();
     let path = rel.strip_prefix("_stead/v1/").unwrap_or_default();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let data = Data::get();
     match (method.as_str(), parts.as_slice()) {
+        ("GET", []) => Ok((200, index())),
         ("GET", ["spaces"]) => {
             let spaces: Vec<String> = data.spaces().await?.iter().map(ToString::to_string).collect();
             Ok((200, json!({ "spaces": spaces })))

@@ -34,6 +34,21 @@ const SNAPSHOT_EVERY: u64 = 1_000;
 /// ...once writes have paused this long.
 const SNAPSHOT_IDLE_MS: f64 = 2_000.0;
 
+/// The store's metadata key holding this device's acknowledged position (u64, LE).
+const ACKED_META: &str = "acked";
+
+/// The acknowledged position stored by [`ACKED_META`]; 0 when none was stored or it does
+/// not parse (the next connection's vector restores it).
+fn read_acked(replica: &Replica) -> u64 {
+    replica
+        .store()
+        .meta(ACKED_META)
+        .ok()
+        .flatten()
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 /// The sync state pages see.
 #[derive(Debug, Clone, Default)]
 pub struct SyncStatus {
@@ -366,6 +381,9 @@ impl Engine {
         // With no snapshot yet, the first write of a long log makes one.
         let has_snapshot = replica.store().snapshot().ok().flatten().is_some();
         let total: u64 = if has_snapshot { replica.version_vector().values().sum() } else { 0 };
+        // What the server acknowledged before the worker last stopped: without it, a
+        // worker woken offline would count every synced entry as pending again.
+        let acked = read_acked(&replica);
         Ok(Rc::new(Engine {
             creation_token: RefCell::new(me.creation_token.clone()),
             me,
@@ -374,7 +392,7 @@ impl Engine {
             store: futures::lock::Mutex::new(store),
             rollbacks: Cell::new(0),
             conn: RefCell::new(None),
-            status: RefCell::new(SyncStatus::default()),
+            status: RefCell::new(SyncStatus { acked, ..SyncStatus::default() }),
             attempt: Cell::new(0),
             members_pushed: Cell::new(0),
             recovered: RefCell::new(recovered),
@@ -706,7 +724,13 @@ impl Engine {
                 }
             }
             let mut s = self.status.borrow_mut();
-            s.acked = s.acked.max(acked);
+            if acked > s.acked {
+                s.acked = acked;
+                // Written with the flush that follows every frame.
+                if let Err(e) = self.cache.borrow().clone().put_meta(ACKED_META, &acked.to_le_bytes()) {
+                    web_sys::console::warn_1(&format!("space {}: keeping the acknowledged position: {e}", self.me.space).into());
+                }
+            }
             if c.sync.in_sync(&*self.replica.borrow()) {
                 s.last_synced = Some(now_ms());
             }
