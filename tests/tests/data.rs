@@ -454,18 +454,22 @@ async fn synced_writes_are_not_pending_again_after_the_worker_wakes_offline() ->
     let routes: Vec<String> = index["body"]["routes"].as_array().expect("routes").iter().map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap())).collect();
     assert!(routes.contains(&"GET /_stead/v1/spaces/{space}/status".to_owned()), "{routes:?}");
 
-    let notes = format!("spaces/{space}/collections/notes");
+    let todos = format!("spaces/{space}/collections/todos");
     for i in 0..3 {
-        api(&a, "POST", &notes, Some(json!({"fields": {"n": i}}))).await?;
+        let made = api(&a, "POST", &todos, Some(json!({"fields": {"text": format!("synced {i}")}}))).await?;
+        assert_eq!(made["status"], 201, "{made}");
     }
     wait_online(&a).await?;
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(s["body"]["entries"].as_u64().unwrap_or(0) >= 3, "{s}");
     server.kill();
     a.stop_workers().await?;
     // The worker wakes with no server to ask: what it knew was acknowledged stays so.
     let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
     assert_eq!(s["body"]["state"], "offline", "{s}");
     assert_eq!(s["body"]["pending"], 0, "synced writes counted as pending after an offline wake: {s}");
-    api(&a, "POST", &notes, Some(json!({"fields": {"n": 3}}))).await?;
+    let made = api(&a, "POST", &todos, Some(json!({"fields": {"text": "offline"}}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
     let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
     assert_eq!(s["body"]["pending"], 1, "the write made offline is pending: {s}");
 
