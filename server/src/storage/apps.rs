@@ -12,7 +12,8 @@ pub(crate) trait AppTx {
     /// The app's current version (`Some(None)`: the app exists with none yet).
     fn current(&mut self, app: &str) -> Result<Option<Option<String>>>;
     fn has_version(&mut self, app: &str, version: &str) -> Result<bool>;
-    fn has_file(&mut self, sha256: &[u8; 32]) -> Result<bool>;
+    /// The size of a stored file.
+    fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>>;
     /// The next version's order within the app.
     fn next_seq(&mut self, app: &str) -> Result<i64>;
     fn insert_version(&mut self, new: &NewVersion, seq: i64) -> Result<()>;
@@ -24,7 +25,7 @@ pub(crate) trait AppTx {
     /// Bytes of the distinct files the app's versions list.
     fn app_bytes(&mut self, app: &str) -> Result<u64>;
     /// Forgets the app's pending uploads of these digests (now listed by a version).
-    fn clear_pending(&mut self, app: &str, files: &[[u8; 32]]) -> Result<()>;
+    fn clear_pending(&mut self, app: &str, files: &[([u8; 32], u64)]) -> Result<()>;
     /// Deletes those of these files that no version lists and no pending upload names.
     fn delete_unreferenced(&mut self, files: &[[u8; 32]], now_ms: u64) -> Result<()>;
 }
@@ -38,9 +39,11 @@ pub(crate) fn publish(tx: &mut dyn AppTx, new: &NewVersion, quota: AppQuota, now
     let version = &new.version.version;
     if !tx.has_version(&new.app, version)? {
         let mut missing = Vec::new();
-        for sha in &new.files {
-            if !tx.has_file(sha)? {
-                missing.push(*sha);
+        for (sha, declared) in &new.files {
+            match tx.file_size(sha)? {
+                None => missing.push(*sha),
+                Some(stored) if stored != *declared => return Ok(Moved::WrongSize { sha256: *sha, stored, declared: *declared }),
+                Some(_) => {}
             }
         }
         if !missing.is_empty() {

@@ -108,8 +108,9 @@ pub struct NewVersion {
     pub app: String,
     pub previous: Option<String>,
     pub version: StoredVersion,
-    /// Every distinct content the version needs (its files' and the worker's).
-    pub files: Vec<[u8; 32]>,
+    /// Every distinct content the version needs (its files' and the worker's), with the
+    /// size the manifest declares.
+    pub files: Vec<([u8; 32], u64)>,
 }
 
 /// The bounds a publication must stay within.
@@ -133,6 +134,8 @@ pub enum Moved {
     MissingFiles(Vec<[u8; 32]>),
     /// The kept versions would list more than the app's quota of bytes: nothing changed.
     OverQuota { bytes: u64 },
+    /// A file is stored with another size than the manifest declares: nothing changed.
+    WrongSize { sha256: [u8; 32], stored: u64, declared: u64 },
     /// No such app, or (for a rollback) no such version of it.
     NotFound,
 }

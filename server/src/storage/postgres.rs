@@ -445,8 +445,8 @@ impl AppTx for PgAppTx<'_, '_> {
         Ok(self.0.query_opt("SELECT 1 FROM app_versions WHERE app = $1 AND version = $2", &[&app, &version])?.is_some())
     }
 
-    fn has_file(&mut self, sha256: &[u8; 32]) -> Result<bool> {
-        Ok(self.0.query_opt("SELECT 1 FROM app_files WHERE sha = $1", &[&&sha256[..]])?.is_some())
+    fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>> {
+        Ok(self.0.query_opt("SELECT size FROM app_files WHERE sha = $1", &[&&sha256[..]])?.map(|r| r.get::<_, i64>(0) as u64))
     }
 
     fn next_seq(&mut self, app: &str) -> Result<i64> {
@@ -460,7 +460,7 @@ impl AppTx for PgAppTx<'_, '_> {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[&new.app, &v.version, &seq, &v.manifest, &&v.worker_sha256[..], &(v.worker_size as i64), &&v.signature[..], &(self.1 as i64)],
         )?;
-        for sha in &new.files {
+        for (sha, _) in &new.files {
             self.0.execute(
                 "INSERT INTO app_version_files (app, version, sha) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 &[&new.app, &v.version, &&sha[..]],
@@ -495,8 +495,8 @@ impl AppTx for PgAppTx<'_, '_> {
         Ok(n as u64)
     }
 
-    fn clear_pending(&mut self, app: &str, files: &[[u8; 32]]) -> Result<()> {
-        for sha in files {
+    fn clear_pending(&mut self, app: &str, files: &[([u8; 32], u64)]) -> Result<()> {
+        for (sha, _) in files {
             self.0.execute("DELETE FROM app_pending WHERE app = $1 AND sha = $2", &[&app, &&sha[..]])?;
         }
         Ok(())
@@ -570,7 +570,7 @@ impl AppStore for Postgres {
                 tx.delete_unreferenced(&expired, now_ms)?;
                 let mut missing = Vec::new();
                 for (sha, size) in wanted {
-                    if tx.has_file(sha)? {
+                    if tx.file_size(sha)?.is_some() {
                         continue;
                     }
                     tx.0.execute(

@@ -337,8 +337,9 @@ impl AppTx for SqliteAppTx<'_> {
         Ok(self.0.prepare_cached("SELECT 1 FROM app_versions WHERE app = ?1 AND version = ?2")?.exists(params![app, version])?)
     }
 
-    fn has_file(&mut self, sha256: &[u8; 32]) -> Result<bool> {
-        Ok(self.0.prepare_cached("SELECT 1 FROM app_files WHERE sha = ?1")?.exists(params![&sha256[..]])?)
+    fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>> {
+        let n: Option<i64> = self.0.prepare_cached("SELECT size FROM app_files WHERE sha = ?1")?.query_row(params![&sha256[..]], |r| r.get(0)).optional()?;
+        Ok(n.map(|n| n as u64))
     }
 
     fn next_seq(&mut self, app: &str) -> Result<i64> {
@@ -353,7 +354,7 @@ impl AppTx for SqliteAppTx<'_> {
             params![new.app, v.version, seq, v.manifest, &v.worker_sha256[..], v.worker_size as i64, &v.signature[..], self.1 as i64],
         )?;
         let mut stmt = self.0.prepare_cached("INSERT OR IGNORE INTO app_version_files (app, version, sha) VALUES (?1, ?2, ?3)")?;
-        for sha in &new.files {
+        for (sha, _) in &new.files {
             stmt.execute(params![new.app, v.version, &sha[..]])?;
         }
         Ok(())
@@ -387,9 +388,9 @@ impl AppTx for SqliteAppTx<'_> {
         Ok(n as u64)
     }
 
-    fn clear_pending(&mut self, app: &str, files: &[[u8; 32]]) -> Result<()> {
+    fn clear_pending(&mut self, app: &str, files: &[([u8; 32], u64)]) -> Result<()> {
         let mut stmt = self.0.prepare_cached("DELETE FROM app_pending WHERE app = ?1 AND sha = ?2")?;
-        for sha in files {
+        for (sha, _) in files {
             stmt.execute(params![app, &sha[..]])?;
         }
         Ok(())
