@@ -161,7 +161,7 @@ async fn serve_file(config: Arc<Config>, method: Method, uri: Uri, headers: Head
 /// the rest, `ETag` = its SHA-256 (`sha256`, hex) with 304s.
 pub(crate) fn file_response(method: &Method, headers: &HeaderMap, served: &str, bytes: Vec<u8>, sha256: &str) -> Response {
     let etag = format!("\"{sha256}\"");
-    let cache = if served == WORKER_SCRIPT || served == MANIFEST_FILE || !bundle::is_content_hashed(&served) {
+    let cache = if served == WORKER_SCRIPT || served == MANIFEST_FILE || !bundle::is_content_hashed(served) {
         "no-cache"
     } else {
         "public, max-age=31536000, immutable"

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use ed25519_dalek::Signature;
 use sha2::{Digest, Sha256};
 use stead_core::bundle::{self, BundleManifest};
@@ -167,7 +167,10 @@ pub(crate) async fn missing(
     let req: api::MissingRequest = serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not a list of files: {e}")))?;
     let c = &reg.config;
     if req.files.len() > c.max_manifest_files + 1 {
-        return Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{} files are more than the {} a bundle may have", req.files.len(), c.max_manifest_files)));
+        return Err(Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} files are more than the {} a bundle may have", req.files.len(), c.max_manifest_files),
+        ));
     }
     let mut wanted = Vec::with_capacity(req.files.len());
     for f in &req.files {
@@ -210,7 +213,8 @@ pub(crate) async fn put_file(
     let hash = parse_sha(&sha)?;
     let key = authorize(&reg, &method, &uri, &headers, &hash)?;
     let (r, n) = (reg.clone(), name.clone());
-    let app = blocking(move || r.backend.app(&n)).await?.ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("no app {name:?} here: ask `missing` first")))?;
+    let app =
+        blocking(move || r.backend.app(&n)).await?.ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, format!("no app {name:?} here: ask `missing` first")))?;
     if app.app_id != key {
         return Err(Reject::new(StatusCode::FORBIDDEN, format!("{name:?} belongs to another key than this request's")));
     }
@@ -255,7 +259,10 @@ pub(crate) async fn publish(
     }
     let manifest = BundleManifest::parse(req.manifest.as_bytes()).map_err(|e| Reject::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     if manifest.files.len() > c.max_manifest_files {
-        return Err(Reject::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{} files are more than the {} a bundle may have", manifest.files.len(), c.max_manifest_files)));
+        return Err(Reject::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{} files are more than the {} a bundle may have", manifest.files.len(), c.max_manifest_files),
+        ));
     }
     if manifest.file(bundle::MANIFEST_FILE).is_some() || manifest.file(bundle::WORKER_SCRIPT).is_some() {
         return Err(Reject::new(StatusCode::UNPROCESSABLE_ENTITY, "the bundle lists stead-bundle.json or stead-sw.js, which the server serves itself"));
@@ -275,10 +282,8 @@ pub(crate) async fn publish(
     if let Some((sha, size)) = files.iter().find(|f| f.1 > c.max_file_bytes) {
         return Err(too_large(&hex::encode(sha), *size, c.max_file_bytes));
     }
-    let signature: [u8; 64] = hex::decode(&req.signature)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad("the release signature is not 64 bytes of hex"))?;
+    let signature: [u8; 64] =
+        hex::decode(&req.signature).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("the release signature is not 64 bytes of hex"))?;
     let verifying = stead_core::sig::public_key(&key).map_err(|e| Reject::new(StatusCode::UNAUTHORIZED, e))?;
     let release = release_message(&name, &manifest.version, &req.worker.sha256, req.worker.size);
     if verifying.verify_strict(&release, &Signature::from_bytes(&signature)).is_err() {
@@ -332,10 +337,9 @@ fn moved_response(reg: &Registry, name: &str, key: [u8; 32], version: &str, move
                 ..Default::default()
             },
         )),
-        Moved::WrongSize { sha256, stored, declared } => Err(Reject::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("file {} has {stored} bytes, and the bundle says {declared}", hex::encode(sha256)),
-        )),
+        Moved::WrongSize { sha256, stored, declared } => {
+            Err(Reject::new(StatusCode::UNPROCESSABLE_ENTITY, format!("file {} has {stored} bytes, and the bundle says {declared}", hex::encode(sha256))))
+        }
         Moved::OverQuota { bytes } => Err(Reject::new(
             StatusCode::INSUFFICIENT_STORAGE,
             format!("the app's kept versions would hold {bytes} bytes, more than its quota of {}", reg.config.max_app_bytes),

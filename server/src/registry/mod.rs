@@ -37,10 +37,55 @@ const RELEASE_DOMAIN: &[u8] = b"stead-registry-release/1\0";
 
 /// Names no app may take: they are the operator's, or look like they are.
 pub const RESERVED_NAMES: &[&str] = &[
-    "www", "api", "admin", "administrator", "app", "apps", "registry", "stead", "root", "mail", "email", "smtp", "imap",
-    "pop", "pop3", "ftp", "ns", "ns1", "ns2", "dns", "mx", "static", "cdn", "assets", "status", "help", "support", "docs",
-    "blog", "auth", "login", "logout", "signin", "signup", "account", "accounts", "dashboard", "console", "billing",
-    "security", "localhost", "catalog", "sync", "metrics", "healthz", "webmail", "autoconfig", "autodiscover", "wpad",
+    "www",
+    "api",
+    "admin",
+    "administrator",
+    "app",
+    "apps",
+    "registry",
+    "stead",
+    "root",
+    "mail",
+    "email",
+    "smtp",
+    "imap",
+    "pop",
+    "pop3",
+    "ftp",
+    "ns",
+    "ns1",
+    "ns2",
+    "dns",
+    "mx",
+    "static",
+    "cdn",
+    "assets",
+    "status",
+    "help",
+    "support",
+    "docs",
+    "blog",
+    "auth",
+    "login",
+    "logout",
+    "signin",
+    "signup",
+    "account",
+    "accounts",
+    "dashboard",
+    "console",
+    "billing",
+    "security",
+    "localhost",
+    "catalog",
+    "sync",
+    "metrics",
+    "healthz",
+    "webmail",
+    "autoconfig",
+    "autodiscover",
+    "wpad",
     "_registry",
 ];
 
@@ -147,7 +192,11 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
     let ok = !domain.is_empty()
         && domain.len() <= 200
         && domain.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
     if ok { Ok(()) } else { Err(format!("{domain:?} is not a lower-case DNS name (like localhost or apps.example.com)")) }
 }

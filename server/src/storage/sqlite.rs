@@ -302,11 +302,12 @@ impl Backend for Sqlite {
     }
 }
 
-fn row_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64)> {
+/// The columns [`VERSION_COLUMNS`] names, as read.
+type VersionRow = (String, Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64);
+
+fn row_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
 }
-
-type VersionRow = (String, Vec<u8>, Vec<u8>, i64, Vec<u8>, i64, i64);
 
 pub(crate) fn to_version(row: VersionRow) -> Result<StoredVersion> {
     let (version, manifest, worker, worker_size, signature, published, seq) = row;
