@@ -62,7 +62,7 @@ fn parse_name(name: &str) -> Result<()> {
     check_name(name).map_err(bad)
 }
 
-/// Checks the request's `Authorization: Stead-App <key>.<time>.<sig>` over its method,
+/// Checks the request's `Authorization: Stead-App <key>.<time>.<nonce>.<sig>` over its method,
 /// host, path and `body_sha256`; returns the signing key (an app id). Each signature is
 /// taken once, within [`super::REQUEST_WINDOW_MS`] of the server's clock.
 fn authorize(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, body_sha256: &[u8; 32]) -> Result<[u8; 32]> {
@@ -77,6 +77,7 @@ fn authorize(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, bo
     let malformed = || unauthorized("malformed Authorization header");
     let key: [u8; 32] = parts.next().and_then(|s| hex::decode(s).ok()).and_then(|b| b.try_into().ok()).ok_or_else(malformed)?;
     let time: u64 = parts.next().filter(|s| s.len() <= 20).and_then(|s| s.parse().ok()).ok_or_else(malformed)?;
+    let nonce: [u8; 16] = parts.next().and_then(|s| hex::decode(s).ok()).and_then(|b| b.try_into().ok()).ok_or_else(malformed)?;
     let sig: [u8; 64] = parts.next().and_then(|s| hex::decode(s).ok()).and_then(|b| b.try_into().ok()).ok_or_else(malformed)?;
     if parts.next().is_some() {
         return Err(malformed());
@@ -88,7 +89,7 @@ fn authorize(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, bo
     let verifying = stead_core::sig::public_key(&key).map_err(|e| unauthorized(&format!("the signing key is refused: {e}")))?;
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let msg = request_message(time, &key, method.as_str(), host, path_and_query, body_sha256);
+    let msg = request_message(time, &nonce, &key, method.as_str(), host, path_and_query, body_sha256);
     if verifying.verify_strict(&msg, &Signature::from_bytes(&sig)).is_err() {
         return Err(unauthorized("the request's signature does not verify"));
     }

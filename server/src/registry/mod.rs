@@ -116,12 +116,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// What a registry request's signature covers: the time, the signing key, the method,
-/// the `Host` header, the path and query, and the body's SHA-256 (for a file upload, the
-/// digest in its path, checked against the body).
-pub fn request_message(time_ms: u64, app_id: &[u8; 32], method: &str, host: &str, path_and_query: &str, body_sha256: &[u8; 32]) -> Vec<u8> {
+/// What a registry request's signature covers: the time, a random nonce (two identical
+/// requests in one millisecond are still two), the signing key, the method, the `Host`
+/// header, the path and query, and the body's SHA-256 (for a file upload, the digest in
+/// its path, checked against the body).
+pub fn request_message(time_ms: u64, nonce: &[u8; 16], app_id: &[u8; 32], method: &str, host: &str, path_and_query: &str, body_sha256: &[u8; 32]) -> Vec<u8> {
     let mut m = REQUEST_DOMAIN.to_vec();
     m.extend_from_slice(&time_ms.to_be_bytes());
+    m.extend_from_slice(nonce);
     m.extend_from_slice(app_id);
     put_str(&mut m, method);
     put_str(&mut m, host);
@@ -130,12 +132,14 @@ pub fn request_message(time_ms: u64, app_id: &[u8; 32], method: &str, host: &str
     m
 }
 
-/// The `Authorization` header of a registry request:
-/// `Stead-App <app id hex>.<time ms>.<signature of request_message, hex>`.
+/// The `Authorization` header of a registry request, with a fresh nonce:
+/// `Stead-App <app id hex>.<time ms>.<nonce hex>.<signature of request_message, hex>`.
 pub fn authorization(key: &SigningKey, time_ms: u64, method: &str, host: &str, path_and_query: &str, body_sha256: &[u8; 32]) -> String {
+    let mut nonce = [0u8; 16];
+    getrandom::getrandom(&mut nonce).expect("the OS gives random bytes");
     let id = key.verifying_key().to_bytes();
-    let sig = key.sign(&request_message(time_ms, &id, method, host, path_and_query, body_sha256));
-    format!("{AUTH_SCHEME} {}.{time_ms}.{}", hex::encode(id), hex::encode(sig.to_bytes()))
+    let sig = key.sign(&request_message(time_ms, &nonce, &id, method, host, path_and_query, body_sha256));
+    format!("{AUTH_SCHEME} {}.{time_ms}.{}.{}", hex::encode(id), hex::encode(nonce), hex::encode(sig.to_bytes()))
 }
 
 /// What the publisher signs for a release: the app's name, the bundle's version (a hash
@@ -277,10 +281,11 @@ mod tests {
 
     #[test]
     fn signed_messages_bind_every_field() {
-        let base = request_message(1, &[1; 32], "POST", "h", "/p", &[2; 32]);
-        assert_ne!(base, request_message(2, &[1; 32], "POST", "h", "/p", &[2; 32]));
-        assert_ne!(base, request_message(1, &[1; 32], "PUT", "h", "/p", &[2; 32]));
-        assert_ne!(base, request_message(1, &[1; 32], "POST", "h/", "p", &[2; 32]), "fields are length-prefixed");
+        let base = request_message(1, &[0; 16], &[1; 32], "POST", "h", "/p", &[2; 32]);
+        assert_ne!(base, request_message(2, &[0; 16], &[1; 32], "POST", "h", "/p", &[2; 32]));
+        assert_ne!(base, request_message(1, &[1; 16], &[1; 32], "POST", "h", "/p", &[2; 32]));
+        assert_ne!(base, request_message(1, &[0; 16], &[1; 32], "PUT", "h", "/p", &[2; 32]));
+        assert_ne!(base, request_message(1, &[0; 16], &[1; 32], "POST", "h/", "p", &[2; 32]), "fields are length-prefixed");
         assert_ne!(release_message("a", "v", "w", 1), release_message("b", "v", "w", 1));
     }
 }
