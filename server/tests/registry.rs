@@ -347,7 +347,7 @@ async fn token_policy(db: Db) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("# publish tokens\n{TOKEN}\n"))?;
-    let server = Server::start(&db, &["--apps-domain", "localhost", "--new-apps", "token", "--publish-tokens-file", &tokens.display().to_string()])?;
+    let server = Server::start(&db, &["--apps-domain", "localhost", "--new-apps", "token", "--publish-tokens-file", &tokens.display().to_string(), "--max-app-bytes", "64"])?;
     let mut p = Publisher::new(&server, "field-notes", key(3));
     let v1 = bundle(&[("index.html", b"<h1>fn</h1>")], b"w");
     let (s, body) = p.missing(&v1).await?;
@@ -359,6 +359,13 @@ async fn token_policy(db: Db) -> anyhow::Result<()> {
     p.token = None;
     let v2 = bundle(&[("index.html", b"<h1>fn 2</h1>")], b"w");
     p.publish(&v2, Some(&v1.manifest.version)).await.context("the app's own key needs no token")?;
+    // Announced uploads count against the app's quota too, so announcing is no way to
+    // store without bound.
+    let big = bundle(&[("index.html", &[b'a'; 40])], b"w");
+    ensure!(p.missing(&big).await?.0 == StatusCode::OK);
+    let other = bundle(&[("index.html", &[b'b'; 40])], b"w");
+    let (s, body) = p.missing(&other).await?;
+    ensure!(s == StatusCode::INSUFFICIENT_STORAGE, "{s} {body}");
     let mut bad = Publisher::new(&server, "www", key(3));
     bad.token = Some(TOKEN.into());
     ensure!(bad.missing(&v1).await?.0 == StatusCode::BAD_REQUEST, "reserved names are refused");

@@ -191,7 +191,13 @@ pub(crate) async fn missing(
     let now = SystemClock.now_ms();
     let expires = now + c.pending_ttl.as_millis() as u64;
     let r = reg.clone();
-    let missing = blocking(move || r.backend.missing_files(&name, &wanted, now, expires)).await?;
+    let max_pending = c.max_app_bytes;
+    let missing = blocking(move || r.backend.missing_files(&name, &wanted, now, expires, max_pending)).await?.map_err(|bytes| {
+        Reject::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("the app's unpublished uploads would announce {bytes} bytes, more than its quota of {max_pending}; publish, or wait for them to expire"),
+        )
+    })?;
     Ok(Json(api::MissingResponse { missing: missing.iter().map(hex::encode).collect(), expires_ms: expires }))
 }
 

@@ -151,8 +151,10 @@ pub trait AppStore {
     fn claim_app(&self, name: &str, app_id: &[u8; 32], now_ms: u64) -> Result<StoredApp>;
     /// Of `wanted` (digest, size), the digests not stored; each is recorded as pending
     /// for `app` until `expires_ms`, which allows its upload. Expired pending records are
-    /// swept, with their files when nothing else keeps them.
-    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64) -> Result<Vec<[u8; 32]>>;
+    /// swept, with their files when nothing else keeps them. When the app's pending
+    /// uploads would then announce more than `max_pending` bytes, nothing is recorded and
+    /// `Err(bytes)` tells how many.
+    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64, max_pending: u64) -> Result<Result<Vec<[u8; 32]>, u64>>;
     /// The announced size of `sha256` if a pending publication of `app` named it.
     fn pending_size(&self, app: &str, sha256: &[u8; 32], now_ms: u64) -> Result<Option<u64>>;
     /// Stores a file (whose digest the caller checked); false when it was stored already.

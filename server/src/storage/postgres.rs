@@ -562,7 +562,7 @@ impl AppStore for Postgres {
         self.app(name)?.ok_or(crate::Error::NotFound)
     }
 
-    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64) -> Result<Vec<[u8; 32]>> {
+    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64, max_pending: u64) -> Result<Result<Vec<[u8; 32]>, u64>> {
         self.registry_tx(
             |tx| {
                 let expired = tx.0.query("DELETE FROM app_pending WHERE expires <= $1 RETURNING sha", &[&(now_ms as i64)])?;
@@ -580,9 +580,13 @@ impl AppStore for Postgres {
                     )?;
                     missing.push(*sha);
                 }
-                Ok(missing)
+                let pending: i64 = tx
+                    .0
+                    .query_one("SELECT COALESCE(SUM(size), 0)::BIGINT FROM app_pending WHERE app = $1 AND expires > $2", &[&app, &(now_ms as i64)])?
+                    .get(0);
+                Ok(if pending as u64 > max_pending { Err(pending as u64) } else { Ok(missing) })
             },
-            |_| true,
+            |out| out.is_ok(),
         )
     }
 

@@ -460,7 +460,7 @@ impl AppStore for Sqlite {
         self.app(name)?.ok_or(crate::Error::NotFound)
     }
 
-    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64) -> Result<Vec<[u8; 32]>> {
+    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64, max_pending: u64) -> Result<Result<Vec<[u8; 32]>, u64>> {
         let mut conn = self.writer.get()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let expired: Vec<Vec<u8>> = tx
@@ -481,8 +481,12 @@ impl AppStore for Sqlite {
             .execute(params![app, &sha[..], *size as i64, expires_ms as i64])?;
             missing.push(*sha);
         }
+        let pending: i64 = tx.query_row("SELECT COALESCE(SUM(size), 0) FROM app_pending WHERE app = ?1 AND expires > ?2", params![app, now_ms as i64], |r| r.get(0))?;
+        if pending as u64 > max_pending {
+            return Ok(Err(pending as u64));
+        }
         tx.commit()?;
-        Ok(missing)
+        Ok(Ok(missing))
     }
 
     fn pending_size(&self, app: &str, sha256: &[u8; 32], now_ms: u64) -> Result<Option<u64>> {
