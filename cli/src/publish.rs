@@ -238,9 +238,14 @@ fn refused(what: &str, status: StatusCode, body: &[u8], target: &Target) -> Prob
 }
 
 fn unreachable(e: reqwest::Error, target: &Target) -> Problem {
-    let tls =
-        if target.server.scheme() == "https" { " (this stead reaches servers over http; put the registry behind a local http port or a tunnel)" } else { "" };
-    Problem::new(format!("cannot reach {}: {e}", target.server)).help(format!("check the --server URL and that the server runs{tls}"))
+    // reqwest's top-level message hides the cause (refused, DNS, certificate): show all.
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Problem::new(format!("cannot reach {}: {why}", target.server)).help("check the --server URL (or STEAD_SERVER) and that the server runs")
 }
 
 impl Client {
