@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use sha2::Digest;
+
 /// A stead-server with a registry for `{app}.localhost`, stopped on drop.
 struct Server {
     addr: String,
@@ -182,6 +184,48 @@ fn publish_update_versions_rollback() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr");
     let out = stead(&todo, &home, &["publish", "--server", &format!("http://{dead}")]);
     assert!(!out.status.success() && text(&out).contains("cannot reach"), "{}", text(&out));
+
+    // An interrupted publish resumes: what reached the server is not sent again. The
+    // first run is played by hand: the same key announces the bundle and uploads one of
+    // the two files the server lacks, then stops.
+    let resume = app(tmp.path(), "resume", "<h1>resume</h1>");
+    let secret = [5u8; 32];
+    std::fs::write(home.join("keys/resume.key"), hex::encode(secret)).expect("key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(home.join("keys/resume.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let built = stead_cli::publish::Built::read(&resume.join("dist")).expect("built");
+    let resume_key = ed25519_dalek::SigningKey::from_bytes(&secret);
+    let mut files: Vec<(String, Vec<u8>)> =
+        built.manifest.files.iter().map(|f| (f.sha256.clone(), std::fs::read(resume.join("dist").join(&f.path)).expect("file"))).collect();
+    files.push((built.worker.sha256.clone(), std::fs::read(resume.join("dist/stead-sw.js")).expect("worker")));
+    let refs: Vec<stead_server::registry::api::FileRef> =
+        files.iter().map(|(sha, b)| stead_server::registry::api::FileRef { sha256: sha.clone(), size: b.len() as u64 }).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let body = serde_json::to_vec(&stead_server::registry::api::MissingRequest { files: refs }).expect("json");
+        let path = "/_registry/v1/apps/resume/missing";
+        let auth = stead_server::registry::authorization(&resume_key, now(), "POST", &server.addr, path, &sha2::Sha256::digest(&body).into());
+        let r = http.post(format!("{}{path}", server.url())).header("authorization", auth).body(body).send().await.expect("missing");
+        assert_eq!(r.status(), 200);
+        let missing: stead_server::registry::api::MissingResponse = r.json().await.expect("json");
+        assert_eq!(missing.missing.len(), 2, "the icon and the worker are stored already (field-notes has them)");
+        for sha in missing.missing.iter().take(1) {
+            let bytes = &files.iter().find(|f| &f.0 == sha).expect("one of ours").1;
+            let path = format!("/_registry/v1/apps/resume/files/{sha}");
+            let digest: [u8; 32] = hex::decode(sha).expect("hex").try_into().expect("32 bytes");
+            let auth = stead_server::registry::authorization(&resume_key, now(), "PUT", &server.addr, &path, &digest);
+            let r = http.put(format!("{}{path}", server.url())).header("authorization", auth).body(bytes.clone()).send().await.expect("put");
+            assert_eq!(r.status(), 201);
+        }
+    });
+    let out = stead(&resume, &home, &["publish", "--server", &server.url()]);
+    assert!(out.status.success() && text(&out).contains("1 files uploaded"), "only the one that did not arrive: {}", text(&out));
+    assert_eq!(server.get("resume", "/").1, b"<h1>resume</h1>");
 
     // A key file others can read is refused.
     #[cfg(unix)]

@@ -6,6 +6,10 @@
 //! logs; `/blobs/{sha256}` stores encrypted blobs; `/metrics` is Prometheus text. Storage
 //! is SQLite by default and PostgreSQL for several nodes ([`storage`]).
 //!
+//! The app registry (when [`Config::registry`] holds one, [`registry`]): publishers use
+//! `/_registry/v1/` with requests signed by their app's key, and each published app is
+//! served at its own origin `{app}.{apps domain}`, chosen by the `Host` header.
+//!
 //! Files are read from the bundle folder on every request, so a rebuilt bundle is served
 //! at once. The headers are chosen for the service worker: its script and the bundle
 //! manifest are `no-cache` (the worker must always see the newest), content-hashed files
