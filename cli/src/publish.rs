@@ -270,7 +270,8 @@ impl Client {
 
     /// A signed request; `signed_sha` is what the signature says the body hashes to.
     async fn signed(&self, method: Method, path: &str, body: Vec<u8>, signed_sha: [u8; 32]) -> Result<(StatusCode, Vec<u8>), Problem> {
-        let auth = registry::authorization(&self.key, SystemClock.now_ms(), method.as_str(), &self.target.authority(), path, &signed_sha);
+        let nonce = registry::nonce().map_err(|e| Problem::new(format!("the OS gave no random bytes: {e}")))?;
+        let auth = registry::authorization(&self.key, SystemClock.now_ms(), &nonce, method.as_str(), &self.target.authority(), path, &signed_sha);
         let mut req = self.http.request(method, self.url(path)?).header(header::AUTHORIZATION, auth).body(body);
         if let Some(t) = &self.target.token {
             req = req.header(registry::TOKEN_HEADER, t.trim());

@@ -209,7 +209,15 @@ fn publish_update_versions_rollback() {
         let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
         let body = serde_json::to_vec(&stead_server::registry::api::MissingRequest { files: refs }).expect("json");
         let path = "/_registry/v1/apps/resume/missing";
-        let auth = stead_server::registry::authorization(&resume_key, now(), "POST", &server.addr, path, &sha2::Sha256::digest(&body).into());
+        let auth = stead_server::registry::authorization(
+            &resume_key,
+            now(),
+            &stead_server::registry::nonce().expect("random"),
+            "POST",
+            &server.addr,
+            path,
+            &sha2::Sha256::digest(&body).into(),
+        );
         let r = http.post(format!("{}{path}", server.url())).header("authorization", auth).body(body).send().await.expect("missing");
         assert_eq!(r.status(), 200);
         let missing: stead_server::registry::api::MissingResponse = r.json().await.expect("json");
@@ -218,7 +226,15 @@ fn publish_update_versions_rollback() {
             let bytes = &files.iter().find(|f| &f.0 == sha).expect("one of ours").1;
             let path = format!("/_registry/v1/apps/resume/files/{sha}");
             let digest: [u8; 32] = hex::decode(sha).expect("hex").try_into().expect("32 bytes");
-            let auth = stead_server::registry::authorization(&resume_key, now(), "PUT", &server.addr, &path, &digest);
+            let auth = stead_server::registry::authorization(
+                &resume_key,
+                now(),
+                &stead_server::registry::nonce().expect("random"),
+                "PUT",
+                &server.addr,
+                &path,
+                &digest,
+            );
             let r = http.put(format!("{}{path}", server.url())).header("authorization", auth).body(bytes.clone()).send().await.expect("put");
             assert_eq!(r.status(), 201);
         }

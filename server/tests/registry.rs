@@ -15,7 +15,7 @@ use reqwest::{StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stead_core::bundle::{BundleFile, BundleManifest, is_content_hashed, sha256_hex};
-use stead_server::registry::{api, authorization, release_message};
+use stead_server::registry::{api, authorization, nonce, release_message};
 
 const TOKEN: &str = "operator-token-0123456789";
 
@@ -66,7 +66,7 @@ impl Publisher {
     /// A signed request; `body_sha` overrides the body's hash (uploads sign the digest).
     fn signed(&self, method: reqwest::Method, path: &str, body: Vec<u8>, body_sha: Option<[u8; 32]>) -> reqwest::RequestBuilder {
         let sha = body_sha.unwrap_or_else(|| Sha256::digest(&body).into());
-        let auth = authorization(&self.key, now(), method.as_str(), &self.host, path, &sha);
+        let auth = authorization(&self.key, now(), &nonce().expect("random bytes"), method.as_str(), &self.host, path, &sha);
         let mut r = self.http.request(method, format!("{}{path}", self.base)).header(header::AUTHORIZATION, auth).body(body);
         if let Some(t) = &self.token {
             r = r.header("stead-publish-token", t);
@@ -311,7 +311,15 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     ensure!(c.execute(req).await?.status() == StatusCode::OK);
     let r = c.execute(replay).await?;
     ensure!(r.status() == StatusCode::UNAUTHORIZED && r.text().await?.contains("already used"), "a replayed request is refused");
-    let old = authorization(&todo.key, now() - 10 * 60 * 1000, "POST", &todo.host, &todo.path("missing"), &Sha256::digest(b"{\"files\":[]}").into());
+    let old = authorization(
+        &todo.key,
+        now() - 10 * 60 * 1000,
+        &nonce().expect("random bytes"),
+        "POST",
+        &todo.host,
+        &todo.path("missing"),
+        &Sha256::digest(b"{\"files\":[]}").into(),
+    );
     let r = c.post(format!("{}{}", todo.base, todo.path("missing"))).header(header::AUTHORIZATION, old).body("{\"files\":[]}").send().await?;
     ensure!(r.status() == StatusCode::UNAUTHORIZED, "a request from 10 minutes ago: {}", r.status());
 
@@ -347,7 +355,10 @@ async fn token_policy(db: Db) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("# publish tokens\n{TOKEN}\n"))?;
-    let server = Server::start(&db, &["--apps-domain", "localhost", "--new-apps", "token", "--publish-tokens-file", &tokens.display().to_string(), "--max-app-bytes", "64"])?;
+    let server = Server::start(
+        &db,
+        &["--apps-domain", "localhost", "--new-apps", "token", "--publish-tokens-file", &tokens.display().to_string(), "--max-app-bytes", "64"],
+    )?;
     let mut p = Publisher::new(&server, "field-notes", key(3));
     let v1 = bundle(&[("index.html", b"<h1>fn</h1>")], b"w");
     let (s, body) = p.missing(&v1).await?;

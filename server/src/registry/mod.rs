@@ -132,14 +132,20 @@ pub fn request_message(time_ms: u64, nonce: &[u8; 16], app_id: &[u8; 32], method
     m
 }
 
-/// The `Authorization` header of a registry request, with a fresh nonce:
+/// The `Authorization` header of a registry request:
 /// `Stead-App <app id hex>.<time ms>.<nonce hex>.<signature of request_message, hex>`.
-pub fn authorization(key: &SigningKey, time_ms: u64, method: &str, host: &str, path_and_query: &str, body_sha256: &[u8; 32]) -> String {
-    let mut nonce = [0u8; 16];
-    getrandom::getrandom(&mut nonce).expect("the OS gives random bytes");
+/// `nonce` must be fresh for each request (random: see [`nonce`]).
+pub fn authorization(key: &SigningKey, time_ms: u64, nonce: &[u8; 16], method: &str, host: &str, path_and_query: &str, body_sha256: &[u8; 32]) -> String {
     let id = key.verifying_key().to_bytes();
-    let sig = key.sign(&request_message(time_ms, &nonce, &id, method, host, path_and_query, body_sha256));
+    let sig = key.sign(&request_message(time_ms, nonce, &id, method, host, path_and_query, body_sha256));
     format!("{AUTH_SCHEME} {}.{time_ms}.{}.{}", hex::encode(id), hex::encode(nonce), hex::encode(sig.to_bytes()))
+}
+
+/// A fresh random nonce for [`authorization`].
+pub fn nonce() -> Result<[u8; 16], getrandom::Error> {
+    let mut n = [0u8; 16];
+    getrandom::getrandom(&mut n)?;
+    Ok(n)
 }
 
 /// What the publisher signs for a release: the app's name, the bundle's version (a hash
