@@ -310,9 +310,9 @@ fn publish_cmd(on: On, dist: Option<PathBuf>, token_file: Option<PathBuf>) -> Re
         eprintln!("Made {name}'s publishing key: {} (keep a backup: only this key can publish {name} again)", done.key_path.display());
     }
     eprintln!(
-        "Published {name} {} to {server} in {:.1} s ({} files uploaded, {} bytes; app id {}).",
+        "Published {name} {} to {server} in {} ms ({} files uploaded, {} bytes; app id {}).",
         publish::short(&done.version),
-        done.elapsed.as_secs_f64(),
+        done.elapsed.as_millis(),
         done.uploaded_files,
         done.uploaded_bytes,
         done.app_id
