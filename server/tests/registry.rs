@@ -219,6 +219,10 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     ensure!(get(&web, &server, "todo", "/missing.js").await?.0 == StatusCode::NOT_FOUND);
     // Sync and health answer on the app's origin too.
     ensure!(get(&web, &server, "todo", "/healthz").await?.2 == b"ok");
+    let (s, _, body) = get(&web, &server, "todo", "/metrics").await?;
+    ensure!(s == StatusCode::OK && String::from_utf8_lossy(&body).contains("stead_"), "the sync server's routes answer on the app's origin");
+    let (s, _, _) = get(&web, &server, "todo", "/spaces/not-a-space/members").await?;
+    ensure!(s == StatusCode::BAD_REQUEST, "{s}: membership, not an app file");
     // The bare host keeps serving --dir.
     ensure!(reqwest::get(format!("{}/", server.base)).await?.text().await? == "<h1>app</h1>");
 
@@ -297,6 +301,7 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     let sha: [u8; 32] = Sha256::digest(b"<h1>fresh</h1>").into();
     ensure!(todo.put_as(&hex::encode(sha), b"<h1>FRESH</h1>".to_vec(), sha).await? == StatusCode::BAD_REQUEST, "a body that does not match its digest");
     ensure!(!stored(&db, &hex::encode(sha))?);
+    ensure!(todo.put_as(&hex::encode(sha), vec![b'x'; 2000], sha).await? == StatusCode::PAYLOAD_TOO_LARGE, "a body larger than announced");
     let big = vec![b'x'; 1001];
     let huge = bundle(&[("index.html", &big)], b"worker v1");
     ensure!(todo.missing(&huge).await?.0 == StatusCode::PAYLOAD_TOO_LARGE, "a file over --max-app-file-bytes");
