@@ -3,6 +3,8 @@
 //! Run with `stead-server --dir dist --port 8080`; `--port 0` picks a free port. The first
 //! line on stdout is `listening on http://ADDR`, which scripts and tests read. Sync data
 //! goes to `--database` (a SQLite file, created on first start, or `postgres://...`).
+//! With `--apps-domain DOMAIN` it also hosts published apps, each at `{app}.DOMAIN`
+//! (`REGISTRY.md`).
 
 use std::{io::Write, net::IpAddr, path::PathBuf};
 
