@@ -15,7 +15,7 @@ use stead_core::env::{Clock, SystemClock};
 
 use super::{Registry, Release, api, check_name, release_message, request_message};
 use crate::service::SpaceCreation;
-use crate::storage::{AppQuota, Moved, NewVersion, StoredApp, StoredVersion};
+use crate::storage::{AppQuota, Moved, NewVersion, PutFile, StoredApp, StoredVersion};
 
 /// A refused request: its status and JSON body.
 #[derive(Debug)]
@@ -244,8 +244,14 @@ pub(crate) async fn put_file(
         return Err(bad(format!("the body's sha-256 is {}, not {sha}", hex::encode(actual))));
     }
     let r = reg.clone();
-    let created = blocking(move || r.backend.put_file(&hash, &bytes)).await?;
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, "").into_response())
+    let (n, now) = (name.clone(), SystemClock.now_ms());
+    match blocking(move || r.backend.put_file(&n, &hash, &bytes, now)).await? {
+        PutFile::Created => Ok((StatusCode::CREATED, "").into_response()),
+        PutFile::Exists => Ok((StatusCode::OK, "").into_response()),
+        PutFile::NotAnnounced => {
+            Err(Reject::new(StatusCode::FORBIDDEN, format!("the announcement of {sha} by {name:?} expired meanwhile (POST missing again)")))
+        }
+    }
 }
 
 /// `POST apps/{name}/versions`: a signed bundle becomes current if `previous` still is.

@@ -157,8 +157,10 @@ pub trait AppStore {
     fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64, max_pending: u64) -> Result<Result<Vec<[u8; 32]>, u64>>;
     /// The announced size of `sha256` if a pending publication of `app` named it.
     fn pending_size(&self, app: &str, sha256: &[u8; 32], now_ms: u64) -> Result<Option<u64>>;
-    /// Stores a file (whose digest the caller checked); false when it was stored already.
-    fn put_file(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<bool>;
+    /// Stores a file (whose digest the caller checked) if a pending publication of `app`
+    /// still announces it: checked in the same write as the insert, so no upload lands
+    /// after its announcement was swept (it would be kept by nothing, and swept never).
+    fn put_file(&self, app: &str, sha256: &[u8; 32], bytes: &[u8], now_ms: u64) -> Result<PutFile>;
     fn file(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>>;
     /// Adds a version and makes it current if `current` is still `new.previous`
     /// (compare-and-swap). A version the app already has is only made current again.
@@ -168,6 +170,16 @@ pub trait AppStore {
     /// The app's kept versions, newest first.
     fn versions(&self, app: &str) -> Result<Vec<StoredVersion>>;
     fn version(&self, app: &str, version: &str) -> Result<Option<StoredVersion>>;
+}
+
+/// What [`AppStore::put_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutFile {
+    Created,
+    /// It was stored already.
+    Exists,
+    /// No unexpired announcement of the app names it: nothing was stored.
+    NotAnnounced,
 }
 
 /// Another node committed entries of `space`.

@@ -26,7 +26,7 @@ use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
 use super::apps::{self, AppTx};
-use super::{AppQuota, AppStore, Backend, Moved, NewVersion, PutBlob, Remote, StoredApp, StoredMembers, StoredVersion, WriteTx, hash32, id16, trim_bytes};
+use super::{AppQuota, AppStore, Backend, Moved, NewVersion, PutBlob, PutFile, Remote, StoredApp, StoredMembers, StoredVersion, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const CHANNEL: &str = "stead_entries";
@@ -600,14 +600,26 @@ impl AppStore for Postgres {
         })
     }
 
-    fn put_file(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<bool> {
-        with(&self.pool, |c| {
-            let n = c.execute(
-                "INSERT INTO app_files (sha, size, bytes) VALUES ($1, $2, $3) ON CONFLICT (sha) DO NOTHING",
-                &[&&sha256[..], &(bytes.len() as i64), &bytes],
-            )?;
-            Ok(n == 1)
-        })
+    fn put_file(&self, app: &str, sha256: &[u8; 32], bytes: &[u8], now_ms: u64) -> Result<PutFile> {
+        // Under the registry's lock, so the announcement cannot be swept meanwhile.
+        self.registry_tx(
+            |tx| {
+                let n = tx.0.execute(
+                    "INSERT INTO app_files (sha, size, bytes) SELECT $1, $2, $3
+                     WHERE EXISTS (SELECT 1 FROM app_pending WHERE app = $4 AND sha = $1 AND expires > $5)
+                     ON CONFLICT (sha) DO NOTHING",
+                    &[&&sha256[..], &(bytes.len() as i64), &bytes, &app, &(now_ms as i64)],
+                )?;
+                Ok(if n == 1 {
+                    PutFile::Created
+                } else if tx.file_size(sha256)?.is_some() {
+                    PutFile::Exists
+                } else {
+                    PutFile::NotAnnounced
+                })
+            },
+            |_| true,
+        )
     }
 
     fn file(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>> {

@@ -11,7 +11,7 @@ use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
 use super::apps::{self, AppTx};
-use super::{AppQuota, AppStore, Backend, Moved, NewVersion, PutBlob, Remote, StoredApp, StoredMembers, StoredVersion, WriteTx, hash32, id16, trim_bytes};
+use super::{AppQuota, AppStore, Backend, Moved, NewVersion, PutBlob, PutFile, Remote, StoredApp, StoredMembers, StoredVersion, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const SCHEMA_VERSION: i64 = 2;
@@ -498,12 +498,22 @@ impl AppStore for Sqlite {
         Ok(size.map(|s| s as u64))
     }
 
-    fn put_file(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<bool> {
+    fn put_file(&self, app: &str, sha256: &[u8; 32], bytes: &[u8], now_ms: u64) -> Result<PutFile> {
+        // The writer connection is the only one that writes, so the announcement cannot be
+        // swept between the check and the insert.
         let conn = self.writer.get()?;
         let n = conn
-            .prepare_cached("INSERT INTO app_files (sha, size, bytes) VALUES (?1, ?2, ?3) ON CONFLICT (sha) DO NOTHING")?
-            .execute(params![&sha256[..], bytes.len() as i64, bytes])?;
-        Ok(n == 1)
+            .prepare_cached(
+                "INSERT INTO app_files (sha, size, bytes) SELECT ?1, ?2, ?3
+                 WHERE EXISTS (SELECT 1 FROM app_pending WHERE app = ?4 AND sha = ?1 AND expires > ?5)
+                 ON CONFLICT (sha) DO NOTHING",
+            )?
+            .execute(params![&sha256[..], bytes.len() as i64, bytes, app, now_ms as i64])?;
+        if n == 1 {
+            return Ok(PutFile::Created);
+        }
+        let exists = conn.prepare_cached("SELECT 1 FROM app_files WHERE sha = ?1")?.exists(params![&sha256[..]])?;
+        Ok(if exists { PutFile::Exists } else { PutFile::NotAnnounced })
     }
 
     fn file(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>> {
