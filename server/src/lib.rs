@@ -116,11 +116,12 @@ pub fn router(config: Config) -> Router {
 }
 
 /// Every path no route took: on an app's origin (`{app}.{apps domain}`) the app's files,
-/// else the bundle folder's ([`serve_file`]; a catalog page is to take its place).
+/// on the bare host the catalog of published apps when the registry is on
+/// ([`registry::catalog`]), else the bundle folder's files ([`serve_file`]).
 async fn serve_root(State(config): State<Arc<Config>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if let Some(reg) = &config.registry {
         match registry::site::site(&headers, &reg.config.apps_domain) {
-            Ok(registry::site::Site::Bare) => {}
+            Ok(registry::site::Site::Bare) => return registry::catalog::serve(reg, &method, &uri, &headers).await,
             Ok(registry::site::Site::App(name)) => {
                 if method != Method::GET && method != Method::HEAD {
                     return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here").into_response();

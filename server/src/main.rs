@@ -112,6 +112,11 @@ struct Args {
     /// A file of publish tokens, one per line (with `--new-apps token`).
     #[arg(long)]
     publish_tokens_file: Option<PathBuf>,
+    /// Stead's service worker script for the catalog at the bare host (`stead-sw.js` of an
+    /// app built with this version of Stead): with it the catalog installs and works
+    /// offline. Default: `--dir`'s `stead-sw.js`, when there is one.
+    #[arg(long)]
+    catalog_worker: Option<PathBuf>,
     /// Largest file of a published app, in bytes.
     #[arg(long, default_value_t = stead_server::RegistryConfig::new("localhost").max_file_bytes)]
     max_app_file_bytes: u64,
@@ -228,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
                 max_file_bytes: args.max_app_file_bytes,
                 max_app_bytes: args.max_app_bytes,
                 max_versions: args.max_app_versions.max(1),
+                catalog_worker: catalog_worker(args.catalog_worker.as_deref(), &dir)?,
                 ..stead_server::RegistryConfig::new(&domain)
             };
             tracing::info!(domain, "app registry on");
@@ -252,6 +258,18 @@ async fn main() -> anyhow::Result<()> {
     stead_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The catalog's worker script: the one named, else the bundle folder's if it has one.
+fn catalog_worker(named: Option<&std::path::Path>, dir: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match named {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read the catalog's worker {}", path.display()))?;
+            anyhow::ensure!(!bytes.is_empty(), "the catalog's worker {} is empty", path.display());
+            Ok(Some(bytes))
+        }
+        None => Ok(std::fs::read(dir.join(stead_core::bundle::WORKER_SCRIPT)).ok().filter(|b| !b.is_empty())),
+    }
 }
 
 async fn shutdown_signal() {

@@ -223,8 +223,9 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     ensure!(s == StatusCode::OK && String::from_utf8_lossy(&body).contains("stead_"), "the sync server's routes answer on the app's origin");
     let (s, _, _) = get(&web, &server, "todo", "/spaces/not-a-space/members").await?;
     ensure!(s == StatusCode::BAD_REQUEST, "{s}: membership, not an app file");
-    // The bare host keeps serving --dir.
-    ensure!(reqwest::get(format!("{}/", server.base)).await?.text().await? == "<h1>app</h1>");
+    // The bare host is the catalog, which lists the app.
+    let catalog = reqwest::get(format!("{}/", server.base)).await?.text().await?;
+    ensure!(catalog.contains("data-app=\"todo\""), "{catalog}");
 
     // A one-file update uploads that file alone.
     let v2 = bundle(&[("index.html", b"<h1>todo v2</h1>"), ("todo-0123456789abcdef.js", JS), ("old.css", b"h1{color:red}")], b"worker v1");
@@ -388,11 +389,76 @@ async fn token_policy(db: Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The catalog at the bare host: server-rendered, publishers' words escaped, and a Stead
+/// bundle (with the operator's worker) whose version moves with every publication.
+async fn catalog(db: Db) -> anyhow::Result<()> {
+    let worker_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(worker_file.path(), b"the operator's stead-sw.js")?;
+    let worker_arg = worker_file.path().display().to_string();
+    let server = Server::start(&db, &["--apps-domain", "localhost", "--new-apps", "open", "--catalog-worker", &worker_arg])?;
+    let http = reqwest::Client::new();
+    let page = |http: &reqwest::Client| {
+        let url = format!("{}/", server.base);
+        let http = http.clone();
+        async move { anyhow::Ok(http.get(url).send().await?.text().await?) }
+    };
+    ensure!(page(&http).await?.contains("No app is published here yet"));
+
+    let manifest = |name: &str, description: &str| {
+        serde_json::json!({"name": name, "description": description, "icons": [{"src": "icons/icon-192.png", "sizes": "192x192"}]}).to_string()
+    };
+    let notes_manifest = manifest("Notes <script>alert(1)</script>", "Write & keep");
+    let notes = Publisher::new(&server, "notes", key(7));
+    let v1 = bundle(&[("index.html", b"<h1>notes</h1>"), ("manifest.webmanifest", notes_manifest.as_bytes())], b"w");
+    notes.publish(&v1, None).await?;
+    let todo_manifest = manifest("Todo", "Lists");
+    let todo = Publisher::new(&server, "todo", key(8));
+    todo.publish(&bundle(&[("index.html", b"<h1>todo</h1>"), ("manifest.webmanifest", todo_manifest.as_bytes())], b"w"), None).await?;
+
+    let html = page(&http).await?;
+    ensure!(!html.contains("<script>alert"), "a publisher's name became markup: {html}");
+    ensure!(html.contains("Notes &lt;script&gt;alert(1)&lt;/script&gt;") && html.contains("Write &amp; keep"), "{html}");
+    let port = server.port;
+    for app in ["notes", "todo"] {
+        ensure!(html.contains(&format!("<a class=\"open\" href=\"http://{app}.localhost:{port}/\">")), "no Open link for {app}: {html}");
+        ensure!(html.contains(&format!("href=\"http://{app}.localhost:{port}/?install\"")), "no Install link for {app}");
+    }
+    ensure!(html.contains(&format!("http://notes.localhost:{port}/icons/icon-192.png")), "the app's icon, on its own origin");
+    ensure!(html.contains(&hex::encode(key(7).verifying_key().as_bytes())[..4]), "the publisher's fingerprint");
+    ensure!(html.contains("<link rel=\"manifest\""), "the catalog is installable");
+
+    // A Stead bundle: every file it lists is served with the hash it declares.
+    let bundle_text = http.get(format!("{}/stead-bundle.json", server.base)).send().await?.bytes().await?;
+    let listed = BundleManifest::parse(&bundle_text)?;
+    for f in &listed.files {
+        let bytes = http.get(format!("{}/{}", server.base, f.path)).send().await?.bytes().await?;
+        ensure!(sha256_hex(&bytes) == f.sha256, "{} is not what the catalog's bundle says", f.path);
+    }
+    ensure!(listed.file("icons/icon-512.png").is_some() && listed.file("manifest.webmanifest").is_some());
+    let worker = http.get(format!("{}/stead-sw.js", server.base)).send().await?;
+    ensure!(worker.headers()["service-worker-allowed"] == "/" && worker.bytes().await? == b"the operator's stead-sw.js"[..]);
+
+    // Publishing a new version changes the catalog's version: installed catalogs update.
+    notes.publish(&bundle(&[("index.html", b"<h1>notes 2</h1>"), ("manifest.webmanifest", notes_manifest.as_bytes())], b"w"), Some(&v1.manifest.version)).await?;
+    let after = BundleManifest::parse(&http.get(format!("{}/stead-bundle.json", server.base)).send().await?.bytes().await?)?;
+    ensure!(after.version != listed.version, "the catalog did not change with a publication");
+
+    ensure!(http.post(format!("{}/", server.base)).send().await?.status() == StatusCode::METHOD_NOT_ALLOWED);
+    ensure!(http.get(format!("{}/nothing-here.js", server.base)).send().await?.status() == StatusCode::NOT_FOUND);
+    let mut s = std::net::TcpStream::connect(server.base.trim_start_matches("http://"))?;
+    write!(s, "GET /..%2f..%2fetc%2fpasswd HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    ensure!(resp.starts_with(b"HTTP/1.1 400"), "a traversal: {}", String::from_utf8_lossy(&resp));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_registry() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     suite(Db::Sqlite(dir.path().join("suite.sqlite3"))).await.context("suite")?;
     token_policy(Db::Sqlite(dir.path().join("token.sqlite3"))).await.context("token policy")?;
+    catalog(Db::Sqlite(dir.path().join("catalog.sqlite3"))).await.context("catalog")?;
     Ok(())
 }
 

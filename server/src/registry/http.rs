@@ -415,19 +415,24 @@ pub(crate) async fn versions(State(reg): State<Arc<Registry>>, Path(name): Path<
 /// `GET apps`: every app with a current version, with its web app manifest's name,
 /// description and first icon when it has one (public).
 pub(crate) async fn apps(State(reg): State<Arc<Registry>>, headers: HeaderMap) -> Result<Json<Vec<api::AppInfo>>> {
+    Ok(Json(list(&reg, &headers).await?))
+}
+
+/// Every app with a current version, as `GET apps` and the catalog show them.
+pub(crate) async fn list(reg: &Arc<Registry>, headers: &HeaderMap) -> Result<Vec<api::AppInfo>> {
     let r = reg.clone();
     let all = blocking(move || r.backend.apps()).await?;
     let mut out = Vec::with_capacity(all.len());
     for app in all {
         let Some(current) = app.current.clone() else { continue };
-        let url = app_url(&reg, &app.name, &headers);
-        let (title, description, icon) = match super::site::release(&reg, &app.name, &current).await {
-            Ok(release) => web_manifest(&reg, &release, &url).await,
+        let url = app_url(reg, &app.name, headers);
+        let (title, description, icon) = match super::site::release(reg, &app.name, &current).await {
+            Ok(release) => web_manifest(reg, &release, &url).await,
             Err(_) => (None, None, None),
         };
         out.push(api::AppInfo { name: app.name, app_id: hex::encode(app.app_id), current, url, title, description, icon });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// Name, description and first icon's URL from the release's `manifest.webmanifest`.

@@ -12,6 +12,7 @@
 //! The message formats and the wire types are public: `stead publish` signs with them.
 
 pub mod api;
+pub mod catalog;
 pub(crate) mod http;
 pub(crate) mod site;
 
@@ -180,6 +181,9 @@ pub struct RegistryConfig {
     pub max_manifest_bytes: usize,
     /// How long an announced upload stays allowed (and its file kept unpublished).
     pub pending_ttl: Duration,
+    /// Stead's service worker script (`stead-sw.js` of a build of this checkout) for the
+    /// catalog at the bare host: with it, the catalog installs and works offline.
+    pub catalog_worker: Option<Vec<u8>>,
 }
 
 impl RegistryConfig {
@@ -193,6 +197,7 @@ impl RegistryConfig {
             max_manifest_files: 10_000,
             max_manifest_bytes: 4 << 20,
             pending_ttl: Duration::from_secs(3600),
+            catalog_worker: None,
         }
     }
 }
@@ -224,11 +229,12 @@ pub struct Registry {
     pub config: RegistryConfig,
     seen: Mutex<HashMap<[u8; 16], u64>>,
     releases: Mutex<HashMap<(String, String), Arc<Release>>>,
+    pub(crate) catalog: catalog::Catalog,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Registry").field("apps_domain", &self.config.apps_domain).finish_non_exhaustive()
     }
 }
 
@@ -237,7 +243,9 @@ const RELEASE_CACHE: usize = 256;
 
 impl Registry {
     pub fn new(backend: Arc<dyn Backend>, config: RegistryConfig) -> Arc<Registry> {
-        Arc::new(Registry { backend, config, seen: Mutex::default(), releases: Mutex::default() })
+        // Made from files compiled in, which the catalog's tests render.
+        let catalog = catalog::Catalog::new(config.catalog_worker.clone()).expect("the catalog's own manifest and icon render");
+        Arc::new(Registry { backend, config, seen: Mutex::default(), releases: Mutex::default(), catalog })
     }
 
     /// Whether a signature is used for the first time (a replay within the window is not).
