@@ -8,6 +8,8 @@
 //!   bundle manifest `stead-bundle.json`;
 //! - [`tools`]: the Stead checkout apps build against, and the tools a build runs;
 //! - [`serve`]: `stead serve`, stead-server in process;
+//! - [`publish`]: `stead publish`, `versions`, `rollback`: a built app on a server's
+//!   registry, signed with the app's key;
 //! - [`dev`]: `stead dev`: build, serve, rebuild on change, reload open pages;
 //! - [`diag`]: errors with the file, the field and a hint.
 
@@ -20,6 +22,7 @@ pub mod build;
 pub mod dev;
 pub mod diag;
 pub mod pipeline;
+pub mod publish;
 pub mod serve;
 pub mod template;
 pub mod tools;

@@ -20,6 +20,7 @@ use stead_cli::{
     app::App,
     diag::Problem,
     pipeline::{self, BuildOptions},
+    publish,
     serve::{self, ServeOptions},
     template::{self, NewApp},
     tools,
@@ -83,12 +84,48 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Spaces::Open)]
         spaces: Spaces,
     },
+    /// Publish the built app (run `stead build` first) to a Stead server, at its own
+    /// address `NAME.<server's apps domain>`.
+    Publish {
+        #[command(flatten)]
+        on: On,
+        /// The built folder (default: dist in the app's folder).
+        #[arg(long)]
+        dist: Option<PathBuf>,
+        /// A file holding the operator's publish token, for a server that asks one for a
+        /// new app (or set STEAD_PUBLISH_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// List the app's versions on a server, newest first.
+    Versions {
+        #[command(flatten)]
+        on: On,
+    },
+    /// Make an earlier version of the app current again.
+    Rollback {
+        /// The version: 8 or more of its first hex digits (see `stead versions`).
+        version: String,
+        #[command(flatten)]
+        on: On,
+    },
     /// Write stead-bundle.json for an already built app folder.
     Manifest {
         /// The build folder (holds index.html).
         #[arg(default_value = "dist")]
         dist: PathBuf,
     },
+}
+
+/// Which server, and which app on it.
+#[derive(clap::Args)]
+struct On {
+    /// The Stead server (default: STEAD_SERVER, else http://localhost:8080).
+    #[arg(long)]
+    server: Option<String>,
+    /// The app's name on the server, a DNS label (default: the app folder's name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +196,9 @@ fn run(cmd: Cmd) -> Result<(), Problem> {
             stead_cli::dev::run(app, port)
         }
         Cmd::Serve { dir, port, host, database, spaces } => serve_cmd(dir, port, host, database, spaces),
+        Cmd::Publish { on, dist, token_file } => publish_cmd(on, dist, token_file),
+        Cmd::Versions { on } => versions_cmd(on),
+        Cmd::Rollback { version, on } => rollback_cmd(on, &version),
         Cmd::Manifest { dist } => {
             let m = stead_cli::build::write_bundle_manifest(&dist)
                 .map_err(|e| Problem::new(format!("cannot write the bundle manifest of {}: {e}", dist.display())))?;
@@ -234,4 +274,79 @@ fn serve_cmd(dir: Option<PathBuf>, port: Option<u16>, host: IpAddr, database: Op
         eprintln!("stopping");
         running.stop().await
     })
+}
+
+/// The server, the app (when run in one) and the target they make.
+fn target(on: On, token: Option<String>) -> Result<(publish::Target, Option<App>), Problem> {
+    let app = App::find(&cwd()?).ok();
+    let server = on.server.or_else(|| std::env::var("STEAD_SERVER").ok().filter(|s| !s.is_empty())).unwrap_or_else(|| "http://localhost:8080".into());
+    Ok((publish::Target::new(&server, on.name.as_deref(), app.as_ref(), token)?, app))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Problem> {
+    tokio::runtime::Runtime::new().map_err(|e| Problem::new(format!("cannot start the async runtime: {e}")))
+}
+
+fn publish_cmd(on: On, dist: Option<PathBuf>, token_file: Option<PathBuf>) -> Result<(), Problem> {
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|e| Problem::new(format!("cannot read the token file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("STEAD_PUBLISH_TOKEN").ok().filter(|t| !t.trim().is_empty()),
+    };
+    let (target, app) = target(on, token)?;
+    let dist = match (dist, &app) {
+        (Some(d), _) => cwd()?.join(d),
+        (None, Some(app)) => app.dir.join("dist"),
+        (None, None) => cwd()?.join("dist"),
+    };
+    let name = target.name.clone();
+    let server = target.server.clone();
+    let done = runtime()?.block_on(publish::publish(target, &dist, app.as_ref().map(|a| a.dir.as_path())))?;
+    if done.key_created {
+        eprintln!("Made {name}'s publishing key: {} (keep a backup: only this key can publish {name} again)", done.key_path.display());
+    }
+    eprintln!(
+        "Published {name} {} to {server} in {} ms ({} files uploaded, {} bytes; app id {}).",
+        publish::short(&done.version),
+        done.elapsed.as_millis(),
+        done.uploaded_files,
+        done.uploaded_bytes,
+        done.app_id
+    );
+    // The URL alone on stdout, for scripts.
+    println!("{}", done.url);
+    Ok(())
+}
+
+fn versions_cmd(on: On) -> Result<(), Problem> {
+    let (target, _) = target(on, None)?;
+    let listed = runtime()?.block_on(publish::versions(target))?;
+    println!("{} (app id {})", listed.app, listed.app_id);
+    for v in &listed.versions {
+        let mark = if v.current { "*" } else { " " };
+        let age = stead_core::env::Clock::now_ms(&stead_core::env::SystemClock).saturating_sub(v.published_ms) / 1000;
+        println!("{mark} {}  {:>5} files  {:>10} bytes  {}", publish::short(&v.version), v.files, v.bytes, ago(age));
+    }
+    Ok(())
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+fn rollback_cmd(on: On, version: &str) -> Result<(), Problem> {
+    let (target, app) = target(on, None)?;
+    let name = target.name.clone();
+    let moved = runtime()?.block_on(publish::rollback(target, version, app.as_ref().map(|a| a.dir.as_path())))?;
+    eprintln!("{name} is back at {}.", publish::short(&moved.current));
+    Ok(())
 }

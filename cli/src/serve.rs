@@ -84,7 +84,7 @@ pub async fn start(opts: &ServeOptions) -> Result<Running, Problem> {
         Problem::new(format!("cannot listen on {}:{}: {e}", opts.host, opts.port)).help("another program uses the port: pass `--port N`, or `--port 0` for any free one")
     })?;
     let addr = listener.local_addr().map_err(|e| Problem::new(format!("cannot read the listening address: {e}")))?;
-    let config = stead_server::Config { bundle_dir: opts.dir.clone(), sync: Some(service), retired: false, http: Default::default() };
+    let config = stead_server::Config { bundle_dir: opts.dir.clone(), sync: Some(service), retired: false, http: Default::default(), registry: None };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(stead_server::serve(listener, config, async move {
         let _ = stopped.await;

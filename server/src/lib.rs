@@ -6,6 +6,10 @@
 //! logs; `/blobs/{sha256}` stores encrypted blobs; `/metrics` is Prometheus text. Storage
 //! is SQLite by default and PostgreSQL for several nodes ([`storage`]).
 //!
+//! The app registry (when [`Config::registry`] holds one, [`registry`]): publishers use
+//! `/_registry/v1/` with requests signed by their app's key, and each published app is
+//! served at its own origin `{app}.{apps domain}`, chosen by the `Host` header.
+//!
 //! Files are read from the bundle folder on every request, so a rebuilt bundle is served
 //! at once. The headers are chosen for the service worker: its script and the bundle
 //! manifest are `no-cache` (the worker must always see the newest), content-hashed files
@@ -33,6 +37,7 @@ pub mod error;
 mod http;
 mod listen;
 pub mod metrics;
+pub mod registry;
 pub mod service;
 mod socket;
 pub mod storage;
@@ -40,6 +45,7 @@ mod sync;
 
 pub use error::{Error, Result};
 pub use listen::HttpLimits;
+pub use registry::{Registry, RegistryConfig};
 pub use service::{Limits, Service, SpaceCreation};
 
 /// The MIME type the server and the bundle manifest give a path.
@@ -61,6 +67,9 @@ pub struct Config {
     pub retired: bool,
     /// Bounds on connections: counts, and deadlines for slow clients.
     pub http: HttpLimits,
+    /// The app registry: `/_registry/v1/`, and each published app at its own origin
+    /// `{app}.{apps domain}`.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// The server's routes: `/healthz`, sync (when configured) and the bundle's files.
@@ -80,19 +89,53 @@ pub fn router(config: Config) -> Router {
             .with_state(service);
         router = router.merge(sync);
     }
+    if let Some(reg) = config.registry.clone() {
+        use axum::extract::DefaultBodyLimit;
+        use axum::routing::{post, put};
+        let c = &reg.config;
+        let json_limit = c.max_manifest_bytes + 64 * 1024 + c.max_manifest_files * 128;
+        let registry = Router::new()
+            .route("/_registry/v1/", get(registry::http::info))
+            .route("/_registry/v1/apps", get(registry::http::apps))
+            .route("/_registry/v1/apps/{name}/missing", post(registry::http::missing))
+            .route("/_registry/v1/apps/{name}/versions", get(registry::http::versions).post(registry::http::publish))
+            .route("/_registry/v1/apps/{name}/rollback", post(registry::http::rollback))
+            .layer(DefaultBodyLimit::max(json_limit))
+            .route(
+                "/_registry/v1/apps/{name}/files/{sha256}",
+                put(registry::http::put_file).layer(DefaultBodyLimit::max(usize::try_from(c.max_file_bytes).unwrap_or(usize::MAX).saturating_add(1))),
+            )
+            .with_state(reg);
+        router = router.merge(registry);
+    }
     let body_idle = config.http.body_idle_timeout;
     router
-        .fallback(serve_file)
+        .fallback(serve_root)
         .with_state(Arc::new(config))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
 }
 
-async fn serve_file(
-    State(config): State<Arc<Config>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+/// Every path no route took: on an app's origin (`{app}.{apps domain}`) the app's files,
+/// on the bare host the catalog of published apps when the registry is on
+/// ([`registry::catalog`]), else the bundle folder's files ([`serve_file`]).
+async fn serve_root(State(config): State<Arc<Config>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(reg) = &config.registry {
+        match registry::site::site(&headers, &reg.config.apps_domain) {
+            Ok(registry::site::Site::Bare) => return registry::catalog::serve(reg, &method, &uri, &headers).await,
+            Ok(registry::site::Site::App(name)) => {
+                if method != Method::GET && method != Method::HEAD {
+                    return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here").into_response();
+                }
+                return registry::site::serve(reg, &name, &method, &uri, &headers).await;
+            }
+            Ok(registry::site::Site::NoApp) => return (StatusCode::NOT_FOUND, "no app can have this name").into_response(),
+            Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+        }
+    }
+    serve_file(config, method, uri, headers).await
+}
+
+async fn serve_file(config: Arc<Config>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here").into_response();
     }
@@ -114,15 +157,23 @@ async fn serve_file(
         return (StatusCode::NOT_FOUND, format!("no file {rel:?} in this bundle")).into_response();
     };
 
-    let etag = format!("\"{}\"", bundle::sha256_hex(&bytes));
-    let cache = if served == WORKER_SCRIPT || served == MANIFEST_FILE || !bundle::is_content_hashed(&served) {
+    let sha = bundle::sha256_hex(&bytes);
+    file_response(&method, &headers, &served, bytes, &sha)
+}
+
+/// A file's response with the headers the service worker relies on: `no-cache` for the
+/// worker script, the bundle manifest and names without a content hash, `immutable` for
+/// the rest, `ETag` = its SHA-256 (`sha256`, hex) with 304s.
+pub(crate) fn file_response(method: &Method, headers: &HeaderMap, served: &str, bytes: Vec<u8>, sha256: &str) -> Response {
+    let etag = format!("\"{sha256}\"");
+    let cache = if served == WORKER_SCRIPT || served == MANIFEST_FILE || !bundle::is_content_hashed(served) {
         "no-cache"
     } else {
         "public, max-age=31536000, immutable"
     };
     let mut response = if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         StatusCode::NOT_MODIFIED.into_response()
-    } else if method == Method::HEAD {
+    } else if *method == Method::HEAD {
         let mut r = Response::new(Body::empty());
         r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         r
@@ -130,7 +181,7 @@ async fn serve_file(
         Response::new(Body::from(bytes))
     };
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&mime_for(&served)).expect("ascii mime"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&mime_for(served)).expect("ascii mime"));
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii etag"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     if served == WORKER_SCRIPT {
@@ -140,7 +191,7 @@ async fn serve_file(
     response
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -155,7 +206,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// decoding, and a double encoding a second chance at one). The path can then neither
 /// climb out of the bundle folder nor replace it with an absolute path in `join`; where
 /// it still leads (through a symlink) is checked in [`read`].
-fn clean_path(path: &str) -> Option<String> {
+pub(crate) fn clean_path(path: &str) -> Option<String> {
     let rest = path.strip_prefix('/')?;
     if rest.is_empty() {
         return Some(String::new());

@@ -3,6 +3,8 @@
 //! Run with `stead-server --dir dist --port 8080`; `--port 0` picks a free port. The first
 //! line on stdout is `listening on http://ADDR`, which scripts and tests read. Sync data
 //! goes to `--database` (a SQLite file, created on first start, or `postgres://...`).
+//! With `--apps-domain DOMAIN` it also hosts published apps, each at `{app}.DOMAIN`
+//! (`REGISTRY.md`).
 
 use std::{io::Write, net::IpAddr, path::PathBuf};
 
@@ -97,6 +99,33 @@ struct Args {
     /// Largest blob in bytes.
     #[arg(long, default_value_t = stead_server::Limits::default().max_blob_bytes)]
     max_blob_bytes: usize,
+    /// Host the app registry under this domain: each published app is served at
+    /// `{app}.{domain}` (`localhost` locally; behind a wildcard DNS name and TLS in
+    /// production, see DEPLOY.md), publishers use `/_registry/v1/`. Needs sync storage.
+    #[arg(long)]
+    apps_domain: Option<String>,
+    /// Who may claim a new app name: `open` (anyone), `token` (whoever sends a token of
+    /// `--publish-tokens-file` in the `Stead-Publish-Token` header) or `closed`. Apps
+    /// already here are published to by their own key alone.
+    #[arg(long, value_enum, default_value_t = Creation::Closed)]
+    new_apps: Creation,
+    /// A file of publish tokens, one per line (with `--new-apps token`).
+    #[arg(long)]
+    publish_tokens_file: Option<PathBuf>,
+    /// Stead's service worker script for the catalog at the bare host (`stead-sw.js` of an
+    /// app built with this version of Stead): with it the catalog installs and works
+    /// offline. Default: `--dir`'s `stead-sw.js`, when there is one.
+    #[arg(long)]
+    catalog_worker: Option<PathBuf>,
+    /// Largest file of a published app, in bytes.
+    #[arg(long, default_value_t = stead_server::RegistryConfig::new("localhost").max_file_bytes)]
+    max_app_file_bytes: u64,
+    /// Bytes of the distinct files an app's kept versions list, at most.
+    #[arg(long, default_value_t = stead_server::RegistryConfig::new("localhost").max_app_bytes)]
+    max_app_bytes: u64,
+    /// Versions kept per app: publishing past it drops the oldest (never the current).
+    #[arg(long, default_value_t = stead_server::RegistryConfig::new("localhost").max_versions)]
+    max_app_versions: usize,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -115,17 +144,22 @@ enum Creation {
 
 /// The creation policy the flags ask for.
 fn creation(args: &Args) -> anyhow::Result<stead_server::SpaceCreation> {
+    policy(args.spaces, args.creation_tokens_file.as_ref(), "--spaces token needs --creation-tokens-file")
+}
+
+/// A creation policy (of spaces or of app names) from its flags.
+fn policy(creation: Creation, tokens_file: Option<&PathBuf>, missing: &'static str) -> anyhow::Result<stead_server::SpaceCreation> {
     use stead_server::SpaceCreation;
-    Ok(match args.spaces {
+    Ok(match creation {
         Creation::Open => SpaceCreation::Open,
         Creation::Closed => SpaceCreation::Closed,
         Creation::Token => {
-            let path = args.creation_tokens_file.as_ref().context("--spaces token needs --creation-tokens-file")?;
+            let path = tokens_file.context(missing)?;
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let tokens: Vec<&str> = text.lines().map(str::trim).filter(|t| !t.is_empty() && !t.starts_with('#')).collect();
             anyhow::ensure!(!tokens.is_empty(), "{} holds no tokens", path.display());
             for t in &tokens {
-                anyhow::ensure!(t.len() >= 16, "creation tokens must be at least 16 characters long");
+                anyhow::ensure!(t.len() >= 16, "tokens must be at least 16 characters long");
             }
             SpaceCreation::Token(tokens.iter().map(|t| stead_server::service::token_hash(t)).collect())
         }
@@ -151,6 +185,8 @@ async fn main() -> anyhow::Result<()> {
         None => PathBuf::from("dist"),
     };
     anyhow::ensure!(!args.no_sync || dir.is_dir(), "bundle folder {} does not exist", dir.display());
+    anyhow::ensure!(!args.no_sync || args.apps_domain.is_none(), "--apps-domain needs sync storage: drop --no-sync");
+    let mut registry = None;
     let sync = if args.no_sync {
         None
     } else {
@@ -189,6 +225,20 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("cannot open the database {}", redact(&args.database)))?;
         tracing::info!(backend = backend.kind(), "sync storage ready");
+        if let Some(domain) = &args.apps_domain {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            stead_server::registry::check_domain(&domain).map_err(anyhow::Error::msg)?;
+            let config = stead_server::RegistryConfig {
+                new_apps: policy(args.new_apps, args.publish_tokens_file.as_ref(), "--new-apps token needs --publish-tokens-file")?,
+                max_file_bytes: args.max_app_file_bytes,
+                max_app_bytes: args.max_app_bytes,
+                max_versions: args.max_app_versions.max(1),
+                catalog_worker: catalog_worker(args.catalog_worker.as_deref(), &dir)?,
+                ..stead_server::RegistryConfig::new(&domain)
+            };
+            tracing::info!(domain, "app registry on");
+            registry = Some(stead_server::Registry::new(backend.clone(), config));
+        }
         Some(stead_server::Service::new(backend, limits))
     };
     let listener = tokio::net::TcpListener::bind((args.host, args.port))
@@ -204,10 +254,22 @@ async fn main() -> anyhow::Result<()> {
         header_timeout: std::time::Duration::from_millis(args.header_timeout_ms),
         body_idle_timeout: std::time::Duration::from_millis(args.body_idle_timeout_ms),
     };
-    let config = stead_server::Config { bundle_dir: dir, sync, retired: args.retire, http };
+    let config = stead_server::Config { bundle_dir: dir, sync, retired: args.retire, http, registry };
     stead_server::serve(listener, config, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The catalog's worker script: the one named, else the bundle folder's if it has one.
+fn catalog_worker(named: Option<&std::path::Path>, dir: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match named {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read the catalog's worker {}", path.display()))?;
+            anyhow::ensure!(!bytes.is_empty(), "the catalog's worker {} is empty", path.display());
+            Ok(Some(bytes))
+        }
+        None => Ok(std::fs::read(dir.join(stead_core::bundle::WORKER_SCRIPT)).ok().filter(|b| !b.is_empty())),
+    }
 }
 
 async fn shutdown_signal() {

@@ -25,7 +25,8 @@ use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::log::{ChainTip, Entry, Hash, Limits, VersionVector};
 
 use super::pool::{Pool, Pooled};
-use super::{Backend, PutBlob, Remote, StoredMembers, WriteTx, hash32, id16, trim_bytes};
+use super::apps::{self, AppTx};
+use super::{AppQuota, AppStore, Backend, Moved, NewVersion, PutBlob, PutFile, Remote, StoredApp, StoredMembers, StoredVersion, WriteTx, hash32, id16, trim_bytes};
 use crate::error::Result;
 
 const CHANNEL: &str = "stead_entries";
@@ -53,7 +54,49 @@ CREATE TABLE IF NOT EXISTS blobs (
     bytes BYTEA NOT NULL,
     PRIMARY KEY (space, hash)
 );
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    app_id BYTEA NOT NULL,
+    current TEXT,
+    created BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS app_versions (
+    app TEXT NOT NULL,
+    version TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    manifest BYTEA NOT NULL,
+    worker BYTEA NOT NULL,
+    worker_size BIGINT NOT NULL,
+    signature BYTEA NOT NULL,
+    published BIGINT NOT NULL,
+    PRIMARY KEY (app, version)
+);
+CREATE TABLE IF NOT EXISTS app_version_files (
+    app TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha BYTEA NOT NULL,
+    PRIMARY KEY (app, version, sha)
+);
+CREATE INDEX IF NOT EXISTS app_version_files_sha ON app_version_files (sha);
+CREATE TABLE IF NOT EXISTS app_files (
+    sha BYTEA PRIMARY KEY,
+    size BIGINT NOT NULL,
+    bytes BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS app_pending (
+    app TEXT NOT NULL,
+    sha BYTEA NOT NULL,
+    size BIGINT NOT NULL,
+    expires BIGINT NOT NULL,
+    PRIMARY KEY (app, sha)
+);
+CREATE INDEX IF NOT EXISTS app_pending_sha ON app_pending (sha);
 ";
+
+/// The advisory lock every registry write takes for its transaction: publications are
+/// rare, and one at a time no file can be swept while another app's version comes to
+/// list it.
+const REGISTRY_LOCK: i64 = 7465616401;
 
 pub struct Postgres {
     url: String,
@@ -383,4 +426,225 @@ fn parse_vector(list: &str) -> Option<VersionVector> {
         vv.insert(ReplicaId(replica), next.parse().ok()?);
     }
     Some(vv)
+}
+
+struct PgAppTx<'a, 'b>(&'a mut postgres::Transaction<'b>, u64);
+
+const VERSION_COLUMNS: &str = "version, manifest, worker, worker_size, signature, published, seq";
+
+fn to_version(r: &postgres::Row) -> Result<StoredVersion> {
+    super::sqlite::to_version((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
+}
+
+impl AppTx for PgAppTx<'_, '_> {
+    fn current(&mut self, app: &str) -> Result<Option<Option<String>>> {
+        Ok(self.0.query_opt("SELECT current FROM apps WHERE name = $1 FOR UPDATE", &[&app])?.map(|r| r.get(0)))
+    }
+
+    fn has_version(&mut self, app: &str, version: &str) -> Result<bool> {
+        Ok(self.0.query_opt("SELECT 1 FROM app_versions WHERE app = $1 AND version = $2", &[&app, &version])?.is_some())
+    }
+
+    fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>> {
+        Ok(self.0.query_opt("SELECT size FROM app_files WHERE sha = $1", &[&&sha256[..]])?.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    fn next_seq(&mut self, app: &str) -> Result<i64> {
+        Ok(self.0.query_one("SELECT COALESCE(MAX(seq), 0) + 1 FROM app_versions WHERE app = $1", &[&app])?.get(0))
+    }
+
+    fn insert_version(&mut self, new: &NewVersion, seq: i64) -> Result<()> {
+        let v = &new.version;
+        self.0.execute(
+            "INSERT INTO app_versions (app, version, seq, manifest, worker, worker_size, signature, published)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&new.app, &v.version, &seq, &v.manifest, &&v.worker_sha256[..], &(v.worker_size as i64), &&v.signature[..], &(self.1 as i64)],
+        )?;
+        for (sha, _) in &new.files {
+            self.0.execute(
+                "INSERT INTO app_version_files (app, version, sha) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&new.app, &v.version, &&sha[..]],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn set_current(&mut self, app: &str, version: &str) -> Result<()> {
+        self.0.execute("UPDATE apps SET current = $2 WHERE name = $1", &[&app, &version])?;
+        Ok(())
+    }
+
+    fn version_names(&mut self, app: &str) -> Result<Vec<String>> {
+        Ok(self.0.query("SELECT version FROM app_versions WHERE app = $1 ORDER BY seq DESC", &[&app])?.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn delete_version(&mut self, app: &str, version: &str) -> Result<Vec<[u8; 32]>> {
+        let rows = self.0.query("DELETE FROM app_version_files WHERE app = $1 AND version = $2 RETURNING sha", &[&app, &version])?;
+        self.0.execute("DELETE FROM app_versions WHERE app = $1 AND version = $2", &[&app, &version])?;
+        rows.iter().map(|r| hash32(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    fn app_bytes(&mut self, app: &str) -> Result<u64> {
+        let n: i64 = self
+            .0
+            .query_one(
+                "SELECT COALESCE(SUM(size), 0)::BIGINT FROM app_files WHERE sha IN (SELECT sha FROM app_version_files WHERE app = $1)",
+                &[&app],
+            )?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    fn clear_pending(&mut self, app: &str, files: &[([u8; 32], u64)]) -> Result<()> {
+        for (sha, _) in files {
+            self.0.execute("DELETE FROM app_pending WHERE app = $1 AND sha = $2", &[&app, &&sha[..]])?;
+        }
+        Ok(())
+    }
+
+    fn delete_unreferenced(&mut self, files: &[[u8; 32]], now_ms: u64) -> Result<()> {
+        for sha in files {
+            self.0.execute(
+                "DELETE FROM app_files WHERE sha = $1
+                   AND NOT EXISTS (SELECT 1 FROM app_version_files WHERE sha = $1)
+                   AND NOT EXISTS (SELECT 1 FROM app_pending WHERE sha = $1 AND expires > $2)",
+                &[&&sha[..], &(now_ms as i64)],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Postgres {
+    /// Runs `f` in one write transaction under the registry's lock, committed only when
+    /// it returns `Moved::Done` (or when `always` says so).
+    fn registry_tx<T>(&self, f: impl FnOnce(&mut PgAppTx<'_, '_>) -> Result<T>, commit: impl FnOnce(&T) -> bool) -> Result<T> {
+        with(&self.pool, |c| {
+            let mut tx = c.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REGISTRY_LOCK])?;
+            let out = f(&mut PgAppTx(&mut tx, now_ms()))?;
+            if commit(&out) {
+                tx.commit()?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    use stead_core::env::Clock;
+    stead_core::env::SystemClock.now_ms()
+}
+
+impl AppStore for Postgres {
+    fn app(&self, name: &str) -> Result<Option<StoredApp>> {
+        with(&self.pool, |c| {
+            let row = c.query_opt("SELECT app_id, current FROM apps WHERE name = $1", &[&name])?;
+            row.map(|r| Ok(StoredApp { name: name.to_owned(), app_id: hash32(r.get::<_, &[u8]>(0))?, current: r.get(1) })).transpose()
+        })
+    }
+
+    fn apps(&self) -> Result<Vec<StoredApp>> {
+        with(&self.pool, |c| {
+            let rows = c.query("SELECT name, app_id, current FROM apps WHERE current IS NOT NULL ORDER BY name", &[])?;
+            rows.iter().map(|r| Ok(StoredApp { name: r.get(0), app_id: hash32(r.get::<_, &[u8]>(1))?, current: r.get(2) })).collect()
+        })
+    }
+
+    fn claim_app(&self, name: &str, app_id: &[u8; 32], now_ms: u64) -> Result<StoredApp> {
+        with(&self.pool, |c| {
+            c.execute(
+                "INSERT INTO apps (name, app_id, current, created) VALUES ($1, $2, NULL, $3) ON CONFLICT (name) DO NOTHING",
+                &[&name, &&app_id[..], &(now_ms as i64)],
+            )?;
+            Ok(())
+        })?;
+        self.app(name)?.ok_or(crate::Error::NotFound)
+    }
+
+    fn missing_files(&self, app: &str, wanted: &[([u8; 32], u64)], now_ms: u64, expires_ms: u64, max_pending: u64) -> Result<Result<Vec<[u8; 32]>, u64>> {
+        self.registry_tx(
+            |tx| {
+                let expired = tx.0.query("DELETE FROM app_pending WHERE expires <= $1 RETURNING sha", &[&(now_ms as i64)])?;
+                let expired: Vec<[u8; 32]> = expired.iter().map(|r| hash32(r.get::<_, &[u8]>(0))).collect::<Result<_>>()?;
+                tx.delete_unreferenced(&expired, now_ms)?;
+                let mut missing = Vec::new();
+                for (sha, size) in wanted {
+                    if tx.file_size(sha)?.is_some() {
+                        continue;
+                    }
+                    tx.0.execute(
+                        "INSERT INTO app_pending (app, sha, size, expires) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (app, sha) DO UPDATE SET size = excluded.size, expires = excluded.expires",
+                        &[&app, &&sha[..], &(*size as i64), &(expires_ms as i64)],
+                    )?;
+                    missing.push(*sha);
+                }
+                let pending: i64 = tx
+                    .0
+                    .query_one("SELECT COALESCE(SUM(size), 0)::BIGINT FROM app_pending WHERE app = $1 AND expires > $2", &[&app, &(now_ms as i64)])?
+                    .get(0);
+                Ok(if pending as u64 > max_pending { Err(pending as u64) } else { Ok(missing) })
+            },
+            |out| out.is_ok(),
+        )
+    }
+
+    fn pending_size(&self, app: &str, sha256: &[u8; 32], now_ms: u64) -> Result<Option<u64>> {
+        with(&self.pool, |c| {
+            let row = c.query_opt(
+                "SELECT size FROM app_pending WHERE app = $1 AND sha = $2 AND expires > $3",
+                &[&app, &&sha256[..], &(now_ms as i64)],
+            )?;
+            Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    fn put_file(&self, app: &str, sha256: &[u8; 32], bytes: &[u8], now_ms: u64) -> Result<PutFile> {
+        // Under the registry's lock, so the announcement cannot be swept meanwhile.
+        self.registry_tx(
+            |tx| {
+                let n = tx.0.execute(
+                    "INSERT INTO app_files (sha, size, bytes) SELECT $1, $2, $3
+                     WHERE EXISTS (SELECT 1 FROM app_pending WHERE app = $4 AND sha = $1 AND expires > $5)
+                     ON CONFLICT (sha) DO NOTHING",
+                    &[&&sha256[..], &(bytes.len() as i64), &bytes, &app, &(now_ms as i64)],
+                )?;
+                Ok(if n == 1 {
+                    PutFile::Created
+                } else if tx.file_size(sha256)?.is_some() {
+                    PutFile::Exists
+                } else {
+                    PutFile::NotAnnounced
+                })
+            },
+            |_| true,
+        )
+    }
+
+    fn file(&self, sha256: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        with(&self.pool, |c| Ok(c.query_opt("SELECT bytes FROM app_files WHERE sha = $1", &[&&sha256[..]])?.map(|r| r.get(0))))
+    }
+
+    fn publish(&self, new: &NewVersion, quota: AppQuota) -> Result<Moved> {
+        self.registry_tx(|tx| apps::publish(tx, new, quota, now_ms()), |m| matches!(m, Moved::Done { .. }))
+    }
+
+    fn rollback(&self, app: &str, to: &str, previous: Option<&str>) -> Result<Moved> {
+        self.registry_tx(|tx| apps::rollback(tx, app, to, previous), |m| matches!(m, Moved::Done { .. }))
+    }
+
+    fn versions(&self, app: &str) -> Result<Vec<StoredVersion>> {
+        with(&self.pool, |c| {
+            let rows = c.query(&format!("SELECT {VERSION_COLUMNS} FROM app_versions WHERE app = $1 ORDER BY seq DESC"), &[&app])?;
+            rows.iter().map(to_version).collect()
+        })
+    }
+
+    fn version(&self, app: &str, version: &str) -> Result<Option<StoredVersion>> {
+        with(&self.pool, |c| {
+            let row = c.query_opt(&format!("SELECT {VERSION_COLUMNS} FROM app_versions WHERE app = $1 AND version = $2"), &[&app, &version])?;
+            row.as_ref().map(to_version).transpose()
+        })
+    }
 }
