@@ -366,3 +366,63 @@ pub fn manifest(dir: &Path) -> Result<stead_core::bundle::BundleManifest> {
     let bytes = std::fs::read(dir.join(stead_core::bundle::MANIFEST_FILE))?;
     Ok(stead_core::bundle::BundleManifest::parse(&bytes)?)
 }
+
+/// Puts `<meta name="stead-e2e" content="{marker}">` into a built app's `index.html` and
+/// writes its bundle manifest again: a new version that differs in one file.
+pub fn rebuild_with_marker(dir: &Path, marker: &str) -> Result<stead_core::bundle::BundleManifest> {
+    let index = dir.join("index.html");
+    let html = std::fs::read_to_string(&index)?;
+    let html = html.replacen("<head>", &format!("<head><meta name=\"stead-e2e\" content=\"{marker}\">"), 1);
+    std::fs::write(&index, html)?;
+    Ok(stead_cli::build::write_bundle_manifest(dir)?)
+}
+
+impl Browser {
+    /// The marker [`rebuild_with_marker`] put into the page this browser shows.
+    pub async fn marker(&self) -> Result<Option<String>> {
+        let v = self.js("const m = document.querySelector('meta[name=stead-e2e]'); return m && m.content;").await?;
+        Ok(v.as_str().map(str::to_owned))
+    }
+
+    /// Chromium's installability errors for the page, once it has decided (it fetches the
+    /// manifest and icons in its own time).
+    pub async fn installability_errors(&self) -> Result<Vec<Value>> {
+        let settled = wait_for("Chromium's installability verdict", Duration::from_secs(30), || async {
+            let r = self.cdp("Page.getInstallabilityErrors", serde_json::json!({})).await?;
+            let errors = r["installabilityErrors"].as_array().cloned().unwrap_or_default();
+            // Until the page and worker are ready, Chromium may report transient states.
+            let settled = errors.iter().all(|e| e["errorId"] != "no-manifest" && e["errorId"] != "not-offline-capable");
+            Ok(settled.then_some(errors))
+        })
+        .await;
+        match settled {
+            Ok(e) => Ok(e),
+            Err(_) => Ok(self.cdp("Page.getInstallabilityErrors", serde_json::json!({})).await?["installabilityErrors"].as_array().cloned().unwrap_or_default()),
+        }
+    }
+
+    /// Adds an item to the list of the app `stead new` makes.
+    pub async fn add_item(&self, text: &str) -> Result<()> {
+        let input = wait_for("the new-item field", Duration::from_secs(30), || async { Ok(self.driver.find(By::Id("new-item")).await.ok()) }).await?;
+        wait_for("the app's space to open", Duration::from_secs(30), || async {
+            Ok(self.driver.find(By::Id("add")).await?.is_enabled().await?.then_some(()))
+        })
+        .await?;
+        input.send_keys(text).await?;
+        self.driver.find(By::Id("add")).await?.click().await?;
+        Ok(())
+    }
+
+    /// Waits until the list of the app `stead new` makes shows an item with this text.
+    pub async fn wait_item(&self, text: &str) -> Result<()> {
+        wait_for(&format!("{text:?} to show"), Duration::from_secs(30), || async {
+            for item in self.driver.find_all(By::Css("#items li span")).await? {
+                if item.text().await? == text {
+                    return Ok(Some(()));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+}

@@ -103,8 +103,10 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
         return out;
     }
     let mut upstream = ctx.client.request(req.method().clone(), format!("{}{path_and_query}", ctx.upstream));
+    // The Host goes through as the browser sent it: the server tells apps apart by it
+    // (`{app}.localhost:{proxy port}`), and its links then point back at the proxy.
     for (name, value) in req.headers() {
-        if name != "host" && name != "connection" {
+        if name != "connection" {
             upstream = upstream.header(name, value);
         }
     }

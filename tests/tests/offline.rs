@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Result;
 use serde_json::Value;
-use stead_e2e::{Browser, Env, Server, manifest, proxy::Proxy, wait_for};
+use stead_e2e::{Browser, Env, Server, manifest, proxy::Proxy, rebuild_with_marker, wait_for};
 use thirtyfour::prelude::*;
 
 fn as_str(v: &Value, key: &str) -> Option<String> {
@@ -137,19 +137,6 @@ async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<
 }
 
 /// Changes `index.html` in a build folder and rewrites its manifest, as a rebuild would.
-fn rebuild_with_marker(dir: &std::path::Path, marker: &str) -> Result<stead_core::bundle::BundleManifest> {
-    let index = dir.join("index.html");
-    let html = std::fs::read_to_string(&index)?;
-    let html = html.replacen("<head>", &format!("<head><meta name=\"stead-e2e\" content=\"{marker}\">"), 1);
-    std::fs::write(&index, html)?;
-    Ok(stead_cli::build::write_bundle_manifest(dir)?)
-}
-
-async fn marker(browser: &Browser) -> Result<Option<String>> {
-    let v = browser.js("const m = document.querySelector('meta[name=stead-e2e]'); return m && m.content;").await?;
-    Ok(v.as_str().map(str::to_owned))
-}
-
 #[tokio::test]
 async fn an_update_downloads_only_changed_files_and_switches_when_asked() -> Result<()> {
     let env = Env::get()?;
@@ -168,14 +155,14 @@ async fn an_update_downloads_only_changed_files_and_switches_when_asked() -> Res
         Ok(browser.driver.find(By::Id("stead-update")).await.ok())
     })
     .await?;
-    assert_eq!(marker(&browser).await?, None, "the page still runs the old version");
+    assert_eq!(browser.marker().await?, None, "the page still runs the old version");
     let status = browser.status().await?;
     assert_eq!(as_str(&status, "pending_version"), Some(v2.version.clone()));
     assert_eq!(as_str(&status, "active_version"), Some(v1.version.clone()));
 
     button.click().await?;
     wait_for("the new version to show", Duration::from_secs(30), || async {
-        Ok((marker(&browser).await?.as_deref() == Some("v2")).then_some(()))
+        Ok((browser.marker().await?.as_deref() == Some("v2")).then_some(()))
     })
     .await?;
     let downloads: Vec<String> = proxy.take_downloads().into_iter().map(|(p, _)| p).collect();
@@ -221,7 +208,7 @@ async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -
     // The old version still serves, online and off.
     browser.driver.refresh().await?;
     browser.add_todo("still on v1").await?;
-    assert_eq!(marker(&browser).await?, None);
+    assert_eq!(browser.marker().await?, None);
     server.kill();
     browser.driver.refresh().await?;
     browser.wait_app().await?;

@@ -48,19 +48,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     browser.wait_controlled().await?;
     wait_element(&browser, "sync-status").await?;
 
-    // Chromium fetches the manifest and icons in its own time: ask until it has decided.
-    let errors = wait_for("Chromium's installability verdict", Duration::from_secs(30), || async {
-        let r = browser.cdp("Page.getInstallabilityErrors", json!({})).await?;
-        let errors = r["installabilityErrors"].as_array().cloned().unwrap_or_default();
-        // Until the page and worker are ready, Chromium may report transient states.
-        let settled = errors.iter().all(|e| e["errorId"] != "no-manifest" && e["errorId"] != "not-offline-capable");
-        Ok(settled.then_some(errors))
-    })
-    .await;
-    let errors = match errors {
-        Ok(e) => e,
-        Err(_) => browser.cdp("Page.getInstallabilityErrors", json!({})).await?["installabilityErrors"].as_array().cloned().unwrap_or_default(),
-    };
+    let errors = browser.installability_errors().await?;
     assert!(errors.is_empty(), "Chromium would not install the template: {errors:?}");
     let manifest = browser.cdp("Page.getAppManifest", json!({})).await?;
     assert!(manifest["url"].as_str().is_some_and(|u| u.ends_with("/manifest.webmanifest")), "{manifest}");
@@ -71,7 +59,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     // Installable, so Chromium offers it: the install button shows.
     wait_element(&browser, "install").await.context("no beforeinstallprompt: the install button stayed hidden")?;
 
-    add_item(&browser, "before").await?;
+    browser.add_item("before").await?;
 
     // A second profile joins through the app's invite link and syncs both ways.
     browser.driver.find(By::Id("invite")).await?.click().await?;
@@ -83,9 +71,9 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     })
     .await?;
     let other = Browser::open(&env, &link).await?;
-    wait_shown(&other, "before").await.context("the joined profile never showed the first profile's item")?;
-    add_item(&other, "from the other profile").await?;
-    wait_shown(&browser, "from the other profile").await.context("the first profile never showed the joined profile's item")?;
+    other.wait_item("before").await.context("the joined profile never showed the first profile's item")?;
+    other.add_item("from the other profile").await?;
+    browser.wait_item("from the other profile").await.context("the first profile never showed the joined profile's item")?;
     browser.screenshot("template").await?;
     other.quit().await?;
 
@@ -93,32 +81,8 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     server.stop().await.map_err(|p| anyhow::anyhow!("{p}"))?;
     browser.stop_workers().await?;
     browser.driver.refresh().await?;
-    wait_shown(&browser, "before").await.context("offline after a worker stop")?;
-    wait_shown(&browser, "from the other profile").await.context("offline after a worker stop")?;
+    browser.wait_item("before").await.context("offline after a worker stop")?;
+    browser.wait_item("from the other profile").await.context("offline after a worker stop")?;
     browser.quit().await
 }
 
-/// Types `text` into the new-item field and adds it.
-async fn add_item(browser: &Browser, text: &str) -> Result<()> {
-    let input = wait_element(browser, "new-item").await?;
-    wait_for("the app's space to open", Duration::from_secs(30), || async {
-        Ok(browser.driver.find(By::Id("add")).await?.is_enabled().await?.then_some(()))
-    })
-    .await?;
-    input.send_keys(text).await?;
-    browser.driver.find(By::Id("add")).await?.click().await?;
-    Ok(())
-}
-
-/// Waits until the list shows an item with this text.
-async fn wait_shown(browser: &Browser, text: &str) -> Result<()> {
-    wait_for(&format!("{text:?} to show"), Duration::from_secs(30), || async {
-        for item in browser.driver.find_all(By::Css("#items li span")).await? {
-            if item.text().await? == text {
-                return Ok(Some(()));
-            }
-        }
-        Ok(None)
-    })
-    .await
-}

@@ -443,7 +443,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("end-to-end tests in Chromium");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "app", "--test", "notes", "--test", "template", "--test", "dev", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "app", "--test", "notes", "--test", "template", "--test", "dev", "--test", "publish", "--", "--test-threads", "2"])
         .env("STEAD_E2E_DIST", &dist)
         .env("STEAD_E2E_NOTES_DIST", &notes_dist)
         .env("STEAD_E2E_TEMPLATE_DIST", template_app.join("dist"))
