@@ -426,25 +426,29 @@ pub(crate) async fn list(reg: &Arc<Registry>, headers: &HeaderMap) -> Result<Vec
     for app in all {
         let Some(current) = app.current.clone() else { continue };
         let url = app_url(reg, &app.name, headers);
-        let (title, description, icon) = match super::site::release(reg, &app.name, &current).await {
-            Ok(release) => web_manifest(reg, &release, &url).await,
-            Err(_) => (None, None, None),
+        // Read once per release: the catalog and `GET apps` are public and may be asked often.
+        let shown = match super::site::release(reg, &app.name, &current).await {
+            Ok(release) => release.shown.get_or_init(|| web_manifest(reg, &release)).await.clone(),
+            Err(_) => super::Shown::default(),
         };
+        let icon = shown.icon.map(|src| format!("{url}{src}"));
+        let (title, description) = (shown.title, shown.description);
         out.push(api::AppInfo { name: app.name, app_id: hex::encode(app.app_id), current, url, title, description, icon });
     }
     Ok(out)
 }
 
-/// Name, description and first icon's URL from the release's `manifest.webmanifest`.
-async fn web_manifest(reg: &Arc<Registry>, release: &Release, url: &str) -> (Option<String>, Option<String>, Option<String>) {
-    let Some(file) = release.manifest.file("manifest.webmanifest") else { return (None, None, None) };
-    let Ok(bytes) = super::site::verified(reg, &file.sha256, file.size).await else { return (None, None, None) };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return (None, None, None) };
+/// Name, description and first icon (as a path on the app's origin) from the release's
+/// `manifest.webmanifest`; nothing of a manifest that is missing, damaged or not JSON.
+async fn web_manifest(reg: &Arc<Registry>, release: &Release) -> super::Shown {
+    let Some(file) = release.manifest.file("manifest.webmanifest") else { return super::Shown::default() };
+    let Ok(bytes) = super::site::verified(reg, &file.sha256, file.size).await else { return super::Shown::default() };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return super::Shown::default() };
     let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(|s| s.chars().take(300).collect::<String>());
     let icon = json
         .get("icons")
         .and_then(|i| i.as_array())
         .and_then(|i| i.iter().filter_map(|i| i.get("src")?.as_str()).find(|s| !s.contains(':') && !s.starts_with("//")))
-        .map(|src| format!("{url}{}", src.trim_start_matches("./").trim_start_matches('/')));
-    (text("name"), text("description"), icon)
+        .map(|src| src.trim_start_matches("./").trim_start_matches('/').to_owned());
+    super::Shown { title: text("name"), description: text("description"), icon }
 }

@@ -221,6 +221,17 @@ pub fn check_domain(domain: &str) -> Result<(), String> {
 pub(crate) struct Release {
     pub stored: StoredVersion,
     pub manifest: BundleManifest,
+    /// What the catalog shows of it, read from its web app manifest once.
+    pub shown: tokio::sync::OnceCell<Shown>,
+}
+
+/// An app's name, description and first icon (a path on its origin), as its web app
+/// manifest gives them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shown {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub icon: Option<String>,
 }
 
 /// The registry: storage, policy, and what it remembers between requests.

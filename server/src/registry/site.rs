@@ -102,7 +102,7 @@ pub(crate) async fn release(reg: &Arc<Registry>, app: &str, version: &str) -> Re
         .ok_or_else(|| text(StatusCode::SERVICE_UNAVAILABLE, format!("{app}'s current version {version} is not stored")))?;
     let manifest = BundleManifest::parse(&stored.manifest)
         .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, format!("{app}'s stored bundle manifest is damaged: {e}")))?;
-    let release = Arc::new(Release { stored, manifest });
+    let release = Arc::new(Release { stored, manifest, shown: Default::default() });
     reg.cache(app, release.clone());
     Ok(release)
 }
