@@ -86,8 +86,13 @@
       // link opens the app, which offers its own install prompt.
       e.preventDefault();
       try {
-        await navigator.install(li.dataset.url, li.dataset.manifestId || undefined);
-      } catch (_) {
+        await navigator.install(li.dataset.url);
+        install.textContent = "Installed";
+        install.setAttribute("aria-disabled", "true");
+        li.dataset.installed = "yes";
+      } catch (err) {
+        // Refused or dismissed: the app's own page offers its install prompt.
+        console.info("catalog: navigator.install did not install", li.dataset.app, err);
         location.href = install.href;
       }
     });
