@@ -89,6 +89,7 @@ async fn published_apps_install_from_the_catalog_update_roll_back_and_keep_apart
         wait_element(&a, &format!("#apps li.app[data-app='{name}']")).await?;
     }
     a.wait_controlled().await.context("the catalog installs Stead's worker")?;
+    a.screenshot("catalog").await?;
     wait_element(&a, "#apps li.app[data-app='e2e-app'] a.open").await?.click().await?;
     wait_for("the app's origin", Duration::from_secs(20), || async {
         Ok((a.driver.current_url().await?.as_str() == format!("http://e2e-app.localhost:{port}/")).then_some(()))

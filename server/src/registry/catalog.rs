@@ -174,8 +174,8 @@ fn app_item(app: &AppInfo) -> String {
     }
     let _ = writeln!(
         s,
-        "<dl>\n<dt>Address</dt><dd>{host}</dd>\n<dt>Version</dt><dd><code title=\"{version}\">{short}</code></dd>\n\
-         <dt>Publisher</dt><dd><code title=\"{id}\">{fingerprint}</code></dd>\n</dl>\n</div>",
+        "<dl>\n<div><dt>Address</dt><dd>{host}</dd></div>\n<div><dt>Version</dt><dd><code title=\"{version}\">{short}</code></dd></div>\n\
+         <div><dt>Publisher</dt><dd><code title=\"{id}\">{fingerprint}</code></dd></div>\n</dl>\n</div>",
         host = escape(app.url.split_once("://").map_or(&app.url[..], |(_, rest)| rest.trim_end_matches('/'))),
         version = escape(&app.current),
         short = escape(app.current.get(..12).unwrap_or(&app.current)),
