@@ -3,8 +3,8 @@
 //!
 //! Per storage kind: the latency of writing one record and of querying 100, taken in the
 //! page with `performance.now()` around `fetch('/_stead/v1/…')` (so it includes the trip
-//! through the worker); the first query after the worker is stopped (wake: worker start
-//! + store open + query) on a space of `small` and of `big` records; and a one-record
+//! through the worker); the first query after the worker is stopped (wake: worker start,
+//! store open and query) on a space of `small` and of `big` records; and a one-record
 //! write (one entry appended) at `small` and at `big` entries. Spaces are filled with the
 //! bulk create, one entry per record. Raw samples go to a CSV.
 
