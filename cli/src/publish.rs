@@ -222,7 +222,13 @@ fn refused(what: &str, status: StatusCode, body: &[u8], target: &Target) -> Prob
     let problem: Option<api::Problem> = serde_json::from_slice(body).ok();
     let text = problem.map(|p| p.error).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
     let hint = match status {
-        StatusCode::UNAUTHORIZED => "check this machine's clock: signed requests must be within a minute of the server's".to_owned(),
+        s if s.is_redirection() => "the server redirects: give --server the address it redirects to (https://…, its exact host)".to_owned(),
+        StatusCode::UNAUTHORIZED if text.contains("time") || text.contains("clock") => {
+            "check this machine's clock: signed requests must be within a minute of the server's".to_owned()
+        }
+        StatusCode::UNAUTHORIZED => {
+            "the signature covers the Host this client sent: a proxy in front of the server must pass the Host on unchanged".to_owned()
+        }
         StatusCode::FORBIDDEN if text.contains("token") => {
             "ask the server's operator for a publish token and pass it with --token-file (or STEAD_PUBLISH_TOKEN)".to_owned()
         }
@@ -253,6 +259,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(300))
+            // A redirect (http to https, another host) would turn a signed POST into a GET
+            // or carry the publish token elsewhere: say so instead of following it.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Problem::new(format!("cannot make an HTTP client: {e}")))?;
         Ok(Client { http, target, key })
@@ -401,7 +410,12 @@ pub async fn publish(target: Target, dist: &Path, app_dir: Option<&Path>) -> Res
                 return Err(Problem::new(format!("{} was published meanwhile (current is now {}): nothing was replaced", target.name, short(&now)))
                     .help("see it with `stead versions`; run `stead publish` again to publish this build on top of it"));
             }
-            StatusCode::UNPROCESSABLE_ENTITY if round < ROUNDS => continue,
+            // Files went missing meanwhile: ask again. Any other 422 is final.
+            StatusCode::UNPROCESSABLE_ENTITY
+                if round < ROUNDS && serde_json::from_slice::<api::Problem>(&body).is_ok_and(|p| !p.missing.is_empty()) =>
+            {
+                continue
+            }
             _ => return Err(refused("publishing", status, &body, &target)),
         }
     }

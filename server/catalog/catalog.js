@@ -23,6 +23,7 @@
   };
   const listed = new Map([...document.querySelectorAll("li.app")].map((li) => [li.dataset.app, li]));
 
+  // `how`: "open", or "installed" once the browser said so.
   function remember(li, how) {
     const apps = load();
     const before = apps[li.dataset.app] || {};
@@ -30,7 +31,7 @@
       title: li.dataset.title,
       url: li.dataset.url,
       version: li.dataset.version,
-      installed: before.installed || how === "install",
+      installed: before.installed || how === "installed",
     };
     save(apps);
     showMine();
@@ -80,13 +81,15 @@
     const install = li.querySelector("a.install");
     if (!install) continue;
     install.addEventListener("click", async (e) => {
-      remember(li, "install");
+      // Remembered as opened: whether it gets installed is the app's prompt's to say.
+      remember(li, "open");
       if (typeof navigator.install !== "function") return;
       // The Web Install API installs the app from here; where the browser refuses, the
       // link opens the app, which offers its own install prompt.
       e.preventDefault();
       try {
         await navigator.install(li.dataset.url);
+        remember(li, "installed");
         install.textContent = "Installed";
         install.setAttribute("aria-disabled", "true");
         li.dataset.installed = "yes";

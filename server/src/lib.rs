@@ -184,6 +184,10 @@ pub(crate) fn file_response(method: &Method, headers: &HeaderMap, served: &str, 
     h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&mime_for(served)).expect("ascii mime"));
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("ascii etag"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    // No other site may frame an app: the apps of one registry are one site, so a framed
+    // app would open with its real data under another app's clickjacking UI. The worker
+    // sends the same policy offline.
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'self'"));
     if served == WORKER_SCRIPT {
         // The worker controls the whole origin even when its script sits elsewhere.
         h.insert("service-worker-allowed", HeaderValue::from_static("/"));

@@ -186,6 +186,8 @@ async fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(!args.no_sync || dir.is_dir(), "bundle folder {} does not exist", dir.display());
     anyhow::ensure!(!args.no_sync || args.apps_domain.is_none(), "--apps-domain needs sync storage: drop --no-sync");
+    // With the registry the bare host is the catalog: there is no one app to withdraw.
+    anyhow::ensure!(!args.retire || args.apps_domain.is_none(), "--retire withdraws the --dir app, which --apps-domain does not serve: drop one of them");
     let mut registry = None;
     let sync = if args.no_sync {
         None

@@ -317,6 +317,13 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     ensure!(c.execute(req).await?.status() == StatusCode::OK);
     let r = c.execute(replay).await?;
     ensure!(r.status() == StatusCode::UNAUTHORIZED && r.text().await?.contains("already used"), "a replayed request is refused");
+    // A request signed for another server (one key publishes an app everywhere), replayed
+    // here with its Host, is not taken.
+    let mut elsewhere = Publisher::new(&server, "todo", key(1));
+    elsewhere.host = "apps.example.com".into();
+    let body = serde_json::to_vec(&api::MissingRequest { files: vec![] })?;
+    let r = elsewhere.signed(reqwest::Method::POST, &elsewhere.path("missing"), body, None).header(header::HOST, "apps.example.com").send().await?;
+    ensure!(r.status() == StatusCode::MISDIRECTED_REQUEST, "a request signed for another server: {}", r.status());
     let old = authorization(
         &todo.key,
         now() - 10 * 60 * 1000,

@@ -161,6 +161,9 @@ fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::File, ver
         if file.immutable { "public, max-age=31536000, immutable" } else { "no-cache" },
     )?;
     headers.set("x-stead-version", version)?;
+    // As the server sends it: no other site may frame the app (apps of one registry are
+    // one site, and a framed app would open with its real data).
+    headers.set("content-security-policy", crate::FRAME_POLICY)?;
     let init = ResponseInit::new();
     init.set_headers(&headers);
     if request.headers().get("if-none-match")?.as_deref() == Some(etag.as_str()) {

@@ -21,6 +21,11 @@ pub mod worker;
 /// The OPFS helpers, shared with the data store's adapter.
 pub use stead_store::opfs::fs as opfs;
 
+
+/// The `Content-Security-Policy` every app file carries, online (stead-server) and
+/// offline (the worker): only the app's own origin may frame it.
+pub const FRAME_POLICY: &str = "frame-ancestors 'self'";
+
 use wasm_bindgen::prelude::*;
 use web_sys::{ExtendableEvent, ExtendableMessageEvent, FetchEvent};
 

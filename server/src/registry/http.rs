@@ -88,6 +88,14 @@ fn authorize(reg: &Registry, method: &Method, uri: &Uri, headers: &HeaderMap, bo
     }
     let verifying = stead_core::sig::public_key(&key).map_err(|e| unauthorized(&format!("the signing key is refused: {e}")))?;
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // The signature covers the Host: it must be one of this server's names, so a request
+    // signed for another server (one key publishes an app everywhere) is not taken here.
+    if !super::site::is_own_host(host, &reg.config.apps_domain) {
+        return Err(Reject::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this request was signed for {host:?}, which is not this server ({} or a name under it)", reg.config.apps_domain),
+        ));
+    }
     let path_and_query = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let msg = request_message(time, &nonce, &key, method.as_str(), host, path_and_query, body_sha256);
     if verifying.verify_strict(&msg, &Signature::from_bytes(&sig)).is_err() {
@@ -428,7 +436,8 @@ pub(crate) async fn list(reg: &Arc<Registry>, headers: &HeaderMap) -> Result<Vec
         let url = app_url(reg, &app.name, headers);
         // Read once per release: the catalog and `GET apps` are public and may be asked often.
         let shown = match super::site::release(reg, &app.name, &current).await {
-            Ok(release) => release.shown.get_or_init(|| web_manifest(reg, &release)).await.clone(),
+            // A read that failed is tried again next time rather than remembered as empty.
+            Ok(release) => release.shown.get_or_try_init(|| web_manifest(reg, &release)).await.cloned().unwrap_or_default(),
             Err(_) => super::Shown::default(),
         };
         let icon = shown.icon.map(|src| format!("{url}{src}"));
@@ -438,17 +447,24 @@ pub(crate) async fn list(reg: &Arc<Registry>, headers: &HeaderMap) -> Result<Vec
     Ok(out)
 }
 
+/// A web app manifest larger than this is not read for the catalog (real ones are a few
+/// KB; the file limit alone would let each catalog view hash megabytes per app).
+const MAX_WEB_MANIFEST_BYTES: u64 = 64 * 1024;
+
 /// Name, description and first icon (as a path on the app's origin) from the release's
-/// `manifest.webmanifest`; nothing of a manifest that is missing, damaged or not JSON.
-async fn web_manifest(reg: &Arc<Registry>, release: &Release) -> super::Shown {
-    let Some(file) = release.manifest.file("manifest.webmanifest") else { return super::Shown::default() };
-    let Ok(bytes) = super::site::verified(reg, &file.sha256, file.size).await else { return super::Shown::default() };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return super::Shown::default() };
+/// `manifest.webmanifest`; nothing of a manifest that is missing, oversized or not JSON;
+/// `Err` when it could not be read (storage failed, or the stored file is damaged).
+async fn web_manifest(reg: &Arc<Registry>, release: &Release) -> std::result::Result<super::Shown, ()> {
+    let Some(file) = release.manifest.file("manifest.webmanifest").filter(|f| f.size <= MAX_WEB_MANIFEST_BYTES) else {
+        return Ok(super::Shown::default());
+    };
+    let bytes = super::site::verified(reg, &file.sha256, file.size).await.map_err(drop)?;
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Ok(super::Shown::default()) };
     let text = |k: &str| json.get(k).and_then(|v| v.as_str()).map(|s| s.chars().take(300).collect::<String>());
     let icon = json
         .get("icons")
         .and_then(|i| i.as_array())
         .and_then(|i| i.iter().filter_map(|i| i.get("src")?.as_str()).find(|s| !s.contains(':') && !s.starts_with("//")))
         .map(|src| src.trim_start_matches("./").trim_start_matches('/').to_owned());
-    super::Shown { title: text("name"), description: text("description"), icon }
+    Ok(super::Shown { title: text("name"), description: text("description"), icon })
 }

@@ -58,6 +58,16 @@ fn split_host(value: &str) -> Result<(&str, Option<u16>), &'static str> {
     Ok((host, port))
 }
 
+/// Whether a `Host` value names this server: the apps domain, a name under it, or a
+/// loopback address (a server on the publisher's own machine).
+pub(crate) fn is_own_host(value: &str, domain: &str) -> bool {
+    let Ok((host, _)) = split_host(value) else { return false };
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let loopback = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback || host == domain || host.strip_suffix(domain).is_some_and(|sub| sub.ends_with('.') && sub.len() > 1)
+}
+
 /// Reads the `Host` header (hostile input: a bad one is an error, never a guess).
 pub(crate) fn site(headers: &HeaderMap, domain: &str) -> Result<Site, &'static str> {
     let mut values = headers.get_all(header::HOST).iter();
@@ -188,6 +198,18 @@ mod tests {
             h.insert(header::HOST, axum::http::HeaderValue::from_bytes(v.as_bytes()).unwrap());
         }
         assert_eq!(site(&h, "localhost").map_err(|_| ()), expect, "{host:?}");
+    }
+
+    #[test]
+    fn own_hosts() {
+        for own in ["localhost:8080", "LOCALHOST.", "todo.localhost", "127.0.0.1:9", "[::1]:80"] {
+            assert!(is_own_host(own, "localhost"), "{own}");
+        }
+        for other in ["apps.example.com", "xlocalhost", ".localhost", "10.0.0.1:80", "", "a b"] {
+            assert!(!is_own_host(other, "localhost"), "{other}");
+        }
+        assert!(is_own_host("notes.apps.example.com:443", "apps.example.com"));
+        assert!(!is_own_host("notes.staging.example.com", "apps.example.com"));
     }
 
     #[test]
