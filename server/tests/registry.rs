@@ -227,6 +227,15 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     let catalog = reqwest::get(format!("{}/", server.base)).await?.text().await?;
     ensure!(catalog.contains("data-app=\"todo\""), "{catalog}");
 
+    // The same files with another worker: refused, not reported as a publication that
+    // serves nothing new.
+    let other_worker = bundle(&[("index.html", b"<h1>todo v1</h1>"), ("todo-0123456789abcdef.js", JS), ("old.css", b"h1{color:red}")], b"worker v9");
+    ensure!(todo.missing(&other_worker).await?.0 == StatusCode::OK);
+    ensure!(todo.put(b"worker v9").await? == StatusCode::CREATED);
+    let (s, body) = todo.publish_only(&other_worker, Some(&v1.manifest.version)).await?;
+    ensure!(s == StatusCode::UNPROCESSABLE_ENTITY && body["error"].as_str().is_some_and(|e| e.contains("another worker")), "{s} {body}");
+    ensure!(get(&web, &server, "todo", "/stead-sw.js").await?.2 == b"worker v1", "the stored worker stays");
+
     // A one-file update uploads that file alone.
     let v2 = bundle(&[("index.html", b"<h1>todo v2</h1>"), ("todo-0123456789abcdef.js", JS), ("old.css", b"h1{color:red}")], b"worker v1");
     let uploaded = todo.publish(&v2, Some(&v1.manifest.version)).await?;

@@ -365,6 +365,12 @@ fn moved_response(reg: &Registry, name: &str, key: [u8; 32], version: &str, move
             StatusCode::INSUFFICIENT_STORAGE,
             format!("the app's kept versions would hold {bytes} bytes, more than its quota of {}", reg.config.max_app_bytes),
         )),
+        Moved::OtherWorker => Err(Reject::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "version {version} of {name} is stored with another worker script: a version is its files and its worker, so a new worker needs a change to the app's files (rebuild it with this Stead)"
+            ),
+        )),
         Moved::NotFound => Err(Reject::new(StatusCode::NOT_FOUND, format!("no version {version} of {name:?} here"))),
     }
 }

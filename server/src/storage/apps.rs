@@ -11,7 +11,9 @@ use crate::error::Result;
 pub(crate) trait AppTx {
     /// The app's current version (`Some(None)`: the app exists with none yet).
     fn current(&mut self, app: &str) -> Result<Option<Option<String>>>;
-    fn has_version(&mut self, app: &str, version: &str) -> Result<bool>;
+    /// The worker script (SHA-256) a stored version was published with; `None` when the
+    /// app has no such version.
+    fn version_worker(&mut self, app: &str, version: &str) -> Result<Option<[u8; 32]>>;
     /// The size of a stored file.
     fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>>;
     /// The next version's order within the app.
@@ -37,7 +39,13 @@ pub(crate) fn publish(tx: &mut dyn AppTx, new: &NewVersion, quota: AppQuota, now
         return Ok(Moved::Conflict { current });
     }
     let version = &new.version.version;
-    if !tx.has_version(&new.app, version)? {
+    let stored = tx.version_worker(&new.app, version)?;
+    if stored.is_some_and(|w| w != new.version.worker_sha256) {
+        // A version is its file list and its worker: taking the current one again with
+        // another worker would report a publication that serves nothing new.
+        return Ok(Moved::OtherWorker);
+    }
+    if stored.is_none() {
         let mut missing = Vec::new();
         for (sha, declared) in &new.files {
             match tx.file_size(sha)? {
@@ -78,7 +86,7 @@ pub(crate) fn rollback(tx: &mut dyn AppTx, app: &str, to: &str, previous: Option
     if current.as_deref() != previous {
         return Ok(Moved::Conflict { current });
     }
-    if !tx.has_version(app, to)? {
+    if tx.version_worker(app, to)?.is_none() {
         return Ok(Moved::NotFound);
     }
     tx.set_current(app, to)?;

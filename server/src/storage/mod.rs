@@ -136,6 +136,8 @@ pub enum Moved {
     OverQuota { bytes: u64 },
     /// A file is stored with another size than the manifest declares: nothing changed.
     WrongSize { sha256: [u8; 32], stored: u64, declared: u64 },
+    /// The version is stored already with another worker script: nothing changed.
+    OtherWorker,
     /// No such app, or (for a rollback) no such version of it.
     NotFound,
 }

@@ -441,8 +441,9 @@ impl AppTx for PgAppTx<'_, '_> {
         Ok(self.0.query_opt("SELECT current FROM apps WHERE name = $1 FOR UPDATE", &[&app])?.map(|r| r.get(0)))
     }
 
-    fn has_version(&mut self, app: &str, version: &str) -> Result<bool> {
-        Ok(self.0.query_opt("SELECT 1 FROM app_versions WHERE app = $1 AND version = $2", &[&app, &version])?.is_some())
+    fn version_worker(&mut self, app: &str, version: &str) -> Result<Option<[u8; 32]>> {
+        let row = self.0.query_opt("SELECT worker FROM app_versions WHERE app = $1 AND version = $2", &[&app, &version])?;
+        row.map(|r| hash32(&r.get::<_, Vec<u8>>(0))).transpose()
     }
 
     fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>> {

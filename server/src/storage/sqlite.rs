@@ -334,8 +334,13 @@ impl AppTx for SqliteAppTx<'_> {
         Ok(self.0.query_row("SELECT current FROM apps WHERE name = ?1", params![app], |r| r.get(0)).optional()?)
     }
 
-    fn has_version(&mut self, app: &str, version: &str) -> Result<bool> {
-        Ok(self.0.prepare_cached("SELECT 1 FROM app_versions WHERE app = ?1 AND version = ?2")?.exists(params![app, version])?)
+    fn version_worker(&mut self, app: &str, version: &str) -> Result<Option<[u8; 32]>> {
+        let worker: Option<Vec<u8>> = self
+            .0
+            .prepare_cached("SELECT worker FROM app_versions WHERE app = ?1 AND version = ?2")?
+            .query_row(params![app, version], |r| r.get(0))
+            .optional()?;
+        worker.map(|w| hash32(&w)).transpose()
     }
 
     fn file_size(&mut self, sha256: &[u8; 32]) -> Result<Option<u64>> {
