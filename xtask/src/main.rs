@@ -1,9 +1,11 @@
 //! `cargo xtask`: every piece of Stead's automation, in Rust instead of shell scripts.
 //!
 //! - `setup` installs what is missing (wasm target, wasm-bindgen-cli at the lockfile's
-//!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver) and skips the rest;
+//!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver, Firefox ESR and
+//!   geckodriver) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
-//! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
+//! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests
+//!   (all in Chromium, the offline and data suites again in Firefox);
 //! - `build` builds an example (todo, or `--app notes`) into a folder;
 //! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
@@ -53,7 +55,8 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
-    /// Run every test: native, wasm in Chromium, end to end.
+    /// Run every test: native, wasm in Chromium, end to end (Chromium; offline and data in
+    /// Firefox too).
     Test,
     /// Run the benchmarks against their anchors (`core`, `server`, `sw`; all three when
     /// none is named; `store` by name), print ratios with their spreads and write REPORT.md.
@@ -452,6 +455,21 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .env("CARGO_TARGET_DIR", &target)
         .env("STEAD_SERVER_BIN", &server)
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("CHROMIUM", &tools.chromium)
+        .run()?;
+
+    // One engine after the other: two browsers per test at most on a 2-core machine. A step
+    // Firefox cannot do is printed as `SKIPPED in Firefox: …` by the harness.
+    step("end-to-end tests in Firefox (offline and data suites)");
+    cargo(root)
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
+        .env("STEAD_E2E_BROWSER", "firefox")
+        .env("STEAD_E2E_DIST", &dist)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STEAD_SERVER_BIN", &server)
+        .env("GECKODRIVER", &tools.geckodriver)
+        .env("FIREFOX", &tools.firefox)
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("CHROMIUM", &tools.chromium)
         .run()?;
