@@ -273,7 +273,6 @@ fn firefox_prefs() -> Value {
         // Service workers and OPFS are on by default in Firefox ESR 153; say so anyway, so a
         // profile default changing shows here rather than as a missing worker.
         "dom.serviceWorkers.enabled": true,
-        "dom.storage_access.enabled": true,
         "dom.fs.enabled": true,
         // No first-run pages, updates, telemetry or remote settings: nothing else on the network.
         "browser.shell.checkDefaultBrowser": false,
@@ -406,6 +405,25 @@ impl Browser {
              (async () => {{ {body} }})().then(done, (e) => done({{ error: String(e) }}));"
         );
         Ok(self.driver.execute_async(script, Vec::new()).await?.json().clone())
+    }
+
+    /// Reloads the page as a user does. In Firefox, WebDriver's Refresh is a forced reload,
+    /// which bypasses the service worker (the reloaded page is not controlled, so offline
+    /// it fails), so there the page reloads itself and the harness waits for the new
+    /// document.
+    pub async fn refresh(&self) -> Result<()> {
+        match self.engine {
+            Engine::Chromium => self.driver.refresh().await?,
+            Engine::Firefox => {
+                self.js("window.steadBeforeReload = true; setTimeout(() => location.reload(), 0);").await?;
+                wait_for("the page to reload", Duration::from_secs(30), || async {
+                    let v = self.js("return window.steadBeforeReload === undefined && document.readyState === 'complete'").await?;
+                    Ok((v.as_bool() == Some(true)).then_some(()))
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until a service worker controls the page.

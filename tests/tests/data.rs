@@ -258,7 +258,7 @@ async fn a_corrupted_log_tail_is_cut_on_reopen_and_refilled_from_the_server() ->
     corrupt_log_tail(&a, &space).await?;
     // The next worker opens the store from disk: the last entry fails its checksum.
     a.stop_workers().await?;
-    a.driver.refresh().await?;
+    a.refresh().await?;
     let status = wait_for("the reopened store to report the cut", Duration::from_secs(30), || async {
         let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
         Ok(s["body"]["recovered"].as_str().map(str::to_owned))
@@ -402,7 +402,7 @@ async fn a_full_disk_refuses_the_write_clearly_and_keeps_what_was_stored() -> Re
     // What was stored before is all there, in this worker and in the next one.
     a.cdp("Storage.overrideQuotaForOrigin", json!({"origin": origin})).await?;
     a.stop_workers().await?;
-    a.driver.refresh().await?;
+    a.refresh().await?;
     a.add_todo("after the disk had room again").await?;
     assert_eq!(shown(&a).await?, ["kept", "after the disk had room again"]);
     a.quit().await
@@ -805,7 +805,7 @@ async fn an_entry_dated_a_year_ahead_is_refused_without_freezing_sync() -> Resul
     // A new worker meets the refused entry again on its first connection (before the
     // writer's, in the server's order), and still takes in what the writer adds.
     b.stop_workers().await?;
-    b.driver.refresh().await?;
+    b.refresh().await?;
     b.wait_app().await?;
     writer.set("todos", RecordId([7; 16]), "text", V::Str("after the restart".into()), native::now_ms())?;
     writer.push().await?;
@@ -862,7 +862,7 @@ async fn two_devices_inviting_offline_settle_their_membership_logs_and_sync_on()
     // worker publishes its shorter copy first (a 409 too), and must still sync.
     invite_code(&a, &space).await?;
     b.stop_workers().await?;
-    b.driver.refresh().await?;
+    b.refresh().await?;
     b.wait_app().await?;
     api(&a, "POST", &todos, Some(json!({"fields": {"text": "from A after B's restart"}}))).await?;
     wait_shown(&b, "from A after B's restart", Duration::from_secs(10)).await?;

@@ -84,7 +84,7 @@ async fn an_edit_reloads_the_page_with_no_stale_file() -> Result<()> {
     })
     .await?;
     // The worker now serves the new build: a reload straight from it shows the edit.
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     wait_for("the edit after a reload through the worker", Duration::from_secs(30), || async {
         Ok(heading(&browser).await.ok().filter(|h| h == "Edited").map(|_| ()))
     })

@@ -75,7 +75,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     // Offline: the server gone, the worker stopped, the page reloaded.
     server.stop().await.map_err(|p| anyhow::anyhow!("{p}"))?;
     browser.stop_workers().await?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.wait_item("before").await.context("offline after a worker stop")?;
     browser.wait_item("from the other profile").await.context("offline after a worker stop")?;
     browser.quit().await
