@@ -461,9 +461,10 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     // One engine after the other: two browsers per test at most on a 2-core machine. A step
     // Firefox cannot do is printed as `SKIPPED in Firefox: …` by the harness.
-    step("end-to-end tests in Firefox (offline and data suites)");
+    // `engines` drives Firefox and Chromium against one server, so it runs here, once.
+    step("end-to-end tests in Firefox (offline and data suites; a space shared with Chromium)");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
         .env("STEAD_E2E_BROWSER", "firefox")
         .env("STEAD_E2E_DIST", &dist)
         .env("CARGO_TARGET_DIR", &target)
