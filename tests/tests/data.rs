@@ -223,6 +223,29 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The acknowledged position the OPFS store of `space` holds (`acked` in its `meta.pack`:
+/// `"SMP1" ‖ u32 count ‖ (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ CRC`), 0
+/// when none is stored yet.
+async fn stored_acked(b: &Browser, space: &str) -> Result<u64> {
+    let r = b
+        .js_async(&format!(
+            "const root = await navigator.storage.getDirectory();\
+             const spaces = await (await root.getDirectoryHandle('stead-data')).getDirectoryHandle('spaces');\
+             const store = await (await spaces.getDirectoryHandle('{space}')).getDirectoryHandle('store');\
+             let bytes; try {{ bytes = new Uint8Array(await (await (await store.getFileHandle('meta.pack')).getFile()).arrayBuffer()); }} catch (e) {{ return 0; }}\
+             const v = new DataView(bytes.buffer); let pos = 8; const count = v.getUint32(4, true);\
+             for (let i = 0; i < count; i++) {{\
+               const kl = v.getUint32(pos, true); const key = new TextDecoder().decode(bytes.slice(pos + 4, pos + 4 + kl)); pos += 4 + kl;\
+               const vl = v.getUint32(pos, true); pos += 4;\
+               if (key === 'acked' && vl === 8) return Number(v.getBigUint64(pos, true));\
+               pos += vl;\
+             }}\
+             return 0;"
+        ))
+        .await?;
+    r.as_u64().with_context(|| format!("reading the stored acknowledged position: {r}"))
+}
+
 /// Flips a byte near the end of the newest log segment of `space`, from the page.
 async fn corrupt_log_tail(b: &Browser, space: &str) -> Result<()> {
     let r = b
@@ -464,7 +487,15 @@ async fn synced_writes_are_not_pending_again_after_the_worker_wakes_offline() ->
     }
     wait_online(&a).await?;
     let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
-    assert!(s["body"]["entries"].as_u64().unwrap_or(0) >= 3, "{s}");
+    let entries = s["body"]["entries"].as_u64().unwrap_or(0);
+    assert!(entries >= 3 && s["body"]["replicas"] == 1, "{s}");
+    // A browser stops a worker once it has been idle a while; Firefox's terminateWorker()
+    // can land within the milliseconds between the server's ack (status says 0 pending at
+    // once) and the flush that stores it. Wait for the store, as an idle stop would.
+    wait_for("the acknowledged position to be stored", Duration::from_secs(10), || async {
+        Ok((stored_acked(&a, &space).await? >= entries).then_some(()))
+    })
+    .await?;
     server.kill();
     a.stop_workers().await?;
     // The worker wakes with no server to ask: what it knew was acknowledged stays so.
