@@ -60,7 +60,7 @@ impl Engine {
     pub fn lacks(self, cap: Capability) -> Option<&'static str> {
         match (self, cap) {
             (Engine::Chromium, _) => None,
-            (Engine::Firefox, Capability::Cdp) => Some("geckodriver speaks no CDP (Firefox removed it for WebDriver BiDi)"),
+            (Engine::Firefox, Capability::Cdp) => Some("geckodriver speaks no CDP (Firefox dropped CDP for WebDriver BiDi)"),
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
             ),
