@@ -4,8 +4,9 @@
 //!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver, Firefox ESR and
 //!   geckodriver) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
-//! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests
-//!   (all in Chromium, the offline and data suites again in Firefox);
+//! - `test` runs the native tests, the wasm tests in Chromium (the stores' in Firefox
+//!   too) and the end-to-end tests (all in Chromium, the offline and data suites again in
+//!   Firefox);
 //! - `build` builds an example (todo, or `--app notes`) into a folder;
 //! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
@@ -404,14 +405,20 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .run()?;
 
-    for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
-        step(&format!("OPFS and IndexedDB store tests in Chromium ({scope} scope)"));
-        cargo(root)
-            .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs", "--test", "idb"])
-            .env(var, "1")
-            .env("CHROMEDRIVER", &tools.chromedriver)
-            .env("PATH", tools.path_env())
-            .run()?;
+    // wasm-bindgen-test-runner drives the browser whose driver variable is set (GECKODRIVER
+    // before CHROMEDRIVER), so each run sets one and removes the other.
+    let drivers = [("Chromium", "CHROMEDRIVER", &tools.chromedriver, "GECKODRIVER"), ("Firefox", "GECKODRIVER", &tools.geckodriver, "CHROMEDRIVER")];
+    for (engine, driver_var, driver, other_var) in drivers {
+        for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
+            step(&format!("OPFS and IndexedDB store tests in {engine} ({scope} scope)"));
+            cargo(root)
+                .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs", "--test", "idb"])
+                .env(var, "1")
+                .env(driver_var, driver)
+                .env_remove(other_var)
+                .env("PATH", tools.path_env())
+                .run()?;
+        }
     }
 
     let dist = root.join("target/e2e-dist");
