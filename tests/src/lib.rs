@@ -1,9 +1,12 @@
-//! Harness for Stead's end-to-end tests: a real server process, a real Chromium driven by
-//! ChromeDriver (WebDriver + CDP), and a counting, cuttable proxy between them.
+//! Harness for Stead's end-to-end tests: a real server process, a real browser (Chromium
+//! through ChromeDriver, WebDriver + CDP, or Firefox through geckodriver) and a counting,
+//! cuttable proxy between them.
 //!
 //! `cargo xtask test` builds the todo example and the server and passes their paths in
-//! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`. Every test starts its own processes on free
-//! loopback ports with a fresh browser profile and stops them by their own PIDs.
+//! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`; `STEAD_E2E_BROWSER` (`chromium`, the default, or
+//! `firefox`) chooses the engine. Every test starts its own processes on free loopback
+//! ports with a fresh browser profile and stops them by their own PIDs. A step an engine
+//! cannot do is named in the test's output ([`Browser::lacks`]) and only that is skipped.
 
 pub mod native;
 pub mod proxy;
@@ -20,13 +23,61 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use thirtyfour::prelude::*;
 
-/// Paths handed over by `cargo xtask test`.
+/// A browser engine the tests drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Chromium,
+    Firefox,
+}
+
+/// Something a test does that not every engine lets WebDriver do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Chrome DevTools Protocol commands ([`Browser::cdp`]).
+    Cdp,
+    /// Lowering an origin's storage quota while the page runs.
+    QuotaOverride,
+}
+
+impl Engine {
+    /// The engine `STEAD_E2E_BROWSER` names; Chromium when unset.
+    pub fn from_env() -> Result<Engine> {
+        match std::env::var("STEAD_E2E_BROWSER").as_deref() {
+            Err(_) | Ok("" | "chromium") => Ok(Engine::Chromium),
+            Ok("firefox") => Ok(Engine::Firefox),
+            Ok(other) => bail!("STEAD_E2E_BROWSER={other:?}: expected chromium or firefox"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Chromium => "Chromium",
+            Engine::Firefox => "Firefox",
+        }
+    }
+
+    /// Why this engine cannot do `cap` through WebDriver, if it cannot.
+    pub fn lacks(self, cap: Capability) -> Option<&'static str> {
+        match (self, cap) {
+            (Engine::Chromium, _) => None,
+            (Engine::Firefox, Capability::Cdp) => Some("geckodriver speaks no CDP (Firefox dropped CDP for WebDriver BiDi)"),
+            (Engine::Firefox, Capability::QuotaOverride) => Some(
+                "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
+            ),
+        }
+    }
+}
+
+/// Paths handed over by `cargo xtask test`, and the engine to drive.
 #[derive(Debug, Clone)]
 pub struct Env {
     pub dist: PathBuf,
     pub server_bin: PathBuf,
     pub chromedriver: PathBuf,
     pub chromium: PathBuf,
+    pub engine: Engine,
+    pub geckodriver: PathBuf,
+    pub firefox: PathBuf,
 }
 
 impl Env {
@@ -36,12 +87,36 @@ impl Env {
                 format!("{name} is not set: run the end-to-end tests through `cargo xtask test`")
             })
         };
+        Ok(Env { dist: var("STEAD_E2E_DIST")?, server_bin: var("STEAD_SERVER_BIN")?, ..Env::browsers(PathBuf::new(), PathBuf::new())? })
+    }
+
+    /// An environment for the app in `dist` served by `server_bin`, with the browsers the
+    /// environment variables name (or their usual paths).
+    pub fn browsers(dist: PathBuf, server_bin: PathBuf) -> Result<Env> {
+        let path = |name: &str, default: &str| std::env::var_os(name).map(PathBuf::from).unwrap_or(default.into());
         Ok(Env {
-            dist: var("STEAD_E2E_DIST")?,
-            server_bin: var("STEAD_SERVER_BIN")?,
-            chromedriver: std::env::var_os("CHROMEDRIVER").map(PathBuf::from).unwrap_or("/usr/bin/chromedriver".into()),
-            chromium: std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or("/usr/bin/chromium".into()),
+            dist,
+            server_bin,
+            chromedriver: path("CHROMEDRIVER", "/usr/bin/chromedriver"),
+            chromium: path("CHROMIUM", "/usr/bin/chromium"),
+            engine: Engine::from_env()?,
+            geckodriver: std::env::var_os("GECKODRIVER").map(PathBuf::from).unwrap_or_else(|| {
+                std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cargo/bin/geckodriver")
+            }),
+            firefox: path("FIREFOX", "/usr/bin/firefox-esr"),
         })
+    }
+
+    /// The same environment driving `engine`.
+    pub fn with_engine(&self, engine: Engine) -> Env {
+        Env { engine, ..self.clone() }
+    }
+
+    /// Prints that a test does not run in this engine, and why, when it lacks `cap`: the
+    /// caller then returns early. The note goes to stderr directly, past libtest's
+    /// capture, so the run's log lists every skip.
+    pub fn skips(&self, cap: Capability, what: &str) -> bool {
+        skip_note(self.engine, cap, what)
     }
 
     /// A private copy of the built app that a test may change.
@@ -174,15 +249,83 @@ pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Chromium with a fresh profile, driven through its own ChromeDriver.
+fn skip_note(engine: Engine, cap: Capability, what: &str) -> bool {
+    let Some(why) = engine.lacks(cap) else { return false };
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED in {}: {what}: {why}", engine.name());
+    true
+}
+
+/// A browser with a fresh profile, driven through its own driver process (ChromeDriver or
+/// geckodriver).
 pub struct Browser {
     pub driver: WebDriver,
-    _chromedriver: Process,
+    pub engine: Engine,
+    /// The driver's WebDriver URL, for the commands thirtyfour does not wrap.
+    driver_url: String,
+    _driver_process: Process,
     _profile: tempfile::TempDir,
 }
 
+/// Firefox preferences for a test profile.
+fn firefox_prefs() -> Value {
+    serde_json::json!({
+        // Service workers and OPFS are on by default in Firefox ESR 153; say so anyway, so a
+        // profile default changing shows here rather than as a missing worker.
+        "dom.serviceWorkers.enabled": true,
+        "dom.fs.enabled": true,
+        // No first-run pages, updates, telemetry or remote settings: nothing else on the network.
+        "browser.shell.checkDefaultBrowser": false,
+        "app.update.enabled": false,
+        "datareporting.policy.dataSubmissionEnabled": false,
+        "toolkit.telemetry.enabled": false,
+        "network.captive-portal-service.enabled": false,
+        "network.connectivity-service.enabled": false,
+        // Tests kill the server and expect the page to stay up, not to see Firefox go offline.
+        "network.manage-offline-status": false,
+    })
+}
+
 impl Browser {
+    /// A fresh browser of the engine `env` names.
     pub async fn start(env: &Env) -> Result<Browser> {
+        match env.engine {
+            Engine::Chromium => Self::start_chromium(env).await,
+            Engine::Firefox => Self::start_firefox(env).await,
+        }
+    }
+
+    async fn start_firefox(env: &Env) -> Result<Browser> {
+        let port = free_port()?;
+        let profile = tempfile::tempdir()?;
+        let child = Command::new(&env.geckodriver)
+            .arg(format!("--port={port}"))
+            // Its own BiDi port, so two browsers can run at once.
+            .arg(format!("--websocket-port={}", free_port()?))
+            // The profile is made inside this folder, whose path marks the Firefox processes.
+            .arg("--profile-root")
+            .arg(profile.path())
+            // Chrome-context scripts (the worker stop) need it since Firefox 138.
+            .arg("--allow-system-access")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {} (cargo xtask setup installs it)", env.geckodriver.display()))?;
+        let geckodriver = Process(Some(child));
+        let url = format!("http://127.0.0.1:{port}");
+        wait_for("geckodriver to listen", Duration::from_secs(20), || async {
+            Ok(reqwest::get(format!("{url}/status")).await.is_ok().then_some(()))
+        })
+        .await?;
+        let mut caps = DesiredCapabilities::firefox();
+        caps.set_firefox_binary(&env.firefox.to_string_lossy())?;
+        caps.set_headless()?;
+        caps.set_browser_option("prefs", firefox_prefs())?;
+        let driver = WebDriver::new(&url, caps).await.context("cannot open a Firefox session")?;
+        Ok(Browser { driver, engine: Engine::Firefox, driver_url: url, _driver_process: geckodriver, _profile: profile })
+    }
+
+    async fn start_chromium(env: &Env) -> Result<Browser> {
         let port = free_port()?;
         let child = Command::new(&env.chromedriver)
             .arg(format!("--port={port}"))
@@ -214,7 +357,7 @@ impl Browser {
         }
         caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
         let driver = WebDriver::new(&url, caps).await.context("cannot open a Chromium session")?;
-        Ok(Browser { driver, _chromedriver: chromedriver, _profile: profile })
+        Ok(Browser { driver, engine: Engine::Chromium, driver_url: url, _driver_process: chromedriver, _profile: profile })
     }
 
     /// A new browser (its own profile) with `url` open.
@@ -226,7 +369,7 @@ impl Browser {
 }
 
 /// Kills every process whose command line names `marker` (a browser's own profile folder):
-/// killing ChromeDriver alone would leave the Chromium it started running.
+/// killing the driver alone would leave the browser it started running.
 fn kill_marked(marker: &str) {
     let Ok(procs) = std::fs::read_dir("/proc") else { return };
     for p in procs.flatten() {
@@ -240,7 +383,8 @@ fn kill_marked(marker: &str) {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        kill_marked(&format!("--user-data-dir={}", self._profile.path().display()));
+        // Chromium names it in `--user-data-dir=`, Firefox in `-profile <root>/rust_mozprofile…`.
+        kill_marked(&self._profile.path().display().to_string());
     }
 }
 
@@ -261,6 +405,25 @@ impl Browser {
              (async () => {{ {body} }})().then(done, (e) => done({{ error: String(e) }}));"
         );
         Ok(self.driver.execute_async(script, Vec::new()).await?.json().clone())
+    }
+
+    /// Reloads the page as a user does. In Firefox, WebDriver's Refresh is a forced reload,
+    /// which bypasses the service worker (the reloaded page is not controlled, so offline
+    /// it fails), so there the page reloads itself and the harness waits for the new
+    /// document.
+    pub async fn refresh(&self) -> Result<()> {
+        match self.engine {
+            Engine::Chromium => self.driver.refresh().await?,
+            Engine::Firefox => {
+                self.js("window.steadBeforeReload = true; setTimeout(() => location.reload(), 0);").await?;
+                wait_for("the page to reload", Duration::from_secs(30), || async {
+                    let v = self.js("return window.steadBeforeReload === undefined && document.readyState === 'complete'").await?;
+                    Ok((v.as_bool() == Some(true)).then_some(()))
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until a service worker controls the page.
@@ -324,15 +487,63 @@ impl Browser {
         Ok(path)
     }
 
-    /// Sends a raw Chrome DevTools Protocol command.
+    /// Sends a raw Chrome DevTools Protocol command. Fails in an engine without CDP: check
+    /// [`Browser::lacks`] first.
     pub async fn cdp(&self, method: &str, params: Value) -> Result<Value> {
+        if let Some(why) = self.engine.lacks(Capability::Cdp) {
+            bail!("{method}: {why}");
+        }
         Ok(self.driver.cdp().send_raw(method, params).await?)
     }
 
-    /// Stops every service worker, as the browser does to an idle one.
+    /// Whether this browser cannot do `cap`; if so, prints what is skipped and why (past
+    /// libtest's capture) so the test can leave out that step and run the rest.
+    pub fn lacks(&self, cap: Capability, what: &str) -> bool {
+        skip_note(self.engine, cap, what)
+    }
+
+    /// Stops every service worker, as the browser does to an idle one: CDP's
+    /// `ServiceWorker.stopAllWorkers` in Chromium; in Firefox, `terminateWorker()` on each
+    /// registration's workers through the service worker manager, from a chrome-context
+    /// script (Marionette's `moz/context`), which is what about:debugging's stop does.
     pub async fn stop_workers(&self) -> Result<()> {
-        self.cdp("ServiceWorker.enable", serde_json::json!({})).await?;
-        self.cdp("ServiceWorker.stopAllWorkers", serde_json::json!({})).await?;
+        match self.engine {
+            Engine::Chromium => {
+                self.cdp("ServiceWorker.enable", serde_json::json!({})).await?;
+                self.cdp("ServiceWorker.stopAllWorkers", serde_json::json!({})).await?;
+            }
+            Engine::Firefox => {
+                let stopped = self
+                    .chrome_js(
+                        "const swm = Cc['@mozilla.org/serviceworkers/manager;1'].getService(Ci.nsIServiceWorkerManager);\
+                         const regs = swm.getAllRegistrations(); let n = 0;\
+                         for (let i = 0; i < regs.length; i++) {\
+                           const r = regs.queryElementAt(i, Ci.nsIServiceWorkerRegistrationInfo);\
+                           for (const w of [r.activeWorker, r.waitingWorker, r.installingWorker]) {\
+                             if (w) { w.terminateWorker(); n++; }\
+                           }\
+                         }\
+                         return n;",
+                    )
+                    .await?;
+                anyhow::ensure!(stopped.as_u64().is_some(), "stopping the workers failed: {stopped}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a script in Firefox's privileged chrome context, then returns to the page.
+    async fn chrome_js(&self, script: &str) -> Result<Value> {
+        self.moz_context("chrome").await?;
+        let out = self.driver.execute(script, Vec::new()).await.map(|r| r.json().clone());
+        self.moz_context("content").await?;
+        Ok(out?)
+    }
+
+    async fn moz_context(&self, context: &str) -> Result<()> {
+        let url = format!("{}/session/{}/moz/context", self.driver_url, self.driver.session_id());
+        let r = reqwest::Client::new().post(url).json(&serde_json::json!({ "context": context })).send().await?;
+        anyhow::ensure!(r.status().is_success(), "moz/context {context}: {}", r.text().await?);
         Ok(())
     }
 }

@@ -50,7 +50,7 @@ async fn the_sync_badge_shows_offline_at_once_after_an_offline_reload_and_counts
     // Let the worker's reconnection back off: a page that waited for its next announcement
     // would show "Starting" for seconds.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    b.driver.refresh().await?;
+    b.refresh().await?;
     b.wait_app().await?;
     // The badge asks the worker on start: no waiting for a connection attempt to fail.
     let took = wait_badge(&b, "offline", "Offline", Duration::from_secs(30)).await?;

@@ -32,12 +32,7 @@ async fn heading(browser: &Browser) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_reloads_the_page_with_no_stale_file() -> Result<()> {
     let stead = std::env::var_os("STEAD_BIN").map(PathBuf::from).context("STEAD_BIN is not set: run the end-to-end tests through `cargo xtask test`")?;
-    let env = Env {
-        dist: PathBuf::new(),
-        server_bin: PathBuf::new(),
-        chromedriver: std::env::var_os("CHROMEDRIVER").map(PathBuf::from).unwrap_or("/usr/bin/chromedriver".into()),
-        chromium: std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or("/usr/bin/chromium".into()),
-    };
+    let env = Env::browsers(PathBuf::new(), PathBuf::new())?;
     let tmp = tempfile::tempdir()?;
     let app = tmp.path().join("dev-app");
     let made = Command::new(&stead).args(["new", "dev-app"]).current_dir(tmp.path()).output()?;
@@ -89,7 +84,7 @@ async fn an_edit_reloads_the_page_with_no_stale_file() -> Result<()> {
     })
     .await?;
     // The worker now serves the new build: a reload straight from it shows the edit.
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     wait_for("the edit after a reload through the worker", Duration::from_secs(30), || async {
         Ok(heading(&browser).await.ok().filter(|h| h == "Edited").map(|_| ()))
     })

@@ -130,7 +130,7 @@ async fn a_note_with_a_picture_keeps_its_history_undoes_and_is_found_by_its_titl
 
     // Offline, after a reload: the notes, the body and the picture are all there.
     server.kill();
-    b.driver.refresh().await?;
+    b.refresh().await?;
     wait_titles(&b, &["Groceries", "Garden"]).await?;
     b.driver.find(By::Css("#notes li.note button")).await?.click().await?;
     wait_for("the note to open offline", Duration::from_secs(10), || async { Ok((body(&b).await.unwrap_or_default() == "milk").then_some(())) }).await?;

@@ -60,7 +60,7 @@ async fn with_the_server_killed_a_reload_renders_and_the_ui_responds() -> Result
 
     server.kill();
     assert!(reqwest::get(&server.url).await.is_err(), "the server is really gone");
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.add_todo("buy milk offline").await?;
     let left = browser.driver.find(By::Id("left")).await?.text().await?;
     assert_eq!(left, "1 left");
@@ -76,7 +76,7 @@ async fn offline_the_stopped_worker_cold_starts_and_serves_the_app() -> Result<(
 
     server.kill();
     browser.stop_workers().await?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.add_todo("written after a cold start").await?;
     let after = browser.status().await?;
     assert!(
@@ -120,7 +120,7 @@ async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<
     assert_eq!(delivered.len(), K, "{first:?}");
 
     proxy.cut_after(None);
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.wait_controlled().await?;
     let status = browser.status().await?;
     assert_eq!(as_str(&status, "active_version"), Some(m.version.clone()));
@@ -131,7 +131,7 @@ async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<
     drop(proxy);
     server.kill();
     browser.stop_workers().await?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.add_todo("installed in two goes").await?;
     browser.quit().await
 }
@@ -150,7 +150,7 @@ async fn an_update_downloads_only_changed_files_and_switches_when_asked() -> Res
 
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
     assert_ne!(v1.version, v2.version);
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     let button = wait_for("the update prompt", Duration::from_secs(30), || async {
         Ok(browser.driver.find(By::Id("stead-update")).await.ok())
     })
@@ -194,7 +194,7 @@ async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -
     // The manifest promises one index.html; the server serves other bytes.
     rebuild_with_marker(dist.path(), "v2")?;
     std::fs::write(dist.path().join("index.html"), "<!doctype html><p>tampered</p>")?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     let status = wait_for("the refusal to show in status", Duration::from_secs(30), || async {
         let s = browser.status().await?;
         Ok(s["last_error"].as_str().is_some().then_some(s))
@@ -206,11 +206,11 @@ async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -
     assert_eq!(status["pending_version"], Value::Null);
 
     // The old version still serves, online and off.
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.add_todo("still on v1").await?;
     assert_eq!(browser.marker().await?, None);
     server.kill();
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.wait_app().await?;
     assert!(!browser.driver.source().await?.contains("tampered"));
     browser.quit().await
@@ -241,7 +241,7 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     let databases = browser.js_async("return (await indexedDB.databases()).map(d => d.name);").await?;
     assert_eq!(databases, serde_json::json!([]), "the keys and any IndexedDB store are gone too");
     // The page keeps working from the network.
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.add_todo("after the kill switch").await?;
     browser.quit().await
 }
@@ -255,7 +255,7 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
 
     server.kill();
     let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     let removed = || async {
         let gone = browser
             .js_async(
@@ -269,7 +269,7 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     wait_for("the worker to remove itself", Duration::from_secs(30), removed).await?;
     // A reload may register again (if the page missed the `killed` message), but the
     // install fails on the 410 and leaves nothing; the app itself still loads.
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.wait_app().await?;
     if let Err(e) = wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await {
         let left = browser
@@ -453,7 +453,7 @@ async fn two_apps_under_different_scopes_of_one_origin_keep_their_data_apart() -
     assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-scope@two"]));
     assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!(["stead@two"]));
     b.driver.switch_to_window(windows[1].clone()).await?;
-    b.driver.refresh().await?;
+    b.refresh().await?;
     b.wait_app().await?;
     wait_for("app two's todo to show", Duration::from_secs(20), || async {
         for item in b.driver.find_all(By::Css("li.todo span")).await? {

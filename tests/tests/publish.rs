@@ -61,7 +61,7 @@ async fn wait_element(b: &Browser, css: &str) -> Result<WebElement> {
 
 /// Waits for the update banner, clicks it, and waits for the page to carry `marker`.
 async fn take_update(b: &Browser, marker: Option<&str>) -> Result<()> {
-    b.driver.refresh().await?;
+    b.refresh().await?;
     wait_element(b, "#stead-update").await.context("no update banner")?.click().await?;
     wait_for("the page to run the new version", Duration::from_secs(30), || async { Ok((b.marker().await?.as_deref() == marker).then_some(())) }).await
 }
@@ -118,7 +118,7 @@ async fn published_apps_install_from_the_catalog_update_roll_back_and_keep_apart
     // Offline after a forced worker stop: the server gone.
     server.kill();
     a.stop_workers().await?;
-    a.driver.refresh().await?;
+    a.refresh().await?;
     a.wait_item("published v1").await.context("the published app offline after a worker stop")?;
     // The catalog too, with what it last listed.
     a.driver.goto(&proxy.url).await?;
@@ -134,7 +134,7 @@ async fn published_apps_install_from_the_catalog_update_roll_back_and_keep_apart
     assert_eq!(files, 1, "a one-file change uploads one file");
     println!("one-file update publish: {update:?}");
     // The catalog takes the new list and marks the app: an update waits until it is opened.
-    a.driver.refresh().await?;
+    a.refresh().await?;
     wait_for("the catalog to mark the update", Duration::from_secs(40), || async {
         Ok(a.driver.find(By::Css("#mine-list li[data-app='e2e-app'][data-update='waiting']")).await.ok())
     })

@@ -18,12 +18,7 @@ fn env() -> Result<Env> {
     let dist = std::env::var_os("STEAD_E2E_TEMPLATE_DIST")
         .map(PathBuf::from)
         .context("STEAD_E2E_TEMPLATE_DIST is not set: run the end-to-end tests through `cargo xtask test`")?;
-    Ok(Env {
-        dist,
-        server_bin: PathBuf::new(),
-        chromedriver: std::env::var_os("CHROMEDRIVER").map(PathBuf::from).unwrap_or("/usr/bin/chromedriver".into()),
-        chromium: std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or("/usr/bin/chromium".into()),
-    })
+    Env::browsers(dist, PathBuf::new())
 }
 
 /// Waits for an element of the template's page.
@@ -80,7 +75,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     // Offline: the server gone, the worker stopped, the page reloaded.
     server.stop().await.map_err(|p| anyhow::anyhow!("{p}"))?;
     browser.stop_workers().await?;
-    browser.driver.refresh().await?;
+    browser.refresh().await?;
     browser.wait_item("before").await.context("offline after a worker stop")?;
     browser.wait_item("from the other profile").await.context("offline after a worker stop")?;
     browser.quit().await

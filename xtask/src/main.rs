@@ -1,9 +1,12 @@
 //! `cargo xtask`: every piece of Stead's automation, in Rust instead of shell scripts.
 //!
 //! - `setup` installs what is missing (wasm target, wasm-bindgen-cli at the lockfile's
-//!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver) and skips the rest;
+//!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver, Firefox ESR and
+//!   geckodriver) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
-//! - `test` runs the native tests, the wasm tests in Chromium and the end-to-end tests;
+//! - `test` runs the native tests, the wasm tests in Chromium (the stores' in Firefox
+//!   too) and the end-to-end tests (all in Chromium, the offline and data suites again in
+//!   Firefox);
 //! - `build` builds an example (todo, or `--app notes`) into a folder;
 //! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
@@ -53,7 +56,8 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
-    /// Run every test: native, wasm in Chromium, end to end.
+    /// Run every test: native, wasm in Chromium, end to end (Chromium; offline and data in
+    /// Firefox too).
     Test,
     /// Run the benchmarks against their anchors (`core`, `server`, `sw`; all three when
     /// none is named; `store` by name), print ratios with their spreads and write REPORT.md.
@@ -401,14 +405,20 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .run()?;
 
-    for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
-        step(&format!("OPFS and IndexedDB store tests in Chromium ({scope} scope)"));
-        cargo(root)
-            .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs", "--test", "idb"])
-            .env(var, "1")
-            .env("CHROMEDRIVER", &tools.chromedriver)
-            .env("PATH", tools.path_env())
-            .run()?;
+    // wasm-bindgen-test-runner drives the browser whose driver variable is set (GECKODRIVER
+    // before CHROMEDRIVER), so each run sets one and removes the other.
+    let drivers = [("Chromium", "CHROMEDRIVER", &tools.chromedriver, "GECKODRIVER"), ("Firefox", "GECKODRIVER", &tools.geckodriver, "CHROMEDRIVER")];
+    for (engine, driver_var, driver, other_var) in drivers {
+        for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
+            step(&format!("OPFS and IndexedDB store tests in {engine} ({scope} scope)"));
+            cargo(root)
+                .args(["test", "--package", "stead-store", "--target", "wasm32-unknown-unknown", "--test", "opfs", "--test", "idb"])
+                .env(var, "1")
+                .env(driver_var, driver)
+                .env_remove(other_var)
+                .env("PATH", tools.path_env())
+                .run()?;
+        }
     }
 
     let dist = root.join("target/e2e-dist");
@@ -452,6 +462,22 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .env("CARGO_TARGET_DIR", &target)
         .env("STEAD_SERVER_BIN", &server)
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("CHROMIUM", &tools.chromium)
+        .run()?;
+
+    // One engine after the other: two browsers per test at most on a 2-core machine. A step
+    // Firefox cannot do is printed as `SKIPPED in Firefox: …` by the harness.
+    // `engines` drives Firefox and Chromium against one server, so it runs here, once.
+    step("end-to-end tests in Firefox (offline and data suites; a space shared with Chromium)");
+    cargo(root)
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
+        .env("STEAD_E2E_BROWSER", "firefox")
+        .env("STEAD_E2E_DIST", &dist)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STEAD_SERVER_BIN", &server)
+        .env("GECKODRIVER", &tools.geckodriver)
+        .env("FIREFOX", &tools.firefox)
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("CHROMIUM", &tools.chromium)
         .run()?;

@@ -2,8 +2,8 @@
 //!
 //! Everything lands where a fresh machine can reach it without downloads outside the
 //! package registries: rustup's wasm32 target, `cargo install` for wasm-bindgen-cli (the
-//! lockfile's exact version) and trunk, npm's `binaryen` for wasm-opt in `.tools/`, and
-//! Debian's Chromium and ChromeDriver.
+//! lockfile's exact version), trunk and geckodriver, npm's `binaryen` for wasm-opt in
+//! `.tools/`, Debian's Chromium and ChromeDriver, and Debian's Firefox ESR.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,8 @@ pub struct Tools {
     pub wasm_opt_dir: PathBuf,
     pub chromium: PathBuf,
     pub chromedriver: PathBuf,
+    pub firefox: PathBuf,
+    pub geckodriver: PathBuf,
 }
 
 impl Tools {
@@ -98,10 +100,31 @@ pub fn run(root: &Path) -> Result<Tools> {
         report.push("install chromium and chromedriver (apt)".to_owned());
     }
 
+    let firefox = PathBuf::from("/usr/bin/firefox-esr");
+    if firefox.exists() {
+        report.push("found   firefox-esr".to_owned());
+    } else {
+        if !is_root() {
+            bail!("Firefox is missing: run `sudo apt-get install firefox-esr`, then this again");
+        }
+        cmd("apt-get").arg("update").run()?;
+        cmd("apt-get").args(["install", "-y", "firefox-esr"]).env("DEBIAN_FRONTEND", "noninteractive").run()?;
+        report.push("install firefox-esr (apt)".to_owned());
+    }
+
+    // crates.io's geckodriver builds from source; npm's downloads a binary, which fails here.
+    let geckodriver = cargo_tool("geckodriver");
+    if cmd(&geckodriver).arg("--version").probe().is_some() {
+        report.push("found   geckodriver".to_owned());
+    } else {
+        cmd("cargo").args(["install", "geckodriver", "--locked"]).run()?;
+        report.push("install geckodriver (cargo)".to_owned());
+    }
+
     for line in &report {
         eprintln!("  {line}");
     }
-    Ok(Tools { trunk, wasm_bindgen, wasm_opt_dir, chromium, chromedriver })
+    Ok(Tools { trunk, wasm_bindgen, wasm_opt_dir, chromium, chromedriver, firefox, geckodriver })
 }
 
 /// Installs npm packages into `dir` (which gets a package.json if it has none).

@@ -54,6 +54,11 @@ impl Cmd {
         self
     }
 
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.0.env_remove(key);
+        self
+    }
+
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.0.current_dir(dir);
         self

@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, time::Duration}
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use stead_e2e::{Browser, Env, Server, wait_for};
+use stead_e2e::{Browser, Engine, Env, Server, wait_for};
 
 struct Args {
     dist: PathBuf,
@@ -147,7 +147,7 @@ async fn wakes(b: &Browser, space: &str, count: usize) -> Result<Vec<f64>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
-    let env = Env { dist: a.dist.clone(), server_bin: a.server.clone(), chromedriver: a.chromedriver.clone(), chromium: a.chromium.clone() };
+    let env = Env { dist: a.dist.clone(), server_bin: a.server.clone(), chromedriver: a.chromedriver.clone(), chromium: a.chromium.clone(), ..Env::browsers(PathBuf::new(), PathBuf::new())?.with_engine(Engine::Chromium) };
     let (small, big, reps) = if a.quick { (1_000, 10_000, 20) } else { (1_000, 100_000, 100) };
     let server = Server::start(&env, &env.dist)?;
     let b = Browser::start(&env).await?;

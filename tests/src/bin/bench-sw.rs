@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use stead_e2e::{Browser, Env, Server, copy_dir, manifest, wait_for};
+use stead_e2e::{Browser, Engine, Env, Server, copy_dir, manifest, wait_for};
 
 /// Installs a hook in every page before its scripts run: when the app calls `register()`
 /// and when a worker takes control, in the page's `performance.now()`.
@@ -185,6 +185,8 @@ async fn main() -> Result<()> {
         server_bin: args.server.clone(),
         chromedriver: args.chromedriver.clone(),
         chromium: args.chromium.clone(),
+        // The benchmark compares workers in Chromium.
+        ..Env::browsers(PathBuf::new(), PathBuf::new())?.with_engine(Engine::Chromium)
     };
     let plan = if args.quick {
         Plan { pairs: 1, precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5 }
