@@ -78,6 +78,8 @@ pub struct Env {
     pub engine: Engine,
     pub geckodriver: PathBuf,
     pub firefox: PathBuf,
+    /// Chromium features to turn on (`--enable-features`), for APIs behind a flag.
+    pub chromium_features: Vec<String>,
 }
 
 impl Env {
@@ -104,6 +106,7 @@ impl Env {
                 std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cargo/bin/geckodriver")
             }),
             firefox: path("FIREFOX", "/usr/bin/firefox-esr"),
+            chromium_features: Vec::new(),
         })
     }
 
@@ -356,6 +359,9 @@ impl Browser {
             caps.add_arg(arg)?;
         }
         caps.add_arg(&format!("--user-data-dir={}", profile.path().display()))?;
+        if !env.chromium_features.is_empty() {
+            caps.add_arg(&format!("--enable-features={}", env.chromium_features.join(",")))?;
+        }
         let driver = WebDriver::new(&url, caps).await.context("cannot open a Chromium session")?;
         Ok(Browser { driver, engine: Engine::Chromium, driver_url: url, _driver_process: chromedriver, _profile: profile })
     }

@@ -711,6 +711,7 @@ impl Engine {
 
     fn on_frame(self: &Rc<Self>, bytes: &[u8]) {
         let before = self.read(|r| r.version_vector());
+        let mut newly_acked = None;
         let result = {
             let mut conn = self.conn.borrow_mut();
             let Some(c) = conn.as_mut() else { return };
@@ -724,12 +725,12 @@ impl Engine {
                 }
             }
             let mut s = self.status.borrow_mut();
-            if acked > s.acked {
-                s.acked = acked;
-                // Written with the flush that follows every frame.
-                if let Err(e) = self.cache.borrow().clone().put_meta(ACKED_META, &acked.to_le_bytes()) {
-                    web_sys::console::warn_1(&format!("space {}: keeping the acknowledged position: {e}", self.me.space).into());
-                }
+            // Stored with the flush that follows every frame, and counted once stored: a
+            // worker stopped in between comes back with what its store says.
+            if acked > s.acked
+                && self.cache.borrow().clone().put_meta(ACKED_META, &acked.to_le_bytes()).is_ok()
+            {
+                newly_acked = Some(acked);
             }
             if c.sync.in_sync(&*self.replica.borrow()) {
                 s.last_synced = Some(now_ms());
@@ -753,7 +754,12 @@ impl Engine {
         let me = self.clone();
         wasm_bindgen_futures::spawn_local(async move {
             // Received entries are stored before pages hear of them.
-            if me.flush().await.is_ok() && grew {
+            let stored = me.flush().await.is_ok();
+            if let (true, Some(acked)) = (stored, newly_acked) {
+                let mut s = me.status.borrow_mut();
+                s.acked = s.acked.max(acked);
+            }
+            if stored && grew {
                 me.changed();
                 me.maybe_snapshot().await;
             } else {

@@ -74,11 +74,21 @@ pub enum StorageKind {
 }
 
 impl StorageKind {
-    /// OPFS where this scope can write it, IndexedDB otherwise.
+    /// OPFS where this scope can write files in it (a probe file is written through
+    /// `createWritable`, read back and removed), IndexedDB otherwise: some engines open
+    /// OPFS folders in a worker but refuse writable files there.
     pub async fn detect() -> StorageKind {
-        match data_root().await {
-            Ok(_) => StorageKind::Opfs,
-            Err(_) => StorageKind::Indexeddb,
+        const PROBE: &str = ".stead-write-probe";
+        let writable = async {
+            let root = data_root().await?;
+            opfs::write_bytes(&root, PROBE, b"ok").await?;
+            let read = opfs::read_bytes(&root, PROBE).await?;
+            opfs::remove(&root, PROBE, false).await?;
+            Ok::<bool, DataError>(read.as_deref() == Some(&b"ok"[..]))
+        };
+        match writable.await {
+            Ok(true) => StorageKind::Opfs,
+            _ => StorageKind::Indexeddb,
         }
     }
 }
