@@ -362,7 +362,7 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     ensure!(raw(&server, "Host: todo.localhost:http\r\n")? == 400);
     ensure!(raw(&server, "Host: todo.localhost\r\nHost: notes.localhost\r\n")? == 400);
     ensure!(raw(&server, "Host: t\u{e9}st.localhost\r\n")? == 400);
-    ensure!(raw(&server, &format!("Host: localhost:{port}\r\n"))? == 200, "the bare domain serves --dir");
+    ensure!(raw(&server, &format!("Host: localhost:{port}\r\n"))? == 200, "the bare domain serves the catalog");
 
     // The public list.
     let list: Vec<api::AppInfo> = reqwest::get(format!("{}/_registry/v1/apps", server.base)).await?.json().await?;
@@ -399,6 +399,13 @@ async fn token_policy(db: Db) -> anyhow::Result<()> {
     let other = bundle(&[("index.html", &[b'b'; 40])], b"w");
     let (s, body) = p.missing(&other).await?;
     ensure!(s == StatusCode::INSUFFICIENT_STORAGE, "{s} {body}");
+    // A version that fits alone but not beside the kept ones: the oldest kept version
+    // gives way (never the current), rather than every later publication being refused.
+    ensure!(p.put(&[b'a'; 40]).await? == StatusCode::CREATED);
+    let (s, body) = p.publish_only(&big, Some(&v2.manifest.version)).await?;
+    ensure!(s == StatusCode::CREATED && body["trimmed"] == serde_json::json!([v1.manifest.version]), "{s} {body}");
+    let kept: Vec<String> = p.versions().await?["versions"].as_array().context("versions")?.iter().filter_map(|v| v["version"].as_str().map(str::to_owned)).collect();
+    ensure!(kept == [big.manifest.version.clone(), v2.manifest.version.clone()], "{kept:?}");
     let mut bad = Publisher::new(&server, "www", key(3));
     bad.token = Some(TOKEN.into());
     ensure!(bad.missing(&v1).await?.0 == StatusCode::BAD_REQUEST, "reserved names are refused");

@@ -69,7 +69,18 @@ pub(crate) fn publish(tx: &mut dyn AppTx, new: &NewVersion, quota: AppQuota, now
             trimmed.push(old);
         }
     }
-    let bytes = tx.app_bytes(&new.app)?;
+    // Past the byte quota the oldest versions go too (never the current): an app whose
+    // versions grew would otherwise be refused every publication from then on.
+    let mut bytes = tx.app_bytes(&new.app)?;
+    if bytes > quota.max_app_bytes {
+        let mut older: Vec<String> = tx.version_names(&new.app)?.into_iter().filter(|v| v != version).collect();
+        while bytes > quota.max_app_bytes {
+            let Some(oldest) = older.pop() else { break };
+            freed.extend(tx.delete_version(&new.app, &oldest)?);
+            trimmed.push(oldest);
+            bytes = tx.app_bytes(&new.app)?;
+        }
+    }
     if bytes > quota.max_app_bytes {
         return Ok(Moved::OverQuota { bytes });
     }
