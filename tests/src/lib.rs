@@ -289,6 +289,24 @@ fn firefox_prefs() -> Value {
     })
 }
 
+/// Starts a WebDriver server (`command`, given `--port=port`) and waits until it answers;
+/// returns its process and URL.
+async fn start_driver(mut command: Command, port: u16, name: &str) -> Result<(Process, String)> {
+    let child = command
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({}; cargo xtask setup installs it)", command.get_program().to_string_lossy()))?;
+    let process = Process(Some(child));
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{name} to listen"), Duration::from_secs(20), || async {
+        Ok(reqwest::get(format!("{url}/status")).await.is_ok().then_some(()))
+    })
+    .await?;
+    Ok((process, url))
+}
+
 impl Browser {
     /// A fresh browser of the engine `env` names.
     pub async fn start(env: &Env) -> Result<Browser> {
@@ -301,25 +319,16 @@ impl Browser {
     async fn start_firefox(env: &Env) -> Result<Browser> {
         let port = free_port()?;
         let profile = tempfile::tempdir()?;
-        let child = Command::new(&env.geckodriver)
-            .arg(format!("--port={port}"))
+        let mut command = Command::new(&env.geckodriver);
+        command
             // Its own BiDi port, so two browsers can run at once.
             .arg(format!("--websocket-port={}", free_port()?))
             // The profile is made inside this folder, whose path marks the Firefox processes.
             .arg("--profile-root")
             .arg(profile.path())
             // Chrome-context scripts (the worker stop) need it since Firefox 138.
-            .arg("--allow-system-access")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {} (cargo xtask setup installs it)", env.geckodriver.display()))?;
-        let geckodriver = Process(Some(child));
-        let url = format!("http://127.0.0.1:{port}");
-        wait_for("geckodriver to listen", Duration::from_secs(20), || async {
-            Ok(reqwest::get(format!("{url}/status")).await.is_ok().then_some(()))
-        })
-        .await?;
+            .arg("--allow-system-access");
+        let (geckodriver, url) = start_driver(command, port, "geckodriver").await?;
         let mut caps = DesiredCapabilities::firefox();
         caps.set_firefox_binary(&env.firefox.to_string_lossy())?;
         caps.set_headless()?;
@@ -330,18 +339,7 @@ impl Browser {
 
     async fn start_chromium(env: &Env) -> Result<Browser> {
         let port = free_port()?;
-        let child = Command::new(&env.chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {}", env.chromedriver.display()))?;
-        let chromedriver = Process(Some(child));
-        let url = format!("http://127.0.0.1:{port}");
-        wait_for("chromedriver to listen", Duration::from_secs(20), || async {
-            Ok(reqwest::get(format!("{url}/status")).await.is_ok().then_some(()))
-        })
-        .await?;
+        let (chromedriver, url) = start_driver(Command::new(&env.chromedriver), port, "chromedriver").await?;
         let profile = tempfile::tempdir()?;
         let mut caps = DesiredCapabilities::chrome();
         caps.set_binary(&env.chromium.to_string_lossy())?;
