@@ -56,14 +56,20 @@ fn two_devices_share_a_space_through_the_cli() -> anyhow::Result<()> {
         // Write once watch is connected (it says so on stderr).
         let stderr = watch.stderr.take().context("stderr")?;
         let (connected_tx, connected) = std::sync::mpsc::channel();
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heard = said.clone();
         std::thread::spawn(move || {
             for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
                 if line.trim() == "connected" {
                     let _ = connected_tx.send(());
                 }
+                heard.lock().expect("lock").push(line);
             }
         });
-        connected.recv_timeout(Duration::from_secs(10)).context("watch did not connect")?;
+        // Generous on a loaded 2-core CI machine; what watch said shows why if it fails.
+        connected
+            .recv_timeout(Duration::from_secs(30))
+            .with_context(|| format!("watch did not connect; it said: {:?}", said.lock().expect("lock")))?;
         run(&a, &s, &["put", "notes", "fourth", "title", "\"again\""])?;
         let mut line = String::new();
         let stdout = watch.stdout.take().context("stdout")?;
