@@ -275,6 +275,11 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Watch => {
             let c = Client::open(config).await?;
             let mut events = c.subscribe();
+            // The engine may have connected before this subscription: say so now, or the
+            // event is missed and watch stays silent about a connection it has.
+            if c.status().connected {
+                eprintln!("connected");
+            }
             loop {
                 tokio::select! {
                     e = events.recv() => match e {
