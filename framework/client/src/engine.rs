@@ -589,8 +589,10 @@ impl Engine {
                             self.attempt = 0;
                             self.connects += 1;
                             conn = Some(c);
-                            self.emit(Event::Connected);
+                            // Status first: whoever hears the event (or subscribes in
+                            // between and asks) finds it connected.
                             self.report(true);
+                            self.emit(Event::Connected);
                         }
                         Err(reason) => retry_at = self.disconnected(reason),
                     },
