@@ -151,7 +151,7 @@ async fn respond(
     JsFuture::from(scope.fetch_with_request(request)).await
 }
 
-fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::File, version: &str) -> Result<Response, JsValue> {
+fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, version: &str) -> Result<Response, JsValue> {
     let etag = format!("\"{}\"", file.sha256);
     let headers = Headers::new()?;
     headers.set("content-type", &file.mime)?;

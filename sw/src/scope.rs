@@ -9,7 +9,8 @@
 //! `<name>@<key>`, where the key is the scope's path (`one`, `apps%2Ftodo`). Retiring one
 //! app then erases only its own storage. Messages on the `stead` channel carry the
 //! scope, so pages can tell their app's messages from another's. (The worker keeps
-//! nothing in Cache Storage.)
+//! nothing in Cache Storage.) Without OPFS the bundle's IndexedDB database is scoped
+//! the same way.
 
 use wasm_bindgen::JsCast;
 
@@ -78,7 +79,8 @@ pub async fn remove_opfs_root_if_empty() -> Result<(), FsError> {
     if key.is_empty() {
         return Ok(());
     }
-    let root = opfs::root().await?;
+    // No OPFS at all (WebKit): nothing was kept there.
+    let Ok(root) = opfs::root().await else { return Ok(()) };
     let name = format!("{SCOPE_DIR}@{key}");
     if let Some(dir) = opfs::dir(&root, &name, false).await?
         && opfs::names(&dir).await?.is_empty()

@@ -1,6 +1,8 @@
-//! The worker's bundle store in OPFS.
+//! The worker's bundle store: OPFS where the worker can write files there, IndexedDB
+//! otherwise (WebKit without OPFS, or an engine that opens OPFS folders but refuses
+//! writable files in a worker).
 //!
-//! Layout under the worker's OPFS folder (the origin's root for the root scope, see
+//! In OPFS, under the worker's folder (the origin's root for the root scope, see
 //! [`crate::scope`]):
 //!
 //! ```text
@@ -9,20 +11,27 @@
 //! stead/active.json           manifest of the version being served
 //! stead/pending.json          manifest of a fully downloaded update, not yet activated
 //! stead/meta.json             last update check and last error, for status
+//! stead-killed.json           the kill switch's marker, beside `stead/`
 //! ```
 //!
+//! In IndexedDB, the database `stead-bundle` (scoped like every database, see
+//! [`crate::scope`]) holds the same under keys: `files` maps a SHA-256 to a `Blob`,
+//! written in one transaction only once the whole body was hashed and matched, and
+//! `docs` maps `active.json`, `pending.json`, `meta.json` and `killed.json` to their text.
+//!
 //! A version's manifest is written only after every file it names is stored, and the
-//! manifest is the pointer: switching versions is one atomic file replacement.
+//! manifest is the pointer: switching versions is one atomic replacement.
 
 use std::collections::BTreeMap;
 
-use js_sys::{Reflect, Uint8Array};
+use js_sys::{Array, Reflect, Uint8Array};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stead_core::bundle::{BundleFile, BundleManifest};
+use stead_store::idb::db;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{File, ReadableStreamDefaultReader, Response};
+use web_sys::{Blob, IdbDatabase, ReadableStreamDefaultReader, Response};
 
 use crate::{
     SwError,
@@ -34,6 +43,14 @@ pub const PENDING: &str = "pending.json";
 const META: &str = "meta.json";
 const ROOT: &str = "stead";
 const PART: &str = ".part";
+/// The kill switch's marker: present while a killed worker keeps data the server lacks.
+const KILLED: &str = "stead-killed.json";
+/// The IndexedDB fallback's database and its object stores.
+const IDB_NAME: &str = "stead-bundle";
+const IDB_FILES: &str = "files";
+const IDB_DOCS: &str = "docs";
+/// Written, read back and removed to learn whether this worker can write OPFS files.
+const PROBE: &str = ".stead-bundle-probe";
 
 /// What status shows about past update checks; survives worker restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -45,123 +62,313 @@ pub struct Meta {
     pub last_error: Option<String>,
 }
 
+/// Where this worker keeps its bundle, chosen once per worker life by [`Place::detect`].
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// The worker's OPFS folder (the scope's root).
+    Opfs(Dir),
+    /// The `stead-bundle` database.
+    IndexedDb,
+}
+
+impl Place {
+    /// OPFS when a bundle is already stored there or a probe file can be written, read
+    /// back and removed; IndexedDB otherwise. A store that exists keeps its place, so a
+    /// worker that once chose OPFS never loses its bundle to a failing probe (a full disk).
+    pub async fn detect() -> Place {
+        let Ok(root) = crate::scope::opfs_root().await else { return Place::IndexedDb };
+        if matches!(opfs::dir(&root, ROOT, false).await, Ok(Some(_))) || matches!(opfs::file(&root, KILLED).await, Ok(Some(_))) {
+            return Place::Opfs(root);
+        }
+        let writable = async {
+            opfs::write_bytes(&root, PROBE, b"ok").await?;
+            let read = opfs::read_bytes(&root, PROBE).await?;
+            opfs::remove(&root, PROBE, false).await?;
+            Ok::<bool, opfs::FsError>(read.as_deref() == Some(&b"ok"[..]))
+        };
+        match writable.await {
+            Ok(true) => Place::Opfs(root),
+            _ => Place::IndexedDb,
+        }
+    }
+
+    /// `opfs` or `indexeddb`, as status shows it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Place::Opfs(_) => "opfs",
+            Place::IndexedDb => "indexeddb",
+        }
+    }
+
+    pub async fn open(&self) -> Result<BundleStore, SwError> {
+        match self {
+            Place::Opfs(root) => BundleStore::open_in(root).await,
+            Place::IndexedDb => BundleStore::open_idb().await,
+        }
+    }
+
+    /// Deletes every file, version and status the store holds (the kill marker stays).
+    pub async fn wipe(&self) -> Result<(), SwError> {
+        match self {
+            Place::Opfs(root) => BundleStore::wipe(root).await,
+            Place::IndexedDb => {
+                let database = idb_open().await?;
+                let tx = db::transaction(&database, &[IDB_FILES, IDB_DOCS], true)?;
+                db::store(&tx, IDB_FILES)?.clear()?;
+                let docs = db::store(&tx, IDB_DOCS)?;
+                for name in [ACTIVE, PENDING, META] {
+                    docs.delete(&name.into())?;
+                }
+                db::committed(&tx).await?;
+                database.close();
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the kill switch's marker is there.
+    pub async fn killed(&self) -> Result<bool, SwError> {
+        match self {
+            Place::Opfs(root) => Ok(opfs::file(root, KILLED).await?.is_some()),
+            Place::IndexedDb => {
+                let database = idb_open().await?;
+                let found = db::get(&database, IDB_DOCS, KILLED).await?.is_some();
+                database.close();
+                Ok(found)
+            }
+        }
+    }
+
+    pub async fn mark_killed(&self, json: &str) -> Result<(), SwError> {
+        match self {
+            Place::Opfs(root) => Ok(opfs::write_bytes(root, KILLED, json.as_bytes()).await?),
+            Place::IndexedDb => {
+                let database = idb_open().await?;
+                db::put(&database, IDB_DOCS, KILLED, &json.into()).await?;
+                database.close();
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes the marker, and with it whatever is left of the store.
+    pub async fn unmark_killed(&self) -> Result<(), SwError> {
+        match self {
+            Place::Opfs(root) => {
+                opfs::remove(root, KILLED, false).await?;
+                Ok(())
+            }
+            Place::IndexedDb => Ok(db::delete_database(IDB_NAME).await?),
+        }
+    }
+}
+
+async fn idb_open() -> Result<IdbDatabase, SwError> {
+    Ok(db::open(IDB_NAME, &[IDB_FILES, IDB_DOCS]).await?)
+}
+
 #[derive(Debug, Clone)]
 pub struct BundleStore {
-    root: Dir,
-    files: Dir,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Opfs { root: Dir, files: Dir },
+    Idb(IdbDatabase),
 }
 
 impl BundleStore {
-    pub async fn open() -> Result<Self, SwError> {
-        Self::open_in(&crate::scope::opfs_root().await?).await
-    }
-
-    /// Opens (creating) the store under `parent`; tests use a folder of their own.
+    /// Opens (creating) the store under `parent` in OPFS; tests use a folder of their own.
     pub async fn open_in(parent: &Dir) -> Result<Self, SwError> {
         let root = opfs::dir(parent, ROOT, true).await?.expect("created");
         let files = opfs::dir(&root, "files", true).await?.expect("created");
-        Ok(BundleStore { root, files })
+        Ok(BundleStore { backend: Backend::Opfs { root, files } })
     }
 
-    /// Deletes everything the store holds under `parent`.
+    /// Opens (creating) the store in IndexedDB.
+    pub async fn open_idb() -> Result<Self, SwError> {
+        Ok(BundleStore { backend: Backend::Idb(idb_open().await?) })
+    }
+
+    /// Opens (creating) an IndexedDB store in a database of its own; for tests.
+    pub async fn open_idb_named(name: &str) -> Result<Self, SwError> {
+        Ok(BundleStore { backend: Backend::Idb(db::open(name, &[IDB_FILES, IDB_DOCS]).await?) })
+    }
+
+    /// Deletes everything the OPFS store holds under `parent`.
     pub async fn wipe(parent: &Dir) -> Result<(), SwError> {
         opfs::remove(parent, ROOT, true).await?;
         Ok(())
     }
 
+    /// `opfs` or `indexeddb`.
+    pub fn place_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Opfs { .. } => "opfs",
+            Backend::Idb(_) => "indexeddb",
+        }
+    }
+
+    async fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>, SwError> {
+        match &self.backend {
+            Backend::Opfs { root, .. } => Ok(opfs::read_bytes(root, name).await?),
+            Backend::Idb(database) => Ok(db::get(database, IDB_DOCS, name).await?.and_then(|v| v.as_string()).map(String::into_bytes)),
+        }
+    }
+
+    async fn write_doc(&self, name: &str, text: &str) -> Result<(), SwError> {
+        match &self.backend {
+            Backend::Opfs { root, .. } => Ok(opfs::write_bytes(root, name, text.as_bytes()).await?),
+            Backend::Idb(database) => Ok(db::put(database, IDB_DOCS, name, &text.into()).await?),
+        }
+    }
+
     pub async fn manifest(&self, name: &str) -> Result<Option<BundleManifest>, SwError> {
-        match opfs::read_bytes(&self.root, name).await? {
+        match self.read_doc(name).await? {
             Some(bytes) => Ok(Some(BundleManifest::parse(&bytes)?)),
             None => Ok(None),
         }
     }
 
     pub async fn write_manifest(&self, name: &str, manifest: &BundleManifest) -> Result<(), SwError> {
-        Ok(opfs::write_bytes(&self.root, name, manifest.to_json().as_bytes()).await?)
+        self.write_doc(name, &manifest.to_json()).await
     }
 
     pub async fn remove_manifest(&self, name: &str) -> Result<(), SwError> {
-        opfs::remove(&self.root, name, false).await?;
+        match &self.backend {
+            Backend::Opfs { root, .. } => {
+                opfs::remove(root, name, false).await?;
+            }
+            Backend::Idb(database) => db::delete(database, IDB_DOCS, name).await?,
+        }
         Ok(())
     }
 
     pub async fn meta(&self) -> Meta {
-        match opfs::read_bytes(&self.root, META).await {
+        match self.read_doc(META).await {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
             _ => Meta::default(),
         }
     }
 
     pub async fn write_meta(&self, meta: &Meta) -> Result<(), SwError> {
-        let json = serde_json::to_vec(meta).expect("meta serializes");
-        Ok(opfs::write_bytes(&self.root, META, &json).await?)
+        self.write_doc(META, &serde_json::to_string(meta).expect("meta serializes")).await
     }
 
     /// Stored contents by hash, with their sizes. Unfinished downloads are not listed.
     pub async fn stored(&self) -> Result<BTreeMap<String, u64>, SwError> {
         let mut out = BTreeMap::new();
-        for name in opfs::names(&self.files).await? {
-            if name.ends_with(PART) {
-                continue;
+        match &self.backend {
+            Backend::Opfs { files, .. } => {
+                for name in opfs::names(files).await? {
+                    if name.ends_with(PART) {
+                        continue;
+                    }
+                    if let Some(f) = opfs::file(files, &name).await? {
+                        out.insert(name, f.size() as u64);
+                    }
+                }
             }
-            if let Some(f) = opfs::file(&self.files, &name).await? {
-                out.insert(name, f.size() as u64);
+            Backend::Idb(database) => {
+                for (name, value) in db::all(database, IDB_FILES).await? {
+                    if let Some(blob) = value.dyn_ref::<Blob>() {
+                        out.insert(name, blob.size() as u64);
+                    }
+                }
             }
         }
         Ok(out)
     }
 
-    /// Every entry in the files folder, unfinished downloads included.
+    /// Every stored content's name, unfinished OPFS downloads (`.part`) included.
     pub async fn file_names(&self) -> Result<Vec<String>, SwError> {
-        Ok(opfs::names(&self.files).await?)
+        match &self.backend {
+            Backend::Opfs { files, .. } => Ok(opfs::names(files).await?),
+            Backend::Idb(database) => Ok(db::keys(database, IDB_FILES).await?),
+        }
     }
 
     /// The stored content with this hash.
-    pub async fn file(&self, sha256: &str) -> Result<Option<File>, SwError> {
-        Ok(opfs::file(&self.files, sha256).await?)
+    pub async fn file(&self, sha256: &str) -> Result<Option<Blob>, SwError> {
+        match &self.backend {
+            Backend::Opfs { files, .. } => Ok(opfs::file(files, sha256).await?.map(Blob::from)),
+            Backend::Idb(database) => Ok(db::get(database, IDB_FILES, sha256).await?.and_then(|v| v.dyn_into::<Blob>().ok())),
+        }
     }
 
     pub async fn delete(&self, name: &str) -> Result<bool, SwError> {
-        Ok(opfs::remove(&self.files, name, false).await?)
+        match &self.backend {
+            Backend::Opfs { files, .. } => Ok(opfs::remove(files, name, false).await?),
+            Backend::Idb(database) => {
+                let had = db::get(database, IDB_FILES, name).await?.is_some();
+                db::delete(database, IDB_FILES, name).await?;
+                Ok(had)
+            }
+        }
     }
 
     /// Streams a response body into the store, hashing as it goes. The content becomes
     /// visible under its hash only when size and SHA-256 match `file`; otherwise nothing
     /// is kept and the error says what differed.
     pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<(), SwError> {
-        let part_name = format!("{}{PART}", file.sha256);
-        let part = opfs::file_handle(&self.files, &part_name, true).await?.expect("created");
-        let writable = opfs::writable(&part).await?;
-        let copied = copy_hashing(response, &writable).await;
-        let verdict = match copied {
-            Ok((size, _)) if size != file.size => Err(SwError::Size {
-                path: file.path.clone(),
-                expected: file.size,
-                actual: size,
-            }),
-            Ok((_, sha)) if sha != file.sha256 => Err(SwError::Hash {
-                path: file.path.clone(),
-                expected: file.sha256.clone(),
-                actual: sha,
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = verdict {
-            let _ = JsFuture::from(writable.abort()).await;
-            let _ = opfs::remove(&self.files, &part_name, false).await;
-            return Err(e);
+        match &self.backend {
+            Backend::Opfs { files, .. } => put_opfs(files, file, response).await,
+            Backend::Idb(database) => {
+                // IndexedDB has no rename: the chunks are held until the hash is known and
+                // the Blob is stored in one transaction only if it matched.
+                let chunks = Array::new();
+                let copied = copy_hashing(response, |chunk| {
+                    chunks.push(chunk);
+                    async { Ok(()) }
+                })
+                .await;
+                verify(file, copied)?;
+                let blob = Blob::new_with_u8_array_sequence(&chunks)?;
+                Ok(db::put(database, IDB_FILES, &file.sha256, &blob).await?)
+            }
         }
-        JsFuture::from(writable.close()).await?;
-        Ok(opfs::rename(&part, &file.sha256).await?)
     }
 }
 
-/// Copies the body chunk by chunk into `writable` and returns its size and hex SHA-256.
-async fn copy_hashing(
-    response: &Response,
-    writable: &web_sys::FileSystemWritableFileStream,
-) -> Result<(u64, String), SwError> {
+/// The outcome of a copy, checked against what the manifest promised.
+fn verify(file: &BundleFile, copied: Result<(u64, String), SwError>) -> Result<(), SwError> {
+    match copied {
+        Ok((size, _)) if size != file.size => Err(SwError::Size { path: file.path.clone(), expected: file.size, actual: size }),
+        Ok((_, sha)) if sha != file.sha256 => Err(SwError::Hash { path: file.path.clone(), expected: file.sha256.clone(), actual: sha }),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn put_opfs(files: &Dir, file: &BundleFile, response: &Response) -> Result<(), SwError> {
+    let part_name = format!("{}{PART}", file.sha256);
+    let part = opfs::file_handle(files, &part_name, true).await?.expect("created");
+    let writable = opfs::writable(&part).await?;
+    let copied = copy_hashing(response, |chunk| {
+        let written = writable.write_with_js_u8_array(chunk).map(JsFuture::from);
+        async move {
+            written?.await?;
+            Ok(())
+        }
+    })
+    .await;
+    if let Err(e) = verify(file, copied) {
+        let _ = JsFuture::from(writable.abort()).await;
+        let _ = opfs::remove(files, &part_name, false).await;
+        return Err(e);
+    }
+    JsFuture::from(writable.close()).await?;
+    Ok(opfs::rename(&part, &file.sha256).await?)
+}
+
+/// Reads the body chunk by chunk, hands each chunk to `sink` and returns the size and
+/// hex SHA-256 of the whole.
+async fn copy_hashing<F, Fut>(response: &Response, mut sink: F) -> Result<(u64, String), SwError>
+where
+    F: FnMut(&Uint8Array) -> Fut,
+    Fut: Future<Output = Result<(), SwError>>,
+{
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let Some(body) = response.body() else {
@@ -180,7 +387,7 @@ async fn copy_hashing(
         chunk.copy_to(&mut buf);
         hasher.update(&buf);
         size += n as u64;
-        JsFuture::from(writable.write_with_js_u8_array(&chunk)?).await?;
+        sink(&chunk).await?;
     }
     Ok((size, hex::encode(hasher.finalize())))
 }

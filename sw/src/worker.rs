@@ -17,19 +17,18 @@ use stead_core::bundle::{BundleFile, BundleManifest, MANIFEST_FILE};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 use web_sys::{
-    BroadcastChannel, Client, ClientQueryOptions, ClientType, ExtendableEvent, ExtendableMessageEvent, File,
+    Blob, BroadcastChannel, Client, ClientQueryOptions, ClientType, ExtendableEvent, ExtendableMessageEvent,
     RequestCache, RequestInit, Response, ServiceWorkerGlobalScope,
 };
 
 use crate::{
     SwError,
     data::{Data, Kept},
-    store::{ACTIVE, BundleStore, Meta, PENDING},
+    store::{ACTIVE, BundleStore, Meta, PENDING, Place},
 };
 
 /// In the worker's OPFS folder while a kill waits for kept data: a restarted worker is
 /// still killed.
-const KILLED_MARKER: &str = "stead-killed.json";
 /// How often a killed worker looks whether the server now has the kept data.
 const KEPT_CHECK_MS: f64 = 2_000.0;
 
@@ -74,6 +73,8 @@ pub struct Worker {
     /// Whether a loop is erasing kept spaces as the server acknowledges them.
     watching: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
+    /// Where the bundle is kept, once known in this worker life.
+    place: RefCell<Option<Place>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
 }
 
@@ -83,9 +84,10 @@ struct State {
     active: Option<Rc<BundleManifest>>,
     pending: Option<Rc<BundleManifest>>,
     meta: Meta,
-    /// `File` snapshots of stored contents: content-addressed files never change, so a
-    /// snapshot can be served again without touching OPFS handles.
-    blobs: HashMap<String, File>,
+    /// `Blob`s of stored contents (OPFS `File` snapshots, IndexedDB values):
+    /// content-addressed files never change, so one can be served again without another
+    /// look-up.
+    blobs: HashMap<String, Blob>,
     /// The version each page was loaded with, so no page sees two versions mixed.
     clients: HashMap<String, Rc<BundleManifest>>,
 }
@@ -113,6 +115,7 @@ impl Worker {
             kept_known: std::cell::Cell::new(false),
             watching: std::cell::Cell::new(false),
             loading: RefCell::default(),
+            place: RefCell::default(),
             updating: RefCell::default(),
         }
     }
@@ -207,14 +210,14 @@ impl Worker {
             .get_or_insert_with(|| {
                 let w = self.clone();
                 async move {
-                    let root = crate::scope::opfs_root().await?;
-                    if crate::opfs::file(&root, KILLED_MARKER).await?.is_some() {
+                    let place = w.place().await;
+                    if place.killed().await? {
                         // Killed in an earlier life, with data kept.
                         w.killed.set(true);
                         w.watch_kept();
                         return Err(SwError::Js("this app was withdrawn (kill switch)".into()));
                     }
-                    let store = BundleStore::open().await?;
+                    let store = place.open().await?;
                     // Three independent reads: in flight together, a cold start pays one
                     // OPFS round trip for them instead of three.
                     let (active, pending, meta) =
@@ -266,8 +269,18 @@ impl Worker {
         Some(active)
     }
 
-    /// A `File` for stored content, from the snapshot cache when possible.
-    pub async fn blob(self: &Rc<Self>, sha256: &str) -> Result<Option<File>, SwError> {
+    /// Where the bundle is kept: detected once per worker life.
+    async fn place(&self) -> Place {
+        if let Some(place) = self.place.borrow().clone() {
+            return place;
+        }
+        let place = Place::detect().await;
+        *self.place.borrow_mut() = Some(place.clone());
+        place
+    }
+
+    /// A `Blob` for stored content, from the snapshot cache when possible.
+    pub async fn blob(self: &Rc<Self>, sha256: &str) -> Result<Option<Blob>, SwError> {
         if let Some(f) = self.state.borrow().blobs.get(sha256) {
             return Ok(Some(f.clone()));
         }
@@ -469,8 +482,8 @@ impl Worker {
     /// has it or the user agrees to lose it ([`Worker::erase_kept`]).
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.killed.set(true);
-        let root = crate::scope::opfs_root().await?;
-        BundleStore::wipe(&root).await?;
+        let place = self.place().await;
+        place.wipe().await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;
         let kept = match Data::get().retire(5_000.0).await {
@@ -488,7 +501,7 @@ impl Worker {
         if kept.is_empty() {
             return self.finish_kill().await;
         }
-        crate::opfs::write_bytes(&root, KILLED_MARKER, json!({"killed_at": Date::now()}).to_string().as_bytes()).await?;
+        place.mark_killed(&json!({"killed_at": Date::now()}).to_string()).await?;
         *self.kept.borrow_mut() = kept;
         self.kept_known.set(true);
         self.announce_kept();
@@ -550,8 +563,7 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
-        let root = crate::scope::opfs_root().await?;
-        crate::opfs::remove(&root, KILLED_MARKER, false).await?;
+        self.place().await.unmark_killed().await?;
         crate::scope::remove_opfs_root_if_empty().await?;
         self.broadcast(json!({"type": "killed", "kept": []}));
         JsFuture::from(self.scope.registration().unregister()?).await?;
@@ -620,6 +632,7 @@ impl Worker {
             "last_check_result": s.meta.last_check_result,
             "last_error": s.meta.last_error,
             "storage": estimate,
+            "bundle_storage": store.place_name(),
             "worker_started": self.started,
             "killed": false,
         })

@@ -93,3 +93,96 @@ async fn wipe_removes_everything() {
     assert!(opfs::dir(&parent, "stead", false).await.unwrap().is_none());
     assert!(opfs::names(&parent).await.unwrap().is_empty());
 }
+
+// The IndexedDB fallback: the same promises as the OPFS store, for engines whose worker
+// cannot write OPFS files (WebKit).
+
+async fn fresh_idb(name: &str) -> BundleStore {
+    stead_store::idb::db::delete_database(name).await.unwrap();
+    BundleStore::open_idb_named(name).await.unwrap()
+}
+
+async fn bytes_of(blob: &web_sys::Blob) -> Vec<u8> {
+    let buf = wasm_bindgen_futures::JsFuture::from(blob.array_buffer()).await.unwrap();
+    js_sys::Uint8Array::new(&buf).to_vec()
+}
+
+#[wasm_bindgen_test]
+async fn indexeddb_stores_verified_content_streamed_in_chunks() {
+    let store = fresh_idb("t-idb-verified").await;
+    assert_eq!(store.place_name(), "indexeddb");
+    // A body of several chunks: a stream of three parts.
+    let parts: Vec<Vec<u8>> = vec![vec![1u8; 70_000], vec![2u8; 5], vec![3u8; 200_000]];
+    let body: Vec<u8> = parts.concat();
+    let file = bundle_file("big.bin", &body);
+    let stream = web_sys::ReadableStream::new_with_underlying_source(&{
+        let source = js_sys::Object::new();
+        let chunks = js_sys::Array::new();
+        for p in &parts {
+            chunks.push(&js_sys::Uint8Array::from(&p[..]));
+        }
+        let start = wasm_bindgen::closure::Closure::once_into_js(move |controller: web_sys::ReadableStreamDefaultController| {
+            for c in chunks.iter() {
+                controller.enqueue_with_chunk(&c).unwrap();
+            }
+            controller.close().unwrap();
+        });
+        js_sys::Reflect::set(&source, &"start".into(), &start).unwrap();
+        source
+    })
+    .unwrap();
+    let response = Response::new_with_opt_readable_stream(Some(&stream)).unwrap();
+    store.put(&file, &response).await.unwrap();
+    assert_eq!(store.stored().await.unwrap().get(&file.sha256), Some(&(body.len() as u64)));
+    let blob = store.file(&file.sha256).await.unwrap().unwrap();
+    assert_eq!(bytes_of(&blob).await, body, "the stored bytes are the body, in order");
+    assert_eq!(store.file_names().await.unwrap(), vec![file.sha256.clone()]);
+    // Served as a worker serves it: a Response over the stored Blob.
+    let served = Response::new_with_opt_blob(Some(&blob)).unwrap();
+    let text = wasm_bindgen_futures::JsFuture::from(served.array_buffer().unwrap()).await.unwrap();
+    assert_eq!(js_sys::Uint8Array::new(&text).length() as usize, body.len());
+}
+
+#[wasm_bindgen_test]
+async fn indexeddb_refuses_corrupt_content_and_keeps_nothing() {
+    let store = fresh_idb("t-idb-corrupt").await;
+    let file = bundle_file("index.html", b"<h1>hello</h1>");
+    let err = store.put(&file, &response(b"<h1>hellO</h1>")).await.unwrap_err();
+    assert!(matches!(err, SwError::Hash { ref path, .. } if path == "index.html"), "{err}");
+    let err = store.put(&file, &response(b"<h1>hello</h1>!")).await.unwrap_err();
+    assert!(matches!(err, SwError::Size { expected: 14, actual: 15, .. }), "{err}");
+    assert!(store.file_names().await.unwrap().is_empty());
+    assert!(store.file(&file.sha256).await.unwrap().is_none());
+    assert!(store.stored().await.unwrap().is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn indexeddb_manifests_meta_and_deletes_survive_reopening() {
+    let store = fresh_idb("t-idb-manifest").await;
+    let m = BundleManifest::new("index.html", vec![bundle_file("index.html", b"<h1>")]).unwrap();
+    assert_eq!(store.manifest("active.json").await.unwrap(), None);
+    store.write_manifest("active.json", &m).await.unwrap();
+    let meta = stead_sw::store::Meta { last_error: Some("boom".into()), ..Default::default() };
+    store.write_meta(&meta).await.unwrap();
+    let a = bundle_file("a.txt", b"a");
+    store.put(&a, &response(b"a")).await.unwrap();
+
+    let again = BundleStore::open_idb_named("t-idb-manifest").await.unwrap();
+    assert_eq!(again.manifest("active.json").await.unwrap(), Some(m));
+    assert_eq!(again.meta().await, meta);
+    assert_eq!(bytes_of(&again.file(&a.sha256).await.unwrap().unwrap()).await, b"a");
+    again.remove_manifest("active.json").await.unwrap();
+    assert_eq!(again.manifest("active.json").await.unwrap(), None);
+    assert!(again.delete(&a.sha256).await.unwrap());
+    assert!(!again.delete(&a.sha256).await.unwrap(), "a second delete finds nothing");
+    assert!(again.file(&a.sha256).await.unwrap().is_none());
+}
+
+#[wasm_bindgen_test]
+async fn the_place_is_opfs_where_the_worker_can_write_it() {
+    // Chromium and Firefox workers write OPFS files, so detection keeps OPFS there; the
+    // WebKit e2e run shows the other branch.
+    let place = stead_sw::store::Place::detect().await;
+    assert_eq!(place.name(), "opfs");
+    assert_eq!(place.open().await.unwrap().place_name(), "opfs");
+}

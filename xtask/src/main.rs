@@ -391,12 +391,6 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("PATH", tools.path_env())
         .run()?;
 
-    step("service worker tests in Chromium (wasm-bindgen-test, service worker scope)");
-    cargo(root)
-        .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])
-        .env("CHROMEDRIVER", &tools.chromedriver)
-        .env("PATH", tools.path_env())
-        .run()?;
 
     step("stead-yew tests in a Chromium page (channel messages, filters, records, the sync badge)");
     cargo(root)
@@ -409,6 +403,13 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     // before CHROMEDRIVER), so each run sets one and removes the other.
     let drivers = [("Chromium", "CHROMEDRIVER", &tools.chromedriver, "GECKODRIVER"), ("Firefox", "GECKODRIVER", &tools.geckodriver, "CHROMEDRIVER")];
     for (engine, driver_var, driver, other_var) in drivers {
+        step(&format!("service worker tests in {engine} (wasm-bindgen-test, service worker scope: the bundle store on OPFS and on IndexedDB)"));
+        cargo(root)
+            .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])
+            .env(driver_var, driver)
+            .env_remove(other_var)
+            .env("PATH", tools.path_env())
+            .run()?;
         for (scope, var) in [("service worker", "WASM_BINDGEN_USE_SERVICE_WORKER"), ("page", "WASM_BINDGEN_USE_BROWSER")] {
             step(&format!("OPFS and IndexedDB store tests in {engine} ({scope} scope)"));
             cargo(root)

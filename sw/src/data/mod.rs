@@ -409,8 +409,9 @@ impl Data {
         forget_identity(space).await?;
         stead_store::idb::destroy(&space_db(space)).await?;
         stead_store::idb::destroy(&blob_db(space)).await?;
-        let root = crate::scope::opfs_root().await?;
-        if let Some(data) = opfs::dir(&root, DATA_ROOT, false).await?
+        // Without OPFS (WebKit) every space is in IndexedDB, already erased above.
+        if let Ok(root) = crate::scope::opfs_root().await
+            && let Some(data) = opfs::dir(&root, DATA_ROOT, false).await?
             && let Some(spaces) = opfs::dir(&data, "spaces", false).await?
         {
             opfs::remove(&spaces, &space.to_string(), true).await?;
@@ -422,7 +423,9 @@ impl Data {
     async fn erase_rest(&self) -> Result<(), DataError> {
         self.woken.set(false);
         stead_store::idb::destroy(keys::DB).await?;
-        opfs::remove(&crate::scope::opfs_root().await?, DATA_ROOT, true).await?;
+        if let Ok(root) = crate::scope::opfs_root().await {
+            opfs::remove(&root, DATA_ROOT, true).await?;
+        }
         Ok(())
     }
 

@@ -138,3 +138,10 @@ pub async fn all(db: &IdbDatabase, store_name: &str) -> Result<Vec<(String, JsVa
     let values: Array = request(&s.get_all()?).await?.unchecked_into();
     Ok(keys.iter().zip(values.iter()).map(|(k, v)| (k.as_string().unwrap_or_default(), v)).collect())
 }
+
+/// Every key of a store, in key order, without reading the values.
+pub async fn keys(db: &IdbDatabase, store_name: &str) -> Result<Vec<String>, FsError> {
+    let tx = transaction(db, &[store_name], false)?;
+    let keys: Array = request(&store(&tx, store_name)?.get_all_keys()?).await?.unchecked_into();
+    Ok(keys.iter().map(|k| k.as_string().unwrap_or_default()).collect())
+}

@@ -52,12 +52,21 @@ pub type Dir = FileSystemDirectoryHandle;
 /// The storage manager of the current global scope, whichever kind it is.
 pub fn storage() -> Result<StorageManager, FsError> {
     let navigator = Reflect::get(&js_sys::global(), &"navigator".into())?;
-    Ok(Reflect::get(&navigator, &"storage".into())?.unchecked_into())
+    let storage = Reflect::get(&navigator, &"storage".into())?;
+    if storage.is_undefined() || storage.is_null() {
+        // WebKit turns the Storage API off in some builds: calling into it would throw.
+        return Err(FsError { name: "NotSupportedError".into(), message: "this scope has no navigator.storage".into() });
+    }
+    Ok(storage.unchecked_into())
 }
 
 /// The origin's OPFS root.
 pub async fn root() -> Result<Dir, FsError> {
-    Ok(JsFuture::from(storage()?.get_directory()).await?.unchecked_into())
+    let storage = storage()?;
+    if !Reflect::get(&storage, &"getDirectory".into())?.is_function() {
+        return Err(FsError { name: "NotSupportedError".into(), message: "this browser has no origin private file system".into() });
+    }
+    Ok(JsFuture::from(storage.get_directory()).await?.unchecked_into())
 }
 
 fn is_not_found(e: &JsValue) -> bool {
