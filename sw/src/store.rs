@@ -15,9 +15,12 @@
 //! ```
 //!
 //! In IndexedDB, the database `stead-bundle` (scoped like every database, see
-//! [`crate::scope`]) holds the same under keys: `files` maps a SHA-256 to a `Blob`,
-//! written in one transaction only once the whole body was hashed and matched, and
-//! `docs` maps `active.json`, `pending.json`, `meta.json` and `killed.json` to their text.
+//! [`crate::scope`]) holds the same under keys: `files` maps a SHA-256 to the body's
+//! chunks (an array of `Uint8Array`s) and `sizes` to its size, both written in one
+//! transaction only once the whole body was hashed and matched; `docs` maps
+//! `active.json`, `pending.json`, `meta.json` and `stead-killed.json` to their text.
+//! Bytes, not `Blob`s: WebKit's non-persistent sessions (private browsing, automation)
+//! refuse to store a `Blob` in IndexedDB ("Error preparing Blob/File data").
 //!
 //! A version's manifest is written only after every file it names is stored, and the
 //! manifest is the pointer: switching versions is one atomic replacement.
@@ -48,7 +51,9 @@ const KILLED: &str = "stead-killed.json";
 /// The IndexedDB fallback's database and its object stores.
 const IDB_NAME: &str = "stead-bundle";
 const IDB_FILES: &str = "files";
+const IDB_SIZES: &str = "sizes";
 const IDB_DOCS: &str = "docs";
+const IDB_STORES: [&str; 3] = [IDB_FILES, IDB_SIZES, IDB_DOCS];
 /// Written, read back and removed to learn whether this worker can write OPFS files.
 const PROBE: &str = ".stead-bundle-probe";
 
@@ -113,8 +118,9 @@ impl Place {
             Place::Opfs(root) => BundleStore::wipe(root).await,
             Place::IndexedDb => {
                 let database = idb_open().await?;
-                let tx = db::transaction(&database, &[IDB_FILES, IDB_DOCS], true)?;
+                let tx = db::transaction(&database, &IDB_STORES, true)?;
                 db::store(&tx, IDB_FILES)?.clear()?;
+                db::store(&tx, IDB_SIZES)?.clear()?;
                 let docs = db::store(&tx, IDB_DOCS)?;
                 for name in [ACTIVE, PENDING, META] {
                     docs.delete(&name.into())?;
@@ -164,7 +170,7 @@ impl Place {
 }
 
 async fn idb_open() -> Result<IdbDatabase, SwError> {
-    Ok(db::open(IDB_NAME, &[IDB_FILES, IDB_DOCS]).await?)
+    Ok(db::open(IDB_NAME, &IDB_STORES).await?)
 }
 
 #[derive(Debug, Clone)]
@@ -193,7 +199,7 @@ impl BundleStore {
 
     /// Opens (creating) an IndexedDB store in a database of its own; for tests.
     pub async fn open_idb_named(name: &str) -> Result<Self, SwError> {
-        Ok(BundleStore { backend: Backend::Idb(db::open(name, &[IDB_FILES, IDB_DOCS]).await?) })
+        Ok(BundleStore { backend: Backend::Idb(db::open(name, &IDB_STORES).await?) })
     }
 
     /// Deletes everything the OPFS store holds under `parent`.
@@ -271,9 +277,9 @@ impl BundleStore {
                 }
             }
             Backend::Idb(database) => {
-                for (name, value) in db::all(database, IDB_FILES).await? {
-                    if let Some(blob) = value.dyn_ref::<Blob>() {
-                        out.insert(name, blob.size() as u64);
+                for (name, size) in db::all(database, IDB_SIZES).await? {
+                    if let Some(size) = size.as_f64() {
+                        out.insert(name, size as u64);
                     }
                 }
             }
@@ -285,7 +291,7 @@ impl BundleStore {
     pub async fn file_names(&self) -> Result<Vec<String>, SwError> {
         match &self.backend {
             Backend::Opfs { files, .. } => Ok(opfs::names(files).await?),
-            Backend::Idb(database) => Ok(db::keys(database, IDB_FILES).await?),
+            Backend::Idb(database) => Ok(db::keys(database, IDB_SIZES).await?),
         }
     }
 
@@ -293,7 +299,10 @@ impl BundleStore {
     pub async fn file(&self, sha256: &str) -> Result<Option<Blob>, SwError> {
         match &self.backend {
             Backend::Opfs { files, .. } => Ok(opfs::file(files, sha256).await?.map(Blob::from)),
-            Backend::Idb(database) => Ok(db::get(database, IDB_FILES, sha256).await?.and_then(|v| v.dyn_into::<Blob>().ok())),
+            Backend::Idb(database) => match db::get(database, IDB_FILES, sha256).await? {
+                Some(chunks) => Ok(Some(Blob::new_with_u8_array_sequence(&chunks)?)),
+                None => Ok(None),
+            },
         }
     }
 
@@ -301,8 +310,11 @@ impl BundleStore {
         match &self.backend {
             Backend::Opfs { files, .. } => Ok(opfs::remove(files, name, false).await?),
             Backend::Idb(database) => {
-                let had = db::get(database, IDB_FILES, name).await?.is_some();
-                db::delete(database, IDB_FILES, name).await?;
+                let had = db::get(database, IDB_SIZES, name).await?.is_some();
+                let tx = db::transaction(database, &[IDB_FILES, IDB_SIZES], true)?;
+                db::store(&tx, IDB_FILES)?.delete(&name.into())?;
+                db::store(&tx, IDB_SIZES)?.delete(&name.into())?;
+                db::committed(&tx).await?;
                 Ok(had)
             }
         }
@@ -316,7 +328,7 @@ impl BundleStore {
             Backend::Opfs { files, .. } => put_opfs(files, file, response).await,
             Backend::Idb(database) => {
                 // IndexedDB has no rename: the chunks are held until the hash is known and
-                // the Blob is stored in one transaction only if it matched.
+                // stored, with the size, in one transaction only if it matched.
                 let chunks = Array::new();
                 let copied = copy_hashing(response, |chunk| {
                     chunks.push(chunk);
@@ -324,8 +336,10 @@ impl BundleStore {
                 })
                 .await;
                 verify(file, copied)?;
-                let blob = Blob::new_with_u8_array_sequence(&chunks)?;
-                Ok(db::put(database, IDB_FILES, &file.sha256, &blob).await?)
+                let tx = db::transaction(database, &[IDB_FILES, IDB_SIZES], true)?;
+                db::store(&tx, IDB_FILES)?.put_with_key(&chunks, &file.sha256.as_str().into())?;
+                db::store(&tx, IDB_SIZES)?.put_with_key(&(file.size as f64).into(), &file.sha256.as_str().into())?;
+                Ok(db::committed(&tx).await?)
             }
         }
     }
