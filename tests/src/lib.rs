@@ -1,10 +1,11 @@
 //! Harness for Stead's end-to-end tests: a real server process, a real browser (Chromium
-//! through ChromeDriver, WebDriver + CDP, or Firefox through geckodriver) and a counting,
+//! through ChromeDriver, WebDriver + CDP; Firefox through geckodriver; WebKitGTK's
+//! MiniBrowser through WebKitWebDriver, on an Xvfb display of its own) and a counting,
 //! cuttable proxy between them.
 //!
 //! `cargo xtask test` builds the todo example and the server and passes their paths in
-//! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`; `STEAD_E2E_BROWSER` (`chromium`, the default, or
-//! `firefox`) chooses the engine. Every test starts its own processes on free loopback
+//! `STEAD_E2E_DIST` and `STEAD_SERVER_BIN`; `STEAD_E2E_BROWSER` (`chromium`, the default,
+//! `firefox` or `webkit`) chooses the engine. Every test starts its own processes on free loopback
 //! ports with a fresh browser profile and stops them by their own PIDs. A step an engine
 //! cannot do is named in the test's output ([`Browser::lacks`]) and only that is skipped.
 
@@ -28,6 +29,7 @@ use thirtyfour::prelude::*;
 pub enum Engine {
     Chromium,
     Firefox,
+    WebKit,
 }
 
 /// Something a test does that not every engine lets WebDriver do.
@@ -45,7 +47,8 @@ impl Engine {
         match std::env::var("STEAD_E2E_BROWSER").as_deref() {
             Err(_) | Ok("" | "chromium") => Ok(Engine::Chromium),
             Ok("firefox") => Ok(Engine::Firefox),
-            Ok(other) => bail!("STEAD_E2E_BROWSER={other:?}: expected chromium or firefox"),
+            Ok("webkit") => Ok(Engine::WebKit),
+            Ok(other) => bail!("STEAD_E2E_BROWSER={other:?}: expected chromium, firefox or webkit"),
         }
     }
 
@@ -53,6 +56,7 @@ impl Engine {
         match self {
             Engine::Chromium => "Chromium",
             Engine::Firefox => "Firefox",
+            Engine::WebKit => "WebKit",
         }
     }
 
@@ -64,6 +68,10 @@ impl Engine {
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
             ),
+            (Engine::WebKit, Capability::Cdp) => Some("WebKitWebDriver speaks only W3C WebDriver"),
+            (Engine::WebKit, Capability::QuotaOverride) => {
+                Some("WebKitGTK has no quota override WebDriver can reach (an automation session's storage is in memory)")
+            }
         }
     }
 }
@@ -78,6 +86,10 @@ pub struct Env {
     pub engine: Engine,
     pub geckodriver: PathBuf,
     pub firefox: PathBuf,
+    pub webkit_driver: PathBuf,
+    /// WebKitGTK's MiniBrowser, the browser WebKitWebDriver starts.
+    pub minibrowser: PathBuf,
+    pub xvfb: PathBuf,
     /// Chromium features to turn on (`--enable-features`), for APIs behind a flag.
     pub chromium_features: Vec<String>,
 }
@@ -106,6 +118,9 @@ impl Env {
                 std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cargo/bin/geckodriver")
             }),
             firefox: path("FIREFOX", "/usr/bin/firefox-esr"),
+            webkit_driver: path("WEBKIT_WEBDRIVER", "/usr/bin/WebKitWebDriver"),
+            minibrowser: path("MINIBROWSER", "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser"),
+            xvfb: path("XVFB", "/usr/bin/Xvfb"),
             chromium_features: Vec::new(),
         })
     }
@@ -259,8 +274,8 @@ fn skip_note(engine: Engine, cap: Capability, what: &str) -> bool {
     true
 }
 
-/// A browser with a fresh profile, driven through its own driver process (ChromeDriver or
-/// geckodriver).
+/// A browser with a fresh profile, driven through its own driver process (ChromeDriver,
+/// geckodriver or WebKitWebDriver).
 pub struct Browser {
     pub driver: WebDriver,
     pub engine: Engine,
@@ -268,6 +283,9 @@ pub struct Browser {
     driver_url: String,
     _driver_process: Process,
     _profile: tempfile::TempDir,
+    /// WebKit: the driver's process group (MiniBrowser and its web and network processes
+    /// are in it) and the Xvfb display they draw on.
+    webkit: Option<(i32, Process)>,
 }
 
 /// Firefox preferences for a test profile.
@@ -313,7 +331,51 @@ impl Browser {
         match env.engine {
             Engine::Chromium => Self::start_chromium(env).await,
             Engine::Firefox => Self::start_firefox(env).await,
+            Engine::WebKit => Self::start_webkit(env).await,
         }
+    }
+
+    /// MiniBrowser in its automation session (storage in memory, like private browsing),
+    /// on an Xvfb display of its own; the Storage API is a runtime feature WebKitGTK
+    /// leaves off, so it is turned on for `navigator.storage.estimate()`.
+    async fn start_webkit(env: &Env) -> Result<Browser> {
+        use std::os::unix::process::CommandExt;
+        // `-displayfd 1`: Xvfb picks a free display and writes its number to stdout.
+        let mut xvfb = Command::new(&env.xvfb)
+            .args(["-displayfd", "1", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start Xvfb ({}; cargo xtask setup installs it)", env.xvfb.display()))?;
+        let mut line = String::new();
+        BufReader::new(xvfb.stdout.take().expect("piped")).read_line(&mut line)?;
+        let xvfb = Process(Some(xvfb));
+        let display = line.trim();
+        anyhow::ensure!(!display.is_empty() && display.bytes().all(|b| b.is_ascii_digit()), "Xvfb gave no display number ({line:?})");
+        let port = free_port()?;
+        let mut command = Command::new(&env.webkit_driver);
+        // Its own process group: MiniBrowser and its helpers are killed with it.
+        command.env("DISPLAY", format!(":{display}")).process_group(0);
+        let (driver_process, url) = start_driver(command, port, "WebKitWebDriver").await?;
+        let group = driver_process.0.as_ref().map_or(0, |c| c.id() as i32);
+        let mut caps = Capabilities::new();
+        caps.set("browserName", "MiniBrowser")?;
+        caps.set(
+            "webkitgtk:browserOptions",
+            serde_json::json!({
+                "binary": env.minibrowser,
+                "args": ["--automation", "--features=+StorageAPI,+StorageAPIEstimate"],
+            }),
+        )?;
+        let driver = WebDriver::new(&url, caps).await.context("cannot open a WebKit session")?;
+        Ok(Browser {
+            driver,
+            engine: Engine::WebKit,
+            driver_url: url,
+            _driver_process: driver_process,
+            _profile: tempfile::tempdir()?,
+            webkit: Some((group, xvfb)),
+        })
     }
 
     async fn start_firefox(env: &Env) -> Result<Browser> {
@@ -334,7 +396,7 @@ impl Browser {
         caps.set_headless()?;
         caps.set_browser_option("prefs", firefox_prefs())?;
         let driver = WebDriver::new(&url, caps).await.context("cannot open a Firefox session")?;
-        Ok(Browser { driver, engine: Engine::Firefox, driver_url: url, _driver_process: geckodriver, _profile: profile })
+        Ok(Browser { driver, engine: Engine::Firefox, driver_url: url, _driver_process: geckodriver, _profile: profile, webkit: None })
     }
 
     async fn start_chromium(env: &Env) -> Result<Browser> {
@@ -361,7 +423,7 @@ impl Browser {
             caps.add_arg(&format!("--enable-features={}", env.chromium_features.join(",")))?;
         }
         let driver = WebDriver::new(&url, caps).await.context("cannot open a Chromium session")?;
-        Ok(Browser { driver, engine: Engine::Chromium, driver_url: url, _driver_process: chromedriver, _profile: profile })
+        Ok(Browser { driver, engine: Engine::Chromium, driver_url: url, _driver_process: chromedriver, _profile: profile, webkit: None })
     }
 
     /// A new browser (its own profile) with `url` open.
@@ -389,6 +451,11 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // Chromium names it in `--user-data-dir=`, Firefox in `-profile <root>/rust_mozprofile…`.
         kill_marked(&self._profile.path().display().to_string());
+        if let Some((group, _xvfb)) = &self.webkit
+            && *group > 0
+        {
+            let _ = Command::new("kill").args(["-9", "--", &format!("-{group}")]).status();
+        }
     }
 }
 
@@ -417,7 +484,8 @@ impl Browser {
     /// document.
     pub async fn refresh(&self) -> Result<()> {
         match self.engine {
-            Engine::Chromium => self.driver.refresh().await?,
+            // WebKit's Refresh goes through the worker, as a user's reload does.
+            Engine::Chromium | Engine::WebKit => self.driver.refresh().await?,
             Engine::Firefox => {
                 self.js("window.steadBeforeReload = true; setTimeout(() => location.reload(), 0);").await?;
                 wait_for("the page to reload", Duration::from_secs(30), || async {
@@ -510,8 +578,30 @@ impl Browser {
     /// `ServiceWorker.stopAllWorkers` in Chromium; in Firefox, `terminateWorker()` on each
     /// registration's workers through the service worker manager, from a chrome-context
     /// script (Marionette's `moz/context`), which is what about:debugging's stop does.
+    /// WebKit has no such command: the page leaves (`about:blank`) until WebKit stops the
+    /// worker for having no client (about 10 s), then comes back, so the worker has
+    /// already woken when this returns; the worker's start time in status proves the stop.
     pub async fn stop_workers(&self) -> Result<()> {
         match self.engine {
+            Engine::WebKit => {
+                let url = self.driver.current_url().await?;
+                let started = |s: Value| s["worker_started"].as_f64();
+                let before = self.status().await.ok().and_then(started);
+                for wait in [12, 16, 24] {
+                    self.driver.goto("about:blank").await?;
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    self.driver.goto(url.as_str()).await?;
+                    let Some(before) = before else { return Ok(()) };
+                    let after = wait_for("the worker's status after the stop", Duration::from_secs(30), || async {
+                        Ok(self.status().await.ok().and_then(started))
+                    })
+                    .await?;
+                    if after != before {
+                        return Ok(());
+                    }
+                }
+                bail!("WebKit kept the service worker running with no page open for 24 s");
+            }
             Engine::Chromium => {
                 self.cdp("ServiceWorker.enable", serde_json::json!({})).await?;
                 self.cdp("ServiceWorker.stopAllWorkers", serde_json::json!({})).await?;

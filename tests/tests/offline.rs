@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::Value;
 use stead_e2e::{Browser, Env, Server, manifest, proxy::Proxy, rebuild_with_marker, wait_for};
 use thirtyfour::prelude::*;
@@ -222,12 +222,12 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     let server = Server::start(&env, &env.dist)?;
     let browser = Browser::start(&env).await?;
     install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
-    let opfs_names = "const root = await navigator.storage.getDirectory(); const names = [];\
-                      for await (const k of root.keys()) names.push(k); return names.sort();";
-    // The app has made its space: the bundle and the data are both in OPFS.
+    // The app has made its space: the bundle and the data are both stored (in OPFS where
+    // the engine has it, else in IndexedDB).
     wait_for("the app's data to be stored", Duration::from_secs(30), || async {
-        let names = browser.js_async(opfs_names).await?;
-        Ok((names == serde_json::json!(["stead", "stead-data"])).then_some(()))
+        let s = Stored::of(&browser).await?;
+        let both = if s.opfs { s.has("opfs:stead") && s.has("opfs:stead-data") } else { s.has("idb:stead-bundle") && s.has_prefix("idb:stead-space-") };
+        Ok(both.then_some(()))
     })
     .await?;
 
@@ -237,9 +237,7 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
         Ok((gone.as_bool() == Some(true)).then_some(()))
     })
     .await?;
-    assert_eq!(browser.js_async(opfs_names).await?, serde_json::json!([]));
-    let databases = browser.js_async("return (await indexedDB.databases()).map(d => d.name);").await?;
-    assert_eq!(databases, serde_json::json!([]), "the keys and any IndexedDB store are gone too");
+    assert_eq!(Stored::of(&browser).await?.names, Vec::<String>::new(), "the bundle, the keys and every store are gone");
     // The page keeps working from the network.
     browser.refresh().await?;
     browser.add_todo("after the kill switch").await?;
@@ -257,14 +255,9 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
     browser.refresh().await?;
     let removed = || async {
-        let gone = browser
-            .js_async(
-                "const root = await navigator.storage.getDirectory(); const names = [];\
-                 for await (const k of root.keys()) names.push(k);\
-                 return names.length === 0 && !(await navigator.serviceWorker.getRegistration());",
-            )
-            .await?;
-        Ok((gone.as_bool() == Some(true)).then_some(()))
+        let unregistered = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        // The page's own space (IndexedDB's `stead` keys) goes too: nothing of the app is left.
+        Ok((Stored::of(&browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
     };
     wait_for("the worker to remove itself", Duration::from_secs(30), removed).await?;
     // A reload may register again (if the page missed the `killed` message), but the
@@ -273,21 +266,47 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     browser.wait_app().await?;
     if let Err(e) = wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await {
         let left = browser
-            .js_async(
-                "const root = await navigator.storage.getDirectory(); const names = [];\
-                 for await (const k of root.keys()) names.push(k);\
-                 const r = await navigator.serviceWorker.getRegistration();\
-                 return {opfs: names, registration: r ? r.scope : null, killed_key: localStorage.getItem('stead-killed')};",
-            )
+            .js_async("const r = await navigator.serviceWorker.getRegistration(); return {registration: r ? r.scope : null, killed_key: localStorage.getItem('stead-killed')};")
             .await?;
-        anyhow::bail!("{e:#}; left behind: {left}");
+        anyhow::bail!("{e:#}; left behind: {left}, stored: {:?}", Stored::of(&browser).await?.names);
     }
     browser.quit().await
 }
 
-const OPFS_NAMES: &str = "const root = await navigator.storage.getDirectory(); const names = [];\
-                          for await (const k of root.keys()) names.push(k); return names.sort();";
-const IDB_NAMES: &str = "return (await indexedDB.databases()).map(d => d.name).sort();";
+/// What the origin stores, seen from the page: OPFS's top-level names (`opfs:<name>`)
+/// where the engine has OPFS, and IndexedDB's databases (`idb:<name>`), sorted.
+struct Stored {
+    opfs: bool,
+    names: Vec<String>,
+}
+
+impl Stored {
+    async fn of(b: &Browser) -> Result<Stored> {
+        let v = b
+            .js_async(
+                "const names = []; const opfs = typeof navigator.storage?.getDirectory === 'function';\
+                 if (opfs) { const root = await navigator.storage.getDirectory(); for await (const k of root.keys()) names.push('opfs:' + k); }\
+                 for (const d of await indexedDB.databases()) names.push('idb:' + d.name);\
+                 return {opfs, names: names.sort()};",
+            )
+            .await?;
+        let names = v["names"].as_array().with_context(|| format!("listing storage: {v}"))?;
+        Ok(Stored { opfs: v["opfs"] == true, names: names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect() })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    fn has_prefix(&self, prefix: &str) -> bool {
+        self.names.iter().any(|n| n.starts_with(prefix))
+    }
+
+    /// The names other than the spaces' IndexedDB databases.
+    fn without_spaces(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).filter(|n| !n.starts_with("idb:stead-space-")).collect()
+    }
+}
 
 /// Posts to `_stead/v1/{path}` (relative to the page) and returns `{status, body}`.
 async fn post(b: &Browser, path: &str, content_type: &str, body: &str) -> Result<Value> {
@@ -353,8 +372,14 @@ async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<
     assert!(killed["kept"][0]["pending"].as_u64() >= Some(1), "{killed}");
 
     // The bundle is gone; the space, its keys and the worker stay to answer the erase call.
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-data", "stead-killed.json"]));
-    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!(["stead"]));
+    let kept = Stored::of(&b).await?;
+    if kept.opfs {
+        assert_eq!(kept.names, ["idb:stead", "opfs:stead-data", "opfs:stead-killed.json"]);
+    } else {
+        // The marker is in the bundle's database, whose files and versions are gone.
+        assert_eq!(kept.without_spaces(), ["idb:stead", "idb:stead-bundle"]);
+        assert!(kept.has(&format!("idb:stead-space-{space}")), "{:?}", kept.names);
+    }
     let status = b.status().await?;
     assert_eq!((status["killed"].clone(), status["consent_needed"].clone()), (Value::Bool(true), Value::Bool(true)), "{status}");
     assert_eq!(status["kept"][0]["space"], space.as_str(), "{status}");
@@ -369,7 +394,7 @@ async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<
     assert_eq!(no["status"], 400, "{no}");
     let form = post(&b, "erase", "application/x-www-form-urlencoded", "confirm=true").await?;
     assert_eq!(form["status"], 400, "{form}");
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-data", "stead-killed.json"]));
+    assert_eq!(Stored::of(&b).await?.names, kept.names, "a refused erase erases nothing");
     let yes = post(&b, "erase", "application/json", "{\"confirm\": true}").await?;
     assert_eq!(yes["status"], 200, "{yes}");
     assert_eq!(yes["body"]["erased"], serde_json::json!([space]), "{yes}");
@@ -378,8 +403,7 @@ async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<
         Ok((gone.as_bool() == Some(true)).then_some(()))
     })
     .await?;
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!([]));
-    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!([]));
+    assert_eq!(Stored::of(&b).await?.names, Vec::<String>::new());
     b.quit().await
 }
 
@@ -397,8 +421,7 @@ async fn kept_changes_that_reach_the_server_after_a_kill_are_erased_then() -> Re
         Ok((gone.as_bool() == Some(true)).then_some(()))
     })
     .await?;
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!([]));
-    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!([]));
+    assert_eq!(Stored::of(&b).await?.names, Vec::<String>::new());
     let last = b.js("return window.killed[window.killed.length - 1]").await?;
     assert_eq!(last["kept"], serde_json::json!([]), "{last}");
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.port)).await?.text().await?;
@@ -435,9 +458,14 @@ async fn two_apps_under_different_scopes_of_one_origin_keep_their_data_apart() -
     assert_ne!(listed[0], listed[1]);
     let scope = "return (await navigator.serviceWorker.getRegistration()).scope;";
     assert_eq!(b.js_async(scope).await?, format!("{}two/", server.url));
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-scope@one", "stead-scope@two"]));
-    let idb = b.js_async(IDB_NAMES).await?;
-    assert_eq!(idb, serde_json::json!(["stead@one", "stead@two"]), "{idb}");
+    // Every name either app stored carries its scope, and both apps stored something.
+    let before = Stored::of(&b).await?;
+    let scoped = |n: &&String, key: &str| n.ends_with(&format!("@{key}"));
+    assert!(before.names.iter().all(|n| scoped(&n, "one") || scoped(&n, "two")), "{:?}", before.names);
+    let named = if before.opfs { ["opfs:stead-scope@one", "opfs:stead-scope@two"] } else { ["idb:stead-bundle@one", "idb:stead-bundle@two"] };
+    for n in named.into_iter().chain(["idb:stead@one", "idb:stead@two"]) {
+        assert!(before.has(n), "{n} in {:?}", before.names);
+    }
 
     // Retiring app one (its data is all on the server) leaves app two alone, even with a
     // page of app two open to hear the `killed` message.
@@ -450,8 +478,9 @@ async fn two_apps_under_different_scopes_of_one_origin_keep_their_data_apart() -
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(b.js_async(registered).await?, serde_json::json!([format!("{}two/", server.url)]));
-    assert_eq!(b.js_async(OPFS_NAMES).await?, serde_json::json!(["stead-scope@two"]));
-    assert_eq!(b.js_async(IDB_NAMES).await?, serde_json::json!(["stead@two"]));
+    let two: Vec<&String> = before.names.iter().filter(|n| scoped(n, "two")).collect();
+    let after = Stored::of(&b).await?;
+    assert_eq!(after.names.iter().collect::<Vec<_>>(), two, "app one's storage went, app two's stayed");
     b.driver.switch_to_window(windows[1].clone()).await?;
     b.refresh().await?;
     b.wait_app().await?;
