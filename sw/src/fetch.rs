@@ -55,7 +55,7 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         }
         return;
     }
-    if crate::data::api::is_data_route(&rel) {
+    if is_data_route(&rel) {
         let w = worker.clone();
         let _ = event.respond_with(&future_to_promise(async move {
             // A worker that just started learns here whether it was killed before.
@@ -64,7 +64,7 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
                 let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
                 return JsFuture::from(scope.fetch_with_request(&request)).await;
             }
-            crate::data::api::handle(request, rel).await
+            crate::data::Data::get().handle(request, rel).await
         }));
         return;
     }
@@ -94,8 +94,8 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         // the browser knows it is offline), then drop contents only closed pages pinned.
         let w = worker.clone();
         let check = future_to_promise(async move {
-            // A page is opening: open the data and resume its sync.
-            let _ = crate::data::Data::get().wake().await;
+            // A page is opening: open the data, if this device holds any, and resume its sync.
+            crate::data::Data::get().wake_if_used().await;
             if is_online() {
                 let _ = w.update().await;
             }
@@ -106,6 +106,11 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         });
         let _ = event.wait_until(&check);
     }
+}
+
+/// Whether the data engine answers this path (relative to the scope): the page API.
+pub fn is_data_route(rel: &str) -> bool {
+    rel.starts_with("_stead/v1/") && rel != STATUS_PATH
 }
 
 fn is_online() -> bool {

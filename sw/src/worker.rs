@@ -21,9 +21,11 @@ use web_sys::{
     RequestCache, RequestInit, Response, ServiceWorkerGlobalScope,
 };
 
+use stead_sw_common::{Kept, storage_estimate};
+
 use crate::{
     SwError,
-    data::{Data, Kept},
+    data::Data,
     store::{ACTIVE, BundleStore, Meta, PENDING, Place},
 };
 
@@ -176,9 +178,7 @@ impl Worker {
             Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
             Some("heartbeat") => wait_until(&event, async move {
                 // Pages keep the worker, and with it the sync connections, alive.
-                if let Err(e) = crate::data::Data::get().wake().await {
-                    web_sys::console::warn_1(&format!("opening the data engine: {e}").into());
-                }
+                Data::get().wake_if_used().await;
                 w.load().await?;
                 let last = w.state.borrow().meta.last_update_check.unwrap_or(0.0);
                 if Date::now() - last > HEARTBEAT_CHECK_MS {
@@ -267,6 +267,16 @@ impl Worker {
             s.clients.insert(client.to_owned(), active.clone());
         }
         Some(active)
+    }
+
+    /// Stored content by hash, even in a killed worker (whose bundle is gone but for the
+    /// data engine it keeps to sync what the server lacks).
+    pub async fn stored_file(self: &Rc<Self>, sha256: &str) -> Result<Option<Blob>, SwError> {
+        match self.load().await {
+            Ok(_) => self.blob(sha256).await,
+            Err(_) if self.killed.get() => self.place().await.open().await?.file(sha256).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the bundle is kept: detected once per worker life.
@@ -454,7 +464,8 @@ impl Worker {
             let mut s = self.state.borrow_mut();
             s.clients.retain(|id, _| live.contains(id));
             let versions = s.active.iter().chain(s.pending.iter()).chain(s.clients.values());
-            versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).collect()
+            // The data engine this script was built with, even before its version is active.
+            versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).chain(crate::data::module_sha256()).collect()
         };
         for name in store.file_names().await? {
             let hash = name.strip_suffix(".part").unwrap_or(&name);
@@ -481,25 +492,46 @@ impl Worker {
     /// the worker stays registered, answering status and the erase call, until the server
     /// has it or the user agrees to lose it ([`Worker::erase_kept`]).
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
+        let data = Data::get();
+        // The data engine is a bundle file: loaded before the bundle goes.
+        let in_use = data.in_use().await;
+        if in_use && let Err(e) = data.load().await {
+            web_sys::console::warn_1(&format!("loading the data engine: {e}").into());
+        }
         self.killed.set(true);
         let place = self.place().await;
         place.wipe().await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;
-        let kept = match Data::get().retire(5_000.0).await {
+        let retired = if in_use { data.retire(5_000.0).await } else { Ok(Vec::new()) };
+        let kept = match retired {
             Ok(kept) => kept,
             Err(e) => {
                 // Whether anything is unacknowledged is unknown: keep it all.
                 web_sys::console::warn_1(&format!("erasing the data: {e}").into());
                 let unknown = |space: String| Kept { space, pending: None, blobs_pending: None };
-                match Data::get().spaces().await {
-                    Ok(spaces) if !spaces.is_empty() => spaces.iter().map(|s| unknown(s.to_string())).collect(),
+                match data.spaces().await {
+                    Ok(spaces) if !spaces.is_empty() => spaces.into_iter().map(unknown).collect(),
                     _ => vec![unknown(String::new())],
                 }
             }
         };
         if kept.is_empty() {
             return self.finish_kill().await;
+        }
+        // A restarted killed worker needs the engine to sync and erase what is kept.
+        if let (Some(sha256), Some(bytes)) = (crate::data::module_sha256(), data.bytes()) {
+            let file = BundleFile {
+                path: stead_core::bundle::DATA_MODULE.into(),
+                sha256,
+                size: bytes.byte_length().into(),
+                mime: "application/wasm".into(),
+                immutable: false,
+            };
+            let stored = async { place.open().await?.put(&file, &Response::new_with_opt_buffer_source(Some(&bytes))?).await };
+            if let Err(e) = stored.await {
+                web_sys::console::warn_1(&format!("keeping the data engine: {e}").into());
+            }
         }
         place.mark_killed(&json!({"killed_at": Date::now()}).to_string()).await?;
         *self.kept.borrow_mut() = kept;
@@ -553,7 +585,7 @@ impl Worker {
                 if w.kept_known.get() && w.kept.borrow().is_empty() {
                     break;
                 }
-                let _ = crate::data::engine::sleep(KEPT_CHECK_MS).await;
+                let _ = stead_sw_common::sleep(KEPT_CHECK_MS).await;
             }
             w.watching.set(false);
         });
@@ -563,7 +595,10 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
-        self.place().await.unmark_killed().await?;
+        let place = self.place().await;
+        // The data engine a kill kept, if any.
+        place.wipe().await?;
+        place.unmark_killed().await?;
         crate::scope::remove_opfs_root_if_empty().await?;
         self.broadcast(json!({"type": "killed", "kept": []}));
         JsFuture::from(self.scope.registration().unregister()?).await?;
@@ -634,6 +669,7 @@ impl Worker {
             "storage": estimate,
             "bundle_storage": store.place_name(),
             "worker_started": self.started,
+            "data_engine": Data::get().state(),
             "killed": false,
         })
     }
@@ -643,19 +679,6 @@ impl Worker {
         if let (Some(channel), Ok(value)) = (&self.channel, JSON::parse(&message.to_string())) {
             let _ = channel.post_message(&value);
         }
-    }
-}
-
-/// `navigator.storage.estimate()`: bytes used and the origin's quota.
-pub(crate) async fn storage_estimate() -> serde_json::Value {
-    let Ok(storage) = crate::opfs::storage() else { return serde_json::Value::Null };
-    let Ok(promise) = storage.estimate() else { return serde_json::Value::Null };
-    match JsFuture::from(promise).await {
-        Ok(e) => {
-            let num = |k: &str| Reflect::get(&e, &k.into()).ok().and_then(|v| v.as_f64());
-            json!({"usage": num("usage"), "quota": num("quota")})
-        }
-        Err(_) => serde_json::Value::Null,
     }
 }
 

@@ -17,6 +17,9 @@ pub const MANIFEST_FILE: &str = "stead-bundle.json";
 /// The service worker's script, which the build writes next to the app's files. It is not
 /// part of the bundle: the browser installs and updates it.
 pub const WORKER_SCRIPT: &str = "stead-sw.js";
+/// The worker's data engine, a wasm module of its own that is a file of the bundle (the
+/// worker compiles it from its store on first data use; `stead-sw.js` names its SHA-256).
+pub const DATA_MODULE: &str = "stead-data.wasm";
 
 /// The manifest format this code reads and writes.
 pub const FORMAT: u32 = 1;
