@@ -60,7 +60,7 @@ impl Data {
         self.exports.borrow().is_some()
     }
 
-    /// `loaded`, `not loaded` or `unavailable: <why>`, for status.
+    /// `loaded` or `not loaded` (in this worker life), for status.
     pub fn state(&self) -> &'static str {
         if self.is_loaded() { "loaded" } else { "not loaded" }
     }
