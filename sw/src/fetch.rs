@@ -93,7 +93,11 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         // Look for a new version while the page loads from the current one (not when
         // the browser knows it is offline), then drop contents only closed pages pinned.
         let w = worker.clone();
+        let answered = promise.clone();
         let check = future_to_promise(async move {
+            // The page first: compiling the data engine and opening spaces share this
+            // thread with the answer's OPFS reads.
+            let _ = JsFuture::from(answered).await;
             // A page is opening: open the data, if this device holds any, and resume its sync.
             crate::data::Data::get().wake_if_used().await;
             if is_online() {
