@@ -170,7 +170,14 @@ impl Place {
 }
 
 async fn idb_open() -> Result<IdbDatabase, SwError> {
-    Ok(db::open(IDB_NAME, &IDB_STORES).await?)
+    let database = db::open(IDB_NAME, &IDB_STORES).await?;
+    // Whoever deletes the database (the kill switch, a page resetting the app) waits
+    // until every connection closed: this one closes when asked.
+    let this = database.clone();
+    let close = wasm_bindgen::closure::Closure::<dyn Fn()>::new(move || this.close());
+    database.set_onversionchange(Some(close.as_ref().unchecked_ref()));
+    close.forget();
+    Ok(database)
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +213,14 @@ impl BundleStore {
     pub async fn wipe(parent: &Dir) -> Result<(), SwError> {
         opfs::remove(parent, ROOT, true).await?;
         Ok(())
+    }
+
+    /// Closes the IndexedDB connection (nothing to close in OPFS): a database with an
+    /// open connection cannot be deleted. The store is not used after this.
+    pub fn close(&self) {
+        if let Backend::Idb(database) = &self.backend {
+            database.close();
+        }
     }
 
     /// `opfs` or `indexeddb`.

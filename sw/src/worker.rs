@@ -483,6 +483,9 @@ impl Worker {
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.killed.set(true);
         let place = self.place().await;
+        if let Some(store) = self.state.borrow_mut().store.take() {
+            store.close();
+        }
         place.wipe().await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;

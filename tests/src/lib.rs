@@ -39,6 +39,9 @@ pub enum Capability {
     Cdp,
     /// Lowering an origin's storage quota while the page runs.
     QuotaOverride,
+    /// Stopping the service worker while its page stays open (elsewhere the page must go
+    /// and come back, which needs the worker or the server to serve it).
+    StopWorkerUnderOpenPage,
 }
 
 impl Engine {
@@ -67,6 +70,10 @@ impl Engine {
             (Engine::Firefox, Capability::Cdp) => Some("geckodriver speaks no CDP (Firefox dropped CDP for WebDriver BiDi)"),
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
+            ),
+            (Engine::Firefox, Capability::StopWorkerUnderOpenPage) => None,
+            (Engine::WebKit, Capability::StopWorkerUnderOpenPage) => Some(
+                "WebKit stops a service worker only once no page of its scope is open (about 10 s later), and WebKitWebDriver has no command for it",
             ),
             (Engine::WebKit, Capability::Cdp) => Some("WebKitWebDriver speaks only W3C WebDriver"),
             (Engine::WebKit, Capability::QuotaOverride) => {
