@@ -42,6 +42,8 @@ pub enum Capability {
     /// Stopping the service worker while its page stays open (elsewhere the page must go
     /// and come back, which needs the worker or the server to serve it).
     StopWorkerUnderOpenPage,
+    /// OPFS, where the worker keeps the bundle and new spaces (elsewhere IndexedDB).
+    Opfs,
 }
 
 impl Engine {
@@ -71,7 +73,10 @@ impl Engine {
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
             ),
-            (Engine::Firefox, Capability::StopWorkerUnderOpenPage) => None,
+            (Engine::Firefox, Capability::StopWorkerUnderOpenPage | Capability::Opfs) => None,
+            (Engine::WebKit, Capability::Opfs) => Some(
+                "WebKitGTK's automation session has no OPFS (getDirectory fails, even with the FileSystem features on), so the worker keeps the bundle and the spaces in IndexedDB",
+            ),
             (Engine::WebKit, Capability::StopWorkerUnderOpenPage) => Some(
                 "WebKit stops a service worker only once no page of its scope is open (about 10 s later), and WebKitWebDriver has no command for it",
             ),
