@@ -44,6 +44,9 @@ pub enum Capability {
     StopWorkerUnderOpenPage,
     /// OPFS, where the worker keeps the bundle and new spaces (elsewhere IndexedDB).
     Opfs,
+    /// A script opening downloads (`Content-Disposition: attachment`) in frames and new
+    /// windows while WebDriver waits for the script's result.
+    OpenDownloadFromScript,
 }
 
 impl Engine {
@@ -73,7 +76,10 @@ impl Engine {
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
             ),
-            (Engine::Firefox, Capability::StopWorkerUnderOpenPage | Capability::Opfs) => None,
+            (Engine::Firefox, Capability::StopWorkerUnderOpenPage | Capability::Opfs | Capability::OpenDownloadFromScript) => None,
+            (Engine::WebKit, Capability::OpenDownloadFromScript) => {
+                Some("WebKitWebDriver loses the script's result (\"Could not parse script result\") once a frame or window of it starts a download")
+            }
             (Engine::WebKit, Capability::Opfs) => Some(
                 "WebKitGTK's automation session has no OPFS (getDirectory fails, even with the FileSystem features on), so the worker keeps the bundle and the spaces in IndexedDB",
             ),

@@ -377,7 +377,9 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     assert_eq!(written, json!(201), "every offline write is stored: {written}");
     let server = server.restart(&env)?;
     assert_eq!(entries_stored(&server).await?, 0, "the restarted server counts from zero");
-    link.set_rate(400_000);
+    // WebKit stops a worker only 10 s after its page left (see `stop_workers`): slower
+    // there, so the stop still lands in the middle (2.7 MB at 50 KB/s is about 54 s).
+    link.set_rate(if a.engine == Engine::WebKit { 50_000 } else { 400_000 });
     // Nudge A's worker to reconnect, and stop it once the server has committed part of
     // what it sends.
     a.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
@@ -535,7 +537,8 @@ async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<St
             "const r = await fetch('/_stead/v1/spaces/{space}/blobs', {{method: 'POST', headers: {{'content-type': '{mime}'}}, body: {body}}});\
              return await r.json();"
         ))
-        .await?;
+        .await
+        .with_context(|| format!("storing a {mime} blob"))?;
     r["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("storing a {mime} blob: {r}"))
 }
 
@@ -547,6 +550,7 @@ async fn blob_headers(b: &Browser, url: &str) -> Result<Value> {
            csp: h('content-security-policy'), disposition: h('content-disposition')}};"
     ))
     .await
+    .with_context(|| format!("fetching {url}"))
 }
 
 #[tokio::test]
@@ -576,20 +580,23 @@ async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
     let url = |sha: &str, mime: &str| format!("/_stead/v1/spaces/{space}/blobs/{sha}?mime={mime}");
 
     // Opened in a frame and in a new window, as a link in the app would open them.
-    let opened = a
-        .js_async(&format!(
-            "for (const u of ['{}', '{}', '{}']) {{\
-               const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
-               window.open(u, '_blank');\
-             }}\
-             await new Promise((ok) => setTimeout(ok, 3000));\
-             return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
-            url(&html, "text/html"),
-            url(&svg, "image/svg%2Bxml"),
-            url(&svg, "text/html"),
-        ))
-        .await?;
-    assert_eq!(opened, json!([]), "a blob's script ran as the app");
+    if !a.lacks(Capability::OpenDownloadFromScript, "opening the blobs (downloads) in frames and windows; their headers are checked below") {
+        let opened = a
+            .js_async(&format!(
+                "for (const u of ['{}', '{}', '{}']) {{\
+                   const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
+                   window.open(u, '_blank');\
+                 }}\
+                 await new Promise((ok) => setTimeout(ok, 3000));\
+                 return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
+                url(&html, "text/html"),
+                url(&svg, "image/svg%2Bxml"),
+                url(&svg, "text/html"),
+            ))
+            .await
+            .context("opening the blobs")?;
+        assert_eq!(opened, json!([]), "a blob's script ran as the app");
+    }
 
     // The headers that make it so, whatever type the URL asks for.
     let csp = "sandbox; default-src 'none'; style-src 'unsafe-inline'";
@@ -696,7 +703,15 @@ async fn a_cross_site_form_cannot_write_and_the_page_api_takes_only_json() -> Re
     // A plain navigation to a data route (a link, the address bar) is refused too.
     a.driver.goto(&format!("{}_stead/v1/spaces", server.url)).await?;
     let answer = page_text_at(&a, &format!("{}_stead/v1/spaces", server.url)).await?;
-    assert!(is_problem(&answer, 403, "not navigations"), "a navigation is not a page API call: {answer}");
+    if a.engine == Engine::WebKit && !is_problem(&answer, 403, "not navigations") {
+        // WebKit sent this navigation past the worker, to the server, which has no page
+        // API and answers with the app's page: no data either way.
+        let controlled = a.js("return !!navigator.serviceWorker.controller").await?;
+        assert_eq!(controlled, json!(false), "served by the worker, yet not refused: {answer}");
+        assert!(!answer.contains("\"spaces\""), "a navigation is not a page API call: {answer}");
+    } else {
+        assert!(is_problem(&answer, 403, "not navigations"), "a navigation is not a page API call: {answer}");
+    }
     a.driver.switch_to_window(home).await?;
     assert_eq!(texts().await?, ["mine"], "nothing was written");
 
