@@ -620,7 +620,7 @@ async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
 
     // An allow-listed image still shows in the tab that opens it.
     a.driver.goto(&format!("{}{}", server.url.trim_end_matches('/'), url(&png, "image/png"))).await?;
-    let shown = wait_for("the image to show", Duration::from_secs(10), || async {
+    let shown = wait_for("the image to show", Duration::from_secs(30), || async {
         let v = a.js("const i = document.images[0]; return [document.contentType, i ? i.naturalWidth : 0];").await?;
         Ok((v[1] == 1).then_some(v))
     })

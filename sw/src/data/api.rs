@@ -137,7 +137,11 @@ async fn blob_response(request: &Request, space: &str, sha: &str) -> Result<Resp
         }
     }
     init.set_headers(&headers);
-    Ok(Response::new_with_opt_u8_array_and_init(Some(&mut content), &init)?)
+    // A copy the JS heap owns: a view of wasm memory is freed and reused when `content`
+    // drops, and WebKit read the body from the view after that (a range came back with
+    // its first bytes overwritten).
+    let body = js_sys::Uint8Array::from(&content[..]);
+    Ok(Response::new_with_opt_buffer_source_and_init(Some(&body), &init)?)
 }
 
 fn respond(status: u16, body: &J, mime: &str) -> Result<Response, JsValue> {
