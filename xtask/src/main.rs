@@ -469,10 +469,9 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     // One engine after the other: two browsers per test at most on a 2-core machine. A step
     // Firefox cannot do is printed as `SKIPPED in Firefox: …` by the harness.
-    // `engines` drives Firefox and Chromium against one server, so it runs here, once.
-    step("end-to-end tests in Firefox (offline and data suites; a space shared with Chromium)");
+    step("end-to-end tests in Firefox (offline and data suites)");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
         .env("STEAD_E2E_BROWSER", "firefox")
         .env("STEAD_E2E_DIST", &dist)
         .env("CARGO_TARGET_DIR", &target)
@@ -486,9 +485,11 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     // WebKitGTK's automation session keeps storage in memory and has no OPFS, so the worker
     // keeps the bundle and the spaces in IndexedDB: the fallback, chosen by detection. What
     // WebKit cannot do is printed as `SKIPPED in WebKit: …`.
-    step("end-to-end tests in WebKit (offline and data suites; MiniBrowser on Xvfb, storage in IndexedDB)");
+    // `engines` drives two engines against one server (Firefox and WebKit each with
+    // Chromium), so it runs here, once.
+    step("end-to-end tests in WebKit (offline and data suites; MiniBrowser on Xvfb, storage in IndexedDB; spaces shared across engines)");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
         .env("STEAD_E2E_BROWSER", "webkit")
         .env("STEAD_E2E_DIST", &dist)
         .env("CARGO_TARGET_DIR", &target)
@@ -496,6 +497,10 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("WEBKIT_WEBDRIVER", &tools.webkit_driver)
         .env("MINIBROWSER", &tools.minibrowser)
         .env("XVFB", &tools.xvfb)
+        .env("GECKODRIVER", &tools.geckodriver)
+        .env("FIREFOX", &tools.firefox)
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("CHROMIUM", &tools.chromium)
         .run()?;
     Ok(())
 }

@@ -526,6 +526,8 @@ impl Engine {
             "pending": pending,
             "entries": entries,
             "replicas": vector.len(),
+            // Where the log is kept, chosen when the space was made here.
+            "log_storage": self.me.storage,
             "connects": s.connects,
             "last_synced": s.last_synced,
             "last_error": s.last_error,
