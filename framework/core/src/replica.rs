@@ -104,6 +104,9 @@ pub struct Replica {
     /// The stored snapshot's generation and chunk count, and the previous one's count.
     snap_gen: u64,
     snap_counts: (u64, u64),
+    /// Set when a damaged snapshot chunk could not be rebuilt because the store had not
+    /// loaded the entries it needs ([`Replica::take_incomplete`]).
+    incomplete: std::cell::Cell<bool>,
 }
 
 /// A range of one collection's records in a stored snapshot, decoded on first use.
@@ -148,6 +151,7 @@ impl Replica {
             full: OnceCell::new(),
             snap_gen: 0,
             snap_counts: (0, 0),
+            incomplete: std::cell::Cell::new(false),
         };
         let heads = r.store.heads()?;
         if let Some(bytes) = r.store.snapshot()? {
@@ -204,6 +208,13 @@ impl Replica {
     pub fn id(&self) -> ReplicaId {
         self.me.replica
     }
+
+    /// Whether a damaged snapshot chunk was rebuilt without all the entries it needs (a
+    /// store that loaded only the log's tail); the flag is cleared. Values read since may
+    /// be wrong: load the whole log and open the replica again.
+    pub fn take_incomplete(&self) -> bool {
+        self.incomplete.replace(false)
+    }
     pub fn space(&self) -> SpaceId {
         self.me.space
     }
@@ -254,7 +265,16 @@ impl Replica {
         for (rid, end) in &self.lazy_vv {
             let mut next = 0;
             while next < *end {
-                let Ok(batch) = self.store.read(*rid, next, 256) else { break };
+                let batch = match self.store.read(*rid, next, 256) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        // A tail-only store lacks the old entries (or the read failed): the
+                        // chunk is incomplete, and the replica must be opened again over
+                        // the whole log.
+                        self.incomplete.set(true);
+                        break;
+                    }
+                };
                 if batch.is_empty() {
                     break;
                 }
@@ -489,7 +509,14 @@ impl Replica {
         let rid = entry.header.replica;
         let tip = self.tips.get(&rid);
         let store_ref = &self.store;
-        let known = |seq| Ok(store_ref.read(rid, seq, 1)?.first().map(Entry::hash));
+        // An old seq's hash tells a duplicate from a fork. Below what a tail-only store
+        // loaded it is unknown, and the entry counts as a duplicate: either verdict leaves
+        // store and state as they are (only the report differs), and a server relays no
+        // fork, since it verifies every chain before storing.
+        let known = |seq| match store_ref.read(rid, seq, 1) {
+            Err(Error::NotLoaded { .. }) => Ok(None),
+            r => Ok(r?.first().map(Entry::hash)),
+        };
         let (verdict, hash) = match checked {
             Some(checked) => {
                 let checked = checked?;
@@ -745,6 +772,17 @@ impl Replica {
         crate::log::trim_to_bytes(&mut out, max_bytes);
         Ok(out)
     }
+}
+
+/// The version vector a stored snapshot covers: [`Replica::open`] reads only the entries
+/// past it (when the log holds all it covers), so an adapter that opens with the log's tail
+/// loads from here. `bytes` is what the replica gave `put_snapshot`.
+pub fn snapshot_vector(bytes: &[u8]) -> Result<VersionVector> {
+    let tips = match bytes.first() {
+        Some(&STORED_SNAPSHOT_VERSION) => StoredSnapshot::decode(bytes)?.tips,
+        _ => Snapshot::decode(bytes)?.tips,
+    };
+    Ok(tips.iter().map(|(r, t)| (*r, t.next_seq)).collect())
 }
 
 /// State + version vector (with chain tips) + clock: what opening needs before the tail.
