@@ -244,7 +244,9 @@ async fn route(request: &Request, rel: &str) -> Answer {
         ("POST", ["join"]) => join(&data, body(request).await?).await,
         (_, ["spaces", space, rest @ ..]) => {
             let engine = data.engine(parse_id::<SpaceId>("space", space)?).await?;
-            space_route(&engine, request, &method, rest).await
+            let answer = space_route(&engine, request, &method, rest).await;
+            engine.check_incomplete();
+            answer
         }
         _ => Err(DataError::not_found(format!("no route {method} /_stead/v1/{path}"))),
     }
@@ -430,6 +432,8 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         ("POST", ["undo"]) => {
             let n = body(request).await?.get("n").and_then(J::as_u64).unwrap_or(1) as usize;
+            // Undo reads its own old entries and records' histories from the whole log.
+            engine.load_all().await?;
             let undone = engine.write(|r, rng| Ok(r.undo(n, super::now_ms(), rng)?.map(|e| e.header.seq))).await?;
             Ok((200, json!({ "undone": undone.is_some() })))
         }
@@ -498,6 +502,7 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         ("GET", ["collections", c, id, "history"]) => {
             let id = record_id(id)?;
+            engine.load_all().await?;
             let items = engine.read(|r| r.history(c, id))?;
             let out: Vec<J> = items
                 .iter()
