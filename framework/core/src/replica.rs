@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
@@ -21,7 +22,7 @@ use crate::log::{self, verify_chain, verify_entry, ChainTip, Checked, Entry, Lim
 use crate::sig::DerivedWeights;
 use crate::membership::Membership;
 use crate::ops::{decode_batch, encode_batch, Op, Tag, Value, MAX_BATCH_OPS};
-use crate::query::{Indexes, Page, Query};
+use crate::query::{Cursor, Filter, Indexes, Page, Query};
 use crate::schema::Schema;
 use crate::state::{read_records, write_records, RecordState, Stamp, State, Version};
 use crate::store::Store;
@@ -584,16 +585,57 @@ impl Replica {
     }
 
     /// Runs a query through the schema's indexes (a collection's are built on its first
-    /// query, after its snapshot chunks are decoded).
+    /// filtered query, after its snapshot chunks are decoded); [`Filter::All`] is
+    /// [`Replica::list`].
     pub fn query(&mut self, q: &Query) -> Result<Page> {
         if self.schema.is_none() {
             return Err(Error::Schema("no schema set".into()));
+        }
+        if q.filter == Filter::All {
+            return Ok(self.list(q));
         }
         self.take_all(Some(&q.collection));
         let schema = self.schema.as_ref().expect("checked above");
         let ix = self.indexes.get_or_insert_with(Indexes::default);
         ix.ensure(schema, &self.state, &q.collection);
         ix.query(&self.state, q)
+    }
+
+    /// A page of a collection's visible records in id order (`q.filter` is not looked
+    /// at), decoding only the snapshot chunks the page reaches: a first query after a wake
+    /// costs a chunk, not the collection. Records live either in the live state or in one
+    /// waiting chunk, and chunks hold disjoint id ranges, so the two merge in id order.
+    pub fn list(&self, q: &Query) -> Page {
+        let start = q.after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(a.record));
+        let limit = q.limit.max(1);
+        let mut live = self.state.collections.get(&q.collection).into_iter().flat_map(|m| m.range((start, Bound::Unbounded))).peekable();
+        let mut lazy = self
+            .lazy
+            .get(&q.collection)
+            .into_iter()
+            .flat_map(|m| m.range((start, Bound::Unbounded)))
+            .flat_map(|(_, c)| self.chunk_records(c).range((start, Bound::Unbounded)))
+            .peekable();
+        let (mut out, mut more) = (Vec::new(), false);
+        loop {
+            let next = match (live.peek(), lazy.peek()) {
+                (Some(a), Some(b)) if a.0 < b.0 => live.next(),
+                (_, Some(_)) => lazy.next(),
+                (Some(_), None) => live.next(),
+                (None, None) => None,
+            };
+            let Some((id, rec)) = next else { break };
+            if rec.is_deleted() {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(*id);
+        }
+        let next = more.then(|| Cursor { key: None, record: *out.last().expect("page is full") });
+        Page { records: out, next }
     }
 
     /// Every op ever applied to a record, in merge order, read back from the log.

@@ -625,7 +625,7 @@ fn query(engine: &Engine, request: &Request, c: &str) -> Answer {
         let page = match r.schema() {
             Some(_) => r.query(&q)?,
             // With no schema there are no indexes, but a collection can still be listed.
-            None if q.filter == Filter::All => list(r.state(), &q),
+            None if q.filter == Filter::All => r.list(&q),
             None => return Err(DataError::new(422, "no index", format!("filtering {c} needs a schema with an index on the field"))),
         };
         let schema = r.schema().cloned();
@@ -635,21 +635,3 @@ fn query(engine: &Engine, request: &Request, c: &str) -> Answer {
     })
 }
 
-/// A page of a collection in id order, without indexes.
-fn list(state: &stead_core::state::State, q: &Query) -> stead_core::query::Page {
-    let start = q.after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(a.record));
-    let mut records = Vec::new();
-    let mut more = false;
-    for (id, rec) in state.collections.get(&q.collection).into_iter().flat_map(|m| m.range((start, Bound::Unbounded))) {
-        if rec.is_deleted() {
-            continue;
-        }
-        if records.len() == q.limit {
-            more = true;
-            break;
-        }
-        records.push(*id);
-    }
-    let next = more.then(|| Cursor { key: None, record: *records.last().expect("a full page") });
-    stead_core::query::Page { records, next }
-}
