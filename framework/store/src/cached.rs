@@ -149,7 +149,10 @@ impl Store for CachedStore {
     fn read(&self, replica: ReplicaId, from_seq: u64, max: usize) -> Result<Vec<Entry>> {
         let mut inner = self.inner.borrow_mut();
         let Some(tail) = inner.logs.get(&replica) else { return Ok(Vec::new()) };
-        if from_seq < tail.base && max > 0 {
+        if from_seq < tail.base {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
             let w = inner.wanted.entry(replica).or_insert(from_seq);
             *w = (*w).min(from_seq);
             return Err(Error::NotLoaded { replica, seq: from_seq });
@@ -205,5 +208,22 @@ mod tests {
             [Write::Meta("other".into(), b"x".to_vec()), Write::Meta("acked".into(), b"2".to_vec())]
         );
         assert!(!cache.has_pending());
+    }
+
+    #[test]
+    fn a_read_below_the_floor_is_not_loaded_and_noted_and_an_empty_one_is_empty() {
+        let cache = CachedStore::default();
+        let r = ReplicaId([7; 16]);
+        cache.set_floor(r, 10);
+        assert_eq!(cache.heads().unwrap().get(&r), Some(&10));
+        assert_eq!(cache.read(r, 3, 0).unwrap(), Vec::new());
+        assert!(cache.take_wanted().is_empty());
+        assert_eq!(cache.read(r, 10, 5).unwrap(), Vec::new());
+        assert!(matches!(cache.read(r, 4, 1), Err(Error::NotLoaded { seq: 4, .. })));
+        assert!(matches!(cache.read(r, 6, 1), Err(Error::NotLoaded { seq: 6, .. })));
+        assert_eq!(cache.take_wanted().get(&r), Some(&4), "the lowest seq asked for");
+        assert!(cache.take_wanted().is_empty());
+        assert!(cache.prepend(r, Vec::new()).is_ok());
+        assert_eq!(cache.floors().get(&r), Some(&10));
     }
 }

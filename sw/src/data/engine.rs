@@ -204,7 +204,9 @@ async fn open_replica(me: &Membership, members: Option<Members>) -> Result<(Back
     let mut store = Backend::open(me).await?;
     let mut cache = store.cache();
     let acked = cache.meta(ACKED_META)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map_or(0, u64::from_le_bytes);
-    store.load(&VersionVector::from([(me.replica, acked)])).await?;
+    let mut own = VersionVector::new();
+    own.insert(me.replica, acked);
+    store.load(&own).await?;
     let stored = cache.meta("membership")?.map(|b| Members::decode(&b)).transpose()?;
     let (members, fresh) = match (stored, members) {
         (Some(s), Some(m)) if m.events().len() > s.events().len() => (m, true),

@@ -14,8 +14,6 @@
 
 pub mod db;
 
-use std::collections::BTreeMap;
-
 use js_sys::Uint8Array;
 use stead_core::ids::ReplicaId;
 use stead_core::log::{Entry, Limits, VersionVector};
@@ -141,13 +139,14 @@ impl IdbStore {
         }
         let ranges: Vec<_> = need.iter().map(|(r, from, to)| (Some(key_of(r, *from)), Some(key_of(r, *to)))).collect();
         let records = db::ranges(&self.db, LOG, &ranges).await?;
-        let mut found: BTreeMap<ReplicaId, Vec<Entry>> = BTreeMap::new();
+        let mut found: Vec<Vec<Entry>> = need.iter().map(|_| Vec::new()).collect();
         for (key, value) in records {
             let e = Entry::decode(&bytes(&value), &self.limits).map_err(|e| OpfsError::Store(format!("log record {key} is damaged: {e}")))?;
-            found.entry(e.header.replica).or_default().push(e);
+            if let Some(k) = need.iter().position(|(r, _, _)| *r == e.header.replica) {
+                found[k].push(e);
+            }
         }
-        for (r, from, to) in need {
-            let entries = found.remove(&r).unwrap_or_default();
+        for ((r, from, to), entries) in need.into_iter().zip(found) {
             if entries.len() as u64 != to - from {
                 return Err(OpfsError::Store(format!("the database holds {} of the entries of {r} from seq {from} to {to}", entries.len())));
             }

@@ -101,7 +101,7 @@ pub struct OpfsStore {
     /// What the newest segment's records say, for framing the next ones compact.
     framer: Framer,
     /// What each closed segment holds, as `segments.idx` says (kept in step on close).
-    index: BTreeMap<u32, SegInfo>,
+    index: Index,
     /// What the newest segment holds.
     current: SegInfo,
     snapshot_gen: u64,
@@ -115,19 +115,31 @@ pub struct OpfsStore {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct SegInfo {
     len: u64,
-    ranges: BTreeMap<ReplicaId, (u64, u64)>,
+    /// `(replica, first, end)`, in the order replicas first appear (a segment holds few).
+    ranges: Vec<(ReplicaId, u64, u64)>,
 }
 
 impl SegInfo {
     fn add(&mut self, e: &Entry) {
         let (r, seq) = (e.header.replica, e.header.seq);
-        self.ranges.entry(r).or_insert((seq, seq)).1 = seq + 1;
+        match self.ranges.iter_mut().find(|x| x.0 == r) {
+            Some(x) => x.2 = seq + 1,
+            None => self.ranges.push((r, seq, seq + 1)),
+        }
     }
 
     /// Whether it holds an entry of `replica` in `[from, to)`.
     fn holds(&self, replica: &ReplicaId, from: u64, to: u64) -> bool {
-        self.ranges.get(replica).is_some_and(|&(first, end)| first < to && end > from)
+        self.ranges.iter().any(|&(r, first, end)| r == *replica && first < to && end > from)
     }
+}
+
+/// Closed segments' [`SegInfo`], by segment number, ascending. (Vectors rather than maps
+/// here and below: each new map type costs the worker's wasm several KB.)
+type Index = Vec<(u32, SegInfo)>;
+
+fn find(index: &Index, n: u32) -> Option<&SegInfo> {
+    index.binary_search_by_key(&n, |(k, _)| *k).ok().map(|i| &index[i].1)
 }
 
 const INDEX: &str = "segments.idx";
@@ -135,14 +147,14 @@ const INDEX_MAGIC: &[u8; 4] = b"SIX1";
 
 /// `"SIX1" ‖ u32 count ‖ (u32 segment ‖ u64 length ‖ u32 replicas ‖ (16-byte replica ‖
 /// u64 first ‖ u64 end)*)* ‖ u32 CRC-32 of everything before it`, little-endian.
-fn pack_index(index: &BTreeMap<u32, SegInfo>) -> Vec<u8> {
+fn pack_index(index: &Index) -> Vec<u8> {
     let mut out = INDEX_MAGIC.to_vec();
     out.extend_from_slice(&(index.len() as u32).to_le_bytes());
     for (n, info) in index {
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&info.len.to_le_bytes());
         out.extend_from_slice(&(info.ranges.len() as u32).to_le_bytes());
-        for (r, (first, end)) in &info.ranges {
+        for (r, first, end) in &info.ranges {
             out.extend_from_slice(r.as_bytes());
             out.extend_from_slice(&first.to_le_bytes());
             out.extend_from_slice(&end.to_le_bytes());
@@ -153,7 +165,7 @@ fn pack_index(index: &BTreeMap<u32, SegInfo>) -> Vec<u8> {
     out
 }
 
-fn unpack_index(bytes: &[u8]) -> Result<BTreeMap<u32, SegInfo>, String> {
+fn unpack_index(bytes: &[u8]) -> Result<Index, String> {
     let body = bytes.len().checked_sub(4).map(|n| &bytes[..n]).ok_or("truncated")?;
     let crc = u32::from_le_bytes(bytes[body.len()..].try_into().expect("4 bytes"));
     if crc32fast::hash(body) != crc || !body.starts_with(INDEX_MAGIC) {
@@ -167,19 +179,22 @@ fn unpack_index(bytes: &[u8]) -> Result<BTreeMap<u32, SegInfo>, String> {
     };
     let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
     let u64_at = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let mut out = BTreeMap::new();
+    let mut out: Index = Vec::new();
     for _ in 0..u32_at(take(4)?) {
         let n = u32_at(take(4)?);
-        let mut info = SegInfo { len: u64_at(take(8)?), ranges: BTreeMap::new() };
+        if out.last().is_some_and(|(last, _)| *last >= n) {
+            return Err("segments out of order".into());
+        }
+        let mut info = SegInfo { len: u64_at(take(8)?), ranges: Vec::new() };
         for _ in 0..u32_at(take(4)?) {
             let r = ReplicaId(take(16)?.try_into().expect("16 bytes"));
             let (first, end) = (u64_at(take(8)?), u64_at(take(8)?));
             if first >= end {
                 return Err("an empty range".into());
             }
-            info.ranges.insert(r, (first, end));
+            info.ranges.push((r, first, end));
         }
-        out.insert(n, info);
+        out.push((n, info));
     }
     Ok(out)
 }
@@ -244,7 +259,7 @@ struct LogScan {
     segment: u32,
     segment_len: u64,
     framer: Framer,
-    index: BTreeMap<u32, SegInfo>,
+    index: Index,
     current: SegInfo,
     recovered: Option<Recovered>,
     segments_read: usize,
@@ -279,7 +294,7 @@ async fn read_segments(log: &Dir, which: &[u32]) -> Vec<Result<Option<Vec<u8>>, 
 }
 
 fn info_of(scan: &segment::Scan) -> SegInfo {
-    let mut info = SegInfo { len: scan.valid as u64, ranges: BTreeMap::new() };
+    let mut info = SegInfo { len: scan.valid as u64, ranges: Vec::new() };
     for e in &scan.entries {
         info.add(e);
     }
@@ -293,47 +308,49 @@ fn resume_framer(scan: &segment::Scan) -> Framer {
 /// Opening through the index: `None` when it cannot be trusted this time (a segment is
 /// damaged, missing, or not as the index says; the snapshot covers entries the log lacks),
 /// and the caller reads everything instead.
-async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &BTreeMap<u32, SegInfo>, covers: &VersionVector) -> Result<Option<(LogScan, CachedStore)>, OpfsError> {
+async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &Index, covers: &VersionVector) -> Result<Option<(LogScan, CachedStore)>, OpfsError> {
     let segments = list_segments(log).await?;
     let Some(&newest) = segments.last() else { return Ok(None) };
     // Closed segments the index describes at their present length are trusted unread.
-    let indexed: Vec<u32> = segments[..segments.len() - 1].iter().copied().filter(|n| index.contains_key(n)).collect();
-    let sizes = futures::future::join_all(indexed.iter().map(|&n| {
+    let indexed: Vec<(u32, &SegInfo)> = segments[..segments.len() - 1].iter().filter_map(|&n| Some((n, find(index, n)?))).collect();
+    let sizes = futures::future::join_all(indexed.iter().map(|&(n, _)| {
         let (log, name) = (log.clone(), segment_name(n));
         async move { fs::size(&log, &name).await }
     }))
     .await;
-    let mut trusted = BTreeMap::new();
-    for (n, size) in indexed.into_iter().zip(sizes) {
-        if size? == Some(index[&n].len) {
-            trusted.insert(n, index[&n].clone());
+    let mut trusted: Vec<(u32, &SegInfo)> = Vec::new();
+    for (&(n, info), size) in indexed.iter().zip(sizes) {
+        if size? == Some(info.len) {
+            trusted.push((n, info));
         }
     }
-    let mut scans: BTreeMap<u32, segment::Scan> = BTreeMap::new();
-    let scan_all = |which: Vec<u32>, contents: Vec<Result<Option<Vec<u8>>, FsError>>, scans: &mut BTreeMap<u32, segment::Scan>| -> Result<bool, OpfsError> {
-        for (n, bytes) in which.into_iter().zip(contents) {
+    let is_trusted = |n: u32| trusted.binary_search_by_key(&n, |(k, _)| *k).is_ok();
+    // Scans, aligned with `segments`: every segment not trusted is read (the newest always,
+    // its records frame the next appends), and the trusted ones holding entries past the
+    // snapshot.
+    let mut scans: Vec<Option<segment::Scan>> = segments.iter().map(|_| None).collect();
+    let read_into = |which: Vec<usize>, contents: Vec<Result<Option<Vec<u8>>, FsError>>, scans: &mut Vec<Option<segment::Scan>>| -> Result<bool, OpfsError> {
+        for (i, bytes) in which.into_iter().zip(contents) {
             let Some(bytes) = bytes? else { return Ok(false) };
-            let scan = segment::scan(&bytes, &options.limits).map_err(|reason| OpfsError::Store(format!("log segment {}: {reason}", segment_name(n))))?;
+            let scan = segment::scan(&bytes, &options.limits).map_err(|reason| OpfsError::Store(format!("log segment {}: {reason}", segment_name(segments[i]))))?;
             if scan.damage.is_some() || scan.valid != bytes.len() {
                 return Ok(false);
             }
-            scans.insert(n, scan);
+            scans[i] = Some(scan);
         }
         Ok(true)
     };
-    // Every segment not trusted is read: the newest always (its records frame the next
-    // appends), and any the index does not describe.
-    let unread: Vec<u32> = segments.iter().copied().filter(|n| !trusted.contains_key(n)).collect();
-    let contents = read_segments(log, &unread).await;
-    if !scan_all(unread.clone(), contents, &mut scans)? {
+    let unread: Vec<usize> = (0..segments.len()).filter(|&i| !is_trusted(segments[i])).collect();
+    let names: Vec<u32> = unread.iter().map(|&i| segments[i]).collect();
+    let contents = read_segments(log, &names).await;
+    if !read_into(unread.clone(), contents, &mut scans)? {
         return Ok(None);
     }
     let mut heads = VersionVector::new();
-    let infos: Vec<&SegInfo> = trusted.values().collect();
-    let scanned: Vec<SegInfo> = scans.values().map(info_of).collect();
-    for info in infos.into_iter().chain(&scanned) {
-        for (r, &(_, end)) in &info.ranges {
-            let h = heads.entry(*r).or_insert(0);
+    let scanned: Vec<SegInfo> = scans.iter().flatten().map(info_of).collect();
+    for info in trusted.iter().map(|(_, i)| *i).chain(&scanned) {
+        for &(r, _, end) in &info.ranges {
+            let h = heads.entry(r).or_insert(0);
             *h = (*h).max(end);
         }
     }
@@ -342,10 +359,19 @@ async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &BTreeMap<u32, SegIn
         return Ok(None);
     }
     let floor = |r: &ReplicaId| covers.get(r).copied().unwrap_or(0);
-    let needed: Vec<u32> = trusted.iter().filter(|(_, info)| info.ranges.iter().any(|(r, &(_, end))| end > floor(r))).map(|(n, _)| *n).collect();
-    let contents = read_segments(log, &needed).await;
-    if !scan_all(needed.clone(), contents, &mut scans)? || needed.iter().any(|n| info_of(&scans[n]) != trusted[n]) {
+    let needed: Vec<usize> = (0..segments.len())
+        .filter(|&i| trusted.iter().any(|(n, info)| *n == segments[i] && info.ranges.iter().any(|(r, _, end)| *end > floor(r))))
+        .collect();
+    let names: Vec<u32> = needed.iter().map(|&i| segments[i]).collect();
+    let contents = read_segments(log, &names).await;
+    if !read_into(needed.clone(), contents, &mut scans)? {
         return Ok(None);
+    }
+    for &i in &needed {
+        let as_indexed = find(index, segments[i]).is_some_and(|info| scans[i].as_ref().is_some_and(|s| info_of(s) == *info));
+        if !as_indexed {
+            return Ok(None);
+        }
     }
     let cache = CachedStore::default();
     for r in heads.keys() {
@@ -353,7 +379,7 @@ async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &BTreeMap<u32, SegIn
             cache.set_floor(*r, floor(r));
         }
     }
-    for scan in scans.values() {
+    for scan in scans.iter().flatten() {
         for e in scan.entries.iter().filter(|e| e.header.seq >= floor(&e.header.replica)) {
             if cache.load_entry(e).is_err() {
                 return Ok(None);
@@ -363,13 +389,17 @@ async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &BTreeMap<u32, SegIn
     if cache.heads().ok().as_ref() != Some(&heads) {
         return Ok(None);
     }
-    let mut built = trusted;
-    for n in &unread {
-        if *n != newest {
-            built.insert(*n, info_of(&scans[n]));
+    // The index as it should be: trusted entries as they were, closed segments it did not
+    // describe as scanned.
+    let mut built: Index = Vec::new();
+    for (i, &n) in segments[..segments.len() - 1].iter().enumerate() {
+        match (find(index, n).filter(|_| is_trusted(n)), &scans[i]) {
+            (Some(info), _) => built.push((n, info.clone())),
+            (None, Some(scan)) => built.push((n, info_of(scan))),
+            (None, None) => return Ok(None),
         }
     }
-    let last = &scans[&newest];
+    let last = scans[segments.len() - 1].as_ref().expect("the newest segment is read");
     let scan = LogScan {
         segment: newest,
         segment_len: last.valid as u64,
@@ -385,14 +415,14 @@ async fn tail_scan(log: &Dir, options: &OpfsOptions, index: &BTreeMap<u32, SegIn
 
 /// Opening without the index: every segment read, a damaged tail cut off (the rest of
 /// that segment and every later one), and the index built.
-async fn full_scan(log: &Dir, options: &OpfsOptions, old_index: Option<&BTreeMap<u32, SegInfo>>) -> Result<(LogScan, CachedStore), OpfsError> {
+async fn full_scan(log: &Dir, options: &OpfsOptions, old_index: Option<&Index>) -> Result<(LogScan, CachedStore), OpfsError> {
     let cache = CachedStore::default();
     let segments = list_segments(log).await?;
     let contents = read_segments(log, &segments).await;
     let (mut segment, mut segment_len) = (0, 0);
     let mut recovered = None;
     let mut framer = Framer::new(0);
-    let (mut index, mut current) = (BTreeMap::new(), SegInfo::default());
+    let (mut index, mut current): (Index, SegInfo) = (Vec::new(), SegInfo::default());
     for ((i, &n), bytes) in segments.iter().enumerate().zip(contents) {
         let name = segment_name(n);
         let bytes = bytes?.unwrap_or_default();
@@ -428,7 +458,7 @@ async fn full_scan(log: &Dir, options: &OpfsOptions, old_index: Option<&BTreeMap
             break;
         }
         if i + 1 < segments.len() {
-            index.insert(n, info);
+            index.push((n, info));
         } else {
             current = info;
         }
@@ -544,34 +574,35 @@ impl OpfsStore {
     /// hold acknowledged entries.
     pub async fn load(&mut self, want: &VersionVector) -> Result<(), OpfsError> {
         let floors = self.cache.floors();
-        let need: BTreeMap<ReplicaId, (u64, u64)> =
-            want.iter().filter_map(|(r, &from)| floors.get(r).filter(|&&base| from < base).map(|&base| (*r, (from, base)))).collect();
+        let need: Vec<(ReplicaId, u64, u64)> =
+            want.iter().filter_map(|(r, &from)| floors.get(r).filter(|&&base| from < base).map(|&base| (*r, from, base))).collect();
         if need.is_empty() {
             return Ok(());
         }
-        let holds = |info: &SegInfo| need.iter().any(|(r, &(from, to))| info.holds(r, from, to));
+        let holds = |info: &SegInfo| need.iter().any(|(r, from, to)| info.holds(r, *from, *to));
         let mut which: Vec<u32> = self.index.iter().filter(|(_, i)| holds(i)).map(|(n, _)| *n).collect();
         if holds(&self.current) {
             which.push(self.segment);
         }
         let contents = read_segments(&self.log, &which).await;
-        let mut found: BTreeMap<ReplicaId, Vec<Entry>> = BTreeMap::new();
-        for (n, bytes) in which.iter().zip(contents) {
-            let name = segment_name(*n);
+        let mut found: Vec<Vec<Entry>> = need.iter().map(|_| Vec::new()).collect();
+        for (&n, bytes) in which.iter().zip(contents) {
+            let name = segment_name(n);
             let bytes = bytes?.ok_or_else(|| OpfsError::Store(format!("log segment {name} is missing")))?;
             let scan = segment::scan(&bytes, &self.options.limits).map_err(|reason| OpfsError::Store(format!("log segment {name}: {reason}")))?;
-            let expected = if *n == self.segment { None } else { Some(self.index[n].len) };
-            if let Some(reason) = scan.damage.as_ref().or(expected.filter(|&l| l != scan.valid as u64).map(|_| &name)) {
+            let expected = if n == self.segment { None } else { find(&self.index, n).map(|i| i.len) };
+            let short = expected.is_some_and(|l| l != scan.valid as u64);
+            if let Some(reason) = scan.damage.clone().or(short.then(|| "not the length the index says".to_owned())) {
                 return Err(OpfsError::Store(format!("log segment {name} is damaged: {reason}")));
             }
             for e in scan.entries {
-                if need.get(&e.header.replica).is_some_and(|&(from, to)| (from..to).contains(&e.header.seq)) {
-                    found.entry(e.header.replica).or_default().push(e);
+                let (r, seq) = (e.header.replica, e.header.seq);
+                if let Some(k) = need.iter().position(|&(nr, from, to)| nr == r && (from..to).contains(&seq)) {
+                    found[k].push(e);
                 }
             }
         }
-        for (r, (from, to)) in need {
-            let entries = found.remove(&r).unwrap_or_default();
+        for ((r, from, to), entries) in need.into_iter().zip(found) {
             if entries.len() as u64 != to - from {
                 return Err(OpfsError::Store(format!("the log holds {} of the entries of {r} from seq {from} to {to}", entries.len())));
             }
@@ -642,7 +673,7 @@ impl OpfsStore {
             // index never describes bytes the disk may not hold.
             let mut closed = std::mem::take(&mut self.current);
             closed.len = self.segment_len;
-            self.index.insert(self.segment, closed);
+            self.index.push((self.segment, closed));
             self.write_index().await?;
             self.segment += 1;
             self.segment_len = 0;
