@@ -493,8 +493,8 @@ impl Engine {
     }
 
     /// Loads what the last sync step wanted of the log that opening left on disk, then
-    /// sends on. A load that fails is reported; those entries are not offered again until
-    /// the next connection.
+    /// sends on. A load that fails is reported in the status, and the next pump (a frame,
+    /// a write) asks for those entries again.
     fn load_wanted(self: &Rc<Self>) {
         let wanted = self.cache.borrow().take_wanted();
         if wanted.is_empty() {
