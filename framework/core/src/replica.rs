@@ -824,7 +824,11 @@ pub fn snapshot_vector(bytes: &[u8]) -> Result<VersionVector> {
         Some(&STORED_SNAPSHOT_VERSION) => StoredSnapshot::decode(bytes)?.tips,
         _ => Snapshot::decode(bytes)?.tips,
     };
-    Ok(tips.iter().map(|(r, t)| (*r, t.next_seq)).collect())
+    let mut vv = VersionVector::new();
+    for (r, t) in &tips {
+        vv.insert(*r, t.next_seq);
+    }
+    Ok(vv)
 }
 
 /// State + version vector (with chain tips) + clock: what opening needs before the tail.

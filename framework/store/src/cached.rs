@@ -111,7 +111,20 @@ impl CachedStore {
 
     /// The first seq of each replica held in memory (0: the whole log is).
     pub fn floors(&self) -> VersionVector {
-        self.inner.borrow().logs.iter().map(|(r, t)| (*r, t.base)).collect()
+        // Inserts, not collect(): each collect into a map brings its own sort into the
+        // worker's wasm.
+        let mut vv = VersionVector::new();
+        for (r, t) in &self.inner.borrow().logs {
+            vv.insert(*r, t.base);
+        }
+        vv
+    }
+
+    /// Every replica's floor as 0: what loading the whole log asks for.
+    pub fn whole(&self) -> VersionVector {
+        let mut vv = self.floors();
+        vv.values_mut().for_each(|v| *v = 0);
+        vv
     }
 
     /// The reads below a floor since the last call: per replica, the lowest seq asked for.
@@ -162,7 +175,11 @@ impl Store for CachedStore {
     }
 
     fn heads(&self) -> Result<VersionVector> {
-        Ok(self.inner.borrow().logs.iter().map(|(r, t)| (*r, t.head())).collect())
+        let mut vv = VersionVector::new();
+        for (r, t) in &self.inner.borrow().logs {
+            vv.insert(*r, t.head());
+        }
+        Ok(vv)
     }
 
     fn put_snapshot(&mut self, bytes: &[u8]) -> Result<()> {

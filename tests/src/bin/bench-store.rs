@@ -181,7 +181,8 @@ async fn main() -> Result<()> {
         measured.push((format!("write 1 record at {big} entries"), writes(&b, s_big, reps).await?));
         for (metric, xs) in measured {
             for x in &xs {
-                writeln!(csv, "{storage},{metric},{x:.3}")?;
+                // Quoted: the wake metrics hold a comma.
+                writeln!(csv, "{storage},\"{metric}\",{x:.3}")?;
             }
             let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
             table.insert((storage, metric), (median(&xs), lo, hi));

@@ -157,7 +157,7 @@ impl IdbStore {
 
     /// [`IdbStore::load`] of every record opening left in the database.
     pub async fn load_all(&mut self) -> Result<(), OpfsError> {
-        let want = self.cache.floors().into_keys().map(|r| (r, 0)).collect();
+        let want = self.cache.whole();
         self.load(&want).await
     }
 

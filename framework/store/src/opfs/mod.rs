@@ -613,7 +613,7 @@ impl OpfsStore {
 
     /// [`OpfsStore::load`] of every entry opening left on disk.
     pub async fn load_all(&mut self) -> Result<(), OpfsError> {
-        let want = self.cache.floors().into_keys().map(|r| (r, 0)).collect();
+        let want = self.cache.whole();
         self.load(&want).await
     }
 
