@@ -529,6 +529,52 @@ async fn synced_writes_are_not_pending_again_after_the_worker_wakes_offline() ->
     a.quit().await
 }
 
+/// Issue 15: a space past its snapshot wakes from the snapshot and the log's tail. What
+/// the worker left on disk is still there when needed: entries written offline and folded
+/// into a snapshot before the server saw them still go up, and a record's history and undo,
+/// which read old entries, still answer.
+#[tokio::test]
+async fn a_space_past_its_snapshot_wakes_from_the_tail_and_still_sends_and_reads_old_entries() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let a = Browser::open(&env, &server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+    let made = api(&a, "POST", &todos, Some(json!({"fields": {"text": "first"}}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
+    let id = made["body"]["id"].as_str().expect("an id").to_owned();
+    let edited = api(&a, "PATCH", &format!("{todos}/{id}"), Some(json!({"fields": {"text": "second"}}))).await?;
+    assert_eq!(edited["status"], 200, "{edited}");
+    wait_online(&a).await?;
+
+    // Offline, enough entries for a snapshot: it covers entries the server never acknowledged.
+    server.kill();
+    let records: Vec<Value> = (0..1_200).map(|i| json!({"fields": {"text": format!("offline {i}")}})).collect();
+    let bulk = api(&a, "POST", &todos, Some(json!({"records": records, "entries": "each"}))).await?;
+    assert_eq!(bulk["status"], 201, "{}", bulk.to_string().chars().take(300).collect::<String>());
+    wait_for("the snapshot after the offline writes", Duration::from_secs(60), || async {
+        let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+        Ok((s["body"]["snapshot_entries"].as_u64() >= Some(1_202)).then_some(()))
+    })
+    .await?;
+    a.stop_workers().await?;
+
+    // The woken worker opened from the tail: the old entries are read when asked for.
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert_eq!(s["body"]["pending"], 1_200, "{s}");
+    let history = api(&a, "GET", &format!("{todos}/{id}/history"), None).await?;
+    assert_eq!(history["status"], 200, "{history}");
+    assert_eq!(history["body"]["history"].as_array().map(Vec::len), Some(2), "the create and the edit: {history}");
+    let undone = api(&a, "POST", &format!("spaces/{space}/undo"), Some(json!({}))).await?;
+    assert_eq!((undone["status"].clone(), undone["body"]["undone"].clone()), (json!(200), json!(true)), "{undone}");
+
+    // Back online, every unacknowledged entry reaches the server, from before the snapshot too.
+    let _server = server.restart(&env)?;
+    wait_online(&a).await?;
+    a.quit().await
+}
+
 /// Stores `body` (JS expression) as a blob of the space with this content type; returns
 /// its address.
 async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<String> {
