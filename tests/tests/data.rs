@@ -75,13 +75,24 @@ async fn pair_as(env: &Env, url: &str, role: Option<&str>) -> Result<(Browser, B
         Some(role) => format!("{url}#join={}", invite_code_as(&a, &space_a, json!({"role": role})).await?),
         None => {
             a.driver.find(By::Id("invite")).await?.click().await?;
-            wait_for("the invite link", Duration::from_secs(30), || async {
+            let link = wait_for("the invite link", Duration::from_secs(30), || async {
                 match a.driver.find(By::Id("invite-link")).await {
                     Ok(el) => Ok(el.prop("value").await?),
                     Err(_) => Ok(None),
                 }
             })
-            .await?
+            .await;
+            match link {
+                Ok(link) => link,
+                Err(e) => {
+                    let page = a.driver.find(By::Tag("body")).await?.text().await?;
+                    let nav = a.js("const n = performance.getEntriesByType('navigation')[0]; return {type: n && n.type, url: location.href, ready: document.readyState, controlled: !!navigator.serviceWorker.controller, html: document.body.innerHTML.slice(0, 600)};").await?;
+                    let worker = a.status().await.map(|s| json!({"active": s["active_version"], "pending": s["pending_version"], "started": s["worker_started"], "error": s["last_error"]})).unwrap_or_else(|e| json!(e.to_string()));
+                    let page = format!("{page}\nnavigation: {nav}\nworker: {worker}");
+                    let status = api(&a, "GET", &format!("spaces/{space_a}/status"), None).await?;
+                    bail!("{e:#}\npage: {page}\nspace status: {status}");
+                }
+            }
         }
     };
     assert!(link.contains("#join="), "the invite travels in the fragment: {link}");
