@@ -27,8 +27,6 @@ use crate::{
     store::{ACTIVE, BundleStore, Meta, PENDING, Place},
 };
 
-/// In the worker's OPFS folder while a kill waits for kept data: a restarted worker is
-/// still killed.
 /// How often a killed worker looks whether the server now has the kept data.
 const KEPT_CHECK_MS: f64 = 2_000.0;
 
