@@ -566,6 +566,25 @@ impl Browser {
         .await
     }
 
+    /// Clicks the app's "Invite a device" button once it is enabled (it is disabled until
+    /// the page has its space, which can come after the worker reports the space online)
+    /// and returns the link the dialog shows.
+    pub async fn invite_link(&self, timeout: Duration) -> Result<String> {
+        let button = wait_for("the invite button to be enabled", timeout, || async {
+            let button = self.driver.find(By::Id("invite")).await?;
+            Ok(button.is_enabled().await?.then_some(button))
+        })
+        .await?;
+        button.click().await?;
+        wait_for("the invite link", timeout, || async {
+            match self.driver.find(By::Id("invite-link")).await {
+                Ok(el) => Ok(el.prop("value").await?.filter(|v| !v.is_empty())),
+                Err(_) => Ok(None),
+            }
+        })
+        .await
+    }
+
     /// Saves what the page shows as `<target>/screenshots/<name>.png` (for the README and
     /// for a person checking the examples) and returns the path.
     pub async fn screenshot(&self, name: &str) -> Result<PathBuf> {

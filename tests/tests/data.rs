@@ -74,14 +74,7 @@ async fn pair_as(env: &Env, url: &str, role: Option<&str>) -> Result<(Browser, B
     let link = match role {
         Some(role) => format!("{url}#join={}", invite_code_as(&a, &space_a, json!({"role": role})).await?),
         None => {
-            a.driver.find(By::Id("invite")).await?.click().await?;
-            let link = wait_for("the invite link", Duration::from_secs(30), || async {
-                match a.driver.find(By::Id("invite-link")).await {
-                    Ok(el) => Ok(el.prop("value").await?),
-                    Err(_) => Ok(None),
-                }
-            })
-            .await;
+            let link = a.invite_link(Duration::from_secs(30)).await;
             match link {
                 Ok(link) => link,
                 Err(e) => {

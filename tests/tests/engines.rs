@@ -58,14 +58,7 @@ async fn offline_write_reaches(env: &Env, writer_engine: Engine, reader_engine: 
     writer.wait_app().await?;
     let space_id = space(&writer).await?;
     wait_online(&writer, &space_id).await?;
-    writer.driver.find(By::Id("invite")).await?.click().await?;
-    let link = wait_for("the invite link", Duration::from_secs(30), || async {
-        match writer.driver.find(By::Id("invite-link")).await {
-            Ok(el) => Ok(el.prop("value").await?),
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
+    let link = writer.invite_link(Duration::from_secs(30)).await?;
 
     let reader = Browser::open(&env.with_engine(reader_engine), &link).await?;
     reader.wait_app().await?;
