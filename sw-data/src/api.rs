@@ -132,7 +132,11 @@ async fn blob_response(request: &Request, space: &str, sha: &str) -> Result<Resp
         }
     }
     init.set_headers(&headers);
-    Ok(Response::new_with_opt_u8_array_and_init(Some(&mut content), &init)?)
+    // A copy the JS heap owns: a view of wasm memory is freed and reused when `content`
+    // drops, and WebKit read the body from the view after that (a range came back with
+    // its first bytes overwritten).
+    let body = js_sys::Uint8Array::from(&content[..]);
+    Ok(Response::new_with_opt_buffer_source_and_init(Some(&body), &init)?)
 }
 
 fn respond(status: u16, body: &J, mime: &str) -> Result<Response, JsValue> {
@@ -235,7 +239,9 @@ async fn route(request: &Request, rel: &str) -> Answer {
         ("POST", ["join"]) => join(&data, body(request).await?).await,
         (_, ["spaces", space, rest @ ..]) => {
             let engine = data.engine(parse_id::<SpaceId>("space", space)?).await?;
-            space_route(&engine, request, &method, rest).await
+            let answer = space_route(&engine, request, &method, rest).await;
+            engine.check_incomplete();
+            answer
         }
         _ => Err(DataError::not_found(format!("no route {method} /_stead/v1/{path}"))),
     }
@@ -421,6 +427,8 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         ("POST", ["undo"]) => {
             let n = body(request).await?.get("n").and_then(J::as_u64).unwrap_or(1) as usize;
+            // Undo reads its own old entries and records' histories from the whole log.
+            engine.load_all().await?;
             let undone = engine.write(|r, rng| Ok(r.undo(n, super::now_ms(), rng)?.map(|e| e.header.seq))).await?;
             Ok((200, json!({ "undone": undone.is_some() })))
         }
@@ -489,6 +497,7 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
         }
         ("GET", ["collections", c, id, "history"]) => {
             let id = record_id(id)?;
+            engine.load_all().await?;
             let items = engine.read(|r| r.history(c, id))?;
             let out: Vec<J> = items
                 .iter()
@@ -611,7 +620,7 @@ fn query(engine: &Engine, request: &Request, c: &str) -> Answer {
         let page = match r.schema() {
             Some(_) => r.query(&q)?,
             // With no schema there are no indexes, but a collection can still be listed.
-            None if q.filter == Filter::All => list(r.state(), &q),
+            None if q.filter == Filter::All => r.list(&q),
             None => return Err(DataError::new(422, "no index", format!("filtering {c} needs a schema with an index on the field"))),
         };
         let schema = r.schema().cloned();
@@ -621,21 +630,3 @@ fn query(engine: &Engine, request: &Request, c: &str) -> Answer {
     })
 }
 
-/// A page of a collection in id order, without indexes.
-fn list(state: &stead_core::state::State, q: &Query) -> stead_core::query::Page {
-    let start = q.after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(a.record));
-    let mut records = Vec::new();
-    let mut more = false;
-    for (id, rec) in state.collections.get(&q.collection).into_iter().flat_map(|m| m.range((start, Bound::Unbounded))) {
-        if rec.is_deleted() {
-            continue;
-        }
-        if records.len() == q.limit {
-            more = true;
-            break;
-        }
-        records.push(*id);
-    }
-    let next = more.then(|| Cursor { key: None, record: *records.last().expect("a full page") });
-    stead_core::query::Page { records, next }
-}

@@ -12,6 +12,7 @@ use stead_core::crypto::SpaceKey;
 use stead_core::env::Random;
 use stead_core::ids::{ReplicaId, SpaceId};
 use stead_core::membership::{InviteSecret, InviteState, InviteTerms, MemberEvent, Membership as Members, Role};
+use stead_core::log::VersionVector;
 use stead_core::replica::{Config as ReplicaConfig, Identity, Replica};
 use stead_core::store::Store;
 use stead_core::sync::{Frame, Sync, SyncConfig, code};
@@ -118,6 +119,21 @@ impl Backend {
         }
     }
 
+    /// Reads into the cache the entries from `want`'s seqs on that opening left on disk.
+    async fn load(&mut self, want: &VersionVector) -> Result<(), OpfsError> {
+        match self {
+            Backend::Opfs(s) => s.load(want).await,
+            Backend::Idb(s) => s.load(want).await,
+        }
+    }
+
+    async fn load_all(&mut self) -> Result<(), OpfsError> {
+        match self {
+            Backend::Opfs(s) => s.load_all().await,
+            Backend::Idb(s) => s.load_all().await,
+        }
+    }
+
     fn recovered(&self) -> Option<String> {
         match self {
             Backend::Opfs(s) => s.recovered().map(|r| {
@@ -166,6 +182,10 @@ pub struct Engine {
     closed: Cell<bool>,
     /// How many entries the replica held at the last snapshot (or at open).
     snapshot_at: Cell<u64>,
+    /// How many entries the snapshot on disk covers (status `snapshot_entries`): set once
+    /// its flush is done, so a page (a test, the benchmark) that waits for it and then
+    /// stops the worker wakes from it.
+    snapshot_stored: Cell<u64>,
     /// When the last write or sync change happened (ms), for snapshot timing.
     last_write: Cell<f64>,
     /// Whether a snapshot timer is waiting for writes to pause.
@@ -183,8 +203,14 @@ fn identity(me: &Membership) -> Identity {
 }
 
 async fn open_replica(me: &Membership, members: Option<Members>) -> Result<(Backend, Replica), DataError> {
-    let store = Backend::open(me).await?;
+    // The store opens with the snapshot and the log past it; this device's own entries the
+    // server has not acknowledged are loaded too, since the next connection sends them.
+    let mut store = Backend::open(me).await?;
     let mut cache = store.cache();
+    let acked = cache.meta(ACKED_META)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map_or(0, u64::from_le_bytes);
+    let mut own = VersionVector::new();
+    own.insert(me.replica, acked);
+    store.load(&own).await?;
     let stored = cache.meta("membership")?.map(|b| Members::decode(&b)).transpose()?;
     let (members, fresh) = match (stored, members) {
         (Some(s), Some(m)) if m.events().len() > s.events().len() => (m, true),
@@ -196,7 +222,15 @@ async fn open_replica(me: &Membership, members: Option<Members>) -> Result<(Back
         cache.put_meta("membership", &members.encode())?;
     }
     let schema = cache.meta("schema")?;
-    let mut replica = Replica::open(identity(me), members, Box::new(cache), ReplicaConfig::default())?;
+    let mut replica = match Replica::open(identity(me), members.clone(), Box::new(cache.clone()), ReplicaConfig::default()) {
+        // The snapshot cannot serve (another space's, or it covers entries the log lost):
+        // the replica replays the whole log.
+        Err(stead_core::Error::NotLoaded { .. }) => {
+            store.load_all().await?;
+            Replica::open(identity(me), members, Box::new(cache), ReplicaConfig::default())?
+        }
+        r => r?,
+    };
     if let Some(text) = schema {
         let schema = stead_core::schema::Schema::from_json(&String::from_utf8_lossy(&text))?;
         replica.set_schema(schema)?;
@@ -398,6 +432,7 @@ impl Engine {
             recovered: RefCell::new(recovered),
             closed: Cell::new(false),
             snapshot_at: Cell::new(total),
+            snapshot_stored: Cell::new(total),
             last_write: Cell::new(0.0),
             snapshot_timer: Cell::new(false),
         }))
@@ -423,10 +458,73 @@ impl Engine {
         f(&mut self.replica.borrow_mut())
     }
 
+    /// Reads the whole log into memory (the store opens with its tail): what history and
+    /// undo need before they run.
+    pub async fn load_all(&self) -> Result<(), DataError> {
+        self.store.lock().await.load_all().await?;
+        Ok(())
+    }
+
+    /// A damaged snapshot chunk was rebuilt without the old entries it needs (the store
+    /// opened with the log's tail): load the whole log and open the replica again over it,
+    /// so what pages read is right again.
+    pub fn check_incomplete(self: &Rc<Self>) {
+        if !self.replica.borrow().take_incomplete() {
+            return;
+        }
+        web_sys::console::warn_1(&format!("space {}: a damaged snapshot chunk needs the whole log; reloading it", self.me.space).into());
+        let me = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(e) = me.load_all().await {
+                web_sys::console::error_1(&format!("space {}: loading the whole log: {e}", me.me.space).into());
+                return;
+            }
+            let (members, schema) = {
+                let r = me.replica.borrow();
+                (r.members().clone(), r.schema().cloned())
+            };
+            let cache = me.cache.borrow().clone();
+            match Replica::open(identity(&me.me), members, Box::new(cache), ReplicaConfig::default()) {
+                Ok(mut r) => {
+                    if let Some(schema) = schema {
+                        let _ = r.set_schema(schema);
+                    }
+                    *me.replica.borrow_mut() = r;
+                    me.changed();
+                }
+                Err(e) => web_sys::console::error_1(&format!("space {}: reopening over the whole log: {e}", me.me.space).into()),
+            }
+        });
+    }
+
+    /// Loads what the last sync step wanted of the log that opening left on disk, then
+    /// sends on. A load that fails is reported in the status, and the next pump (a frame,
+    /// a write) asks for those entries again.
+    fn load_wanted(self: &Rc<Self>) {
+        let wanted = self.cache.borrow().take_wanted();
+        if wanted.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let loaded = me.store.lock().await.load(&wanted).await;
+            match loaded {
+                Ok(()) => me.pump(),
+                Err(e) => {
+                    web_sys::console::error_1(&format!("space {}: loading old log entries to send: {e}", me.me.space).into());
+                    me.status.borrow_mut().last_error = Some(format!("reading the log: {e}"));
+                    me.broadcast_status();
+                }
+            }
+        });
+    }
+
     /// Runs a write on the replica and answers only once it is on disk; then sends it.
     pub async fn write<T>(self: &Rc<Self>, f: impl FnOnce(&mut Replica, &mut WebRandom) -> Result<T, DataError>) -> Result<T, DataError> {
         let before = self.rollbacks.get();
-        let out = f(&mut self.replica.borrow_mut(), &mut WebRandom)?;
+        let out = f(&mut self.replica.borrow_mut(), &mut WebRandom);
+        self.check_incomplete();
+        let out = out?;
         self.flush().await?;
         if self.rollbacks.get() != before {
             return Err(DataError::new(507, "not stored", "an earlier write in the same batch failed to reach storage, and this one was undone with it"));
@@ -498,7 +596,9 @@ impl Engine {
             return;
         }
         // A failed flush reopens from disk as for any write; the next write tries again.
-        let _ = self.flush().await;
+        if self.flush().await.is_ok() {
+            self.snapshot_stored.set(total);
+        }
     }
 
     /// Sync status and counts for pages.
@@ -526,13 +626,15 @@ impl Engine {
             "pending": pending,
             "entries": entries,
             "replicas": vector.len(),
+            // Where the log is kept, chosen when the space was made here.
+            "log_storage": self.me.storage,
             "connects": s.connects,
             "last_synced": s.last_synced,
             "last_error": s.last_error,
             "rejected": s.rejected,
             "members_dropped": s.members_dropped,
             "recovered": *self.recovered.borrow(),
-            "snapshot_entries": self.snapshot_at.get(),
+            "snapshot_entries": self.snapshot_stored.get(),
         })
     }
 
@@ -793,6 +895,8 @@ impl Engine {
         for message in refused {
             refresh |= self.refused_entry(message);
         }
+        // Entries the server lacks from before what the store loaded: read, then sent.
+        self.load_wanted();
         if let Some(reason) = failed {
             self.drop_conn(&reason);
         } else if refresh {

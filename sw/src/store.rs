@@ -70,8 +70,9 @@ pub struct Meta {
 /// Where this worker keeps its bundle, chosen once per worker life by [`Place::detect`].
 #[derive(Debug, Clone)]
 pub enum Place {
-    /// The worker's OPFS folder (the scope's root).
-    Opfs(Dir),
+    /// The worker's OPFS folder (the scope's root), and the store's folder in it when
+    /// detection already found it (a cold start then looks it up once, not twice).
+    Opfs { root: Dir, bundle: Option<Dir> },
     /// The `stead-bundle` database.
     IndexedDb,
 }
@@ -82,8 +83,11 @@ impl Place {
     /// worker that once chose OPFS never loses its bundle to a failing probe (a full disk).
     pub async fn detect() -> Place {
         let Ok(root) = crate::scope::opfs_root().await else { return Place::IndexedDb };
-        if matches!(opfs::dir(&root, ROOT, false).await, Ok(Some(_))) || matches!(opfs::file(&root, KILLED).await, Ok(Some(_))) {
-            return Place::Opfs(root);
+        if let Ok(Some(bundle)) = opfs::dir(&root, ROOT, false).await {
+            return Place::Opfs { root, bundle: Some(bundle) };
+        }
+        if matches!(opfs::file(&root, KILLED).await, Ok(Some(_))) {
+            return Place::Opfs { root, bundle: None };
         }
         let writable = async {
             opfs::write_bytes(&root, PROBE, b"ok").await?;
@@ -92,7 +96,7 @@ impl Place {
             Ok::<bool, opfs::FsError>(read.as_deref() == Some(&b"ok"[..]))
         };
         match writable.await {
-            Ok(true) => Place::Opfs(root),
+            Ok(true) => Place::Opfs { root, bundle: None },
             _ => Place::IndexedDb,
         }
     }
@@ -100,14 +104,15 @@ impl Place {
     /// `opfs` or `indexeddb`, as status shows it.
     pub fn name(&self) -> &'static str {
         match self {
-            Place::Opfs(_) => "opfs",
+            Place::Opfs { .. } => "opfs",
             Place::IndexedDb => "indexeddb",
         }
     }
 
     pub async fn open(&self) -> Result<BundleStore, SwError> {
         match self {
-            Place::Opfs(root) => BundleStore::open_in(root).await,
+            Place::Opfs { bundle: Some(bundle), .. } => BundleStore::open_at(bundle.clone()).await,
+            Place::Opfs { root, bundle: None } => BundleStore::open_in(root).await,
             Place::IndexedDb => BundleStore::open_idb().await,
         }
     }
@@ -115,7 +120,7 @@ impl Place {
     /// Deletes every file, version and status the store holds (the kill marker stays).
     pub async fn wipe(&self) -> Result<(), SwError> {
         match self {
-            Place::Opfs(root) => BundleStore::wipe(root).await,
+            Place::Opfs { root, .. } => BundleStore::wipe(root).await,
             Place::IndexedDb => {
                 let database = idb_open().await?;
                 let tx = db::transaction(&database, &IDB_STORES, true)?;
@@ -135,7 +140,7 @@ impl Place {
     /// Whether the kill switch's marker is there.
     pub async fn killed(&self) -> Result<bool, SwError> {
         match self {
-            Place::Opfs(root) => Ok(opfs::file(root, KILLED).await?.is_some()),
+            Place::Opfs { root, .. } => Ok(opfs::file(root, KILLED).await?.is_some()),
             Place::IndexedDb => {
                 let database = idb_open().await?;
                 let found = db::get(&database, IDB_DOCS, KILLED).await?.is_some();
@@ -147,7 +152,7 @@ impl Place {
 
     pub async fn mark_killed(&self, json: &str) -> Result<(), SwError> {
         match self {
-            Place::Opfs(root) => Ok(opfs::write_bytes(root, KILLED, json.as_bytes()).await?),
+            Place::Opfs { root, .. } => Ok(opfs::write_bytes(root, KILLED, json.as_bytes()).await?),
             Place::IndexedDb => {
                 let database = idb_open().await?;
                 db::put(&database, IDB_DOCS, KILLED, &json.into()).await?;
@@ -160,7 +165,7 @@ impl Place {
     /// Removes the marker, and with it whatever is left of the store.
     pub async fn unmark_killed(&self) -> Result<(), SwError> {
         match self {
-            Place::Opfs(root) => {
+            Place::Opfs { root, .. } => {
                 opfs::remove(root, KILLED, false).await?;
                 Ok(())
             }
@@ -170,7 +175,14 @@ impl Place {
 }
 
 async fn idb_open() -> Result<IdbDatabase, SwError> {
-    Ok(db::open(IDB_NAME, &IDB_STORES).await?)
+    let database = db::open(IDB_NAME, &IDB_STORES).await?;
+    // Whoever deletes the database (the kill switch, a page resetting the app) waits
+    // until every connection closed: this one closes when asked.
+    let this = database.clone();
+    let close = wasm_bindgen::closure::Closure::<dyn Fn()>::new(move || this.close());
+    database.set_onversionchange(Some(close.as_ref().unchecked_ref()));
+    close.forget();
+    Ok(database)
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +199,11 @@ enum Backend {
 impl BundleStore {
     /// Opens (creating) the store under `parent` in OPFS; tests use a folder of their own.
     pub async fn open_in(parent: &Dir) -> Result<Self, SwError> {
-        let root = opfs::dir(parent, ROOT, true).await?.expect("created");
+        Self::open_at(opfs::dir(parent, ROOT, true).await?.expect("created")).await
+    }
+
+    /// Opens the store whose folder (`stead/`) is `root`.
+    async fn open_at(root: Dir) -> Result<Self, SwError> {
         let files = opfs::dir(&root, "files", true).await?.expect("created");
         Ok(BundleStore { backend: Backend::Opfs { root, files } })
     }
@@ -206,6 +222,14 @@ impl BundleStore {
     pub async fn wipe(parent: &Dir) -> Result<(), SwError> {
         opfs::remove(parent, ROOT, true).await?;
         Ok(())
+    }
+
+    /// Closes the IndexedDB connection (nothing to close in OPFS): a database with an
+    /// open connection cannot be deleted. The store is not used after this.
+    pub fn close(&self) {
+        if let Backend::Idb(database) = &self.backend {
+            database.close();
+        }
     }
 
     /// `opfs` or `indexeddb`.

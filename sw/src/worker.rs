@@ -29,8 +29,6 @@ use crate::{
     store::{ACTIVE, BundleStore, Meta, PENDING, Place},
 };
 
-/// In the worker's OPFS folder while a kill waits for kept data: a restarted worker is
-/// still killed.
 /// How often a killed worker looks whether the server now has the kept data.
 const KEPT_CHECK_MS: f64 = 2_000.0;
 
@@ -500,6 +498,9 @@ impl Worker {
         }
         self.killed.set(true);
         let place = self.place().await;
+        if let Some(store) = self.state.borrow_mut().store.take() {
+            store.close();
+        }
         place.wipe().await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;

@@ -39,6 +39,14 @@ pub enum Capability {
     Cdp,
     /// Lowering an origin's storage quota while the page runs.
     QuotaOverride,
+    /// Stopping the service worker while its page stays open (elsewhere the page must go
+    /// and come back, which needs the worker or the server to serve it).
+    StopWorkerUnderOpenPage,
+    /// OPFS, where the worker keeps the bundle and new spaces (elsewhere IndexedDB).
+    Opfs,
+    /// A script opening downloads (`Content-Disposition: attachment`) in frames and new
+    /// windows while WebDriver waits for the script's result.
+    OpenDownloadFromScript,
 }
 
 impl Engine {
@@ -67,6 +75,16 @@ impl Engine {
             (Engine::Firefox, Capability::Cdp) => Some("geckodriver speaks no CDP (Firefox dropped CDP for WebDriver BiDi)"),
             (Engine::Firefox, Capability::QuotaOverride) => Some(
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
+            ),
+            (Engine::Firefox, Capability::StopWorkerUnderOpenPage | Capability::Opfs | Capability::OpenDownloadFromScript) => None,
+            (Engine::WebKit, Capability::OpenDownloadFromScript) => {
+                Some("WebKitWebDriver loses the script's result (\"Could not parse script result\") once a frame or window of it starts a download")
+            }
+            (Engine::WebKit, Capability::Opfs) => Some(
+                "WebKitGTK's automation session has no OPFS (getDirectory fails, even with the FileSystem features on), so the worker keeps the bundle and the spaces in IndexedDB",
+            ),
+            (Engine::WebKit, Capability::StopWorkerUnderOpenPage) => Some(
+                "WebKit stops a service worker only once no page of its scope is open (about 10 s later), and WebKitWebDriver has no command for it",
             ),
             (Engine::WebKit, Capability::Cdp) => Some("WebKitWebDriver speaks only W3C WebDriver"),
             (Engine::WebKit, Capability::QuotaOverride) => {
@@ -544,6 +562,25 @@ impl Browser {
                 }
             }
             Ok(None)
+        })
+        .await
+    }
+
+    /// Clicks the app's "Invite a device" button once it is enabled (it is disabled until
+    /// the page has its space, which can come after the worker reports the space online)
+    /// and returns the link the dialog shows.
+    pub async fn invite_link(&self, timeout: Duration) -> Result<String> {
+        let button = wait_for("the invite button to be enabled", timeout, || async {
+            let button = self.driver.find(By::Id("invite")).await?;
+            Ok(button.is_enabled().await?.then_some(button))
+        })
+        .await?;
+        button.click().await?;
+        wait_for("the invite link", timeout, || async {
+            match self.driver.find(By::Id("invite-link")).await {
+                Ok(el) => Ok(el.prop("value").await?.filter(|v| !v.is_empty())),
+                Err(_) => Ok(None),
+            }
         })
         .await
     }

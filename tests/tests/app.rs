@@ -109,14 +109,7 @@ async fn the_invite_dialog_gives_a_link_to_copy_and_says_what_to_do_with_it() ->
     let origin = server.url.trim_end_matches('/').to_owned();
     b.cdp("Browser.grantPermissions", json!({"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})).await?;
 
-    b.driver.find(By::Id("invite")).await?.click().await?;
-    let link = wait_for("the invite link", Duration::from_secs(10), || async {
-        match b.driver.find(By::Id("invite-link")).await {
-            Ok(el) => Ok(el.prop("value").await?),
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
+    let link = b.invite_link(Duration::from_secs(10)).await?;
     assert!(link.starts_with(&format!("{origin}/#join=")), "a link to this app with the code in its fragment: {link}");
     let dialog = b.driver.find(By::Id("invite-dialog")).await?.text().await?;
     for said in ["Open this link on your other device", "The first device to open it joins", "stops working", "expires on"] {

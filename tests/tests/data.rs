@@ -74,14 +74,18 @@ async fn pair_as(env: &Env, url: &str, role: Option<&str>) -> Result<(Browser, B
     let link = match role {
         Some(role) => format!("{url}#join={}", invite_code_as(&a, &space_a, json!({"role": role})).await?),
         None => {
-            a.driver.find(By::Id("invite")).await?.click().await?;
-            wait_for("the invite link", Duration::from_secs(10), || async {
-                match a.driver.find(By::Id("invite-link")).await {
-                    Ok(el) => Ok(el.prop("value").await?),
-                    Err(_) => Ok(None),
+            let link = a.invite_link(Duration::from_secs(30)).await;
+            match link {
+                Ok(link) => link,
+                Err(e) => {
+                    let page = a.driver.find(By::Tag("body")).await?.text().await?;
+                    let nav = a.js("const n = performance.getEntriesByType('navigation')[0]; return {type: n && n.type, url: location.href, ready: document.readyState, controlled: !!navigator.serviceWorker.controller, html: document.body.innerHTML.slice(0, 600)};").await?;
+                    let worker = a.status().await.map(|s| json!({"active": s["active_version"], "pending": s["pending_version"], "started": s["worker_started"], "error": s["last_error"]})).unwrap_or_else(|e| json!(e.to_string()));
+                    let page = format!("{page}\nnavigation: {nav}\nworker: {worker}");
+                    let status = api(&a, "GET", &format!("spaces/{space_a}/status"), None).await?;
+                    bail!("{e:#}\npage: {page}\nspace status: {status}");
                 }
-            })
-            .await?
+            }
         }
     };
     assert!(link.contains("#join="), "the invite travels in the fragment: {link}");
@@ -223,10 +227,19 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The acknowledged position the OPFS store of `space` holds (`acked` in its `meta.pack`:
-/// `"SMP1" ‖ u32 count ‖ (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ CRC`), 0
-/// when none is stored yet.
+/// The acknowledged position the store of `space` holds, 0 when none is stored yet: in
+/// OPFS, `acked` in its `meta.pack` (`"SMP1" ‖ u32 count ‖ (u32 key length ‖ key ‖ u32
+/// value length ‖ value)* ‖ CRC`); in IndexedDB (an engine without OPFS), the `acked`
+/// key of the space database's `meta` store (8 bytes, little-endian).
 async fn stored_acked(b: &Browser, space: &str) -> Result<u64> {
+    if b.engine.lacks(Capability::Opfs).is_some() {
+        let r = b
+            .js_async(&format!(
+                "const db = await new Promise((ok, fail) => {{ const r = indexedDB.open('stead-space-{space}'); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});                 const v = await new Promise((ok, fail) => {{ const r = db.transaction('meta').objectStore('meta').get('acked'); r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});                 db.close();                 if (v === undefined) return 0;                 const bytes = new Uint8Array(v); return Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));"
+            ))
+            .await?;
+        return r.as_u64().with_context(|| format!("reading the stored acknowledged position: {r}"));
+    }
     let r = b
         .js_async(&format!(
             "const root = await navigator.storage.getDirectory();\
@@ -277,6 +290,9 @@ async fn a_corrupted_log_tail_is_cut_on_reopen_and_refilled_from_the_server() ->
     }
     let space = space(&a).await?;
     wait_online(&a).await?;
+    if a.lacks(Capability::Opfs, "corrupting the OPFS log's last segment") {
+        return a.quit().await;
+    }
 
     corrupt_log_tail(&a, &space).await?;
     // The next worker opens the store from disk: the last entry fails its checksum.
@@ -365,7 +381,9 @@ async fn a_worker_stopped_in_the_middle_of_a_sync_resumes_and_converges() -> Res
     assert_eq!(written, json!(201), "every offline write is stored: {written}");
     let server = server.restart(&env)?;
     assert_eq!(entries_stored(&server).await?, 0, "the restarted server counts from zero");
-    link.set_rate(400_000);
+    // WebKit stops a worker only 10 s after its page left (see `stop_workers`): slower
+    // there, so the stop still lands in the middle (2.7 MB at 50 KB/s is about 54 s).
+    link.set_rate(if a.engine == Engine::WebKit { 50_000 } else { 400_000 });
     // Nudge A's worker to reconnect, and stop it once the server has committed part of
     // what it sends.
     a.js("navigator.serviceWorker.controller.postMessage({type: 'heartbeat'})").await?;
@@ -445,13 +463,16 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     for i in 0..5 {
         api(&a, "POST", &notes, Some(json!({"fields": {"n": i}}))).await?;
     }
-    let opfs_has_it = a
-        .js_async(&format!(
+    let opfs_has_it = if a.lacks(Capability::Opfs, "looking for the IndexedDB space in OPFS") {
+        json!(false)
+    } else {
+        a.js_async(&format!(
             "const root = await navigator.storage.getDirectory();\
              try {{ await (await (await root.getDirectoryHandle('stead-data')).getDirectoryHandle('spaces')).getDirectoryHandle('{idb_space}'); return true; }}\
              catch (e) {{ return false; }}"
         ))
-        .await?;
+        .await?
+    };
     assert_eq!(opfs_has_it, json!(false), "the space's log is not in OPFS");
     a.stop_workers().await?;
     let records = api(&a, "GET", &notes, None).await?;
@@ -512,6 +533,52 @@ async fn synced_writes_are_not_pending_again_after_the_worker_wakes_offline() ->
     a.quit().await
 }
 
+/// Issue 15: a space past its snapshot wakes from the snapshot and the log's tail. What
+/// the worker left on disk is still there when needed: entries written offline and folded
+/// into a snapshot before the server saw them still go up, and a record's history and undo,
+/// which read old entries, still answer.
+#[tokio::test]
+async fn a_space_past_its_snapshot_wakes_from_the_tail_and_still_sends_and_reads_old_entries() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let a = Browser::open(&env, &server.url).await?;
+    a.wait_app().await?;
+    let space = space(&a).await?;
+    let todos = format!("spaces/{space}/collections/todos");
+    let made = api(&a, "POST", &todos, Some(json!({"fields": {"text": "first"}}))).await?;
+    assert_eq!(made["status"], 201, "{made}");
+    let id = made["body"]["id"].as_str().expect("an id").to_owned();
+    let edited = api(&a, "PATCH", &format!("{todos}/{id}"), Some(json!({"fields": {"text": "second"}}))).await?;
+    assert_eq!(edited["status"], 200, "{edited}");
+    wait_online(&a).await?;
+
+    // Offline, enough entries for a snapshot: it covers entries the server never acknowledged.
+    server.kill();
+    let records: Vec<Value> = (0..1_200).map(|i| json!({"fields": {"text": format!("offline {i}")}})).collect();
+    let bulk = api(&a, "POST", &todos, Some(json!({"records": records, "entries": "each"}))).await?;
+    assert_eq!(bulk["status"], 201, "{}", bulk.to_string().chars().take(300).collect::<String>());
+    wait_for("the snapshot after the offline writes", Duration::from_secs(60), || async {
+        let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+        Ok((s["body"]["snapshot_entries"].as_u64() >= Some(1_202)).then_some(()))
+    })
+    .await?;
+    a.stop_workers().await?;
+
+    // The woken worker opened from the tail: the old entries are read when asked for.
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert_eq!(s["body"]["pending"], 1_200, "{s}");
+    let history = api(&a, "GET", &format!("{todos}/{id}/history"), None).await?;
+    assert_eq!(history["status"], 200, "{history}");
+    assert_eq!(history["body"]["history"].as_array().map(Vec::len), Some(2), "the create and the edit: {history}");
+    let undone = api(&a, "POST", &format!("spaces/{space}/undo"), Some(json!({}))).await?;
+    assert_eq!((undone["status"].clone(), undone["body"]["undone"].clone()), (json!(200), json!(true)), "{undone}");
+
+    // Back online, every unacknowledged entry reaches the server, from before the snapshot too.
+    let _server = server.restart(&env)?;
+    wait_online(&a).await?;
+    a.quit().await
+}
+
 /// Stores `body` (JS expression) as a blob of the space with this content type; returns
 /// its address.
 async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<String> {
@@ -520,7 +587,8 @@ async fn put_blob(b: &Browser, space: &str, mime: &str, body: &str) -> Result<St
             "const r = await fetch('/_stead/v1/spaces/{space}/blobs', {{method: 'POST', headers: {{'content-type': '{mime}'}}, body: {body}}});\
              return await r.json();"
         ))
-        .await?;
+        .await
+        .with_context(|| format!("storing a {mime} blob"))?;
     r["sha256"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("storing a {mime} blob: {r}"))
 }
 
@@ -532,6 +600,7 @@ async fn blob_headers(b: &Browser, url: &str) -> Result<Value> {
            csp: h('content-security-policy'), disposition: h('content-disposition')}};"
     ))
     .await
+    .with_context(|| format!("fetching {url}"))
 }
 
 #[tokio::test]
@@ -561,20 +630,23 @@ async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
     let url = |sha: &str, mime: &str| format!("/_stead/v1/spaces/{space}/blobs/{sha}?mime={mime}");
 
     // Opened in a frame and in a new window, as a link in the app would open them.
-    let opened = a
-        .js_async(&format!(
-            "for (const u of ['{}', '{}', '{}']) {{\
-               const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
-               window.open(u, '_blank');\
-             }}\
-             await new Promise((ok) => setTimeout(ok, 3000));\
-             return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
-            url(&html, "text/html"),
-            url(&svg, "image/svg%2Bxml"),
-            url(&svg, "text/html"),
-        ))
-        .await?;
-    assert_eq!(opened, json!([]), "a blob's script ran as the app");
+    if !a.lacks(Capability::OpenDownloadFromScript, "opening the blobs (downloads) in frames and windows; their headers are checked below") {
+        let opened = a
+            .js_async(&format!(
+                "for (const u of ['{}', '{}', '{}']) {{\
+                   const f = document.createElement('iframe'); f.src = u; document.body.append(f);\
+                   window.open(u, '_blank');\
+                 }}\
+                 await new Promise((ok) => setTimeout(ok, 3000));\
+                 return Object.keys(localStorage).filter((k) => k.startsWith('xss'));",
+                url(&html, "text/html"),
+                url(&svg, "image/svg%2Bxml"),
+                url(&svg, "text/html"),
+            ))
+            .await
+            .context("opening the blobs")?;
+        assert_eq!(opened, json!([]), "a blob's script ran as the app");
+    }
 
     // The headers that make it so, whatever type the URL asks for.
     let csp = "sandbox; default-src 'none'; style-src 'unsafe-inline'";
@@ -598,7 +670,7 @@ async fn a_members_html_or_svg_blob_never_runs_as_the_app() -> Result<()> {
 
     // An allow-listed image still shows in the tab that opens it.
     a.driver.goto(&format!("{}{}", server.url.trim_end_matches('/'), url(&png, "image/png"))).await?;
-    let shown = wait_for("the image to show", Duration::from_secs(10), || async {
+    let shown = wait_for("the image to show", Duration::from_secs(30), || async {
         let v = a.js("const i = document.images[0]; return [document.contentType, i ? i.naturalWidth : 0];").await?;
         Ok((v[1] == 1).then_some(v))
     })
@@ -681,7 +753,15 @@ async fn a_cross_site_form_cannot_write_and_the_page_api_takes_only_json() -> Re
     // A plain navigation to a data route (a link, the address bar) is refused too.
     a.driver.goto(&format!("{}_stead/v1/spaces", server.url)).await?;
     let answer = page_text_at(&a, &format!("{}_stead/v1/spaces", server.url)).await?;
-    assert!(is_problem(&answer, 403, "not navigations"), "a navigation is not a page API call: {answer}");
+    if a.engine == Engine::WebKit && !is_problem(&answer, 403, "not navigations") {
+        // WebKit sent this navigation past the worker, to the server, which has no page
+        // API and answers with the app's page: no data either way.
+        let controlled = a.js("return !!navigator.serviceWorker.controller").await?;
+        assert_eq!(controlled, json!(false), "served by the worker, yet not refused: {answer}");
+        assert!(!answer.contains("\"spaces\""), "a navigation is not a page API call: {answer}");
+    } else {
+        assert!(is_problem(&answer, 403, "not navigations"), "a navigation is not a page API call: {answer}");
+    }
     a.driver.switch_to_window(home).await?;
     assert_eq!(texts().await?, ["mine"], "nothing was written");
 

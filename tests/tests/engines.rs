@@ -1,5 +1,6 @@
-//! Two engines, one server: a space made in Firefox and joined from Chromium through its
-//! invite link; what Firefox writes offline reaches Chromium once the server is back.
+//! Two engines, one server: a space made in Firefox (or WebKit) and joined from Chromium
+//! through its invite link; what the first writes offline reaches Chromium once the
+//! server is back.
 //! It drives both engines whichever `STEAD_E2E_BROWSER` names, so `cargo xtask test` runs
 //! it once.
 
@@ -48,39 +49,54 @@ async fn wait_shown(b: &Browser, text: &str, timeout: Duration) -> Result<()> {
     .await
 }
 
+/// `writer` makes the space and invites `reader`; with the server gone, `writer` reloads
+/// from its worker and writes a todo, which `reader` shows once the server is back.
+async fn offline_write_reaches(env: &Env, writer_engine: Engine, reader_engine: Engine) -> Result<(Browser, Browser, String)> {
+    let mut server = Server::start(env, &env.dist)?;
+
+    let writer = Browser::open(&env.with_engine(writer_engine), &server.url).await?;
+    writer.wait_app().await?;
+    let space_id = space(&writer).await?;
+    wait_online(&writer, &space_id).await?;
+    let link = writer.invite_link(Duration::from_secs(30)).await?;
+
+    let reader = Browser::open(&env.with_engine(reader_engine), &link).await?;
+    reader.wait_app().await?;
+    assert_eq!(space(&reader).await?, space_id, "{} joined the space {} made", reader_engine.name(), writer_engine.name());
+    wait_online(&reader, &space_id).await?;
+
+    // The writer loses the server, reloads from its worker and writes.
+    server.kill();
+    writer.refresh().await?;
+    let text = format!("written offline in {}", writer_engine.name());
+    writer.add_todo(&text).await?;
+    let pending = sync_status(&writer, &space_id).await?;
+    assert!(pending["pending"].as_u64() >= Some(1), "the todo waits for the server: {pending}");
+
+    let _server = server.restart(env)?;
+    wait_shown(&reader, &text, Duration::from_secs(60)).await?;
+    wait_online(&writer, &space_id).await?;
+    Ok((writer, reader, space_id))
+}
+
 #[tokio::test]
 async fn a_todo_written_offline_in_firefox_reaches_chromium_through_the_server() -> Result<()> {
     let env = Env::get()?;
-    let mut server = Server::start(&env, &env.dist)?;
-
-    let firefox = Browser::open(&env.with_engine(Engine::Firefox), &server.url).await?;
-    firefox.wait_app().await?;
-    let space_id = space(&firefox).await?;
-    wait_online(&firefox, &space_id).await?;
-    firefox.driver.find(By::Id("invite")).await?.click().await?;
-    let link = wait_for("the invite link", Duration::from_secs(10), || async {
-        match firefox.driver.find(By::Id("invite-link")).await {
-            Ok(el) => Ok(el.prop("value").await?),
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
-
-    let chromium = Browser::open(&env.with_engine(Engine::Chromium), &link).await?;
-    chromium.wait_app().await?;
-    assert_eq!(space(&chromium).await?, space_id, "Chromium joined the space Firefox made");
-    wait_online(&chromium, &space_id).await?;
-
-    // Firefox loses the server, reloads from its worker and writes.
-    server.kill();
-    firefox.refresh().await?;
-    firefox.add_todo("written offline in Firefox").await?;
-    let pending = sync_status(&firefox, &space_id).await?;
-    assert!(pending["pending"].as_u64() >= Some(1), "the todo waits for the server: {pending}");
-
-    let _server = server.restart(&env)?;
-    wait_shown(&chromium, "written offline in Firefox", Duration::from_secs(60)).await?;
-    wait_online(&firefox, &space_id).await?;
+    let (firefox, chromium, _) = offline_write_reaches(&env, Engine::Firefox, Engine::Chromium).await?;
     firefox.quit().await?;
+    chromium.quit().await
+}
+
+/// WebKit keeps the bundle and the space in IndexedDB (its automation session has no
+/// OPFS), Chromium in OPFS: the same space, one server, either storage.
+#[tokio::test]
+async fn a_todo_written_offline_in_webkit_from_indexeddb_reaches_chromium_on_opfs() -> Result<()> {
+    let env = Env::get()?;
+    let (webkit, chromium, space_id) = offline_write_reaches(&env, Engine::WebKit, Engine::Chromium).await?;
+    for (b, kind) in [(&webkit, "indexeddb"), (&chromium, "opfs")] {
+        assert_eq!(sync_status(b, &space_id).await?["log_storage"], kind, "{}'s space log", b.engine.name());
+        assert_eq!(b.status().await?["bundle_storage"], kind, "{}'s bundle", b.engine.name());
+    }
+    webkit.quit().await?;
     chromium.quit().await
 }

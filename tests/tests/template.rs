@@ -57,14 +57,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     browser.add_item("before").await?;
 
     // A second profile joins through the app's invite link and syncs both ways.
-    browser.driver.find(By::Id("invite")).await?.click().await?;
-    let link: String = wait_for("the invite link", Duration::from_secs(15), || async {
-        match browser.driver.find(By::Id("invite-link")).await {
-            Ok(el) => Ok(el.prop("value").await?.filter(|v| !v.is_empty())),
-            Err(_) => Ok(None),
-        }
-    })
-    .await?;
+    let link = browser.invite_link(Duration::from_secs(15)).await?;
     let other = Browser::open(&env, &link).await?;
     other.wait_item("before").await.context("the joined profile never showed the first profile's item")?;
     other.add_item("from the other profile").await?;

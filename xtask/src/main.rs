@@ -2,11 +2,11 @@
 //!
 //! - `setup` installs what is missing (wasm target, wasm-bindgen-cli at the lockfile's
 //!   version, trunk, binaryen's wasm-opt, Chromium and ChromeDriver, Firefox ESR and
-//!   geckodriver) and skips the rest;
+//!   geckodriver, WebKitGTK's WebDriver and Xvfb) and skips the rest;
 //! - `demo` builds the todo example with its service worker and serves it;
-//! - `test` runs the native tests, the wasm tests in Chromium (the stores' in Firefox
-//!   too) and the end-to-end tests (all in Chromium, the offline and data suites again in
-//!   Firefox);
+//! - `test` runs the native tests, the wasm tests in Chromium (the stores' and the
+//!   worker's in Firefox too) and the end-to-end tests (all in Chromium, the offline and
+//!   data suites again in Firefox and in WebKit);
 //! - `build` builds an example (todo, or `--app notes`) into a folder;
 //! - `bench` runs the benchmarks against their anchors and writes `bench/REPORT.md`.
 
@@ -471,14 +471,34 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     // One engine after the other: two browsers per test at most on a 2-core machine. A step
     // Firefox cannot do is printed as `SKIPPED in Firefox: …` by the harness.
-    // `engines` drives Firefox and Chromium against one server, so it runs here, once.
-    step("end-to-end tests in Firefox (offline and data suites; a space shared with Chromium)");
+    step("end-to-end tests in Firefox (offline and data suites)");
     cargo(root)
-        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--", "--test-threads", "2"])
         .env("STEAD_E2E_BROWSER", "firefox")
         .env("STEAD_E2E_DIST", &dist)
         .env("CARGO_TARGET_DIR", &target)
         .env("STEAD_SERVER_BIN", &server)
+        .env("GECKODRIVER", &tools.geckodriver)
+        .env("FIREFOX", &tools.firefox)
+        .env("CHROMEDRIVER", &tools.chromedriver)
+        .env("CHROMIUM", &tools.chromium)
+        .run()?;
+
+    // WebKitGTK's automation session keeps storage in memory and has no OPFS, so the worker
+    // keeps the bundle and the spaces in IndexedDB: the fallback, chosen by detection. What
+    // WebKit cannot do is printed as `SKIPPED in WebKit: …`.
+    // `engines` drives two engines against one server (Firefox and WebKit each with
+    // Chromium), so it runs here, once.
+    step("end-to-end tests in WebKit (offline and data suites; MiniBrowser on Xvfb, storage in IndexedDB; spaces shared across engines)");
+    cargo(root)
+        .args(["test", "--package", "stead-e2e", "--test", "offline", "--test", "data", "--test", "engines", "--", "--test-threads", "2"])
+        .env("STEAD_E2E_BROWSER", "webkit")
+        .env("STEAD_E2E_DIST", &dist)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STEAD_SERVER_BIN", &server)
+        .env("WEBKIT_WEBDRIVER", &tools.webkit_driver)
+        .env("MINIBROWSER", &tools.minibrowser)
+        .env("XVFB", &tools.xvfb)
         .env("GECKODRIVER", &tools.geckodriver)
         .env("FIREFOX", &tools.firefox)
         .env("CHROMEDRIVER", &tools.chromedriver)

@@ -3,7 +3,8 @@
 //! Everything lands where a fresh machine can reach it without downloads outside the
 //! package registries: rustup's wasm32 target, `cargo install` for wasm-bindgen-cli (the
 //! lockfile's exact version), trunk and geckodriver, npm's `binaryen` for wasm-opt in
-//! `.tools/`, Debian's Chromium and ChromeDriver, and Debian's Firefox ESR.
+//! `.tools/`, Debian's Chromium and ChromeDriver, Debian's Firefox ESR, and Debian's
+//! WebKitGTK WebDriver (`webkit2gtk-driver`, which brings MiniBrowser) with Xvfb.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,9 @@ pub struct Tools {
     pub chromedriver: PathBuf,
     pub firefox: PathBuf,
     pub geckodriver: PathBuf,
+    pub webkit_driver: PathBuf,
+    pub minibrowser: PathBuf,
+    pub xvfb: PathBuf,
 }
 
 impl Tools {
@@ -121,10 +125,26 @@ pub fn run(root: &Path) -> Result<Tools> {
         report.push("install geckodriver (cargo)".to_owned());
     }
 
+    // WebKitGTK has no headless mode: MiniBrowser draws on an Xvfb display.
+    let webkit_driver = PathBuf::from("/usr/bin/WebKitWebDriver");
+    let minibrowser = PathBuf::from("/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser");
+    let xvfb = PathBuf::from("/usr/bin/Xvfb");
+    if webkit_driver.exists() && minibrowser.exists() && xvfb.exists() {
+        report.push("found   WebKitWebDriver, MiniBrowser and Xvfb".to_owned());
+    } else {
+        if !is_root() {
+            bail!("WebKitGTK's WebDriver is missing: run `sudo apt-get install webkit2gtk-driver xvfb`, then this again");
+        }
+        cmd("apt-get").arg("update").run()?;
+        cmd("apt-get").args(["install", "-y", "webkit2gtk-driver", "xvfb"]).env("DEBIAN_FRONTEND", "noninteractive").run()?;
+        anyhow::ensure!(minibrowser.exists(), "webkit2gtk-driver installed, but MiniBrowser is not at {}", minibrowser.display());
+        report.push("install webkit2gtk-driver and xvfb (apt)".to_owned());
+    }
+
     for line in &report {
         eprintln!("  {line}");
     }
-    Ok(Tools { trunk, wasm_bindgen, wasm_opt_dir, chromium, chromedriver, firefox, geckodriver })
+    Ok(Tools { trunk, wasm_bindgen, wasm_opt_dir, chromium, chromedriver, firefox, geckodriver, webkit_driver, minibrowser, xvfb })
 }
 
 /// Installs npm packages into `dir` (which gets a package.json if it has none).

@@ -51,6 +51,10 @@ pub enum Error {
     Protocol { code: u16, message: String },
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store holds `replica`'s entries from `seq` on but has not read them into
+    /// memory (an adapter that opens with the log's tail only): load them and ask again.
+    #[error("entries of {replica} from seq {seq} are stored but not loaded")]
+    NotLoaded { replica: ReplicaId, seq: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

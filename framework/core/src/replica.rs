@@ -7,6 +7,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
@@ -21,7 +22,7 @@ use crate::log::{self, verify_chain, verify_entry, ChainTip, Checked, Entry, Lim
 use crate::sig::DerivedWeights;
 use crate::membership::Membership;
 use crate::ops::{decode_batch, encode_batch, Op, Tag, Value, MAX_BATCH_OPS};
-use crate::query::{Indexes, Page, Query};
+use crate::query::{Cursor, Filter, Indexes, Page, Query};
 use crate::schema::Schema;
 use crate::state::{read_records, write_records, RecordState, Stamp, State, Version};
 use crate::store::Store;
@@ -104,6 +105,9 @@ pub struct Replica {
     /// The stored snapshot's generation and chunk count, and the previous one's count.
     snap_gen: u64,
     snap_counts: (u64, u64),
+    /// Set when a damaged snapshot chunk could not be rebuilt because the store had not
+    /// loaded the entries it needs ([`Replica::take_incomplete`]).
+    incomplete: std::cell::Cell<bool>,
 }
 
 /// A range of one collection's records in a stored snapshot, decoded on first use.
@@ -148,6 +152,7 @@ impl Replica {
             full: OnceCell::new(),
             snap_gen: 0,
             snap_counts: (0, 0),
+            incomplete: std::cell::Cell::new(false),
         };
         let heads = r.store.heads()?;
         if let Some(bytes) = r.store.snapshot()? {
@@ -204,6 +209,13 @@ impl Replica {
     pub fn id(&self) -> ReplicaId {
         self.me.replica
     }
+
+    /// Whether a damaged snapshot chunk was rebuilt without all the entries it needs (a
+    /// store that loaded only the log's tail); the flag is cleared. Values read since may
+    /// be wrong: load the whole log and open the replica again.
+    pub fn take_incomplete(&self) -> bool {
+        self.incomplete.replace(false)
+    }
     pub fn space(&self) -> SpaceId {
         self.me.space
     }
@@ -254,7 +266,16 @@ impl Replica {
         for (rid, end) in &self.lazy_vv {
             let mut next = 0;
             while next < *end {
-                let Ok(batch) = self.store.read(*rid, next, 256) else { break };
+                let batch = match self.store.read(*rid, next, 256) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        // A tail-only store lacks the old entries (or the read failed): the
+                        // chunk is incomplete, and the replica must be opened again over
+                        // the whole log.
+                        self.incomplete.set(true);
+                        break;
+                    }
+                };
                 if batch.is_empty() {
                     break;
                 }
@@ -489,7 +510,14 @@ impl Replica {
         let rid = entry.header.replica;
         let tip = self.tips.get(&rid);
         let store_ref = &self.store;
-        let known = |seq| Ok(store_ref.read(rid, seq, 1)?.first().map(Entry::hash));
+        // An old seq's hash tells a duplicate from a fork. Below what a tail-only store
+        // loaded it is unknown, and the entry counts as a duplicate: either verdict leaves
+        // store and state as they are (only the report differs), and a server relays no
+        // fork, since it verifies every chain before storing.
+        let known = |seq| match store_ref.read(rid, seq, 1) {
+            Err(Error::NotLoaded { .. }) => Ok(None),
+            r => Ok(r?.first().map(Entry::hash)),
+        };
         let (verdict, hash) = match checked {
             Some(checked) => {
                 let checked = checked?;
@@ -557,16 +585,57 @@ impl Replica {
     }
 
     /// Runs a query through the schema's indexes (a collection's are built on its first
-    /// query, after its snapshot chunks are decoded).
+    /// filtered query, after its snapshot chunks are decoded); [`Filter::All`] is
+    /// [`Replica::list`].
     pub fn query(&mut self, q: &Query) -> Result<Page> {
         if self.schema.is_none() {
             return Err(Error::Schema("no schema set".into()));
+        }
+        if q.filter == Filter::All {
+            return Ok(self.list(q));
         }
         self.take_all(Some(&q.collection));
         let schema = self.schema.as_ref().expect("checked above");
         let ix = self.indexes.get_or_insert_with(Indexes::default);
         ix.ensure(schema, &self.state, &q.collection);
         ix.query(&self.state, q)
+    }
+
+    /// A page of a collection's visible records in id order (`q.filter` is not looked
+    /// at), decoding only the snapshot chunks the page reaches: a first query after a wake
+    /// costs a chunk, not the collection. Records live either in the live state or in one
+    /// waiting chunk, and chunks hold disjoint id ranges, so the two merge in id order.
+    pub fn list(&self, q: &Query) -> Page {
+        let start = q.after.as_ref().map_or(Bound::Unbounded, |a| Bound::Excluded(a.record));
+        let limit = q.limit.max(1);
+        let mut live = self.state.collections.get(&q.collection).into_iter().flat_map(|m| m.range((start, Bound::Unbounded))).peekable();
+        let mut lazy = self
+            .lazy
+            .get(&q.collection)
+            .into_iter()
+            .flat_map(|m| m.range((start, Bound::Unbounded)))
+            .flat_map(|(_, c)| self.chunk_records(c).range((start, Bound::Unbounded)))
+            .peekable();
+        let (mut out, mut more) = (Vec::new(), false);
+        loop {
+            let next = match (live.peek(), lazy.peek()) {
+                (Some(a), Some(b)) if a.0 < b.0 => live.next(),
+                (_, Some(_)) => lazy.next(),
+                (Some(_), None) => live.next(),
+                (None, None) => None,
+            };
+            let Some((id, rec)) = next else { break };
+            if rec.is_deleted() {
+                continue;
+            }
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(*id);
+        }
+        let next = more.then(|| Cursor { key: None, record: *out.last().expect("page is full") });
+        Page { records: out, next }
     }
 
     /// Every op ever applied to a record, in merge order, read back from the log.
@@ -745,6 +814,21 @@ impl Replica {
         crate::log::trim_to_bytes(&mut out, max_bytes);
         Ok(out)
     }
+}
+
+/// The version vector a stored snapshot covers: [`Replica::open`] reads only the entries
+/// past it (when the log holds all it covers), so an adapter that opens with the log's tail
+/// loads from here. `bytes` is what the replica gave `put_snapshot`.
+pub fn snapshot_vector(bytes: &[u8]) -> Result<VersionVector> {
+    let tips = match bytes.first() {
+        Some(&STORED_SNAPSHOT_VERSION) => StoredSnapshot::decode(bytes)?.tips,
+        _ => Snapshot::decode(bytes)?.tips,
+    };
+    let mut vv = VersionVector::new();
+    for (r, t) in &tips {
+        vv.insert(*r, t.next_seq);
+    }
+    Ok(vv)
 }
 
 /// State + version vector (with chain tips) + clock: what opening needs before the tail.

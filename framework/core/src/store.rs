@@ -15,7 +15,9 @@ use crate::log::{Entry, VersionVector};
 pub trait Store {
     /// Appends the next entry of its replica's chain (seq = that replica's head).
     fn append(&mut self, entry: &Entry) -> Result<()>;
-    /// Up to `max` entries of `replica` from `from_seq` on, in seq order.
+    /// Up to `max` entries of `replica` from `from_seq` on, in seq order. A store that
+    /// keeps only the log's tail in memory answers [`Error::NotLoaded`] for entries it
+    /// holds on disk but has not loaded; callers that can do without them say so.
     fn read(&self, replica: ReplicaId, from_seq: u64, max: usize) -> Result<Vec<Entry>>;
     /// For each replica with stored entries, the seq after its last one.
     fn heads(&self) -> Result<VersionVector>;

@@ -488,6 +488,9 @@ impl Sync {
                     return Some(Frame::Entries(entries));
                 }
                 Ok(_) => continue,
+                // Stored but not in memory: the adapter loads them and the caller generates
+                // again; this replica's entries are not marked sent meanwhile.
+                Err(Error::NotLoaded { .. }) => continue,
                 Err(e) => {
                     self.closed = true;
                     return Some(Frame::Error { code: code::INTERNAL, message: e.to_string() });

@@ -117,3 +117,131 @@ async fn snapshots_switch_by_pointer_and_meta_is_kept() {
     assert_eq!(again.cache().meta("schema").unwrap().as_deref(), Some(&b"{}"[..]));
     assert_eq!(replica2.state(), replica.state());
 }
+
+/// 120 entries in 2 KB segments, a snapshot after the first 100, flushed.
+async fn snapshotted(space: &Space, dir: &fs::Dir, rng: &mut SeededRandom) -> (OpfsStore, Replica, Vec<Entry>) {
+    let (mut store, mut replica) = open(space, dir).await;
+    for i in 0..120 {
+        replica.commit(vec![op(i)], 1_000 + i as u64, rng).unwrap();
+        if i == 99 {
+            replica.save_snapshot().unwrap();
+        }
+        if i % 10 == 0 {
+            store.flush().await.unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    let written = all(&store);
+    (store, replica, written)
+}
+
+#[wasm_bindgen_test]
+async fn a_reopen_after_a_snapshot_reads_the_tail_only_and_answers_the_same() {
+    let mut rng = SeededRandom::new(4);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-tail").await;
+    let (store, replica, written) = snapshotted(&space, &dir, &mut rng).await;
+    let (mut again, replica2) = open(&space, &dir).await;
+    assert!(again.segments_read() * 2 < again.segment_count() as usize, "read {} of {} segments", again.segments_read(), again.segment_count());
+    assert_eq!(again.cache().heads().unwrap(), store.cache().heads().unwrap());
+    assert_eq!(replica2.version_vector(), replica.version_vector());
+    assert_eq!(replica2.state(), replica.state());
+    assert!(again.recovered().is_none());
+    // What opening left on disk is read when asked for, whole and in order.
+    let me = replica.id();
+    assert!(matches!(again.cache().read(me, 5, 3), Err(stead_core::Error::NotLoaded { seq: 5, .. })));
+    let wanted = again.cache().take_wanted();
+    again.load(&wanted).await.unwrap();
+    assert_eq!(again.cache().read(me, 5, 3).unwrap(), written[5..8].to_vec());
+    again.load_all().await.unwrap();
+    assert_eq!(all(&again), written);
+}
+
+#[wasm_bindgen_test]
+async fn appends_after_a_tail_open_survive_the_next_one() {
+    let mut rng = SeededRandom::new(5);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-tail-append").await;
+    let (_, _, mut written) = snapshotted(&space, &dir, &mut rng).await;
+    let (mut again, mut replica2) = open(&space, &dir).await;
+    for i in 0..80 {
+        written.push(replica2.commit(vec![op(500 + i)], 9_000 + i as u64, &mut rng).unwrap());
+    }
+    again.flush().await.unwrap();
+    let (mut third, replica3) = open(&space, &dir).await;
+    assert_eq!(replica3.version_vector(), replica2.version_vector());
+    assert_eq!(replica3.state(), replica2.state());
+    third.load_all().await.unwrap();
+    assert_eq!(all(&third), written);
+}
+
+#[wasm_bindgen_test]
+async fn a_garbled_tail_is_still_cut_off_when_the_index_skips_old_segments() {
+    let mut rng = SeededRandom::new(6);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-tail-torn").await;
+    let (_, _, written) = snapshotted(&space, &dir, &mut rng).await;
+    let log = fs::dir(&dir, "log", false).await.unwrap().unwrap();
+    let mut names = fs::names(&log).await.unwrap();
+    names.sort();
+    let last = names.last().unwrap().clone();
+    let mut bytes = fs::read_bytes(&log, &last).await.unwrap().unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    fs::write_bytes(&log, &last, &bytes).await.unwrap();
+
+    let (mut again, replica2) = open(&space, &dir).await;
+    assert_eq!(again.recovered().expect("the damage is reported").reason, "checksum mismatch");
+    assert_eq!(replica2.version_vector().values().sum::<u64>(), written.len() as u64 - 1);
+    again.load_all().await.unwrap();
+    assert_eq!(all(&again), written[..written.len() - 1].to_vec(), "every entry before the damaged one is kept");
+    let (third, _) = open(&space, &dir).await;
+    assert!(third.recovered().is_none());
+}
+
+#[wasm_bindgen_test]
+async fn a_closed_segment_cut_short_is_read_and_cut_as_before_the_index() {
+    let mut rng = SeededRandom::new(7);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-tail-short").await;
+    let (store, _, written) = snapshotted(&space, &dir, &mut rng).await;
+    let log = fs::dir(&dir, "log", false).await.unwrap().unwrap();
+    let mut names = fs::names(&log).await.unwrap();
+    names.sort();
+    // The second newest segment loses its last bytes: its length is not the index's.
+    let victim = names[names.len() - 2].clone();
+    let bytes = fs::read_bytes(&log, &victim).await.unwrap().unwrap();
+    fs::write_bytes(&log, &victim, &bytes[..bytes.len() - 5]).await.unwrap();
+
+    let (mut again, _) = open(&space, &dir).await;
+    let rec = again.recovered().expect("the damage is reported").clone();
+    assert_eq!((rec.segment, rec.dropped_segments), (victim, 1));
+    again.load_all().await.unwrap();
+    let kept = all(&again);
+    assert!(kept.len() < written.len() && kept[..] == written[..kept.len()], "a prefix is kept");
+    drop(store);
+}
+
+#[wasm_bindgen_test]
+async fn a_store_without_the_index_opens_whole_once_and_writes_it() {
+    let mut rng = SeededRandom::new(8);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-tail-old").await;
+    let (_, replica, written) = snapshotted(&space, &dir, &mut rng).await;
+    // A store an older version wrote has no segments.idx.
+    assert!(fs::remove(&dir, "segments.idx", false).await.unwrap());
+    let (again, replica2) = open(&space, &dir).await;
+    assert_eq!(again.segments_read() as u32, again.segment_count(), "read whole");
+    assert_eq!(all(&again), written);
+    assert_eq!(replica2.state(), replica.state());
+    assert!(fs::read_bytes(&dir, "segments.idx").await.unwrap().is_some(), "the index is built once");
+    let (third, replica3) = open(&space, &dir).await;
+    assert!(third.segments_read() * 2 < third.segment_count() as usize, "then only the tail is read");
+    assert_eq!(replica3.state(), replica.state());
+    // A damaged index is no worse than none.
+    fs::write_bytes(&dir, "segments.idx", b"SIX1garbage").await.unwrap();
+    let (mut fourth, replica4) = open(&space, &dir).await;
+    assert_eq!(replica4.state(), replica.state());
+    fourth.load_all().await.unwrap();
+    assert_eq!(all(&fourth), written);
+}

@@ -3,7 +3,7 @@
 use js_sys::{Array, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue, closure::Closure};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{IdbDatabase, IdbFactory, IdbObjectStore, IdbOpenDbRequest, IdbRequest, IdbTransaction, IdbTransactionMode};
+use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbOpenDbRequest, IdbRequest, IdbTransaction, IdbTransactionMode};
 
 use crate::opfs::fs::FsError;
 
@@ -144,4 +144,32 @@ pub async fn keys(db: &IdbDatabase, store_name: &str) -> Result<Vec<String>, FsE
     let tx = transaction(db, &[store_name], false)?;
     let keys: Array = request(&store(&tx, store_name)?.get_all_keys()?).await?.unchecked_into();
     Ok(keys.iter().map(|k| k.as_string().unwrap_or_default()).collect())
+}
+
+/// Every (key, value) of a store with keys in each of `ranges` (`[from, to)`, `None` for
+/// no bound), range by range, in key order, all read in one transaction.
+pub async fn ranges(db: &IdbDatabase, store_name: &str, ranges: &[(Option<String>, Option<String>)]) -> Result<Vec<(String, JsValue)>, FsError> {
+    let tx = transaction(db, &[store_name], false)?;
+    let s = store(&tx, store_name)?;
+    let mut requests = Vec::new();
+    for (from, to) in ranges {
+        let range = match (from, to) {
+            (Some(f), Some(t)) => IdbKeyRange::bound_with_lower_open_and_upper_open(&f.into(), &t.into(), false, true)?,
+            (Some(f), None) => IdbKeyRange::lower_bound(&f.into())?,
+            (None, Some(t)) => IdbKeyRange::upper_bound_with_open(&t.into(), true)?,
+            (None, None) => {
+                requests.push((s.get_all_keys()?, s.get_all()?));
+                continue;
+            }
+        };
+        requests.push((s.get_all_keys_with_key(&range)?, s.get_all_with_key(&range)?));
+    }
+    // The requests were all made before any is awaited, so they run in one go.
+    let mut out = Vec::new();
+    for (keys, values) in requests {
+        let keys: Array = request(&keys).await?.unchecked_into();
+        let values: Array = request(&values).await?.unchecked_into();
+        out.extend(keys.iter().zip(values.iter()).map(|(k, v)| (k.as_string().unwrap_or_default(), v)));
+    }
+    Ok(out)
 }

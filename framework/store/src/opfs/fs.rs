@@ -108,6 +108,11 @@ pub async fn file(parent: &Dir, name: &str) -> Result<Option<File>, FsError> {
     }
 }
 
+/// The named file's size in bytes, without reading it.
+pub async fn size(parent: &Dir, name: &str) -> Result<Option<u64>, FsError> {
+    Ok(file(parent, name).await?.map(|f| f.size() as u64))
+}
+
 pub async fn read_bytes(parent: &Dir, name: &str) -> Result<Option<Vec<u8>>, FsError> {
     match file(parent, name).await? {
         Some(f) => {
