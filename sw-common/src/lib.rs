@@ -5,6 +5,7 @@
 //! may keep state that one module sets and the other reads: [`scope::init`] is called
 //! by each module when it starts.
 
+pub mod js;
 pub mod scope;
 
 /// The OPFS helpers (shared with stead-store's OPFS adapter).
@@ -27,17 +28,36 @@ pub struct Kept {
     pub blobs_pending: Option<usize>,
 }
 
-/// `navigator.storage.estimate()`: bytes used and the origin's quota.
-pub async fn storage_estimate() -> serde_json::Value {
-    let Ok(storage) = opfs::storage() else { return serde_json::Value::Null };
-    let Ok(promise) = storage.estimate() else { return serde_json::Value::Null };
-    match JsFuture::from(promise).await {
-        Ok(e) => {
-            let num = |k: &str| Reflect::get(&e, &k.into()).ok().and_then(|v| v.as_f64());
-            serde_json::json!({"usage": num("usage"), "quota": num("quota")})
-        }
-        Err(_) => serde_json::Value::Null,
+impl Kept {
+    /// As the serving module shows it in status and on the channel.
+    pub fn to_js(&self) -> JsValue {
+        js::Obj::new().set("space", &self.space).set("pending", self.pending).set("blobs_pending", self.blobs_pending).build()
     }
+
+    /// Read back from the data module's JSON answer (parsed with `JSON.parse`).
+    pub fn from_js(value: &JsValue) -> Option<Kept> {
+        Some(Kept {
+            space: js::get_str(value, "space")?,
+            pending: js::get_u64(value, "pending"),
+            blobs_pending: js::get_u64(value, "blobs_pending").map(|n| n as usize),
+        })
+    }
+}
+
+/// `navigator.storage.estimate()`: bytes used and the origin's quota, each `None` where
+/// the browser does not tell.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Estimate {
+    pub usage: Option<f64>,
+    pub quota: Option<f64>,
+}
+
+/// Asks the browser for its [`Estimate`]; `None` where there is no storage manager.
+pub async fn storage_estimate() -> Option<Estimate> {
+    let storage = opfs::storage().ok()?;
+    let e = JsFuture::from(storage.estimate().ok()?).await.ok()?;
+    let num = |k: &str| Reflect::get(&e, &k.into()).ok().and_then(|v| v.as_f64());
+    Some(Estimate { usage: num("usage"), quota: num("quota") })
 }
 
 /// A promise that resolves after `ms` milliseconds (`setTimeout`).

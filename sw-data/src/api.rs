@@ -382,7 +382,10 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
     match (method, rest) {
         ("GET", ["status"]) => {
             let mut status = engine.status_json();
-            status["storage"] = stead_sw_common::storage_estimate().await;
+            status["storage"] = match stead_sw_common::storage_estimate().await {
+                Some(e) => json!({"usage": e.usage, "quota": e.quota}),
+                None => J::Null,
+            };
             Ok((200, status))
         }
         ("PUT", ["schema"]) => {

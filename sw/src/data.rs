@@ -21,7 +21,7 @@ use futures::{
     future::{LocalBoxFuture, Shared},
 };
 use js_sys::{Function, Reflect};
-use stead_sw_common::Kept;
+use stead_sw_common::{Kept, js};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Request, Response};
@@ -142,9 +142,12 @@ impl Data {
         JsFuture::from(js_sys::Promise::from(promise)).await.map_err(|e| crate::store::describe(&e))
     }
 
-    async fn call_json<T: serde::de::DeserializeOwned>(self: &Rc<Self>, name: &str, args: &[JsValue]) -> Result<T, String> {
+    /// Calls an export that answers a JSON array, and reads each item with `item`.
+    async fn call_list<T>(self: &Rc<Self>, name: &str, args: &[JsValue], item: impl Fn(&JsValue) -> Option<T>) -> Result<Vec<T>, String> {
         let text = self.call(name, args).await?.as_string().unwrap_or_default();
-        serde_json::from_str(&text).map_err(|e| format!("the data engine's {name} answered {text}: {e}"))
+        let bad = |why: &str| format!("the data engine's {name} answered {text}: {why}");
+        let list = js::items(&js::parse(&text).map_err(|e| bad(&e))?).ok_or_else(|| bad("not an array"))?;
+        list.iter().map(|v| item(v).ok_or_else(|| bad("an unexpected item"))).collect()
     }
 
     /// Opens every space and (re)connects its sync.
@@ -170,19 +173,19 @@ impl Data {
     }
 
     pub async fn retire(self: &Rc<Self>, settle_ms: f64) -> Result<Vec<Kept>, String> {
-        self.call_json("retire", &[settle_ms.into()]).await
+        self.call_list("retire", &[settle_ms.into()], Kept::from_js).await
     }
 
     pub async fn erase_acknowledged(self: &Rc<Self>) -> Result<Vec<Kept>, String> {
-        self.call_json("erase_acknowledged", &[]).await
+        self.call_list("erase_acknowledged", &[], Kept::from_js).await
     }
 
     pub async fn erase_all(self: &Rc<Self>) -> Result<Vec<String>, String> {
-        self.call_json("erase_all", &[]).await
+        self.call_list("erase_all", &[], JsValue::as_string).await
     }
 
     pub async fn spaces(self: &Rc<Self>) -> Result<Vec<String>, String> {
-        self.call_json("spaces", &[]).await
+        self.call_list("spaces", &[], JsValue::as_string).await
     }
 
     /// Background Sync: every space reconnected and acknowledged within `timeout_ms`.
@@ -200,6 +203,6 @@ fn unavailable(why: &str) -> Result<Response, JsValue> {
     let init = web_sys::ResponseInit::new();
     init.set_status(503);
     init.set_headers(&headers);
-    let body = serde_json::json!({"type": "about:blank", "title": "data engine unavailable", "status": 503, "detail": why});
-    Response::new_with_opt_str_and_init(Some(&body.to_string()), &init)
+    let body = crate::worker::problem(503, "data engine unavailable", why);
+    Response::new_with_opt_str_and_init(Some(&js::stringify(&body)), &init)
 }

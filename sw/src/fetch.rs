@@ -183,11 +183,11 @@ fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, ver
     Response::new_with_opt_blob_and_init(Some(blob), &init)
 }
 
-fn json_response(value: &serde_json::Value) -> Result<Response, JsValue> {
+fn json_response(value: &JsValue) -> Result<Response, JsValue> {
     json_response_with(200, value)
 }
 
-fn json_response_with(status: u16, value: &serde_json::Value) -> Result<Response, JsValue> {
+fn json_response_with(status: u16, value: &JsValue) -> Result<Response, JsValue> {
     let headers = Headers::new()?;
     let problem = status >= 400;
     headers.set("content-type", if problem { "application/problem+json" } else { "application/json" })?;
@@ -195,15 +195,13 @@ fn json_response_with(status: u16, value: &serde_json::Value) -> Result<Response
     let init = ResponseInit::new();
     init.set_status(status);
     init.set_headers(&headers);
-    Response::new_with_opt_str_and_init(Some(&value.to_string()), &init)
+    Response::new_with_opt_str_and_init(Some(&crate::js::stringify(value)), &init)
 }
 
 /// The erase call, only as a page's own JSON request: a navigation (a form another site
 /// posts here) or any other body is refused.
-async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, serde_json::Value) {
-    let problem = |status: u16, title: &str, detail: &str| {
-        (status, serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}))
-    };
+async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, JsValue) {
+    let problem = |status: u16, title: &str, detail: &str| (status, crate::worker::problem(status, title, detail));
     if request.method() != "POST" {
         return problem(405, "method not allowed", "erase is a POST");
     }
@@ -215,6 +213,6 @@ async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, serde_json::Value) {
         Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
         Err(_) => String::new(),
     };
-    let confirmed = serde_json::from_str::<serde_json::Value>(&text).ok().is_some_and(|b| b["confirm"] == true);
+    let confirmed = crate::js::parse(&text).ok().is_some_and(|b| crate::js::get_bool(&b, "confirm") == Some(true));
     w.erase_kept(confirmed).await
 }

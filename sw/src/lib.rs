@@ -16,11 +16,12 @@
 
 pub mod data;
 pub mod fetch;
+pub mod manifest;
 pub mod store;
 pub mod worker;
 
-/// The OPFS helpers and storage scoping, compiled into the data module too.
-pub use stead_sw_common::{opfs, scope};
+/// The OPFS helpers, storage scoping and JSON through JS, compiled into the data module too.
+pub use stead_sw_common::{js, opfs, scope};
 
 
 /// The `Content-Security-Policy` every app file carries, online (stead-server) and
