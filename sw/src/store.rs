@@ -85,6 +85,14 @@ impl Meta {
     }
 }
 
+/// What a store holds about its versions ([`BundleStore::versions`]).
+#[derive(Debug, Default)]
+pub struct Versions {
+    pub active: Option<BundleManifest>,
+    pub pending: Option<BundleManifest>,
+    pub meta: Meta,
+}
+
 /// Where this worker keeps its bundle, chosen once per worker life by [`Place::detect`].
 #[derive(Debug, Clone)]
 pub enum Place {
@@ -138,6 +146,22 @@ impl Place {
             Place::Opfs { root, bundle: None } => BundleStore::open_in(root).await,
             Place::IndexedDb => BundleStore::open_idb().await,
         }
+    }
+
+    /// Opens the store and reads what a worker serves from: the active and pending
+    /// manifests and the meta, in flight together. For a store that exists in OPFS the
+    /// `files` folder opens while they are read (a cold start's critical path).
+    pub async fn open_versions(&self) -> Result<(BundleStore, Versions), SwError> {
+        if let Place::Opfs { bundle: Some(bundle), .. } = self {
+            // The documents live in `stead/` itself, so they need no `files` handle.
+            let docs = BundleStore { backend: Backend::Opfs { root: bundle.clone(), files: bundle.clone() } };
+            let (files, versions) = futures::join!(opfs::dir(bundle, "files", true), docs.versions());
+            let files = files?.expect("created");
+            return Ok((BundleStore { backend: Backend::Opfs { root: bundle.clone(), files } }, versions?));
+        }
+        let store = self.open().await?;
+        let versions = store.versions().await?;
+        Ok((store, versions))
     }
 
     /// Deletes every file, version and status the store holds (the kill marker stays).
@@ -285,6 +309,12 @@ impl BundleStore {
             }
             None => Ok(None),
         }
+    }
+
+    /// The active and pending manifests and the meta, read together.
+    pub async fn versions(&self) -> Result<Versions, SwError> {
+        let (active, pending, meta) = futures::join!(self.manifest(ACTIVE), self.manifest(PENDING), self.meta());
+        Ok(Versions { active: active?, pending: pending?, meta })
     }
 
     pub async fn write_manifest(&self, name: &str, manifest: &BundleManifest) -> Result<(), SwError> {

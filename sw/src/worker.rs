@@ -29,7 +29,7 @@ use stead_sw_common::{
 use crate::{
     SwError,
     data::Data,
-    store::{ACTIVE, BundleStore, Meta, PENDING, Place},
+    store::{ACTIVE, BundleStore, Meta, PENDING, Place, Versions},
 };
 
 /// How often a killed worker looks whether the server now has the kept data.
@@ -212,14 +212,7 @@ impl Worker {
                 let w = self.clone();
                 async move {
                     let place = w.place().await;
-                    let open = async {
-                        let store = place.open().await?;
-                        // Three independent reads: in flight together, a cold start pays
-                        // one OPFS round trip for them instead of three.
-                        let (active, pending, meta) =
-                            futures::join!(store.manifest(ACTIVE), store.manifest(PENDING), store.meta());
-                        Ok::<_, SwError>((store, active?, pending?, meta))
-                    };
+                    let open = place.open_versions();
                     let withdrawn = || {
                         // Killed in an earlier life, with data kept.
                         w.killed.set(true);
@@ -228,7 +221,7 @@ impl Worker {
                     };
                     // A store that exists is opened while the kill marker is looked for (a
                     // cold start's critical path); else nothing is created before it is known.
-                    let (store, active, pending, meta) = if place.has_store() {
+                    let (store, Versions { active, pending, meta }) = if place.has_store() {
                         let (killed, opened) = futures::join!(place.killed(), open);
                         if killed? {
                             return withdrawn();
