@@ -1,10 +1,13 @@
 //! The build pipeline: app (trunk) + service worker (cargo, wasm-bindgen, wasm-opt) +
 //! bundle manifest.
 //!
-//! The worker's wasm is base64-encoded into `stead-sw.js` together with wasm-bindgen's
-//! glue and the shim. A worker that fetched its `.wasm` at start-up could not start again
-//! offline once the browser stopped it; scripts a worker imports (or is) are stored with
-//! the worker itself, so this single script is all a cold start needs.
+//! The worker is two wasm modules. The serving module's wasm is base64-encoded into
+//! `stead-sw.js` together with wasm-bindgen's glue and the shim: a worker that fetched
+//! its `.wasm` at start-up could not start again offline once the browser stopped it;
+//! scripts a worker imports (or is) are stored with the worker itself, so this single
+//! script is all a cold start needs. The data engine (`stead-data.wasm`) is a file of
+//! the app's bundle: the worker stores it with the app's other files at install and
+//! compiles it on first data use; `stead-sw.js` carries its glue and names its SHA-256.
 //!
 //! wasm-opt is the slow step (~18 s for the worker on two cores), and its result depends
 //! only on its input and flags: optimised modules are kept under
@@ -26,6 +29,10 @@ use stead_core::bundle::{self, BundleFile, BundleManifest, MANIFEST_FILE, WORKER
 const SHIM: &str = include_str!("../../sw/js/shim.js");
 const WORKER_CRATE: &str = "stead-sw";
 const WORKER_WASM: &str = "stead_sw";
+const DATA_CRATE: &str = "stead-sw-data";
+const DATA_WASM: &str = "stead_sw_data";
+/// The global the data module's glue defines (`wasm-bindgen --no-modules-global`).
+const DATA_GLOBAL: &str = "stead_data";
 /// The cargo profile for what ships to browsers (the workspace defines it: opt-level z).
 pub const WASM_PROFILE: &str = "wasm-release";
 
@@ -39,8 +46,9 @@ const WASM_FEATURES: &[&str] = &[
     "--enable-multivalue",
 ];
 
-/// Optimised worker modules kept, newest first; older ones are deleted.
-const OPT_CACHE_KEEP: usize = 4;
+/// Optimised worker modules kept, newest first; older ones are deleted (two per build:
+/// the serving module and the data module).
+const OPT_CACHE_KEEP: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -172,39 +180,71 @@ pub enum Optimization {
     Skipped,
 }
 
-/// The worker's sizes: raw wasm, optimised wasm, and the script carrying it.
+/// The worker's sizes: raw wasm, optimised wasm, and the script carrying it, for the
+/// serving module; the data module's sizes (raw and as `stead-data.wasm` ships).
 #[derive(Debug, Clone)]
 pub struct WorkerReport {
     pub wasm_raw: u64,
     pub wasm_optimized: u64,
     pub script: u64,
+    pub data_wasm_raw: u64,
+    pub data_wasm_optimized: u64,
+    /// wasm-opt of the serving module (the data module's is cached the same way).
     pub optimization: Optimization,
 }
 
-/// Builds the worker to wasm and writes `stead-sw.js` into the dist folder.
+/// Builds the worker's two modules to wasm and writes `stead-sw.js` and
+/// `stead-data.wasm` into the dist folder.
 pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<WorkerReport, BuildError> {
     // Always release: the worker's size is its start-up time, and tests should run
     // what ships.
     run(
         tools,
         &tools.cargo,
-        &["build", "--package", WORKER_CRATE, "--lib", "--target", "wasm32-unknown-unknown", "--profile", WASM_PROFILE]
+        &["build", "--package", WORKER_CRATE, "--package", DATA_CRATE, "--lib", "--target", "wasm32-unknown-unknown", "--profile", WASM_PROFILE]
             .map(std::ffi::OsStr::new),
         &config.workspace,
     )?;
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| config.workspace.join("target"));
-    let wasm = target_dir.join(format!("wasm32-unknown-unknown/{WASM_PROFILE}/{WORKER_WASM}.wasm"));
     let out = target_dir.join("stead-sw");
     fs::create_dir_all(&out).map_err(io_err(&out))?;
-    run(
-        tools,
-        &tools.wasm_bindgen,
-        &["--target".as_ref(), "no-modules".as_ref(), "--no-typescript".as_ref(), "--out-dir".as_ref(), out.as_os_str(), wasm.as_os_str()],
-        &config.workspace,
-    )?;
-    let bg = out.join(format!("{WORKER_WASM}_bg.wasm"));
+    let serving = bindgen_and_optimise(config, tools, &target_dir, &out, WORKER_WASM, None)?;
+    let data = bindgen_and_optimise(config, tools, &target_dir, &out, DATA_WASM, Some(DATA_GLOBAL))?;
+    let script = worker_script(&serving.glue, &serving.wasm, &data.glue, &bundle::sha256_hex(&data.wasm));
+    fs::create_dir_all(&config.dist).map_err(io_err(&config.dist))?;
+    let script_path = config.dist.join(WORKER_SCRIPT);
+    fs::write(&script_path, &script).map_err(io_err(&script_path))?;
+    let data_path = config.dist.join(bundle::DATA_MODULE);
+    fs::write(&data_path, &data.wasm).map_err(io_err(&data_path))?;
+    Ok(WorkerReport {
+        wasm_raw: serving.raw,
+        wasm_optimized: serving.wasm.len() as u64,
+        script: script.len() as u64,
+        data_wasm_raw: data.raw,
+        data_wasm_optimized: data.wasm.len() as u64,
+        optimization: serving.optimization,
+    })
+}
+
+/// One module through wasm-bindgen and (cached) wasm-opt.
+struct Module {
+    glue: String,
+    wasm: Vec<u8>,
+    raw: u64,
+    optimization: Optimization,
+}
+
+fn bindgen_and_optimise(config: &BuildConfig, tools: &Tools, target_dir: &Path, out: &Path, name: &str, global: Option<&str>) -> Result<Module, BuildError> {
+    let wasm = target_dir.join(format!("wasm32-unknown-unknown/{WASM_PROFILE}/{name}.wasm"));
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--target".as_ref(), "no-modules".as_ref(), "--no-typescript".as_ref()];
+    if let Some(global) = global {
+        args.extend(["--no-modules-global", global].map(std::ffi::OsStr::new));
+    }
+    args.extend(["--out-dir".as_ref(), out.as_os_str(), wasm.as_os_str()]);
+    run(tools, &tools.wasm_bindgen, &args, &config.workspace)?;
+    let bg = out.join(format!("{name}_bg.wasm"));
     let raw_bytes = fs::read(&bg).map_err(io_err(&bg))?;
     let raw = raw_bytes.len() as u64;
     let (wasm_bytes, optimization) = match &tools.wasm_opt {
@@ -219,7 +259,7 @@ pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<WorkerReport,
                 }
                 Err(_) => {
                     let started = Instant::now();
-                    let opt = out.join(format!("{WORKER_WASM}_opt.wasm"));
+                    let opt = out.join(format!("{name}_opt.wasm"));
                     let mut args: Vec<&std::ffi::OsStr> = vec!["-Oz".as_ref()];
                     args.extend(WASM_FEATURES.iter().map(std::ffi::OsStr::new));
                     args.extend([bg.as_os_str(), "-o".as_ref(), opt.as_os_str()]);
@@ -235,13 +275,9 @@ pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<WorkerReport,
         }
         None => (raw_bytes, Optimization::Skipped),
     };
-    let glue_path = out.join(format!("{WORKER_WASM}.js"));
+    let glue_path = out.join(format!("{name}.js"));
     let glue = fs::read_to_string(&glue_path).map_err(io_err(&glue_path))?;
-    let script = worker_script(&glue, &wasm_bytes);
-    fs::create_dir_all(&config.dist).map_err(io_err(&config.dist))?;
-    let script_path = config.dist.join(WORKER_SCRIPT);
-    fs::write(&script_path, &script).map_err(io_err(&script_path))?;
-    Ok(WorkerReport { wasm_raw: raw, wasm_optimized: wasm_bytes.len() as u64, script: script.len() as u64, optimization })
+    Ok(Module { glue, wasm: wasm_bytes, raw, optimization })
 }
 
 /// The cache key of an optimised module: everything wasm-opt's output depends on.
@@ -293,10 +329,11 @@ fn prune(dir: &Path, keep: usize) {
     }
 }
 
-/// The worker's single script: the wasm as base64, wasm-bindgen's glue, then the shim.
-pub fn worker_script(glue: &str, wasm: &[u8]) -> String {
+/// The worker's single script: the serving wasm as base64 and the data module's SHA-256,
+/// both modules' wasm-bindgen glue, then the shim.
+pub fn worker_script(glue: &str, wasm: &[u8], data_glue: &str, data_sha256: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(wasm);
-    format!("self.__STEAD_SW_WASM = \"{b64}\";\n{glue}\n{SHIM}")
+    format!("self.__STEAD_SW_WASM = \"{b64}\";\nself.__STEAD_DATA_SHA256 = \"{data_sha256}\";\n{glue}\n{data_glue}\n{SHIM}")
 }
 
 /// Lists every file of a build folder into `stead-bundle.json` and returns the manifest.
@@ -405,8 +442,8 @@ mod tests {
 
     #[test]
     fn worker_script_carries_the_wasm_before_the_shim() {
-        let script = worker_script("let wasm_bindgen = {};", b"\0asm\x01");
-        assert!(script.starts_with("self.__STEAD_SW_WASM = \"AGFzbQE=\";\nlet wasm_bindgen"));
+        let script = worker_script("let wasm_bindgen = {};", b"\0asm\x01", "let stead_data = {};", "ab12");
+        assert!(script.starts_with("self.__STEAD_SW_WASM = \"AGFzbQE=\";\nself.__STEAD_DATA_SHA256 = \"ab12\";\nlet wasm_bindgen = {};\nlet stead_data"));
         assert!(script.ends_with(SHIM));
     }
 }

@@ -1,15 +1,25 @@
-// Stead's service worker shim. The build puts this after wasm-bindgen's glue and the
-// worker's wasm (base64) in one script, stead-sw.js: the browser stores a worker's
-// scripts with the worker itself, so it can start again with no network.
+// Stead's service worker shim. The build puts this after wasm-bindgen's glue for both of
+// the worker's modules and the serving module's wasm (base64) in one script, stead-sw.js:
+// the browser stores a worker's scripts with the worker itself, so it can start again
+// with no network.
 //
-// The wasm is compiled synchronously on first evaluation (allowed in workers), so every
-// listener is registered at once and can decide synchronously whether to respond.
+// The serving wasm is compiled synchronously on first evaluation (allowed in workers), so
+// every listener is registered at once and can decide synchronously whether to respond.
+// The data engine (`stead_data`) is a bundle file the serving module compiles on first
+// data use; it calls `__stead_data_init` with the compiled module.
 (() => {
   const b64 = self.__STEAD_SW_WASM;
   delete self.__STEAD_SW_WASM;
   const bytes = typeof Uint8Array.fromBase64 === "function"
     ? Uint8Array.fromBase64(b64)
     : Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  if (typeof stead_data !== "undefined") {
+    self.__stead_data_init = (module) => {
+      stead_data.initSync({ module });
+      stead_data.start();
+      return stead_data;
+    };
+  }
   wasm_bindgen.initSync({ module: bytes });
   wasm_bindgen.on_start();
   self.addEventListener("install", (e) => wasm_bindgen.on_install(e));

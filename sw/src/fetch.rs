@@ -55,7 +55,7 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         }
         return;
     }
-    if crate::data::api::is_data_route(&rel) {
+    if is_data_route(&rel) {
         let w = worker.clone();
         let _ = event.respond_with(&future_to_promise(async move {
             // A worker that just started learns here whether it was killed before.
@@ -64,7 +64,7 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
                 let scope: web_sys::ServiceWorkerGlobalScope = js_sys::global().unchecked_into();
                 return JsFuture::from(scope.fetch_with_request(&request)).await;
             }
-            crate::data::api::handle(request, rel).await
+            crate::data::Data::get().handle(request, rel).await
         }));
         return;
     }
@@ -93,9 +93,13 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         // Look for a new version while the page loads from the current one (not when
         // the browser knows it is offline), then drop contents only closed pages pinned.
         let w = worker.clone();
+        let answered = promise.clone();
         let check = future_to_promise(async move {
-            // A page is opening: open the data and resume its sync.
-            let _ = crate::data::Data::get().wake().await;
+            // The page first: compiling the data engine and opening spaces share this
+            // thread with the answer's OPFS reads.
+            let _ = JsFuture::from(answered).await;
+            // A page is opening: open the data, if this device holds any, and resume its sync.
+            crate::data::Data::get().wake_if_used().await;
             if is_online() {
                 let _ = w.update().await;
             }
@@ -106,6 +110,11 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         });
         let _ = event.wait_until(&check);
     }
+}
+
+/// Whether the data engine answers this path (relative to the scope): the page API.
+pub fn is_data_route(rel: &str) -> bool {
+    rel.starts_with("_stead/v1/") && rel != STATUS_PATH
 }
 
 fn is_online() -> bool {
@@ -174,11 +183,11 @@ fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, ver
     Response::new_with_opt_blob_and_init(Some(blob), &init)
 }
 
-fn json_response(value: &serde_json::Value) -> Result<Response, JsValue> {
+fn json_response(value: &JsValue) -> Result<Response, JsValue> {
     json_response_with(200, value)
 }
 
-fn json_response_with(status: u16, value: &serde_json::Value) -> Result<Response, JsValue> {
+fn json_response_with(status: u16, value: &JsValue) -> Result<Response, JsValue> {
     let headers = Headers::new()?;
     let problem = status >= 400;
     headers.set("content-type", if problem { "application/problem+json" } else { "application/json" })?;
@@ -186,15 +195,13 @@ fn json_response_with(status: u16, value: &serde_json::Value) -> Result<Response
     let init = ResponseInit::new();
     init.set_status(status);
     init.set_headers(&headers);
-    Response::new_with_opt_str_and_init(Some(&value.to_string()), &init)
+    Response::new_with_opt_str_and_init(Some(&crate::js::stringify(value)), &init)
 }
 
 /// The erase call, only as a page's own JSON request: a navigation (a form another site
 /// posts here) or any other body is refused.
-async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, serde_json::Value) {
-    let problem = |status: u16, title: &str, detail: &str| {
-        (status, serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}))
-    };
+async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, JsValue) {
+    let problem = |status: u16, title: &str, detail: &str| (status, crate::worker::problem(status, title, detail));
     if request.method() != "POST" {
         return problem(405, "method not allowed", "erase is a POST");
     }
@@ -206,6 +213,6 @@ async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, serde_json::Value) {
         Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
         Err(_) => String::new(),
     };
-    let confirmed = serde_json::from_str::<serde_json::Value>(&text).ok().is_some_and(|b| b["confirm"] == true);
+    let confirmed = crate::js::parse(&text).ok().is_some_and(|b| crate::js::get_bool(&b, "confirm") == Some(true));
     w.erase_kept(confirmed).await
 }

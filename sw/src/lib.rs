@@ -10,16 +10,18 @@
 //! - checks for a new bundle on navigation and on page heartbeats, downloads only
 //!   changed contents, tells pages "update ready" on the `stead` BroadcastChannel and
 //!   switches when a page asks;
-//! - answers `/_stead/v1/status`.
+//! - answers `/_stead/v1/status`;
+//! - hands the page API (`/_stead/v1/...`) to the data engine, a second wasm module it
+//!   compiles on first data use ([`data`]).
 
 pub mod data;
 pub mod fetch;
-pub mod scope;
+pub mod manifest;
 pub mod store;
 pub mod worker;
 
-/// The OPFS helpers, shared with the data store's adapter.
-pub use stead_store::opfs::fs as opfs;
+/// The OPFS helpers, storage scoping and JSON through JS, compiled into the data module too.
+pub use stead_sw_common::{js, opfs, scope};
 
 
 /// The `Content-Security-Policy` every app file carries, online (stead-server) and
@@ -103,11 +105,9 @@ pub fn on_message(event: ExtendableMessageEvent) {
 pub fn on_sync(event: ExtendableEvent) {
     let work = async {
         let data = data::Data::get();
-        data.wake().await.map_err(|e| JsValue::from_str(&e.to_string()))?;
-        for engine in data.open_engines() {
-            if !engine.settle(20_000.0).await {
-                return Err(JsValue::from_str("changes are still pending"));
-            }
+        // No spaces on this device: nothing to send, and no reason to load the engine.
+        if data.in_use().await {
+            data.sync(20_000.0).await?;
         }
         Ok(JsValue::UNDEFINED)
     };

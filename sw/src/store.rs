@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! stead/files/<sha256>        file contents, content-addressed, written once
-//! stead/files/<sha256>.part   a download in progress (renamed when verified)
+//! stead/files/<sha256>.part   a verified download being written (renamed once closed)
 //! stead/active.json           manifest of the version being served
 //! stead/pending.json          manifest of a fully downloaded update, not yet activated
 //! stead/meta.json             last update check and last error, for status
@@ -16,8 +16,8 @@
 //!
 //! In IndexedDB, the database `stead-bundle` (scoped like every database, see
 //! [`crate::scope`]) holds the same under keys: `files` maps a SHA-256 to the body's
-//! chunks (an array of `Uint8Array`s) and `sizes` to its size, both written in one
-//! transaction only once the whole body was hashed and matched; `docs` maps
+//! chunks (an array of `Uint8Array`s; one chunk since the body is checked whole) and
+//! `sizes` to its size, both written in one transaction once the body matched; `docs` maps
 //! `active.json`, `pending.json`, `meta.json` and `stead-killed.json` to their text.
 //! Bytes, not `Blob`s: WebKit's non-persistent sessions (private browsing, automation)
 //! refuse to store a `Blob` in IndexedDB ("Error preparing Blob/File data").
@@ -28,16 +28,15 @@
 use std::collections::BTreeMap;
 
 use js_sys::{Array, Reflect, Uint8Array};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use stead_core::bundle::{BundleFile, BundleManifest};
 use stead_store::idb::db;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, IdbDatabase, ReadableStreamDefaultReader, Response};
+use web_sys::{Blob, IdbDatabase, Response};
 
 use crate::{
     SwError,
+    js::{self, Obj},
     opfs::{self, Dir},
 };
 
@@ -58,13 +57,40 @@ const IDB_STORES: [&str; 3] = [IDB_FILES, IDB_SIZES, IDB_DOCS];
 const PROBE: &str = ".stead-bundle-probe";
 
 /// What status shows about past update checks; survives worker restarts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Meta {
     /// Milliseconds since the epoch of the last finished check.
     pub last_update_check: Option<f64>,
     /// `up-to-date`, `downloaded <version>`, `offline: ...`.
     pub last_check_result: Option<String>,
     pub last_error: Option<String>,
+}
+
+impl Meta {
+    pub fn to_js(&self) -> JsValue {
+        Obj::new()
+            .set("last_update_check", self.last_update_check)
+            .set("last_check_result", self.last_check_result.as_deref())
+            .set("last_error", self.last_error.as_deref())
+            .build()
+    }
+
+    /// Reads what [`Meta::to_js`] wrote; what is missing or mistyped is unknown.
+    fn from_js(value: &JsValue) -> Meta {
+        Meta {
+            last_update_check: js::get_f64(value, "last_update_check"),
+            last_check_result: js::get_str(value, "last_check_result"),
+            last_error: js::get_str(value, "last_error"),
+        }
+    }
+}
+
+/// What a store holds about its versions ([`BundleStore::versions`]).
+#[derive(Debug, Default)]
+pub struct Versions {
+    pub active: Option<BundleManifest>,
+    pub pending: Option<BundleManifest>,
+    pub meta: Meta,
 }
 
 /// Where this worker keeps its bundle, chosen once per worker life by [`Place::detect`].
@@ -101,6 +127,11 @@ impl Place {
         }
     }
 
+    /// Whether detection found the OPFS store's folder, so opening it creates nothing.
+    pub fn has_store(&self) -> bool {
+        matches!(self, Place::Opfs { bundle: Some(_), .. })
+    }
+
     /// `opfs` or `indexeddb`, as status shows it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -115,6 +146,22 @@ impl Place {
             Place::Opfs { root, bundle: None } => BundleStore::open_in(root).await,
             Place::IndexedDb => BundleStore::open_idb().await,
         }
+    }
+
+    /// Opens the store and reads what a worker serves from: the active and pending
+    /// manifests and the meta, in flight together. For a store that exists in OPFS the
+    /// `files` folder opens while they are read (a cold start's critical path).
+    pub async fn open_versions(&self) -> Result<(BundleStore, Versions), SwError> {
+        if let Place::Opfs { bundle: Some(bundle), .. } = self {
+            // The documents live in `stead/` itself, so they need no `files` handle.
+            let docs = BundleStore { backend: Backend::Opfs { root: bundle.clone(), files: bundle.clone() } };
+            let (files, versions) = futures::join!(opfs::dir(bundle, "files", true), docs.versions());
+            let files = files?.expect("created");
+            return Ok((BundleStore { backend: Backend::Opfs { root: bundle.clone(), files } }, versions?));
+        }
+        let store = self.open().await?;
+        let versions = store.versions().await?;
+        Ok((store, versions))
     }
 
     /// Deletes every file, version and status the store holds (the kill marker stays).
@@ -256,13 +303,22 @@ impl BundleStore {
 
     pub async fn manifest(&self, name: &str) -> Result<Option<BundleManifest>, SwError> {
         match self.read_doc(name).await? {
-            Some(bytes) => Ok(Some(BundleManifest::parse(&bytes)?)),
+            Some(bytes) => {
+                let text = String::from_utf8(bytes).map_err(|_| stead_core::bundle::BundleError::Json("not UTF-8".into()))?;
+                Ok(Some(crate::manifest::parse_stored(&text)?))
+            }
             None => Ok(None),
         }
     }
 
+    /// The active and pending manifests and the meta, read together.
+    pub async fn versions(&self) -> Result<Versions, SwError> {
+        let (active, pending, meta) = futures::join!(self.manifest(ACTIVE), self.manifest(PENDING), self.meta());
+        Ok(Versions { active: active?, pending: pending?, meta })
+    }
+
     pub async fn write_manifest(&self, name: &str, manifest: &BundleManifest) -> Result<(), SwError> {
-        self.write_doc(name, &manifest.to_json()).await
+        self.write_doc(name, &crate::manifest::to_json(manifest)).await
     }
 
     pub async fn remove_manifest(&self, name: &str) -> Result<(), SwError> {
@@ -277,13 +333,13 @@ impl BundleStore {
 
     pub async fn meta(&self) -> Meta {
         match self.read_doc(META).await {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Ok(Some(bytes)) => String::from_utf8(bytes).ok().and_then(|t| js::parse(&t).ok()).map(|v| Meta::from_js(&v)).unwrap_or_default(),
             _ => Meta::default(),
         }
     }
 
     pub async fn write_meta(&self, meta: &Meta) -> Result<(), SwError> {
-        self.write_doc(META, &serde_json::to_string(meta).expect("meta serializes")).await
+        self.write_doc(META, &js::stringify(&meta.to_js())).await
     }
 
     /// Stored contents by hash, with their sizes. Unfinished downloads are not listed.
@@ -344,24 +400,40 @@ impl BundleStore {
         }
     }
 
-    /// Streams a response body into the store, hashing as it goes. The content becomes
-    /// visible under its hash only when size and SHA-256 match `file`; otherwise nothing
-    /// is kept and the error says what differed.
+    /// Reads a response body, checks its size and SHA-256 (the browser's own) against
+    /// `file`, and stores it with one write. The content becomes visible under its hash
+    /// only when both match; otherwise nothing is kept and the error says what differed.
+    /// The body is held in memory once while it is checked (bundle files are an app's
+    /// assets); the copy never passes through wasm.
     pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<(), SwError> {
+        let body = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
+        let bytes = Uint8Array::new(&body);
+        let size = u64::from(bytes.length());
+        if size != file.size {
+            return Err(SwError::Size { path: file.path.clone(), expected: file.size, actual: size });
+        }
+        let sha = sha256_hex(&bytes).await?;
+        if sha != file.sha256 {
+            return Err(SwError::Hash { path: file.path.clone(), expected: file.sha256.clone(), actual: sha });
+        }
         match &self.backend {
-            Backend::Opfs { files, .. } => put_opfs(files, file, response).await,
+            Backend::Opfs { files, .. } => {
+                // Written as `<sha256>.part` and renamed, so a name without `.part` is whole.
+                let part_name = format!("{}{PART}", file.sha256);
+                let part = opfs::file_handle(files, &part_name, true).await?.expect("created");
+                let writable = opfs::writable(&part).await?;
+                if let Err(e) = JsFuture::from(writable.write_with_js_u8_array(&bytes)?).await {
+                    let _ = JsFuture::from(writable.abort()).await;
+                    let _ = opfs::remove(files, &part_name, false).await;
+                    return Err(e.into());
+                }
+                JsFuture::from(writable.close()).await?;
+                Ok(opfs::rename(&part, &file.sha256).await?)
+            }
             Backend::Idb(database) => {
-                // IndexedDB has no rename: the chunks are held until the hash is known and
-                // stored, with the size, in one transaction only if it matched.
-                let chunks = Array::new();
-                let copied = copy_hashing(response, |chunk| {
-                    chunks.push(chunk);
-                    async { Ok(()) }
-                })
-                .await;
-                verify(file, copied)?;
+                // One chunk, as the reader expects a list of them.
                 let tx = db::transaction(database, &[IDB_FILES, IDB_SIZES], true)?;
-                db::store(&tx, IDB_FILES)?.put_with_key(&chunks, &file.sha256.as_str().into())?;
+                db::store(&tx, IDB_FILES)?.put_with_key(&Array::of1(&bytes), &file.sha256.as_str().into())?;
                 db::store(&tx, IDB_SIZES)?.put_with_key(&(file.size as f64).into(), &file.sha256.as_str().into())?;
                 Ok(db::committed(&tx).await?)
             }
@@ -369,65 +441,13 @@ impl BundleStore {
     }
 }
 
-/// The outcome of a copy, checked against what the manifest promised.
-fn verify(file: &BundleFile, copied: Result<(u64, String), SwError>) -> Result<(), SwError> {
-    match copied {
-        Ok((size, _)) if size != file.size => Err(SwError::Size { path: file.path.clone(), expected: file.size, actual: size }),
-        Ok((_, sha)) if sha != file.sha256 => Err(SwError::Hash { path: file.path.clone(), expected: file.sha256.clone(), actual: sha }),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn put_opfs(files: &Dir, file: &BundleFile, response: &Response) -> Result<(), SwError> {
-    let part_name = format!("{}{PART}", file.sha256);
-    let part = opfs::file_handle(files, &part_name, true).await?.expect("created");
-    let writable = opfs::writable(&part).await?;
-    let copied = copy_hashing(response, |chunk| {
-        let written = writable.write_with_js_u8_array(chunk).map(JsFuture::from);
-        async move {
-            written?.await?;
-            Ok(())
-        }
-    })
-    .await;
-    if let Err(e) = verify(file, copied) {
-        let _ = JsFuture::from(writable.abort()).await;
-        let _ = opfs::remove(files, &part_name, false).await;
-        return Err(e);
-    }
-    JsFuture::from(writable.close()).await?;
-    Ok(opfs::rename(&part, &file.sha256).await?)
-}
-
-/// Reads the body chunk by chunk, hands each chunk to `sink` and returns the size and
-/// hex SHA-256 of the whole.
-async fn copy_hashing<F, Fut>(response: &Response, mut sink: F) -> Result<(u64, String), SwError>
-where
-    F: FnMut(&Uint8Array) -> Fut,
-    Fut: Future<Output = Result<(), SwError>>,
-{
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let Some(body) = response.body() else {
-        return Ok((0, hex::encode(hasher.finalize())));
-    };
-    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut buf = Vec::new();
-    loop {
-        let next = JsFuture::from(reader.read()).await.map_err(SwError::network)?;
-        if Reflect::get(&next, &"done".into())?.is_truthy() {
-            break;
-        }
-        let chunk: Uint8Array = Reflect::get(&next, &"value".into())?.unchecked_into();
-        let n = chunk.length() as usize;
-        buf.resize(n, 0);
-        chunk.copy_to(&mut buf);
-        hasher.update(&buf);
-        size += n as u64;
-        sink(&chunk).await?;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
+/// Lower-case hex SHA-256 of `bytes`, from the browser's `crypto.subtle.digest`.
+pub async fn sha256_hex(bytes: &Uint8Array) -> Result<String, SwError> {
+    let subtle = Reflect::get(&Reflect::get(&js_sys::global(), &"crypto".into())?, &"subtle".into())?;
+    let digest: js_sys::Function = Reflect::get(&subtle, &"digest".into())?.dyn_into()?;
+    let promise: js_sys::Promise = digest.call2(&subtle, &"SHA-256".into(), bytes)?.dyn_into()?;
+    let hash = JsFuture::from(promise).await?;
+    Ok(hex::encode(Uint8Array::new(&hash).to_vec()))
 }
 
 impl From<JsValue> for SwError {

@@ -11,8 +11,7 @@ use futures::{
     FutureExt, StreamExt,
     future::{LocalBoxFuture, Shared},
 };
-use js_sys::{Array, Date, JSON, Reflect};
-use serde_json::json;
+use js_sys::{Array, Date, Reflect};
 use stead_core::bundle::{BundleFile, BundleManifest, MANIFEST_FILE};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
@@ -21,10 +20,16 @@ use web_sys::{
     RequestCache, RequestInit, Response, ServiceWorkerGlobalScope,
 };
 
+use stead_sw_common::{
+    Kept,
+    js::{self, Obj},
+    storage_estimate,
+};
+
 use crate::{
     SwError,
-    data::{Data, Kept},
-    store::{ACTIVE, BundleStore, Meta, PENDING, Place},
+    data::Data,
+    store::{ACTIVE, BundleStore, Meta, PENDING, Place, Versions},
 };
 
 /// How often a killed worker looks whether the server now has the kept data.
@@ -148,7 +153,7 @@ impl Worker {
                 let nothing_kept = w.kept.borrow().is_empty();
                 if w.kept_known.get() && nothing_kept {
                     // A page registered again and revived this registration: say so, and go.
-                    w.broadcast(json!({"type": "killed", "kept": []}));
+                    w.broadcast(Obj::new().set("type", "killed").set("kept", js::array::<JsValue>([])));
                     JsFuture::from(w.scope.registration().unregister()?).await?;
                 } else if !nothing_kept {
                     // Kept data waits for the server or the user; the page hears it again,
@@ -174,9 +179,7 @@ impl Worker {
             Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
             Some("heartbeat") => wait_until(&event, async move {
                 // Pages keep the worker, and with it the sync connections, alive.
-                if let Err(e) = crate::data::Data::get().wake().await {
-                    web_sys::console::warn_1(&format!("opening the data engine: {e}").into());
-                }
+                Data::get().wake_if_used().await;
                 w.load().await?;
                 let last = w.state.borrow().meta.last_update_check.unwrap_or(0.0);
                 if Date::now() - last > HEARTBEAT_CHECK_MS {
@@ -209,18 +212,27 @@ impl Worker {
                 let w = self.clone();
                 async move {
                     let place = w.place().await;
-                    if place.killed().await? {
+                    let open = place.open_versions();
+                    let withdrawn = || {
                         // Killed in an earlier life, with data kept.
                         w.killed.set(true);
                         w.watch_kept();
-                        return Err(SwError::Js("this app was withdrawn (kill switch)".into()));
-                    }
-                    let store = place.open().await?;
-                    // Three independent reads: in flight together, a cold start pays one
-                    // OPFS round trip for them instead of three.
-                    let (active, pending, meta) =
-                        futures::join!(store.manifest(ACTIVE), store.manifest(PENDING), store.meta());
-                    let (active, pending) = (active?, pending?);
+                        Err(SwError::Js("this app was withdrawn (kill switch)".into()))
+                    };
+                    // A store that exists is opened while the kill marker is looked for (a
+                    // cold start's critical path); else nothing is created before it is known.
+                    let (store, Versions { active, pending, meta }) = if place.has_store() {
+                        let (killed, opened) = futures::join!(place.killed(), open);
+                        if killed? {
+                            return withdrawn();
+                        }
+                        opened?
+                    } else {
+                        if place.killed().await? {
+                            return withdrawn();
+                        }
+                        open.await?
+                    };
                     let mut s = w.state.borrow_mut();
                     s.active = active.map(Rc::new);
                     s.pending = pending.map(Rc::new);
@@ -265,6 +277,16 @@ impl Worker {
             s.clients.insert(client.to_owned(), active.clone());
         }
         Some(active)
+    }
+
+    /// Stored content by hash, even in a killed worker (whose bundle is gone but for the
+    /// data engine it keeps to sync what the server lacks).
+    pub async fn stored_file(self: &Rc<Self>, sha256: &str) -> Result<Option<Blob>, SwError> {
+        match self.load().await {
+            Ok(_) => self.blob(sha256).await,
+            Err(_) if self.killed.get() => self.place().await.open().await?.file(sha256).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// Where the bundle is kept: detected once per worker life.
@@ -340,7 +362,7 @@ impl Worker {
         };
         if let Err(e) = &result {
             web_sys::console::warn_1(&format!("stead: update failed: {e}").into());
-            self.broadcast(json!({"type": "error", "message": e.to_string()}));
+            self.broadcast(Obj::new().set("type", "error").set("message", e.to_string()));
         }
         let _ = store.write_meta(&meta).await;
     }
@@ -360,7 +382,8 @@ impl Worker {
             return Err(SwError::Http { path: MANIFEST_FILE.into(), status: response.status() });
         }
         let bytes = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
-        let manifest = BundleManifest::parse(&js_sys::Uint8Array::new(&bytes).to_vec())?;
+        let text = String::from_utf8(js_sys::Uint8Array::new(&bytes).to_vec()).map_err(|_| stead_core::bundle::BundleError::Json("not UTF-8".into()))?;
+        let manifest = crate::manifest::parse_downloaded(&text).await?;
         let (active, pending) = {
             let s = self.state.borrow();
             (s.active.clone(), s.pending.clone())
@@ -369,7 +392,7 @@ impl Worker {
             return Ok(Checked::UpToDate);
         }
         if pending.as_ref().is_some_and(|p| p.version == manifest.version) {
-            self.broadcast(json!({"type": "update-ready", "version": manifest.version}));
+            self.broadcast(Obj::new().set("type", "update-ready").set("version", &manifest.version));
             return Ok(Checked::Pending(manifest.version));
         }
 
@@ -397,7 +420,7 @@ impl Worker {
         } else {
             store.write_manifest(PENDING, &manifest).await?;
             self.state.borrow_mut().pending = Some(Rc::new(manifest));
-            self.broadcast(json!({"type": "update-ready", "version": version}));
+            self.broadcast(Obj::new().set("type", "update-ready").set("version", &version));
             Ok(Checked::Pending(version))
         }
     }
@@ -439,7 +462,7 @@ impl Worker {
             s.active = Some(pending.clone());
             s.pending = None;
         }
-        self.broadcast(json!({"type": "activated", "version": pending.version}));
+        self.broadcast(Obj::new().set("type", "activated").set("version", &pending.version));
         self.gc().await
     }
 
@@ -452,7 +475,8 @@ impl Worker {
             let mut s = self.state.borrow_mut();
             s.clients.retain(|id, _| live.contains(id));
             let versions = s.active.iter().chain(s.pending.iter()).chain(s.clients.values());
-            versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).collect()
+            // The data engine this script was built with, even before its version is active.
+            versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).chain(crate::data::module_sha256()).collect()
         };
         for name in store.file_names().await? {
             let hash = name.strip_suffix(".part").unwrap_or(&name);
@@ -479,6 +503,12 @@ impl Worker {
     /// the worker stays registered, answering status and the erase call, until the server
     /// has it or the user agrees to lose it ([`Worker::erase_kept`]).
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
+        let data = Data::get();
+        // The data engine is a bundle file: loaded before the bundle goes.
+        let in_use = data.in_use().await;
+        if in_use && let Err(e) = data.load().await {
+            web_sys::console::warn_1(&format!("loading the data engine: {e}").into());
+        }
         self.killed.set(true);
         let place = self.place().await;
         if let Some(store) = self.state.borrow_mut().store.take() {
@@ -487,14 +517,15 @@ impl Worker {
         place.wipe().await?;
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;
-        let kept = match Data::get().retire(5_000.0).await {
+        let retired = if in_use { data.retire(5_000.0).await } else { Ok(Vec::new()) };
+        let kept = match retired {
             Ok(kept) => kept,
             Err(e) => {
                 // Whether anything is unacknowledged is unknown: keep it all.
                 web_sys::console::warn_1(&format!("erasing the data: {e}").into());
                 let unknown = |space: String| Kept { space, pending: None, blobs_pending: None };
-                match Data::get().spaces().await {
-                    Ok(spaces) if !spaces.is_empty() => spaces.iter().map(|s| unknown(s.to_string())).collect(),
+                match data.spaces().await {
+                    Ok(spaces) if !spaces.is_empty() => spaces.into_iter().map(unknown).collect(),
                     _ => vec![unknown(String::new())],
                 }
             }
@@ -502,7 +533,21 @@ impl Worker {
         if kept.is_empty() {
             return self.finish_kill().await;
         }
-        place.mark_killed(&json!({"killed_at": Date::now()}).to_string()).await?;
+        // A restarted killed worker needs the engine to sync and erase what is kept.
+        if let (Some(sha256), Some(bytes)) = (crate::data::module_sha256(), data.bytes()) {
+            let file = BundleFile {
+                path: stead_core::bundle::DATA_MODULE.into(),
+                sha256,
+                size: bytes.byte_length().into(),
+                mime: "application/wasm".into(),
+                immutable: false,
+            };
+            let stored = async { place.open().await?.put(&file, &Response::new_with_opt_buffer_source(Some(&bytes))?).await };
+            if let Err(e) = stored.await {
+                web_sys::console::warn_1(&format!("keeping the data engine: {e}").into());
+            }
+        }
+        place.mark_killed(&js::stringify(&Obj::new().set("killed_at", Date::now()).build())).await?;
         *self.kept.borrow_mut() = kept;
         self.kept_known.set(true);
         self.announce_kept();
@@ -538,7 +583,7 @@ impl Worker {
     /// Tells pages what the kill switch kept and that it waits for their consent.
     fn announce_kept(&self) {
         let kept = self.kept.borrow().clone();
-        self.broadcast(json!({"type": "killed", "kept": kept, "consent_needed": true}));
+        self.broadcast(Obj::new().set("type", "killed").set("kept", kept_js(&kept)).set("consent_needed", true));
     }
 
     /// Erases kept spaces as the server acknowledges them (their engines keep syncing
@@ -554,7 +599,7 @@ impl Worker {
                 if w.kept_known.get() && w.kept.borrow().is_empty() {
                     break;
                 }
-                let _ = crate::data::engine::sleep(KEPT_CHECK_MS).await;
+                let _ = stead_sw_common::sleep(KEPT_CHECK_MS).await;
             }
             w.watching.set(false);
         });
@@ -564,100 +609,101 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
-        self.place().await.unmark_killed().await?;
+        let place = self.place().await;
+        // The data engine a kill kept, if any.
+        place.wipe().await?;
+        place.unmark_killed().await?;
         crate::scope::remove_opfs_root_if_empty().await?;
-        self.broadcast(json!({"type": "killed", "kept": []}));
+        self.broadcast(Obj::new().set("type", "killed").set("kept", js::array::<JsValue>([])));
         JsFuture::from(self.scope.registration().unregister()?).await?;
         Ok(())
     }
 
     /// `POST _stead/v1/erase` with `{"confirm": true}`: the user agreed to lose what the
     /// kill switch kept. Returns the HTTP status and the answer.
-    pub async fn erase_kept(self: &Rc<Self>, confirmed: bool) -> (u16, serde_json::Value) {
+    pub async fn erase_kept(self: &Rc<Self>, confirmed: bool) -> (u16, JsValue) {
         // A worker that just started learns here whether it was killed.
         let _ = self.load().await;
         if !self.killed.get() {
-            let detail = "nothing waits to be erased: the app was not withdrawn";
-            return (409, json!({"type": "about:blank", "title": "conflict", "status": 409, "detail": detail}));
+            return (409, problem(409, "conflict", "nothing waits to be erased: the app was not withdrawn"));
         }
         if !confirmed {
             let detail = "expected {\"confirm\": true}: the kept data has changes the server never received";
-            return (400, json!({"type": "about:blank", "title": "bad request", "status": 400, "detail": detail}));
+            return (400, problem(400, "bad request", detail));
         }
         let erased = match Data::get().erase_all().await {
             Ok(spaces) => spaces,
-            Err(e) => return (500, json!({"type": "about:blank", "title": "storage error", "status": 500, "detail": e.to_string()})),
+            Err(e) => return (500, problem(500, "storage error", &e)),
         };
         if let Err(e) = self.finish_kill().await {
-            return (500, json!({"type": "about:blank", "title": "browser error", "status": 500, "detail": e.to_string()}));
+            return (500, problem(500, "browser error", &e.to_string()));
         }
-        (200, json!({"erased": erased}))
+        (200, Obj::new().set("erased", js::array(erased)).build())
     }
 
     /// What a killed worker reports as its status.
-    pub async fn killed_status(self: &Rc<Self>) -> serde_json::Value {
+    pub async fn killed_status(self: &Rc<Self>) -> JsValue {
         if !self.kept_known.get() {
             self.check_kept().await;
         }
         let kept = self.kept.borrow().clone();
-        json!({
-            "killed": true,
-            "consent_needed": !kept.is_empty(),
-            "kept": kept,
-            "worker_started": self.started,
-        })
+        Obj::new()
+            .set("killed", true)
+            .set("consent_needed", !kept.is_empty())
+            .set("kept", kept_js(&kept))
+            .set("worker_started", self.started)
+            .build()
     }
 
-    pub async fn status(self: &Rc<Self>) -> serde_json::Value {
+    pub async fn status(self: &Rc<Self>) -> JsValue {
         let store = match self.load().await {
             Ok(s) => s,
             Err(_) if self.killed.get() => return self.killed_status().await,
-            Err(e) => return json!({"error": e.to_string()}),
+            Err(e) => return Obj::new().set("error", e.to_string()).build(),
         };
         let stored = store.stored().await.unwrap_or_default();
-        let estimate = storage_estimate().await;
+        let estimate = storage_estimate().await.map(|e| Obj::new().set("usage", e.usage).set("quota", e.quota).build());
         let s = self.state.borrow();
-        let files: Vec<_> = s.active.iter().flat_map(|a| a.files.iter()).map(|f| {
-            json!({
-                "path": f.path, "sha256": f.sha256, "size": f.size,
-                "stored": stored.get(&f.sha256) == Some(&f.size),
-            })
-        }).collect();
-        json!({
-            "active_version": s.active.as_ref().map(|a| &a.version),
-            "pending_version": s.pending.as_ref().map(|p| &p.version),
-            "files": files,
-            "stored": stored.keys().collect::<Vec<_>>(),
-            "stored_bytes": stored.values().sum::<u64>(),
-            "last_update_check": s.meta.last_update_check,
-            "last_check_result": s.meta.last_check_result,
-            "last_error": s.meta.last_error,
-            "storage": estimate,
-            "bundle_storage": store.place_name(),
-            "worker_started": self.started,
-            "killed": false,
-        })
+        let files = js::array(s.active.iter().flat_map(|a| a.files.iter()).map(|f| {
+            Obj::new()
+                .set("path", &f.path)
+                .set("sha256", &f.sha256)
+                .set("size", f.size)
+                .set("stored", stored.get(&f.sha256) == Some(&f.size))
+                .build()
+        }));
+        Obj::new()
+            .set("active_version", s.active.as_ref().map(|a| &a.version))
+            .set("pending_version", s.pending.as_ref().map(|p| &p.version))
+            .set("files", files)
+            .set("stored", js::array(stored.keys()))
+            .set("stored_bytes", stored.values().sum::<u64>())
+            .set("last_update_check", s.meta.last_update_check)
+            .set("last_check_result", s.meta.last_check_result.as_deref())
+            .set("last_error", s.meta.last_error.as_deref())
+            .set("storage", estimate)
+            .set("bundle_storage", store.place_name())
+            .set("worker_started", self.started)
+            .set("data_engine", Data::get().state())
+            .set("killed", false)
+            .build()
     }
 
-    fn broadcast(&self, message: serde_json::Value) {
-        let message = crate::scope::tag(message);
-        if let (Some(channel), Ok(value)) = (&self.channel, JSON::parse(&message.to_string())) {
-            let _ = channel.post_message(&value);
+    /// Posts `message` on the `stead` channel, tagged with this worker's scope.
+    fn broadcast(&self, message: Obj) {
+        if let Some(channel) = &self.channel {
+            let _ = channel.post_message(&message.set("scope", crate::scope::url()).build());
         }
     }
 }
 
-/// `navigator.storage.estimate()`: bytes used and the origin's quota.
-pub(crate) async fn storage_estimate() -> serde_json::Value {
-    let Ok(storage) = crate::opfs::storage() else { return serde_json::Value::Null };
-    let Ok(promise) = storage.estimate() else { return serde_json::Value::Null };
-    match JsFuture::from(promise).await {
-        Ok(e) => {
-            let num = |k: &str| Reflect::get(&e, &k.into()).ok().and_then(|v| v.as_f64());
-            json!({"usage": num("usage"), "quota": num("quota")})
-        }
-        Err(_) => serde_json::Value::Null,
-    }
+/// An RFC 9457 problem document, as the page API and the server write them.
+pub fn problem(status: u16, title: &str, detail: &str) -> JsValue {
+    Obj::new().set("type", "about:blank").set("title", title).set("status", status).set("detail", detail).build()
+}
+
+fn kept_js(kept: &[Kept]) -> JsValue {
+    js::array(kept.iter().map(Kept::to_js))
 }
 
 /// Keeps the worker alive until `work` ends; a failure rejects the event's promise.

@@ -295,10 +295,12 @@ fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release
         manifest,
     };
     eprintln!(
-        "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes; bundle {} files, {} bytes, version {}",
+        "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes, stead-data.wasm {} bytes ({} before wasm-opt); bundle {} files, {} bytes, version {}",
         report.worker_wasm_optimized,
         report.worker_wasm_raw,
         report.worker_script,
+        worker.data_wasm_optimized,
+        worker.data_wasm_raw,
         report.manifest.files.len(),
         report.manifest.total_size(),
         &report.manifest.version[..16],
@@ -381,7 +383,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     step("native tests");
     cargo(root)
-        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "todo", "--exclude", "notes", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
+        .args(["test", "--workspace", "--exclude", "stead-sw", "--exclude", "stead-sw-data", "--exclude", "stead-sw-common", "--exclude", "todo", "--exclude", "notes", "--exclude", "stead-yew", "--exclude", "stead-e2e", "--exclude", "stead-cli"])
         .run()?;
 
     step("stead-core tests on wasm32 in Chromium");
@@ -405,7 +407,7 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
     for (engine, driver_var, driver, other_var) in drivers {
         step(&format!("service worker tests in {engine} (wasm-bindgen-test, service worker scope: the bundle store on OPFS and on IndexedDB)"));
         cargo(root)
-            .args(["test", "--package", "stead-sw", "--target", "wasm32-unknown-unknown"])
+            .args(["test", "--package", "stead-sw", "--package", "stead-sw-data", "--package", "stead-sw-common", "--target", "wasm32-unknown-unknown"])
             .env(driver_var, driver)
             .env_remove(other_var)
             .env("PATH", tools.path_env())

@@ -17,6 +17,9 @@ pub const MANIFEST_FILE: &str = "stead-bundle.json";
 /// The service worker's script, which the build writes next to the app's files. It is not
 /// part of the bundle: the browser installs and updates it.
 pub const WORKER_SCRIPT: &str = "stead-sw.js";
+/// The worker's data engine, a wasm module of its own that is a file of the bundle (the
+/// worker compiles it from its store on first data use; `stead-sw.js` names its SHA-256).
+pub const DATA_MODULE: &str = "stead-data.wasm";
 
 /// The manifest format this code reads and writes.
 pub const FORMAT: u32 = 1;
@@ -78,23 +81,38 @@ impl BundleManifest {
     pub fn parse(json: &[u8]) -> Result<Self, BundleError> {
         let manifest: BundleManifest =
             serde_json::from_slice(json).map_err(|e| BundleError::Json(e.to_string()))?;
-        if manifest.format != FORMAT {
-            return Err(BundleError::UnsupportedFormat(manifest.format));
+        manifest.validated()
+    }
+
+    /// Checks a manifest read by other means than [`BundleManifest::parse`] (the service
+    /// worker reads JSON with the browser's parser): [`BundleManifest::check_shape`], and
+    /// that the version matches the files.
+    pub fn validated(self) -> Result<Self, BundleError> {
+        self.check_shape()?;
+        let computed = version_of(&self.files);
+        if computed != self.version {
+            return Err(BundleError::VersionMismatch { declared: self.version, computed });
         }
-        if !manifest.files.is_sorted_by(|a, b| a.path < b.path) {
+        Ok(self)
+    }
+
+    /// Everything [`BundleManifest::validated`] checks but the version's hash: the format,
+    /// files sorted by path without duplicates, clean paths, well-formed hashes, and an
+    /// entry among the files. (The service worker hashes [`version_input`] with the
+    /// browser's own SHA-256.)
+    pub fn check_shape(&self) -> Result<(), BundleError> {
+        if self.format != FORMAT {
+            return Err(BundleError::UnsupportedFormat(self.format));
+        }
+        if !self.files.is_sorted_by(|a, b| a.path < b.path) {
             // Sorted input is part of the canonical form; reject rather than guess.
-            let dup = manifest.files.windows(2).find(|w| w[0].path == w[1].path);
+            let dup = self.files.windows(2).find(|w| w[0].path == w[1].path);
             return Err(match dup {
                 Some(w) => BundleError::Duplicate(w[0].path.clone()),
                 None => BundleError::BadPath("files are not sorted by path".to_owned()),
             });
         }
-        validate_files(&manifest.entry, &manifest.files)?;
-        let computed = version_of(&manifest.files);
-        if computed != manifest.version {
-            return Err(BundleError::VersionMismatch { declared: manifest.version, computed });
-        }
-        Ok(manifest)
+        validate_files(&self.entry, &self.files)
     }
 
     pub fn to_json(&self) -> String {
@@ -127,12 +145,16 @@ impl BundleManifest {
 /// The version id of a file list: SHA-256 over one line per file (path, hash, size, MIME),
 /// in path order. Paths cannot hold a newline or a NUL, so the encoding is unambiguous.
 pub fn version_of(files: &[BundleFile]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("stead-bundle/{FORMAT}\n"));
+    sha256_hex(&version_input(files))
+}
+
+/// The bytes [`version_of`] hashes.
+pub fn version_input(files: &[BundleFile]) -> Vec<u8> {
+    let mut out = format!("stead-bundle/{FORMAT}\n");
     for f in files {
-        h.update(format!("{}\0{}\0{}\0{}\n", f.path, f.sha256, f.size, f.mime));
+        out.push_str(&format!("{}\0{}\0{}\0{}\n", f.path, f.sha256, f.size, f.mime));
     }
-    hex::encode(h.finalize())
+    out.into_bytes()
 }
 
 /// Lower-case hex SHA-256 of `bytes`.

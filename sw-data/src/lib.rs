@@ -3,6 +3,10 @@
 //! WebSocket. Pages reach it through the page API ([`api`]) and hear of changes on the
 //! `stead` BroadcastChannel.
 //!
+//! A wasm module of its own (`stead-data.wasm`, a file of the app's bundle): the serving
+//! module (`stead-sw`) compiles it on first data use and calls the functions in
+//! [`exports`], so a page that never touches data never pays for this code.
+//!
 //! Where things live:
 //! - IndexedDB `stead` ([`keys`]): this device's identity in each space and the space
 //!   key, sealed under a non-extractable device key;
@@ -15,6 +19,7 @@
 pub mod api;
 pub mod blobs;
 pub mod engine;
+pub mod exports;
 pub mod json;
 pub mod keys;
 
@@ -30,7 +35,9 @@ use stead_core::env::{Clock, Random};
 use stead_core::ids::{ReplicaId, SpaceId};
 use wasm_bindgen::JsValue;
 
-use crate::opfs::{self, Dir};
+pub use stead_sw_common::{Kept, opfs, scope};
+
+use opfs::Dir;
 use engine::Engine;
 
 pub const DATA_ROOT: &str = "stead-data";
@@ -275,17 +282,6 @@ async fn forget_identity(space: SpaceId) -> Result<(), DataError> {
     let deleted = stead_store::idb::db::delete(&database, "spaces", &space.to_string()).await;
     database.close();
     Ok(deleted?)
-}
-
-/// A space the kill switch kept because the server lacks some of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Kept {
-    pub space: String,
-    /// This device's entries the server has not acknowledged; `None` when the space
-    /// could not be opened to tell.
-    pub pending: Option<u64>,
-    /// Blobs waiting to be uploaded.
-    pub blobs_pending: Option<usize>,
 }
 
 impl Data {

@@ -32,11 +32,6 @@ pub fn broadcast(message: J) {
     });
 }
 
-/// Whether the worker answers this path (relative to its scope) from the data engine.
-pub fn is_data_route(rel: &str) -> bool {
-    rel.starts_with("_stead/v1/") && rel != crate::fetch::STATUS_PATH
-}
-
 pub async fn handle(request: Request, rel: String) -> Result<JsValue, JsValue> {
     let parts: Vec<&str> = rel.split('/').collect();
     let blob = match parts.as_slice() {
@@ -387,7 +382,10 @@ async fn space_route(engine: &Rc<Engine>, request: &Request, method: &str, rest:
     match (method, rest) {
         ("GET", ["status"]) => {
             let mut status = engine.status_json();
-            status["storage"] = crate::worker::storage_estimate().await;
+            status["storage"] = match stead_sw_common::storage_estimate().await {
+                Some(e) => json!({"usage": e.usage, "quota": e.quota}),
+                None => J::Null,
+            };
             Ok((200, status))
         }
         ("PUT", ["schema"]) => {
