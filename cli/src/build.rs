@@ -186,7 +186,11 @@ pub enum Optimization {
 pub struct WorkerReport {
     pub wasm_raw: u64,
     pub wasm_optimized: u64,
+    /// The serving module's wasm, gzip-compressed (what a start-up loads and compiles).
+    pub wasm_gzip: u64,
     pub script: u64,
+    /// `stead-sw.js`, gzip-compressed (what the browser downloads and stores).
+    pub script_gzip: u64,
     pub data_wasm_raw: u64,
     pub data_wasm_optimized: u64,
     /// wasm-opt of the serving module (the data module's is cached the same way).
@@ -221,7 +225,9 @@ pub fn build_worker(config: &BuildConfig, tools: &Tools) -> Result<WorkerReport,
     Ok(WorkerReport {
         wasm_raw: serving.raw,
         wasm_optimized: serving.wasm.len() as u64,
+        wasm_gzip: crate::pipeline::gzip_len(&serving.wasm),
         script: script.len() as u64,
+        script_gzip: crate::pipeline::gzip_len(script.as_bytes()),
         data_wasm_raw: data.raw,
         data_wasm_optimized: data.wasm.len() as u64,
         optimization: serving.optimization,

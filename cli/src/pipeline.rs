@@ -234,7 +234,8 @@ fn walk(root: &Path, dir: &Path, rows: &mut Vec<SizeRow>) -> std::io::Result<()>
     Ok(())
 }
 
-fn gzip_len(bytes: &[u8]) -> u64 {
+/// The size of `bytes` gzip-compressed (default level).
+pub fn gzip_len(bytes: &[u8]) -> u64 {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     if enc.write_all(bytes).is_err() {
         return 0;

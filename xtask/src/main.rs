@@ -251,13 +251,13 @@ fn release_server_binary(root: &Path) -> Result<PathBuf> {
 
 /// Builds examples/todo with its worker, web app manifest, icons and bundle manifest into
 /// `dist`.
-fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
+fn build_example(root: &Path, tools: &Tools, dist: &Path, release: bool) -> Result<stead_cli::build::WorkerReport> {
     build_app_example(root, tools, "todo", dist, release)
 }
 
 /// Builds `examples/<app>` into `dist`: the steps of `stead build`, with the app's own
 /// `Trunk.toml` or else the workspace's (the todo demo's).
-fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release: bool) -> Result<stead_cli::build::BuildReport> {
+fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release: bool) -> Result<stead_cli::build::WorkerReport> {
     step(&format!("build examples/{app} into {}", dist.display()));
     let app_dir = root.join("examples").join(app);
     // trunk runs cargo offline: fetch first so a fresh clone has its crates.
@@ -287,25 +287,31 @@ fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release
     let refused: Vec<String> = written.problems.iter().filter(|p| p.severity == stead_manifest::validate::Severity::Error).map(ToString::to_string).collect();
     anyhow::ensure!(refused.is_empty(), "Chromium would not install examples/{app}: {}", refused.join("; "));
     let manifest = stead_cli::build::write_bundle_manifest(dist).context("writing the bundle manifest")?;
-    let report = stead_cli::build::BuildReport {
-        worker_wasm_raw: worker.wasm_raw,
-        worker_wasm_optimized: worker.wasm_optimized,
-        worker_script: worker.script,
-        worker_optimization: worker.optimization,
-        manifest,
-    };
     eprintln!(
-        "  worker wasm {} bytes ({} before wasm-opt), stead-sw.js {} bytes, stead-data.wasm {} bytes ({} before wasm-opt); bundle {} files, {} bytes, version {}",
-        report.worker_wasm_optimized,
-        report.worker_wasm_raw,
-        report.worker_script,
+        "  worker wasm {} bytes ({} gzip, {} before wasm-opt), stead-sw.js {} bytes ({} gzip), stead-data.wasm {} bytes ({} before wasm-opt); bundle {} files, {} bytes, version {}",
+        worker.wasm_optimized,
+        worker.wasm_gzip,
+        worker.wasm_raw,
+        worker.script,
+        worker.script_gzip,
         worker.data_wasm_optimized,
         worker.data_wasm_raw,
-        report.manifest.files.len(),
-        report.manifest.total_size(),
-        &report.manifest.version[..16],
+        manifest.files.len(),
+        manifest.total_size(),
+        &manifest.version[..16],
     );
-    Ok(report)
+    Ok(worker)
+}
+
+/// Issue 15's budget, checked on every test run (sizes are exact, unlike timings): the
+/// serving module a worker start compiles ≤ 100 KB gzip, `stead-sw.js` ≤ 200 KB gzip.
+fn check_worker_size(worker: &stead_cli::build::WorkerReport) -> Result<()> {
+    const SERVING_GZIP: u64 = 100 * 1024;
+    const SCRIPT_GZIP: u64 = 200 * 1024;
+    eprintln!("  serving wasm {} B gzip (budget {SERVING_GZIP}), stead-sw.js {} B gzip (budget {SCRIPT_GZIP})", worker.wasm_gzip, worker.script_gzip);
+    anyhow::ensure!(worker.wasm_gzip <= SERVING_GZIP, "the serving module grew to {} B gzip, past its {SERVING_GZIP} B budget: every worker start compiles it", worker.wasm_gzip);
+    anyhow::ensure!(worker.script_gzip <= SCRIPT_GZIP, "stead-sw.js grew to {} B gzip, past its {SCRIPT_GZIP} B budget", worker.script_gzip);
+    Ok(())
 }
 
 fn server_binary(root: &Path) -> Result<PathBuf> {
@@ -426,7 +432,9 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
 
     let dist = root.join("target/e2e-dist");
     let _ = std::fs::remove_dir_all(&dist);
-    build_example(root, tools, &dist, true)?;
+    step("the example with its worker, and the worker's size budget");
+    let worker = build_example(root, tools, &dist, true)?;
+    check_worker_size(&worker)?;
     let notes_dist = root.join("target/e2e-notes");
     let _ = std::fs::remove_dir_all(&notes_dist);
     build_app_example(root, tools, "notes", &notes_dist, true)?;
