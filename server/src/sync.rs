@@ -23,7 +23,6 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::{self, Message};
 use stead_core::env::{Clock, SystemClock};
@@ -329,7 +328,7 @@ impl Conn {
         };
         let deadline = tokio::time::Instant::now() + service.limits.proof_timeout;
         service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        let mut socket = Socket::new(TokioIo::new(upgraded), service.clone());
+        let mut socket = Socket::new(upgraded, service.clone());
         let refuse = |reason: &'static str, code: u16, message: String| {
             if !reason.is_empty() {
                 service.metrics.reject(reason);
@@ -482,8 +481,17 @@ impl Conn {
             // Generate what to send: from memory here, or on the blocking pool when the
             // space's vector or some entries must be read from the database.
             let mut out = Out::default();
-            let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
             let vector = self.service.vector(space);
+            // A commit advances the vector and queues its note under the hub's lock, so
+            // every entry the vector read here counts is in a note queued by now: taken in
+            // before generating, those entries go from memory rather than from the database
+            // (a connection woken by its peer's frame would otherwise see the vector ahead
+            // of its notes and read them back).
+            let queued = self.reg.rx.try_recv();
+            if self.take_notes(queued).await.is_break() {
+                return STOP;
+            }
+            let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
             if let Some(v) = &vector {
                 generate(ctx, sync, v, &self.recent, false, &mut out);
             }
@@ -690,31 +698,35 @@ impl Conn {
                 STOP
             }
             Event::Message(None) => STOP,
-            Event::Note(Ok(n)) => {
-                let mut next = Ok(n);
-                loop {
-                    match next {
-                        Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
-                        Ok(n) if n.members.is_some() => {
-                            if self.members_changed(n.members.clone().expect("checked")) {
-                                self.service.metrics.reject("unauthorized");
-                                return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
-                            }
-                        }
-                        Ok(n) => {
-                            if n.from != Some(self.reg.id) {
-                                self.recent.push(n);
-                            }
-                        }
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
-                        Err(_) => return GO,
-                    }
-                    next = self.reg.rx.try_recv();
-                }
-            }
+            Event::Note(Ok(n)) => self.take_notes(Ok(n)).await,
             // More than `Limits::queue` notes went by unread: this connection is too slow.
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
             Event::Note(Err(broadcast::error::RecvError::Closed)) => STOP,
+        }
+    }
+
+    /// Takes in `first` and every note queued behind it, in order; `STOP` after closing
+    /// when one of them ends the connection.
+    async fn take_notes(&mut self, first: Result<Note, broadcast::error::TryRecvError>) -> Flow {
+        let mut next = first;
+        loop {
+            match next {
+                Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
+                Ok(n) if n.members.is_some() => {
+                    if self.members_changed(n.members.clone().expect("checked")) {
+                        self.service.metrics.reject("unauthorized");
+                        return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
+                    }
+                }
+                Ok(n) => {
+                    if n.from != Some(self.reg.id) {
+                        self.recent.push(n);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
+                Err(_) => return GO,
+            }
+            next = self.reg.rx.try_recv();
         }
     }
 
