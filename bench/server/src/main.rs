@@ -7,8 +7,9 @@
 //! message) with the same messages through `bench-server null`, a protocol-free relay whose
 //! rate is the load generator's ceiling; latency from an app's write to its ack at a steady
 //! rate; fan-out latency and server CPU per delivery at 50/s and 5/s to many receivers held
-//! by several single-threaded `bench-server hold` processes; and server RSS per idle
-//! connection up to 10,000 sockets. The load generator is this Rust program for both
+//! by several single-threaded `bench-server hold` processes; fan-out p50/p99 at 50/s against
+//! the receiver count (100 to 10,000), with the null relay's floor at each count; and server
+//! RSS per idle connection up to 10,000 sockets. The load generator is this Rust program for both
 //! servers (TCP_NODELAY, no flush per message, reads and writes in separate tasks); the Yjs
 //! updates are made beforehand by yjs itself (`js/gen-updates.mjs`) and Stead's entries by
 //! a real replica, so neither side's client-side encoding is timed. Results go through the
@@ -100,9 +101,13 @@ struct RunArgs {
     /// Repetitions per system (default 5; 3 with --quick).
     #[arg(long)]
     reps: Option<usize>,
-    /// Only these workloads (ingest, paced, fanout, memory); all when none is given.
+    /// Only these workloads (ingest, paced, fanout, clients, memory); all when none is given.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Receiver counts of the fan-out-against-clients curve, instead of the size's default
+    /// (100, 1,000, 3,000, 10,000; 100, 500 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    clients: Vec<usize>,
     /// One-op writes per ingest pass, instead of the size's default (100,000; 5,000 with --quick).
     #[arg(long)]
     ingest_ops: Option<usize>,
@@ -285,6 +290,9 @@ impl Server {
             // Every bench client connects from 127.0.0.1: the per-address bounds, which
             // would stop 10,000 sockets from one address, are lifted.
             .args(["--max-connections-per-address", "0", "--max-unproven-per-address", "0", "--spaces", "open"])
+            // Fan-out to 10,000 receivers makes each a member of one space: 10,000 membership
+            // events, past the default bounds (4,096 events, 1 MiB) that guard against abuse.
+            .args(["--max-membership-events", "100000", "--max-membership-bytes", "67108864"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -588,6 +596,9 @@ struct Sizes {
     /// are always reported.
     fanout: Vec<(usize, Duration)>,
     memory_steps: Vec<usize>,
+    /// Fan-out p99 against clients: receiver counts, and updates per pass at 50/s.
+    clients: Vec<usize>,
+    clients_updates: usize,
     spaces: usize,
     /// Steady writes: how many, at what rate per second.
     paced_writes: usize,
@@ -603,6 +614,8 @@ impl Sizes {
                 procs: 2,
                 fanout: vec![(100, FANOUT_PERIOD), (15, SUSTAINED_PERIOD)],
                 memory_steps: vec![100, 500, 1000],
+                clients: vec![100, 500],
+                clients_updates: 50,
                 spaces: 10,
                 paced_writes: 2_000,
                 paced_rate: 1000.0,
@@ -614,6 +627,8 @@ impl Sizes {
                 procs: 4,
                 fanout: vec![(1_000, FANOUT_PERIOD), (200, SUSTAINED_PERIOD)],
                 memory_steps: vec![1_000, 5_000, 10_000],
+                clients: vec![100, 1_000, 3_000, 10_000],
+                clients_updates: 250,
                 spaces: 100,
                 paced_writes: 10_000,
                 paced_rate: 1000.0,
@@ -643,6 +658,16 @@ impl Ingest {
     fn per_sec(&self, n: usize) -> f64 {
         n as f64 / self.secs
     }
+}
+
+/// One fan-out pass: `updates` sent one per `period` to `receivers` connections held by
+/// `procs` processes.
+#[derive(Clone, Copy)]
+struct Pass {
+    receivers: usize,
+    procs: usize,
+    updates: usize,
+    period: Duration,
 }
 
 struct Latency {
@@ -697,6 +722,9 @@ async fn run(a: RunArgs) -> Result<()> {
     let mut sizes = Sizes::new(a.quick);
     if let Some(n) = a.ingest_ops {
         sizes.ingest_ops = n;
+    }
+    if !a.clients.is_empty() {
+        sizes.clients = a.clients.clone();
     }
     let reps = a.reps.unwrap_or(if a.quick { 3 } else { 5 });
     let mut r = SuiteResult::new("server", a.quick, reps, Environment::detect(anchors(&a.yjs_versions)));
@@ -777,27 +805,8 @@ async fn run(a: RunArgs) -> Result<()> {
             for (round, s) in interleaved(FANOUT.len(), reps) {
                 let system = FANOUT[s];
                 let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
-                std::fs::create_dir_all(&dir)?;
-                let lat = match system {
-                    "stead" => {
-                        let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
-                        let l = stead_fanout_run(&server, &http, &sizes, updates_n, period, &dir).await?;
-                        server.stop().await?;
-                        l
-                    }
-                    "yjs" => {
-                        let server = Server::yjs(&a.yjs_dir).await?;
-                        let l = yjs_fanout_run(Target::Yjs, &server, &updates, &sizes, updates_n, period, &dir).await?;
-                        server.stop().await?;
-                        l
-                    }
-                    _ => {
-                        let server = Server::null().await?;
-                        let l = yjs_fanout_run(Target::Null, &server, &updates, &sizes, updates_n, period, &dir).await?;
-                        server.stop().await?;
-                        l
-                    }
-                };
+                let pass = Pass { receivers: sizes.receivers, procs: sizes.procs, updates: updates_n, period };
+                let lat = fanout_pass(system, &a, &http, &updates, pass, &dir).await?;
                 let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
                 let cpu_per_k = lat.cpu / lat.samples.len().max(1) as f64 * 1000.0;
                 eprintln!(
@@ -814,6 +823,41 @@ async fn run(a: RunArgs) -> Result<()> {
                 r.add(&w, "CPU s per 1000 deliveries", system, round, cpu_per_k, "s");
             }
         }
+    }
+
+    // Fan-out p99 against clients: the 50/s pass at each receiver count, every (count,
+    // system) pair once per round in the interleaved order, each on a fresh server.
+    let mut clients = Vec::new();
+    if a.wants("clients") {
+        let t = Instant::now();
+        // The server holds every receiver's socket, each holder its share: stay clear of the open-file limit.
+        let (nofile, _) = rlimit::Resource::NOFILE.get()?;
+        let (fit, over): (Vec<usize>, Vec<usize>) = sizes.clients.iter().copied().partition(|&n| (n + 1_000) as u64 <= nofile);
+        if !over.is_empty() {
+            let line = format!("fan-out against clients: {over:?} receivers left out: the open-file limit is {nofile}");
+            eprintln!("  {line}");
+            r.notes.push(line);
+        }
+        let period = FANOUT_PERIOD;
+        let rate = 1.0 / period.as_secs_f64();
+        eprintln!("  fan-out p99 against clients: {:?} receivers in {} processes, {} updates at {rate:.0}/s per pass", fit, sizes.procs, sizes.clients_updates);
+        for (round, k) in interleaved(fit.len() * FANOUT.len(), reps) {
+            let (n, system) = (fit[k / FANOUT.len()], FANOUT[k % FANOUT.len()]);
+            let w = format!("fan-out {rate:.0}/s, {n} receivers");
+            let dir = tmp.path().join(format!("clients-{n}-{round}-{system}"));
+            let pass = Pass { receivers: n, procs: sizes.procs, updates: sizes.clients_updates, period };
+            let lat = fanout_pass(system, &a, &http, &updates, pass, &dir).await?;
+            let (p50, p99) = (percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99));
+            eprintln!("    {w} round {round} {system:<6} p50 {p50:.2} ms, p99 {p99:.2} ms, {} missing", lat.missing);
+            if p50 > SATURATED_MS || lat.missing > 0 {
+                saturated.push(format!("{w} round {round} {system}"));
+            }
+            r.add(&w, "p50", system, round, p50, "ms");
+            r.add(&w, "p99", system, round, p99, "ms");
+            r.add(&w, "missing", system, round, lat.missing as f64, "count");
+        }
+        clients = fit;
+        eprintln!("  fan-out against clients took {:.0} s", t.elapsed().as_secs_f64());
     }
 
     // Idle connections: server RSS as they grow.
@@ -919,6 +963,44 @@ async fn run(a: RunArgs) -> Result<()> {
         r.notes.insert(0, line);
     }
     r.notes.push("Stead acks a write only after its SQLite transaction committed (WAL, synchronous=FULL); the Yjs WebSocket server keeps documents in memory only: nothing it acknowledges or relays is durable".into());
+    if !clients.is_empty() {
+        let rate = 1.0 / FANOUT_PERIOD.as_secs_f64();
+        let mut p99s = Vec::new();
+        for metric in ["p99", "p50"] {
+            let series: Vec<(String, Vec<(f64, f64)>)> = FANOUT
+                .iter()
+                .map(|&system| {
+                    let pts = clients
+                        .iter()
+                        .filter_map(|&n| r.summary(&Key::new(&format!("fan-out {rate:.0}/s, {n} receivers"), metric, system)).map(|s| (n as f64, s.median)))
+                        .collect();
+                    let name = if system == "null" { "null relay (generator floor)".to_owned() } else { system.to_owned() };
+                    (name, pts)
+                })
+                .collect();
+            if metric == "p99" {
+                p99s = series.clone();
+            }
+            r.curves.push(Curve {
+                name: format!("fan-out {metric} at {rate:.0} updates/s against receivers ({} updates per pass)", sizes.clients_updates),
+                x_label: "receivers on one space/document".into(),
+                y_label: format!("{metric} delivery latency (ms)"),
+                series,
+            });
+        }
+        let mut line = format!("fan-out p99 against receivers at {rate:.0}/s (median of {reps}):");
+        for (system, pts) in &p99s {
+            let pts: Vec<String> = pts.iter().map(|(n, ms)| format!("{n:.0}: {ms:.1} ms")).collect();
+            line.push_str(&format!(" {system} {};", pts.join(", ")));
+        }
+        eprintln!("  {line}");
+        r.notes.push(line);
+        r.notes.push(format!(
+            "fan-out against clients: receivers {clients:?} in {} single-threaded processes, {} updates at {rate:.0}/s per pass, one fresh server per pass; \
+             Stead's space has every receiver as a member (its membership limits raised for the bench); the null relay is the generator's floor at that count",
+            sizes.procs, sizes.clients_updates
+        ));
+    }
     r.notes.push(format!(
         "writes at {0:.0}/s: {1} one-op writes, each due at its own time; the sender wakes every 1 ms and sends all that is due \
          (Stead packs them into one frame, Yjs one message each); latency from when a write was due to its durable ack (Stead) or echo (Yjs)",
@@ -1194,10 +1276,35 @@ fn read_times(dir: &Path, receivers: usize, procs: usize, expect: usize, send_us
     Ok(Latency { samples: sorted(samples), missing, cpu: 0.0 })
 }
 
-async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes, updates: usize, period: Duration, tmp: &Path) -> Result<Latency> {
+/// One fan-out pass of `system` (`null`, `stead` or `yjs`) on a fresh server process.
+async fn fanout_pass(system: &str, a: &RunArgs, http: &reqwest::Client, all: &[Vec<u8>], pass: Pass, dir: &Path) -> Result<Latency> {
+    std::fs::create_dir_all(dir)?;
+    let (server, lat) = match system {
+        "stead" => {
+            let server = Server::stead(&a.stead_server, &dir.join("server")).await?;
+            let l = stead_fanout_run(&server, http, pass, dir).await;
+            (server, l)
+        }
+        "yjs" => {
+            let server = Server::yjs(&a.yjs_dir).await?;
+            let l = yjs_fanout_run(Target::Yjs, &server, all, pass, dir).await;
+            (server, l)
+        }
+        _ => {
+            let server = Server::null().await?;
+            let l = yjs_fanout_run(Target::Null, &server, all, pass, dir).await;
+            (server, l)
+        }
+    };
+    server.stop().await?;
+    lat
+}
+
+async fn stead_fanout_run(server: &Server, http: &reqwest::Client, pass: Pass, tmp: &Path) -> Result<Latency> {
+    let Pass { receivers, procs, updates, period } = pass;
     let dir = tmp.join(format!("fanout-stead-{}", period.as_millis()));
     std::fs::create_dir_all(&dir)?;
-    let space = stead::create_space(http, &server.base, sizes.receivers).await?;
+    let space = stead::create_space(http, &server.base, receivers).await?;
     let ids: Vec<String> = space.readers.iter().map(|d| stead::identity_line(space.id, d)).collect();
     std::fs::write(dir.join("ids.txt"), ids.join("\n"))?;
     let entries = stead::entries(&space, updates, 1)?;
@@ -1214,7 +1321,7 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
         "--expect".into(),
         updates.to_string(),
     ];
-    let (hs, open) = holders(sizes.receivers, sizes.procs, &common, Some(&dir)).await?;
+    let (hs, open) = holders(receivers, procs, &common, Some(&dir)).await?;
     eprintln!("    {open} receivers connected");
     let who = stead::Who { space: space.id, replica: space.creator.replica, signing: space.creator.signing.clone() };
     let mut writer = stead::Writer { who, entries, released: 0 };
@@ -1243,7 +1350,7 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
     for h in hs {
         h.finish().await?;
     }
-    let mut lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    let mut lat = read_times(&dir, receivers, procs, updates, &send_us)?;
     lat.cpu = cpu;
     eprintln!("    p50 {:.2} ms, p99 {:.2} ms, {} missing", percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99), lat.missing);
     Ok(lat)
@@ -1251,7 +1358,8 @@ async fn stead_fanout_run(server: &Server, http: &reqwest::Client, sizes: &Sizes
 
 /// Fan-out through the Yjs server, or through the null relay (`target` Null: the load
 /// generator's own delivery floor, with the same messages and receivers).
-async fn yjs_fanout_run(target: Target, server: &Server, all: &[Vec<u8>], sizes: &Sizes, updates: usize, period: Duration, tmp: &Path) -> Result<Latency> {
+async fn yjs_fanout_run(target: Target, server: &Server, all: &[Vec<u8>], pass: Pass, tmp: &Path) -> Result<Latency> {
+    let Pass { receivers, procs, updates, period } = pass;
     let dir = tmp.join(format!("fanout-{}-{}", target.name(), period.as_millis()));
     std::fs::create_dir_all(&dir)?;
     let common = vec![
@@ -1266,7 +1374,7 @@ async fn yjs_fanout_run(target: Target, server: &Server, all: &[Vec<u8>], sizes:
         "--expect".into(),
         updates.to_string(),
     ];
-    let (hs, open) = holders(sizes.receivers, sizes.procs, &common, Some(&dir)).await?;
+    let (hs, open) = holders(receivers, procs, &common, Some(&dir)).await?;
     eprintln!("    {open} receivers connected");
     let url = format!("{}/fanout{}-0", server.ws(), period.as_millis());
     let mut ws = if target == Target::Null { ws_connect(&url).await? } else { yjs_connect(&url).await? };
@@ -1296,7 +1404,7 @@ async fn yjs_fanout_run(target: Target, server: &Server, all: &[Vec<u8>], sizes:
     for h in hs {
         h.finish().await?;
     }
-    let mut lat = read_times(&dir, sizes.receivers, sizes.procs, updates, &send_us)?;
+    let mut lat = read_times(&dir, receivers, procs, updates, &send_us)?;
     lat.cpu = cpu;
     eprintln!("    p50 {:.2} ms, p99 {:.2} ms, {} missing", percentile(&lat.samples, 0.5), percentile(&lat.samples, 0.99), lat.missing);
     Ok(lat)
