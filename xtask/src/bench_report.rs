@@ -13,7 +13,7 @@ use stead_bench_harness::baseline::{self, Baseline, Finding};
 use stead_bench_harness::env::{describe_profile, workspace_root};
 use stead_bench_harness::results::fmt;
 use stead_bench_harness::stats::{Better, median};
-use stead_bench_harness::{Environment, Key, RatioSpec, SuiteResult, plots};
+use stead_bench_harness::{Curve, Environment, Key, RatioSpec, SuiteResult, plots};
 
 use crate::util::cmd;
 
@@ -209,6 +209,50 @@ pub fn sw_result(csv: &str, quick: bool, env: Environment) -> Result<SuiteResult
     Ok(r)
 }
 
+/// Adds `bench sw`'s cold start against worker size (`site,pad_bytes,script_bytes,sample,ms`)
+/// to its result: every sample as a repetition, and a curve of the median against the
+/// worker script's size. No ratio: the curve shows how each worker grows.
+pub fn sw_cold_size(csv: &str, r: &mut SuiteResult) -> Result<()> {
+    const W: &str = "cold start vs worker size";
+    // site -> padding -> (script bytes, samples)
+    let mut points: BTreeMap<String, BTreeMap<usize, (u64, Vec<f64>)>> = BTreeMap::new();
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [site, pad, script, sample, ms] = f[..] else { bail!("bad sw-cold-size.csv line {line:?}") };
+        let pad: usize = pad.parse().with_context(|| format!("bad padding in {line:?}"))?;
+        let script: u64 = script.parse().with_context(|| format!("bad script size in {line:?}"))?;
+        let ms: f64 = ms.parse().with_context(|| format!("bad ms in {line:?}"))?;
+        r.add(W, &format!("cold fetch, +{} KiB", pad >> 10), site, sample.parse().with_context(|| format!("bad sample in {line:?}"))?, ms, "ms");
+        let p = points.entry(site.to_owned()).or_default().entry(pad).or_insert((script, Vec::new()));
+        p.1.push(ms);
+    }
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mut series = Vec::new();
+    let mut line = String::from("cold start against worker size (median ms at script KiB):");
+    for (site, pads) in &points {
+        let pts: Vec<(f64, f64)> = pads.values().filter_map(|(bytes, v)| median(v).map(|m| (*bytes as f64 / 1024.0, m))).collect();
+        let shown: Vec<String> = pts.iter().map(|(kib, ms)| format!("{kib:.0}: {ms:.1}")).collect();
+        let _ = write!(line, " {site} {};", shown.join(", "));
+        series.push((site.clone(), pts));
+    }
+    r.notes.push(line);
+    r.notes.push(
+        "cold start against worker size: each system's own worker script with an inert comment of 0 to 2 MiB appended (pseudo-random base64, the same for both), \
+         installed on its own origin; the first answered 1 KB fetch after CDP stopAllWorkers, offline, from a page that runs no script; \
+         each sample one repetition, sizes and systems interleaved; every sample proven cold (the worker is listed as a CDP target before the stop and not after; Stead's worker reports a start time after the fetch began)"
+            .into(),
+    );
+    r.curves.push(Curve {
+        name: "worker cold start against worker size (first fetch after a stop; size grown by an inert comment)".into(),
+        x_label: "worker script (KiB)".into(),
+        y_label: "median ms".into(),
+        series,
+    });
+    Ok(())
+}
+
 /// The environment of `bench sw`: the worker's wasm profile and the release server's.
 pub fn sw_env(anchors: Vec<(String, String)>, chromium: &Path) -> Environment {
     let mut env = Environment::detect(anchors);
@@ -242,5 +286,20 @@ mod tests {
         let pre = r.ratios.iter().find(|x| x.spec.name.starts_with("precache")).expect("precache ratio");
         assert_eq!(pre.range.map(|x| x.median), Some(0.25));
         assert_eq!(pre.verdict, Some(stead_bench_harness::stats::Verdict::Met));
+    }
+
+    #[test]
+    fn cold_size_samples_become_a_curve_against_script_bytes() {
+        let mut csv = String::from("site,pad_bytes,script_bytes,sample,ms\n");
+        for i in 0..3 {
+            csv.push_str(&format!("stead,0,2048,{i},{}\nworkbox,0,1024,{i},{}\n", 10 + i, 5 + i));
+            csv.push_str(&format!("stead,1048576,1050624,{i},{}\nworkbox,1048576,1049600,{i},{}\n", 20 + i, 9 + i));
+        }
+        let mut r = SuiteResult::new("sw", true, 0, Environment::default());
+        sw_cold_size(&csv, &mut r).expect("parse");
+        let c = &r.curves[0];
+        assert_eq!(c.series, vec![("stead".to_owned(), vec![(2.0, 11.0), (1026.0, 21.0)]), ("workbox".to_owned(), vec![(1.0, 6.0), (1025.0, 10.0)])]);
+        assert_eq!(r.summary(&Key::new("cold start vs worker size", "cold fetch, +1024 KiB", "workbox")).map(|s| s.n), Some(3));
+        assert!(r.ratios.is_empty());
     }
 }

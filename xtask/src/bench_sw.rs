@@ -3,7 +3,8 @@
 //! Installs the pinned Workbox packages and esbuild into `.tools/bench-sw/`, bundles
 //! `bench/sw/workbox-sw.js` into one classic worker script, then runs the measuring
 //! program (`tests/src/bin/bench-sw.rs`, which drives Chromium through the e2e harness).
-//! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv`; the
+//! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv` (cold
+//! start against worker size to `sw-cold-size.csv`); the
 //! samples are then read back into the shared harness (medians, spreads, ratio ranges,
 //! environment) and written as `sw.json` for the report. Both sites are served by a release
 //! build of stead-server.
@@ -55,6 +56,8 @@ pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) 
     let csv = std::fs::read_to_string(out_dir.join("sw.csv")).context("bench-sw wrote no sw.csv")?;
     let anchors = vec![("workbox".into(), WORKBOX_VERSION.into()), ("esbuild".into(), ESBUILD_VERSION.into())];
     let mut result = bench_report::sw_result(&csv, quick, bench_report::sw_env(anchors, &tools.chromium))?;
+    let cold = std::fs::read_to_string(out_dir.join("sw-cold-size.csv")).context("bench-sw wrote no sw-cold-size.csv")?;
+    bench_report::sw_cold_size(&cold, &mut result)?;
     result.seconds = started.elapsed().as_secs_f64();
     result.finish(&out_dir)?;
     Ok(result)

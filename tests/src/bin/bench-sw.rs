@@ -9,6 +9,12 @@
 //! every measurement in turn A,B, B,A, … so a busy moment of a shared machine hits both.
 //! Precache runs one fresh browser at a time, sites in the order A,B,B,A,… Timings are
 //! taken in the page (`performance.now()`, Navigation Timing); raw samples go to a CSV.
+//!
+//! Cold start against worker size: more pairs of small sites whose worker scripts (Stead's
+//! and the Workbox bundle alike) end in an inert comment of 0 to 2 MiB. One browser per
+//! system holds every size, each on its own origin; the first answered fetch after the
+//! worker is stopped is timed, the sizes and the systems interleaved, and every sample is
+//! checked to be cold. These samples go to `sw-cold-size.csv` beside the CSV.
 
 use std::{
     fmt::Write as _,
@@ -38,6 +44,11 @@ const HOOK: &str = r#"(() => {
 
 /// Synthetic assets next to the app: (class, count, size).
 const ASSETS: [(&str, usize, usize); 4] = [("1k", 50, 1024), ("20k", 50, 20 * 1024), ("200k", 10, 200 * 1024), ("2m", 2, 2 << 20)];
+/// Cold start against worker size: the site's 1 KB files (one per sample) and the page the
+/// samples are taken in, which runs no script of its own.
+const COLD_FILES: usize = 16;
+const BLANK_PAGE: &str = "bench/blank.html";
+
 /// The precache bundle: 250 files, 10 MiB in all.
 const PRECACHE_FILES: usize = 250;
 const PRECACHE_FILE_SIZE: usize = (10 << 20) / PRECACHE_FILES;
@@ -91,6 +102,10 @@ struct Plan {
     rounds: usize,
     cold: usize,
     reloads: usize,
+    /// Cold start against worker size: bytes of padding at the end of the worker script.
+    pads: Vec<usize>,
+    /// Cold samples per (system, padding).
+    pad_samples: usize,
 }
 
 /// One raw sample.
@@ -153,8 +168,22 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// The two sites built from the same files: `(stead, workbox)`.
-fn make_sites(args: &Args, root: &Path, name: &str, files: &[(String, usize)]) -> Result<(PathBuf, PathBuf)> {
+/// An inert tail of exactly `len` bytes for a worker script: a block comment of
+/// pseudo-random base64 characters (the same for both systems), which the browser must
+/// fetch, store, read and scan past but never runs.
+fn padding(len: usize) -> String {
+    if len == 0 {
+        return String::new();
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let body: String = random_bytes(0x5eed, len.saturating_sub(6)).iter().map(|b| ALPHABET[(b & 63) as usize] as char).collect();
+    format!("\n/*{body}*/\n")
+}
+
+/// The two sites built from the same files: `(stead, workbox)`. With `pad`, they are sites
+/// for cold start against worker size: a page that runs no script ([`BLANK_PAGE`]) and
+/// each worker script ending in `pad` bytes of [`padding`].
+fn make_sites(args: &Args, root: &Path, name: &str, files: &[(String, usize)], pad: Option<usize>) -> Result<(PathBuf, PathBuf)> {
     let stead = root.join(format!("{name}-stead"));
     let workbox = root.join(format!("{name}-workbox"));
     copy_dir(&args.dist, &stead)?;
@@ -163,12 +192,20 @@ fn make_sites(args: &Args, root: &Path, name: &str, files: &[(String, usize)]) -
         std::fs::create_dir_all(p.parent().expect("has a parent"))?;
         std::fs::write(&p, random_bytes(i as u64 + 1 + name.len() as u64 * 1000, *size))?;
     }
+    let tail = padding(pad.unwrap_or(0));
+    if pad.is_some() {
+        std::fs::write(stead.join(BLANK_PAGE), "<!doctype html><title>blank</title><p>cold start samples</p>\n")?;
+        let script = stead.join(stead_core::bundle::WORKER_SCRIPT);
+        let mut bytes = std::fs::read(&script)?;
+        bytes.extend_from_slice(tail.as_bytes());
+        std::fs::write(&script, bytes)?;
+    }
     stead_cli::build::write_bundle_manifest(&stead)?;
     copy_dir(&stead, &workbox)?;
     let m = manifest(&stead)?;
     let list: Vec<Value> = m.files.iter().map(|f| json!({"url": f.path, "revision": f.sha256})).collect();
     let script = format!(
-        "self.__WB_MANIFEST = {};\n{}",
+        "self.__WB_MANIFEST = {};\n{}{tail}",
         serde_json::to_string(&list)?,
         std::fs::read_to_string(&args.workbox).context("cannot read the bundled Workbox worker")?
     );
@@ -189,7 +226,7 @@ async fn main() -> Result<()> {
         ..Env::browsers(PathBuf::new(), PathBuf::new())?.with_engine(Engine::Chromium)
     };
     let plan = if args.quick {
-        Plan { pairs: 1, precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5 }
+        Plan { pairs: 1, precache_order: vec![Site::Stead, Site::Workbox], rounds: 8, cold: 5, reloads: 5, pads: vec![0, 1 << 20, 2 << 20], pad_samples: 3 }
     } else {
         use Site::*;
         Plan {
@@ -198,6 +235,8 @@ async fn main() -> Result<()> {
             rounds: 20,
             cold: 10,
             reloads: 8,
+            pads: vec![0, 256 << 10, 512 << 10, 1 << 20, 2 << 20],
+            pad_samples: 8,
         }
     };
 
@@ -208,10 +247,10 @@ async fn main() -> Result<()> {
             assets.push((format!("bench/{class}-{i:03}.bin"), size));
         }
     }
-    let (serve_stead, serve_workbox) = make_sites(&args, tmp.path(), "serve", &assets)?;
+    let (serve_stead, serve_workbox) = make_sites(&args, tmp.path(), "serve", &assets, None)?;
     let precache: Vec<(String, usize)> =
         (0..PRECACHE_FILES).map(|i| (format!("bench/p-{i:03}.bin"), PRECACHE_FILE_SIZE)).collect();
-    let (pre_stead, pre_workbox) = make_sites(&args, tmp.path(), "precache", &precache)?;
+    let (pre_stead, pre_workbox) = make_sites(&args, tmp.path(), "precache", &precache, None)?;
     let serve_m = manifest(&serve_stead)?;
     let pre_m = manifest(&pre_stead)?;
     eprintln!(
@@ -259,8 +298,16 @@ async fn main() -> Result<()> {
         samples.push(site, block, "precache_10mb", 0, ms);
     }
 
+    let t = Instant::now();
+    let cold = cold_size(&args, &env, &plan, tmp.path()).await.context("cold start against worker size")?;
+    eprintln!("  cold start against worker size done in {:.1} s", t.elapsed().as_secs_f64());
+
     write_csv(&args.out, &samples)?;
+    let cold_csv = args.out.with_file_name("sw-cold-size.csv");
+    write_cold_csv(&cold_csv, &cold)?;
     print_table(&samples, &chromium_version, &args.workbox_version, &serve_m, &pre_m);
+    print_cold_table(&cold, &plan);
+    println!("cold start against worker size: {}", cold_csv.display());
     println!("raw samples: {}", args.out.display());
     println!("bench time: {:.0} s{}", started.elapsed().as_secs_f64(), if args.quick { " (--quick)" } else { "" });
     Ok(())
@@ -447,6 +494,155 @@ async fn reload(browser: &Browser, stop: bool) -> Result<f64> {
     .await?;
     browser.wait_app().await?;
     Ok(dcl)
+}
+
+/// One sample of cold start against worker size.
+struct ColdSample {
+    site: Site,
+    pad: usize,
+    /// The registered worker script's bytes, padding included.
+    script: u64,
+    i: usize,
+    ms: f64,
+}
+
+/// Cold start against worker size. For every padding, a pair of small sites (the app,
+/// [`COLD_FILES`] files of 1 KB, [`BLANK_PAGE`]); one fresh browser per system installs all
+/// of its sizes, each from its own server (so its own origin); then the servers are killed,
+/// as for the offline cold samples above. Sample i visits the paddings ascending (i even)
+/// or descending (i odd), and the systems A,B or B,A in turn.
+async fn cold_size(args: &Args, env: &Env, plan: &Plan, root: &Path) -> Result<Vec<ColdSample>> {
+    const SITES: [Site; 2] = [Site::Stead, Site::Workbox];
+    let files: Vec<(String, usize)> = (0..COLD_FILES).map(|i| (format!("bench/c-{i:03}.bin"), 1024)).collect();
+    let mut dirs = Vec::new();
+    for &pad in &plan.pads {
+        let (stead, workbox) = make_sites(args, root, &format!("cold-{pad}"), &files, Some(pad))?;
+        dirs.push([stead, workbox]);
+    }
+    let a = Browser::start(env).await?;
+    let b = match Browser::start(env).await {
+        Ok(b) => b,
+        Err(e) => {
+            a.quit().await?;
+            return Err(e);
+        }
+    };
+    let browsers = [&a, &b];
+    let result = async {
+        let mut servers = Vec::new();
+        // origins[system][padding]: (the server's URL, the worker script's bytes)
+        let mut origins: [Vec<(String, u64)>; 2] = [Vec::new(), Vec::new()];
+        for (k, site) in SITES.into_iter().enumerate() {
+            for (pad, pair) in plan.pads.iter().zip(&dirs) {
+                let dir = &pair[k];
+                let server = Server::start(env, dir)?;
+                install(browsers[k], &server.url, site, &manifest(dir)?).await.with_context(|| format!("installing {} with +{pad} bytes", site.name()))?;
+                origins[k].push((server.url.clone(), std::fs::metadata(dir.join(stead_core::bundle::WORKER_SCRIPT))?.len()));
+                servers.push(server);
+            }
+        }
+        for server in &mut servers {
+            server.kill();
+        }
+        let mut out = Vec::new();
+        let n = plan.pads.len();
+        for i in 0..plan.pad_samples {
+            let order: Vec<usize> = if i % 2 == 0 { (0..n).collect() } else { (0..n).rev().collect() };
+            for (j, &p) in order.iter().enumerate() {
+                for k in abba(i + j) {
+                    let (url, script) = &origins[k][p];
+                    let file = format!("bench/c-{:03}.bin", i % COLD_FILES);
+                    let ms = cold_fetch(browsers[k], SITES[k], url, &file).await?;
+                    out.push(ColdSample { site: SITES[k], pad: plan.pads[p], script: *script, i, ms });
+                }
+            }
+        }
+        anyhow::Ok(out)
+    }
+    .await;
+    a.quit().await?;
+    b.quit().await?;
+    result
+}
+
+/// Whether a service worker of `origin` (`http://localhost:PORT/`) runs: the browser lists
+/// a running worker as a CDP target and drops it once stopped.
+async fn worker_running(browser: &Browser, origin: &str) -> Result<bool> {
+    let v = browser.cdp("Target.getTargets", json!({})).await?;
+    let targets = v["targetInfos"].as_array().context("Target.getTargets gave no targetInfos")?;
+    Ok(targets.iter().any(|t| t["type"] == "service_worker" && t["url"].as_str().is_some_and(|u| u.starts_with(origin))))
+}
+
+/// The first answered fetch of `file` (1 KB) after the worker is stopped, in ms, from a
+/// page of `origin` that runs no script of its own. Cold is proven, not assumed: the worker
+/// is listed as running before the stop and not after it (so the check can see it), and
+/// Stead's worker reports a start time no earlier than the fetch. A sample that is not
+/// cold is taken again, at most twice.
+async fn cold_fetch(browser: &Browser, site: Site, origin: &str, file: &str) -> Result<f64> {
+    browser.driver.goto(&format!("{origin}{BLANK_PAGE}")).await?;
+    browser.wait_controlled().await?;
+    for _ in 0..3 {
+        anyhow::ensure!(worker_running(browser, origin).await?, "{origin}: the worker that served the page is not listed as running");
+        browser.stop_workers().await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stopped = !worker_running(browser, origin).await?;
+        let v = browser
+            .js_async(&format!(
+                "const at = Date.now(); const t0 = performance.now(); \
+                 const r = await fetch('/{file}'); const b = await r.arrayBuffer(); \
+                 const t1 = performance.now(); \
+                 if (!r.ok || b.byteLength !== 1024) throw new Error('{file}: ' + r.status + ', ' + b.byteLength + ' bytes'); \
+                 return [t1 - t0, at];"
+            ))
+            .await?;
+        if let Some(e) = v.get("error") {
+            bail!("fetch in the page failed: {e}");
+        }
+        let ms = v[0].as_f64().context("a time")?;
+        let at = v[1].as_f64().context("the fetch's start")?;
+        let cold = stopped
+            && match site {
+                Site::Stead => browser.status().await?["worker_started"].as_f64().is_some_and(|started| started >= at),
+                Site::Workbox => true,
+            };
+        if cold {
+            return Ok(ms);
+        }
+        eprintln!("  {} {origin}: a sample was not cold (stopped: {stopped}); taken again", site.name());
+    }
+    bail!("{} {origin}: no cold sample in 3 tries", site.name())
+}
+
+fn write_cold_csv(path: &Path, samples: &[ColdSample]) -> Result<()> {
+    let mut s = String::from("site,pad_bytes,script_bytes,sample,ms\n");
+    for x in samples {
+        writeln!(s, "{},{},{},{},{:.4}", x.site.name(), x.pad, x.script, x.i, x.ms)?;
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_cold_table(samples: &[ColdSample], plan: &Plan) {
+    println!("cold start against worker size: first answered 1 KB fetch after the worker is stopped (offline), ms;");
+    println!("each worker script ends in an inert comment of +padding bytes; every sample proven cold");
+    println!("{:>10} {:>5} {:>12} {:>10} {:>17} {:>12} {:>10} {:>17} {:>7}", "padding", "n", "stead bytes", "stead", "stead min–max", "wb bytes", "workbox", "workbox min–max", "ratio");
+    for &pad in &plan.pads {
+        let of = |site| -> (Vec<f64>, u64) {
+            let v: Vec<&ColdSample> = samples.iter().filter(|s| s.site == site && s.pad == pad).collect();
+            (v.iter().map(|s| s.ms).collect(), v.first().map_or(0, |s| s.script))
+        };
+        let ((a, ab), (b, bb)) = (of(Site::Stead), of(Site::Workbox));
+        let (Some(ma), Some(mb)) = (median(&a), median(&b)) else { continue };
+        let range = |v: &[f64]| format!("{:.1}–{:.1}", quantile(v, 0.0).unwrap_or(0.0), quantile(v, 1.0).unwrap_or(0.0));
+        println!(
+            "{:>10} {:>5} {ab:>12} {ma:>10.2} {:>17} {bb:>12} {mb:>10.2} {:>17} {:>6.2}×",
+            format!("+{} KiB", pad >> 10),
+            a.len().min(b.len()),
+            range(&a),
+            range(&b),
+            ma / mb
+        );
+    }
+    println!();
 }
 
 fn write_csv(path: &Path, samples: &Samples) -> Result<()> {
