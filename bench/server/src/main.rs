@@ -111,11 +111,22 @@ struct RunArgs {
     /// One-op writes per ingest pass, instead of the size's default (100,000; 5,000 with --quick).
     #[arg(long)]
     ingest_ops: Option<usize>,
+    /// Only these systems (null, stead, stead-batched, stead-single, yjs), for a quick
+    /// before/after of one server while working on it; all when none is given.
+    #[arg(long, value_delimiter = ',')]
+    systems: Vec<String>,
+    /// Only the fan-out passes at these rates per second (50, 5); all when none is given.
+    #[arg(long, value_delimiter = ',')]
+    fanout_rates: Vec<u32>,
 }
 
 impl RunArgs {
     fn wants(&self, workload: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
+
+    fn runs(&self, system: &str) -> bool {
+        self.systems.is_empty() || self.systems.iter().any(|s| s == system)
     }
 }
 
@@ -752,6 +763,9 @@ async fn run(a: RunArgs) -> Result<()> {
         let w = "ingest";
         for (round, s) in interleaved(INGEST.len(), reps) {
             let system = INGEST[s];
+            if !a.runs(system) {
+                continue;
+            }
             let dir = tmp.path().join(format!("ingest-{round}-{system}"));
             let i = match system {
                 "null" => {
@@ -811,9 +825,15 @@ async fn run(a: RunArgs) -> Result<()> {
         eprintln!("  fan-out to {} receivers in {} processes", sizes.receivers, sizes.procs);
         for &(updates_n, period) in &sizes.fanout {
             let rate = 1.0 / period.as_secs_f64();
+            if !a.fanout_rates.is_empty() && !a.fanout_rates.contains(&(rate.round() as u32)) {
+                continue;
+            }
             let w = format!("fan-out {rate:.0}/s");
             for (round, s) in interleaved(FANOUT.len(), reps) {
                 let system = FANOUT[s];
+                if !a.runs(system) {
+                    continue;
+                }
                 let dir = tmp.path().join(format!("fanout-{rate:.0}-{round}-{system}"));
                 let pass = Pass { receivers: sizes.receivers, procs: sizes.procs, updates: updates_n, period };
                 let lat = fanout_pass(system, &a, &http, &updates, pass, &dir).await?;
