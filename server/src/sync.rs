@@ -482,8 +482,17 @@ impl Conn {
             // Generate what to send: from memory here, or on the blocking pool when the
             // space's vector or some entries must be read from the database.
             let mut out = Out::default();
-            let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
             let vector = self.service.vector(space);
+            // A commit advances the vector and queues its note under the hub's lock, so
+            // every entry the vector read here counts is in a note queued by now: taken in
+            // before generating, those entries go from memory rather than from the database
+            // (a connection woken by its peer's frame would otherwise see the vector ahead
+            // of its notes and read them back).
+            let queued = self.reg.rx.try_recv();
+            if self.take_notes(queued).await.is_break() {
+                return STOP;
+            }
+            let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
             if let Some(v) = &vector {
                 generate(ctx, sync, v, &self.recent, false, &mut out);
             }
@@ -690,31 +699,35 @@ impl Conn {
                 STOP
             }
             Event::Message(None) => STOP,
-            Event::Note(Ok(n)) => {
-                let mut next = Ok(n);
-                loop {
-                    match next {
-                        Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
-                        Ok(n) if n.members.is_some() => {
-                            if self.members_changed(n.members.clone().expect("checked")) {
-                                self.service.metrics.reject("unauthorized");
-                                return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
-                            }
-                        }
-                        Ok(n) => {
-                            if n.from != Some(self.reg.id) {
-                                self.recent.push(n);
-                            }
-                        }
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
-                        Err(_) => return GO,
-                    }
-                    next = self.reg.rx.try_recv();
-                }
-            }
+            Event::Note(Ok(n)) => self.take_notes(Ok(n)).await,
             // More than `Limits::queue` notes went by unread: this connection is too slow.
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
             Event::Note(Err(broadcast::error::RecvError::Closed)) => STOP,
+        }
+    }
+
+    /// Takes in `first` and every note queued behind it, in order; `STOP` after closing
+    /// when one of them ends the connection.
+    async fn take_notes(&mut self, first: Result<Note, broadcast::error::TryRecvError>) -> Flow {
+        let mut next = first;
+        loop {
+            match next {
+                Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
+                Ok(n) if n.members.is_some() => {
+                    if self.members_changed(n.members.clone().expect("checked")) {
+                        self.service.metrics.reject("unauthorized");
+                        return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
+                    }
+                }
+                Ok(n) => {
+                    if n.from != Some(self.reg.id) {
+                        self.recent.push(n);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
+                Err(_) => return GO,
+            }
+            next = self.reg.rx.try_recv();
         }
     }
 
