@@ -5,8 +5,9 @@
 //! state, most of what an idle connection costs. Most connections are idle most of the
 //! time, so a [`Socket`] drops its tungstenite once it holds nothing — no unread bytes,
 //! no part of a message, nothing unsent — and keeps only the upgraded socket ([`Framed`])
-//! and a few bytes of framing state. The first bytes the peer sends wake it: they are kept
-//! and handed to a new tungstenite before anything else it reads.
+//! and a few bytes of framing state. The socket turning readable wakes it, and a new
+//! tungstenite reads what came (over a transport other than plain TCP, the first bytes
+//! are read to wake it, kept, and handed to tungstenite before anything else).
 //!
 //! Knowing that tungstenite holds no unread bytes takes [`Boundaries`]: the socket follows
 //! the WebSocket framing of every byte it hands tungstenite. When all of them end on a
@@ -22,14 +23,17 @@ use std::task::{Context, Poll, Waker};
 use futures::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use axum::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::service::Service;
 
-/// Bytes read while asleep at most; tungstenite reads the rest of the frame itself.
+/// Bytes an `Io::Upgraded` reads while asleep at most; tungstenite reads the rest of the
+/// frame itself.
 const WAKE_BYTES: usize = 16;
 
 /// Where the frames of a WebSocket byte stream end (RFC 6455, section 5.2), fed the bytes
@@ -88,59 +92,83 @@ impl Boundaries {
     }
 }
 
+/// The connection under the WebSocket.
+enum Io {
+    /// The TCP stream itself, taken back from hyper (as `listen` and `axum::serve` serve
+    /// connections): asleep, it waits for readiness and reads nothing.
+    Tcp(TcpStream),
+    /// Any other transport hyper served: asleep, it waits by reading a few bytes.
+    Upgraded(TokioIo<Upgraded>),
+}
+
 /// The upgraded socket, as tungstenite reads and writes it.
 pub(crate) struct Framed {
-    io: TokioIo<Upgraded>,
-    /// Bytes read while asleep, handed to tungstenite before anything else.
-    early: [u8; WAKE_BYTES],
-    early_len: u8,
+    io: Io,
+    /// Bytes read before tungstenite's own reads, handed to it first: what hyper read
+    /// past the handshake, or what an `Io::Upgraded` read to wake.
+    early: Bytes,
     frames: Boundaries,
     /// The last read of `io` found nothing to read.
     drained: bool,
 }
 
 impl Framed {
-    fn new(io: TokioIo<Upgraded>) -> Framed {
-        Framed { io, early: [0; WAKE_BYTES], early_len: 0, frames: Boundaries::default(), drained: false }
+    fn new(upgraded: Upgraded) -> Framed {
+        let (io, early) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
+        };
+        Framed { io, early, frames: Boundaries::default(), drained: false }
     }
 
-    /// Waits for the peer to send something, keeping what arrives for tungstenite. The end
-    /// of the stream or an error wakes it too, and tungstenite's own read meets it again.
+    /// Waits for the peer to send something; an `Io::Upgraded` keeps what arrives for
+    /// tungstenite. The end of the stream or an error wakes it too, and tungstenite's own
+    /// read meets it again.
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.early_len > 0 {
+        if !self.early.is_empty() {
             return Poll::Ready(());
         }
-        let mut buf = ReadBuf::new(&mut self.early);
-        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => {
-                self.early_len = buf.filled().len() as u8;
-                self.drained = false;
-                Poll::Ready(())
+        let woke = match &mut self.io {
+            // Readiness alone, so the bytes are read once, by tungstenite: waking costs no
+            // read of its own.
+            Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
+            Io::Upgraded(io) => {
+                let mut bytes = [0; WAKE_BYTES];
+                let mut buf = ReadBuf::new(&mut bytes);
+                let read = Pin::new(io).poll_read(cx, &mut buf);
+                if read.is_ready() {
+                    self.early = Bytes::copy_from_slice(buf.filled());
+                }
+                read.map(|_| ())
             }
+        };
+        if woke.is_ready() {
+            self.drained = false;
         }
+        woke
     }
 
     /// tungstenite holds nothing unread.
     fn at_rest(&self) -> bool {
-        self.drained && self.early_len == 0 && self.frames.at_rest()
+        self.drained && self.early.is_empty() && self.frames.at_rest()
     }
 }
 
 impl AsyncRead for Framed {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.early_len > 0 {
-            let len = usize::from(this.early_len);
-            let n = len.min(buf.remaining());
-            buf.put_slice(&this.early[..n]);
-            this.frames.feed(&this.early[..n]);
-            this.early.copy_within(n..len, 0);
-            this.early_len -= n as u8;
+        if !this.early.is_empty() {
+            let n = this.early.len().min(buf.remaining());
+            let early = this.early.split_to(n);
+            buf.put_slice(&early);
+            this.frames.feed(&early);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let read = match &mut this.io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+        };
         this.drained = read.is_pending();
         if let Poll::Ready(Ok(())) = read {
             this.frames.feed(&buf.filled()[before..]);
@@ -151,13 +179,22 @@ impl AsyncRead for Framed {
 
 impl AsyncWrite for Framed {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Upgraded(io) => Pin::new(io).poll_flush(cx),
+        }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }
 
@@ -179,8 +216,8 @@ enum State {
 }
 
 impl Socket {
-    pub(crate) fn new(io: TokioIo<Upgraded>, service: Arc<Service>) -> Socket {
-        let ws = Self::tungstenite(Framed::new(io), &service);
+    pub(crate) fn new(upgraded: Upgraded, service: Arc<Service>) -> Socket {
+        let ws = Self::tungstenite(Framed::new(upgraded), &service);
         Socket { state: State::Awake(Box::new(ws)), service }
     }
 

@@ -23,7 +23,6 @@ use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::{self, Message};
 use stead_core::env::{Clock, SystemClock};
@@ -329,7 +328,7 @@ impl Conn {
         };
         let deadline = tokio::time::Instant::now() + service.limits.proof_timeout;
         service.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        let mut socket = Socket::new(TokioIo::new(upgraded), service.clone());
+        let mut socket = Socket::new(upgraded, service.clone());
         let refuse = |reason: &'static str, code: u16, message: String| {
             if !reason.is_empty() {
                 service.metrics.reject(reason);

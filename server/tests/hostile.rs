@@ -699,3 +699,39 @@ async fn readers_read_writers_write_owners_change_members() -> anyhow::Result<()
     assert!(body.contains("not an owner"), "{body}");
     Ok(())
 }
+
+/// A client may send its hello in the same write as the upgrade request: hyper reads it
+/// along with the request, and the socket, once taken back from hyper, reads those bytes
+/// before the stream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_pipelined_behind_the_upgrade_is_read() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("pipelined.sqlite3"));
+    let server = Server::start(&db, &[])?;
+    let mut conn = connect_from(&server, "127.0.0.1").await?;
+    // A space the server does not know: it answers the hello with an error frame.
+    let hello = Frame::Hello { min: PROTOCOL_MIN, max: PROTOCOL_MAX, space: SpaceId([9; 16]), replica: ReplicaId([1; 16]), challenge: [2; 32] }.encode();
+    let mut bytes = b"GET /sync HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    // One masked binary frame, as a client sends it.
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend([0x82, 0x80 | u8::try_from(hello.len())?]);
+    bytes.extend(mask);
+    bytes.extend(hello.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    conn.write_all(&bytes).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let frame = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "the server closed without answering the hello: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        assert!(got.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&got));
+        // An unmasked frame from the server, short enough for a one-byte length.
+        let f = &got[end + 4..];
+        if f.len() >= 2 && f.len() >= 2 + usize::from(f[1] & 0x7f) {
+            break Frame::decode(&f[2..2 + usize::from(f[1] & 0x7f)], &Default::default())?;
+        }
+    };
+    assert!(matches!(frame, Frame::Error { code: c, .. } if c == code::UNAUTHORIZED), "{frame:?}");
+    Ok(())
+}
