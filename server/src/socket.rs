@@ -115,7 +115,9 @@ pub(crate) struct Framed {
 impl Framed {
     fn new(upgraded: Upgraded) -> Framed {
         let (io, early) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Io::Tcp(parts.io.into_inner()), parts.read_buf),
+            // Copied, not kept: `read_buf` holds on to the whole of hyper's read buffer
+            // (kilobytes) for as long as it lives, empty or not.
+            Ok(parts) => (Io::Tcp(parts.io.into_inner()), Bytes::copy_from_slice(&parts.read_buf)),
             Err(upgraded) => (Io::Upgraded(TokioIo::new(upgraded)), Bytes::new()),
         };
         Framed { io, early, frames: Boundaries::default(), drained: false }
@@ -162,6 +164,10 @@ impl AsyncRead for Framed {
             let early = this.early.split_to(n);
             buf.put_slice(&early);
             this.frames.feed(&early);
+            if this.early.is_empty() {
+                // Lets the allocation go.
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
