@@ -443,21 +443,18 @@ async fn serve_pair(
     for i in 0..plan.cold {
         for k in abba(i) {
             let (site, browser, _) = sides[k];
-            browser.stop_workers().await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let url = (format!("bench/1k-{:03}.bin", 10 + i), 1024);
-            let t = fetch_times(browser, &[url]).await?;
+            let t = proven_cold(browser, site, || fetch_times(browser, std::slice::from_ref(&url))).await?;
             samples.push(site, block, "cold_fetch_offline_1k", i, t[0]);
 
-            browser.stop_workers().await?;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let v = browser
-                .js_async(
+            let v = proven_cold(browser, site, || {
+                browser.js_async(
                     "const t0 = performance.now(); \
                      try { await fetch('bench/1k-000.bin', { method: 'HEAD' }); } catch (e) {} \
                      return performance.now() - t0;",
                 )
-                .await?;
+            })
+            .await?;
             samples.push(site, block, "cold_start_unanswered", i, v.as_f64().context("a time")?);
         }
     }
@@ -467,7 +464,7 @@ async fn serve_pair(
         for i in 0..plan.reloads {
             for k in abba(i) {
                 let (site, browser, _) = sides[k];
-                let dcl = reload(browser, stop).await?;
+                let dcl = if stop { proven_cold(browser, site, || reload(browser)).await? } else { reload(browser).await? };
                 samples.push(site, block, metric, i, dcl);
             }
         }
@@ -475,15 +472,43 @@ async fn serve_pair(
     Ok(())
 }
 
-/// Reloads the page (after stopping the worker when `stop`) and returns navigation start
-/// → DOMContentLoaded in ms, once the app has rendered.
-async fn reload(browser: &Browser, stop: bool) -> Result<f64> {
-    if stop {
+/// Takes `measure` right after stopping the page's worker, and proves the sample cold: the
+/// worker is listed as running (a CDP target) before the stop and not after it, and
+/// Stead's worker reports a start time no earlier than the measurement's start. A sample
+/// that is not cold is taken again, at most twice.
+async fn proven_cold<T, F, Fut>(browser: &Browser, site: Site, mut measure: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let origin = browser.js("return location.origin + '/'").await?.as_str().context("the page's origin")?.to_owned();
+    for _ in 0..3 {
+        anyhow::ensure!(worker_running(browser, &origin).await?, "{origin}: the worker is not listed as running before the stop");
         browser.stop_workers().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-    } else {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopped = !worker_running(browser, &origin).await?;
+        let at = browser.js("return Date.now()").await?.as_f64().context("the page's clock")?;
+        let value = measure().await?;
+        let cold = stopped
+            && match site {
+                Site::Stead => browser.status().await?["worker_started"].as_f64().is_some_and(|started| started >= at),
+                // Workbox reports nothing; its worker was proven stopped before the sample.
+                Site::Workbox => true,
+            };
+        if cold {
+            return Ok(value);
+        }
+        eprintln!("  {} {origin}: a sample was not cold (stopped: {stopped}); taken again", site.name());
+        // Running again for the next try's check.
+        browser.js_async("await fetch('bench/1k-000.bin'); return 1;").await?;
     }
+    bail!("{} {origin}: no cold sample in 3 tries", site.name())
+}
+
+/// Reloads the page and returns navigation start → DOMContentLoaded in ms, once the app
+/// has rendered.
+async fn reload(browser: &Browser) -> Result<f64> {
+    tokio::time::sleep(Duration::from_millis(100)).await;
     browser.driver.refresh().await?;
     let dcl = wait_for("DOMContentLoaded after the reload", Duration::from_secs(30), || async {
         let v = browser
