@@ -259,18 +259,29 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
         // The page's own space (IndexedDB's `stead` keys) goes too: nothing of the app is left.
         Ok((Stored::of(&browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
     };
-    wait_for("the worker to remove itself", Duration::from_secs(30), removed).await?;
+    if let Err(e) = wait_for("the worker to remove itself", Duration::from_secs(30), removed).await {
+        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
+    }
     // A reload may register again (if the page missed the `killed` message), but the
     // install fails on the 410 and leaves nothing; the app itself still loads.
     browser.refresh().await?;
     browser.wait_app().await?;
     if let Err(e) = wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await {
-        let left = browser
-            .js_async("const r = await navigator.serviceWorker.getRegistration(); return {registration: r ? r.scope : null, killed_key: localStorage.getItem('stead-killed')};")
-            .await?;
-        anyhow::bail!("{e:#}; left behind: {left}, stored: {:?}", Stored::of(&browser).await?.names);
+        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
     }
     browser.quit().await
+}
+
+/// The page's registration and worker, for a failure message.
+async fn left_behind(browser: &Browser) -> Result<serde_json::Value> {
+    browser
+        .js_async(
+            "const r = await navigator.serviceWorker.getRegistration(); const state = (w) => w && w.state;\
+             let status = null; try { status = await (await fetch('_stead/v1/status')).text(); } catch (e) { status = String(e); }\
+             return {registration: r ? r.scope : null, installing: state(r && r.installing), waiting: state(r && r.waiting), active: state(r && r.active),\
+                     controlled: !!navigator.serviceWorker.controller, killed_key: localStorage.getItem('stead-killed'), status};",
+        )
+        .await
 }
 
 /// What the origin stores, seen from the page: OPFS's top-level names (`opfs:<name>`)
