@@ -75,6 +75,8 @@ pub struct Worker {
     kept_known: std::cell::Cell<bool>,
     /// Whether a loop is erasing kept spaces as the server acknowledges them.
     watching: std::cell::Cell<bool>,
+    /// Whether this worker's `install` event is still being handled.
+    installing: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
@@ -117,6 +119,7 @@ impl Worker {
             kept: RefCell::default(),
             kept_known: std::cell::Cell::new(false),
             watching: std::cell::Cell::new(false),
+            installing: std::cell::Cell::new(false),
             loading: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
@@ -125,10 +128,16 @@ impl Worker {
 
     pub fn on_install(self: &Rc<Self>, event: ExtendableEvent) {
         let _ = self.scope.skip_waiting();
+        self.installing.set(true);
         let w = self.clone();
         wait_until(&event, async move {
-            match w.update().await? {
+            let checked = w.update().await;
+            w.installing.set(false);
+            match checked? {
                 Checked::Offline(why) => Err(SwError::Js(format!("cannot install offline: {why}"))),
+                // The kill ran (see `finish_kill`); a failed install is what removes a
+                // registration that never had a working version.
+                Checked::Killed => Err(SwError::Js("not installing: the server withdrew this app (410 Gone)".into())),
                 _ if w.state.borrow().active.is_none() => Err(SwError::Js("no version is active".into())),
                 _ => Ok(()),
             }
@@ -615,7 +624,15 @@ impl Worker {
         place.unmark_killed().await?;
         crate::scope::remove_opfs_root_if_empty().await?;
         self.broadcast(Obj::new().set("type", "killed").set("kept", js::array::<JsValue>([])));
-        JsFuture::from(self.scope.registration().unregister()?).await?;
+        let unregistering = self.scope.registration().unregister()?;
+        if self.installing.get() {
+            // The unregister job queues behind this worker's own install job, which waits
+            // for this event to end: awaiting it here would hang the install (Firefox and
+            // WebKit follow the spec's job queue to the letter). The install fails instead,
+            // and that alone removes the registration.
+            return Ok(());
+        }
+        JsFuture::from(unregistering).await?;
         Ok(())
     }
 

@@ -272,6 +272,36 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     browser.quit().await
 }
 
+/// The race behind the retired app's test: a page registers again just after the kill
+/// switch removed the old registration (a reload landing at that moment does), so a new
+/// worker installs while the old one still controls the page. Its install meets the same
+/// 410 and must end, removing it too, instead of staying `installing`.
+#[tokio::test]
+async fn a_worker_registered_right_after_a_kill_removes_itself_too() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+
+    server.kill();
+    let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
+    browser.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
+    wait_for("the killed worker to unregister", Duration::from_secs(20), || async {
+        let gone = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        Ok((gone.as_bool() == Some(true)).then_some(()))
+    })
+    .await?;
+    browser.js_async("await navigator.serviceWorker.register('./stead-sw.js', {scope: './'}); return true;").await?;
+    let removed = || async {
+        let unregistered = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
+        Ok((Stored::of(&browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
+    };
+    if let Err(e) = wait_for("the second worker to remove itself", Duration::from_secs(30), removed).await {
+        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
+    }
+    browser.quit().await
+}
+
 /// The page's registration and worker, for a failure message.
 async fn left_behind(browser: &Browser) -> Result<serde_json::Value> {
     browser
@@ -382,12 +412,10 @@ async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<
     assert_eq!(killed["kept"][0]["space"], space.as_str(), "{killed}");
     assert!(killed["kept"][0]["pending"].as_u64() >= Some(1), "{killed}");
 
-    // The bundle is gone; the space, its keys and the worker stay to answer the erase call,
-    // and so does the data engine's module (`stead/files/<sha256>`), which a restarted
-    // worker needs to sync and erase what is kept.
+    // The bundle is gone; the space, its keys and the worker stay to answer the erase call.
     let kept = Stored::of(&b).await?;
     if kept.opfs {
-        assert_eq!(kept.names, ["idb:stead", "opfs:stead", "opfs:stead-data", "opfs:stead-killed.json"]);
+        assert_eq!(kept.names, ["idb:stead", "opfs:stead-data", "opfs:stead-killed.json"]);
     } else {
         // The marker is in the bundle's database, whose files and versions are gone.
         assert_eq!(kept.without_spaces(), ["idb:stead", "idb:stead-bundle"]);

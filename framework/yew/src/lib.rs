@@ -95,8 +95,8 @@ pub fn register() {
     let was_killed = storage.as_ref().and_then(|s| s.get_item(KILLED_KEY).ok().flatten()).is_some();
     wasm_bindgen_futures::spawn_local(async move {
         if was_killed && manifest_gone().await {
-            // Still withdrawn. A registration can outlive its worker's unregister (Firefox
-            // revives one whose page reloads while it is uninstalling): undo it too.
+            // Still withdrawn: undo any registration the scope still has (one made by a
+            // page while the worker was being killed would otherwise be left).
             unregister_after_kill().await;
             return;
         }

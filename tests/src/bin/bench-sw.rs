@@ -499,8 +499,8 @@ where
             return Ok(value);
         }
         eprintln!("  {} {origin}: a sample was not cold (stopped: {stopped}); taken again", site.name());
-        // Running again for the next try's check.
-        browser.js_async("await fetch('bench/1k-000.bin'); return 1;").await?;
+        // Running again for the next try's check: the page itself is the worker's to answer.
+        browser.js_async("await fetch(location.href); return 1;").await?;
     }
     bail!("{} {origin}: no cold sample in 3 tries", site.name())
 }
@@ -599,43 +599,26 @@ async fn worker_running(browser: &Browser, origin: &str) -> Result<bool> {
 }
 
 /// The first answered fetch of `file` (1 KB) after the worker is stopped, in ms, from a
-/// page of `origin` that runs no script of its own. Cold is proven, not assumed: the worker
-/// is listed as running before the stop and not after it (so the check can see it), and
-/// Stead's worker reports a start time no earlier than the fetch. A sample that is not
-/// cold is taken again, at most twice.
+/// page of `origin` that runs no script of its own, proven cold ([`proven_cold`]).
 async fn cold_fetch(browser: &Browser, site: Site, origin: &str, file: &str) -> Result<f64> {
     browser.driver.goto(&format!("{origin}{BLANK_PAGE}")).await?;
     browser.wait_controlled().await?;
-    for _ in 0..3 {
-        anyhow::ensure!(worker_running(browser, origin).await?, "{origin}: the worker that served the page is not listed as running");
-        browser.stop_workers().await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stopped = !worker_running(browser, origin).await?;
+    proven_cold(browser, site, || async {
         let v = browser
             .js_async(&format!(
-                "const at = Date.now(); const t0 = performance.now(); \
+                "const t0 = performance.now(); \
                  const r = await fetch('/{file}'); const b = await r.arrayBuffer(); \
                  const t1 = performance.now(); \
                  if (!r.ok || b.byteLength !== 1024) throw new Error('{file}: ' + r.status + ', ' + b.byteLength + ' bytes'); \
-                 return [t1 - t0, at];"
+                 return t1 - t0;"
             ))
             .await?;
         if let Some(e) = v.get("error") {
             bail!("fetch in the page failed: {e}");
         }
-        let ms = v[0].as_f64().context("a time")?;
-        let at = v[1].as_f64().context("the fetch's start")?;
-        let cold = stopped
-            && match site {
-                Site::Stead => browser.status().await?["worker_started"].as_f64().is_some_and(|started| started >= at),
-                Site::Workbox => true,
-            };
-        if cold {
-            return Ok(ms);
-        }
-        eprintln!("  {} {origin}: a sample was not cold (stopped: {stopped}); taken again", site.name());
-    }
-    bail!("{} {origin}: no cold sample in 3 tries", site.name())
+        v.as_f64().context("a time")
+    })
+    .await
 }
 
 fn write_cold_csv(path: &Path, samples: &[ColdSample]) -> Result<()> {
