@@ -412,10 +412,12 @@ async fn the_kill_switch_keeps_unsent_changes_until_the_user_agrees() -> Result<
     assert_eq!(killed["kept"][0]["space"], space.as_str(), "{killed}");
     assert!(killed["kept"][0]["pending"].as_u64() >= Some(1), "{killed}");
 
-    // The bundle is gone; the space, its keys and the worker stay to answer the erase call.
+    // The bundle is gone; the space, its keys and the worker stay to answer the erase call,
+    // and so does the data engine's module (`stead/files/<sha256>`), which a restarted
+    // worker needs to sync and erase what is kept.
     let kept = Stored::of(&b).await?;
     if kept.opfs {
-        assert_eq!(kept.names, ["idb:stead", "opfs:stead-data", "opfs:stead-killed.json"]);
+        assert_eq!(kept.names, ["idb:stead", "opfs:stead", "opfs:stead-data", "opfs:stead-killed.json"]);
     } else {
         // The marker is in the bundle's database, whose files and versions are gone.
         assert_eq!(kept.without_spaces(), ["idb:stead", "idb:stead-bundle"]);
