@@ -247,28 +247,14 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
 #[tokio::test]
 async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Result<()> {
     let env = Env::get()?;
-    let mut server = Server::start(&env, &env.dist)?;
-    let browser = Browser::start(&env).await?;
-    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
-
-    server.kill();
-    let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
+    let (browser, _servers) = installed_then_retired(&env).await?;
     browser.refresh().await?;
-    let removed = || async {
-        let unregistered = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
-        // The page's own space (IndexedDB's `stead` keys) goes too: nothing of the app is left.
-        Ok((Stored::of(&browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
-    };
-    if let Err(e) = wait_for("the worker to remove itself", Duration::from_secs(30), removed).await {
-        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
-    }
+    wait_removed(&browser, "the worker to remove itself").await?;
     // A reload may register again (if the page missed the `killed` message), but the
     // install fails on the 410 and leaves nothing; the app itself still loads.
     browser.refresh().await?;
     browser.wait_app().await?;
-    if let Err(e) = wait_for("the app to stay removed after a reload", Duration::from_secs(30), removed).await {
-        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
-    }
+    wait_removed(&browser, "the app to stay removed after a reload").await?;
     browser.quit().await
 }
 
@@ -279,12 +265,7 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
 #[tokio::test]
 async fn a_worker_registered_right_after_a_kill_removes_itself_too() -> Result<()> {
     let env = Env::get()?;
-    let mut server = Server::start(&env, &env.dist)?;
-    let browser = Browser::start(&env).await?;
-    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
-
-    server.kill();
-    let _retired = Server::start_with(&env, &env.dist, server.port, &["--retire"])?;
+    let (browser, _servers) = installed_then_retired(&env).await?;
     browser.js("navigator.serviceWorker.controller.postMessage({type: 'kill'})").await?;
     wait_for("the killed worker to unregister", Duration::from_secs(20), || async {
         let gone = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
@@ -292,14 +273,32 @@ async fn a_worker_registered_right_after_a_kill_removes_itself_too() -> Result<(
     })
     .await?;
     browser.js_async("await navigator.serviceWorker.register('./stead-sw.js', {scope: './'}); return true;").await?;
+    wait_removed(&browser, "the second worker to remove itself").await?;
+    browser.quit().await
+}
+
+/// A browser with the app installed, whose server then came back on the same port with
+/// the app retired (its bundle manifest answers 410); both servers are kept.
+async fn installed_then_retired(env: &Env) -> Result<(Browser, [Server; 2])> {
+    let mut server = Server::start(env, &env.dist)?;
+    let browser = Browser::start(env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+    server.kill();
+    let retired = Server::start_with(env, &env.dist, server.port, &["--retire"])?;
+    Ok((browser, [server, retired]))
+}
+
+/// Waits up to 30 s until nothing of the app is left: no registration, and no storage
+/// (the page's own space, IndexedDB's `stead` keys, included). A failure says what is left.
+async fn wait_removed(browser: &Browser, what: &str) -> Result<()> {
     let removed = || async {
         let unregistered = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
-        Ok((Stored::of(&browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
+        Ok((Stored::of(browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
     };
-    if let Err(e) = wait_for("the second worker to remove itself", Duration::from_secs(30), removed).await {
-        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(&browser).await?, Stored::of(&browser).await?.names);
+    if let Err(e) = wait_for(what, Duration::from_secs(30), removed).await {
+        anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(browser).await?, Stored::of(browser).await?.names);
     }
-    browser.quit().await
+    Ok(())
 }
 
 /// The page's registration and worker, for a failure message.

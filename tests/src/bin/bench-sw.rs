@@ -485,8 +485,7 @@ where
     for _ in 0..3 {
         anyhow::ensure!(worker_running(browser, &origin).await?, "{origin}: the worker is not listed as running before the stop");
         browser.stop_workers().await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let stopped = !worker_running(browser, &origin).await?;
+        let stopped = worker_stopped(browser, &origin).await?;
         let at = browser.js("return Date.now()").await?.as_f64().context("the page's clock")?;
         let value = measure().await?;
         let cold = stopped
@@ -588,6 +587,19 @@ async fn cold_size(args: &Args, env: &Env, plan: &Plan, root: &Path) -> Result<V
     a.quit().await?;
     b.quit().await?;
     result
+}
+
+/// Whether the worker of `origin` is gone from the CDP targets within 2 s of a stop: the
+/// browser drops the target once the worker thread ended, which on a busy machine can take
+/// longer than the stop call itself.
+async fn worker_stopped(browser: &Browser, origin: &str) -> Result<bool> {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !worker_running(browser, origin).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether a service worker of `origin` (`http://localhost:PORT/`) runs: the browser lists
