@@ -40,6 +40,14 @@ const HOOK: &str = r#"(() => {
   sw.addEventListener("controllerchange", () => {
     if (window.__bench.controller === null) window.__bench.controller = performance.now();
   });
+  // The page's requests in flight: a worker stopped while one is pending is started again
+  // to answer it, so a cold sample waits until there is none.
+  window.__bench.pending = 0;
+  const fetch = window.fetch.bind(window);
+  window.fetch = (...args) => {
+    window.__bench.pending++;
+    return fetch(...args).finally(() => window.__bench.pending--);
+  };
 })();"#;
 
 /// Synthetic assets next to the app: (class, count, size).
@@ -484,8 +492,19 @@ where
     let origin = browser.js("return location.origin + '/'").await?.as_str().context("the page's origin")?.to_owned();
     for _ in 0..3 {
         anyhow::ensure!(worker_running(browser, &origin).await?, "{origin}: the worker is not listed as running before the stop");
+        wait_for("the page's requests to end before the stop", Duration::from_secs(30), || async {
+            let pending = browser.js("return window.__bench ? window.__bench.pending : 0").await?;
+            Ok((pending.as_u64() == Some(0)).then_some(()))
+        })
+        .await?;
+        browser.js("performance.clearResourceTimings(); performance.setResourceTimingBufferSize(1000);").await?;
         browser.stop_workers().await?;
         let stopped = worker_stopped(browser, &origin).await?;
+        if !stopped {
+            // What the page asked for since the stop: a request to the worker starts it again.
+            let asked = browser.js("return [location.pathname, Math.round(Date.now() - performance.timeOrigin), performance.getEntriesByType('resource').map(e => e.name.replace(location.origin, '') + ' @' + Math.round(e.startTime))]").await?;
+            eprintln!("  {} {origin}: still running after the stop; the page asked for {asked}", site.name());
+        }
         let at = browser.js("return Date.now()").await?.as_f64().context("the page's clock")?;
         let value = measure().await?;
         let cold = stopped
