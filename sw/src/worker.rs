@@ -77,6 +77,9 @@ pub struct Worker {
     watching: std::cell::Cell<bool>,
     /// Whether this worker's `install` event is still being handled.
     installing: std::cell::Cell<bool>,
+    /// Whether this worker life's own kill is running: meanwhile status and messages
+    /// must not open the data the kill is erasing.
+    killing: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
@@ -120,6 +123,7 @@ impl Worker {
             kept_known: std::cell::Cell::new(false),
             watching: std::cell::Cell::new(false),
             installing: std::cell::Cell::new(false),
+            killing: std::cell::Cell::new(false),
             loading: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
@@ -156,6 +160,10 @@ impl Worker {
         if self.killed.get() {
             let w = self.clone();
             wait_until(&event, async move {
+                if w.killing.get() {
+                    // The kill tells pages what it kept when it ends.
+                    return Ok(());
+                }
                 if !w.kept_known.get() {
                     w.check_kept().await;
                 }
@@ -512,6 +520,13 @@ impl Worker {
     /// the worker stays registered, answering status and the erase call, until the server
     /// has it or the user agrees to lose it ([`Worker::erase_kept`]).
     pub async fn kill(self: &Rc<Self>) -> Result<(), SwError> {
+        self.killing.set(true);
+        let result = self.kill_steps().await;
+        self.killing.set(false);
+        result
+    }
+
+    async fn kill_steps(self: &Rc<Self>) -> Result<(), SwError> {
         let data = Data::get();
         // The data engine is a bundle file: loaded before the bundle goes.
         let in_use = data.in_use().await;
@@ -660,7 +675,7 @@ impl Worker {
 
     /// What a killed worker reports as its status.
     pub async fn killed_status(self: &Rc<Self>) -> JsValue {
-        if !self.kept_known.get() {
+        if !self.kept_known.get() && !self.killing.get() {
             self.check_kept().await;
         }
         let kept = self.kept.borrow().clone();
