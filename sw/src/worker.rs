@@ -81,6 +81,8 @@ pub struct Worker {
     /// must not open the data the kill is erasing.
     killing: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
+    /// The first time this worker life reached each step of serving ([`Worker::mark`]).
+    marks: RefCell<Vec<(&'static str, f64)>>,
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
@@ -125,6 +127,7 @@ impl Worker {
             installing: std::cell::Cell::new(false),
             killing: std::cell::Cell::new(false),
             loading: RefCell::default(),
+            marks: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
         }
@@ -209,6 +212,29 @@ impl Worker {
         }
     }
 
+    /// Notes the first time this worker life reaches `step`, in ms since its time origin
+    /// (the browser's start of the worker): status shows them as `start_profile`.
+    pub fn mark(&self, step: &'static str) {
+        let mut marks = self.marks.borrow_mut();
+        if !marks.iter().any(|(s, _)| *s == step) {
+            marks.push((step, since_start()));
+        }
+    }
+
+    /// How this worker life started: the shim's steps (script evaluated, wasm decoded,
+    /// wasm instantiated) then [`Worker::mark`]'s, each in ms since the time origin.
+    fn start_profile(&self) -> JsValue {
+        let shim = Reflect::get(&js_sys::global(), &"__stead_start".into()).unwrap_or(JsValue::UNDEFINED);
+        let mut profile = Obj::new();
+        for step in ["script_evaluated", "wasm_decoded", "wasm_instantiated"] {
+            profile = profile.set(step, Reflect::get(&shim, &step.into()).ok().and_then(|v| v.as_f64()));
+        }
+        for (step, at) in self.marks.borrow().iter() {
+            profile = profile.set(step, *at);
+        }
+        profile.build()
+    }
+
     pub fn is_killed(&self) -> bool {
         self.killed.get()
     }
@@ -250,6 +276,7 @@ impl Worker {
                         }
                         open.await?
                     };
+                    w.mark("store_opened");
                     let mut s = w.state.borrow_mut();
                     s.active = active.map(Rc::new);
                     s.pending = pending.map(Rc::new);
@@ -633,6 +660,9 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
+        // Known to be nothing from now on: a page's status or heartbeat no longer opens
+        // the data (which would bring back the folders this erases).
+        self.kept_known.set(true);
         let place = self.place().await;
         // The data engine a kill kept, if any.
         place.wipe().await?;
@@ -716,6 +746,7 @@ impl Worker {
             .set("storage", estimate)
             .set("bundle_storage", store.place_name())
             .set("worker_started", self.started)
+            .set("start_profile", self.start_profile())
             .set("data_engine", Data::get().state())
             .set("killed", false)
             .build()
@@ -727,6 +758,17 @@ impl Worker {
             let _ = channel.post_message(&message.set("scope", crate::scope::url()).build());
         }
     }
+}
+
+/// Milliseconds since this worker's time origin (`performance.now()`).
+fn since_start() -> f64 {
+    let performance = Reflect::get(&js_sys::global(), &"performance".into()).unwrap_or(JsValue::UNDEFINED);
+    Reflect::get(&performance, &"now".into())
+        .ok()
+        .and_then(|now| now.dyn_into::<js_sys::Function>().ok())
+        .and_then(|now| now.call0(&performance).ok())
+        .and_then(|t| t.as_f64())
+        .unwrap_or(f64::NAN)
 }
 
 /// An RFC 9457 problem document, as the page API and the server write them.

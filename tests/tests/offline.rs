@@ -244,6 +244,38 @@ async fn the_kill_switch_unregisters_the_worker_and_clears_its_storage() -> Resu
     browser.quit().await
 }
 
+/// The killed worker still controls its open pages until they navigate, and they keep
+/// asking it things: status, their data, and the heartbeat every page sends. None of that
+/// may open the data the kill erased, during the kill or after it.
+#[tokio::test]
+async fn pages_asking_a_killed_worker_for_status_do_not_bring_its_data_back() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    install(&browser, &server.url, &manifest(&env.dist)?.version).await?;
+    let space = app_space(&browser).await?;
+    browser.add_todo("acknowledged before the kill").await?;
+    // Ask for status, query the space and beat every 20 ms from before the kill until
+    // well after it.
+    browser
+        .js(&format!(
+            "window.asking = setInterval(() => {{\
+               fetch('_stead/v1/status').catch(() => {{}});\
+               fetch('_stead/v1/spaces/{space}/collections/todos').catch(() => {{}});\
+               navigator.serviceWorker.controller?.postMessage({{type: 'heartbeat'}});\
+             }}, 20);\
+             navigator.serviceWorker.controller.postMessage({{type: 'kill'}});"
+        ))
+        .await?;
+    wait_removed(&browser, "the worker to unregister while pages ask it for status").await?;
+    // The worker outlives its registration while it controls this page: go on asking.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    browser.js("clearInterval(window.asking)").await?;
+    let stored = Stored::of(&browser).await?;
+    assert_eq!(stored.names, Vec::<String>::new(), "storage came back after the kill; the worker says {}", left_behind(&browser).await?);
+    browser.quit().await
+}
+
 #[tokio::test]
 async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Result<()> {
     let env = Env::get()?;
