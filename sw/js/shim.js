@@ -8,6 +8,9 @@
 // The data engine (`stead_data`) is a bundle file the serving module compiles on first
 // data use; it calls `__stead_data_init` with the compiled module.
 (() => {
+  // The start's first steps, for status's `start_profile` (ms since the time origin).
+  const start = { script_evaluated: performance.now() };
+  self.__stead_start = start;
   const b64 = self.__STEAD_SW_WASM;
   delete self.__STEAD_SW_WASM;
   const bytes = typeof Uint8Array.fromBase64 === "function"
@@ -20,7 +23,9 @@
       return stead_data;
     };
   }
+  start.wasm_decoded = performance.now();
   wasm_bindgen.initSync({ module: bytes });
+  start.wasm_instantiated = performance.now();
   wasm_bindgen.on_start();
   self.addEventListener("install", (e) => wasm_bindgen.on_install(e));
   self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));

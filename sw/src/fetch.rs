@@ -36,6 +36,7 @@ pub fn route(rel: &str) -> Route {
 }
 
 pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
+    worker.mark("first_fetch");
     let request = event.request();
     let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
     if rel == ERASE_PATH {
@@ -151,7 +152,9 @@ async fn respond(
             };
             if let Some(file) = file
                 && let Ok(Some(blob)) = w.blob(&file.sha256).await {
-                    return Ok(file_response(request, file, &blob, &version.version)?.into());
+                    let response = file_response(request, file, &blob, &version.version)?;
+                    w.mark("first_answer");
+                    return Ok(response.into());
                 }
         }
     }

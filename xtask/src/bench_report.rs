@@ -253,6 +253,33 @@ pub fn sw_cold_size(csv: &str, r: &mut SuiteResult) -> Result<()> {
     Ok(())
 }
 
+/// Adds Stead's offline cold start by step (`sample,step,ms`, the worker's own
+/// `start_profile` after each cold fetch) to the result's notes: where a cold start's time
+/// goes, as the worker measured it.
+pub fn sw_cold_profile(csv: &str, r: &mut SuiteResult) -> Result<()> {
+    // step -> samples, steps in the order first seen
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let [_, step, ms] = f[..] else { bail!("bad sw-cold-profile.csv line {line:?}") };
+        let ms: f64 = ms.parse().with_context(|| format!("bad ms in {line:?}"))?;
+        match steps.iter_mut().find(|(s, _)| s == step) {
+            Some((_, v)) => v.push(ms),
+            None => steps.push((step.to_owned(), vec![ms])),
+        }
+    }
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let mut line = String::from("Stead's offline cold start by step, as its worker reports it (median ms since the worker's time origin, min–max):");
+    for (step, v) in &steps {
+        let (Some(m), Some(lo), Some(hi)) = (median(v), v.iter().copied().reduce(f64::min), v.iter().copied().reduce(f64::max)) else { continue };
+        let _ = write!(line, " {step} {m:.1} ({lo:.1}–{hi:.1});");
+    }
+    r.notes.push(line);
+    Ok(())
+}
+
 /// The environment of `bench sw`: the worker's wasm profile and the release server's.
 pub fn sw_env(anchors: Vec<(String, String)>, chromium: &Path) -> Environment {
     let mut env = Environment::detect(anchors);
@@ -301,5 +328,15 @@ mod tests {
         assert_eq!(c.series, vec![("stead".to_owned(), vec![(2.0, 11.0), (1026.0, 21.0)]), ("workbox".to_owned(), vec![(1.0, 6.0), (1025.0, 10.0)])]);
         assert_eq!(r.summary(&Key::new("cold start vs worker size", "cold fetch, +1024 KiB", "workbox")).map(|s| s.n), Some(3));
         assert!(r.ratios.is_empty());
+    }
+
+    #[test]
+    fn the_cold_profile_becomes_a_note_of_each_step_in_order() {
+        let csv = "sample,step,ms\n0,script_evaluated,4\n0,first_answer,20\n1,script_evaluated,6\n1,first_answer,30\n2,script_evaluated,5\n";
+        let mut r = SuiteResult::new("sw", true, 0, Environment::default());
+        sw_cold_profile(csv, &mut r).expect("parse");
+        assert_eq!(r.notes.len(), 1);
+        assert!(r.notes[0].ends_with(" script_evaluated 5.0 (4.0–6.0); first_answer 25.0 (20.0–30.0);"), "{}", r.notes[0]);
+        assert!(sw_cold_profile("sample,step,ms\n0,x\n", &mut r).is_err(), "a short line is refused");
     }
 }

@@ -4,7 +4,8 @@
 //! `bench/sw/workbox-sw.js` into one classic worker script, then runs the measuring
 //! program (`tests/src/bin/bench-sw.rs`, which drives Chromium through the e2e harness).
 //! It prints the Stead/Workbox table and writes raw samples to `target/bench/sw.csv` (cold
-//! start against worker size to `sw-cold-size.csv`); the
+//! start against worker size to `sw-cold-size.csv`, Stead's cold start by step to
+//! `sw-cold-profile.csv`); the
 //! samples are then read back into the shared harness (medians, spreads, ratio ranges,
 //! environment) and written as `sw.json` for the report. Both sites are served by a release
 //! build of stead-server.
@@ -58,6 +59,8 @@ pub fn run(root: &Path, tools: &Tools, dist: &Path, server: &Path, quick: bool) 
     let mut result = bench_report::sw_result(&csv, quick, bench_report::sw_env(anchors, &tools.chromium))?;
     let cold = std::fs::read_to_string(out_dir.join("sw-cold-size.csv")).context("bench-sw wrote no sw-cold-size.csv")?;
     bench_report::sw_cold_size(&cold, &mut result)?;
+    let profile = std::fs::read_to_string(out_dir.join("sw-cold-profile.csv")).context("bench-sw wrote no sw-cold-profile.csv")?;
+    bench_report::sw_cold_profile(&profile, &mut result)?;
     result.seconds = started.elapsed().as_secs_f64();
     result.finish(&out_dir)?;
     Ok(result)

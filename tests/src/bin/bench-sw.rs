@@ -126,15 +126,20 @@ struct Sample {
 }
 
 #[derive(Default)]
-struct Samples(Vec<Sample>);
+struct Samples {
+    all: Vec<Sample>,
+    /// Stead's `start_profile` (status) after each offline cold fetch: step → ms since
+    /// the worker's time origin.
+    profiles: Vec<Vec<(String, f64)>>,
+}
 
 impl Samples {
     fn push(&mut self, site: Site, block: usize, metric: &str, i: usize, ms: f64) {
-        self.0.push(Sample { site, block, metric: metric.to_owned(), i, ms });
+        self.all.push(Sample { site, block, metric: metric.to_owned(), i, ms });
     }
 
     fn values(&self, site: Site, metric: &str) -> Vec<f64> {
-        self.0.iter().filter(|s| s.site == site && s.metric == metric).map(|s| s.ms).collect()
+        self.all.iter().filter(|s| s.site == site && s.metric == metric).map(|s| s.ms).collect()
     }
 }
 
@@ -313,7 +318,9 @@ async fn main() -> Result<()> {
     write_csv(&args.out, &samples)?;
     let cold_csv = args.out.with_file_name("sw-cold-size.csv");
     write_cold_csv(&cold_csv, &cold)?;
+    write_profile_csv(&args.out.with_file_name("sw-cold-profile.csv"), &samples.profiles)?;
     print_table(&samples, &chromium_version, &args.workbox_version, &serve_m, &pre_m);
+    print_profile(&samples.profiles);
     print_cold_table(&cold, &plan);
     println!("cold start against worker size: {}", cold_csv.display());
     println!("raw samples: {}", args.out.display());
@@ -454,6 +461,12 @@ async fn serve_pair(
             let url = (format!("bench/1k-{:03}.bin", 10 + i), 1024);
             let t = proven_cold(browser, site, || fetch_times(browser, std::slice::from_ref(&url))).await?;
             samples.push(site, block, "cold_fetch_offline_1k", i, t[0]);
+            if site == Site::Stead {
+                // The same worker life, still running: how its start was spent.
+                let profile = browser.status().await?["start_profile"].clone();
+                let steps = profile.as_object().context("status has no start_profile")?;
+                samples.profiles.push(steps.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect());
+            }
 
             let v = proven_cold(browser, site, || {
                 browser.js_async(
@@ -652,6 +665,36 @@ async fn cold_fetch(browser: &Browser, site: Site, origin: &str, file: &str) -> 
     .await
 }
 
+/// Stead's cold start profiles: `sample,step,ms` (ms since the worker's time origin).
+fn write_profile_csv(path: &Path, profiles: &[Vec<(String, f64)>]) -> Result<()> {
+    let mut s = String::from("sample,step,ms\n");
+    for (i, steps) in profiles.iter().enumerate() {
+        for (step, ms) in steps {
+            writeln!(s, "{i},{step},{ms:.4}")?;
+        }
+    }
+    std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Each step of Stead's cold start: median and range over the offline cold fetches.
+fn print_profile(profiles: &[Vec<(String, f64)>]) {
+    println!("Stead's offline cold start, by step (ms since the worker's time origin, {} samples):", profiles.len());
+    let mut steps: Vec<&str> = Vec::new();
+    for p in profiles {
+        for (step, _) in p {
+            if !steps.contains(&step.as_str()) {
+                steps.push(step);
+            }
+        }
+    }
+    for step in steps {
+        let v: Vec<f64> = profiles.iter().filter_map(|p| p.iter().find(|(s, _)| s == step).map(|(_, ms)| *ms)).collect();
+        let (Some(m), Some(lo), Some(hi)) = (median(&v), quantile(&v, 0.0), quantile(&v, 1.0)) else { continue };
+        println!("  {step:<20} {m:>8.2}  ({lo:.2}–{hi:.2}, n {})", v.len());
+    }
+    println!();
+}
+
 fn write_cold_csv(path: &Path, samples: &[ColdSample]) -> Result<()> {
     let mut s = String::from("site,pad_bytes,script_bytes,sample,ms\n");
     for x in samples {
@@ -689,7 +732,7 @@ fn write_csv(path: &Path, samples: &Samples) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let mut s = String::from("site,block,metric,sample,ms\n");
-    for x in &samples.0 {
+    for x in &samples.all {
         writeln!(s, "{},{},{},{},{:.4}", x.site.name(), x.block, x.metric, x.i, x.ms)?;
     }
     std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
@@ -718,7 +761,7 @@ fn print_table(
         "metric", "n", "stead", "workbox", "ratio", "goal", "", "stead p25–p75", "workbox p25–p75"
     );
     let mut metrics: Vec<&str> = Vec::new();
-    for s in &samples.0 {
+    for s in &samples.all {
         if !metrics.contains(&s.metric.as_str()) {
             metrics.push(&s.metric);
         }
