@@ -9,8 +9,8 @@
 //! glue (`__stead_data_init` in the shim). Missing (not downloaded yet), the page API
 //! answers 503.
 //!
-//! A worker wakes the engine on its own (a navigation, a page heartbeat, Background
-//! Sync) only when spaces may exist: the engine was loaded in this worker life, or the
+//! A worker wakes the engine on its own (a page's `hello` as it starts, a page
+//! heartbeat, Background Sync) only when spaces may exist: the engine was loaded in this worker life, or the
 //! key database (`stead`, scoped) exists. A page that never touches data never pays
 //! for the module.
 

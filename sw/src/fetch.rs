@@ -36,7 +36,7 @@ pub fn route(rel: &str) -> Route {
 }
 
 pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
-    worker.mark("first_fetch");
+    crate::worker::mark("first_fetch");
     let request = event.request();
     let Some(rel) = relative_path(&worker.base, &request.url()) else { return };
     if rel == ERASE_PATH {
@@ -96,11 +96,10 @@ pub fn on_fetch(worker: &Rc<Worker>, event: FetchEvent) {
         let w = worker.clone();
         let answered = promise.clone();
         let check = future_to_promise(async move {
-            // The page first: compiling the data engine and opening spaces share this
-            // thread with the answer's OPFS reads.
+            // The page first. The data engine wakes when the page runs (its `hello`, see
+            // `Worker::on_message`), not here: compiling it and opening spaces while the
+            // page still loads would hold up the page's own files.
             let _ = JsFuture::from(answered).await;
-            // A page is opening: open the data, if this device holds any, and resume its sync.
-            crate::data::Data::get().wake_if_used().await;
             if is_online() {
                 let _ = w.update().await;
             }
@@ -153,7 +152,7 @@ async fn respond(
             if let Some(file) = file
                 && let Ok(Some(blob)) = w.blob(&file.sha256).await {
                     let response = file_response(request, file, &blob, &version.version)?;
-                    w.mark("first_answer");
+                    crate::worker::mark("first_answer");
                     return Ok(response.into());
                 }
         }

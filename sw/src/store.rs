@@ -109,7 +109,9 @@ impl Place {
     /// worker that once chose OPFS never loses its bundle to a failing probe (a full disk).
     pub async fn detect() -> Place {
         let Ok(root) = crate::scope::opfs_root().await else { return Place::IndexedDb };
+        crate::worker::mark("opfs_root");
         if let Ok(Some(bundle)) = opfs::dir(&root, ROOT, false).await {
+            crate::worker::mark("store_found");
             return Place::Opfs { root, bundle: Some(bundle) };
         }
         if matches!(opfs::file(&root, KILLED).await, Ok(Some(_))) {

@@ -81,8 +81,6 @@ pub struct Worker {
     /// must not open the data the kill is erasing.
     killing: std::cell::Cell<bool>,
     loading: RefCell<Option<SharedResult<BundleStore>>>,
-    /// The first time this worker life reached each step of serving ([`Worker::mark`]).
-    marks: RefCell<Vec<(&'static str, f64)>>,
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
@@ -127,7 +125,6 @@ impl Worker {
             installing: std::cell::Cell::new(false),
             killing: std::cell::Cell::new(false),
             loading: RefCell::default(),
-            marks: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
         }
@@ -197,6 +194,13 @@ impl Worker {
                 wait_until(&event, async move { w.activate_pending().await })
             }
             Some("check-update") => wait_until(&event, async move { w.update().await.map(drop) }),
+            // A page of the app started (stead-yew's `register`): open the data, if this
+            // device holds any, and resume its sync. Not on the navigation itself: the
+            // page's files go first.
+            Some("hello") => wait_until(&event, async move {
+                Data::get().wake_if_used().await;
+                Ok(())
+            }),
             Some("heartbeat") => wait_until(&event, async move {
                 // Pages keep the worker, and with it the sync connections, alive.
                 Data::get().wake_if_used().await;
@@ -212,25 +216,16 @@ impl Worker {
         }
     }
 
-    /// Notes the first time this worker life reaches `step`, in ms since its time origin
-    /// (the browser's start of the worker): status shows them as `start_profile`.
-    pub fn mark(&self, step: &'static str) {
-        let mut marks = self.marks.borrow_mut();
-        if !marks.iter().any(|(s, _)| *s == step) {
-            marks.push((step, since_start()));
-        }
-    }
-
     /// How this worker life started: the shim's steps (script evaluated, wasm decoded,
-    /// wasm instantiated) then [`Worker::mark`]'s, each in ms since the time origin.
+    /// wasm instantiated) then [`mark`]'s, each in ms since the time origin.
     fn start_profile(&self) -> JsValue {
         let shim = Reflect::get(&js_sys::global(), &"__stead_start".into()).unwrap_or(JsValue::UNDEFINED);
         let mut profile = Obj::new();
         for step in ["script_evaluated", "wasm_decoded", "wasm_instantiated"] {
             profile = profile.set(step, Reflect::get(&shim, &step.into()).ok().and_then(|v| v.as_f64()));
         }
-        for (step, at) in self.marks.borrow().iter() {
-            profile = profile.set(step, *at);
+        for (step, at) in MARKS.with(|m| m.borrow().clone()) {
+            profile = profile.set(step, at);
         }
         profile.build()
     }
@@ -276,7 +271,7 @@ impl Worker {
                         }
                         open.await?
                     };
-                    w.mark("store_opened");
+                    mark("store_opened");
                     let mut s = w.state.borrow_mut();
                     s.active = active.map(Rc::new);
                     s.pending = pending.map(Rc::new);
@@ -758,6 +753,22 @@ impl Worker {
             let _ = channel.post_message(&message.set("scope", crate::scope::url()).build());
         }
     }
+}
+
+thread_local! {
+    /// The first time this worker life reached each step of serving ([`mark`]).
+    static MARKS: RefCell<Vec<(&'static str, f64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Notes the first time this worker life reaches `step`, in ms since its time origin (the
+/// browser's start of the worker): status shows them as `start_profile`.
+pub fn mark(step: &'static str) {
+    MARKS.with(|m| {
+        let mut marks = m.borrow_mut();
+        if !marks.iter().any(|(s, _)| *s == step) {
+            marks.push((step, since_start()));
+        }
+    });
 }
 
 /// Milliseconds since this worker's time origin (`performance.now()`).
