@@ -655,9 +655,6 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
-        // Known to be nothing from now on: a page's status or heartbeat no longer opens
-        // the data (which would bring back the folders this erases).
-        self.kept_known.set(true);
         let place = self.place().await;
         // The data engine a kill kept, if any.
         place.wipe().await?;
