@@ -10,8 +10,8 @@
 //! answers 503.
 //!
 //! A worker wakes the engine on its own (a page's `hello` as it starts, a page
-//! heartbeat, Background Sync) only when spaces may exist: the engine was loaded in this worker life, or the
-//! key database (`stead`, scoped) exists. A page that never touches data never pays
+//! heartbeat, Background Sync) only when spaces may exist: the engine was loaded in this
+//! worker life, or the key database (`stead`, scoped) exists. A page that never touches data never pays
 //! for the module.
 
 use std::{cell::RefCell, rc::Rc};
