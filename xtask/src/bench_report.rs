@@ -271,6 +271,8 @@ pub fn sw_cold_profile(csv: &str, r: &mut SuiteResult) -> Result<()> {
     if steps.is_empty() {
         return Ok(());
     }
+    // In the order the steps happen (status lists them by name).
+    steps.sort_by(|a, b| median(&a.1).unwrap_or(f64::MAX).total_cmp(&median(&b.1).unwrap_or(f64::MAX)));
     let mut line = String::from("Stead's offline cold start by step, as its worker reports it (median ms since the worker's time origin, min–max):");
     for (step, v) in &steps {
         let (Some(m), Some(lo), Some(hi)) = (median(v), v.iter().copied().reduce(f64::min), v.iter().copied().reduce(f64::max)) else { continue };
@@ -331,8 +333,9 @@ mod tests {
     }
 
     #[test]
-    fn the_cold_profile_becomes_a_note_of_each_step_in_order() {
-        let csv = "sample,step,ms\n0,script_evaluated,4\n0,first_answer,20\n1,script_evaluated,6\n1,first_answer,30\n2,script_evaluated,5\n";
+    fn the_cold_profile_becomes_a_note_of_each_step_in_time_order() {
+        // Listed by name (as status has them); the note lists them by time.
+        let csv = "sample,step,ms\n0,first_answer,20\n0,script_evaluated,4\n1,first_answer,30\n1,script_evaluated,6\n2,script_evaluated,5\n";
         let mut r = SuiteResult::new("sw", true, 0, Environment::default());
         sw_cold_profile(csv, &mut r).expect("parse");
         assert_eq!(r.notes.len(), 1);
