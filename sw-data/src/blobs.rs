@@ -29,6 +29,7 @@ async fn put_local(engine: &Engine, sha: &str, sealed: &[u8]) -> Result<(), Data
             opfs::write_bytes(&dir, sha, sealed).await?;
         }
         StorageKind::Indexeddb => {
+            super::storage_open()?;
             let d = db::open(&blob_db(engine), &["blobs"]).await?;
             db::put(&d, "blobs", sha, &Uint8Array::from(sealed).into()).await?;
             d.close();
@@ -44,6 +45,7 @@ async fn get_local(engine: &Engine, sha: &str) -> Result<Option<Vec<u8>>, DataEr
             opfs::read_bytes(&dir, sha).await?
         }
         StorageKind::Indexeddb => {
+            super::storage_open()?;
             let d = db::open(&blob_db(engine), &["blobs"]).await?;
             let v = db::get(&d, "blobs", sha).await?.map(|v| Uint8Array::new(&v).to_vec());
             d.close();

@@ -94,7 +94,10 @@ impl Backend {
                 let dir = opfs::dir(&super::space_dir(me.space).await?, "store", true).await?.expect("created");
                 Backend::Opfs(OpfsStore::open(dir, OpfsOptions::default()).await?)
             }
-            StorageKind::Indexeddb => Backend::Idb(IdbStore::open(&super::space_db(me.space), Default::default()).await?),
+            StorageKind::Indexeddb => {
+                super::storage_open()?;
+                Backend::Idb(IdbStore::open(&super::space_db(me.space), Default::default()).await?)
+            }
         })
     }
 

@@ -60,6 +60,7 @@ fn record_ad(space: SpaceId) -> Vec<u8> {
 }
 
 async fn open_db() -> Result<IdbDatabase, DataError> {
+    super::storage_open()?;
     Ok(db::open(DB, &[KEYS, SPACES]).await?)
 }
 

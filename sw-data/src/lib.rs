@@ -176,10 +176,28 @@ pub struct Data {
     opening: futures::lock::Mutex<()>,
     /// Every stored space has been opened once in this worker life.
     woken: std::cell::Cell<bool>,
+    /// The kill switch has begun: no space is added any more (one a page was creating as
+    /// the kill began would otherwise be kept, unacknowledged, by a withdrawn app).
+    retiring: std::cell::Cell<bool>,
 }
 
 thread_local! {
     static DATA: Rc<Data> = Rc::new(Data::default());
+    /// Set once the kill switch has erased every space and the keys ([`Data::erase_rest`]).
+    static ERASED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The gate in front of everything that creates the data's storage (the data folder,
+/// the key database, a space's database): shut for the rest of this worker life once
+/// the kill switch erased it all. Work that was under way when the kill began (a page's
+/// request, a sync that now publishes, a creation token being forgotten) would otherwise
+/// bring back an empty key database or data folder after the erase, and a worker
+/// installing meanwhile would take it for data it must keep.
+pub(crate) fn storage_open() -> Result<(), DataError> {
+    if ERASED.get() {
+        return Err(DataError::new(410, "gone", "this app was withdrawn and its data erased on this device"));
+    }
+    Ok(())
 }
 
 /// An error of the data engine, with the HTTP status the page API answers it with.
@@ -256,6 +274,7 @@ impl From<JsValue> for DataError {
 }
 
 async fn data_root() -> Result<Dir, DataError> {
+    storage_open()?;
     Ok(opfs::dir(&crate::scope::opfs_root().await?, DATA_ROOT, true).await?.expect("created"))
 }
 
@@ -289,8 +308,11 @@ impl Data {
         DATA.with(Rc::clone)
     }
 
-    /// The spaces this device holds.
+    /// The spaces this device holds (none once the kill switch erased them).
     pub async fn spaces(&self) -> Result<Vec<SpaceId>, DataError> {
+        if ERASED.get() {
+            return Ok(Vec::new());
+        }
         keys::spaces().await
     }
 
@@ -313,6 +335,9 @@ impl Data {
     /// Stores a new space membership and opens its engine.
     pub async fn add_space(&self, me: Membership, members: stead_core::membership::Membership) -> Result<Rc<Engine>, DataError> {
         let _guard = self.opening.lock().await;
+        if self.retiring.get() {
+            return Err(DataError::new(410, "gone", "this app was withdrawn: no space can be added"));
+        }
         let engine = Engine::open(me.clone(), Some(members)).await?;
         // The identity is saved last: a store without it is not a space yet.
         keys::save(&me).await?;
@@ -346,6 +371,7 @@ impl Data {
     /// the others are kept, with their keys, until the server has them or the user agrees
     /// to lose them ([`Data::erase_all`]). Returns the kept spaces.
     pub async fn retire(&self, settle_ms: f64) -> Result<Vec<Kept>, DataError> {
+        self.retiring.set(true);
         self.wake().await?;
         let engines = self.open_engines();
         futures::future::join_all(engines.iter().map(|e| e.settle(settle_ms))).await;
@@ -357,9 +383,10 @@ impl Data {
     /// cannot tell, and is kept. When nothing is kept, the key database and the data
     /// folder go too.
     pub async fn erase_acknowledged(&self) -> Result<Vec<Kept>, DataError> {
+        self.retiring.set(true);
         let _guard = self.opening.lock().await;
         let mut kept = Vec::new();
-        for space in keys::spaces().await? {
+        for space in self.spaces().await? {
             let engine = self.engines.borrow().get(&space).cloned();
             let Some(engine) = engine else {
                 kept.push(Kept { space: space.to_string(), pending: None, blobs_pending: None });
@@ -381,13 +408,14 @@ impl Data {
     /// Erases every space, acknowledged or not, and the keys: what the user agreed to.
     /// Returns the spaces erased.
     pub async fn erase_all(&self) -> Result<Vec<String>, DataError> {
+        self.retiring.set(true);
         let _guard = self.opening.lock().await;
         let engines: Vec<Rc<Engine>> = std::mem::take(&mut *self.engines.borrow_mut()).into_values().collect();
         for engine in &engines {
             engine.close();
         }
         drop(engines);
-        let spaces = keys::spaces().await.unwrap_or_default();
+        let spaces = self.spaces().await.unwrap_or_default();
         for space in &spaces {
             stead_store::idb::destroy(&space_db(*space)).await?;
             stead_store::idb::destroy(&blob_db(*space)).await?;
@@ -415,8 +443,10 @@ impl Data {
         Ok(())
     }
 
-    /// The key database and the data folder, once no space is left in them.
+    /// The key database and the data folder, once no space is left in them. From here on
+    /// nothing in this worker life creates them again ([`storage_open`]).
     async fn erase_rest(&self) -> Result<(), DataError> {
+        ERASED.set(true);
         self.woken.set(false);
         stead_store::idb::destroy(keys::DB).await?;
         if let Ok(root) = crate::scope::opfs_root().await {

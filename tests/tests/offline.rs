@@ -268,11 +268,13 @@ async fn pages_asking_a_killed_worker_for_status_do_not_bring_its_data_back() ->
         ))
         .await?;
     wait_removed(&browser, "the worker to unregister while pages ask it for status").await?;
-    // The worker outlives its registration while it controls this page: go on asking.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The worker outlives its registration while it controls this page: go on asking,
+    // and look at the storage every 25 ms meanwhile, so that storage made and erased
+    // again between two looks of a slower poll is seen too.
+    let seen = Stored::seen_during(&browser, Duration::from_secs(3)).await?;
     browser.js("clearInterval(window.asking)").await?;
-    let stored = Stored::of(&browser).await?;
-    assert_eq!(stored.names, Vec::<String>::new(), "storage came back after the kill; the worker says {}", left_behind(&browser).await?);
+    assert_eq!(seen, Vec::<String>::new(), "storage came back after the kill; the worker says {}", left_behind(&browser).await?);
+    assert_eq!(Stored::of(&browser).await?.names, Vec::<String>::new());
     browser.quit().await
 }
 
@@ -364,6 +366,25 @@ impl Stored {
             .await?;
         let names = v["names"].as_array().with_context(|| format!("listing storage: {v}"))?;
         Ok(Stored { opfs: v["opfs"] == true, names: names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect() })
+    }
+
+    /// Every name the origin stored at any of the looks taken every 25 ms for `period`.
+    async fn seen_during(b: &Browser, period: Duration) -> Result<Vec<String>> {
+        let v = b
+            .js_async(&format!(
+                "const seen = new Set(); const opfs = typeof navigator.storage?.getDirectory === 'function';\
+                 const end = performance.now() + {ms};\
+                 while (performance.now() < end) {{\
+                   if (opfs) {{ const root = await navigator.storage.getDirectory(); for await (const k of root.keys()) seen.add('opfs:' + k); }}\
+                   for (const d of await indexedDB.databases()) seen.add('idb:' + d.name);\
+                   await new Promise((r) => setTimeout(r, 25));\
+                 }}\
+                 return [...seen].sort();",
+                ms = period.as_millis()
+            ))
+            .await?;
+        let names = v.as_array().with_context(|| format!("listing storage: {v}"))?;
+        Ok(names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
     }
 
     fn has(&self, name: &str) -> bool {
