@@ -15,9 +15,23 @@ pub fn interleaved(systems: usize, reps: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// [`interleaved`] after one warm-up pass of every system, in order: each item is
+/// `(Some(round), system)`, or `(None, system)` for a warm-up sample, which is run and
+/// not recorded (a disk, page cache and CPU clock settling show up in the first samples).
+pub fn warmed_up(systems: usize, reps: usize) -> Vec<(Option<usize>, usize)> {
+    (0..systems).map(|s| (None, s)).chain(interleaved(systems, reps).into_iter().map(|(r, s)| (Some(r), s))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_warm_up_pass_of_every_system_comes_first_and_has_no_round() {
+        let order = warmed_up(3, 2);
+        assert_eq!(&order[..3], &[(None, 0), (None, 1), (None, 2)]);
+        assert_eq!(order[3..].iter().map(|&(r, s)| (r.expect("a recorded round"), s)).collect::<Vec<_>>(), interleaved(3, 2));
+    }
 
     fn letters(systems: usize, reps: usize) -> String {
         interleaved(systems, reps).iter().map(|&(_, s)| (b'A' + s as u8) as char).collect()

@@ -2,8 +2,8 @@
 //! (BENCH.md, "Sync server"), run by `cargo xtask bench server`.
 //!
 //! `bench-server run` measures, each sample on a fresh server process on 127.0.0.1 and the
-//! systems in the interleaved order of `stead_bench_harness::order`: ingest of the same
-//! count of one-op writes (Stead batched as its sync sends, Stead and Yjs one write per
+//! systems in the interleaved order of `stead_bench_harness::order`: ingest (after one
+//! unrecorded warm-up pass of each system) of the same count of one-op writes (Stead batched as its sync sends, Stead and Yjs one write per
 //! message) with the same messages through `bench-server null`, a protocol-free relay whose
 //! rate is the load generator's ceiling; latency from an app's write to its ack at a steady
 //! rate; fan-out latency and server CPU per delivery at 50/s and 5/s to many receivers held
@@ -33,7 +33,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_tungstenite::tungstenite::Message;
 use stead_bench_harness::stats::percentile;
-use stead_bench_harness::{Better, Curve, Environment, Key, RatioSpec, SuiteResult, order::interleaved};
+use stead_bench_harness::{Better, Curve, Environment, Key, RatioSpec, SuiteResult, order::{interleaved, warmed_up}};
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -761,12 +761,14 @@ async fn run(a: RunArgs) -> Result<()> {
     // Ingest, with the generator's ceiling: every sample on a fresh server process.
     if a.wants("ingest") {
         let w = "ingest";
-        for (round, s) in interleaved(INGEST.len(), reps) {
+        // A warm-up pass of each system first, not recorded: in a full run Stead's
+        // single-message rounds sped up one after another (4.24 s to 2.95 s).
+        for (round, s) in warmed_up(INGEST.len(), reps) {
             let system = INGEST[s];
             if !a.runs(system) {
                 continue;
             }
-            let dir = tmp.path().join(format!("ingest-{round}-{system}"));
+            let dir = tmp.path().join(format!("ingest-{}-{system}", round.map_or("warm-up".to_owned(), |r| r.to_string())));
             let i = match system {
                 "null" => {
                     let server = Server::null().await?;
@@ -787,6 +789,10 @@ async fn run(a: RunArgs) -> Result<()> {
                     server.stop().await?;
                     i
                 }
+            };
+            let Some(round) = round else {
+                eprintln!("    warm-up {system:<14} {} ops in {} messages: {:.3} s (not recorded)", i.ops, i.messages, i.secs);
+                continue;
             };
             let acks = sorted(i.ack_ms.clone());
             eprintln!("    round {round} {system:<14} {} ops in {} messages: {:.3} s, {:.0} ops/s", i.ops, i.messages, i.secs, i.per_sec(i.ops));
@@ -1040,6 +1046,7 @@ async fn run(a: RunArgs) -> Result<()> {
         sizes.paced_rate, sizes.paced_writes
     ));
     r.notes.push("ack p50/p99: from a message's send to its durable ack (Stead) or its echo (Yjs); `ops per message` is the batch size".into());
+    r.notes.push("ingest: one warm-up pass of each system ran before the recorded rounds and is not recorded".into());
     r.notes.push(format!(
         "fan-out: {} receivers in {} single-threaded processes, passes {:?}; CPU: the server's user+system seconds from /proc/PID/stat per 1,000 deliveries",
         sizes.receivers,
