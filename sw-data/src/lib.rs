@@ -460,3 +460,78 @@ impl Data {
         self.engines.borrow().values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stead_core::env::Random;
+    use stead_core::membership::{Member, Membership as Members};
+    use wasm_bindgen_futures::JsFuture;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_service_worker);
+
+    /// A new identity in a new space, and the space's first membership log.
+    async fn new_space() -> (Membership, Members) {
+        let mut rng = WebRandom;
+        let space = SpaceId::generate(&WebClock, &mut rng);
+        let me = Membership {
+            space,
+            replica: ReplicaId::generate(&WebClock, &mut rng),
+            signing: SigningKey::from_bytes(&rng.array()),
+            agreement: rng.array(),
+            key: SpaceKey(rng.array()),
+            storage: StorageKind::detect().await,
+            creation_token: None,
+        };
+        let card = Member { replica: me.replica, signing: me.signing.verifying_key().to_bytes(), agreement: stead_core::crypto::agreement_public(&me.agreement) };
+        let members = Members::genesis(space, card, &me.signing).expect("a genesis event");
+        (me, members)
+    }
+
+    /// The data's storage that exists: the key database, spaces' databases, the data folder.
+    async fn stored() -> Vec<String> {
+        let mut out = Vec::new();
+        let factory = stead_store::idb::db::factory().expect("indexedDB");
+        let databases: js_sys::Function = Reflect::get(&factory, &"databases".into()).expect("indexedDB.databases").into();
+        let list = JsFuture::from(js_sys::Promise::from(databases.call0(&factory).expect("listing"))).await.expect("listed");
+        let keys_db = stead_store::idb::db::scoped_name(keys::DB);
+        for d in js_sys::Array::from(&list).iter() {
+            let name = Reflect::get(&d, &"name".into()).ok().and_then(|n| n.as_string()).unwrap_or_default();
+            if name == keys_db || name.starts_with("stead-space-") {
+                out.push(format!("idb:{name}"));
+            }
+        }
+        let root = crate::scope::opfs_root().await.expect("OPFS");
+        if opfs::dir(&root, DATA_ROOT, false).await.expect("looked up").is_some() {
+            out.push(format!("opfs:{DATA_ROOT}"));
+        }
+        out
+    }
+
+    /// A killed worker is still asked things after the kill switch erased its data: its
+    /// spaces (status, a page's heartbeat), a new space (a page's request already under
+    /// way), its identity saved again (a sync that just published). None of it may bring
+    /// back storage, which a worker installing meanwhile would take for data to keep.
+    /// (This shuts the gate for the rest of this test binary.)
+    #[wasm_bindgen_test]
+    async fn once_the_kill_switch_erased_the_data_nothing_brings_it_back() {
+        crate::scope::init();
+        let data = Data::default();
+        let (me, members) = new_space().await;
+        data.add_space(me.clone(), members).await.expect("a space is added");
+        let keys_db = format!("idb:{}", stead_store::idb::db::scoped_name(keys::DB));
+        assert!(stored().await.contains(&keys_db), "the space's identity is stored");
+        assert_eq!(data.erase_all().await.expect("erased"), vec![me.space.to_string()]);
+        assert_eq!(stored().await, Vec::<String>::new(), "the erase leaves nothing");
+
+        assert_eq!(data.spaces().await, Ok(Vec::new()));
+        data.wake().await.expect("a wake with nothing to open");
+        assert!(data.erase_acknowledged().await.expect("nothing to keep").is_empty());
+        let (late, late_members) = new_space().await;
+        assert_eq!(data.add_space(late.clone(), late_members).await.err().map(|e| e.status), Some(410));
+        assert_eq!(keys::save(&me).await.err().map(|e| e.status), Some(410));
+        assert!(Engine::open(late, None).await.is_err());
+        assert_eq!(stored().await, Vec::<String>::new(), "storage came back after the erase");
+    }
+}
