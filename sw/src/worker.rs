@@ -655,6 +655,11 @@ impl Worker {
     /// registration ends.
     async fn finish_kill(self: &Rc<Self>) -> Result<(), SwError> {
         self.kept.borrow_mut().clear();
+        // Known to be nothing from now on: later status requests and heartbeats answer
+        // from memory instead of wiping again (in IndexedDB a wipe opens, so re-creates,
+        // the bundle database before it deletes it). The data engine re-creates nothing
+        // after its erase (`storage_open` in stead-sw-data).
+        self.kept_known.set(true);
         let place = self.place().await;
         // The data engine a kill kept, if any.
         place.wipe().await?;
