@@ -11,6 +11,17 @@
   // The start's first steps, for status's `start_profile` (ms since the time origin).
   const start = { script_evaluated: performance.now() };
   self.__stead_start = start;
+  // The OPFS root, asked for before the wasm is decoded and compiled: its first call in a
+  // worker life is the slowest file-system step of a cold start, and it needs no wasm.
+  // Rust's `opfs::root` takes this promise; a rejection (no OPFS) is seen there.
+  try {
+    const storage = self.navigator && navigator.storage;
+    if (storage && typeof storage.getDirectory === "function") {
+      const root = storage.getDirectory();
+      root.catch(() => {});
+      self.__stead_opfs_root = root;
+    }
+  } catch (e) {}
   const b64 = self.__STEAD_SW_WASM;
   delete self.__STEAD_SW_WASM;
   const bytes = typeof Uint8Array.fromBase64 === "function"

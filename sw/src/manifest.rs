@@ -5,7 +5,7 @@
 //! its shape.
 
 use stead_core::bundle::{BundleError, BundleFile, BundleManifest, version_input};
-use stead_sw_common::js::{self, Obj};
+use stead_sw_common::js;
 use wasm_bindgen::JsValue;
 
 use crate::SwError;
@@ -53,21 +53,6 @@ fn from_js(value: &JsValue) -> Result<BundleManifest, BundleError> {
     Ok(BundleManifest { format, version, entry, files })
 }
 
-/// The manifest as JSON text [`parse`] reads back.
-pub fn to_json(manifest: &BundleManifest) -> String {
-    let files = js::array(manifest.files.iter().map(|f| {
-        Obj::new()
-            .set("path", &f.path)
-            .set("sha256", &f.sha256)
-            .set("size", f.size)
-            .set("mime", &f.mime)
-            .set("immutable", f.immutable)
-            .build()
-    }));
-    let value = Obj::new().set("format", f64::from(manifest.format)).set("version", &manifest.version).set("entry", &manifest.entry).set("files", files).build();
-    js::stringify(&value)
-}
-
 #[cfg(test)]
 mod tests {
     use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
@@ -91,7 +76,6 @@ mod tests {
         let m = manifest();
         assert_eq!(super::parse_downloaded(&m.to_json()).await.unwrap(), m);
         assert_eq!(super::parse_stored(&m.to_json()).unwrap(), m);
-        assert_eq!(BundleManifest::parse(super::to_json(&m).as_bytes()).unwrap(), m);
     }
 
     #[wasm_bindgen_test]

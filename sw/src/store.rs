@@ -8,9 +8,8 @@
 //! ```text
 //! stead/files/<sha256>        file contents, content-addressed, written once
 //! stead/files/<sha256>.part   a verified download being written (renamed once closed)
-//! stead/active.json           manifest of the version being served
-//! stead/pending.json          manifest of a fully downloaded update, not yet activated
-//! stead/meta.json             last update check and last error, for status
+//! stead/state.bin             the active and pending manifests and the meta, in one
+//!                             binary document (see [`crate::state`])
 //! stead-killed.json           the kill switch's marker, beside `stead/`
 //! ```
 //!
@@ -18,17 +17,19 @@
 //! [`crate::scope`]) holds the same under keys: `files` maps a SHA-256 to the body's
 //! chunks (an array of `Uint8Array`s; one chunk since the body is checked whole) and
 //! `sizes` to its size, both written in one transaction once the body matched; `docs` maps
-//! `active.json`, `pending.json`, `meta.json` and `stead-killed.json` to their text.
+//! `state.bin` to the state document's bytes and `stead-killed.json` to its text.
 //! Bytes, not `Blob`s: WebKit's non-persistent sessions (private browsing, automation)
 //! refuse to store a `Blob` in IndexedDB ("Error preparing Blob/File data").
 //!
 //! A version's manifest is written only after every file it names is stored, and the
-//! manifest is the pointer: switching versions is one atomic replacement.
+//! state document is the pointer: switching versions is one atomic replacement of it.
+//! A store written by an older worker has `active.json`, `pending.json` and `meta.json`
+//! (JSON) in place of `state.bin`: see [`LEGACY`].
 
 use std::collections::BTreeMap;
 
 use js_sys::{Array, Reflect, Uint8Array};
-use stead_core::bundle::{BundleFile, BundleManifest};
+use stead_core::bundle::BundleFile;
 use stead_store::idb::db;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -36,13 +37,15 @@ use web_sys::{Blob, IdbDatabase, Response};
 
 use crate::{
     SwError,
-    js::{self, Obj},
     opfs::{self, Dir},
 };
 
-pub const ACTIVE: &str = "active.json";
-pub const PENDING: &str = "pending.json";
-const META: &str = "meta.json";
+/// The state document: the active and pending manifests and the meta ([`crate::state`]).
+const STATE: &str = "state.bin";
+/// The documents a store kept before the state document (JSON). A worker that finds
+/// only these has no version yet: its install downloads the manifest again (every file
+/// it names is still stored) and its first save writes the state; a wipe removes them.
+const LEGACY: [&str; 3] = ["active.json", "pending.json", "meta.json"];
 const ROOT: &str = "stead";
 const PART: &str = ".part";
 /// The kill switch's marker: present while a killed worker keeps data the server lacks.
@@ -66,32 +69,7 @@ pub struct Meta {
     pub last_error: Option<String>,
 }
 
-impl Meta {
-    pub fn to_js(&self) -> JsValue {
-        Obj::new()
-            .set("last_update_check", self.last_update_check)
-            .set("last_check_result", self.last_check_result.as_deref())
-            .set("last_error", self.last_error.as_deref())
-            .build()
-    }
-
-    /// Reads what [`Meta::to_js`] wrote; what is missing or mistyped is unknown.
-    fn from_js(value: &JsValue) -> Meta {
-        Meta {
-            last_update_check: js::get_f64(value, "last_update_check"),
-            last_check_result: js::get_str(value, "last_check_result"),
-            last_error: js::get_str(value, "last_error"),
-        }
-    }
-}
-
-/// What a store holds about its versions ([`BundleStore::versions`]).
-#[derive(Debug, Default)]
-pub struct Versions {
-    pub active: Option<BundleManifest>,
-    pub pending: Option<BundleManifest>,
-    pub meta: Meta,
-}
+pub use crate::state::Versions;
 
 /// Where this worker keeps its bundle, chosen once per worker life by [`Place::detect`].
 #[derive(Debug, Clone)]
@@ -156,10 +134,10 @@ impl Place {
     pub async fn open_versions(&self) -> Result<(BundleStore, Versions), SwError> {
         if let Place::Opfs { bundle: Some(bundle), .. } = self {
             // The documents live in `stead/` itself, so they need no `files` handle.
-            let docs = BundleStore { backend: Backend::Opfs { root: bundle.clone(), files: bundle.clone() } };
+            let docs = BundleStore::new(Backend::Opfs { root: bundle.clone(), files: bundle.clone() });
             let (files, versions) = futures::join!(opfs::dir(bundle, "files", true), docs.versions());
             let files = files?.expect("created");
-            return Ok((BundleStore { backend: Backend::Opfs { root: bundle.clone(), files } }, versions?));
+            return Ok((BundleStore::new(Backend::Opfs { root: bundle.clone(), files }), versions?));
         }
         let store = self.open().await?;
         let versions = store.versions().await?;
@@ -176,7 +154,7 @@ impl Place {
                 db::store(&tx, IDB_FILES)?.clear()?;
                 db::store(&tx, IDB_SIZES)?.clear()?;
                 let docs = db::store(&tx, IDB_DOCS)?;
-                for name in [ACTIVE, PENDING, META] {
+                for name in std::iter::once(STATE).chain(LEGACY) {
                     docs.delete(&name.into())?;
                 }
                 db::committed(&tx).await?;
@@ -246,6 +224,10 @@ enum Backend {
 }
 
 impl BundleStore {
+    fn new(backend: Backend) -> Self {
+        BundleStore { backend }
+    }
+
     /// Opens (creating) the store under `parent` in OPFS; tests use a folder of their own.
     pub async fn open_in(parent: &Dir) -> Result<Self, SwError> {
         Self::open_at(opfs::dir(parent, ROOT, true).await?.expect("created")).await
@@ -254,17 +236,17 @@ impl BundleStore {
     /// Opens the store whose folder (`stead/`) is `root`.
     async fn open_at(root: Dir) -> Result<Self, SwError> {
         let files = opfs::dir(&root, "files", true).await?.expect("created");
-        Ok(BundleStore { backend: Backend::Opfs { root, files } })
+        Ok(BundleStore::new(Backend::Opfs { root, files }))
     }
 
     /// Opens (creating) the store in IndexedDB.
     pub async fn open_idb() -> Result<Self, SwError> {
-        Ok(BundleStore { backend: Backend::Idb(idb_open().await?) })
+        Ok(BundleStore::new(Backend::Idb(idb_open().await?)))
     }
 
     /// Opens (creating) an IndexedDB store in a database of its own; for tests.
     pub async fn open_idb_named(name: &str) -> Result<Self, SwError> {
-        Ok(BundleStore { backend: Backend::Idb(db::open(name, &IDB_STORES).await?) })
+        Ok(BundleStore::new(Backend::Idb(db::open(name, &IDB_STORES).await?)))
     }
 
     /// Deletes everything the OPFS store holds under `parent`.
@@ -292,56 +274,26 @@ impl BundleStore {
     async fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>, SwError> {
         match &self.backend {
             Backend::Opfs { root, .. } => Ok(opfs::read_bytes(root, name).await?),
-            Backend::Idb(database) => Ok(db::get(database, IDB_DOCS, name).await?.and_then(|v| v.as_string()).map(String::into_bytes)),
+            Backend::Idb(database) => Ok(db::get(database, IDB_DOCS, name).await?.and_then(|v| v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec))),
         }
     }
 
-    async fn write_doc(&self, name: &str, text: &str) -> Result<(), SwError> {
-        match &self.backend {
-            Backend::Opfs { root, .. } => Ok(opfs::write_bytes(root, name, text.as_bytes()).await?),
-            Backend::Idb(database) => Ok(db::put(database, IDB_DOCS, name, &text.into()).await?),
-        }
-    }
-
-    pub async fn manifest(&self, name: &str) -> Result<Option<BundleManifest>, SwError> {
-        match self.read_doc(name).await? {
-            Some(bytes) => {
-                let text = String::from_utf8(bytes).map_err(|_| stead_core::bundle::BundleError::Json("not UTF-8".into()))?;
-                Ok(Some(crate::manifest::parse_stored(&text)?))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The active and pending manifests and the meta, read together.
+    /// The active and pending versions and the meta: one read of the state document.
     pub async fn versions(&self) -> Result<Versions, SwError> {
-        let (active, pending, meta) = futures::join!(self.manifest(ACTIVE), self.manifest(PENDING), self.meta());
-        Ok(Versions { active: active?, pending: pending?, meta })
+        match self.read_doc(STATE).await? {
+            Some(bytes) => Ok(crate::state::decode(&bytes)?),
+            None => Ok(Versions::default()),
+        }
     }
 
-    pub async fn write_manifest(&self, name: &str, manifest: &BundleManifest) -> Result<(), SwError> {
-        self.write_doc(name, &crate::manifest::to_json(manifest)).await
-    }
-
-    pub async fn remove_manifest(&self, name: &str) -> Result<(), SwError> {
+    /// Replaces the state document: one atomic write, whatever changed in it.
+    pub async fn save(&self, versions: &Versions) -> Result<(), SwError> {
+        let bytes = crate::state::encode(versions);
         match &self.backend {
-            Backend::Opfs { root, .. } => {
-                opfs::remove(root, name, false).await?;
-            }
-            Backend::Idb(database) => db::delete(database, IDB_DOCS, name).await?,
+            Backend::Opfs { root, .. } => opfs::write_bytes(root, STATE, &bytes).await?,
+            Backend::Idb(database) => db::put(database, IDB_DOCS, STATE, &Uint8Array::from(&bytes[..]).into()).await?,
         }
         Ok(())
-    }
-
-    pub async fn meta(&self) -> Meta {
-        match self.read_doc(META).await {
-            Ok(Some(bytes)) => String::from_utf8(bytes).ok().and_then(|t| js::parse(&t).ok()).map(|v| Meta::from_js(&v)).unwrap_or_default(),
-            _ => Meta::default(),
-        }
-    }
-
-    pub async fn write_meta(&self, meta: &Meta) -> Result<(), SwError> {
-        self.write_doc(META, &js::stringify(&meta.to_js())).await
     }
 
     /// Stored contents by hash, with their sizes. Unfinished downloads are not listed.

@@ -29,7 +29,7 @@ use stead_sw_common::{
 use crate::{
     SwError,
     data::Data,
-    store::{ACTIVE, BundleStore, Meta, PENDING, Place, Versions},
+    store::{BundleStore, Place, Versions},
 };
 
 /// How often a killed worker looks whether the server now has the kept data.
@@ -84,14 +84,15 @@ pub struct Worker {
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
+    /// Held while the state document is written, so saves run one at a time.
+    saving: futures::lock::Mutex<()>,
 }
 
 #[derive(Default)]
 struct State {
     store: Option<BundleStore>,
-    active: Option<Rc<BundleManifest>>,
-    pending: Option<Rc<BundleManifest>>,
-    meta: Meta,
+    /// The active and pending versions and the meta, as last saved.
+    versions: Versions,
     /// `Blob`s of stored contents (OPFS `File` snapshots, IndexedDB values):
     /// content-addressed files never change, so one can be served again without another
     /// look-up.
@@ -127,6 +128,7 @@ impl Worker {
             loading: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
+            saving: futures::lock::Mutex::new(()),
         }
     }
 
@@ -142,7 +144,7 @@ impl Worker {
                 // The kill ran (see `finish_kill`); a failed install is what removes a
                 // registration that never had a working version.
                 Checked::Killed => Err(SwError::Js("not installing: the server withdrew this app (410 Gone)".into())),
-                _ if w.state.borrow().active.is_none() => Err(SwError::Js("no version is active".into())),
+                _ if w.state.borrow().versions.active.is_none() => Err(SwError::Js("no version is active".into())),
                 _ => Ok(()),
             }
         });
@@ -205,7 +207,7 @@ impl Worker {
                 // Pages keep the worker, and with it the sync connections, alive.
                 Data::get().wake_if_used().await;
                 w.load().await?;
-                let last = w.state.borrow().meta.last_update_check.unwrap_or(0.0);
+                let last = w.state.borrow().versions.meta.last_update_check.unwrap_or(0.0);
                 if Date::now() - last > HEARTBEAT_CHECK_MS {
                     w.update().await?;
                 }
@@ -259,7 +261,7 @@ impl Worker {
                     };
                     // A store that exists is opened while the kill marker is looked for (a
                     // cold start's critical path); else nothing is created before it is known.
-                    let (store, Versions { active, pending, meta }) = if place.has_store() {
+                    let (store, versions) = if place.has_store() {
                         let (killed, opened) = futures::join!(place.killed(), open);
                         if killed? {
                             return withdrawn();
@@ -273,9 +275,7 @@ impl Worker {
                     };
                     mark("store_opened");
                     let mut s = w.state.borrow_mut();
-                    s.active = active.map(Rc::new);
-                    s.pending = pending.map(Rc::new);
-                    s.meta = meta;
+                    s.versions = versions;
                     s.store = Some(store.clone());
                     Ok(store)
                 }
@@ -294,24 +294,24 @@ impl Worker {
     /// may free something once that page is gone.
     pub fn has_stale_pins(&self) -> bool {
         let s = self.state.borrow();
-        let active = s.active.as_ref().map(|a| a.version.as_str());
+        let active = s.versions.active.as_ref().map(|a| a.version.as_str());
         s.clients.values().any(|v| Some(v.version.as_str()) != active)
     }
 
     pub fn active(&self) -> Option<Rc<BundleManifest>> {
-        self.state.borrow().active.clone()
+        self.state.borrow().versions.active.clone()
     }
 
     /// The version a client sees: the one it was loaded with, else the active one.
     pub fn version_for(&self, client: Option<&str>) -> Option<Rc<BundleManifest>> {
         let s = self.state.borrow();
-        client.and_then(|c| s.clients.get(c).cloned()).or_else(|| s.active.clone())
+        client.and_then(|c| s.clients.get(c).cloned()).or_else(|| s.versions.active.clone())
     }
 
     /// Pins the active version for a page being loaded.
     pub fn pin_active(&self, client: &str) -> Option<Rc<BundleManifest>> {
         let mut s = self.state.borrow_mut();
-        let active = s.active.clone()?;
+        let active = s.versions.active.clone()?;
         if !client.is_empty() {
             s.clients.insert(client.to_owned(), active.clone());
         }
@@ -378,32 +378,32 @@ impl Worker {
             return;
         }
         let Ok(store) = self.load().await else { return };
-        let meta = {
+        {
             let mut s = self.state.borrow_mut();
-            s.meta.last_update_check = Some(Date::now());
+            s.versions.meta.last_update_check = Some(Date::now());
             match result {
-                Ok(Checked::Offline(why)) => s.meta.last_check_result = Some(format!("offline: {why}")),
+                Ok(Checked::Offline(why)) => s.versions.meta.last_check_result = Some(format!("offline: {why}")),
                 Ok(Checked::UpToDate) => {
-                    s.meta.last_check_result = Some("up-to-date".into());
-                    s.meta.last_error = None;
+                    s.versions.meta.last_check_result = Some("up-to-date".into());
+                    s.versions.meta.last_error = None;
                 }
                 Ok(Checked::Installed(v) | Checked::Pending(v)) => {
-                    s.meta.last_check_result = Some(format!("downloaded {v}"));
-                    s.meta.last_error = None;
+                    s.versions.meta.last_check_result = Some(format!("downloaded {v}"));
+                    s.versions.meta.last_error = None;
                 }
                 Ok(Checked::Killed) => {}
                 Err(e) => {
-                    s.meta.last_check_result = Some("error".into());
-                    s.meta.last_error = Some(e.to_string());
+                    s.versions.meta.last_check_result = Some("error".into());
+                    s.versions.meta.last_error = Some(e.to_string());
                 }
             }
-            s.meta.clone()
-        };
+        }
         if let Err(e) = &result {
             web_sys::console::warn_1(&format!("stead: update failed: {e}").into());
             self.broadcast(Obj::new().set("type", "error").set("message", e.to_string()));
         }
-        let _ = store.write_meta(&meta).await;
+        // Status shows the check from memory even if saving it fails.
+        let _ = self.persist(&store, &|_| {}).await;
     }
 
     async fn check_and_download(self: &Rc<Self>) -> Result<Checked, SwError> {
@@ -425,7 +425,7 @@ impl Worker {
         let manifest = crate::manifest::parse_downloaded(&text).await?;
         let (active, pending) = {
             let s = self.state.borrow();
-            (s.active.clone(), s.pending.clone())
+            (s.versions.active.clone(), s.versions.pending.clone())
         };
         if active.as_ref().is_some_and(|a| a.version == manifest.version) {
             return Ok(Checked::UpToDate);
@@ -452,13 +452,13 @@ impl Worker {
 
         let version = manifest.version.clone();
         if active.is_none() {
-            store.write_manifest(ACTIVE, &manifest).await?;
-            self.state.borrow_mut().active = Some(Rc::new(manifest));
+            let manifest = Rc::new(manifest);
+            self.persist(&store, &|v| v.active = Some(manifest.clone())).await?;
             self.gc().await?;
             Ok(Checked::Installed(version))
         } else {
-            store.write_manifest(PENDING, &manifest).await?;
-            self.state.borrow_mut().pending = Some(Rc::new(manifest));
+            let manifest = Rc::new(manifest);
+            self.persist(&store, &|v| v.pending = Some(manifest.clone())).await?;
             self.broadcast(Obj::new().set("type", "update-ready").set("version", &version));
             Ok(Checked::Pending(version))
         }
@@ -487,20 +487,30 @@ impl Worker {
         store.put(file, &response).await.map_err(|e| e.at(&file.path))
     }
 
+    /// Saves the versions and the meta with `change` made, and once saved makes it in
+    /// memory too. Saves run one at a time, each from what memory holds when its turn
+    /// comes, so none undoes another; a failed save changes nothing.
+    async fn persist(&self, store: &BundleStore, change: &dyn Fn(&mut Versions)) -> Result<(), SwError> {
+        let _turn = self.saving.lock().await;
+        let mut next = self.state.borrow().versions.clone();
+        change(&mut next);
+        store.save(&next).await?;
+        change(&mut self.state.borrow_mut().versions);
+        Ok(())
+    }
+
     /// Makes the downloaded update the served version. Pages loaded before keep the
     /// version they started with until they reload.
     pub async fn activate_pending(self: &Rc<Self>) -> Result<(), SwError> {
         let store = self.load().await?;
-        let Some(pending) = self.state.borrow().pending.clone() else {
+        let Some(pending) = self.state.borrow().versions.pending.clone() else {
             return Ok(());
         };
-        store.write_manifest(ACTIVE, &pending).await?;
-        store.remove_manifest(PENDING).await?;
-        {
-            let mut s = self.state.borrow_mut();
-            s.active = Some(pending.clone());
-            s.pending = None;
-        }
+        self.persist(&store, &|v| {
+            v.active = Some(pending.clone());
+            v.pending = None;
+        })
+        .await?;
         self.broadcast(Obj::new().set("type", "activated").set("version", &pending.version));
         self.gc().await
     }
@@ -513,7 +523,7 @@ impl Worker {
         let keep: BTreeSet<String> = {
             let mut s = self.state.borrow_mut();
             s.clients.retain(|id, _| live.contains(id));
-            let versions = s.active.iter().chain(s.pending.iter()).chain(s.clients.values());
+            let versions = s.versions.active.iter().chain(s.versions.pending.iter()).chain(s.clients.values());
             // The data engine this script was built with, even before its version is active.
             versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).chain(crate::data::module_sha256()).collect()
         };
@@ -723,7 +733,7 @@ impl Worker {
         let stored = store.stored().await.unwrap_or_default();
         let estimate = storage_estimate().await.map(|e| Obj::new().set("usage", e.usage).set("quota", e.quota).build());
         let s = self.state.borrow();
-        let files = js::array(s.active.iter().flat_map(|a| a.files.iter()).map(|f| {
+        let files = js::array(s.versions.active.iter().flat_map(|a| a.files.iter()).map(|f| {
             Obj::new()
                 .set("path", &f.path)
                 .set("sha256", &f.sha256)
@@ -732,14 +742,14 @@ impl Worker {
                 .build()
         }));
         Obj::new()
-            .set("active_version", s.active.as_ref().map(|a| &a.version))
-            .set("pending_version", s.pending.as_ref().map(|p| &p.version))
+            .set("active_version", s.versions.active.as_ref().map(|a| &a.version))
+            .set("pending_version", s.versions.pending.as_ref().map(|p| &p.version))
             .set("files", files)
             .set("stored", js::array(stored.keys()))
             .set("stored_bytes", stored.values().sum::<u64>())
-            .set("last_update_check", s.meta.last_update_check)
-            .set("last_check_result", s.meta.last_check_result.as_deref())
-            .set("last_error", s.meta.last_error.as_deref())
+            .set("last_update_check", s.versions.meta.last_update_check)
+            .set("last_check_result", s.versions.meta.last_check_result.as_deref())
+            .set("last_error", s.versions.meta.last_error.as_deref())
             .set("storage", estimate)
             .set("bundle_storage", store.place_name())
             .set("worker_started", self.started)

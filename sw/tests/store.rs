@@ -4,7 +4,12 @@
 #![cfg(target_arch = "wasm32")]
 
 use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
-use stead_sw::{SwError, opfs, store::BundleStore};
+use std::rc::Rc;
+
+use stead_sw::{
+    SwError, opfs,
+    store::{BundleStore, Meta, Versions},
+};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 use web_sys::Response;
 
@@ -66,29 +71,66 @@ async fn refuses_corrupt_content(store: &BundleStore) {
     assert!(store.stored().await.unwrap().is_empty());
 }
 
-#[wasm_bindgen_test]
-async fn manifests_and_meta_survive_reopening() {
-    let (parent, store) = fresh("t-manifest").await;
-    let m = BundleManifest::new("index.html", vec![bundle_file("index.html", b"<h1>")]).unwrap();
-    assert_eq!(store.manifest("active.json").await.unwrap(), None);
-    store.write_manifest("active.json", &m).await.unwrap();
-    let meta = stead_sw::store::Meta { last_error: Some("boom".into()), ..Default::default() };
-    store.write_meta(&meta).await.unwrap();
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
 
-    let again = BundleStore::open_in(&parent).await.unwrap();
-    assert_eq!(again.manifest("active.json").await.unwrap(), Some(m));
-    assert_eq!(again.meta().await, meta);
-    again.remove_manifest("active.json").await.unwrap();
-    assert_eq!(again.manifest("active.json").await.unwrap(), None);
+fn versions(body: &[u8]) -> Versions {
+    let m = BundleManifest::new("index.html", vec![bundle_file("index.html", body)]).unwrap();
+    Versions {
+        active: Some(Rc::new(m)),
+        pending: None,
+        meta: Meta { last_update_check: Some(1_764_000_000_000.0), last_check_result: Some("up-to-date".into()), last_error: Some("boom".into()) },
+    }
+}
+
+/// What every store promises about its state: it reads back after reopening, and each save
+/// replaces all of it (a pending version activated is gone as pending).
+async fn state_survives_reopening(store: &BundleStore, reopen: impl AsyncFn() -> BundleStore) {
+    assert_eq!(store.versions().await.unwrap(), Versions::default(), "a new store holds no version");
+    let one = versions(b"<h1>one</h1>");
+    store.save(&one).await.unwrap();
+    assert_eq!(reopen().await.versions().await.unwrap(), one);
+    let two = Versions { pending: versions(b"<h1>two</h1>").active, ..one.clone() };
+    store.save(&two).await.unwrap();
+    assert_eq!(reopen().await.versions().await.unwrap(), two);
+    let activated = Versions { active: two.pending.clone(), pending: None, ..two };
+    store.save(&activated).await.unwrap();
+    assert_eq!(reopen().await.versions().await.unwrap(), activated);
 }
 
 #[wasm_bindgen_test]
-async fn a_garbled_manifest_is_an_error_not_a_panic() {
-    let (parent, store) = fresh("t-garbled").await;
+async fn the_state_survives_reopening_as_one_document() {
+    let (parent, store) = fresh("t-state").await;
+    state_survives_reopening(&store, async || BundleStore::open_in(&parent).await.unwrap()).await;
     let stead = opfs::dir(&parent, "stead", false).await.unwrap().unwrap();
-    opfs::write_bytes(&stead, "active.json", b"{\"format\":1,").await.unwrap();
-    let err = store.manifest("active.json").await.unwrap_err();
-    assert!(err.to_string().starts_with("bundle manifest is not valid JSON"), "{err}");
+    assert_eq!(sorted(opfs::names(&stead).await.unwrap()), ["files", "state.bin"]);
+}
+
+#[wasm_bindgen_test]
+async fn a_damaged_state_is_an_error_not_a_panic_or_an_empty_store() {
+    let (parent, store) = fresh("t-garbled").await;
+    store.save(&versions(b"<h1>")).await.unwrap();
+    let stead = opfs::dir(&parent, "stead", false).await.unwrap().unwrap();
+    let good = opfs::read_bytes(&stead, "state.bin").await.unwrap().unwrap();
+    opfs::write_bytes(&stead, "state.bin", &good[..good.len() - 9]).await.unwrap();
+    let err = store.versions().await.unwrap_err();
+    assert!(err.to_string().contains("the stored state is damaged"), "{err}");
+}
+
+/// What an older worker left (three JSON documents) is not read: the new worker has no
+/// version until its install downloads the manifest again (the files are all stored).
+#[wasm_bindgen_test]
+async fn a_store_an_older_worker_wrote_holds_no_version_until_saved() {
+    let (parent, _) = fresh("t-legacy").await;
+    let old = versions(b"<h1>old</h1>");
+    let stead = opfs::dir(&parent, "stead", false).await.unwrap().unwrap();
+    opfs::write_bytes(&stead, "active.json", old.active.as_ref().unwrap().to_json().as_bytes()).await.unwrap();
+    let again = BundleStore::open_in(&parent).await.unwrap();
+    assert_eq!(again.versions().await.unwrap(), Versions::default());
+    again.save(&old).await.unwrap();
+    assert_eq!(BundleStore::open_in(&parent).await.unwrap().versions().await.unwrap(), old);
 }
 
 #[wasm_bindgen_test]
@@ -156,22 +198,13 @@ async fn indexeddb_refuses_corrupt_content_and_keeps_nothing() {
 }
 
 #[wasm_bindgen_test]
-async fn indexeddb_manifests_meta_and_deletes_survive_reopening() {
-    let store = fresh_idb("t-idb-manifest").await;
-    let m = BundleManifest::new("index.html", vec![bundle_file("index.html", b"<h1>")]).unwrap();
-    assert_eq!(store.manifest("active.json").await.unwrap(), None);
-    store.write_manifest("active.json", &m).await.unwrap();
-    let meta = stead_sw::store::Meta { last_error: Some("boom".into()), ..Default::default() };
-    store.write_meta(&meta).await.unwrap();
+async fn indexeddb_state_and_deletes_survive_reopening() {
+    let store = fresh_idb("t-idb-state").await;
+    state_survives_reopening(&store, async || BundleStore::open_idb_named("t-idb-state").await.unwrap()).await;
     let a = bundle_file("a.txt", b"a");
     store.put(&a, &response(b"a")).await.unwrap();
-
-    let again = BundleStore::open_idb_named("t-idb-manifest").await.unwrap();
-    assert_eq!(again.manifest("active.json").await.unwrap(), Some(m));
-    assert_eq!(again.meta().await, meta);
+    let again = BundleStore::open_idb_named("t-idb-state").await.unwrap();
     assert_eq!(bytes_of(&again.file(&a.sha256).await.unwrap().unwrap()).await, b"a");
-    again.remove_manifest("active.json").await.unwrap();
-    assert_eq!(again.manifest("active.json").await.unwrap(), None);
     assert!(again.delete(&a.sha256).await.unwrap());
     assert!(!again.delete(&a.sha256).await.unwrap(), "a second delete finds nothing");
     assert!(again.file(&a.sha256).await.unwrap().is_none());

@@ -60,8 +60,18 @@ pub fn storage() -> Result<StorageManager, FsError> {
     Ok(storage.unchecked_into())
 }
 
-/// The origin's OPFS root.
+/// Where Stead's worker shim leaves the promise of the OPFS root it asked for before
+/// compiling the worker's wasm, so a cold start's first file-system call overlaps that.
+const EARLY_ROOT: &str = "__stead_opfs_root";
+
+/// The origin's OPFS root. In Stead's service worker this is the promise the shim made on
+/// its first line (the same handle every time); elsewhere a fresh `getDirectory()`.
 pub async fn root() -> Result<Dir, FsError> {
+    if let Ok(early) = Reflect::get(&js_sys::global(), &EARLY_ROOT.into())
+        && let Ok(early) = early.dyn_into::<Promise>()
+    {
+        return Ok(JsFuture::from(early).await?.unchecked_into());
+    }
     let storage = storage()?;
     if !Reflect::get(&storage, &"getDirectory".into())?.is_function() {
         return Err(FsError { name: "NotSupportedError".into(), message: "this browser has no origin private file system".into() });
