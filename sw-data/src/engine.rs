@@ -709,7 +709,7 @@ impl Engine {
         let url = format!("{}/sync", server_base().replacen("http", "ws", 1));
         let ws = WebSocket::new(&url).map_err(|e| opfs::FsError::from(e).to_string())?;
         ws.set_binary_type(BinaryType::Arraybuffer);
-        let sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut WebRandom);
+        let sync = Sync::new(SyncConfig::client(), &mut WebRandom);
         let weak = Rc::downgrade(self);
         let on_open = Closure::<dyn FnMut(JsValue)>::new({
             let weak = weak.clone();

@@ -125,7 +125,7 @@ impl NativeDevice {
         }
         let url = format!("ws://127.0.0.1:{}/sync", self.port);
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut self.rng);
+        let mut sync = Sync::new(SyncConfig::client(), &mut self.rng);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut refused = None;
         loop {
@@ -161,7 +161,7 @@ impl NativeDevice {
     pub async fn push(&mut self) -> Result<()> {
         let url = format!("ws://127.0.0.1:{}/sync", self.port);
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let mut sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut self.rng);
+        let mut sync = Sync::new(SyncConfig::client(), &mut self.rng);
         let own = self.replica.version_vector().get(&self.id).copied().unwrap_or(0);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -180,7 +180,7 @@ impl SyncPeer for Counter {
 }
 
 pub fn sync_config(max_entries: usize) -> SyncConfig {
-    SyncConfig { max_entries, require_member: false, ..SyncConfig::default() }
+    SyncConfig { max_entries, ..SyncConfig::client() }
 }
 
 /// Sends every frame the protocol has ready.

@@ -509,7 +509,7 @@ impl Engine {
             .map_err(|_| Error::Timeout("the websocket connection"))?
             .map_err(|e| Error::Server { status: 0, body: e.to_string() })?;
         // The server is not a member of the space: it proves who it is, but no membership.
-        let config = SyncConfig { require_member: false, ..SyncConfig::default() };
+        let config = SyncConfig::client();
         Ok(Conn { ws, sync: Sync::new(config, &mut self.rng) })
     }
 

@@ -338,12 +338,26 @@ pub struct SyncConfig {
     pub max_bytes: usize,
     /// Refuse a peer that is not an active member of the space (servers set this).
     pub require_member: bool,
+    /// Send an `Ack` for entries taken in. A server must: its acks are how a client knows
+    /// its entries are durable. A client's would tell the server nothing it uses (what a
+    /// client has, it says in its vector when it connects), and at a fan-out they are one
+    /// more frame per delivery for the server to read.
+    pub acknowledge: bool,
     pub limits: Limits,
 }
 
 impl Default for SyncConfig {
+    /// A server's side of a connection.
     fn default() -> Self {
-        SyncConfig { max_entries: 256, max_bytes: 1 << 20, require_member: true, limits: Limits::default() }
+        SyncConfig { max_entries: 256, max_bytes: 1 << 20, require_member: true, acknowledge: true, limits: Limits::default() }
+    }
+}
+
+impl SyncConfig {
+    /// A client's side of a connection to a server: the server need not be a member of
+    /// the space (it cannot read it), and entries the server relays are not acknowledged.
+    pub fn client() -> Self {
+        SyncConfig { require_member: false, acknowledge: false, ..SyncConfig::default() }
     }
 }
 
@@ -567,8 +581,10 @@ impl Sync {
                     };
                     match ingested {
                         Ok(_) => {
-                            let due = self.acks_due.entry(replica).or_insert(seq);
-                            *due = (*due).max(seq);
+                            if self.config.acknowledge {
+                                let due = self.acks_due.entry(replica).or_insert(seq);
+                                *due = (*due).max(seq);
+                            }
                             let their = self.their.get_or_insert_with(VersionVector::new);
                             let t = their.entry(replica).or_insert(0);
                             *t = (*t).max(seq + 1);

@@ -89,6 +89,32 @@ fn entries_go_in_bounded_batches_and_are_acknowledged() {
     assert_eq!(trace, "HhpPVv1a");
 }
 
+/// A server acknowledges what it takes in (its client waits for that); a client does not
+/// acknowledge what the server relays, which would be one more frame per delivery for the
+/// server to read at a fan-out.
+#[test]
+fn a_server_acknowledges_entries_and_a_client_does_not() {
+    let mut rng = SeededRandom::new(11);
+    let space = Space::new(2, &mut rng);
+    let (mut server, mut client) = (space.open(0), space.open(1));
+    server.commit(vec![set(1, 1)], NOW, &mut rng).unwrap();
+    client.commit(vec![set(2, 2)], NOW + 1, &mut rng).unwrap();
+    let mut ss = Sync::new(SyncConfig::default(), &mut rng);
+    let mut sc = Sync::new(SyncConfig::client(), &mut rng);
+    let (trace, errors) = run(&mut server, &mut ss, &mut client, &mut sc);
+    assert!(errors.is_empty(), "{errors:?}");
+    // Uppercase: server → client; lowercase: client → server.
+    assert_eq!(trace, "HhpvPV11A");
+    assert_eq!(server.state(), client.state());
+    assert!(sc.in_sync(&client), "the client knows the server has its entry");
+    assert!(ss.acked().is_empty(), "the client acknowledged nothing");
+    // Live: an entry relayed to the client draws no frame back.
+    server.commit(vec![set(1, 3)], NOW + 2, &mut rng).unwrap();
+    let (trace, _) = run(&mut server, &mut ss, &mut client, &mut sc);
+    assert_eq!(trace, "1");
+    assert_eq!(server.state(), client.state());
+}
+
 #[test]
 fn live_edits_flow_both_ways_on_an_open_connection() {
     let mut rng = SeededRandom::new(2);
@@ -300,7 +326,7 @@ fn two_clients_sync_through_a_relay_that_cannot_read() {
     a.commit(vec![set(1, 1)], NOW, &mut rng).unwrap();
     b.commit(vec![set(1, 2)], NOW + 1, &mut rng).unwrap();
     // Clients do not require the server to be a member; the server requires clients to be.
-    let client = SyncConfig { require_member: false, ..SyncConfig::default() };
+    let client = SyncConfig::client();
     for _ in 0..2 {
         for r in [&mut a, &mut b] {
             let mut sc = Sync::new(client.clone(), &mut rng);

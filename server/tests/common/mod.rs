@@ -338,7 +338,7 @@ impl RawPeer {
     /// Handshakes as `replica` and waits for the server's vector.
     pub async fn handshake(server: &Server, replica: &mut Replica, seed: u64) -> anyhow::Result<(RawPeer, Frame)> {
         let mut ws = connect(server).await?;
-        let mut sync = Sync::new(SyncConfig { require_member: false, ..SyncConfig::default() }, &mut SeededRandom::new(seed));
+        let mut sync = Sync::new(SyncConfig::client(), &mut SeededRandom::new(seed));
         let (mut hello, mut proof) = (Vec::new(), Vec::new());
         loop {
             while let Some(f) = sync.generate(replica) {
