@@ -49,7 +49,7 @@ pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<Pat
         let anchors: Vec<String> = r.env.anchors.iter().map(|(n, v)| format!("{n} {v}")).collect();
         let _ = writeln!(
             md,
-            "{} repetitions per system; {}; {}; {} × {} (load {} at start); anchors: {}; {:.0} s.\n",
+            "{} repetitions per system; {}; {}; {} × {} (load {} at start); anchors: {}; {:.0} s{}.\n",
             r.reps,
             r.env.rustc,
             r.env.profile,
@@ -57,7 +57,8 @@ pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<Pat
             r.env.cpu,
             r.env.load,
             if anchors.is_empty() { "none".into() } else { anchors.join(", ") },
-            r.seconds
+            r.seconds,
+            if r.finished.is_empty() { String::new() } else { format!(", finished {}", r.finished) }
         );
         let svg = format!("{}-ratios.svg", r.suite);
         if plots::ratios(r, &plots_dir.join(&svg))? > 0 {

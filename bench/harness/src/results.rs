@@ -96,11 +96,16 @@ pub struct SuiteResult {
     #[serde(default)]
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// When the results were written, UTC (`2026-12-02 07:31 UTC`), so a report made from
+    /// saved results says when each suite ran. Files written before this field existed
+    /// get their modification time ([`SuiteResult::load`]).
+    #[serde(default)]
+    pub finished: String,
 }
 
 impl SuiteResult {
     pub fn new(suite: &str, quick: bool, reps: usize, env: Environment) -> SuiteResult {
-        SuiteResult { suite: suite.into(), quick, reps, env, samples: Vec::new(), ratios: Vec::new(), curves: Vec::new(), notes: Vec::new(), seconds: 0.0 }
+        SuiteResult { suite: suite.into(), quick, reps, env, samples: Vec::new(), ratios: Vec::new(), curves: Vec::new(), notes: Vec::new(), seconds: 0.0, finished: String::new() }
     }
 
     pub fn add(&mut self, workload: &str, metric: &str, system: &str, rep: usize, value: f64, unit: &str) {
@@ -207,7 +212,8 @@ impl SuiteResult {
     }
 
     /// Prints the table and writes `<dir>/<suite>.csv` and `<dir>/<suite>.json`.
-    pub fn finish(&self, dir: &Path) -> Result<()> {
+    pub fn finish(&mut self, dir: &Path) -> Result<()> {
+        self.finished = utc(None);
         println!("{}", self.table());
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let csv = dir.join(format!("{}.csv", self.suite));
@@ -220,8 +226,22 @@ impl SuiteResult {
 
     pub fn load(path: &Path) -> Result<SuiteResult> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut r: SuiteResult = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if r.finished.is_empty() {
+            r.finished = utc(Some(path));
+        }
+        Ok(r)
     }
+}
+
+/// The time now, or `file`'s modification time, in UTC to the minute (empty if `date` fails).
+fn utc(file: Option<&Path>) -> String {
+    let mut date = std::process::Command::new("date");
+    date.arg("-u");
+    if let Some(f) = file {
+        date.arg("-r").arg(f);
+    }
+    date.arg("+%Y-%m-%d %H:%M UTC").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// Four significant figures, without exponent for everyday magnitudes.
@@ -280,6 +300,25 @@ mod tests {
         let r = result();
         let back: SuiteResult = serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
         assert_eq!(back.samples, r.samples);
+    }
+
+    /// A report made from saved results says when each suite ran: a result written now
+    /// carries its time, and one written before the field existed its file's time.
+    #[test]
+    fn saved_results_say_when_they_were_written() {
+        let dir = std::env::temp_dir().join(format!("stead-harness-finished-{}", std::process::id()));
+        let mut r = result();
+        r.finish(&dir).expect("written");
+        let written = SuiteResult::load(&dir.join("t.json")).expect("loaded");
+        assert!(written.finished.ends_with(" UTC") && written.finished.len() == "2026-12-02 07:31 UTC".len(), "{:?}", written.finished);
+        assert_eq!(written.finished, r.finished);
+        // An older file, without the field, gets its modification time.
+        let old = dir.join("old.json");
+        std::fs::write(&old, serde_json::to_string(&result()).expect("json").replace(",\"finished\":\"\"", "")).expect("written");
+        assert!(!std::fs::read_to_string(&old).expect("read").contains("finished"));
+        assert_eq!(SuiteResult::load(&old).expect("loaded").finished, utc(Some(&old)));
+        assert!(!utc(Some(&old)).is_empty());
+        std::fs::remove_dir_all(&dir).expect("removed");
     }
 
     #[test]
