@@ -62,7 +62,7 @@ pub fn encode(v: &Versions) -> Vec<u8> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Versions, BundleError> {
-    let versions = read(bytes).map_err(|why| BundleError::Json(format!("the stored state is damaged: {why}")))?;
+    let versions = read(bytes).map_err(|why| BundleError::Json(why.to_owned()))?;
     for m in versions.active.iter().chain(&versions.pending) {
         m.check_shape()?;
     }

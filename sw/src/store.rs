@@ -279,11 +279,17 @@ impl BundleStore {
     }
 
     /// The active and pending versions and the meta: one read of the state document.
+    ///
+    /// A damaged document reads as no version, with the damage as the last error: the
+    /// state is derived (the server has the manifest, and every file is stored under its
+    /// hash), so the next update check downloads the manifest again, finds the files and
+    /// saves a new one, where an error here would stop the worker for good.
     pub async fn versions(&self) -> Result<Versions, SwError> {
-        match self.read_doc(STATE).await? {
-            Some(bytes) => Ok(crate::state::decode(&bytes)?),
-            None => Ok(Versions::default()),
-        }
+        let Some(bytes) = self.read_doc(STATE).await? else { return Ok(Versions::default()) };
+        Ok(crate::state::decode(&bytes).unwrap_or_else(|e| Versions {
+            meta: Meta { last_error: Some(format!("the stored state is damaged ({e}); the next update check replaces it")), ..Meta::default() },
+            ..Versions::default()
+        }))
     }
 
     /// Replaces the state document: one atomic write, whatever changed in it.

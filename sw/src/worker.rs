@@ -84,8 +84,9 @@ pub struct Worker {
     /// Where the bundle is kept, once known in this worker life.
     place: RefCell<Option<Place>>,
     updating: RefCell<Option<SharedResult<Checked>>>,
-    /// Held while the state document is written, so saves run one at a time.
-    saving: futures::lock::Mutex<()>,
+    /// Resolves when the last save begun has ended, so saves run one at a time (a JS
+    /// promise chain: smaller in the serving module than an async mutex).
+    saving: RefCell<js_sys::Promise>,
 }
 
 #[derive(Default)]
@@ -128,7 +129,7 @@ impl Worker {
             loading: RefCell::default(),
             place: RefCell::default(),
             updating: RefCell::default(),
-            saving: futures::lock::Mutex::new(()),
+            saving: RefCell::new(js_sys::Promise::resolve(&JsValue::UNDEFINED)),
         }
     }
 
@@ -491,12 +492,20 @@ impl Worker {
     /// memory too. Saves run one at a time, each from what memory holds when its turn
     /// comes, so none undoes another; a failed save changes nothing.
     async fn persist(&self, store: &BundleStore, change: &dyn Fn(&mut Versions)) -> Result<(), SwError> {
-        let _turn = self.saving.lock().await;
+        let mut end_turn = None;
+        let turn = js_sys::Promise::new(&mut |resolve, _| end_turn = Some(resolve));
+        let previous = self.saving.replace(turn);
+        let _ = JsFuture::from(previous).await;
         let mut next = self.state.borrow().versions.clone();
         change(&mut next);
-        store.save(&next).await?;
-        change(&mut self.state.borrow_mut().versions);
-        Ok(())
+        let saved = store.save(&next).await;
+        if saved.is_ok() {
+            change(&mut self.state.borrow_mut().versions);
+        }
+        if let Some(end_turn) = end_turn {
+            let _ = end_turn.call0(&JsValue::UNDEFINED);
+        }
+        saved
     }
 
     /// Makes the downloaded update the served version. Pages loaded before keep the
