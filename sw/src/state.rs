@@ -119,34 +119,7 @@ fn put_manifest(out: &mut Vec<u8>, m: &BundleManifest) {
 /// `check_shape`, so it is stored as zeros and the read refuses it.
 fn hex_to_bytes(hex: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
-    let digits = hex.as_bytes();
-    if digits.len() == 64 {
-        for (i, pair) in digits.chunks(2).enumerate() {
-            match (nibble(pair[0]), nibble(pair[1])) {
-                (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
-                _ => return [0; 32],
-            }
-        }
-    }
-    out
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn bytes_to_hex(bytes: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    hex::decode_to_slice(hex, &mut out).map_or([0; 32], |()| out)
 }
 
 struct Reader<'a> {
@@ -221,7 +194,7 @@ impl<'a> Reader<'a> {
                 1 => true,
                 _ => return Err("a file's immutable flag is neither 0 nor 1"),
             };
-            files.push(BundleFile { path, sha256: bytes_to_hex(&sha256), size, mime, immutable });
+            files.push(BundleFile { path, sha256: hex::encode(sha256), size, mime, immutable });
         }
         Ok(BundleManifest { format, version, entry, files })
     }
