@@ -134,6 +134,7 @@ impl Worker {
     }
 
     pub fn on_install(self: &Rc<Self>, event: ExtendableEvent) {
+        mark("install");
         let _ = self.scope.skip_waiting();
         self.installing.set(true);
         let w = self.clone();
@@ -152,9 +153,11 @@ impl Worker {
     }
 
     pub fn on_activate(self: &Rc<Self>, event: ExtendableEvent) {
+        mark("activate");
         let claim = self.scope.clients().claim();
         wait_until(&event, async move {
             JsFuture::from(claim).await?;
+            mark("claimed");
             Ok(())
         });
     }
@@ -424,6 +427,7 @@ impl Worker {
         let bytes = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
         let text = String::from_utf8(js_sys::Uint8Array::new(&bytes).to_vec()).map_err(|_| stead_core::bundle::BundleError::Json("not UTF-8".into()))?;
         let manifest = crate::manifest::parse_downloaded(&text).await?;
+        mark("manifest");
         let (active, pending) = {
             let s = self.state.borrow();
             (s.versions.active.clone(), s.versions.pending.clone())
@@ -437,6 +441,7 @@ impl Worker {
         }
 
         let stored = store.stored().await?;
+        mark("stored_listed");
         let missing = manifest.missing(|f| stored.get(&f.sha256) == Some(&f.size));
         let errors: Vec<SwError> = futures::stream::iter(missing)
             .map(|f| self.download(&store, f))
@@ -444,6 +449,7 @@ impl Worker {
             .filter_map(|r| async move { r.err() })
             .collect()
             .await;
+        mark("downloaded");
         if let Some(first) = errors.first() {
             return Err(match errors.len() {
                 1 => first.clone(),
@@ -455,6 +461,7 @@ impl Worker {
         if active.is_none() {
             let manifest = Rc::new(manifest);
             self.persist(&store, &|v| v.active = Some(manifest.clone())).await?;
+            mark("saved");
             self.gc().await?;
             Ok(Checked::Installed(version))
         } else {

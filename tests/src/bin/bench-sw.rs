@@ -31,7 +31,7 @@ use stead_e2e::{Browser, Engine, Env, Server, copy_dir, manifest, wait_for};
 const HOOK: &str = r#"(() => {
   const sw = navigator.serviceWorker;
   if (!sw) return;
-  window.__bench = { register: null, controller: null };
+  window.__bench = { register: null, controller: null, origin: performance.timeOrigin };
   const register = sw.register.bind(sw);
   sw.register = (...args) => {
     if (window.__bench.register === null) window.__bench.register = performance.now();
@@ -131,6 +131,8 @@ struct Samples {
     /// Stead's `start_profile` (status) after each offline cold fetch: step → ms since
     /// the worker's time origin.
     profiles: Vec<Vec<(String, f64)>>,
+    /// Stead's `start_profile` after each precache, each step in ms after `register()`.
+    precache_profiles: Vec<Vec<(String, f64)>>,
 }
 
 impl Samples {
@@ -306,8 +308,9 @@ async fn main() -> Result<()> {
         let browser = Browser::start(&env).await?;
         let result = precache_block(&env, &browser, site, dir).await;
         browser.quit().await?;
-        let ms = result.with_context(|| format!("precache block {block} ({})", site.name()))?;
+        let (ms, profile) = result.with_context(|| format!("precache block {block} ({})", site.name()))?;
         eprintln!("  precache {block} {:8} {ms:.0} ms", site.name());
+        samples.precache_profiles.extend(profile);
         samples.push(site, block, "precache_10mb", 0, ms);
     }
 
@@ -319,8 +322,10 @@ async fn main() -> Result<()> {
     let cold_csv = args.out.with_file_name("sw-cold-size.csv");
     write_cold_csv(&cold_csv, &cold)?;
     write_profile_csv(&args.out.with_file_name("sw-cold-profile.csv"), &samples.profiles)?;
+    write_profile_csv(&args.out.with_file_name("sw-precache-profile.csv"), &samples.precache_profiles)?;
     print_table(&samples, &chromium_version, &args.workbox_version, &serve_m, &pre_m);
-    print_profile(&samples.profiles);
+    print_profile("Stead's offline cold start, by step (ms since the worker's time origin", &samples.profiles);
+    print_profile("Stead's precache, by step (ms after register()", &samples.precache_profiles);
     print_cold_table(&cold, &plan);
     println!("cold start against worker size: {}", cold_csv.display());
     println!("raw samples: {}", args.out.display());
@@ -362,12 +367,40 @@ async fn install(browser: &Browser, url: &str, site: Site, m: &stead_core::bundl
     Ok(controller - register)
 }
 
-async fn precache_block(env: &Env, browser: &Browser, site: Site, dir: &Path) -> Result<f64> {
+/// register → controllerchange in ms, and for Stead its `start_profile` in ms after
+/// `register()`.
+async fn precache_block(env: &Env, browser: &Browser, site: Site, dir: &Path) -> Result<(f64, Option<Vec<(String, f64)>>)> {
     let server = Server::start(env, dir)?;
     let m = manifest(dir)?;
     let ms = install(browser, &server.url, site, &m).await?;
+    let profile = match site {
+        Site::Stead => Some(steps_after_register(browser).await?),
+        Site::Workbox => None,
+    };
     drop(server);
-    Ok(ms)
+    Ok((ms, profile))
+}
+
+/// The worker's `start_profile` moved onto the page's clock: ms after `register()`. The
+/// worker's time origin is taken as `worker_started` (its `Date.now()` when the wasm had
+/// just been instantiated) less `wasm_instantiated`.
+async fn steps_after_register(browser: &Browser) -> Result<Vec<(String, f64)>> {
+    let page = browser.js("return window.__bench").await?;
+    let status = browser.status().await?;
+    let (Some(origin), Some(register)) = (page["origin"].as_f64(), page["register"].as_f64()) else {
+        bail!("the page's hook has no time origin or register time: {page}")
+    };
+    let steps = status["start_profile"].as_object().context("status has no start_profile")?;
+    let (Some(started), Some(instantiated)) = (status["worker_started"].as_f64(), steps.get("wasm_instantiated").and_then(Value::as_f64)) else {
+        bail!("status has no worker_started or wasm_instantiated: {status}")
+    };
+    let worker_origin = started - instantiated;
+    let mut out: Vec<(String, f64)> = vec![("worker_origin".into(), worker_origin - (origin + register))];
+    out.extend(steps.iter().filter_map(|(k, v)| Some((k.clone(), worker_origin + v.as_f64()? - (origin + register)))));
+    if let Some(controller) = page["controller"].as_f64() {
+        out.push(("controllerchange".into(), controller - register));
+    }
+    Ok(out)
 }
 
 /// Fetches each URL in the page, one after another, and returns each time in ms.
@@ -665,7 +698,7 @@ async fn cold_fetch(browser: &Browser, site: Site, origin: &str, file: &str) -> 
     .await
 }
 
-/// Stead's cold start profiles: `sample,step,ms` (ms since the worker's time origin).
+/// Stead's step profiles: `sample,step,ms`.
 fn write_profile_csv(path: &Path, profiles: &[Vec<(String, f64)>]) -> Result<()> {
     let mut s = String::from("sample,step,ms\n");
     for (i, steps) in profiles.iter().enumerate() {
@@ -676,9 +709,9 @@ fn write_profile_csv(path: &Path, profiles: &[Vec<(String, f64)>]) -> Result<()>
     std::fs::write(path, s).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Each step of Stead's cold start: median and range over the offline cold fetches.
-fn print_profile(profiles: &[Vec<(String, f64)>]) {
-    println!("Stead's offline cold start, by step (ms since the worker's time origin, {} samples):", profiles.len());
+/// Each step of a profile, in the order of their medians: median and range over the samples.
+fn print_profile(title: &str, profiles: &[Vec<(String, f64)>]) {
+    println!("{title}, {} samples):", profiles.len());
     let mut steps: Vec<&str> = Vec::new();
     for p in profiles {
         for (step, _) in p {
@@ -687,10 +720,16 @@ fn print_profile(profiles: &[Vec<(String, f64)>]) {
             }
         }
     }
-    for step in steps {
-        let v: Vec<f64> = profiles.iter().filter_map(|p| p.iter().find(|(s, _)| s == step).map(|(_, ms)| *ms)).collect();
-        let (Some(m), Some(lo), Some(hi)) = (median(&v), quantile(&v, 0.0), quantile(&v, 1.0)) else { continue };
-        println!("  {step:<20} {m:>8.2}  ({lo:.2}–{hi:.2}, n {})", v.len());
+    let mut rows: Vec<(&str, f64, f64, f64, usize)> = steps
+        .into_iter()
+        .filter_map(|step| {
+            let v: Vec<f64> = profiles.iter().filter_map(|p| p.iter().find(|(s, _)| s == step).map(|(_, ms)| *ms)).collect();
+            Some((step, median(&v)?, quantile(&v, 0.0)?, quantile(&v, 1.0)?, v.len()))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for (step, m, lo, hi, n) in rows {
+        println!("  {step:<20} {m:>8.2}  ({lo:.2}–{hi:.2}, n {n})");
     }
     println!();
 }
