@@ -88,6 +88,91 @@ async fn offline_the_stopped_worker_cold_starts_and_serves_the_app() -> Result<(
     browser.quit().await
 }
 
+/// Damages the worker's state document (its versions) from the page, where the worker
+/// keeps it: `stead/state.bin` in OPFS, or the `state.bin` value in IndexedDB.
+async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
+    browser
+        .js_async(&format!(
+            "const bytes = new Uint8Array([115, 116, 101, 97, 100]); \
+             if ({place:?} === 'opfs') {{ \
+               const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('stead'); \
+               const w = await (await dir.getFileHandle('state.bin')).createWritable(); \
+               await w.write(bytes); await w.close(); \
+             }} else {{ \
+               await new Promise((ok, fail) => {{ \
+                 const open = indexedDB.open('stead-bundle'); \
+                 open.onerror = () => fail(open.error); \
+                 open.onsuccess = () => {{ \
+                   const tx = open.result.transaction('docs', 'readwrite'); \
+                   tx.objectStore('docs').put(bytes, 'state.bin'); \
+                   tx.oncomplete = () => {{ open.result.close(); ok(); }}; \
+                   tx.onerror = () => fail(tx.error); \
+                 }}; \
+               }}); \
+             }}"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// A damaged state document costs the worker its version, not its life: status says what
+/// is wrong, the next update check downloads the manifest again (every file is still
+/// stored under its hash) and saves a new one, and the app works offline after that.
+#[tokio::test]
+async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    let m = manifest(&env.dist)?;
+    let before = install(&browser, &server.url, &m.version).await?;
+    let place = as_str(&before, "bundle_storage").context("status names the bundle's storage")?;
+
+    // The app's page wakes the worker by itself (its heartbeat, its data requests), and a
+    // worker woken between the stop and the damage reads the state before it is damaged.
+    // A file of the bundle that is not a page runs no script, so only this test wakes it.
+    let inert = m
+        .files
+        .iter()
+        .find(|f| [".png", ".svg", ".ico", ".webmanifest"].iter().any(|ext| f.path.ends_with(ext)))
+        .context("the bundle has a file that is not a page")?;
+    browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
+    // That navigation's update check saves its result; it is done before the stop.
+    let checked = |s: &Value| s["last_update_check"].as_f64();
+    wait_for("the navigation's update check", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((checked(&s) > checked(&before) && s["last_check_result"] == "up-to-date").then_some(()))
+    })
+    .await?;
+
+    if browser.lacks(Capability::StopWorkerUnderOpenPage, "seeing the damage in status while offline") {
+        // WebKit's stop reloads the page, so the server stays up and the check runs at once.
+        damage_state(&browser, &place).await?;
+    } else {
+        server.kill();
+        browser.stop_workers().await?;
+        damage_state(&browser, &place).await?;
+        let s = browser.status().await?;
+        assert_eq!(s["active_version"], Value::Null, "no version is read from a damaged state: {s}");
+        let error = as_str(&s, "last_error").unwrap_or_default();
+        assert!(error.contains("the stored state is damaged"), "{error}");
+        server = server.restart(&env)?;
+    }
+    browser.stop_workers().await?;
+    browser.driver.goto(&server.url).await?;
+    let after = wait_for("the version to be active again", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((as_str(&s, "active_version").as_deref() == Some(m.version.as_str()) && s["last_error"].is_null()).then_some(s))
+    })
+    .await?;
+    assert!(after["worker_started"].as_f64() > before["worker_started"].as_f64(), "a new worker life read the state");
+
+    server.kill();
+    browser.stop_workers().await?;
+    browser.refresh().await?;
+    browser.add_todo("after the state was rebuilt").await?;
+    browser.quit().await
+}
+
 #[tokio::test]
 async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<()> {
     let env = Env::get()?;
