@@ -254,15 +254,15 @@ pub fn sw_cold_size(csv: &str, r: &mut SuiteResult) -> Result<()> {
     Ok(())
 }
 
-/// Adds Stead's offline cold start by step (`sample,step,ms`, the worker's own
-/// `start_profile` after each cold fetch) to the result's notes: where a cold start's time
-/// goes, as the worker measured it.
-pub fn sw_cold_profile(csv: &str, r: &mut SuiteResult) -> Result<()> {
+/// Adds a profile of Stead's by step (`sample,step,ms`, from the worker's own
+/// `start_profile`) to the result's notes, headed `what`: where the time of an offline
+/// cold start, or of a precache, goes, as the worker measured it.
+pub fn sw_profile(csv: &str, what: &str, r: &mut SuiteResult) -> Result<()> {
     // step -> samples, steps in the order first seen
     let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
     for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
-        let [_, step, ms] = f[..] else { bail!("bad sw-cold-profile.csv line {line:?}") };
+        let [_, step, ms] = f[..] else { bail!("bad profile line {line:?}") };
         let ms: f64 = ms.parse().with_context(|| format!("bad ms in {line:?}"))?;
         match steps.iter_mut().find(|(s, _)| s == step) {
             Some((_, v)) => v.push(ms),
@@ -274,7 +274,7 @@ pub fn sw_cold_profile(csv: &str, r: &mut SuiteResult) -> Result<()> {
     }
     // In the order the steps happen (status lists them by name).
     steps.sort_by(|a, b| median(&a.1).unwrap_or(f64::MAX).total_cmp(&median(&b.1).unwrap_or(f64::MAX)));
-    let mut line = String::from("Stead's offline cold start by step, as its worker reports it (median ms since the worker's time origin, min–max):");
+    let mut line = format!("{what} (median, min–max):");
     for (step, v) in &steps {
         let (Some(m), Some(lo), Some(hi)) = (median(v), v.iter().copied().reduce(f64::min), v.iter().copied().reduce(f64::max)) else { continue };
         let _ = write!(line, " {step} {m:.1} ({lo:.1}–{hi:.1});");
@@ -338,9 +338,10 @@ mod tests {
         // Listed by name (as status has them); the note lists them by time.
         let csv = "sample,step,ms\n0,first_answer,20\n0,script_evaluated,4\n1,first_answer,30\n1,script_evaluated,6\n2,script_evaluated,5\n";
         let mut r = SuiteResult::new("sw", true, 0, Environment::default());
-        sw_cold_profile(csv, &mut r).expect("parse");
+        sw_profile(csv, "cold", &mut r).expect("parse");
         assert_eq!(r.notes.len(), 1);
         assert!(r.notes[0].ends_with(" script_evaluated 5.0 (4.0–6.0); first_answer 25.0 (20.0–30.0);"), "{}", r.notes[0]);
-        assert!(sw_cold_profile("sample,step,ms\n0,x\n", &mut r).is_err(), "a short line is refused");
+        assert!(r.notes[0].starts_with("cold (median, min–max): "), "{}", r.notes[0]);
+        assert!(sw_profile("sample,step,ms\n0,x\n", "cold", &mut r).is_err(), "a short line is refused");
     }
 }
