@@ -535,6 +535,28 @@ impl Browser {
         Ok(v)
     }
 
+    /// Waits for an app's install button, which shows once Chromium fires
+    /// `beforeinstallprompt` (the page's first script keeps the event in
+    /// `steadInstallPrompt`). Chromium decides when to fire it, and on a busy machine a
+    /// first visit has gone 30 s without it while the page was installable. When the event
+    /// never came, the page is loaded again (a user's next visit) and waited on once more;
+    /// when it came and no button shows, the app is at fault and that is the error.
+    pub async fn wait_install_button(&self) -> Result<WebElement> {
+        let find = || async { Ok(self.driver.find(By::Id("install")).await.ok()) };
+        let first = match wait_for("the install button", Duration::from_secs(30), find).await {
+            Ok(button) => return Ok(button),
+            Err(e) => e,
+        };
+        let offered = self.js("return self.steadInstallPrompt !== undefined").await?;
+        if offered.as_bool() == Some(true) {
+            return Err(first.context("Chromium fired beforeinstallprompt, yet the install button stayed hidden"));
+        }
+        self.refresh().await?;
+        wait_for("the install button on the next visit", Duration::from_secs(30), find)
+            .await
+            .context("no beforeinstallprompt: the install button stayed hidden")
+    }
+
     /// Waits until the todo app has rendered.
     pub async fn wait_app(&self) -> Result<WebElement> {
         wait_for("the todo app to render", Duration::from_secs(30), || async {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 use stead_e2e::{Browser, Env, Server, wait_for};
 use thirtyfour::prelude::*;
@@ -195,8 +195,6 @@ async fn the_demo_is_installable_and_its_install_button_appears() -> Result<()> 
     let parsed: Value = serde_json::from_str(manifest["data"].as_str().unwrap_or("{}"))?;
     assert_eq!(parsed["name"], "Stead Todo");
     // Installable, so Chromium offers it: the button shows.
-    wait_for("the install button", Duration::from_secs(30), || async { Ok(b.driver.find(By::Id("install")).await.ok()) })
-        .await
-        .context("no beforeinstallprompt: the install button stayed hidden")?;
+    b.wait_install_button().await?;
     b.quit().await
 }

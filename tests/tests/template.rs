@@ -52,7 +52,7 @@ async fn the_template_installs_and_works_offline() -> Result<()> {
     assert_eq!(parsed["display"], "standalone");
 
     // Installable, so Chromium offers it: the install button shows.
-    wait_element(&browser, "install").await.context("no beforeinstallprompt: the install button stayed hidden")?;
+    browser.wait_install_button().await?;
 
     browser.add_item("before").await?;
 
