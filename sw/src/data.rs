@@ -82,6 +82,16 @@ impl Data {
             .any(|d| Reflect::get(&d, &"name".into()).ok().and_then(|n| n.as_string()).as_deref() == Some(name.as_str()))
     }
 
+    /// [`Data::in_use`], asked once a load of the engine under way has ended: the request
+    /// that started it goes on to create what it asks for.
+    pub async fn in_use_once_loaded(&self) -> bool {
+        let loading = self.loading.borrow().clone();
+        if let Some(loading) = loading {
+            let _ = loading.await;
+        }
+        self.in_use().await
+    }
+
     /// The module's exports, loading it once per worker life (concurrent callers share
     /// the load; a failed load is tried again by the next caller).
     pub async fn load(self: &Rc<Self>) -> Result<JsValue, String> {

@@ -576,12 +576,16 @@ impl Worker {
 
     async fn kill_steps(self: &Rc<Self>) -> Result<(), SwError> {
         let data = Data::get();
+        // From here no page request starts the data engine (a killed worker sends the page
+        // API to the network), but one may have started it already, to create the space it
+        // asks for (an app's first request does): the kill waits for that load, so it sees
+        // and erases what the request makes instead of leaving it behind the app.
+        self.killed.set(true);
+        let in_use = data.in_use_once_loaded().await;
         // The data engine is a bundle file: loaded before the bundle goes.
-        let in_use = data.in_use().await;
         if in_use && let Err(e) = data.load().await {
             web_sys::console::warn_1(&format!("loading the data engine: {e}").into());
         }
-        self.killed.set(true);
         let place = self.place().await;
         if let Some(store) = self.state.borrow_mut().store.take() {
             store.close();

@@ -130,11 +130,7 @@ async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Resul
     // The app's page wakes the worker by itself (its heartbeat, its data requests), and a
     // worker woken between the stop and the damage reads the state before it is damaged.
     // A file of the bundle that is not a page runs no script, so only this test wakes it.
-    let inert = m
-        .files
-        .iter()
-        .find(|f| [".png", ".svg", ".ico", ".webmanifest"].iter().any(|ext| f.path.ends_with(ext)))
-        .context("the bundle has a file that is not a page")?;
+    let inert = inert_file(&m)?;
     browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
     // That navigation's update check saves its result; it is done before the stop.
     let checked = |s: &Value| s["last_update_check"].as_f64();
@@ -394,6 +390,53 @@ async fn a_worker_registered_right_after_a_kill_removes_itself_too() -> Result<(
     browser.js_async("await navigator.serviceWorker.register('./stead-sw.js', {scope: './'}); return true;").await?;
     wait_removed(&browser, "the second worker to remove itself").await?;
     browser.quit().await
+}
+
+/// The kill switch meets a page's first data request halfway: the request loads the data
+/// engine to create a space while the kill looks whether the device holds any data. The
+/// kill must see what that request makes and erase it; a space created behind the kill
+/// outlived the app (and made a worker registered next keep it, unable to read it).
+#[tokio::test]
+async fn a_kill_during_the_first_data_request_erases_what_it_made() -> Result<()> {
+    let env = Env::get()?;
+    let server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    // Registered from a bundle file that is not a page, so no app code asks for data: the
+    // engine is first loaded by the request below.
+    let inert = inert_file(&manifest(&env.dist)?)?.path.clone();
+    browser.driver.goto(&format!("{}{inert}", server.url)).await?;
+    browser.js_async("await navigator.serviceWorker.register('./stead-sw.js', {scope: './'}); return true;").await?;
+    browser.wait_controlled().await?;
+    let status = browser.status().await?;
+    assert_eq!(status["data_engine"], "not loaded", "{status}");
+    assert_eq!(Stored::of(&browser).await?.names.iter().filter(|n| n.starts_with("idb:")).count(), 0, "no database before the first data request");
+    browser
+        .js(
+            "window.created = null;\
+             fetch('_stead/v1/spaces', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'})\
+               .then((r) => { window.created = r.status; }, (e) => { window.created = String(e); });\
+             navigator.serviceWorker.controller.postMessage({type: 'kill'});",
+        )
+        .await?;
+    wait_removed(&browser, "the kill to erase the space the request created").await?;
+    // The request was answered: made before the erase, refused as gone, or (reaching the
+    // worker after the kill) sent to the server.
+    let created = wait_for("the request's answer", Duration::from_secs(30), || async {
+        let v = browser.js("return window.created").await?;
+        Ok((!v.is_null()).then_some(v))
+    })
+    .await?;
+    assert!(created.is_u64(), "the space request failed: {created}");
+    browser.quit().await
+}
+
+/// A file of the bundle that is not a page: it runs no script, so only a test wakes the
+/// worker or asks it for data.
+fn inert_file(m: &stead_core::bundle::BundleManifest) -> Result<&stead_core::bundle::BundleFile> {
+    m.files
+        .iter()
+        .find(|f| [".png", ".svg", ".ico", ".webmanifest"].iter().any(|ext| f.path.ends_with(ext)))
+        .context("the bundle has a file that is not a page")
 }
 
 /// A browser with the app installed, whose server then came back on the same port with
