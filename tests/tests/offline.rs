@@ -405,7 +405,7 @@ async fn a_kill_during_the_first_data_request_erases_what_it_made() -> Result<()
     // engine is first loaded by the request below.
     let inert = inert_file(&manifest(&env.dist)?)?.path.clone();
     browser.driver.goto(&format!("{}{inert}", server.url)).await?;
-    browser.js_async("await navigator.serviceWorker.register('./stead-sw.js', {scope: './'}); return true;").await?;
+    browser.js_async("await navigator.serviceWorker.register('/stead-sw.js', {scope: '/'}); await navigator.serviceWorker.ready; return true;").await?;
     browser.wait_controlled().await?;
     let status = browser.status().await?;
     assert_eq!(status["data_engine"], "not loaded", "{status}");
@@ -413,7 +413,7 @@ async fn a_kill_during_the_first_data_request_erases_what_it_made() -> Result<()
     browser
         .js(
             "window.created = null;\
-             fetch('_stead/v1/spaces', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'})\
+             fetch('/_stead/v1/spaces', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'})\
                .then((r) => { window.created = r.status; }, (e) => { window.created = String(e); });\
              navigator.serviceWorker.controller.postMessage({type: 'kill'});",
         )
@@ -468,7 +468,8 @@ async fn left_behind(browser: &Browser) -> Result<serde_json::Value> {
     browser
         .js_async(
             "const r = await navigator.serviceWorker.getRegistration(); const state = (w) => w && w.state;\
-             let status = null; try { status = await (await fetch('_stead/v1/status')).text(); } catch (e) { status = String(e); }\
+             const worker = navigator.serviceWorker.controller; const base = worker ? worker.scriptURL : location.href;\
+             let status = null; try { status = await (await fetch(new URL('_stead/v1/status', base))).text(); } catch (e) { status = String(e); }\
              return {registration: r ? r.scope : null, installing: state(r && r.installing), waiting: state(r && r.waiting), active: state(r && r.active),\
                      controlled: !!navigator.serviceWorker.controller, killed_key: localStorage.getItem('stead-killed'), status};",
         )
