@@ -17,6 +17,7 @@
 pub mod data;
 pub mod fetch;
 pub mod manifest;
+pub mod pack;
 pub mod state;
 pub mod store;
 pub mod worker;

@@ -1,5 +1,6 @@
 //! The store's state document (`stead/state.bin`, or `state` in IndexedDB): the active
-//! and pending manifests and the meta, in one compact binary file.
+//! and pending manifests, the meta and the OPFS store's packs (where each stored content
+//! is, see [`crate::pack`]), in one compact binary file.
 //!
 //! One document because a cold start's first answer waits for it: a single read costs one
 //! handle look-up, one `File` and one body, where three documents cost three of each in
@@ -12,13 +13,18 @@
 //! string has length `u32::MAX`:
 //!
 //! ```text
-//! "stead-state\0" 1u32                     magic and layout version
+//! "stead-state\0" 2u32                     magic and layout version
 //! f64 last_update_check (NaN: never)  str? last_check_result  str? last_error
 //! u8 has_active   [manifest]
 //! u8 has_pending  [manifest]
+//! u32 packs  packs × (str name, u64 size, u32 count, count × ([u8; 32] sha256, u64 offset, u64 size))
 //! manifest: u32 format, str version, str entry, u32 count,
 //!           count × (str path, [u8; 32] sha256, u64 size, str mime, u8 immutable)
 //! ```
+//!
+//! Layout 1 (before packs) ends after the pending version; it reads as no packs. The
+//! packs are here, not in files of their own, because a cold start reads this document
+//! anyway: where a content is costs it no other read.
 //!
 //! A stored state was written by this worker from checked manifests; reading it checks the
 //! layout strictly (lengths, UTF-8, nothing left over) and each manifest's shape, so a
@@ -31,15 +37,41 @@ use stead_core::bundle::{BundleError, BundleFile, BundleManifest};
 use crate::store::Meta;
 
 const MAGIC: &[u8; 12] = b"stead-state\0";
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 const ABSENT: u32 = u32::MAX;
 
-/// The active and pending versions and the meta, as a store keeps them.
+/// The active and pending versions, the meta and the packs, as a store keeps them.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Versions {
     pub active: Option<Rc<BundleManifest>>,
     pub pending: Option<Rc<BundleManifest>>,
     pub meta: Meta,
+    /// The OPFS store's packs, in the order written: a content stored twice is served
+    /// from the first.
+    pub packs: Vec<Pack>,
+}
+
+/// A pack: contents written back to back in one OPFS file, `<name>.pack`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pack {
+    pub name: String,
+    pub size: u64,
+    pub entries: Rc<[Entry]>,
+}
+
+/// One content of a pack: SHA-256 (hex), offset, size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub sha256: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Versions {
+    /// Where a content is: its pack and its entry there.
+    pub fn find(&self, sha256: &str) -> Option<(&Pack, &Entry)> {
+        self.packs.iter().find_map(|p| p.entries.iter().find(|e| e.sha256 == sha256).map(|e| (p, e)))
+    }
 }
 
 pub fn encode(v: &Versions) -> Vec<u8> {
@@ -58,6 +90,17 @@ pub fn encode(v: &Versions) -> Vec<u8> {
             }
         }
     }
+    out.extend_from_slice(&(v.packs.len() as u32).to_le_bytes());
+    for p in &v.packs {
+        put_str(&mut out, &p.name);
+        out.extend_from_slice(&p.size.to_le_bytes());
+        out.extend_from_slice(&(p.entries.len() as u32).to_le_bytes());
+        for e in p.entries.iter() {
+            out.extend_from_slice(&hex_to_bytes(&e.sha256));
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.size.to_le_bytes());
+        }
+    }
     out
 }
 
@@ -74,17 +117,22 @@ type Read<T> = Result<T, &'static str>;
 
 fn read(bytes: &[u8]) -> Read<Versions> {
     let mut r = Reader { bytes, at: 0 };
-    if r.take(MAGIC.len())? != MAGIC || r.u32()? != LAYOUT {
-        return Err("not a Stead state document of layout 1");
+    if r.take(MAGIC.len())? != MAGIC {
+        return Err("not a Stead state document");
+    }
+    let layout = r.u32()?;
+    if !(1..=LAYOUT).contains(&layout) {
+        return Err("a Stead state document of a newer layout");
     }
     let check = f64::from_le_bytes(r.array()?);
     let meta = Meta { last_update_check: (!check.is_nan()).then_some(check), last_check_result: r.opt_str()?, last_error: r.opt_str()? };
     let active = r.opt_manifest()?;
     let pending = r.opt_manifest()?;
+    let packs = if layout == 1 { Vec::new() } else { r.packs()? };
     if r.at != bytes.len() {
-        return Err("bytes left over after the pending version");
+        return Err("bytes left over after the packs");
     }
-    Ok(Versions { active, pending, meta })
+    Ok(Versions { active, pending, meta, packs })
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -170,6 +218,39 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn u64(&mut self) -> Read<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A count of items each at least `min` bytes long: one past what is left is damage,
+    /// and must not reserve memory for it.
+    fn count(&mut self, min: usize) -> Read<usize> {
+        let count = self.u32()? as usize;
+        if count > (self.bytes.len() - self.at) / min {
+            return Err("more items than bytes");
+        }
+        Ok(count)
+    }
+
+    fn packs(&mut self) -> Read<Vec<Pack>> {
+        let mut packs = Vec::with_capacity(self.count(16)?);
+        for _ in 0..packs.capacity() {
+            let name = self.str()?;
+            let size = self.u64()?;
+            let mut entries = Vec::with_capacity(self.count(48)?);
+            for _ in 0..entries.capacity() {
+                let sha256 = hex::encode(self.array::<32>()?);
+                let (offset, len) = (self.u64()?, self.u64()?);
+                if offset.checked_add(len).is_none_or(|end| end > size) {
+                    return Err("a content lies outside its pack");
+                }
+                entries.push(Entry { sha256, offset, size: len });
+            }
+            packs.push(Pack { name, size, entries: entries.into() });
+        }
+        Ok(packs)
+    }
+
     fn manifest(&mut self) -> Read<BundleManifest> {
         let format = self.u32()?;
         let version = self.str()?;
@@ -207,7 +288,7 @@ mod tests {
     use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
     use wasm_bindgen_test::wasm_bindgen_test;
 
-    use super::{Versions, decode, encode};
+    use super::{Entry, Pack, Versions, decode, encode};
     use crate::store::Meta;
 
     wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_service_worker);
@@ -228,12 +309,18 @@ mod tests {
             active: Some(Rc::new(manifest("<h1>one</h1>"))),
             pending: Some(Rc::new(manifest("<h1>two</h1>"))),
             meta: Meta { last_update_check: Some(1_764_000_000_123.0), last_check_result: Some("downloaded x".into()), last_error: None },
+            packs: vec![pack("18f3a2b4c5d-0000abcd", &[(1, 0, 10), (2, 10, 0), (3, 10, 5)]), pack("18f3a2b4c5e-00000001", &[(4, 0, 7)])],
         }
+    }
+
+    fn pack(name: &str, entries: &[(u8, u64, u64)]) -> Pack {
+        let entries: Vec<Entry> = entries.iter().map(|&(fill, offset, size)| Entry { sha256: hex::encode([fill; 32]), offset, size }).collect();
+        Pack { name: name.into(), size: entries.iter().map(|e| e.offset + e.size).max().unwrap_or(0), entries: entries.into() }
     }
 
     #[wasm_bindgen_test]
     fn what_is_written_reads_back_the_same() {
-        for v in [full(), Versions::default(), Versions { pending: None, ..full() }, Versions { active: None, meta: Meta::default(), ..full() }] {
+        for v in [full(), Versions::default(), Versions { pending: None, ..full() }, Versions { active: None, meta: Meta::default(), packs: vec![], ..full() }] {
             assert_eq!(decode(&encode(&v)).unwrap(), v);
         }
         let m = Meta { last_update_check: None, last_check_result: Some(String::new()), last_error: Some("offline: ✗".into()) };
@@ -263,6 +350,10 @@ mod tests {
         m.files[0].path = "../../etc/passwd".into();
         evil.active = Some(Rc::new(m));
         assert!(decode(&encode(&evil)).is_err());
+        // A content that would read past its pack's end.
+        let mut outside = full();
+        outside.packs[0].size = 14;
+        assert!(decode(&encode(&outside)).unwrap_err().to_string().contains("outside its pack"));
         // A huge file count does not allocate for it.
         let mut huge = encode(&Versions { active: Some(Rc::new(manifest("x"))), ..Versions::default() });
         let count_at = huge.len() - count_offset_from_end(&manifest("x"));
@@ -271,9 +362,22 @@ mod tests {
     }
 
     /// Where the file count of the last manifest in a document starts, counted from the
-    /// end, for a document with no pending version.
+    /// end, for a document with no pending version and no packs.
     fn count_offset_from_end(m: &BundleManifest) -> usize {
         let files: usize = m.files.iter().map(|f| 4 + f.path.len() + 32 + 8 + 4 + f.mime.len() + 1).sum();
-        1 + files + 4
+        1 + files + 4 + 4
+    }
+
+    /// A document an older worker wrote (layout 1: no packs) reads as no packs.
+    #[wasm_bindgen_test]
+    fn a_layout_1_document_reads_with_no_packs() {
+        let v = Versions { packs: vec![], ..full() };
+        let mut old = encode(&v);
+        old.truncate(old.len() - 4);
+        old[12..16].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(decode(&old).unwrap(), v);
+        let mut newer = encode(&v);
+        newer[12..16].copy_from_slice(&3u32.to_le_bytes());
+        assert!(decode(&newer).unwrap_err().to_string().contains("newer layout"));
     }
 }

@@ -6,10 +6,12 @@
 //! [`crate::scope`]):
 //!
 //! ```text
-//! stead/files/<sha256>        file contents, content-addressed, written once
-//! stead/files/<sha256>.part   a verified download being written (renamed once closed)
-//! stead/state.bin             the active and pending manifests and the meta, in one
-//!                             binary document (see [`crate::state`])
+//! stead/files/<name>.pack     downloaded contents, back to back (see [`crate::pack`])
+//! stead/files/<sha256>        a content stored one to a file by a worker before packs
+//! stead/files/<sha256>.part   such a file being written (renamed once closed)
+//! stead/state.bin             the active and pending manifests, the meta and where each
+//!                             content is in the packs, in one binary document
+//!                             (see [`crate::state`])
 //! stead-killed.json           the kill switch's marker, beside `stead/`
 //! ```
 //!
@@ -26,7 +28,7 @@
 //! A store written by an older worker has `active.json`, `pending.json` and `meta.json`
 //! (JSON) in place of `state.bin`: see [`LEGACY`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use js_sys::{Array, Reflect, Uint8Array};
 use stead_core::bundle::BundleFile;
@@ -38,6 +40,7 @@ use web_sys::{Blob, IdbDatabase, Response};
 use crate::{
     SwError,
     opfs::{self, Dir},
+    pack::{self, Compacted, Pack, PackWriter},
 };
 
 /// The state document: the active and pending manifests and the meta ([`crate::state`]).
@@ -134,10 +137,9 @@ impl Place {
     pub async fn open_versions(&self) -> Result<(BundleStore, Versions), SwError> {
         if let Place::Opfs { bundle: Some(bundle), .. } = self {
             // The documents live in `stead/` itself, so they need no `files` handle.
-            let docs = BundleStore::new(Backend::Opfs { root: bundle.clone(), files: bundle.clone() });
-            let (files, versions) = futures::join!(opfs::dir(bundle, "files", true), docs.versions());
-            let files = files?.expect("created");
-            return Ok((BundleStore::new(Backend::Opfs { root: bundle.clone(), files }), versions?));
+            let doc = Doc::Opfs(bundle);
+            let (files, versions) = futures::join!(opfs::dir(bundle, "files", true), read_versions(&doc));
+            return Ok((BundleStore::opfs(bundle.clone(), files?.expect("created")), versions?));
         }
         let store = self.open().await?;
         let versions = store.versions().await?;
@@ -219,8 +221,35 @@ pub struct BundleStore {
 
 #[derive(Debug, Clone)]
 enum Backend {
-    Opfs { root: Dir, files: Dir },
+    Opfs { root: Dir, files: Dir, packs: std::rc::Rc<std::cell::RefCell<Vec<(String, web_sys::File)>>> },
     Idb(IdbDatabase),
+}
+
+/// Where the state document is read from.
+enum Doc<'a> {
+    Opfs(&'a Dir),
+    Idb(&'a IdbDatabase),
+}
+
+async fn read_doc(place: &Doc<'_>, name: &str) -> Result<Option<Vec<u8>>, SwError> {
+    match place {
+        Doc::Opfs(root) => Ok(opfs::read_bytes(root, name).await?),
+        Doc::Idb(database) => Ok(db::get(database, IDB_DOCS, name).await?.and_then(|v| v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec))),
+    }
+}
+
+/// The active and pending versions and the meta: one read of the state document.
+///
+/// A damaged document reads as no version, with the damage as the last error: the
+/// state is derived (the server has the manifest, and every file is stored under its
+/// hash), so the next update check downloads the manifest again, finds the files and
+/// saves a new one, where an error here would stop the worker for good.
+async fn read_versions(place: &Doc<'_>) -> Result<Versions, SwError> {
+    let Some(bytes) = read_doc(place, STATE).await? else { return Ok(Versions::default()) };
+    Ok(crate::state::decode(&bytes).unwrap_or_else(|e| Versions {
+        meta: Meta { last_error: Some(format!("the stored state is damaged ({e}); the next update check replaces it")), ..Meta::default() },
+        ..Versions::default()
+    }))
 }
 
 impl BundleStore {
@@ -236,7 +265,24 @@ impl BundleStore {
     /// Opens the store whose folder (`stead/`) is `root`.
     async fn open_at(root: Dir) -> Result<Self, SwError> {
         let files = opfs::dir(&root, "files", true).await?.expect("created");
-        Ok(BundleStore::new(Backend::Opfs { root, files }))
+        Ok(BundleStore::opfs(root, files))
+    }
+
+    fn opfs(root: Dir, files: Dir) -> Self {
+        BundleStore::new(Backend::Opfs { root, files, packs: Default::default() })
+    }
+
+    /// A listed pack's `File` when it is whole, read once per store.
+    async fn pack_file(&self, pack: &Pack) -> Result<Option<web_sys::File>, SwError> {
+        let Backend::Opfs { files, packs, .. } = &self.backend else { return Ok(None) };
+        if let Some((_, f)) = packs.borrow().iter().find(|(name, _)| *name == pack.name) {
+            return Ok(Some(f.clone()));
+        }
+        let file = pack::file(files, pack).await?;
+        if let Some(f) = &file {
+            packs.borrow_mut().push((pack.name.clone(), f.clone()));
+        }
+        Ok(file)
     }
 
     /// Opens (creating) the store in IndexedDB.
@@ -271,25 +317,12 @@ impl BundleStore {
         }
     }
 
-    async fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>, SwError> {
-        match &self.backend {
-            Backend::Opfs { root, .. } => Ok(opfs::read_bytes(root, name).await?),
-            Backend::Idb(database) => Ok(db::get(database, IDB_DOCS, name).await?.and_then(|v| v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec))),
-        }
-    }
-
-    /// The active and pending versions and the meta: one read of the state document.
-    ///
-    /// A damaged document reads as no version, with the damage as the last error: the
-    /// state is derived (the server has the manifest, and every file is stored under its
-    /// hash), so the next update check downloads the manifest again, finds the files and
-    /// saves a new one, where an error here would stop the worker for good.
+    /// The active and pending versions and the meta (see [`read_versions`]).
     pub async fn versions(&self) -> Result<Versions, SwError> {
-        let Some(bytes) = self.read_doc(STATE).await? else { return Ok(Versions::default()) };
-        Ok(crate::state::decode(&bytes).unwrap_or_else(|e| Versions {
-            meta: Meta { last_error: Some(format!("the stored state is damaged ({e}); the next update check replaces it")), ..Meta::default() },
-            ..Versions::default()
-        }))
+        match &self.backend {
+            Backend::Opfs { root, .. } => read_versions(&Doc::Opfs(root)).await,
+            Backend::Idb(database) => read_versions(&Doc::Idb(database)).await,
+        }
     }
 
     /// Replaces the state document: one atomic write, whatever changed in it.
@@ -302,13 +335,19 @@ impl BundleStore {
         Ok(())
     }
 
-    /// Stored contents by hash, with their sizes. Unfinished downloads are not listed.
-    pub async fn stored(&self) -> Result<BTreeMap<String, u64>, SwError> {
+    /// Stored contents by hash, with their sizes: those in the whole packs of `packs`, and
+    /// those stored one to a file. Unfinished downloads are not listed.
+    pub async fn stored(&self, packs: &[Pack]) -> Result<BTreeMap<String, u64>, SwError> {
         let mut out = BTreeMap::new();
         match &self.backend {
             Backend::Opfs { files, .. } => {
+                for p in packs {
+                    if self.pack_file(p).await?.is_some() {
+                        out.extend(p.entries.iter().map(|e| (e.sha256.clone(), e.size)));
+                    }
+                }
                 for name in opfs::names(files).await? {
-                    if name.ends_with(PART) {
+                    if name.ends_with(PART) || name.ends_with(pack::SUFFIX) || out.contains_key(&name) {
                         continue;
                     }
                     if let Some(f) = opfs::file(files, &name).await? {
@@ -327,18 +366,63 @@ impl BundleStore {
         Ok(out)
     }
 
-    /// Every stored content's name, unfinished OPFS downloads (`.part`) included.
-    pub async fn file_names(&self) -> Result<Vec<String>, SwError> {
+    /// Plans the packs' clean-up ([`pack::compact`]); the caller saves the state with
+    /// its packs changed, then calls [`BundleStore::gc`].
+    /// Nothing changes while `in_progress`: the update's packs are listed before the
+    /// version that keeps their contents is.
+    pub async fn compact(&self, keep: &BTreeSet<String>, packs: &[Pack], in_progress: bool) -> Result<Compacted, SwError> {
         match &self.backend {
-            Backend::Opfs { files, .. } => Ok(opfs::names(files).await?),
-            Backend::Idb(database) => Ok(db::keys(database, IDB_SIZES).await?),
+            Backend::Opfs { files, .. } if !in_progress => pack::compact(files, keep, packs).await,
+            _ => Ok(Compacted::default()),
         }
     }
 
-    /// The stored content with this hash.
-    pub async fn file(&self, sha256: &str) -> Result<Option<Blob>, SwError> {
+    /// Deletes every content stored one to a file that `keep` does not name (an
+    /// unfinished download too, unless `in_progress`), and every pack the state does not
+    /// list (`listed`) that [`pack::removable`] allows. Returns the hashes whose content
+    /// is gone.
+    pub async fn gc(&self, keep: &BTreeSet<String>, in_progress: bool, dropped: &[String], listed: &[Pack]) -> Result<Vec<String>, SwError> {
+        let (files, names) = match &self.backend {
+            Backend::Opfs { files, .. } => (Some(files), opfs::names(files).await?),
+            Backend::Idb(database) => (None, db::keys(database, IDB_SIZES).await?),
+        };
+        let now = js_sys::Date::now();
+        let mut changed = Vec::new();
+        for name in names {
+            if let Some(files) = files
+                && name.ends_with(pack::SUFFIX)
+            {
+                let listed = listed.iter().any(|p| name.strip_suffix(pack::SUFFIX) == Some(p.name.as_str()));
+                if !listed && pack::removable(&name, dropped, now) {
+                    opfs::remove(files, &name, false).await?;
+                }
+                continue;
+            }
+            let hash = name.strip_suffix(PART).unwrap_or(&name);
+            let unfinished = hash.len() != name.len();
+            if keep.contains(&name) || (unfinished && in_progress) {
+                continue;
+            }
+            self.delete(&name).await?;
+            changed.push(hash.to_owned());
+        }
+        Ok(changed)
+    }
+
+    /// The stored content with this hash: a slice of its pack (one of `packs`), or the
+    /// file an older worker stored it in.
+    pub async fn file(&self, packs: &[Pack], sha256: &str) -> Result<Option<Blob>, SwError> {
         match &self.backend {
-            Backend::Opfs { files, .. } => Ok(opfs::file(files, sha256).await?.map(Blob::from)),
+            Backend::Opfs { files, .. } => {
+                let found = packs.iter().find_map(|p| p.entries.iter().find(|e| e.sha256 == sha256).map(|e| (p, e)));
+                if let Some((p, e)) = found {
+                    return match self.pack_file(p).await? {
+                        Some(f) => Ok(Some(pack::slice(&f, e)?)),
+                        None => Ok(None),
+                    };
+                }
+                Ok(opfs::file(files, sha256).await?.map(Blob::from))
+            }
             Backend::Idb(database) => match db::get(database, IDB_FILES, sha256).await? {
                 Some(chunks) => Ok(Some(Blob::new_with_u8_array_sequence(&chunks)?)),
                 None => Ok(None),
@@ -346,7 +430,7 @@ impl BundleStore {
         }
     }
 
-    pub async fn delete(&self, name: &str) -> Result<bool, SwError> {
+    async fn delete(&self, name: &str) -> Result<bool, SwError> {
         match &self.backend {
             Backend::Opfs { files, .. } => Ok(opfs::remove(files, name, false).await?),
             Backend::Idb(database) => {
@@ -360,12 +444,37 @@ impl BundleStore {
         }
     }
 
-    /// Reads a response body, checks its size and SHA-256 (the browser's own) against
-    /// `file`, and stores it with one write. The content becomes visible under its hash
-    /// only when both match; otherwise nothing is kept and the error says what differed.
-    /// The body is held in memory once while it is checked (bundle files are an app's
-    /// assets); the copy never passes through wasm.
-    pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<(), SwError> {
+    /// Stores one content (see [`Writer::put`]) and writes it at once; in OPFS, returns
+    /// its pack for the state to list.
+    pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<Option<Pack>, SwError> {
+        let writer = self.writer();
+        let written = writer.put(file, response).await?;
+        Ok(written.or(writer.finish().await?))
+    }
+
+    /// A writer for many contents: in OPFS they go into packs, each written when full.
+    pub fn writer(&self) -> Writer {
+        match &self.backend {
+            Backend::Opfs { files, .. } => Writer::Packs(PackWriter::new(files.clone())),
+            Backend::Idb(database) => Writer::Idb(database.clone()),
+        }
+    }
+}
+
+/// Stores verified contents; what it holds back is written by [`Writer::finish`].
+pub enum Writer {
+    Packs(PackWriter),
+    Idb(IdbDatabase),
+}
+
+impl Writer {
+    /// Reads a response body and checks its size and SHA-256 (the browser's own) against
+    /// `file`. Only when both match is it stored: in IndexedDB at once, in OPFS into the
+    /// pack being gathered, written when full (and then returned, for the state to list)
+    /// or by [`Writer::finish`]. Otherwise nothing is kept and the error says what
+    /// differed. The body is held in memory once while it is checked (bundle files are an
+    /// app's assets); the copy never passes through wasm.
+    pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<Option<Pack>, SwError> {
         let body = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
         let bytes = Uint8Array::new(&body);
         let size = u64::from(bytes.length());
@@ -376,27 +485,24 @@ impl BundleStore {
         if sha != file.sha256 {
             return Err(SwError::Hash { path: file.path.clone(), expected: file.sha256.clone(), actual: sha });
         }
-        match &self.backend {
-            Backend::Opfs { files, .. } => {
-                // Written as `<sha256>.part` and renamed, so a name without `.part` is whole.
-                let part_name = format!("{}{PART}", file.sha256);
-                let part = opfs::file_handle(files, &part_name, true).await?.expect("created");
-                let writable = opfs::writable(&part).await?;
-                if let Err(e) = JsFuture::from(writable.write_with_js_u8_array(&bytes)?).await {
-                    let _ = JsFuture::from(writable.abort()).await;
-                    let _ = opfs::remove(files, &part_name, false).await;
-                    return Err(e.into());
-                }
-                JsFuture::from(writable.close()).await?;
-                Ok(opfs::rename(&part, &file.sha256).await?)
-            }
-            Backend::Idb(database) => {
+        match self {
+            Writer::Packs(packs) => packs.add(sha, bytes).await,
+            Writer::Idb(database) => {
                 // One chunk, as the reader expects a list of them.
                 let tx = db::transaction(database, &[IDB_FILES, IDB_SIZES], true)?;
                 db::store(&tx, IDB_FILES)?.put_with_key(&Array::of1(&bytes), &file.sha256.as_str().into())?;
                 db::store(&tx, IDB_SIZES)?.put_with_key(&(file.size as f64).into(), &file.sha256.as_str().into())?;
-                Ok(db::committed(&tx).await?)
+                db::committed(&tx).await?;
+                Ok(None)
             }
+        }
+    }
+
+    /// Writes what is held back; in OPFS, returns its pack for the state to list.
+    pub async fn finish(&self) -> Result<Option<Pack>, SwError> {
+        match self {
+            Writer::Packs(packs) => packs.finish().await,
+            Writer::Idb(_) => Ok(None),
         }
     }
 }

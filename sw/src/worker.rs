@@ -327,7 +327,10 @@ impl Worker {
     pub async fn stored_file(self: &Rc<Self>, sha256: &str) -> Result<Option<Blob>, SwError> {
         match self.load().await {
             Ok(_) => self.blob(sha256).await,
-            Err(_) if self.killed.get() => self.place().await.open().await?.file(sha256).await,
+            Err(_) if self.killed.get() => {
+                let (store, versions) = self.place().await.open_versions().await?;
+                store.file(&versions.packs, sha256).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -348,7 +351,8 @@ impl Worker {
             return Ok(Some(f.clone()));
         }
         let store = self.load().await?;
-        let file = store.file(sha256).await?;
+        let packs = self.state.borrow().versions.packs.clone();
+        let file = store.file(&packs, sha256).await?;
         if let Some(f) = &file {
             self.state.borrow_mut().blobs.insert(sha256.to_owned(), f.clone());
         }
@@ -440,15 +444,26 @@ impl Worker {
             return Ok(Checked::Pending(manifest.version));
         }
 
-        let stored = store.stored().await?;
+        let packs = self.state.borrow().versions.packs.clone();
+        let stored = store.stored(&packs).await?;
         mark("stored_listed");
         let missing = manifest.missing(|f| stored.get(&f.sha256) == Some(&f.size));
-        let errors: Vec<SwError> = futures::stream::iter(missing)
-            .map(|f| self.download(&store, f))
+        let writer = store.writer();
+        let mut errors: Vec<SwError> = futures::stream::iter(missing)
+            .map(|f| async {
+                // Each pack is listed as soon as it is written: an install stopped later
+                // resumes after it.
+                let written = self.download(&writer, f).await?;
+                self.list_pack(&store, written).await
+            })
             .buffer_unordered(DOWNLOADS_AT_ONCE)
             .filter_map(|r| async move { r.err() })
             .collect()
             .await;
+        // Written even when some download failed: the next try needs only the rest.
+        if let Err(e) = async { self.list_pack(&store, writer.finish().await?).await }.await {
+            errors.insert(0, e);
+        }
         mark("downloaded");
         if let Some(first) = errors.first() {
             return Err(match errors.len() {
@@ -486,13 +501,21 @@ impl Worker {
         Ok(response.unchecked_into())
     }
 
-    async fn download(&self, store: &BundleStore, file: &BundleFile) -> Result<(), SwError> {
+    /// Saves the state with a pack just written listed.
+    async fn list_pack(&self, store: &BundleStore, written: Option<crate::pack::Pack>) -> Result<(), SwError> {
+        match written {
+            Some(pack) => self.persist(store, &|v| v.packs.push(pack.clone())).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn download(&self, writer: &crate::store::Writer, file: &BundleFile) -> Result<Option<crate::pack::Pack>, SwError> {
         let url = web_sys::Url::new_with_base(&file.path, &self.base)?.href();
         let response = self.fetch_fresh(&url).await.map_err(|e| e.at(&file.path))?;
         if !response.ok() {
             return Err(SwError::Http { path: file.path.clone(), status: response.status() });
         }
-        store.put(file, &response).await.map_err(|e| e.at(&file.path))
+        writer.put(file, &response).await.map_err(|e| e.at(&file.path))
     }
 
     /// Saves the versions and the meta with `change` made, and once saved makes it in
@@ -543,14 +566,21 @@ impl Worker {
             // The data engine this script was built with, even before its version is active.
             versions.flat_map(|v| v.files.iter().map(|f| f.sha256.clone())).chain(crate::data::module_sha256()).collect()
         };
-        for name in store.file_names().await? {
-            let hash = name.strip_suffix(".part").unwrap_or(&name);
-            let unfinished = hash.len() != name.len();
-            if keep.contains(&name) || (unfinished && in_progress) {
-                continue;
-            }
-            store.delete(&name).await?;
-            self.state.borrow_mut().blobs.remove(hash);
+        let packs = self.state.borrow().versions.packs.clone();
+        let compacted = store.compact(&keep, &packs, in_progress).await?;
+        if !compacted.dropped.is_empty() {
+            // The packs written first, then the state without the old ones, then those go.
+            self.persist(&store, &|v| {
+                v.packs.retain(|p| !compacted.dropped.contains(&p.name));
+                v.packs.extend(compacted.added.iter().cloned());
+            })
+            .await?;
+        }
+        let listed = self.state.borrow().versions.packs.clone();
+        let gone = store.gc(&keep, in_progress, &compacted.dropped, &listed).await?;
+        let mut s = self.state.borrow_mut();
+        for hash in compacted.changed.iter().chain(&gone) {
+            s.blobs.remove(hash);
         }
         Ok(())
     }
@@ -618,7 +648,14 @@ impl Worker {
                 mime: "application/wasm".into(),
                 immutable: false,
             };
-            let stored = async { place.open().await?.put(&file, &Response::new_with_opt_buffer_source(Some(&bytes))?).await };
+            let stored = async {
+                let store = place.open().await?;
+                match store.put(&file, &Response::new_with_opt_buffer_source(Some(&bytes))?).await? {
+                    // The state the wipe removed, with only this pack in it.
+                    Some(pack) => store.save(&crate::store::Versions { packs: vec![pack], ..Default::default() }).await,
+                    None => Ok(()),
+                }
+            };
             if let Err(e) = stored.await {
                 web_sys::console::warn_1(&format!("keeping the data engine: {e}").into());
             }
@@ -750,7 +787,8 @@ impl Worker {
             Err(_) if self.killed.get() => return self.killed_status().await,
             Err(e) => return Obj::new().set("error", e.to_string()).build(),
         };
-        let stored = store.stored().await.unwrap_or_default();
+        let packs = self.state.borrow().versions.packs.clone();
+        let stored = store.stored(&packs).await.unwrap_or_default();
         let estimate = storage_estimate().await.map(|e| Obj::new().set("usage", e.usage).set("quota", e.quota).build());
         let s = self.state.borrow();
         let files = js::array(s.versions.active.iter().flat_map(|a| a.files.iter()).map(|f| {

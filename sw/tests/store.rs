@@ -4,10 +4,11 @@
 #![cfg(target_arch = "wasm32")]
 
 use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
-use std::rc::Rc;
+use std::{collections::BTreeSet, rc::Rc};
 
 use stead_sw::{
     SwError, opfs,
+    pack::Pack,
     store::{BundleStore, Meta, Versions},
 };
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
@@ -43,13 +44,14 @@ async fn verified_content_is_stored_under_its_hash() {
     let (_, store) = fresh("t-verified").await;
     let body = vec![7u8; 300_000];
     let file = bundle_file("big.bin", &body);
-    store.put(&file, &response(&body)).await.unwrap();
-    let stored = store.stored().await.unwrap();
+    let packs: Vec<Pack> = store.put(&file, &response(&body)).await.unwrap().into_iter().collect();
+    let stored = store.stored(&packs).await.unwrap();
     assert_eq!(stored.get(&file.sha256), Some(&300_000));
-    let f = store.file(&file.sha256).await.unwrap().unwrap();
+    let f = store.file(&packs, &file.sha256).await.unwrap().unwrap();
     let stored = wasm_bindgen_futures::JsFuture::from(f.array_buffer()).await.unwrap();
     assert_eq!(js_sys::Uint8Array::new(&stored).to_vec(), body, "the stored bytes are the body");
-    assert_eq!(store.file_names().await.unwrap(), vec![file.sha256.clone()]);
+    assert_eq!(store.stored(&packs).await.unwrap().len(), 1);
+    assert!(store.stored(&[]).await.unwrap().is_empty(), "a pack holds nothing until the state lists it");
 }
 
 #[wasm_bindgen_test]
@@ -66,9 +68,8 @@ async fn refuses_corrupt_content(store: &BundleStore) {
     assert!(matches!(err, SwError::Hash { ref path, .. } if path == "index.html"), "{err}");
     let err = store.put(&file, &response(b"<h1>hello</h1>!")).await.unwrap_err();
     assert!(matches!(err, SwError::Size { expected: 14, actual: 15, .. }), "{err}");
-    assert!(store.file_names().await.unwrap().is_empty());
-    assert!(store.file(&file.sha256).await.unwrap().is_none());
-    assert!(store.stored().await.unwrap().is_empty());
+    assert!(store.file(&[], &file.sha256).await.unwrap().is_none());
+    assert!(store.stored(&[]).await.unwrap().is_empty());
 }
 
 fn sorted(mut names: Vec<String>) -> Vec<String> {
@@ -82,6 +83,7 @@ fn versions(body: &[u8]) -> Versions {
         active: Some(Rc::new(m)),
         pending: None,
         meta: Meta { last_update_check: Some(1_764_000_000_000.0), last_check_result: Some("up-to-date".into()), last_error: Some("boom".into()) },
+        packs: Vec::new(),
     }
 }
 
@@ -188,11 +190,11 @@ async fn indexeddb_stores_verified_content_streamed_in_chunks() {
     })
     .unwrap();
     let response = Response::new_with_opt_readable_stream(Some(&stream)).unwrap();
-    store.put(&file, &response).await.unwrap();
-    assert_eq!(store.stored().await.unwrap().get(&file.sha256), Some(&(body.len() as u64)));
-    let blob = store.file(&file.sha256).await.unwrap().unwrap();
+    assert_eq!(store.put(&file, &response).await.unwrap(), None, "IndexedDB stores no packs");
+    assert_eq!(store.stored(&[]).await.unwrap().get(&file.sha256), Some(&(body.len() as u64)));
+    let blob = store.file(&[], &file.sha256).await.unwrap().unwrap();
     assert_eq!(bytes_of(&blob).await, body, "the stored bytes are the body, in order");
-    assert_eq!(store.file_names().await.unwrap(), vec![file.sha256.clone()]);
+    assert_eq!(store.stored(&[]).await.unwrap().len(), 1);
     // Served as a worker serves it: a Response over the stored Blob.
     let served = Response::new_with_opt_blob(Some(&blob)).unwrap();
     let text = wasm_bindgen_futures::JsFuture::from(served.array_buffer().unwrap()).await.unwrap();
@@ -211,10 +213,10 @@ async fn indexeddb_state_and_deletes_survive_reopening() {
     let a = bundle_file("a.txt", b"a");
     store.put(&a, &response(b"a")).await.unwrap();
     let again = BundleStore::open_idb_named("t-idb-state").await.unwrap();
-    assert_eq!(bytes_of(&again.file(&a.sha256).await.unwrap().unwrap()).await, b"a");
-    assert!(again.delete(&a.sha256).await.unwrap());
-    assert!(!again.delete(&a.sha256).await.unwrap(), "a second delete finds nothing");
-    assert!(again.file(&a.sha256).await.unwrap().is_none());
+    assert_eq!(bytes_of(&again.file(&[], &a.sha256).await.unwrap().unwrap()).await, b"a");
+    assert_eq!(again.gc(&BTreeSet::new(), false, &[], &[]).await.unwrap(), vec![a.sha256.clone()]);
+    assert_eq!(again.gc(&BTreeSet::new(), false, &[], &[]).await.unwrap(), Vec::<String>::new(), "a second clean-up finds nothing");
+    assert!(again.file(&[], &a.sha256).await.unwrap().is_none());
 }
 
 #[wasm_bindgen_test]
@@ -227,7 +229,174 @@ async fn the_place_is_opfs_where_the_worker_can_write_it() {
     assert_eq!(store.place_name(), "opfs");
     // Detected again (a worker's next life), the store is found and holds what it held.
     let a = bundle_file("a.txt", b"kept");
-    store.put(&a, &response(b"kept")).await.unwrap();
+    let packs: Vec<Pack> = store.put(&a, &response(b"kept")).await.unwrap().into_iter().collect();
     let again = stead_sw::store::Place::detect().await.open().await.unwrap();
-    assert_eq!(again.stored().await.unwrap().get(&a.sha256), Some(&4));
+    assert_eq!(again.stored(&packs).await.unwrap().get(&a.sha256), Some(&4));
+}
+
+// Packs: how the OPFS store keeps what an install downloads (`stead_sw::pack`).
+
+async fn read_all(store: &BundleStore, packs: &[Pack], sha256: &str) -> Option<Vec<u8>> {
+    Some(bytes_of(&store.file(packs, sha256).await.unwrap()?).await)
+}
+
+/// The store's folder of contents.
+async fn files_dir(parent: &opfs::Dir) -> opfs::Dir {
+    let stead = opfs::dir(parent, "stead", false).await.unwrap().unwrap();
+    opfs::dir(&stead, "files", false).await.unwrap().unwrap()
+}
+
+async fn pack_names(parent: &opfs::Dir) -> Vec<String> {
+    let mut names: Vec<String> = opfs::names(&files_dir(parent).await).await.unwrap().into_iter().filter(|n| n.ends_with(".pack")).collect();
+    names.sort();
+    names
+}
+
+/// Three bodies (1 KB, 200 KB, 0 B) stored through one writer and written as one pack.
+async fn three_in_a_pack(store: &BundleStore) -> (Pack, Vec<(BundleFile, Vec<u8>)>) {
+    let bodies: Vec<Vec<u8>> = vec![vec![1u8; 1_000], (0..200_000u32).map(|i| (i % 251) as u8).collect(), Vec::new()];
+    let files: Vec<(BundleFile, Vec<u8>)> = bodies.into_iter().enumerate().map(|(i, b)| (bundle_file(&format!("f{i}"), &b), b)).collect();
+    let writer = store.writer();
+    for (f, b) in &files {
+        assert_eq!(writer.put(f, &response(b)).await.unwrap(), None, "not full: held back");
+    }
+    (writer.finish().await.unwrap().expect("a pack"), files)
+}
+
+#[wasm_bindgen_test]
+async fn an_install_s_contents_go_into_one_pack_the_state_lists() {
+    let (parent, store) = fresh("t-pack").await;
+    let (pack, files) = three_in_a_pack(&store).await;
+    assert_eq!(pack_names(&parent).await, [format!("{}.pack", pack.name)]);
+    assert_eq!(pack.size, 201_000);
+    let packs = vec![pack];
+    for (f, body) in &files {
+        assert_eq!(read_all(&store, &packs, &f.sha256).await.as_ref(), Some(body), "{}", f.path);
+    }
+    // Listed in the state, the pack is found by a worker's next life.
+    store.save(&Versions { packs: packs.clone(), ..Versions::default() }).await.unwrap();
+    let again = BundleStore::open_in(&parent).await.unwrap();
+    let saved = again.versions().await.unwrap().packs;
+    assert_eq!(saved, packs);
+    let stored = again.stored(&saved).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    for (f, body) in &files {
+        assert_eq!(stored.get(&f.sha256), Some(&f.size));
+        assert_eq!(read_all(&again, &saved, &f.sha256).await.as_ref(), Some(body), "{}", f.path);
+    }
+}
+
+#[wasm_bindgen_test]
+async fn a_full_pack_is_written_while_the_install_goes_on() {
+    let (parent, store) = fresh("t-pack-full").await;
+    let big: Vec<u8> = (0..stead_sw::pack::PACK_BYTES as u32 + 10).map(|i| (i % 253) as u8).collect();
+    let small = b"after the full one".to_vec();
+    let writer = store.writer();
+    let (fb, fs) = (bundle_file("big", &big), bundle_file("small", &small));
+    let full = writer.put(&fb, &response(&big)).await.unwrap().expect("the full pack is written at once");
+    assert_eq!(pack_names(&parent).await.len(), 1);
+    assert_eq!(read_all(&store, std::slice::from_ref(&full), &fb.sha256).await, Some(big));
+    assert_eq!(writer.put(&fs, &response(&small)).await.unwrap(), None);
+    let rest = writer.finish().await.unwrap().expect("the rest");
+    assert_eq!(pack_names(&parent).await.len(), 2);
+    assert_eq!(read_all(&store, &[full, rest], &fs.sha256).await, Some(small));
+    assert_eq!(writer.finish().await.unwrap(), None, "nothing left to write");
+}
+
+#[wasm_bindgen_test]
+async fn the_clean_up_drops_dead_packs_and_rewrites_mostly_dead_ones() {
+    let (parent, store) = fresh("t-pack-gc").await;
+    let (pack, files) = three_in_a_pack(&store).await;
+    let packs = vec![pack.clone()];
+    let all: BTreeSet<String> = files.iter().map(|(f, _)| f.sha256.clone()).collect();
+    let nothing = store.compact(&all, &packs, false).await.unwrap();
+    assert_eq!((nothing.added.len(), nothing.dropped.len(), nothing.changed.len()), (0, 0, 0), "all kept: nothing changes");
+
+    assert!(store.compact(&BTreeSet::new(), &packs, true).await.unwrap().dropped.is_empty(), "nothing changes while an update runs");
+
+    // The 1 KB file dead: the pack is mostly live, so it is listed again without it (its
+    // bytes stay in the file, unlisted) and the file stays.
+    let most: BTreeSet<String> = files[1..].iter().map(|(f, _)| f.sha256.clone()).collect();
+    let t = store.compact(&most, &packs, false).await.unwrap();
+    assert_eq!((t.dropped.as_slice(), t.changed.as_slice()), (std::slice::from_ref(&pack.name), std::slice::from_ref(&files[0].0.sha256)));
+    assert_eq!(t.added.len(), 1);
+    assert_eq!((t.added[0].name.as_str(), t.added[0].size, t.added[0].entries.len()), (pack.name.as_str(), pack.size, 2));
+    store.gc(&most, false, &t.dropped, &t.added).await.unwrap();
+    assert_eq!(pack_names(&parent).await, [format!("{}.pack", pack.name)]);
+    assert!(store.stored(&t.added).await.unwrap().keys().eq(most.iter()));
+    assert_eq!(read_all(&store, &t.added, &files[1].0.sha256).await.as_ref(), Some(&files[1].1));
+
+    // Only the 1 KB file kept: the pack is mostly dead, so it is written again with it alone.
+    let (small, small_body) = &files[0];
+    let keep = BTreeSet::from([small.sha256.clone()]);
+    let c = store.compact(&keep, &packs, false).await.unwrap();
+    assert_eq!(c.dropped, std::slice::from_ref(&pack.name));
+    let mut changed = c.changed.clone();
+    changed.sort();
+    assert_eq!(changed, all.iter().cloned().collect::<Vec<_>>());
+    assert_eq!(c.added.len(), 1);
+    assert_eq!(c.added[0].size, 1_000);
+    assert_eq!(read_all(&store, &c.added, &small.sha256).await.as_ref(), Some(small_body));
+    assert!(store.file(&c.added, &files[1].0.sha256).await.unwrap().is_none());
+    // The old pack goes once the state no longer lists it.
+    store.gc(&keep, false, &c.dropped, &c.added).await.unwrap();
+    assert_eq!(pack_names(&parent).await, [format!("{}.pack", c.added[0].name)]);
+
+    // Nothing kept: the pack is dropped.
+    let none = store.compact(&BTreeSet::new(), &c.added, false).await.unwrap();
+    assert_eq!((none.added.len(), none.dropped.len(), none.changed.as_slice()), (0, 1, std::slice::from_ref(&small.sha256)));
+    store.gc(&BTreeSet::new(), false, &none.dropped, &[]).await.unwrap();
+    assert!(pack_names(&parent).await.is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn a_damaged_pack_holds_nothing_and_is_dropped() {
+    let (parent, store) = fresh("t-pack-damaged").await;
+    let (pack, files) = three_in_a_pack(&store).await;
+    let packs = vec![pack.clone()];
+    let dir = files_dir(&parent).await;
+    let name = format!("{}.pack", pack.name);
+    let bytes = opfs::read_bytes(&dir, &name).await.unwrap().unwrap();
+    opfs::write_bytes(&dir, &name, &bytes[..bytes.len() - 1]).await.unwrap();
+    // A new life (no `File` read yet): the pack cut short serves nothing and counts for nothing.
+    let cut = BundleStore::open_in(&parent).await.unwrap();
+    assert!(cut.file(&packs, &files[0].0.sha256).await.unwrap().is_none());
+    assert!(cut.stored(&packs).await.unwrap().is_empty());
+    let all: BTreeSet<String> = files.iter().map(|(f, _)| f.sha256.clone()).collect();
+    let c = cut.compact(&all, &packs, false).await.unwrap();
+    assert_eq!((c.added.len(), c.dropped.as_slice()), (0, std::slice::from_ref(&pack.name)));
+    cut.gc(&all, false, &c.dropped, &[]).await.unwrap();
+    assert!(pack_names(&parent).await.is_empty());
+}
+
+#[wasm_bindgen_test]
+async fn a_pack_the_state_does_not_list_goes_once_it_is_old() {
+    let (parent, store) = fresh("t-pack-unlisted").await;
+    let dir = files_dir(&parent).await;
+    let now = js_sys::Date::now() as u64;
+    let fresh_name = format!("{now:x}-00000001.pack");
+    let old_name = format!("{:x}-00000002.pack", now - 11 * 60 * 1000);
+    for name in [&fresh_name, &old_name] {
+        opfs::write_bytes(&dir, name, b"half a pack").await.unwrap();
+    }
+    store.gc(&BTreeSet::new(), false, &[], &[]).await.unwrap();
+    assert_eq!(pack_names(&parent).await, [fresh_name], "another worker may still be writing the new one");
+}
+
+/// A store an older worker wrote keeps one file a content (`files/<sha256>`): those are
+/// still served, counted and cleaned up.
+#[wasm_bindgen_test]
+async fn contents_stored_one_to_a_file_are_still_served_and_cleaned_up() {
+    let (parent, store) = fresh("t-pack-legacy").await;
+    let old = bundle_file("old.txt", b"from an older worker");
+    let dir = files_dir(&parent).await;
+    opfs::write_bytes(&dir, &old.sha256, b"from an older worker").await.unwrap();
+    let part = bundle_file("x", b"x").sha256;
+    opfs::write_bytes(&dir, &format!("{part}.part"), b"x").await.unwrap();
+    assert_eq!(store.stored(&[]).await.unwrap().get(&old.sha256), Some(&old.size));
+    assert_eq!(read_all(&store, &[], &old.sha256).await.as_deref(), Some(&b"from an older worker"[..]));
+    assert_eq!(store.gc(&BTreeSet::from([old.sha256.clone()]), false, &[], &[]).await.unwrap(), [part]);
+    assert_eq!(opfs::names(&dir).await.unwrap(), vec![old.sha256.clone()]);
+    store.gc(&BTreeSet::new(), false, &[], &[]).await.unwrap();
+    assert!(opfs::names(&dir).await.unwrap().is_empty());
 }
