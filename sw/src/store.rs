@@ -110,6 +110,15 @@ impl Place {
         }
     }
 
+    /// This place once [`Place::wipe`] removed the store: an OPFS store's folder handle
+    /// names a folder that is gone (using it fails), so opening again creates the folder.
+    pub fn wiped(&self) -> Place {
+        match self {
+            Place::Opfs { root, .. } => Place::Opfs { root: root.clone(), bundle: None },
+            Place::IndexedDb => Place::IndexedDb,
+        }
+    }
+
     /// Whether detection found the OPFS store's folder, so opening it creates nothing.
     pub fn has_store(&self) -> bool {
         matches!(self, Place::Opfs { bundle: Some(_), .. })

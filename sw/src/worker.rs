@@ -621,6 +621,9 @@ impl Worker {
             store.close();
         }
         place.wipe().await?;
+        // The store's folder went with the wipe: its handle must not be used again.
+        let place = place.wiped();
+        *self.place.borrow_mut() = Some(place.clone());
         *self.state.borrow_mut() = State::default();
         *self.loading.borrow_mut() = None;
         let retired = if in_use { data.retire(5_000.0).await } else { Ok(Vec::new()) };
