@@ -30,8 +30,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use stead_core::bundle::{self, MANIFEST_FILE, WORKER_SCRIPT};
+use stead_core::bundle::{self, FILES_BATCH, MANIFEST_FILE, WORKER_SCRIPT};
 
+mod batch;
 mod commit;
 pub mod error;
 mod http;
@@ -143,8 +144,11 @@ async fn serve_file(config: Arc<Config>, method: Method, uri: Uri, headers: Head
         return (StatusCode::BAD_REQUEST, "bad path").into_response();
     };
     let rel = if rel.is_empty() { "index.html".to_owned() } else { rel };
-    if config.retired && rel == MANIFEST_FILE {
+    if config.retired && (rel == MANIFEST_FILE || rel == FILES_BATCH) {
         return (StatusCode::GONE, "this app has been withdrawn").into_response();
+    }
+    if rel == FILES_BATCH {
+        return serve_batch(&config.bundle_dir, &method, uri.query()).await;
     }
     let mut found = read(&config.bundle_dir, &rel).await;
     let mut served = rel.clone();
@@ -159,6 +163,26 @@ async fn serve_file(config: Arc<Config>, method: Method, uri: Uri, headers: Head
 
     let sha = bundle::sha256_hex(&bytes);
     file_response(&method, &headers, &served, bytes, &sha)
+}
+
+/// A batch of the bundle folder's files ([`batch`]), against the manifest in the folder
+/// now: a rebuilt bundle answers for its new version only.
+async fn serve_batch(dir: &Path, method: &Method, query: Option<&str>) -> Response {
+    let Some(json) = read(dir, MANIFEST_FILE).await else {
+        return (StatusCode::NOT_FOUND, format!("no {MANIFEST_FILE} in this bundle")).into_response();
+    };
+    let manifest = match bundle::BundleManifest::parse(&json) {
+        Ok(m) => m,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("the bundle's {MANIFEST_FILE} is damaged: {e}")).into_response(),
+    };
+    let dir = dir.to_owned();
+    batch::respond(method, &manifest, query, move |file| {
+        let dir = dir.clone();
+        async move {
+            let bytes = read(&dir, &file.path).await.ok_or_else(|| format!("{} is gone from the bundle folder", file.path))?;
+            batch::check(&file, bytes)
+        }
+    })
 }
 
 /// A file's response with the headers the service worker relies on: `no-cache` for the

@@ -14,7 +14,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use reqwest::{StatusCode, header};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use stead_core::bundle::{BundleFile, BundleManifest, is_content_hashed, sha256_hex};
+use stead_core::bundle::{BundleFile, BundleManifest, FILES_BATCH, batch_query, is_content_hashed, sha256_hex};
 use stead_server::registry::{api, authorization, nonce, release_message};
 
 const TOKEN: &str = "operator-token-0123456789";
@@ -217,6 +217,15 @@ async fn suite(db: Db) -> anyhow::Result<()> {
         .await?;
     ensure!(r.status() == StatusCode::NOT_MODIFIED);
     ensure!(get(&web, &server, "todo", "/missing.js").await?.0 == StatusCode::NOT_FOUND);
+    // A worker's install takes the files a batch at a time: back to back, in manifest
+    // order (index.html, old.css, the script), for the version being served only.
+    let (s, h, body) = get(&web, &server, "todo", &format!("/{FILES_BATCH}?{}", batch_query(&v1.manifest.version, &[0, 2]))).await?;
+    ensure!(s == StatusCode::OK && h[header::CONTENT_TYPE] == "application/octet-stream", "{s}");
+    ensure!(body == [&b"<h1>todo v1</h1>"[..], JS].concat(), "{:?}", String::from_utf8_lossy(&body));
+    let (s, ..) = get(&web, &server, "todo", &format!("/{FILES_BATCH}?{}", batch_query(&"0".repeat(64), &[0]))).await?;
+    ensure!(s == StatusCode::CONFLICT, "another version: {s}");
+    let (s, ..) = get(&web, &server, "todo", &format!("/{FILES_BATCH}?version={}&files=0,0", v1.manifest.version)).await?;
+    ensure!(s == StatusCode::BAD_REQUEST, "a file twice: {s}");
     // Sync and health answer on the app's origin too.
     ensure!(get(&web, &server, "todo", "/healthz").await?.2 == b"ok");
     let (s, _, body) = get(&web, &server, "todo", "/metrics").await?;
@@ -351,6 +360,8 @@ async fn suite(db: Db) -> anyhow::Result<()> {
     let (s, _, body) = get(&web, &server, "notes", "/").await?;
     let body = String::from_utf8_lossy(&body);
     ensure!(s == StatusCode::INTERNAL_SERVER_ERROR && body.contains("corrupt") && !body.contains("tampered"), "{s} {body}");
+    let batch = web.get(format!("http://notes.localhost:{}/{FILES_BATCH}?{}", server.port, batch_query(&n1.manifest.version, &[0, 1]))).send().await?;
+    ensure!(batch.bytes().await.is_err(), "a batch holding the damaged file ends short");
 
     // Unknown apps and hostile Host headers.
     ensure!(get(&web, &server, "nope", "/").await?.0 == StatusCode::NOT_FOUND);

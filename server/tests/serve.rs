@@ -19,6 +19,10 @@ impl Drop for Served {
 }
 
 async fn serve(files: &[(&str, &[u8])]) -> Served {
+    serve_as(files, false).await
+}
+
+async fn serve_as(files: &[(&str, &[u8])], retired: bool) -> Served {
     let dir = tempfile::tempdir().unwrap();
     for (path, bytes) in files {
         let p = dir.path().join(path);
@@ -28,7 +32,7 @@ async fn serve(files: &[(&str, &[u8])]) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let config = stead_server::Config { bundle_dir: dir.path().to_path_buf(), ..Default::default() };
+    let config = stead_server::Config { bundle_dir: dir.path().to_path_buf(), retired, ..Default::default() };
     tokio::spawn(stead_server::serve(listener, config, async {
         let _ = stopped.await;
     }));
@@ -160,4 +164,79 @@ async fn paths_cannot_leave_the_bundle_folder() {
     for path in ["/alias.js", "/assets/app.js", "/assets/%61pp.js"] {
         assert!(raw_get_all(&s.base, path).await.starts_with("HTTP/1.1 200"), "{path}");
     }
+}
+
+/// A bundle folder's files with the manifest `stead build` would write for them.
+fn with_manifest<'a>(files: &[(&'a str, &'a [u8])]) -> (Vec<(&'a str, Vec<u8>)>, stead_core::bundle::BundleManifest) {
+    use stead_core::bundle::{BundleFile, BundleManifest, sha256_hex};
+    let listed = files
+        .iter()
+        .map(|(path, bytes)| BundleFile {
+            path: path.to_string(),
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            mime: stead_server::mime_for(path),
+            immutable: false,
+        })
+        .collect();
+    let manifest = BundleManifest::new("index.html", listed).unwrap();
+    let mut out: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, b)| (*p, b.to_vec())).collect();
+    out.push((stead_core::bundle::MANIFEST_FILE, manifest.to_json().into_bytes()));
+    (out, manifest)
+}
+
+#[tokio::test]
+async fn a_batch_answers_the_named_files_back_to_back() {
+    use stead_core::bundle::{FILES_BATCH, batch_query};
+    let files: [(&str, &[u8]); 4] = [("a.js", b"export {}"), ("b.css", b"p{}"), ("img.png", &[0u8, 1, 2, 3, 255]), ("index.html", b"<h1>todo</h1>")];
+    let (on_disk, manifest) = with_manifest(&files);
+    let borrowed: Vec<(&str, &[u8])> = on_disk.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let s = serve(&borrowed).await;
+    let url = |q: &str| format!("{}/{FILES_BATCH}?{q}", s.base);
+    let client = reqwest::Client::new();
+
+    let resp = client.get(url(&batch_query(&manifest.version, &[0, 2, 3]))).send().await.unwrap();
+    check(&resp, StatusCode::OK, "application/octet-stream", "no-store");
+    assert_eq!(resp.content_length(), Some(9 + 5 + 13));
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.as_ref(), [&b"export {}"[..], &[0, 1, 2, 3, 255], b"<h1>todo</h1>"].concat());
+
+    let head = client.head(url(&batch_query(&manifest.version, &[1]))).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()[header::CONTENT_LENGTH], "3");
+
+    // Another version than the folder's: the worker must not cut these bytes by its sizes.
+    let other = "0".repeat(64);
+    assert_eq!(client.get(url(&batch_query(&other, &[0]))).send().await.unwrap().status(), StatusCode::CONFLICT);
+    let v = &manifest.version;
+    for bad in [String::new(), format!("version={v}"), format!("version={v}&files=4"), format!("version={v}&files=1,1"), format!("version={v}&files=2,1"), format!("version={v}&files=0-3&files=0")] {
+        let resp = client.get(url(&bad)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // A file changed on disk since the manifest was written: the body ends short rather
+    // than carry bytes the manifest does not describe.
+    std::fs::write(s._dir.path().join("b.css"), b"p{color:red}").unwrap();
+    let resp = client.get(url(&batch_query(v, &[0, 1, 2]))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.is_err(), "a batch with a changed file must not complete");
+    // Nor may a symlink lead the batch out of the folder.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("a.js"), b"export {}").unwrap();
+    std::fs::remove_file(s._dir.path().join("a.js")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("a.js"), s._dir.path().join("a.js")).unwrap();
+    let resp = client.get(url(&batch_query(v, &[0]))).send().await.unwrap();
+    assert!(resp.bytes().await.is_err(), "a batch followed a symlink out of the bundle folder");
+}
+
+#[tokio::test]
+async fn batches_need_a_manifest_and_a_live_app() {
+    use stead_core::bundle::{FILES_BATCH, batch_query};
+    let (on_disk, manifest) = with_manifest(&[("index.html", b"<h1>todo</h1>")]);
+    let borrowed: Vec<(&str, &[u8])> = on_disk.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let path = format!("/{FILES_BATCH}?{}", batch_query(&manifest.version, &[0]));
+    let retired = serve_as(&borrowed, true).await;
+    assert_eq!(get(&retired.base, &path, "*/*").await.status(), StatusCode::GONE);
+    let no_manifest = serve(&[("index.html", b"<h1>todo</h1>")]).await;
+    assert_eq!(get(&no_manifest.base, &path, "*/*").await.status(), StatusCode::NOT_FOUND);
 }

@@ -24,6 +24,14 @@ pub const DATA_MODULE: &str = "stead-data.wasm";
 /// The manifest format this code reads and writes.
 pub const FORMAT: u32 = 1;
 
+/// The path, beside the manifest, that answers many files of one version in one response
+/// (see [`batch_query`]): a worker installing a version asks for its missing files a
+/// batch at a time rather than one request each. A server without it answers 404, and
+/// the worker downloads those files one by one.
+pub const FILES_BATCH: &str = "stead-files";
+/// Files one batch request may name at most.
+pub const MAX_BATCH_FILES: usize = 1024;
+
 /// One file of a bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleFile {
@@ -62,6 +70,8 @@ pub enum BundleError {
     BadHash { path: String, sha256: String },
     #[error("bundle lists {0:?} twice")]
     Duplicate(String),
+    #[error("bundle path {0:?} is reserved: servers answer it themselves")]
+    Reserved(String),
     #[error("bundle entry {0:?} is not among its files")]
     MissingEntry(String),
     #[error("bundle version {declared} does not match its files (computed {computed})")]
@@ -157,6 +167,81 @@ pub fn version_input(files: &[BundleFile]) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The query of a [`FILES_BATCH`] request for the files at `indices` (into the
+/// manifest's `files`, strictly increasing) of the version `version`:
+/// `version=<hex>&files=0-3,7,9-12`, runs of consecutive indices as ranges. The answer
+/// is those files' bytes one after another, in that order.
+pub fn batch_query(version: &str, indices: &[usize]) -> String {
+    let mut files = String::new();
+    let mut k = 0;
+    while k < indices.len() {
+        let start = indices[k];
+        let mut end = start;
+        while k + 1 < indices.len() && indices[k + 1] == end + 1 {
+            k += 1;
+            end += 1;
+        }
+        if !files.is_empty() {
+            files.push(',');
+        }
+        files.push_str(&start.to_string());
+        if end > start {
+            files.push('-');
+            files.push_str(&end.to_string());
+        }
+        k += 1;
+    }
+    format!("version={version}&files={files}")
+}
+
+/// Reads a [`FILES_BATCH`] query (hostile input) against a manifest of `count` files:
+/// the version it asks for and the file indices. Each index is below `count` and greater
+/// than the one before, so a request can name a file once and never more files than the
+/// version has; at most [`MAX_BATCH_FILES`]. Anything else is an error saying what.
+pub fn parse_batch_query(query: &str, count: usize) -> Result<(String, Vec<usize>), String> {
+    let (mut version, mut files) = (None, None);
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let slot = match key {
+            "version" => &mut version,
+            "files" => &mut files,
+            _ => return Err(format!("unknown parameter {key:?}")),
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("{key} is given twice"));
+        }
+    }
+    let version = version.ok_or("no version")?;
+    if version.len() != 64 || !version.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err("the version is not a lower-case hex sha-256".into());
+    }
+    let number = |s: &str| -> Result<usize, String> {
+        if s.is_empty() || s.len() > 7 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{s:?} is not a file index"));
+        }
+        let n: usize = s.parse().map_err(|_| format!("{s:?} is not a file index"))?;
+        if n >= count {
+            return Err(format!("file index {n} is past the version's {count} files"));
+        }
+        Ok(n)
+    };
+    let mut indices: Vec<usize> = Vec::new();
+    for item in files.ok_or("no files")?.split(',') {
+        let (start, end) = match item.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => (number(item)?, number(item)?),
+        };
+        if end < start || indices.last().is_some_and(|&last| start <= last) {
+            return Err("file indices must increase".into());
+        }
+        if indices.len() + (end - start + 1) > MAX_BATCH_FILES {
+            return Err(format!("more than {MAX_BATCH_FILES} files"));
+        }
+        indices.extend(start..=end);
+    }
+    Ok((version.to_owned(), indices))
+}
+
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -186,6 +271,9 @@ fn validate_files(entry: &str, files: &[BundleFile]) -> Result<(), BundleError> 
     for f in files {
         if !is_clean_path(&f.path) {
             return Err(BundleError::BadPath(f.path.clone()));
+        }
+        if f.path == FILES_BATCH {
+            return Err(BundleError::Reserved(f.path.clone()));
         }
         let hex_ok = f.sha256.len() == 64
             && f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -293,6 +381,49 @@ mod tests {
             ("style-abc.css", false),
         ] {
             assert_eq!(is_content_hashed(path), expect, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_batch_path_is_reserved() {
+        let err = BundleManifest::new("index.html", vec![file("index.html", "<p>"), file(FILES_BATCH, "x")]).unwrap_err();
+        assert_eq!(err, BundleError::Reserved(FILES_BATCH.into()));
+    }
+
+    #[test]
+    fn batch_queries_round_trip_as_ranges() {
+        let v = "ab".repeat(32);
+        let q = batch_query(&v, &[0, 1, 2, 3, 7, 9, 10, 11, 12, 40]);
+        assert_eq!(q, format!("version={v}&files=0-3,7,9-12,40"));
+        assert_eq!(parse_batch_query(&q, 41), Ok((v.clone(), vec![0, 1, 2, 3, 7, 9, 10, 11, 12, 40])));
+        assert_eq!(parse_batch_query(&format!("files=5&version={v}"), 6), Ok((v, vec![5])));
+    }
+
+    #[test]
+    fn hostile_batch_queries_are_refused() {
+        let v = "ab".repeat(32);
+        let all = format!("version={v}&files=0-{}", MAX_BATCH_FILES - 1);
+        assert!(parse_batch_query(&all, MAX_BATCH_FILES).is_ok());
+        for bad in [
+            String::new(),
+            format!("version={v}"),
+            "files=0".to_string(),
+            format!("version={}&files=0", "AB".repeat(32)),
+            format!("version={v}&files=0&files=1"),
+            format!("version={v}&files=0&x=1"),
+            format!("version={v}&files=10"),
+            format!("version={v}&files=3,3"),
+            format!("version={v}&files=3,1"),
+            format!("version={v}&files=2-4,4"),
+            format!("version={v}&files=4-2"),
+            format!("version={v}&files=0,,1"),
+            format!("version={v}&files=-1"),
+            format!("version={v}&files=+1"),
+            format!("version={v}&files=99999999999999999999"),
+            format!("version={v}&files=0-{MAX_BATCH_FILES}"),
+        ] {
+            let count = if bad.contains(&MAX_BATCH_FILES.to_string()) { MAX_BATCH_FILES + 1 } else { 10 };
+            assert!(parse_batch_query(&bad, count).is_err(), "{bad}");
         }
     }
 }

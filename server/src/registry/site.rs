@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use stead_core::bundle::{BundleManifest, MANIFEST_FILE, WORKER_SCRIPT};
+use stead_core::bundle::{BundleManifest, FILES_BATCH, MANIFEST_FILE, WORKER_SCRIPT};
 
 use super::{Registry, Release};
 
@@ -159,6 +159,13 @@ pub(crate) async fn serve(reg: &Arc<Registry>, name: &str, method: &Method, uri:
         return text(StatusCode::BAD_REQUEST, "bad path".into());
     };
     let rel = if rel.is_empty() { release.manifest.entry.clone() } else { rel };
+    if rel == FILES_BATCH {
+        let reg = reg.clone();
+        return crate::batch::respond(method, &release.manifest, uri.query(), move |file| {
+            let reg = reg.clone();
+            async move { verified(&reg, &file.sha256, file.size).await.map_err(|_| format!("{} cannot be read or is damaged", file.path)) }
+        });
+    }
     if rel == MANIFEST_FILE {
         let bytes = release.stored.manifest.clone();
         let sha = stead_core::bundle::sha256_hex(&bytes);
