@@ -485,7 +485,12 @@ impl Writer {
     /// app's assets); the copy never passes through wasm.
     pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<Option<Pack>, SwError> {
         let body = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
-        let bytes = Uint8Array::new(&body);
+        self.put_bytes(file, Uint8Array::new(&body)).await
+    }
+
+    /// [`Writer::put`] for bytes in hand, which may be a view into a larger buffer (a
+    /// batch download).
+    pub async fn put_bytes(&self, file: &BundleFile, bytes: Uint8Array) -> Result<Option<Pack>, SwError> {
         let size = u64::from(bytes.length());
         if size != file.size {
             return Err(SwError::Size { path: file.path.clone(), expected: file.size, actual: size });
@@ -499,7 +504,9 @@ impl Writer {
             Writer::Idb(database) => {
                 // One chunk, as the reader expects a list of them.
                 let tx = db::transaction(database, &[IDB_FILES, IDB_SIZES], true)?;
-                db::store(&tx, IDB_FILES)?.put_with_key(&Array::of1(&bytes), &file.sha256.as_str().into())?;
+                // A copy of the view's bytes alone: IndexedDB would store its whole buffer.
+                let own = bytes.slice(0, bytes.length());
+                db::store(&tx, IDB_FILES)?.put_with_key(&Array::of1(&own), &file.sha256.as_str().into())?;
                 db::store(&tx, IDB_SIZES)?.put_with_key(&(file.size as f64).into(), &file.sha256.as_str().into())?;
                 db::committed(&tx).await?;
                 Ok(None)

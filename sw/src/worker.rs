@@ -2,7 +2,7 @@
 //! status and the kill switch.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{BTreeSet, HashMap},
     rc::Rc,
 };
@@ -12,7 +12,7 @@ use futures::{
     future::{LocalBoxFuture, Shared},
 };
 use js_sys::{Array, Date, Reflect};
-use stead_core::bundle::{BundleFile, BundleManifest, MANIFEST_FILE};
+use stead_core::bundle::{BundleFile, BundleManifest, FILES_BATCH, MANIFEST_FILE, batch_query};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 use web_sys::{
@@ -32,11 +32,47 @@ use crate::{
     store::{BundleStore, Place, Versions},
 };
 
+/// `missing` (a subset of `files`, in their order) cut into batches for `stead-files`:
+/// runs in manifest order with their indices, each closed at [`BATCH_FILES`] or once it
+/// reaches the byte target; a file at or over the target is a batch of its own.
+fn batches<'m>(files: &'m [BundleFile], missing: &[&'m BundleFile]) -> Vec<Vec<(usize, &'m BundleFile)>> {
+    let total: u64 = missing.iter().map(|f| f.size).sum();
+    let target = (total / (2 * DOWNLOADS_AT_ONCE as u64)).clamp(BATCH_BYTES_MIN, BATCH_BYTES_MAX);
+    let mut out: Vec<Vec<(usize, &BundleFile)>> = Vec::new();
+    let (mut open, mut bytes) = (Vec::new(), 0);
+    let mut wanted = missing.iter().peekable();
+    for (i, file) in files.iter().enumerate() {
+        if wanted.next_if(|w| std::ptr::eq(**w, file)).is_none() {
+            continue;
+        }
+        if file.size >= target {
+            out.push(vec![(i, file)]);
+            continue;
+        }
+        open.push((i, file));
+        bytes += file.size;
+        if bytes >= target || open.len() == BATCH_FILES {
+            out.push(std::mem::take(&mut open));
+            bytes = 0;
+        }
+    }
+    if !open.is_empty() {
+        out.push(open);
+    }
+    out
+}
+
 /// How often a killed worker looks whether the server now has the kept data.
 const KEPT_CHECK_MS: f64 = 2_000.0;
 
 /// Downloads at once during install and update: a browser opens six connections per host.
 const DOWNLOADS_AT_ONCE: usize = 6;
+/// Files one batch download names at most (the server takes up to 1024).
+const BATCH_FILES: usize = 256;
+/// Bytes one batch download aims at: enough batches that every connection has one or
+/// two, none so large that a retry repeats much, none so small that round trips count.
+const BATCH_BYTES_MIN: u64 = 64 * 1024;
+const BATCH_BYTES_MAX: u64 = 1024 * 1024;
 /// A page heartbeat triggers an update check when the last one is older than this.
 const HEARTBEAT_CHECK_MS: f64 = 5.0 * 60.0 * 1000.0;
 /// The channel every page of the origin listens on.
@@ -449,13 +485,9 @@ impl Worker {
         mark("stored_listed");
         let missing = manifest.missing(|f| stored.get(&f.sha256) == Some(&f.size));
         let writer = store.writer();
-        let mut errors: Vec<SwError> = futures::stream::iter(missing)
-            .map(|f| async {
-                // Each pack is listed as soon as it is written: an install stopped later
-                // resumes after it.
-                let written = self.download(&writer, f).await?;
-                self.list_pack(&store, written).await
-            })
+        let batching = Cell::new(true);
+        let mut errors: Vec<SwError> = futures::stream::iter(batches(&manifest.files, &missing))
+            .map(|batch| self.download_batch(&store, &writer, &manifest.version, batch, &batching))
             .buffer_unordered(DOWNLOADS_AT_ONCE)
             .filter_map(|r| async move { r.err() })
             .collect()
@@ -507,6 +539,53 @@ impl Worker {
             Some(pack) => self.persist(store, &|v| v.packs.push(pack.clone())).await,
             None => Ok(()),
         }
+    }
+
+    /// Downloads and stores `batch` (indices into the manifest's files, and the files) in
+    /// one `stead-files` request, or file by file when it is one file or the server has no
+    /// batches (then `batching` is cleared, so the rest go file by file at once). Each pack
+    /// is listed as soon as it is written: an install stopped later resumes after it.
+    async fn download_batch(
+        &self,
+        store: &BundleStore,
+        writer: &crate::store::Writer,
+        version: &str,
+        batch: Vec<(usize, &BundleFile)>,
+        batching: &Cell<bool>,
+    ) -> Result<(), SwError> {
+        if batch.len() > 1 && batching.get() {
+            let indices: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
+            let url = format!("{}{FILES_BATCH}?{}", self.base, batch_query(version, &indices));
+            let response = self.fetch_fresh(&url).await.map_err(|e| e.at(FILES_BATCH))?;
+            if response.ok() {
+                let body = JsFuture::from(response.array_buffer()?).await.map_err(|e| SwError::network(e).at(FILES_BATCH))?;
+                let bytes = js_sys::Uint8Array::new(&body);
+                let total: u64 = batch.iter().map(|(_, f)| f.size).sum();
+                if u64::from(bytes.length()) != total {
+                    return Err(SwError::Size { path: FILES_BATCH.into(), expected: total, actual: bytes.length().into() });
+                }
+                let mut at = 0;
+                for (_, file) in batch {
+                    // The sizes add up to the buffer's length, so each fits in u32.
+                    let end = at + file.size as u32;
+                    let written = writer.put_bytes(file, bytes.subarray(at, end)).await?;
+                    self.list_pack(store, written).await?;
+                    at = end;
+                }
+                return Ok(());
+            }
+            // A server without batches, or one serving another version by now.
+            batching.set(false);
+        }
+        // Every file is tried, as when they go in parallel: the next try needs only the rest.
+        let mut first_error = Ok(());
+        for (_, file) in batch {
+            let done = async { self.list_pack(store, self.download(writer, file).await?).await }.await;
+            if first_error.is_ok() {
+                first_error = done;
+            }
+        }
+        first_error
     }
 
     async fn download(&self, writer: &crate::store::Writer, file: &BundleFile) -> Result<Option<crate::pack::Pack>, SwError> {
@@ -870,4 +949,46 @@ fn wait_until(event: &ExtendableEvent, work: impl Future<Output = Result<(), SwE
         work.await.map(|()| JsValue::UNDEFINED).map_err(|e| js_sys::Error::new(&e.to_string()).into())
     });
     let _ = event.wait_until(&promise);
+}
+
+#[cfg(test)]
+mod tests {
+    use stead_core::bundle::BundleFile;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    use super::*;
+
+    fn file(path: &str, size: u64) -> BundleFile {
+        BundleFile { path: path.into(), sha256: format!("{:064x}", size), size, mime: "text/plain".into(), immutable: false }
+    }
+
+    fn paths(batches: &[Vec<(usize, &BundleFile)>]) -> Vec<Vec<(usize, String)>> {
+        batches.iter().map(|b| b.iter().map(|(i, f)| (*i, f.path.clone())).collect()).collect()
+    }
+
+    #[wasm_bindgen_test]
+    fn batches_run_in_manifest_order_and_big_files_go_alone() {
+        let files = [file("a", 10), file("b", 20), file("big", 2 * BATCH_BYTES_MAX), file("c", 30), file("d", 40), file("e", 50)];
+        // Stored already: b and d.
+        let missing: Vec<&BundleFile> = [0, 2, 3, 5].iter().map(|&i| &files[i]).collect();
+        let cut = batches(&files, &missing);
+        let expect = vec![vec![(2, "big".to_owned())], vec![(0, "a".to_owned()), (3, "c".to_owned()), (5, "e".to_owned())]];
+        assert_eq!(paths(&cut), expect);
+    }
+
+    #[wasm_bindgen_test]
+    fn batches_close_at_their_byte_target_and_file_count() {
+        // 24 files of 100 KB: the target is 2.4 MB / 12 = 200 KB, two files a batch.
+        let files: Vec<BundleFile> = (0..24).map(|i| file(&format!("f{i:02}"), 100 * 1024)).collect();
+        let missing: Vec<&BundleFile> = files.iter().collect();
+        let cut = batches(&files, &missing);
+        assert_eq!(cut.len(), 12);
+        assert!(cut.iter().all(|b| b.len() == 2));
+        assert_eq!(cut.concat().iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..24).collect::<Vec<_>>());
+        // Many tiny files: at most BATCH_FILES a batch.
+        let files: Vec<BundleFile> = (0..600).map(|i| file(&format!("t{i:03}"), 10)).collect();
+        let missing: Vec<&BundleFile> = files.iter().collect();
+        let sizes: Vec<usize> = batches(&files, &missing).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [BATCH_FILES, BATCH_FILES, 600 - 2 * BATCH_FILES]);
+    }
 }

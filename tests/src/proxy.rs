@@ -2,7 +2,8 @@
 //! cut them off, to test what a flaky network does to an install.
 //!
 //! The worker marks its own requests with a `stead-fetch: install` header; the page's
-//! requests pass untouched and unlogged.
+//! requests pass untouched and unlogged. A batch download (`stead-files`) is logged as
+//! the files it names, read against the manifest the worker fetched through the proxy.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,14 +14,39 @@ use axum::{
     http::{HeaderName, StatusCode},
     response::Response,
 };
-use stead_core::bundle::MANIFEST_FILE;
+use stead_core::bundle::{BundleManifest, FILES_BATCH, MANIFEST_FILE, parse_batch_query};
 
 #[derive(Debug, Default)]
 struct Shared {
-    /// Worker downloads of bundle files: (path, delivered).
+    /// Worker downloads of bundle files: (path, delivered), a batch as each of its files.
     downloads: Vec<(String, bool)>,
-    /// After this many delivered downloads, the connection is dropped mid-response.
+    /// Worker requests for files delivered, a batch counting once.
+    requests_delivered: usize,
+    /// Batch requests delivered.
+    batches_delivered: usize,
+    /// After this many delivered requests, the connection is dropped mid-response.
     cut_after: Option<usize>,
+    /// Answer batch requests 404, as a plain static host does.
+    refuse_batches: bool,
+    /// The manifests the worker fetched, to read batch requests against.
+    manifests: Vec<BundleManifest>,
+}
+
+impl Shared {
+    /// The bundle paths a worker request covers: one file, or the files a batch names.
+    fn paths(&self, path: &str, query: Option<&str>) -> Vec<String> {
+        if path.trim_start_matches('/') != FILES_BATCH {
+            return vec![path.to_owned()];
+        }
+        for m in &self.manifests {
+            if let Ok((version, indices)) = parse_batch_query(query.unwrap_or(""), m.files.len())
+                && version == m.version
+            {
+                return indices.into_iter().map(|i| format!("/{}", m.files[i].path)).collect();
+            }
+        }
+        vec![format!("{path}?{}", query.unwrap_or(""))]
+    }
 }
 
 #[derive(Clone)]
@@ -63,10 +89,20 @@ impl Proxy {
         Ok(Proxy { url: format!("http://localhost:{port}/"), shared, stop: Some(stop) })
     }
 
-    /// Drop the connection of every worker download after `n` have been delivered;
-    /// `None` lets everything through again.
+    /// Drop the connection of every worker download after `n` requests have been
+    /// delivered; `None` lets everything through again.
     pub fn cut_after(&self, n: Option<usize>) {
         self.shared.lock().expect("lock").cut_after = n;
+    }
+
+    /// Answer batch downloads 404 (`true`), as a static host without them does.
+    pub fn refuse_batches(&self, refuse: bool) {
+        self.shared.lock().expect("lock").refuse_batches = refuse;
+    }
+
+    /// Batch downloads delivered so far.
+    pub fn batches_delivered(&self) -> usize {
+        self.shared.lock().expect("lock").batches_delivered
     }
 
     /// The worker's downloads so far, as (path, delivered).
@@ -84,12 +120,21 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
     let from_worker = req.headers().get("stead-fetch").is_some();
-    let is_file = from_worker && path.trim_start_matches('/') != MANIFEST_FILE;
+    let is_manifest = path.trim_start_matches('/') == MANIFEST_FILE;
+    let is_file = from_worker && !is_manifest;
+    let is_batch = path.trim_start_matches('/') == FILES_BATCH;
+    if is_batch && ctx.shared.lock().expect("lock").refuse_batches {
+        return error(StatusCode::NOT_FOUND, "no batches here".into());
+    }
     let cut = is_file && {
         let mut s = ctx.shared.lock().expect("lock");
-        let delivered = s.downloads.iter().filter(|(_, ok)| *ok).count();
-        let cut = s.cut_after.is_some_and(|n| delivered >= n);
-        s.downloads.push((path.clone(), !cut));
+        let cut = s.cut_after.is_some_and(|n| s.requests_delivered >= n);
+        if !cut {
+            s.requests_delivered += 1;
+            s.batches_delivered += usize::from(is_batch);
+        }
+        let paths = s.paths(&path, req.uri().query());
+        s.downloads.extend(paths.into_iter().map(|p| (p, !cut)));
         cut
     };
 
@@ -117,9 +162,13 @@ async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = match resp.bytes().await {
-        Ok(b) => Body::from(b),
+        Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     };
+    if from_worker && is_manifest && let Ok(m) = BundleManifest::parse(&body) {
+        ctx.shared.lock().expect("lock").manifests.push(m);
+    }
+    let body = Body::from(body);
     let mut out = Response::new(body);
     *out.status_mut() = status;
     for (name, value) in &headers {

@@ -171,16 +171,36 @@ async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Resul
 
 #[tokio::test]
 async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<()> {
+    interrupted_install(Batches::Refused).await
+}
+
+#[tokio::test]
+async fn an_install_cut_mid_batch_resumes_with_only_the_missing_files() -> Result<()> {
+    interrupted_install(Batches::Served).await
+}
+
+#[derive(PartialEq)]
+enum Batches {
+    /// The server answers `stead-files`.
+    Served,
+    /// A static host: `stead-files` is 404, so the worker downloads file by file.
+    Refused,
+}
+
+/// An install whose downloads are cut after the first request (or two, file by file)
+/// fails; the next attempt downloads exactly the files the first did not store.
+async fn interrupted_install(batches: Batches) -> Result<()> {
     let env = Env::get()?;
     let mut server = Server::start(&env, &env.dist)?;
     let proxy = Proxy::start(&server.url).await?;
+    proxy.refuse_batches(batches == Batches::Refused);
     let m = manifest(&env.dist)?;
     let all: BTreeSet<String> = m.files.iter().map(|f| format!("/{}", f.path)).collect();
     assert!(all.len() >= 4, "the example has enough files to cut an install in two");
     let browser = Browser::start(&env).await?;
 
-    const K: usize = 2;
-    proxy.cut_after(Some(K));
+    let k = if batches == Batches::Served { 1 } else { 2 };
+    proxy.cut_after(Some(k));
     browser.driver.goto(&proxy.url).await?;
     browser.wait_app().await?;
     let first = wait_for("the first install attempt to fail", Duration::from_secs(30), || async {
@@ -198,7 +218,14 @@ async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<
     .await?;
     proxy.take_downloads();
     let delivered: BTreeSet<String> = first.iter().filter(|(_, ok)| *ok).map(|(p, _)| p.clone()).collect();
-    assert_eq!(delivered.len(), K, "{first:?}");
+    match batches {
+        Batches::Refused => {
+            assert_eq!(delivered.len(), k, "{first:?}");
+            assert_eq!(proxy.batches_delivered(), 0);
+        }
+        // The example's small files share one batch; its two wasm modules go alone.
+        Batches::Served => assert!(!delivered.is_empty() && delivered.len() < all.len(), "{first:?}"),
+    }
 
     proxy.cut_after(None);
     browser.refresh().await?;
@@ -208,6 +235,9 @@ async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<
     let second: BTreeSet<String> = proxy.take_downloads().into_iter().map(|(p, _)| p).collect();
     let missing: BTreeSet<String> = all.difference(&delivered).cloned().collect();
     assert_eq!(second, missing, "the second attempt fetched only what the first did not store");
+    if batches == Batches::Served {
+        assert!(proxy.batches_delivered() >= 1, "the small files came in a batch");
+    }
 
     drop(proxy);
     server.kill();
