@@ -52,6 +52,9 @@ where
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Bytes for the worker, never a document: the app's pages are among them.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; frame-ancestors 'none'"));
     response
 }
 

@@ -198,6 +198,7 @@ async fn a_batch_answers_the_named_files_back_to_back() {
     let resp = client.get(url(&batch_query(&manifest.version, &[0, 2, 3]))).send().await.unwrap();
     check(&resp, StatusCode::OK, "application/octet-stream", "no-store");
     assert_eq!(resp.content_length(), Some(9 + 5 + 13));
+    assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     let body = resp.bytes().await.unwrap();
     assert_eq!(body.as_ref(), [&b"export {}"[..], &[0, 1, 2, 3, 255], b"<h1>todo</h1>"].concat());
 
