@@ -201,6 +201,40 @@ async fn indexeddb_stores_verified_content_streamed_in_chunks() {
     assert_eq!(js_sys::Uint8Array::new(&text).length() as usize, body.len());
 }
 
+/// A batch download's files are views into one buffer: each is stored as its own bytes,
+/// in a pack or in IndexedDB, never as the whole buffer.
+#[wasm_bindgen_test]
+async fn files_cut_from_one_batch_are_stored_as_their_own_bytes() {
+    let parts: Vec<Vec<u8>> = vec![vec![1u8; 1000], vec![2u8; 30], vec![3u8; 5000]];
+    let batch = js_sys::Uint8Array::from(&parts.concat()[..]);
+    let files: Vec<BundleFile> = parts.iter().enumerate().map(|(i, p)| bundle_file(&format!("f{i}"), p)).collect();
+    let (_, opfs_store) = fresh("t-batch").await;
+    stead_store::idb::db::delete_database("t-idb-batch").await.unwrap();
+    let idb_store = BundleStore::open_idb_named("t-idb-batch").await.unwrap();
+    for store in [&opfs_store, &idb_store] {
+        let writer = store.writer();
+        let mut at = 0;
+        for f in &files {
+            let end = at + f.size as u32;
+            assert_eq!(writer.put_bytes(f, batch.subarray(at, end)).await.unwrap(), None, "no pack is full yet");
+            at = end;
+        }
+        let packs: Vec<Pack> = writer.finish().await.unwrap().into_iter().collect();
+        for (f, p) in files.iter().zip(&parts) {
+            assert_eq!(read_all(store, &packs, &f.sha256).await.as_ref(), Some(p), "{} in {}", f.path, store.place_name());
+        }
+        if let Some(pack) = packs.first() {
+            assert_eq!(pack.size, 6030, "the pack holds the three files and nothing else");
+        }
+    }
+    let db = stead_store::idb::db::open("t-idb-batch", &["files", "sizes", "docs"]).await.unwrap();
+    for (f, p) in files.iter().zip(&parts) {
+        let value = stead_store::idb::db::get(&db, "files", &f.sha256).await.unwrap().expect("stored");
+        let chunk: js_sys::Uint8Array = js_sys::Array::from(&value).get(0).into();
+        assert_eq!(chunk.buffer().byte_length() as usize, p.len(), "{} is stored with the batch's other bytes", f.path);
+    }
+}
+
 #[wasm_bindgen_test]
 async fn indexeddb_refuses_corrupt_content_and_keeps_nothing() {
     refuses_corrupt_content(&fresh_idb("t-idb-corrupt").await).await;
