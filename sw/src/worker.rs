@@ -542,9 +542,12 @@ impl Worker {
     }
 
     /// Downloads and stores `batch` (indices into the manifest's files, and the files) in
-    /// one `stead-files` request, or file by file when it is one file or the server has no
-    /// batches (then `batching` is cleared, so the rest go file by file at once). Each pack
-    /// is listed as soon as it is written: an install stopped later resumes after it.
+    /// one `stead-files` request, or file by file: when it is one file, when the server has
+    /// no batches (then `batching` is cleared, so the rest go file by file at once), or when
+    /// the batch's body ends short (a server file that no longer matches the manifest: file
+    /// by file, the error names it). Every file is tried, as when they go in parallel: the
+    /// next try needs only the rest. Each pack is listed as soon as it is written: an
+    /// install stopped later resumes after it.
     async fn download_batch(
         &self,
         store: &BundleStore,
@@ -553,37 +556,35 @@ impl Worker {
         batch: Vec<(usize, &BundleFile)>,
         batching: &Cell<bool>,
     ) -> Result<(), SwError> {
+        let mut first_error = Ok(());
+        let mut keep = |done: Result<(), SwError>| {
+            if first_error.is_ok() {
+                first_error = done;
+            }
+        };
         if batch.len() > 1 && batching.get() {
             let indices: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
             let url = format!("{}{FILES_BATCH}?{}", self.base, batch_query(version, &indices));
             let response = self.fetch_fresh(&url).await.map_err(|e| e.at(FILES_BATCH))?;
-            if response.ok() {
-                let body = JsFuture::from(response.array_buffer()?).await.map_err(|e| SwError::network(e).at(FILES_BATCH))?;
+            if !response.ok() {
+                // A server without batches, or one serving another version by now.
+                batching.set(false);
+            } else if let Ok(body) = JsFuture::from(response.array_buffer()?).await {
                 let bytes = js_sys::Uint8Array::new(&body);
-                let total: u64 = batch.iter().map(|(_, f)| f.size).sum();
-                if u64::from(bytes.length()) != total {
-                    return Err(SwError::Size { path: FILES_BATCH.into(), expected: total, actual: bytes.length().into() });
+                if u64::from(bytes.length()) == batch.iter().map(|(_, f)| f.size).sum::<u64>() {
+                    let mut at = 0;
+                    for (_, file) in &batch {
+                        // The sizes add up to the buffer's length, so each fits in u32.
+                        let end = at + file.size as u32;
+                        keep(async { self.list_pack(store, writer.put_bytes(file, bytes.subarray(at, end)).await?).await }.await);
+                        at = end;
+                    }
+                    return first_error;
                 }
-                let mut at = 0;
-                for (_, file) in batch {
-                    // The sizes add up to the buffer's length, so each fits in u32.
-                    let end = at + file.size as u32;
-                    let written = writer.put_bytes(file, bytes.subarray(at, end)).await?;
-                    self.list_pack(store, written).await?;
-                    at = end;
-                }
-                return Ok(());
             }
-            // A server without batches, or one serving another version by now.
-            batching.set(false);
         }
-        // Every file is tried, as when they go in parallel: the next try needs only the rest.
-        let mut first_error = Ok(());
         for (_, file) in batch {
-            let done = async { self.list_pack(store, self.download(writer, file).await?).await }.await;
-            if first_error.is_ok() {
-                first_error = done;
-            }
+            keep(async { self.list_pack(store, self.download(writer, file).await?).await }.await);
         }
         first_error
     }

@@ -302,7 +302,13 @@ async fn a_corrupt_download_is_refused_and_the_current_version_keeps_working() -
     let v1 = manifest(dist.path())?;
     install(&browser, &server.url, &v1.version).await?;
 
-    // The manifest promises one index.html; the server serves other bytes.
+    // The manifest promises one index.html; the server serves other bytes. A second
+    // changed file puts both into one batch download, which the server ends short at the
+    // changed file: the worker then tries them one by one, and the error names the file.
+    let css = v1.files.iter().find(|f| f.path.ends_with(".css")).expect("the example has a stylesheet");
+    let mut styles = std::fs::read(dist.path().join(&css.path))?;
+    styles.extend_from_slice(b"\n/* v2 */\n");
+    std::fs::write(dist.path().join(&css.path), styles)?;
     rebuild_with_marker(dist.path(), "v2")?;
     std::fs::write(dist.path().join("index.html"), "<!doctype html><p>tampered</p>")?;
     browser.refresh().await?;
