@@ -423,12 +423,17 @@ impl BundleStore {
     pub async fn file(&self, packs: &[Pack], sha256: &str) -> Result<Option<Blob>, SwError> {
         match &self.backend {
             Backend::Opfs { files, .. } => {
-                let found = packs.iter().find_map(|p| p.entries.iter().find(|e| e.sha256 == sha256).map(|e| (p, e)));
-                if let Some((p, e)) = found {
-                    return match self.pack_file(p).await? {
-                        Some(f) => Ok(Some(pack::slice(&f, e)?)),
-                        None => Ok(None),
-                    };
+                // The first whole pack that holds it: a damaged one may list it too, until
+                // the clean-up drops it, when the content was downloaded again.
+                let mut listed = false;
+                for (p, e) in packs.iter().filter_map(|p| p.entries.iter().find(|e| e.sha256 == sha256).map(|e| (p, e))) {
+                    listed = true;
+                    if let Some(f) = self.pack_file(p).await? {
+                        return Ok(Some(pack::slice(&f, e)?));
+                    }
+                }
+                if listed {
+                    return Ok(None);
                 }
                 Ok(opfs::file(files, sha256).await?.map(Blob::from))
             }

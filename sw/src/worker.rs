@@ -472,10 +472,8 @@ impl Worker {
             let s = self.state.borrow();
             (s.versions.active.clone(), s.versions.pending.clone())
         };
-        if active.as_ref().is_some_and(|a| a.version == manifest.version) {
-            return Ok(Checked::UpToDate);
-        }
-        if pending.as_ref().is_some_and(|p| p.version == manifest.version) {
+        let up_to_date = active.as_ref().is_some_and(|a| a.version == manifest.version);
+        if !up_to_date && pending.as_ref().is_some_and(|p| p.version == manifest.version) {
             self.broadcast(Obj::new().set("type", "update-ready").set("version", &manifest.version));
             return Ok(Checked::Pending(manifest.version));
         }
@@ -483,7 +481,13 @@ impl Worker {
         let packs = self.state.borrow().versions.packs.clone();
         let stored = store.stored(&packs).await?;
         mark("stored_listed");
+        // Up to date, the active version's contents are still looked for: one lost since
+        // (a pack cut short or removed) would otherwise be missing offline until the next
+        // version, so it is downloaded again.
         let missing = manifest.missing(|f| stored.get(&f.sha256) == Some(&f.size));
+        if up_to_date && missing.is_empty() {
+            return Ok(Checked::UpToDate);
+        }
         let writer = store.writer();
         let batching = Cell::new(true);
         let mut errors: Vec<SwError> = futures::stream::iter(batches(&manifest.files, &missing))
@@ -504,6 +508,11 @@ impl Worker {
             });
         }
 
+        if up_to_date {
+            // Served from here on from where they are now.
+            self.state.borrow_mut().blobs.clear();
+            return Ok(Checked::UpToDate);
+        }
         let version = manifest.version.clone();
         if active.is_none() {
             let manifest = Rc::new(manifest);
@@ -544,8 +553,8 @@ impl Worker {
     /// Downloads and stores `batch` (indices into the manifest's files, and the files) in
     /// one `stead-files` request, or file by file: when it is one file, when the server has
     /// no batches (then `batching` is cleared, so the rest go file by file at once), or when
-    /// the batch's body ends short (a server file that no longer matches the manifest: file
-    /// by file, the error names it). Every file is tried, as when they go in parallel: the
+    /// the batch fails or ends short (a server file that no longer matches the manifest, or
+    /// the network: file by file, the error names the file). Every file is tried, as when they go in parallel: the
     /// next try needs only the rest. Each pack is listed as soon as it is written: an
     /// install stopped later resumes after it.
     async fn download_batch(
@@ -565,11 +574,15 @@ impl Worker {
         if batch.len() > 1 && batching.get() {
             let indices: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
             let url = format!("{}{FILES_BATCH}?{}", self.base, batch_query(version, &indices));
-            let response = self.fetch_fresh(&url).await.map_err(|e| e.at(FILES_BATCH))?;
-            if !response.ok() {
+            // A batch cut short before its headers (the server met a bad file first) fails
+            // the fetch itself in Firefox: that goes file by file too.
+            let response = self.fetch_fresh(&url).await.ok();
+            if response.as_ref().is_some_and(|r| !r.ok()) {
                 // A server without batches, or one serving another version by now.
                 batching.set(false);
-            } else if let Ok(body) = JsFuture::from(response.array_buffer()?).await {
+            } else if let Some(response) = response
+                && let Ok(body) = JsFuture::from(response.array_buffer()?).await
+            {
                 let bytes = js_sys::Uint8Array::new(&body);
                 if u64::from(bytes.length()) == batch.iter().map(|(_, f)| f.size).sum::<u64>() {
                     let mut at = 0;

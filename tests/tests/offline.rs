@@ -169,6 +169,84 @@ async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Resul
     browser.quit().await
 }
 
+/// Loses every stored content of the bundle from the page, where the worker keeps them:
+/// the packs in OPFS are cut to nothing, or the contents in IndexedDB deleted.
+async fn lose_contents(browser: &Browser, place: &str) -> Result<()> {
+    browser
+        .js_async(&format!(
+            "if ({place:?} === 'opfs') {{ \
+               const root = await navigator.storage.getDirectory(); \
+               const files = await (await root.getDirectoryHandle('stead')).getDirectoryHandle('files'); \
+               for await (const [name, handle] of files.entries()) {{ \
+                 if (!name.endsWith('.pack')) continue; \
+                 const w = await handle.createWritable(); await w.truncate(0); await w.close(); \
+               }} \
+             }} else {{ \
+               await new Promise((ok, fail) => {{ \
+                 const open = indexedDB.open('stead-bundle'); \
+                 open.onerror = () => fail(open.error); \
+                 open.onsuccess = () => {{ \
+                   const tx = open.result.transaction(['files', 'sizes'], 'readwrite'); \
+                   tx.objectStore('files').clear(); tx.objectStore('sizes').clear(); \
+                   tx.oncomplete = () => {{ open.result.close(); ok(); }}; \
+                   tx.onerror = () => fail(tx.error); \
+                 }}; \
+               }}); \
+             }}"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Contents of the active version lost from the store (a pack cut short by a crash, say)
+/// are downloaded again by the next update check, though the version is up to date, so
+/// the app works offline again.
+#[tokio::test]
+async fn contents_lost_from_the_store_are_downloaded_again_by_the_next_update_check() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    let m = manifest(&env.dist)?;
+    let before = install(&browser, &server.url, &m.version).await?;
+    let place = as_str(&before, "bundle_storage").context("status names the bundle's storage")?;
+    let all: BTreeSet<String> = m.hashes().into_iter().map(str::to_owned).collect();
+    let stored = |s: &Value| -> BTreeSet<String> {
+        s["stored"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect()
+    };
+    assert_eq!(stored(&before), all);
+
+    // As in the damaged-state test: a page that runs no script, and its navigation's
+    // update check done, so nothing but this test wakes the worker.
+    let inert = inert_file(&m)?;
+    browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
+    let checked = |s: &Value| s["last_update_check"].as_f64();
+    wait_for("the navigation's update check", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((checked(&s) > checked(&before) && s["last_check_result"] == "up-to-date").then_some(()))
+    })
+    .await?;
+    lose_contents(&browser, &place).await?;
+    if !browser.lacks(Capability::StopWorkerUnderOpenPage, "seeing the loss in status") {
+        browser.stop_workers().await?;
+        let s = browser.status().await?;
+        assert!(stored(&s).is_empty(), "a new worker life finds the contents gone: {s}");
+        assert_eq!(as_str(&s, "active_version"), Some(m.version.clone()), "the version itself is still known");
+    }
+
+    browser.driver.goto(&server.url).await?;
+    wait_for("the lost contents to be stored again", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((stored(&s) == all && s["last_check_result"] == "up-to-date" && s["last_error"].is_null()).then_some(()))
+    })
+    .await?;
+
+    server.kill();
+    browser.stop_workers().await?;
+    browser.refresh().await?;
+    browser.add_todo("after the contents came back").await?;
+    browser.quit().await
+}
+
 #[tokio::test]
 async fn an_interrupted_install_resumes_with_only_the_missing_files() -> Result<()> {
     interrupted_install(Batches::Refused).await

@@ -307,7 +307,9 @@ fn build_app_example(root: &Path, tools: &Tools, app: &str, dist: &Path, release
 /// serving module a worker start compiles ≤ 110 KB gzip, `stead-sw.js` ≤ 200 KB gzip.
 /// The issue asked 100 KB; writing installs into packs (precache 0.84× → 0.39× of
 /// Workbox) took the module from 100.0 to 108.2 KB, and the step that compiles it went
-/// from 1.9 to 2.0 ms (medians of three interleaved `bench sw` runs each).
+/// from 1.9 to 2.0 ms (medians of three interleaved `bench sw` runs each); downloading
+/// installs in batches and repairing lost contents (precache 0.56× → 0.28×) to 111.0 KB
+/// (111,036 B of the 112,640 B budget).
 fn check_worker_size(worker: &stead_cli::build::WorkerReport) -> Result<()> {
     const SERVING_GZIP: u64 = 110 * 1024;
     const SCRIPT_GZIP: u64 = 200 * 1024;
