@@ -88,6 +88,23 @@ async fn offline_the_stopped_worker_cold_starts_and_serves_the_app() -> Result<(
     browser.quit().await
 }
 
+/// Script that makes `change` (using `tx`) in one read-write transaction over `stores` (a
+/// JS name or array of names) of the worker's IndexedDB bundle store, and waits for it.
+fn in_bundle_db(stores: &str, change: &str) -> String {
+    format!(
+        "await new Promise((ok, fail) => {{ \
+           const open = indexedDB.open('stead-bundle'); \
+           open.onerror = () => fail(open.error); \
+           open.onsuccess = () => {{ \
+             const tx = open.result.transaction({stores}, 'readwrite'); \
+             {change} \
+             tx.oncomplete = () => {{ open.result.close(); ok(); }}; \
+             tx.onerror = () => fail(tx.error); \
+           }}; \
+         }});"
+    )
+}
+
 /// Damages the worker's state document (its versions) from the page, where the worker
 /// keeps it: `stead/state.bin` in OPFS, or the `state.bin` value in IndexedDB.
 async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
@@ -99,20 +116,45 @@ async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
                const w = await (await dir.getFileHandle('state.bin')).createWritable(); \
                await w.write(bytes); await w.close(); \
              }} else {{ \
-               await new Promise((ok, fail) => {{ \
-                 const open = indexedDB.open('stead-bundle'); \
-                 open.onerror = () => fail(open.error); \
-                 open.onsuccess = () => {{ \
-                   const tx = open.result.transaction('docs', 'readwrite'); \
-                   tx.objectStore('docs').put(bytes, 'state.bin'); \
-                   tx.oncomplete = () => {{ open.result.close(); ok(); }}; \
-                   tx.onerror = () => fail(tx.error); \
-                 }}; \
-               }}); \
-             }}"
+               {} \
+             }}",
+            in_bundle_db("'docs'", "tx.objectStore('docs').put(bytes, 'state.bin');")
         ))
         .await?;
     Ok(())
+}
+
+/// The example installed, with nothing to wake its worker but the test.
+struct Quiet {
+    server: Server,
+    browser: Browser,
+    manifest: stead_core::bundle::BundleManifest,
+    /// Status right after the install.
+    before: Value,
+    /// Where the worker keeps the bundle (`opfs` or `indexeddb`).
+    place: String,
+}
+
+/// Installs the example, then leaves the browser on a file of the bundle that is not a
+/// page, its navigation's update check done. The app's page wakes the worker by itself
+/// (its heartbeat, its data requests), and a worker woken between a stop and a change the
+/// test makes to its store would read the store before the change; a file that runs no
+/// script wakes nothing.
+async fn installed_and_quiet(env: &Env) -> Result<Quiet> {
+    let server = Server::start(env, &env.dist)?;
+    let browser = Browser::start(env).await?;
+    let m = manifest(&env.dist)?;
+    let before = install(&browser, &server.url, &m.version).await?;
+    let place = as_str(&before, "bundle_storage").context("status names the bundle's storage")?;
+    let inert = inert_file(&m)?;
+    browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
+    let checked = |s: &Value| s["last_update_check"].as_f64();
+    wait_for("the navigation's update check", Duration::from_secs(30), || async {
+        let s = browser.status().await?;
+        Ok((checked(&s) > checked(&before) && s["last_check_result"] == "up-to-date").then_some(()))
+    })
+    .await?;
+    Ok(Quiet { server, browser, manifest: m, before, place })
 }
 
 /// A damaged state document costs the worker its version, not its life: status says what
@@ -121,24 +163,7 @@ async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
 #[tokio::test]
 async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Result<()> {
     let env = Env::get()?;
-    let mut server = Server::start(&env, &env.dist)?;
-    let browser = Browser::start(&env).await?;
-    let m = manifest(&env.dist)?;
-    let before = install(&browser, &server.url, &m.version).await?;
-    let place = as_str(&before, "bundle_storage").context("status names the bundle's storage")?;
-
-    // The app's page wakes the worker by itself (its heartbeat, its data requests), and a
-    // worker woken between the stop and the damage reads the state before it is damaged.
-    // A file of the bundle that is not a page runs no script, so only this test wakes it.
-    let inert = inert_file(&m)?;
-    browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
-    // That navigation's update check saves its result; it is done before the stop.
-    let checked = |s: &Value| s["last_update_check"].as_f64();
-    wait_for("the navigation's update check", Duration::from_secs(30), || async {
-        let s = browser.status().await?;
-        Ok((checked(&s) > checked(&before) && s["last_check_result"] == "up-to-date").then_some(()))
-    })
-    .await?;
+    let Quiet { mut server, browser, manifest: m, before, place } = installed_and_quiet(&env).await?;
 
     if browser.lacks(Capability::StopWorkerUnderOpenPage, "seeing the damage in status while offline") {
         // WebKit's stop reloads the page, so the server stays up and the check runs at once.
@@ -182,17 +207,9 @@ async fn lose_contents(browser: &Browser, place: &str) -> Result<()> {
                  const w = await handle.createWritable(); await w.truncate(0); await w.close(); \
                }} \
              }} else {{ \
-               await new Promise((ok, fail) => {{ \
-                 const open = indexedDB.open('stead-bundle'); \
-                 open.onerror = () => fail(open.error); \
-                 open.onsuccess = () => {{ \
-                   const tx = open.result.transaction(['files', 'sizes'], 'readwrite'); \
-                   tx.objectStore('files').clear(); tx.objectStore('sizes').clear(); \
-                   tx.oncomplete = () => {{ open.result.close(); ok(); }}; \
-                   tx.onerror = () => fail(tx.error); \
-                 }}; \
-               }}); \
-             }}"
+               {} \
+             }}",
+            in_bundle_db("['files', 'sizes']", "tx.objectStore('files').clear(); tx.objectStore('sizes').clear();")
         ))
         .await?;
     Ok(())
@@ -204,27 +221,12 @@ async fn lose_contents(browser: &Browser, place: &str) -> Result<()> {
 #[tokio::test]
 async fn contents_lost_from_the_store_are_downloaded_again_by_the_next_update_check() -> Result<()> {
     let env = Env::get()?;
-    let mut server = Server::start(&env, &env.dist)?;
-    let browser = Browser::start(&env).await?;
-    let m = manifest(&env.dist)?;
-    let before = install(&browser, &server.url, &m.version).await?;
-    let place = as_str(&before, "bundle_storage").context("status names the bundle's storage")?;
+    let Quiet { mut server, browser, manifest: m, before, place } = installed_and_quiet(&env).await?;
     let all: BTreeSet<String> = m.hashes().into_iter().map(str::to_owned).collect();
     let stored = |s: &Value| -> BTreeSet<String> {
         s["stored"].as_array().into_iter().flatten().filter_map(|h| h.as_str().map(str::to_owned)).collect()
     };
     assert_eq!(stored(&before), all);
-
-    // As in the damaged-state test: a page that runs no script, and its navigation's
-    // update check done, so nothing but this test wakes the worker.
-    let inert = inert_file(&m)?;
-    browser.driver.goto(&format!("{}{}", server.url, inert.path)).await?;
-    let checked = |s: &Value| s["last_update_check"].as_f64();
-    wait_for("the navigation's update check", Duration::from_secs(30), || async {
-        let s = browser.status().await?;
-        Ok((checked(&s) > checked(&before) && s["last_check_result"] == "up-to-date").then_some(()))
-    })
-    .await?;
     lose_contents(&browser, &place).await?;
     if !browser.lacks(Capability::StopWorkerUnderOpenPage, "seeing the loss in status") {
         browser.stop_workers().await?;
