@@ -314,7 +314,10 @@ pub async fn converge(clients: &[&Client], timeout: Duration) -> anyhow::Result<
             return Ok(union);
         }
         if Instant::now() > deadline {
-            bail!("no convergence: {vectors:?}");
+            // How each client stands says which side stalled: never connected, connected
+            // and not sent to, or refusing what it got.
+            let states: Vec<_> = clients.iter().map(|c| c.status()).map(|s| (s.connected, s.connects, s.rejected)).collect();
+            bail!("no convergence: {vectors:?}; (connected, connects, rejected) {states:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
