@@ -31,7 +31,9 @@ thread_local! {
 /// The key of a registration scope URL: "" for the origin's root, else its path without
 /// the outer slashes, escaped so it is one plain name (`/` and `%` percent-encoded).
 pub fn key_for(scope_url: &str) -> String {
-    let after_scheme = scope_url.split_once("://").map_or(scope_url, |(_, rest)| rest);
+    // A scheme holds no ':', so the first one ends it. (A char search: a `"://"` pattern
+    // links the two-way string searcher into the serving module for this one call.)
+    let after_scheme = scope_url.find(':').and_then(|i| scope_url[i + 1..].strip_prefix("//")).unwrap_or(scope_url);
     let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
     let path = path.split(['?', '#']).next().unwrap_or_default().trim_matches('/');
     let mut out = String::with_capacity(path.len());

@@ -15,7 +15,7 @@
 //! says is damaged: it is served from no more, and the clean-up drops it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 
 use js_sys::{Array, Date, Uint8Array};
 use wasm_bindgen_futures::JsFuture;
@@ -90,7 +90,7 @@ pub struct Compacted {
 /// rest stays in the file, unlisted, until the pack is written again); one less than half
 /// kept is written again with only that (the new pack is written here, before the old one
 /// is forgotten: a stop halfway leaves both, never neither).
-pub async fn compact(files: &Dir, keep: &BTreeSet<String>, packs: &[Pack]) -> Result<Compacted, SwError> {
+pub async fn compact(files: &Dir, keep: &HashSet<String>, packs: &[Pack]) -> Result<Compacted, SwError> {
     let mut out = Compacted::default();
     for (i, pack) in packs.iter().enumerate() {
         // A content stored twice (a clean-up stopped halfway) is served from its first pack.

@@ -28,7 +28,7 @@
 //! A store written by an older worker has `active.json`, `pending.json` and `meta.json`
 //! (JSON) in place of `state.bin`: see [`LEGACY`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 
 use js_sys::{Array, Reflect, Uint8Array};
 use stead_core::bundle::BundleFile;
@@ -346,8 +346,8 @@ impl BundleStore {
 
     /// Stored contents by hash, with their sizes: those in the whole packs of `packs`, and
     /// those stored one to a file. Unfinished downloads are not listed.
-    pub async fn stored(&self, packs: &[Pack]) -> Result<BTreeMap<String, u64>, SwError> {
-        let mut out = BTreeMap::new();
+    pub async fn stored(&self, packs: &[Pack]) -> Result<HashMap<String, u64>, SwError> {
+        let mut out = HashMap::new();
         match &self.backend {
             Backend::Opfs { files, .. } => {
                 for p in packs {
@@ -379,7 +379,7 @@ impl BundleStore {
     /// its packs changed, then calls [`BundleStore::gc`].
     /// Nothing changes while `in_progress`: the update's packs are listed before the
     /// version that keeps their contents is.
-    pub async fn compact(&self, keep: &BTreeSet<String>, packs: &[Pack], in_progress: bool) -> Result<Compacted, SwError> {
+    pub async fn compact(&self, keep: &HashSet<String>, packs: &[Pack], in_progress: bool) -> Result<Compacted, SwError> {
         match &self.backend {
             Backend::Opfs { files, .. } if !in_progress => pack::compact(files, keep, packs).await,
             _ => Ok(Compacted::default()),
@@ -390,7 +390,7 @@ impl BundleStore {
     /// unfinished download too, unless `in_progress`), and every pack the state does not
     /// list (`listed`) that [`pack::removable`] allows. Returns the hashes whose content
     /// is gone.
-    pub async fn gc(&self, keep: &BTreeSet<String>, in_progress: bool, dropped: &[String], listed: &[Pack]) -> Result<Vec<String>, SwError> {
+    pub async fn gc(&self, keep: &HashSet<String>, in_progress: bool, dropped: &[String], listed: &[Pack]) -> Result<Vec<String>, SwError> {
         let (files, names) = match &self.backend {
             Backend::Opfs { files, .. } => (Some(files), opfs::names(files).await?),
             Backend::Idb(database) => (None, db::keys(database, IDB_SIZES).await?),

@@ -3,7 +3,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{BTreeSet, HashMap},
+    collections::{HashMap, HashSet},
     rc::Rc,
 };
 
@@ -652,7 +652,7 @@ impl Worker {
         let store = self.load().await?;
         let live = self.live_clients().await?;
         let in_progress = self.updating.borrow().is_some();
-        let keep: BTreeSet<String> = {
+        let keep: HashSet<String> = {
             let mut s = self.state.borrow_mut();
             s.clients.retain(|id, _| live.contains(id));
             let versions = s.versions.active.iter().chain(s.versions.pending.iter()).chain(s.clients.values());
@@ -678,7 +678,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn live_clients(&self) -> Result<BTreeSet<String>, SwError> {
+    async fn live_clients(&self) -> Result<HashSet<String>, SwError> {
         let opts = ClientQueryOptions::new();
         opts.set_include_uncontrolled(true);
         opts.set_type(ClientType::All);

@@ -6,7 +6,7 @@
 //! new one. The service worker stores files by hash, so moving from one version to the
 //! next downloads only the hashes it does not have yet ([`BundleManifest::missing`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -141,13 +141,14 @@ impl BundleManifest {
 
     /// Files whose content is not yet stored, one per distinct hash, in path order.
     pub fn missing(&self, is_stored: impl Fn(&BundleFile) -> bool) -> Vec<&BundleFile> {
-        let mut seen = BTreeSet::new();
+        // Hash sets here, not B-trees: the worker links these, and no B-tree else.
+        let mut seen = HashSet::new();
         self.files.iter().filter(|f| seen.insert(f.sha256.as_str()) && !is_stored(f)).collect()
     }
 
     /// Total bytes of the distinct contents of this version.
     pub fn total_size(&self) -> u64 {
-        let mut seen = BTreeSet::new();
+        let mut seen = HashSet::new();
         self.files.iter().filter(|f| seen.insert(f.sha256.as_str())).map(|f| f.size).sum()
     }
 }
