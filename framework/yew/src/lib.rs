@@ -88,13 +88,20 @@ const KILLED_KEY: &str = "stead-killed";
 ///
 /// After the kill switch (the server answers `410 Gone` for the bundle manifest), the
 /// page does not register again, and undoes a registration it revived, until the server
-/// serves a manifest again.
+/// serves a manifest again. That holds for a page that never heard the worker's `killed`
+/// message too (a tab closed, or reloaded, before it arrived): with no registration at all
+/// the manifest's status is asked before registering.
 pub fn register() {
     let Some(window) = web_sys::window() else { return };
     let storage = window.local_storage().ok().flatten();
     let was_killed = storage.as_ref().and_then(|s| s.get_item(KILLED_KEY).ok().flatten()).is_some();
     wasm_bindgen_futures::spawn_local(async move {
-        if was_killed && manifest_gone().await {
+        // A first visit, or the first page after a kill: one HEAD request. A worker
+        // registered for a withdrawn app would only install to fail on the same 410, and
+        // WebKitGTK 2.50 sometimes never starts the install of a worker registered just
+        // after the previous one went, leaving it `installing` with its database.
+        let check = was_killed || !has_registration().await;
+        if check && manifest_gone().await {
             // Still withdrawn: undo any registration the scope still has (one made by a
             // page while the worker was being killed would otherwise be left).
             unregister_after_kill().await;
@@ -134,13 +141,25 @@ pub fn register() {
     beat.forget();
 }
 
-/// Whether the server withdrew the app (its bundle manifest answers 410).
+/// Whether the server withdrew the app (its bundle manifest answers 410); a HEAD request,
+/// past the HTTP cache. Offline, or on any other answer, it was not.
 async fn manifest_gone() -> bool {
     let Some(window) = web_sys::window() else { return false };
-    match JsFuture::from(window.fetch_with_str("./stead-bundle.json")).await {
+    let init = web_sys::RequestInit::new();
+    init.set_method("HEAD");
+    let _ = js_sys::Reflect::set(&init, &"cache".into(), &"no-store".into());
+    match JsFuture::from(window.fetch_with_str_and_init("./stead-bundle.json", &init)).await {
         Ok(r) => r.unchecked_into::<web_sys::Response>().status() == 410,
         Err(_) => false,
     }
+}
+
+/// Whether this page's scope has a service worker registration (any state).
+async fn has_registration() -> bool {
+    let Some(window) = web_sys::window() else { return false };
+    JsFuture::from(window.navigator().service_worker().get_registration())
+        .await
+        .is_ok_and(|r| r.is_instance_of::<web_sys::ServiceWorkerRegistration>())
 }
 
 /// The worker wiped itself and unregistered; a registration this page made since would
