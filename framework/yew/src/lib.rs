@@ -98,7 +98,7 @@ pub fn register() {
     wasm_bindgen_futures::spawn_local(async move {
         // A first visit, or the first page after a kill: one HEAD request. A worker
         // registered for a withdrawn app would only install to fail on the same 410, and
-        // WebKitGTK 2.50 sometimes never starts the install of a worker registered just
+        // WebKitGTK 2.50 sometimes never finishes the install of a worker registered just
         // after the previous one went, leaving it `installing` with its database.
         let check = was_killed || !has_registration().await;
         if check && manifest_gone().await {
