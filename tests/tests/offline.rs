@@ -481,9 +481,8 @@ async fn an_app_retired_on_the_server_removes_itself_from_the_browser() -> Resul
     let (browser, _servers) = installed_then_retired(&env).await?;
     browser.refresh().await?;
     wait_removed(&browser, "the worker to remove itself").await?;
-    // A reload does not register again (`a_reload_that_missed_the_kill_does_not_register_again`);
-    // the app itself still loads.
-    browser.refresh().await?;
+    // A reload does not register again; the app itself still loads.
+    reload_without_registering(&browser).await?;
     browser.wait_app().await?;
     wait_removed(&browser, "the app to stay removed after a reload").await?;
     browser.quit().await
@@ -520,22 +519,7 @@ async fn a_reload_that_missed_the_kill_does_not_register_again() -> Result<()> {
     browser.refresh().await?;
     wait_removed(&browser, "the worker to remove itself").await?;
     browser.js("localStorage.removeItem('stead-killed')").await?;
-    browser.refresh().await?;
-    // Watched from the page until it has recorded the kill (it does when it sees the 410,
-    // where it would otherwise register): a registration made meanwhile shows for at least
-    // the new worker's script fetch and start, tens of ms, where this looks every 5 ms.
-    let watched = browser
-        .js_async(
-            "let seen = false;\
-             for (let i = 0; i < 2000 && localStorage.getItem('stead-killed') !== '1'; i++) {\
-               if (await navigator.serviceWorker.getRegistration()) seen = true;\
-               await new Promise((f) => setTimeout(f, 5)); }\
-             if (await navigator.serviceWorker.getRegistration()) seen = true;\
-             return {seen, recorded: localStorage.getItem('stead-killed')};",
-        )
-        .await?;
-    assert_eq!(watched["recorded"], "1", "the reloaded page never learned of the kill: {watched}");
-    assert_eq!(watched["seen"], false, "the page registered the withdrawn app again: {watched}");
+    reload_without_registering(&browser).await?;
     browser.wait_app().await?;
     wait_removed(&browser, "nothing of the app to be left").await?;
     browser.quit().await
@@ -598,6 +582,26 @@ async fn installed_then_retired(env: &Env) -> Result<(Browser, [Server; 2])> {
     server.kill();
     let retired = Server::start_with(env, &env.dist, server.port, &["--retire"])?;
     Ok((browser, [server, retired]))
+}
+
+/// Reloads the page and watches from it, every 5 ms, until it has recorded the kill (it
+/// does when it sees the 410, where it would otherwise register): a registration made
+/// meanwhile shows for at least the new worker's script fetch and start, tens of ms.
+async fn reload_without_registering(browser: &Browser) -> Result<()> {
+    browser.refresh().await?;
+    let watched = browser
+        .js_async(
+            "let seen = false;\
+             for (let i = 0; i < 2000 && localStorage.getItem('stead-killed') !== '1'; i++) {\
+               if (await navigator.serviceWorker.getRegistration()) seen = true;\
+               await new Promise((f) => setTimeout(f, 5)); }\
+             if (await navigator.serviceWorker.getRegistration()) seen = true;\
+             return {seen, recorded: localStorage.getItem('stead-killed')};",
+        )
+        .await?;
+    anyhow::ensure!(watched["recorded"] == "1", "the reloaded page never learned of the kill: {watched}");
+    anyhow::ensure!(watched["seen"] == false, "the page registered the withdrawn app again: {watched}");
+    Ok(())
 }
 
 /// Waits up to 30 s until nothing of the app is left: no registration, and no storage
