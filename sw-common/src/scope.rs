@@ -33,8 +33,8 @@ thread_local! {
 pub fn key_for(scope_url: &str) -> String {
     // A scheme holds no ':', so the first one ends it. (A char search: a `"://"` pattern
     // links the two-way string searcher into the serving module for this one call.)
-    let after_scheme = scope_url.find(':').and_then(|i| scope_url[i + 1..].strip_prefix("//")).unwrap_or(scope_url);
-    let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+    let after_scheme = scope_url.split_once(':').and_then(|(_, rest)| rest.strip_prefix("//")).unwrap_or(scope_url);
+    let path = after_scheme.split_once('/').map_or("", |(_, path)| path);
     let path = path.split(['?', '#']).next().unwrap_or_default().trim_matches('/');
     let mut out = String::with_capacity(path.len());
     for c in path.chars() {
@@ -115,5 +115,7 @@ mod tests {
         assert_eq!(key_for("http://localhost/apps/todo/"), "apps%2Ftodo");
         assert_eq!(key_for("http://localhost/a%2Fb/"), "a%252Fb");
         assert_ne!(key_for("http://localhost/a/b/"), key_for("http://localhost/a%2Fb/"));
+        assert_eq!(key_for("http://localhost/app/?x=1#y"), "app");
+        assert_eq!(key_for("http://localhost:8080"), "");
     }
 }

@@ -129,8 +129,9 @@ fn is_online() -> bool {
 /// `None` when the URL is outside the scope.
 pub fn relative_path(base: &str, url: &str) -> Option<String> {
     let rest = url.strip_prefix(base)?;
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    let raw = &rest[..end];
+    // No `&rest[..end]`: any `str` slicing links its panic message, and with it Unicode's
+    // printable tables (ARCHITECTURE.md, `sw`).
+    let raw = rest.split(['?', '#']).next().unwrap_or_default();
     Some(js_sys::decode_uri_component(raw).ok().and_then(|s| s.as_string()).unwrap_or_else(|| raw.to_owned()))
 }
 
@@ -217,4 +218,24 @@ async fn erase(w: &Rc<Worker>, request: &Request) -> (u16, JsValue) {
     };
     let confirmed = crate::js::parse(&text).ok().is_some_and(|b| crate::js::get_bool(&b, "confirm") == Some(true));
     w.erase_kept(confirmed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_path;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_service_worker);
+
+    #[wasm_bindgen_test]
+    fn request_urls_become_paths_in_the_scope() {
+        let base = "http://localhost:8080/app/";
+        assert_eq!(relative_path(base, "http://localhost:8080/app/").as_deref(), Some(""));
+        assert_eq!(relative_path(base, "http://localhost:8080/app/a%20b/%C3%BC.txt?v=1#top").as_deref(), Some("a b/ü.txt"));
+        assert_eq!(relative_path(base, "http://localhost:8080/app/x.js#a?b").as_deref(), Some("x.js"));
+        // A malformed escape is kept as it came, not refused.
+        assert_eq!(relative_path(base, "http://localhost:8080/app/%E0%A4%A.js").as_deref(), Some("%E0%A4%A.js"));
+        assert_eq!(relative_path(base, "http://localhost:8080/other/x.js"), None);
+        assert_eq!(relative_path(base, "http://evil.test/app/x.js"), None);
+    }
 }

@@ -64,18 +64,49 @@ pub enum BundleError {
     Json(String),
     #[error("bundle manifest format {0} is not supported (this build reads format {FORMAT})")]
     UnsupportedFormat(u32),
-    #[error("bundle path {0:?} is not a clean relative path")]
+    #[error("bundle path {} is not a clean relative path", Quoted(.0))]
     BadPath(String),
-    #[error("bundle file {path:?} has a malformed sha256 {sha256:?}")]
+    #[error("bundle file {} has a malformed sha256 {}", Quoted(.path), Quoted(.sha256))]
     BadHash { path: String, sha256: String },
-    #[error("bundle lists {0:?} twice")]
+    #[error("bundle lists {} twice", Quoted(.0))]
     Duplicate(String),
-    #[error("bundle path {0:?} is reserved: servers answer it themselves")]
+    #[error("bundle path {} is reserved: servers answer it themselves", Quoted(.0))]
     Reserved(String),
-    #[error("bundle entry {0:?} is not among its files")]
+    #[error("bundle entry {} is not among its files", Quoted(.0))]
     MissingEntry(String),
     #[error("bundle version {declared} does not match its files (computed {computed})")]
     VersionMismatch { declared: String, computed: String },
+}
+
+/// A manifest's text (hostile input) shown in an error: in quotes, with quotes,
+/// backslashes, control characters and bidirectional or zero-width marks escaped, so it cannot forge a line of a log or
+/// status page. Unlike `{:?}` it leaves other characters as they are: `Debug` for `str`
+/// links Unicode's printable tables into the service worker's serving module, which
+/// shows these errors (4.3 KB gzip together with the string-slicing panic that shares them).
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' | '\\' => {
+                    f.write_char('\\')?;
+                    f.write_char(c)?;
+                }
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                // Control characters, and the invisible ones that reorder or hide text.
+                c if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') => {
+                    write!(f, "\\u{{{:x}}}", u32::from(c))?;
+                }
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
 }
 
 impl BundleManifest {
@@ -347,6 +378,15 @@ mod tests {
         mutate(&mut v);
         let err = BundleManifest::parse(v.to_string().as_bytes()).unwrap_err();
         assert_eq!(err.to_string(), expect);
+    }
+
+    #[test]
+    fn errors_quote_hostile_paths_on_one_line() {
+        let err = BundleError::BadPath("a\"b\\c\nd\u{1b}[2J\u{202e}txt.exe ü".into());
+        assert_eq!(err.to_string(), r#"bundle path "a\"b\\c\nd\u{1b}[2J\u{202e}txt.exe ü" is not a clean relative path"#);
+        // Plain paths read as `{:?}` would show them.
+        let plain = "assets/app-0123456789ab.js";
+        assert_eq!(BundleError::Duplicate(plain.into()).to_string(), format!("bundle lists {plain:?} twice"));
     }
 
     #[test]
