@@ -22,11 +22,30 @@ pub fn report_dir(root: &Path, out: &Path, quick: bool) -> PathBuf {
     if quick { out.to_path_buf() } else { root.join("bench") }
 }
 
+/// The suites in the order the report lists them; others follow in the order they ran.
+const SUITE_ORDER: [&str; 3] = ["core", "server", "sw"];
+
 /// Writes REPORT.md and its plots for the suites that ran; returns the report's path.
+///
+/// A full run of some suites keeps the other suites' sections of the report already there
+/// (each section's first line says when its suite ran), so `bench sw` after a change to
+/// the worker replaces only the sw section. A `--quick` pass writes only what it ran.
 pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<PathBuf> {
     let plots_dir = dir.join("report");
     std::fs::create_dir_all(&plots_dir)?;
+    let path = dir.join("REPORT.md");
     let quick = results.iter().any(|r| r.quick);
+    let mut parts: Vec<(String, String)> = Vec::new();
+    if !quick && let Ok(old) = std::fs::read_to_string(&path) {
+        parts.extend(sections(&old).into_iter().filter(|(suite, _)| !results.iter().any(|r| &r.suite == suite)));
+    }
+    let kept: Vec<String> = parts.iter().map(|(suite, _)| suite.clone()).collect();
+    for r in results {
+        parts.push((r.suite.clone(), section(r, &plots_dir)?));
+    }
+    let rank = |suite: &str| SUITE_ORDER.iter().position(|s| *s == suite).unwrap_or(SUITE_ORDER.len());
+    parts.sort_by_key(|(suite, _)| rank(suite));
+
     let date = cmd("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).probe().map(|s| s.trim().to_owned()).unwrap_or_default();
     let mut md = String::new();
     let _ = writeln!(md, "# Stead benchmarks\n");
@@ -41,74 +60,108 @@ pub fn write(results: &[SuiteResult], dir: &Path, total_secs: f64) -> Result<Pat
         if quick { " --quick" } else { "" },
         total_secs / 60.0
     );
+    if !kept.is_empty() {
+        let ran: Vec<&str> = results.iter().map(|r| r.suite.as_str()).collect();
+        let _ = writeln!(
+            md,
+            "This run measured {}; the {} section{} below {} kept from an earlier run (each section's first \
+             line says when its suite finished, and on what host). Every ratio is against its anchor measured \
+             in the same run.\n",
+            ran.join(", "),
+            kept.join(" and "),
+            if kept.len() > 1 { "s" } else { "" },
+            if kept.len() > 1 { "are" } else { "is" },
+        );
+    }
     if quick {
         let _ = writeln!(md, "**A `--quick` pass: fewer repetitions and smaller workloads; not a measurement to quote.**\n");
     }
-    for r in results {
-        let _ = writeln!(md, "## bench {}\n", r.suite);
-        let anchors: Vec<String> = r.env.anchors.iter().map(|(n, v)| format!("{n} {v}")).collect();
-        let _ = writeln!(
-            md,
-            "{} repetitions per system; {}; {}; {} × {} (load {} at start); anchors: {}; {:.0} s{}.\n",
-            r.reps,
-            r.env.rustc,
-            r.env.profile,
-            r.env.cores,
-            r.env.cpu,
-            r.env.load,
-            if anchors.is_empty() { "none".into() } else { anchors.join(", ") },
-            r.seconds,
-            if r.finished.is_empty() { String::new() } else { format!(", finished {}", r.finished) }
-        );
-        let svg = format!("{}-ratios.svg", r.suite);
-        if plots::ratios(r, &plots_dir.join(&svg))? > 0 {
-            let _ = writeln!(md, "![ratios of bench {}](report/{svg})\n", r.suite);
-        }
-        let _ = writeln!(md, "| # | ratio | median | range | goal | verdict |\n|---|---|---|---|---|---|");
-        for (i, x) in r.ratios.iter().enumerate() {
-            let goal = x.spec.goal_str();
-            let (m, range) = match x.range {
-                Some(q) => (format!("{:.3}", q.median), format!("{:.3} – {:.3}", q.lo, q.hi)),
-                None => ("n/a".into(), "no samples".into()),
-            };
-            let verdict = x.verdict.map_or("", |v| v.as_str());
-            let note = if x.spec.note.is_empty() { String::new() } else { format!(" ({})", x.spec.note) };
-            let _ = writeln!(md, "| {} | {}{note} | {m} | {range} | {goal} | {verdict} |", i + 1, x.spec.name);
-        }
-        let _ = writeln!(md);
-        for n in &r.notes {
-            let _ = writeln!(md, "- {n}");
-        }
-        if !r.notes.is_empty() {
-            let _ = writeln!(md);
-        }
-        let _ = writeln!(md, "<details><summary>every figure (median, min – max, n)</summary>\n");
-        let _ = writeln!(md, "| workload | metric | system | median | min – max | n |\n|---|---|---|---|---|---|");
-        let mut seen: Vec<Key> = Vec::new();
-        for s in &r.samples {
-            let k = Key::new(&s.workload, &s.metric, &s.system);
-            if seen.contains(&k) {
-                continue;
-            }
-            if let Some(sum) = r.summary(&k) {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} {} | {} – {} | {} |",
-                    k.workload, k.metric, k.system, fmt(sum.median), s.unit, fmt(sum.min), fmt(sum.max), sum.n
-                );
-            }
-            seen.push(k);
-        }
-        let _ = writeln!(md, "\n</details>\n");
-        for (i, c) in r.curves.iter().enumerate() {
-            let svg = format!("{}-curve-{}.svg", r.suite, i + 1);
-            plots::curve(c, &plots_dir.join(&svg))?;
-            let _ = writeln!(md, "![{}](report/{svg})\n", c.name);
-        }
+    for (_, text) in &parts {
+        md.push_str(text);
     }
-    let path = dir.join("REPORT.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// The `## bench <suite>` sections of a report, each up to the next (trailing blank lines
+/// and all, so a kept section reads as it was written).
+fn sections(md: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in md.split_inclusive('\n') {
+        if let Some(suite) = line.trim_end().strip_prefix("## bench ") {
+            out.push((suite.trim().to_owned(), String::new()));
+        }
+        if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+        }
+    }
+    out
+}
+
+/// One suite's section: its run, ratios, notes, every figure and its plots.
+fn section(r: &SuiteResult, plots_dir: &Path) -> Result<String> {
+    let mut md = String::new();
+    let _ = writeln!(md, "## bench {}\n", r.suite);
+    let anchors: Vec<String> = r.env.anchors.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    let _ = writeln!(
+        md,
+        "{} repetitions per system; {}; {}; {} × {} (load {} at start); anchors: {}; {:.0} s{}.\n",
+        r.reps,
+        r.env.rustc,
+        r.env.profile,
+        r.env.cores,
+        r.env.cpu,
+        r.env.load,
+        if anchors.is_empty() { "none".into() } else { anchors.join(", ") },
+        r.seconds,
+        if r.finished.is_empty() { String::new() } else { format!(", finished {}", r.finished) }
+    );
+    let svg = format!("{}-ratios.svg", r.suite);
+    if plots::ratios(r, &plots_dir.join(&svg))? > 0 {
+        let _ = writeln!(md, "![ratios of bench {}](report/{svg})\n", r.suite);
+    }
+    let _ = writeln!(md, "| # | ratio | median | range | goal | verdict |\n|---|---|---|---|---|---|");
+    for (i, x) in r.ratios.iter().enumerate() {
+        let goal = x.spec.goal_str();
+        let (m, range) = match x.range {
+            Some(q) => (format!("{:.3}", q.median), format!("{:.3} – {:.3}", q.lo, q.hi)),
+            None => ("n/a".into(), "no samples".into()),
+        };
+        let verdict = x.verdict.map_or("", |v| v.as_str());
+        let note = if x.spec.note.is_empty() { String::new() } else { format!(" ({})", x.spec.note) };
+        let _ = writeln!(md, "| {} | {}{note} | {m} | {range} | {goal} | {verdict} |", i + 1, x.spec.name);
+    }
+    let _ = writeln!(md);
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "<details><summary>every figure (median, min – max, n)</summary>\n");
+    let _ = writeln!(md, "| workload | metric | system | median | min – max | n |\n|---|---|---|---|---|---|");
+    let mut seen: Vec<Key> = Vec::new();
+    for s in &r.samples {
+        let k = Key::new(&s.workload, &s.metric, &s.system);
+        if seen.contains(&k) {
+            continue;
+        }
+        if let Some(sum) = r.summary(&k) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} {} | {} – {} | {} |",
+                k.workload, k.metric, k.system, fmt(sum.median), s.unit, fmt(sum.min), fmt(sum.max), sum.n
+            );
+        }
+        seen.push(k);
+    }
+    let _ = writeln!(md, "\n</details>\n");
+    for (i, c) in r.curves.iter().enumerate() {
+        let svg = format!("{}-curve-{}.svg", r.suite, i + 1);
+        plots::curve(c, &plots_dir.join(&svg))?;
+        let _ = writeln!(md, "![{}](report/{svg})\n", c.name);
+    }
+    Ok(md)
 }
 
 /// Compares this run's ratios with the committed baseline; an error lists the regressions.
@@ -297,6 +350,40 @@ pub fn sw_env(anchors: Vec<(String, String)>, chromium: &Path) -> Environment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn suite(name: &str, quick: bool) -> SuiteResult {
+        let mut r = SuiteResult::new(name, quick, 5, Environment::default());
+        r.finished = format!("{name}-run");
+        r
+    }
+
+    #[test]
+    fn a_run_of_one_suite_keeps_the_other_sections_of_the_report() {
+        let dir = std::env::temp_dir().join(format!("stead-report-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = |results: &[SuiteResult]| std::fs::read_to_string(write(results, &dir, 60.0).unwrap()).unwrap();
+
+        let first = report(&[suite("core", false), suite("server", false), suite("sw", false)]);
+        assert!(!first.contains("kept from an earlier run"), "{first}");
+        let core = sections(&first).remove(0).1;
+        assert!(core.contains("finished core-run"), "{core}");
+
+        // sw alone: core and server stay word for word, sw is the new run's, and in order.
+        let mut sw = suite("sw", false);
+        sw.finished = "sw-again".into();
+        let second = report(&[sw]);
+        let names: Vec<String> = sections(&second).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(names, ["core", "server", "sw"]);
+        assert_eq!(sections(&second)[0].1, core);
+        assert!(second.contains("finished sw-again") && !second.contains("finished sw-run"), "{second}");
+        assert!(second.contains("This run measured sw; the core and server sections below are kept"), "{second}");
+
+        // A quick pass writes only what it ran.
+        let quick = report(&[suite("sw", true)]);
+        assert_eq!(sections(&quick).len(), 1, "{quick}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sw_samples_become_repetitions_of_up_to_four_rounds() {
