@@ -79,10 +79,11 @@ pub enum BundleError {
 }
 
 /// A manifest's text (hostile input) shown in an error: in quotes, with quotes,
-/// backslashes, control characters and bidirectional or zero-width marks escaped, so it cannot forge a line of a log or
-/// status page. Unlike `{:?}` it leaves other characters as they are: `Debug` for `str`
-/// links Unicode's printable tables into the service worker's serving module, which
-/// shows these errors (4.3 KB gzip together with the string-slicing panic that shares them).
+/// backslashes, control characters and bidirectional or zero-width marks escaped, so it
+/// cannot forge a line of a log or status page. Unlike `{:?}` it leaves other characters
+/// as they are: `Debug` for `str` links Unicode's printable tables into the service
+/// worker's serving module, which shows these errors (4.3 KB gzip, with the `str`
+/// slicing panic that links them too).
 struct Quoted<'a>(&'a str);
 
 impl std::fmt::Display for Quoted<'_> {
