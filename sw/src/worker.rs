@@ -405,8 +405,8 @@ impl Worker {
                 let w = self.clone();
                 async move {
                     let result = w.check_and_download().await;
-                    *w.updating.borrow_mut() = None;
                     w.record(&result).await;
+                    *w.updating.borrow_mut() = None;
                     result
                 }
                 .boxed_local()
@@ -422,32 +422,36 @@ impl Worker {
             return;
         }
         let Ok(store) = self.load().await else { return };
-        {
-            let mut s = self.state.borrow_mut();
-            s.versions.meta.last_update_check = Some(Date::now());
+        let now = Date::now();
+        let note = |v: &mut Versions| {
+            let meta = &mut v.meta;
+            meta.last_update_check = Some(now);
             match result {
-                Ok(Checked::Offline(why)) => s.versions.meta.last_check_result = Some(format!("offline: {why}")),
+                Ok(Checked::Offline(why)) => meta.last_check_result = Some(format!("offline: {why}")),
                 Ok(Checked::UpToDate) => {
-                    s.versions.meta.last_check_result = Some("up-to-date".into());
-                    s.versions.meta.last_error = None;
+                    meta.last_check_result = Some("up-to-date".into());
+                    meta.last_error = None;
                 }
                 Ok(Checked::Installed(v) | Checked::Pending(v)) => {
-                    s.versions.meta.last_check_result = Some(format!("downloaded {v}"));
-                    s.versions.meta.last_error = None;
+                    meta.last_check_result = Some(format!("downloaded {v}"));
+                    meta.last_error = None;
                 }
                 Ok(Checked::Killed) => {}
                 Err(e) => {
-                    s.versions.meta.last_check_result = Some("error".into());
-                    s.versions.meta.last_error = Some(e.to_string());
+                    meta.last_check_result = Some("error".into());
+                    meta.last_error = Some(e.to_string());
                 }
             }
+        };
+        // Status shows the check once it is saved, so a worker stopped after status
+        // reported it reads it back. If saving fails, status still shows it from memory.
+        if self.persist(&store, &note).await.is_err() {
+            note(&mut self.state.borrow_mut().versions);
         }
         if let Err(e) = &result {
             web_sys::console::warn_1(&format!("stead: update failed: {e}").into());
             self.broadcast(Obj::new().set("type", "error").set("message", e.to_string()));
         }
-        // Status shows the check from memory even if saving it fails.
-        let _ = self.persist(&store, &|_| {}).await;
     }
 
     async fn check_and_download(self: &Rc<Self>) -> Result<Checked, SwError> {
