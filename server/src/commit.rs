@@ -277,6 +277,7 @@ pub(crate) fn commit_group(service: &Service, group: &mut [Write]) {
         Ok(()) => {
             let n: usize = group.iter().map(|w| w.stored.len()).sum();
             service.metrics.entries_stored.fetch_add(n as u64, Ordering::Relaxed);
+            service.metrics.commits.fetch_add(1, Ordering::Relaxed);
         }
         Err(m) => {
             for w in group {

@@ -21,6 +21,8 @@ pub struct Metrics {
     /// Open sync connections waiting with only their socket (see `socket::Socket`).
     pub(crate) connections_asleep: AtomicU64,
     pub(crate) entries_stored: AtomicU64,
+    /// Write transactions committed (each one fsync on SQLite).
+    pub(crate) commits: AtomicU64,
     pub(crate) frames_received: AtomicU64,
     pub(crate) blobs_stored: AtomicU64,
     rejected: [AtomicU64; REASONS.len()],
@@ -88,6 +90,8 @@ impl Metrics {
         let _ = writeln!(o, "stead_connections_total {}", c(&self.connections_total));
         let _ = writeln!(o, "# HELP stead_entries_stored_total Entries verified and committed.\n# TYPE stead_entries_stored_total counter");
         let _ = writeln!(o, "stead_entries_stored_total {}", c(&self.entries_stored));
+        let _ = writeln!(o, "# HELP stead_commits_total Write transactions committed; entries stored over this is the entries each fsync covers.\n# TYPE stead_commits_total counter");
+        let _ = writeln!(o, "stead_commits_total {}", c(&self.commits));
         let _ = writeln!(o, "# HELP stead_frames_received_total Sync frames received.\n# TYPE stead_frames_received_total counter");
         let _ = writeln!(o, "stead_frames_received_total {}", c(&self.frames_received));
         let _ = writeln!(o, "# HELP stead_blobs_stored_total Blobs stored.\n# TYPE stead_blobs_stored_total counter");

@@ -50,8 +50,12 @@ const HANDSHAKE_CONTROL_FRAMES: usize = 16;
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Entries read during a commit that are checked together, ahead of the next commit.
 const AHEAD_CHECK_ENTRIES: usize = 32;
-/// Frames taken into one step at most, beyond the one that woke the connection.
-const MAX_DRAIN_FRAMES: usize = 64;
+/// Frames read ahead into one commit at most: with [`MAX_DRAIN_BYTES`] and the entries
+/// bound (four batches), what a client can make one connection hold before its next
+/// commit. One-entry frames batch up to the entries bound, so one fsync covers many.
+const MAX_DRAIN_FRAMES: usize = 4096;
+/// Bytes of frames read ahead into one commit at most (two of the largest frames).
+const MAX_DRAIN_BYTES: usize = 8 << 20;
 
 /// The space as committed: what the connection sends from.
 struct ReadPeer<'a> {
@@ -598,11 +602,9 @@ impl Conn {
             let c = check_ctx.clone();
             tokio::spawn(async move { precheck(&c, &frames).await })
         };
+        let mut bytes = 0;
         let committed = loop {
-            let reading = self.held.is_none()
-                && self.refused.is_none()
-                && self.input.len() <= MAX_DRAIN_FRAMES
-                && entries < 4 * self.service.limits.max_batch_entries;
+            let reading = self.held.is_none() && self.refused.is_none() && self.may_drain(entries, bytes);
             tokio::select! {
                 biased;
                 w = &mut committing => break w,
@@ -621,6 +623,7 @@ impl Conn {
                                 }
                             }
                             entries += entries_in(&b);
+                            bytes += b.len();
                             self.input.push(b);
                         }
                     }
@@ -648,6 +651,12 @@ impl Conn {
         GO
     }
 
+    /// Whether more frames may be read into `input` before the next commit, which holds
+    /// `entries` entries in `bytes` bytes of frames so far.
+    fn may_drain(&self, entries: usize, bytes: usize) -> bool {
+        self.input.len() < MAX_DRAIN_FRAMES && bytes < MAX_DRAIN_BYTES && entries < 4 * self.service.limits.max_batch_entries
+    }
+
     /// Takes one received frame in; `STOP` after closing the connection when it breaks a limit.
     async fn accept(&mut self, b: Bytes) -> Flow {
         self.service.metrics.frames_received.fetch_add(1, Ordering::Relaxed);
@@ -667,11 +676,13 @@ impl Conn {
                 // Take in what else has already arrived, so one transaction (one fsync)
                 // covers a client's pipelined frames.
                 let mut entries = self.input.iter().map(|f| entries_in(f)).sum::<usize>();
-                while self.input.len() <= MAX_DRAIN_FRAMES && entries < 4 * self.service.limits.max_batch_entries {
+                let mut bytes = self.input.iter().map(Bytes::len).sum::<usize>();
+                while self.may_drain(entries, bytes) {
                     match self.socket.try_next() {
                         None => break,
                         Some(Some(Ok(Message::Binary(b)))) => {
                             entries += entries_in(&b);
+                            bytes += b.len();
                             self.accept(b).await?;
                         }
                         Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use common::{Db, RawPeer, Server, clients, converge, recv};
 use stead_core::ids::RecordId;
-use stead_core::ops::Value;
+use futures::SinkExt;
+use stead_core::ops::{Op, Value};
 use stead_core::sync::{Frame, code};
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_is_cut_off_and_catches_up() -> anyhow::Result<()> {
@@ -205,4 +207,55 @@ async fn an_idle_connection_sleeps_and_wakes_whole() -> anyhow::Result<()> {
 
     drop(peer);
     until_asleep(&server, 0).await
+}
+
+/// A client that pipelines one-entry frames (one that does not batch, or an old one) has
+/// them committed many to a transaction: while one commits, the server reads ahead up to
+/// its bounds in bytes and entries, so 2,000 such frames take a handful of fsyncs, not one
+/// for every few dozen frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_one_entry_frames_share_a_few_commits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = Db::Sqlite(dir.path().join("pipelined.sqlite3"));
+    let server = Server::start(&db, &["--frames-per-sec", "100000"])?;
+    let cs = clients(&server, 1).await?;
+    cs[0].client.interrupt();
+    let mut writer = common::device_replica(&cs[0]).await?;
+    let mut rng = stead_core::env::SeededRandom::new(7);
+    let mut frames = Vec::new();
+    let mut last = 0;
+    for i in 0..2000u32 {
+        let op = Op::Set { collection: "notes".into(), record: RecordId([(i % 200) as u8; 16]), field: "body".into(), value: Value::Str(format!("v{i}")) };
+        let entry = writer.commit(vec![op], common::now(), &mut rng)?;
+        last = entry.header.seq;
+        frames.push(Frame::Entries(vec![entry]).encode());
+    }
+    let commits = || async {
+        let metrics = reqwest::get(format!("{}/metrics", server.base)).await?.text().await?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("stead_commits_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no stead_commits_total in\n{metrics}"))
+    };
+    let before = commits().await?;
+
+    let (mut p, _) = RawPeer::as_device(&server, &cs[0], 3).await?;
+    for f in frames {
+        p.ws.feed(Message::Binary(f.into())).await?;
+    }
+    p.ws.flush().await?;
+    let replica = cs[0].client.replica();
+    loop {
+        match recv(&mut p.ws).await? {
+            Frame::Ack { replica: r, seq } if r == replica && seq == last => break,
+            Frame::Error { code: c, message } => anyhow::bail!("refused with {c}: {message}"),
+            _ => continue,
+        }
+    }
+    let stored: u64 = db.stored()?.get(&hex::encode(replica.as_bytes())).copied().unwrap_or(0);
+    assert_eq!(stored, last + 1, "every pipelined entry is stored");
+    let used = commits().await? - before;
+    assert!(used <= 10, "2,000 pipelined one-entry frames took {used} commits");
+    Ok(())
 }
