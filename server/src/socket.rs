@@ -2,12 +2,13 @@
 //!
 //! tungstenite keeps a read buffer, a write buffer and two waker proxies for as long as it
 //! lives: about 4.4 KB on the heap (0.45 KB with a 128 B read buffer) and 0.33 KB in the
-//! task beside the connection's own state, most of what an idle connection would cost. Most connections are idle most of the
-//! time, so a [`Socket`] drops its tungstenite once it holds nothing — no unread bytes,
-//! no part of a message, nothing unsent — and keeps only the upgraded socket ([`Framed`])
-//! and a few bytes of framing state. The socket turning readable wakes it, and a new
-//! tungstenite reads what came (over a transport other than plain TCP, the first bytes
-//! are read to wake it, kept, and handed to tungstenite before anything else).
+//! task beside the connection's own state, most of what an idle connection would cost.
+//! Most connections are idle most of the time, so a [`Socket`] drops its tungstenite once
+//! it holds nothing — no unread bytes, no part of a message, nothing unsent — and keeps
+//! only the upgraded socket ([`Framed`]) and a few bytes of framing state. The socket
+//! turning readable wakes it, and a new tungstenite reads what came (over a transport
+//! other than plain TCP, the first bytes are read to wake it, kept, and handed to
+//! tungstenite before anything else).
 //!
 //! Knowing that tungstenite holds no unread bytes takes [`Boundaries`]: the socket follows
 //! the WebSocket framing of every byte it hands tungstenite. When all of them end on a
