@@ -2,7 +2,10 @@
 //! real `stead-server` process. Install, offline reload, offline cold start, resumable
 //! install, update, and a corrupt download.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -591,11 +594,14 @@ async fn reload_without_registering(browser: &Browser) -> Result<()> {
     browser.refresh().await?;
     let watched = browser
         .js_async(
-            "let seen = false;\
+            "let seen = false; const t0 = performance.now();\
+             const look = async () => { const r = await navigator.serviceWorker.getRegistration(); if (r && !seen) {\
+               const state = (w) => w && w.state;\
+               seen = {after_ms: Math.round(performance.now() - t0), installing: state(r.installing), waiting: state(r.waiting), active: state(r.active),\
+                       controlled: !!navigator.serviceWorker.controller, recorded: localStorage.getItem('stead-killed')}; } };\
              for (let i = 0; i < 2000 && localStorage.getItem('stead-killed') !== '1'; i++) {\
-               if (await navigator.serviceWorker.getRegistration()) seen = true;\
-               await new Promise((f) => setTimeout(f, 5)); }\
-             if (await navigator.serviceWorker.getRegistration()) seen = true;\
+               await look(); await new Promise((f) => setTimeout(f, 5)); }\
+             await look();\
              return {seen, recorded: localStorage.getItem('stead-killed')};",
         )
         .await?;
@@ -604,18 +610,41 @@ async fn reload_without_registering(browser: &Browser) -> Result<()> {
     Ok(())
 }
 
-/// Waits up to 30 s until nothing of the app is left: no registration, and no storage
-/// (the page's own space, IndexedDB's `stead` keys, included). A failure says what is left.
+/// Waits up to 30 s until nothing of the app is left, and stays so for [`SETTLED`]: no
+/// registration, and no storage (the page's own space, IndexedDB's `stead` keys,
+/// included). A failure says what is left.
+///
+/// The hold is for a page that asked to register just before its worker killed itself
+/// (it saw the registration, then registered after the kill removed it): the browser
+/// queues that registration behind the unregistration, so for a moment nothing is left,
+/// then a new worker installs, meets the 410 and removes itself too. A reload in that
+/// moment would see the new registration and blame the reloaded page for it.
 async fn wait_removed(browser: &Browser, what: &str) -> Result<()> {
     let removed = || async {
         let unregistered = browser.js_async("return !(await navigator.serviceWorker.getRegistration());").await?;
-        Ok((Stored::of(browser).await?.names.is_empty() && unregistered.as_bool() == Some(true)).then_some(()))
+        Ok::<_, anyhow::Error>(Stored::of(browser).await?.names.is_empty() && unregistered.as_bool() == Some(true))
     };
-    if let Err(e) = wait_for(what, Duration::from_secs(30), removed).await {
+    // When the app was first seen gone in the current run of looks.
+    let since = std::cell::Cell::new(None::<Instant>);
+    let settled = || async {
+        if !removed().await? {
+            if let Some(first) = since.take() {
+                eprintln!("{what}: the app came back {:?} after it looked gone", first.elapsed());
+            }
+            return Ok(None);
+        }
+        let first = since.get().unwrap_or_else(Instant::now);
+        since.set(Some(first));
+        Ok((first.elapsed() >= SETTLED).then_some(()))
+    };
+    if let Err(e) = wait_for(what, Duration::from_secs(30), settled).await {
         anyhow::bail!("{e:#}; left behind: {}, stored: {:?}", left_behind(browser).await?, Stored::of(browser).await?.names);
     }
     Ok(())
 }
+
+/// How long [`wait_removed`] wants the app gone before it believes it.
+const SETTLED: Duration = Duration::from_millis(1500);
 
 /// The page's registration and worker, for a failure message.
 async fn left_behind(browser: &Browser) -> Result<serde_json::Value> {
