@@ -116,10 +116,68 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     }
 }
 
+/// How many of a segment's skimmed records opening keeps, why it stops there, and the
+/// last kept entry (decoded for the newest segment only: appends go on from it).
+struct Kept {
+    count: usize,
+    bad: Option<String>,
+    last: Option<Entry>,
+}
+
+/// Checks the records [`segment::skim`] found in a segment of `replica` starting at
+/// `first_seq`: each [`FULL_EVERY`]-th record must be whole and hold its seq. Of the
+/// newest segment the records from the last whole one on are decoded too (at most
+/// `FULL_EVERY`, whatever the log's length), for the framer of the next append. The
+/// compact records before that are left to the reads that decode them; their checksums
+/// held, so only a bad writer, not a crash or a flipped bit, could have made them wrong,
+/// and such a read fails with [`StoreError::Corrupt`] instead of returning them.
+fn check_records(bytes: &[u8], records: &[segment::Bounds], replica: ReplicaId, first_seq: u64, newest: bool, limits: &Limits) -> Kept {
+    let holds = |entry: &Entry, i: usize| -> Result<(), String> {
+        let seq = first_seq + i as u64;
+        if entry.header.replica != replica || entry.header.seq != seq {
+            return Err(format!("record holds {}/{}, expected seq {seq}", entry.header.replica, entry.header.seq));
+        }
+        Ok(())
+    };
+    let mut kept = Kept { count: records.len(), bad: None, last: None };
+    for (i, r) in records.iter().enumerate().step_by(FULL_EVERY) {
+        let whole = if r.compact {
+            Err(format!("record of seq {} is compact where a whole one is due", first_seq + i as u64))
+        } else {
+            Unframer::new().next(&bytes[r.start..r.end], limits).and_then(|rec| holds(&rec.entry, i))
+        };
+        if let Err(reason) = whole {
+            kept.count = i;
+            kept.bad = Some(reason);
+            break;
+        }
+    }
+    if !newest || kept.count == 0 {
+        return kept;
+    }
+    let from = (kept.count - 1) / FULL_EVERY * FULL_EVERY;
+    let mut un = Unframer::new();
+    for (i, r) in records.iter().enumerate().take(kept.count).skip(from) {
+        match un.next(&bytes[r.start..r.end], limits).and_then(|rec| holds(&rec.entry, i).map(|()| rec.entry)) {
+            Ok(entry) => kept.last = Some(entry),
+            Err(reason) => {
+                // Not the whole record at `from`: the loop above decoded it.
+                kept.count = i;
+                kept.bad = Some(reason);
+                break;
+            }
+        }
+    }
+    kept
+}
+
 impl FileStore {
-    /// Opens (or creates) a store in `root`, scanning every segment. A bad record in the
-    /// newest segment of a replica ends that segment: the rest is cut off and reported in
-    /// [`FileStore::recovered`]; a bad record anywhere else is an error.
+    /// Opens (or creates) a store in `root`, skimming every segment: its records' lengths
+    /// and checksums are checked, but only its whole records (and, in the newest segment,
+    /// the records from the last whole one on) are decoded. A bad record in the newest
+    /// segment of a replica ends that segment: the rest is cut off and reported in
+    /// [`FileStore::recovered`]; a bad record anywhere else is an error. A compact record
+    /// whose checksum holds but whose body does not decode fails the reads that reach it.
     pub fn open(root: impl Into<PathBuf>, options: Options) -> Result<FileStore, StoreError> {
         let root = root.into();
         let log_dir = root.join("log");
@@ -186,23 +244,12 @@ impl FileStore {
             }
             let bytes = fs::read(&path).map_err(io(&path))?;
             let corrupt = |offset: usize, reason: String| StoreError::Corrupt { path: path.display().to_string(), offset: offset as u64, reason };
-            let scan = segment::scan(&bytes, &self.options.limits).map_err(|reason| corrupt(0, reason))?;
-            let mut offsets = Vec::with_capacity(scan.entries.len());
-            let (mut pos, mut bad) = (scan.valid.min(segment::SEGMENT_HEADER), None);
-            for (i, e) in scan.entries.iter().enumerate() {
-                let seq = first_seq + i as u64;
-                if e.header.replica != replica || e.header.seq != seq {
-                    bad = Some(format!("record holds {}/{}, expected seq {seq}", e.header.replica, e.header.seq));
-                    break;
-                }
-                if scan.compact[i] && i % FULL_EVERY == 0 {
-                    bad = Some(format!("record of seq {seq} is compact where a whole one is due"));
-                    break;
-                }
-                offsets.push(pos as u64);
-                pos = scan.ends[i];
-            }
-            let bad = bad.or(scan.damage.clone());
+            let skim = segment::skim(&bytes).map_err(|reason| corrupt(0, reason))?;
+            let kept = check_records(&bytes, &skim.records, replica, first_seq, newest, &self.options.limits);
+            let bad = kept.bad.or(skim.damage.clone());
+            let records = &skim.records[..kept.count];
+            let mut pos = records.last().map_or(skim.valid.min(segment::SEGMENT_HEADER), |r| r.end);
+            let offsets: Vec<u64> = records.iter().map(|r| r.start as u64).collect();
             let mut framer = Framer::new(FULL_EVERY);
             if let Some(reason) = bad {
                 if !newest {
@@ -225,7 +272,10 @@ impl FileStore {
                 self.recovered.push(Recovery { path: path.clone(), kept_bytes: pos as u64, dropped_bytes: dropped, reason });
             }
             if newest && pos > 0 {
-                framer = scan.framer(offsets.len(), FULL_EVERY);
+                framer = match &kept.last {
+                    Some(last) => Framer::after_one_replica(last, offsets.len(), FULL_EVERY),
+                    None => Framer::resume(&[], FULL_EVERY),
+                };
             }
             log.framer = framer;
             log.segments.push(Segment { first_seq, path, offsets, len: pos as u64 });

@@ -118,6 +118,17 @@ impl Framer {
         self.full_every > 0 && count.is_multiple_of(self.full_every)
     }
 
+    /// For a segment holding `count` records of one replica only (the file store's), the
+    /// last of them `last`: what [`Framer::resume`] gives for those records, hashing one.
+    pub fn after_one_replica(last: &Entry, count: usize, full_every: usize) -> Framer {
+        let mut runs = Runs::default();
+        runs.push(last);
+        if let Some(run) = runs.by_replica.get_mut(&last.header.replica) {
+            run.count = count;
+        }
+        Framer { started: true, runs, full_every }
+    }
+
     /// Bytes `entry` would take as the next record (with the segment header, if due).
     pub fn framed_len(&self, entry: &Entry) -> usize {
         let mut out = Vec::new();
@@ -151,19 +162,7 @@ impl Unframer {
 
     /// Checks and decodes the record at the start of `bytes`.
     pub fn next(&mut self, bytes: &[u8], limits: &Limits) -> Result<Record, String> {
-        let mut r = Reader::new(bytes, "record");
-        let head = r.varint().map_err(|_| "truncated record header".to_string())?;
-        let head_len = r.position();
-        let crc = r.u32().map_err(|_| "truncated record header".to_string())?;
-        let len = usize::try_from(head >> 1).map_err(|_| "truncated record".to_string())?;
-        let body = r.take(len).map_err(|_| "truncated record".to_string())?;
-        let mut h = crc32fast::Hasher::new();
-        h.update(&bytes[..head_len]);
-        h.update(body);
-        if h.finalize() != crc {
-            return Err("checksum mismatch".into());
-        }
-        let compact = head & 1 == 1;
+        let (len, compact, body) = checked_record(bytes)?;
         let entry = if compact {
             let mut b = Reader::new(body, "record");
             let slot = b.varint().map_err(|e| e.to_string())?;
@@ -177,7 +176,7 @@ impl Unframer {
             Entry::decode(body, limits).map_err(|e| e.to_string())?
         };
         self.runs.push(&entry);
-        Ok(Record { len: r.position(), entry, compact })
+        Ok(Record { len, entry, compact })
     }
 
 }
@@ -210,25 +209,118 @@ impl Scan {
     }
 }
 
-/// Reads a whole segment. `Err` means it is not a segment of this format (an older one,
-/// or not a log at all): refuse it rather than cut it as damage. A header cut short (or
-/// zeros where a crash left the file longer than what was written) is damage at byte 0.
-pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, String> {
-    let mut out = Scan { entries: Vec::new(), ends: Vec::new(), compact: Vec::new(), valid: 0, damage: None, runs: Runs::default() };
+/// What a segment's first bytes say.
+enum Header {
+    /// No bytes at all.
+    Empty,
+    /// Damage at byte 0.
+    Torn,
+    /// Records may follow.
+    Good,
+}
+
+/// `Err` means `bytes` are not a segment of this format (an older one, or not a log at
+/// all). A header cut short, or zeros where a crash left the file longer than what was
+/// written, is torn.
+fn header(bytes: &[u8]) -> Result<Header, String> {
     if bytes.is_empty() {
-        return Ok(out);
+        return Ok(Header::Empty);
     }
     let head = &bytes[..bytes.len().min(SEGMENT_HEADER)];
     let torn = head.iter().all(|&b| b == 0) || (head.len() < SEGMENT_HEADER && [&MAGIC[..], &[VERSION]].concat().starts_with(head));
     if torn {
-        out.damage = Some("torn segment header".into());
-        return Ok(out);
+        return Ok(Header::Torn);
     }
     if head.len() < SEGMENT_HEADER || &head[..4] != MAGIC {
         return Err("not a log segment of format 2 (an older format, or another file)".into());
     }
     if head[4] != VERSION {
         return Err(format!("unsupported log segment version {}", head[4]));
+    }
+    Ok(Header::Good)
+}
+
+/// One record found by [`skim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub start: usize,
+    pub end: usize,
+    pub compact: bool,
+}
+
+/// Where a segment's records lie, found by their framing and checksums alone.
+#[derive(Debug)]
+pub struct Skim {
+    pub records: Vec<Bounds>,
+    /// Bytes of the header and whole, checksummed records at the start of the segment.
+    pub valid: usize,
+    /// Why skimming stopped before the end, if it did.
+    pub damage: Option<String>,
+}
+
+/// Finds a segment's records without decoding them: a compact record's entry derives
+/// from its predecessor's hash, so decoding a run of them means hashing every entry,
+/// which is most of what reading a whole segment costs. A record whose checksum holds but
+/// whose body does not decode is not found here; the reader that decodes it refuses it.
+/// `Err` and damage as in [`scan`].
+pub fn skim(bytes: &[u8]) -> Result<Skim, String> {
+    let mut out = Skim { records: Vec::new(), valid: 0, damage: None };
+    match header(bytes)? {
+        Header::Empty => return Ok(out),
+        Header::Torn => {
+            out.damage = Some("torn segment header".into());
+            return Ok(out);
+        }
+        Header::Good => {}
+    }
+    let mut pos = SEGMENT_HEADER;
+    out.valid = pos;
+    while pos < bytes.len() {
+        match checked_record(&bytes[pos..]) {
+            Ok((len, compact, _)) => {
+                out.records.push(Bounds { start: pos, end: pos + len, compact });
+                pos += len;
+                out.valid = pos;
+            }
+            Err(reason) => {
+                out.damage = Some(reason);
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The framed length, compactness and body of the record at the start of `bytes`, once
+/// its length fits and its checksum holds.
+fn checked_record(bytes: &[u8]) -> Result<(usize, bool, &[u8]), String> {
+    let mut r = Reader::new(bytes, "record");
+    let head = r.varint().map_err(|_| "truncated record header".to_string())?;
+    let head_len = r.position();
+    let crc = r.u32().map_err(|_| "truncated record header".to_string())?;
+    let len = usize::try_from(head >> 1).map_err(|_| "truncated record".to_string())?;
+    let body = r.take(len).map_err(|_| "truncated record".to_string())?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..head_len]);
+    h.update(body);
+    if h.finalize() != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok((r.position(), head & 1 == 1, body))
+}
+
+/// Reads a whole segment. `Err` means it is not a segment of this format (an older one,
+/// or not a log at all): refuse it rather than cut it as damage. A header cut short (or
+/// zeros where a crash left the file longer than what was written) is damage at byte 0.
+pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, String> {
+    let mut out = Scan { entries: Vec::new(), ends: Vec::new(), compact: Vec::new(), valid: 0, damage: None, runs: Runs::default() };
+    match header(bytes)? {
+        Header::Empty => return Ok(out),
+        Header::Torn => {
+            out.damage = Some("torn segment header".into());
+            return Ok(out);
+        }
+        Header::Good => {}
     }
     let mut pos = SEGMENT_HEADER;
     out.valid = pos;
@@ -334,6 +426,9 @@ mod tests {
             let valid = if whole > 0 { ends[whole - 1] } else if cut >= SEGMENT_HEADER { SEGMENT_HEADER } else { 0 };
             assert_eq!(s.valid, valid, "cut at {cut}");
             assert_eq!(s.damage.is_some(), cut != s.valid, "cut at {cut}");
+            let k = skim(&bytes[..cut]).unwrap();
+            assert_eq!((k.valid, k.damage.is_some()), (s.valid, s.damage.is_some()), "skimmed, cut at {cut}");
+            assert_eq!(k.records.iter().map(|r| r.end).collect::<Vec<_>>(), s.ends, "skimmed, cut at {cut}");
         }
     }
 
@@ -348,6 +443,8 @@ mod tests {
             let at = ends.iter().filter(|&&end| end <= i).count();
             assert_eq!(s.entries, es[..at].to_vec(), "flip at {i}");
             assert!(s.damage.is_some(), "flip at {i} went unnoticed");
+            let k = skim(&bad).unwrap();
+            assert_eq!((k.records.len(), k.valid), (at, s.valid), "skimmed, flip at {i}");
         }
     }
 
@@ -359,6 +456,11 @@ mod tests {
                 Err(e) => e,
             };
             assert_eq!(got, expect);
+            let skimmed = match skim(bytes) {
+                Ok(s) => format!("valid {} damage {:?}", s.valid, s.damage),
+                Err(e) => e,
+            };
+            assert_eq!(skimmed, expect);
         };
         check(b"", "valid 0 damage None");
         check(b"STS", "valid 0 damage Some(\"torn segment header\")");

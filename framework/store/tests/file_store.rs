@@ -97,6 +97,75 @@ fn reads_in_a_long_segment_start_at_the_nearest_whole_record() {
     }
 }
 
+#[test]
+fn appends_after_reopens_frame_the_segment_as_one_writer_would() {
+    // Opening decodes only the newest segment's records from its last whole one on; the
+    // appends after it must still put whole records where reads expect them.
+    let (_, all) = entries(200, 5);
+    let replica = all[0].header.replica;
+    let options = Options { fsync: false, ..Options::default() };
+    let (once, reopened) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut store = FileStore::open(once.path(), options.clone()).unwrap();
+    for e in &all {
+        store.append(e).unwrap();
+    }
+    drop(store);
+    let mut from = 0;
+    for upto in [1, 63, 64, 65, 150, 200] {
+        let mut store = FileStore::open(reopened.path(), options.clone()).unwrap();
+        assert!(store.recovered().is_empty(), "reopened at {from}: {:?}", store.recovered());
+        assert_eq!(store.heads().unwrap().get(&replica).copied().unwrap_or(0), from as u64);
+        for e in &all[from..upto] {
+            store.append(e).unwrap();
+        }
+        from = upto;
+    }
+    assert_eq!(fs::read(&segments(reopened.path())[0]).unwrap(), fs::read(&segments(once.path())[0]).unwrap());
+    let store = FileStore::open(reopened.path(), options).unwrap();
+    assert_eq!(store.read(replica, 0, 1000).unwrap(), all);
+}
+
+#[test]
+fn a_record_whose_checksum_holds_but_body_does_not_decode_fails_its_reads_only() {
+    // A bad writer, not a crash: opening does not decode compact records before the newest
+    // segment's last whole one, so it keeps the log whole; reads of that run refuse it.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, all) = entries(100, 6);
+    let replica = all[0].header.replica;
+    let options = Options { fsync: false, ..Options::default() };
+    let mut store = FileStore::open(dir.path(), options.clone()).unwrap();
+    for e in &all {
+        store.append(e).unwrap();
+    }
+    drop(store);
+    let path = segments(dir.path()).remove(0);
+    let mut bytes = fs::read(&path).unwrap();
+    let skim = stead_store::segment::skim(&bytes).unwrap();
+    let rec = skim.records[10];
+    assert!(rec.compact);
+    // `varint(len × 2 + 1) ‖ crc ‖ body`, the body opening with the run's slot: name a slot
+    // the segment does not have, and sign the record's checksum over it.
+    let head_len = (1..=5).find(|&n| bytes[rec.start + n - 1] & 0x80 == 0).unwrap();
+    let body = rec.start + head_len + 4;
+    assert_eq!(bytes[body], 0, "a one-replica segment's slot");
+    bytes[body] = 5;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[rec.start..rec.start + head_len]);
+    crc.update(&bytes[body..rec.end]);
+    bytes[rec.start + head_len..body].copy_from_slice(&crc.finalize().to_le_bytes());
+    fs::write(&path, bytes).unwrap();
+
+    let mut store = FileStore::open(dir.path(), options).unwrap();
+    assert!(store.recovered().is_empty(), "{:?}", store.recovered());
+    assert_eq!(store.heads().unwrap()[&replica], 100, "nothing acknowledged is cut");
+    let err = store.read(replica, 5, 10).unwrap_err().to_string();
+    assert!(err.contains("corrupt") && err.contains("predecessor"), "{err}");
+    assert_eq!(store.read(replica, 0, 10).unwrap(), all[..10].to_vec());
+    assert_eq!(store.read(replica, 64, 100).unwrap(), all[64..].to_vec());
+    let (_, more) = entries(101, 6);
+    store.append(&more[100]).unwrap();
+}
+
 /// Cuts or garbles the end of the newest segment, then reopens.
 fn check_tail(damage: impl Fn(&Path), expect_kept: u64) {
     let dir = tempfile::tempdir().unwrap();
