@@ -240,19 +240,30 @@ impl Entry {
 /// Writes a run of entries, each either whole or compact after the one before it:
 /// `varint (body length × 2 + compact) ‖ body` per entry, the body being the entry's
 /// encoding or its compact form. What the sync protocol's Entries frames hold.
+///
+/// The entry before is hashed only when the next one could follow it by everything else
+/// its header says: a run of one entry, most of what a server relays live, hashes none.
 #[derive(Debug, Default, Clone)]
-pub struct RunWriter {
-    last: Option<Link>,
+pub struct RunWriter<'a> {
+    last: Option<&'a Entry>,
 }
 
-impl RunWriter {
+impl<'a> RunWriter<'a> {
     pub fn new() -> Self {
         RunWriter::default()
     }
 
-    pub fn write(&mut self, entry: &Entry, w: &mut Writer) {
+    pub fn write(&mut self, entry: &'a Entry, w: &mut Writer) {
         let mut body = Writer::with_capacity(entry.encoded_len());
-        let compact = match &self.last {
+        let h = &entry.header;
+        let link = self
+            .last
+            .filter(|l| {
+                let b = &l.header;
+                h.space == b.space && h.replica == b.replica && Some(h.seq) == b.seq.checked_add(1) && h.hlc > b.hlc
+            })
+            .map(Link::to);
+        let compact = match &link {
             Some(link) if entry.follows(link) => {
                 entry.encode_compact_into(link, &mut body);
                 true
@@ -264,7 +275,7 @@ impl RunWriter {
         };
         w.varint(((body.buf.len() as u64) << 1) | compact as u64);
         w.fixed(&body.buf);
-        self.last = Some(Link::to(entry));
+        self.last = Some(entry);
     }
 }
 
