@@ -209,27 +209,19 @@ impl Scan {
     }
 }
 
-/// What a segment's first bytes say.
-enum Header {
-    /// No bytes at all.
-    Empty,
-    /// Damage at byte 0.
-    Torn,
-    /// Records may follow.
-    Good,
-}
-
-/// `Err` means `bytes` are not a segment of this format (an older one, or not a log at
-/// all). A header cut short, or zeros where a crash left the file longer than what was
-/// written, is torn.
-fn header(bytes: &[u8]) -> Result<Header, String> {
+/// Where a segment's records start, or `None` when it has none to read: it is empty, or
+/// its header is torn (cut short, or zeros where a crash left the file longer than what
+/// was written), which is set as `damage`. `Err` means `bytes` are not a segment of this
+/// format (an older one, or not a log at all).
+fn records_start(bytes: &[u8], damage: &mut Option<String>) -> Result<Option<usize>, String> {
     if bytes.is_empty() {
-        return Ok(Header::Empty);
+        return Ok(None);
     }
     let head = &bytes[..bytes.len().min(SEGMENT_HEADER)];
     let torn = head.iter().all(|&b| b == 0) || (head.len() < SEGMENT_HEADER && [&MAGIC[..], &[VERSION]].concat().starts_with(head));
     if torn {
-        return Ok(Header::Torn);
+        *damage = Some("torn segment header".into());
+        return Ok(None);
     }
     if head.len() < SEGMENT_HEADER || &head[..4] != MAGIC {
         return Err("not a log segment of format 2 (an older format, or another file)".into());
@@ -237,7 +229,7 @@ fn header(bytes: &[u8]) -> Result<Header, String> {
     if head[4] != VERSION {
         return Err(format!("unsupported log segment version {}", head[4]));
     }
-    Ok(Header::Good)
+    Ok(Some(SEGMENT_HEADER))
 }
 
 /// One record found by [`skim`].
@@ -265,15 +257,7 @@ pub struct Skim {
 /// `Err` and damage as in [`scan`].
 pub fn skim(bytes: &[u8]) -> Result<Skim, String> {
     let mut out = Skim { records: Vec::new(), valid: 0, damage: None };
-    match header(bytes)? {
-        Header::Empty => return Ok(out),
-        Header::Torn => {
-            out.damage = Some("torn segment header".into());
-            return Ok(out);
-        }
-        Header::Good => {}
-    }
-    let mut pos = SEGMENT_HEADER;
+    let Some(mut pos) = records_start(bytes, &mut out.damage)? else { return Ok(out) };
     out.valid = pos;
     while pos < bytes.len() {
         match checked_record(&bytes[pos..]) {
@@ -314,15 +298,7 @@ fn checked_record(bytes: &[u8]) -> Result<(usize, bool, &[u8]), String> {
 /// zeros where a crash left the file longer than what was written) is damage at byte 0.
 pub fn scan(bytes: &[u8], limits: &Limits) -> Result<Scan, String> {
     let mut out = Scan { entries: Vec::new(), ends: Vec::new(), compact: Vec::new(), valid: 0, damage: None, runs: Runs::default() };
-    match header(bytes)? {
-        Header::Empty => return Ok(out),
-        Header::Torn => {
-            out.damage = Some("torn segment header".into());
-            return Ok(out);
-        }
-        Header::Good => {}
-    }
-    let mut pos = SEGMENT_HEADER;
+    let Some(mut pos) = records_start(bytes, &mut out.damage)? else { return Ok(out) };
     out.valid = pos;
     let mut un = Unframer::new();
     while pos < bytes.len() {
