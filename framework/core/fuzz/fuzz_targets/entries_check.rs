@@ -1,8 +1,9 @@
 //! Fuzzes the path a server and a replica really take with a received Entries frame:
 //! decode the frame, check its entries together (`check_entries`, signatures batched per
-//! signer), then chain each one (`verify_chain`). Nothing may panic; the batched check
-//! must say of every entry exactly what `check_entry` alone says; and only the genuine
-//! first entry may chain as new.
+//! signer, a run's vouched for by its last), then chain each one (`verify_chain`).
+//! Nothing may panic; the batched check must say of every entry exactly what
+//! `check_entry` alone says (it may differ only on a bad signature inside a run the key's
+//! holder signed, which takes the key); and only the genuine first entry may chain as new.
 #![no_main]
 
 #[path = "common/fixture.rs"]
