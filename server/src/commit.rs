@@ -59,8 +59,13 @@ pub(crate) struct Write {
     /// The frames' entries checked ahead of the transaction (empty: check them all in it).
     pub(crate) checked: Prechecked,
     pub(crate) now_ms: u64,
-    /// The entries stored, once committed.
+    /// The connection's place in its space's hub, which need not hear of its own entries.
+    pub(crate) conn: u64,
+    /// The entries stored, once committed (empty once relayed: see `relayed`).
     pub(crate) stored: Vec<Entry>,
+    /// The entries were relayed to the space before the commit (as far as each replica's
+    /// next seq): once it commits, the space's vector advances to this.
+    pub(crate) relayed: Option<VersionVector>,
     /// Storage failed: nothing of this write was committed. `sync` has counted its entries
     /// as stored, so the connection must close without generating from it.
     pub(crate) failed: Option<String>,
@@ -264,24 +269,43 @@ fn receive(service: &Service, tx: &mut dyn WriteTx, w: &mut Write) -> Result<(),
 }
 
 /// Runs `group` in one transaction (blocking). After it, each write either holds its
-/// committed entries in `stored` or, when storage failed, the reason in `failed`.
+/// committed entries in `stored` (or, relayed before the commit, their extent in
+/// `relayed`) or, when storage failed, the reason in `failed`.
+///
+/// On a backend with one writer (SQLite), the entries are relayed to the space's other
+/// connections once every one is verified and inserted, before the commit's fsync, so
+/// receivers do not wait on the disk; the `Ack`s still wait for the commit. Nothing can
+/// then refuse them but the commit itself failing (an I/O error). If it fails, receivers
+/// hold authentic entries, signed and chained, that the server does not: the writer has
+/// no `Ack` and its connection is closed, so it sends them again, and receivers that
+/// reconnect send them too. The space's vector counts them only once committed. Where
+/// writers run side by side (PostgreSQL), a concurrent transaction can still refuse an
+/// inserted entry at its commit, so entries are relayed only after it.
 pub(crate) fn commit_group(service: &Service, group: &mut [Write]) {
+    let mut n = 0;
     let result = (|| {
         let mut tx = service.backend.begin().map_err(|e| e.to_string())?;
         for w in group.iter_mut() {
             receive(service, tx.as_mut(), w)?;
         }
+        n = group.iter().map(|w| w.stored.len()).sum();
+        if service.backend.serial_writes() {
+            for w in group.iter_mut().filter(|w| !w.stored.is_empty()) {
+                let entries = std::mem::take(&mut w.stored);
+                w.relayed = Some(service.relay(w.ctx.space, w.conn, entries));
+            }
+        }
         tx.commit().map_err(|e| e.to_string())
     })();
     match result {
         Ok(()) => {
-            let n: usize = group.iter().map(|w| w.stored.len()).sum();
             service.metrics.entries_stored.fetch_add(n as u64, Ordering::Relaxed);
             service.metrics.commits.fetch_add(1, Ordering::Relaxed);
         }
         Err(m) => {
             for w in group {
                 w.stored.clear();
+                w.relayed = None;
                 w.failed = Some(m.clone());
             }
         }

@@ -146,6 +146,16 @@ pub(crate) struct Published {
     pub(crate) members: Option<(i64, Arc<Membership>)>,
 }
 
+/// The next seq of each replica after `entries`.
+fn extent(entries: &[Entry]) -> VersionVector {
+    let mut advanced = VersionVector::new();
+    for e in entries {
+        let n = advanced.entry(e.header.replica).or_insert(0);
+        *n = (*n).max(e.header.seq + 1);
+    }
+    advanced
+}
+
 /// What a connection learns about new entries of its space.
 pub(crate) type Note = Arc<Published>;
 
@@ -565,16 +575,29 @@ impl Service {
     pub(crate) fn publish(&self, space: SpaceId, from: Option<u64>, entries: Vec<Entry>) {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         let Some(h) = hub.get_mut(&space) else { return };
-        if !entries.is_empty() {
-            let mut advanced = VersionVector::new();
-            for e in &entries {
-                let n = advanced.entry(e.header.replica).or_insert(0);
-                *n = (*n).max(e.header.seq + 1);
-            }
-            h.merge(&advanced);
-        }
+        h.merge(&extent(&entries));
         // No receiver is not an error: the space's connections are all gone.
         let _ = h.notes.send(Arc::new(Published { from, entries, shutdown: false, members: None }));
+    }
+
+    /// Tells every connection of `space` but `from` about entries verified and inserted in
+    /// a transaction not yet committed, without advancing the space's vector (see
+    /// `commit::commit_group`); their extent, for [`Service::committed`].
+    pub(crate) fn relay(&self, space: SpaceId, from: u64, entries: Vec<Entry>) -> VersionVector {
+        let advanced = extent(&entries);
+        let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.get(&space) {
+            let _ = h.notes.send(Arc::new(Published { from: Some(from), entries, shutdown: false, members: None }));
+        }
+        advanced
+    }
+
+    /// Advances the vector of `space` past relayed entries now committed.
+    pub(crate) fn committed(&self, space: SpaceId, advanced: &VersionVector) {
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.get_mut(&space) {
+            h.merge(advanced);
+        }
     }
 
     /// The verified membership of `space` (cached by version); `None` for an unknown space.

@@ -6,7 +6,8 @@
 //! signature) and inserts it inside a transaction, grouped with other connections' writes
 //! on SQLite. Only after the commit does the connection ask its `Sync` for the frames to
 //! send, the coalesced `Ack`s among them, so an `Ack` always names committed entries.
-//! Committed entries are published to the other connections of the space, which send them
+//! Stored entries are published to the other connections of the space (on SQLite just
+//! before the commit's fsync, see `commit::commit_group`), which send them
 //! on from their own `Sync` (each knows what its peer has, so nothing is sent twice on
 //! purpose). Other frames are taken in, and frames generated from memory (the space's
 //! version vector, entries just published), on the connection's task; what needs the
@@ -77,8 +78,18 @@ impl SyncPeer for ReadPeer<'_> {
     fn sync_replica(&self) -> ReplicaId {
         self.ctx.server
     }
+    /// The space's vector, and past it the entries relayed before their commit (in
+    /// `recent`, contiguous with it).
     fn sync_vector(&self) -> VersionVector {
-        self.vector.clone()
+        let mut vector = self.vector.clone();
+        for e in self.recent.iter().flat_map(|n| n.entries.iter()) {
+            let next = vector.entry(e.header.replica).or_insert(0);
+            if *next == e.header.seq {
+                *next += 1;
+            }
+        }
+        vector.retain(|_, next| *next > 0);
+        vector
     }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> stead_core::Result<Vec<Entry>> {
         let mut out: Vec<Entry> = Vec::new();
@@ -587,7 +598,7 @@ impl Conn {
             precheck(&ctx, &frames).await
         };
         let check_ctx = ctx.clone();
-        let write = Write { ctx, sync, frames, checked, now_ms: SystemClock.now_ms(), stored: Vec::new(), failed: None };
+        let write = Write { ctx, sync, frames, checked, now_ms: SystemClock.now_ms(), conn: self.reg.id, stored: Vec::new(), relayed: None, failed: None };
         let service = self.service.clone();
         let mut committing = std::pin::pin!(service.commit(write));
         // While it commits, take in what the client pipelined behind it and start checking
@@ -644,7 +655,9 @@ impl Conn {
             self.service.metrics.reject_code(code::INTERNAL);
             return self.fail(code::INTERNAL, "the server could not store the entries").await;
         }
-        if !w.stored.is_empty() {
+        if let Some(advanced) = &w.relayed {
+            self.service.committed(space, advanced);
+        } else if !w.stored.is_empty() {
             self.service.publish(space, Some(self.reg.id), w.stored);
         }
         self.state = Some((w.ctx, w.sync));

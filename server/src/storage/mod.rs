@@ -3,8 +3,9 @@
 //! [`Backend`] is blocking: callers run it on tokio's blocking pool. Two implementations
 //! share one table layout: SQLite (WAL, `synchronous=FULL`, the default) and PostgreSQL
 //! (several server nodes on one database). A [`WriteTx`] is one database transaction,
-//! possibly over several spaces (group commit): entries verified inside it are visible to
-//! others, and acknowledged, only once [`WriteTx::commit`] has returned.
+//! possibly over several spaces (group commit): entries verified inside it are stored,
+//! and acknowledged, only once [`WriteTx::commit`] has returned (on SQLite the server
+//! relays them to the space's connections just before: `commit::commit_group`).
 
 pub(crate) mod apps;
 mod pool;

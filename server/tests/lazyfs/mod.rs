@@ -158,6 +158,8 @@ struct State {
     next_ino: u64,
     next_fh: u64,
     crashed: bool,
+    /// Every fsync fails with `EIO` (a failing disk) and keeps its file's changes unsynced.
+    failing_syncs: bool,
 }
 
 impl State {
@@ -466,6 +468,9 @@ impl Filesystem for LazyFs {
         std::thread::sleep(FSYNC_TIME);
         answer!(reply, {
             let mut st = self.live()?;
+            if st.failing_syncs {
+                return Err(Errno::EIO);
+            }
             let file = st.file(fh)?.try_clone()?;
             if let Some(p) = st.nodes.get_mut(&ino.0).and_then(|n| n.pending.take()) {
                 p.sync(&file)?;
@@ -543,6 +548,7 @@ impl Mount {
             next_ino: INodeNo::ROOT.0 + 1,
             next_fh: 1,
             crashed: false,
+            failing_syncs: false,
         };
         state.by_path.insert(PathBuf::new(), INodeNo::ROOT.0);
         state.nodes.insert(INodeNo::ROOT.0, Node { path: PathBuf::new(), pending: None });
@@ -576,6 +582,11 @@ impl Mount {
             }
         }
         lost
+    }
+
+    /// From now on every fsync fails with `EIO` (`true`), or works again (`false`).
+    pub fn fail_syncs(&self, failing: bool) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).failing_syncs = failing;
     }
 
     /// Whether the mount point is in this process's mount table.
