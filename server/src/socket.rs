@@ -25,7 +25,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use axum::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -93,6 +93,28 @@ impl Boundaries {
     }
 }
 
+/// The head of a final, unmasked binary frame of `len` bytes (RFC 6455, section 5.2), and
+/// how many of its bytes are used.
+fn binary_head(len: usize) -> ([u8; 10], usize) {
+    let mut head = [0x82, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    match len {
+        0..=125 => {
+            head[1] = len as u8;
+            (head, 2)
+        }
+        126..=0xffff => {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            (head, 4)
+        }
+        _ => {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            (head, 10)
+        }
+    }
+}
+
 /// The connection under the WebSocket.
 enum Io {
     /// The TCP stream itself, taken back from hyper (as `listen` and `axum::serve` serve
@@ -151,6 +173,24 @@ impl Framed {
         woke
     }
 
+    /// Writes `payload` as one unfragmented binary message, the way tungstenite would have
+    /// (a server's frames are not masked: RFC 6455, section 5.1), header and payload in one
+    /// vectored write when the kernel takes it all.
+    async fn send_binary(&mut self, payload: &[u8]) -> io::Result<()> {
+        let (head, head_len) = binary_head(payload.len());
+        let (mut head, mut payload) = (&head[..head_len], payload);
+        while !head.is_empty() || !payload.is_empty() {
+            let n = self.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(payload)]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            payload = &payload[n - from_head..];
+        }
+        Ok(())
+    }
+
     /// tungstenite holds nothing unread.
     fn at_rest(&self) -> bool {
         self.drained && self.early.is_empty() && self.frames.at_rest()
@@ -189,6 +229,18 @@ impl AsyncWrite for Framed {
         match &mut self.get_mut().io {
             Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Io::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Io::Upgraded(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Tcp(tcp) => tcp.is_write_vectored(),
+            Io::Upgraded(io) => io.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -276,7 +328,14 @@ impl Socket {
         self.awake().next().now_or_never()
     }
 
+    /// Sends `msg`. A binary message to a socket asleep, the usual case of a relayed
+    /// entry, is written without waking tungstenite: its buffers would be made and dropped
+    /// again for one write. Not cancel-safe: a send stopped half way leaves part of a frame
+    /// on the wire, and the connection must end.
     pub(crate) async fn send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        if let (State::Asleep(framed), Message::Binary(payload)) = (&mut self.state, &msg) {
+            return Ok(framed.send_binary(payload).await?);
+        }
         self.awake().send(msg).await
     }
 
@@ -345,6 +404,27 @@ mod tests {
             out.push((fed, b.at_rest()));
         }
         out
+    }
+
+    /// What `Framed::send_binary` writes, at each length encoding's edges, reads back as
+    /// the same message in a WebSocket client, and ends where the framing says it does.
+    #[test]
+    fn a_binary_frame_written_directly_is_read_whole() {
+        use tokio_tungstenite::tungstenite::{Message, WebSocket, protocol::Role};
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x10000, 0x10001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let (head, head_len) = super::binary_head(len);
+            let mut bytes = head[..head_len].to_vec();
+            bytes.extend_from_slice(&payload);
+            for (fed, rest) in rest_points(&bytes, 7) {
+                assert_eq!(rest, fed == bytes.len(), "len {len}, fed {fed}");
+            }
+            let mut client = WebSocket::from_raw_socket(std::io::Cursor::new(bytes), Role::Client, None);
+            match client.read() {
+                Ok(Message::Binary(got)) => assert!(got[..] == payload[..], "len {len}: the payload changed"),
+                other => panic!("len {len}: read {other:?}"),
+            }
+        }
     }
 
     #[test]

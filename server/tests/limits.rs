@@ -209,6 +209,72 @@ async fn an_idle_connection_sleeps_and_wakes_whole() -> anyhow::Result<()> {
     until_asleep(&server, 0).await
 }
 
+/// Entries relayed to a connection asleep are written without waking its WebSocket, and
+/// arrive whole in order: frames of every length encoding, and megabytes more than the
+/// socket's buffers hold while the peer reads nothing, so the server's writes stop part
+/// way through frames and resume when it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_relayed_to_a_sleeping_connection_arrive_whole() -> anyhow::Result<()> {
+    use stead_core::ops::Op;
+
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(&Db::Sqlite(dir.path().join("relay.sqlite3")), &[])?;
+    let mut rng = stead_core::env::SeededRandom::new(12);
+    let space = stead_core::testing::Space::new(2, &mut rng);
+    let url = format!("{}/spaces/{}/members", server.base, space.space);
+    assert!(reqwest::Client::new().put(url).body(space.members.encode()).send().await?.status().is_success());
+    let (mut writer, mut reader) = (space.open(0), space.open(1));
+    let (mut w, _) = RawPeer::handshake(&server, &mut writer, 3).await?;
+    let (mut r, _) = RawPeer::handshake(&server, &mut reader, 4).await?;
+    until_asleep(&server, 2).await?;
+
+    // Incompressible bodies: 18 MB in all, more than loopback's buffers on both sides.
+    let mut sizes = vec![0, 10, 70_000];
+    sizes.extend([1_500_000; 12]);
+    let mut sent = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let body: String = (0..*n).map(|_| char::from(b'a' + rng.below(26) as u8)).collect();
+        let op = Op::Set { collection: "t".into(), record: RecordId([i as u8; 16]), field: "f".into(), value: Value::Str(body) };
+        let entry = writer.commit(vec![op], common::now(), &mut rng)?;
+        w.send(Frame::Entries(vec![entry.clone()]).encode()).await?;
+        sent.push(entry);
+    }
+    let last = sent.last().map(|e| e.header.seq).expect("entries were sent");
+    loop {
+        match recv(&mut w.ws).await? {
+            Frame::Ack { seq, .. } if seq == last => break,
+            Frame::Error { code, message } => anyhow::bail!("error {code}: {message}"),
+            _ => continue,
+        }
+    }
+    // The reader has read nothing yet; now it reads everything, as it came.
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match recv(&mut r.ws).await? {
+            Frame::Entries(es) => got.extend(es),
+            Frame::Error { code, message } => anyhow::bail!("error {code}: {message}"),
+            _ => continue,
+        }
+    }
+    assert_eq!(got.len(), sent.len(), "no more entries than were written");
+    for (a, b) in got.iter().zip(&sent) {
+        assert!(a.encode() == b.encode(), "entry {} arrived changed", b.header.seq);
+    }
+    // Both connections go back to sleep, and the reader's connection still works.
+    until_asleep(&server, 2).await?;
+    let op = Op::Set { collection: "t".into(), record: RecordId([99; 16]), field: "f".into(), value: Value::Int(1) };
+    let entry = writer.commit(vec![op], common::now(), &mut rng)?;
+    w.send(Frame::Entries(vec![entry.clone()]).encode()).await?;
+    loop {
+        match recv(&mut r.ws).await? {
+            Frame::Entries(es) if es.iter().any(|e| e.header.seq == entry.header.seq) => break,
+            Frame::Error { code, message } => anyhow::bail!("error {code}: {message}"),
+            _ => continue,
+        }
+    }
+    Ok(())
+}
+
 /// A client that pipelines one-entry frames (one that does not batch, or an old one) has
 /// them committed many to a transaction: while one commits, the server reads ahead up to
 /// its bounds in bytes and entries, so 2,000 such frames take a handful of fsyncs, not one
