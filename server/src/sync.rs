@@ -83,12 +83,11 @@ impl SyncPeer for ReadPeer<'_> {
     fn sync_vector(&self) -> VersionVector {
         let mut vector = self.vector.clone();
         for e in self.recent.iter().flat_map(|n| n.entries.iter()) {
-            let next = vector.entry(e.header.replica).or_insert(0);
-            if *next == e.header.seq {
-                *next += 1;
+            let next = vector.get(&e.header.replica).copied().unwrap_or(0);
+            if next == e.header.seq {
+                vector.insert(e.header.replica, next + 1);
             }
         }
-        vector.retain(|_, next| *next > 0);
         vector
     }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> stead_core::Result<Vec<Entry>> {
