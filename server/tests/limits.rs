@@ -210,9 +210,10 @@ async fn an_idle_connection_sleeps_and_wakes_whole() -> anyhow::Result<()> {
 }
 
 /// Entries relayed to a connection asleep are written without waking its WebSocket, and
-/// arrive whole in order: frames of every length encoding, and megabytes more than the
-/// socket's buffers hold while the peer reads nothing, so the server's writes stop part
-/// way through frames and resume when it reads again.
+/// arrive whole in order: frames with 16- and 64-bit lengths (an entry frame is never
+/// short enough for the 7-bit one, which `socket`'s unit test covers), and megabytes more
+/// than the socket's buffers hold while the peer reads nothing, so the server's writes stop
+/// part way through frames and resume when it reads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_relayed_to_a_sleeping_connection_arrive_whole() -> anyhow::Result<()> {
     use stead_core::ops::Op;
