@@ -32,6 +32,8 @@ use crate::storage::WriteTx;
 
 /// Entries in one group transaction at most; the rest wait for the next one.
 const MAX_GROUP_ENTRIES: usize = 8192;
+/// Most entries a write's precheck checks on the runtime's own thread.
+const INLINE_CHECK_ENTRIES: usize = 2;
 /// Fewest entries worth a blocking task of their own when a write's checks are split.
 const MIN_CHECK_CHUNK: usize = 16;
 
@@ -139,12 +141,19 @@ fn check_all(entries: Vec<Entry>, space: SpaceId, members: &Membership, limits: 
     entries.into_iter().zip(checked).collect()
 }
 
-/// Checks the signatures (and all else that needs no chain) of the entries in `frames`
-/// on the blocking pool, split in up to one chunk per core.
+/// Checks the signatures (and all else that needs no chain) of the entries in `frames`:
+/// a write of a few entries where it is, any other on the blocking pool, split in up to
+/// one chunk per core.
 pub(crate) async fn precheck(ctx: &Ctx, frames: &[Bytes]) -> Prechecked {
     let limits = EntryLimits { max_payload: ctx.service.limits.max_payload };
     let (space, version) = (ctx.space, ctx.members_version);
     let n: usize = frames.iter().map(|f| entries_in(f)).sum();
+    if n <= INLINE_CHECK_ENTRIES {
+        // One or two signatures (tens of microseconds): a hop to the blocking pool and
+        // back would cost more than the check, two thread wake-ups when the server idles.
+        let entries = check_all(decode_entries(frames, &limits), space, &ctx.members, &limits);
+        return Prechecked { members_version: version, entries, next: 0 };
+    }
     let frames = frames.to_vec();
     if n < 2 * MIN_CHECK_CHUNK {
         // Too few to split: decode and check in one hop.
