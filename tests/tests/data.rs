@@ -15,13 +15,35 @@ use thirtyfour::prelude::*;
 /// The page API takes only JSON bodies that say so (`sw/PAGE-API.md`, Security).
 const JSON_TYPE: &str = "{'content-type': 'application/json'}";
 
+/// How long the page waits for the worker to answer one page-API request before it
+/// gives up and reports what the worker and its registration were doing (under
+/// WebDriver's 60 s script timeout, which would report nothing).
+const API_PATIENCE_MS: u32 = 40_000;
+
 /// Calls the worker's page API from the page; returns the JSON answer (problems too).
+/// A request the worker does not answer in [`API_PATIENCE_MS`] fails with the worker's
+/// state, and the space's sync status when the worker still answers that.
 async fn api(b: &Browser, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
     let body = body.map_or("undefined".to_owned(), |b| format!("JSON.stringify({b})"));
     let v = b
         .js_async(&format!(
-            "const r = await fetch('/_stead/v1/{path}', {{method: '{method}', headers: {JSON_TYPE}, body: {body}}});\
-             return {{status: r.status, body: await r.json()}};"
+            "const call = (url, init, ms) => {{\
+               const stop = new AbortController(); const timer = setTimeout(() => stop.abort(), ms);\
+               return fetch(url, {{...init, signal: stop.signal}}).finally(() => clearTimeout(timer));\
+             }};\
+             try {{\
+               const r = await call('/_stead/v1/{path}', {{method: '{method}', headers: {JSON_TYPE}, body: {body}}}, {API_PATIENCE_MS});\
+               return {{status: r.status, body: await r.json()}};\
+             }} catch (e) {{\
+               if (e.name !== 'AbortError') throw e;\
+               const reg = await navigator.serviceWorker.getRegistration();\
+               const state = (w) => w ? w.state : null;\
+               const worker = {{controller: state(navigator.serviceWorker.controller), active: state(reg && reg.active), waiting: state(reg && reg.waiting), installing: state(reg && reg.installing)}};\
+               const m = '{path}'.match(/^spaces\\/([^/]+)\\//);\
+               let status = 'not asked';\
+               if (m) {{ try {{ status = await (await call('/_stead/v1/spaces/' + m[1] + '/status', {{}}, 10000)).json(); }} catch (e2) {{ status = String(e2); }} }}\
+               return {{error: 'no answer in {API_PATIENCE_MS} ms; worker ' + JSON.stringify(worker) + '; space status ' + JSON.stringify(status)}};\
+             }}"
         ))
         .await?;
     if let Some(e) = v.get("error") {
