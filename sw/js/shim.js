@@ -38,7 +38,60 @@
   wasm_bindgen.initSync({ module: bytes });
   start.wasm_instantiated = performance.now();
   wasm_bindgen.on_start();
-  self.addEventListener("install", (e) => wasm_bindgen.on_install(e));
+  // Cold routes (Chromium's static routing): while the worker is not running, the browser
+  // answers the app's own GETs from the Cache Storage copy the worker keeps of its versions
+  // (`cold.rs`), without starting the worker. A miss there goes to the network, so only
+  // requests the copy surely holds match: the scope's entry as a navigation (other
+  // navigations are the app's routes, which the worker answers) and files without a query.
+  // The page API always reaches the worker.
+  const scope = self.registration.scope;
+  const cold = "stead-cold " + scope;
+  const routes = typeof InstallEvent === "function" && typeof InstallEvent.prototype.addRoutes === "function";
+  const MARKER = "_stead/cold";
+  const url = (path) => new URL(path, scope).href;
+  if (routes) self.__stead_cold = {
+    // Which of `lines` (one `sha256 version path` per entry the copy must hold) the copy
+    // lacks, by index, or null when it holds exactly those; the marker lists what it holds.
+    async missing(lines) {
+      const marker = await (await caches.open(cold)).match(url(MARKER));
+      const text = marker ? await marker.text() : null;
+      if (text === lines.join("\n")) return null;
+      const held = new Set(text === null ? [] : text.split("\n"));
+      return lines.flatMap((line, i) => (held.has(line) ? [] : [i]));
+    },
+    // Puts `put` ([path, Response] pairs) first, then deletes every entry but `paths`,
+    // then writes the marker: a stop in between leaves extra entries, never a hole, and
+    // the next sync finishes the job.
+    async sync(put, paths, lines) {
+      const cache = await caches.open(cold);
+      await Promise.all(put.map(([path, response]) => cache.put(url(path), response)));
+      const wanted = new Set(paths.map(url));
+      const stale = (await cache.keys()).filter((r) => !wanted.has(r.url));
+      await Promise.all(stale.map((r) => cache.delete(r)));
+      await cache.put(url(MARKER), new Response(lines.join("\n")));
+    },
+    drop: () => caches.delete(cold),
+  };
+  self.addEventListener("install", (e) => {
+    if (routes) {
+      const base = new URL(scope).pathname;
+      const get = { runningStatus: "not-running", requestMethod: "GET" };
+      const file = { pathname: base + "*", search: "" };
+      e.addRoutes([
+        { condition: { urlPattern: { pathname: base + "_stead/*" } }, source: "fetch-event" },
+        {
+          condition: {
+            or: [
+              { ...get, requestMode: "navigate", urlPattern: { pathname: base, search: "" } },
+              ...["same-origin", "no-cors", "cors"].map((requestMode) => ({ ...get, requestMode, urlPattern: file })),
+            ],
+          },
+          source: { cacheName: cold },
+        },
+      ]).catch((err) => console.warn("stead: no cold routes:", err));
+    }
+    wasm_bindgen.on_install(e);
+  });
   self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));
   self.addEventListener("fetch", (e) => wasm_bindgen.on_fetch(e));
   self.addEventListener("message", (e) => wasm_bindgen.on_message(e));

@@ -117,7 +117,7 @@ pub fn is_data_route(rel: &str) -> bool {
     rel.starts_with("_stead/v1/") && rel != STATUS_PATH
 }
 
-fn is_online() -> bool {
+pub(crate) fn is_online() -> bool {
     let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).ok();
     navigator
         .and_then(|n| Reflect::get(&n, &"onLine".into()).ok())
@@ -164,6 +164,17 @@ async fn respond(
 }
 
 fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, version: &str) -> Result<Response, JsValue> {
+    let not_modified = request.headers().get("if-none-match")?.is_some_and(|tag| tag == format!("\"{}\"", file.sha256));
+    file_response_with(file, (!not_modified).then_some(blob), version)
+}
+
+/// A stored file's response as the worker serves it (for the cold copy, see [`crate::cold`]).
+pub fn stored_response(file: &BundleFile, blob: &web_sys::Blob, version: &str) -> Result<Response, JsValue> {
+    file_response_with(file, Some(blob), version)
+}
+
+/// `None` for the body: a 304 for a matching `if-none-match`.
+fn file_response_with(file: &BundleFile, blob: Option<&web_sys::Blob>, version: &str) -> Result<Response, JsValue> {
     let etag = format!("\"{}\"", file.sha256);
     let headers = Headers::new()?;
     headers.set("content-type", &file.mime)?;
@@ -178,10 +189,10 @@ fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, ver
     headers.set("content-security-policy", crate::FRAME_POLICY)?;
     let init = ResponseInit::new();
     init.set_headers(&headers);
-    if request.headers().get("if-none-match")?.as_deref() == Some(etag.as_str()) {
+    let Some(blob) = blob else {
         init.set_status(304);
         return Response::new_with_opt_blob_and_init(None, &init);
-    }
+    };
     headers.set("content-length", &file.size.to_string())?;
     Response::new_with_opt_blob_and_init(Some(blob), &init)
 }

@@ -14,6 +14,7 @@
 //! - hands the page API (`/_stead/v1/...`) to the data engine, a second wasm module it
 //!   compiles on first data use ([`data`]).
 
+pub mod cold;
 pub mod data;
 pub mod fetch;
 pub mod manifest;

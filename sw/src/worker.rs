@@ -75,6 +75,9 @@ const BATCH_BYTES_MIN: u64 = 64 * 1024;
 const BATCH_BYTES_MAX: u64 = 1024 * 1024;
 /// A page heartbeat triggers an update check when the last one is older than this.
 const HEARTBEAT_CHECK_MS: f64 = 5.0 * 60.0 * 1000.0;
+/// A page's start checks for a new version unless one was checked this recently (its
+/// navigation, when the worker answered it, already did).
+const HELLO_CHECK_MS: f64 = 10.0 * 1000.0;
 /// The channel every page of the origin listens on.
 pub const CHANNEL: &str = "stead";
 
@@ -240,8 +243,16 @@ impl Worker {
             // device holds any, and resume its sync. Not on the navigation itself: the
             // page's files go first.
             Some("hello") => wait_until(&event, async move {
+                // A navigation the cold copy answered never reached this worker: the page's
+                // start is when it checks for a new version, and finishes a copy a stopped
+                // worker left behind.
                 Data::get().wake_if_used().await;
-                Ok(())
+                w.load().await?;
+                let last = w.state.borrow().versions.meta.last_update_check.unwrap_or(0.0);
+                if crate::fetch::is_online() && Date::now() - last > HELLO_CHECK_MS {
+                    let _ = w.update().await;
+                }
+                w.sync_cold().await
             }),
             Some("heartbeat") => wait_until(&event, async move {
                 // Pages keep the worker, and with it the sync connections, alive.
@@ -675,11 +686,37 @@ impl Worker {
         }
         let listed = self.state.borrow().versions.packs.clone();
         let gone = store.gc(&keep, in_progress, &compacted.dropped, &listed).await?;
-        let mut s = self.state.borrow_mut();
-        for hash in compacted.changed.iter().chain(&gone) {
-            s.blobs.remove(hash);
+        {
+            let mut s = self.state.borrow_mut();
+            for hash in compacted.changed.iter().chain(&gone) {
+                s.blobs.remove(hash);
+            }
         }
-        Ok(())
+        // An install without its cold copy would leave the cold routes answering from
+        // nothing; later, a copy that could not be rewritten is tried again at the next
+        // page start (`hello`).
+        match self.sync_cold().await {
+            Err(e) if self.installing.get() => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Brings the cold copy ([`crate::cold`]) in line with the active version and the
+    /// versions open pages use.
+    pub async fn sync_cold(self: &Rc<Self>) -> Result<(), SwError> {
+        let versions: Vec<Rc<BundleManifest>> = {
+            let s = self.state.borrow();
+            let mut seen = HashSet::new();
+            s.versions.active.iter().chain(s.clients.values()).filter(|v| seen.insert(v.version.clone())).cloned().collect()
+        };
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let synced = crate::cold::sync(self, &versions).await;
+        if let Err(e) = &synced {
+            web_sys::console::warn_1(&format!("stead: the cold copy: {e}").into());
+        }
+        synced
     }
 
     async fn live_clients(&self) -> Result<HashSet<String>, SwError> {
@@ -708,6 +745,11 @@ impl Worker {
         // asks for (an app's first request does): the kill waits for that load, so it sees
         // and erases what the request makes instead of leaving it behind the app.
         self.killed.set(true);
+        // First, so no request is answered from the app any more while the worker is
+        // stopped.
+        if let Err(e) = crate::cold::drop_all().await {
+            web_sys::console::warn_1(&format!("stead: deleting the cold copy: {e}").into());
+        }
         let in_use = data.in_use_once_loaded().await;
         // The data engine is a bundle file: loaded before the bundle goes.
         if in_use && let Err(e) = data.load().await {

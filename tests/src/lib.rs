@@ -47,6 +47,8 @@ pub enum Capability {
     /// A script opening downloads (`Content-Disposition: attachment`) in frames and new
     /// windows while WebDriver waits for the script's result.
     OpenDownloadFromScript,
+    /// Service worker static routes (`InstallEvent.addRoutes`), which the cold copy needs.
+    StaticRoutes,
 }
 
 impl Engine {
@@ -77,6 +79,9 @@ impl Engine {
                 "Firefox has no per-origin quota override (only the profile-wide `dom.quotaManager.temporaryStorage.fixedLimit`, read once at start-up)",
             ),
             (Engine::Firefox, Capability::StopWorkerUnderOpenPage | Capability::Opfs | Capability::OpenDownloadFromScript) => None,
+            (Engine::Firefox | Engine::WebKit, Capability::StaticRoutes) => {
+                Some("no service worker static routes (InstallEvent.addRoutes), so the worker answers every request itself")
+            }
             (Engine::WebKit, Capability::OpenDownloadFromScript) => {
                 Some("WebKitWebDriver loses the script's result (\"Could not parse script result\") once a frame or window of it starts a download")
             }

@@ -91,6 +91,71 @@ async fn offline_the_stopped_worker_cold_starts_and_serves_the_app() -> Result<(
     browser.quit().await
 }
 
+/// Whether Chromium runs a service worker of the page's origin (CDP lists a running worker
+/// as a target).
+async fn worker_running(browser: &Browser) -> Result<bool> {
+    let origin = browser.js("return location.origin + '/'").await?.as_str().context("the page's origin")?.to_owned();
+    let v = browser.cdp("Target.getTargets", serde_json::json!({})).await?;
+    let targets = v["targetInfos"].as_array().context("Target.getTargets gave no targetInfos")?;
+    Ok(targets.iter().any(|t| t["type"] == "service_worker" && t["url"].as_str().is_some_and(|u| u.starts_with(&origin))))
+}
+
+async fn wait_worker_stopped(browser: &Browser) -> Result<()> {
+    wait_for("the worker to stop", Duration::from_secs(10), || async { Ok((!worker_running(browser).await?).then_some(())) }).await
+}
+
+/// While the worker is stopped, Chromium answers the app's files from the cold copy
+/// (`sw/src/cold.rs`) without starting it: offline, in the version the worker switched
+/// to last. A navigation to one of the app's own routes still reaches the worker.
+#[tokio::test]
+async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starting_it() -> Result<()> {
+    let env = Env::get()?;
+    let dist = env.copy_dist()?;
+    let mut server = Server::start(&env, dist.path())?;
+    let browser = Browser::start(&env).await?;
+    if browser.lacks(Capability::StaticRoutes, "the whole test") {
+        return browser.quit().await;
+    }
+    let v1 = manifest(dist.path())?;
+    install(&browser, &server.url, &v1.version).await?;
+
+    // An update moves the copy: its entry and its changed file are the new version's.
+    let v2 = rebuild_with_marker(dist.path(), "v2")?;
+    browser.refresh().await?;
+    let button = wait_for("the update prompt", Duration::from_secs(30), || async {
+        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
+    })
+    .await?;
+    button.click().await?;
+    wait_for("the new version to show", Duration::from_secs(30), || async {
+        Ok((browser.marker().await?.as_deref() == Some("v2")).then_some(()))
+    })
+    .await?;
+
+    server.kill();
+    browser.stop_workers().await?;
+    wait_worker_stopped(&browser).await?;
+    let icon = v2.files.iter().find(|f| f.path.starts_with("icons/")).expect("an icon");
+    let got = browser
+        .js_async(&format!(
+            "const page = await fetch('./'); const icon = await fetch('{}');\
+             return {{version: page.headers.get('x-stead-version'), v2: (await page.text()).includes('stead-e2e'), icon: (await icon.arrayBuffer()).byteLength}};",
+            icon.path
+        ))
+        .await?;
+    assert_eq!(got["version"].as_str(), Some(v2.version.as_str()), "{got}");
+    assert_eq!(got["v2"], true, "{got}");
+    assert_eq!(got["icon"].as_u64(), Some(icon.size), "{got}");
+    assert!(!worker_running(&browser).await?, "the cold copy answered: no worker started");
+
+    // The app's own route is the worker's to answer (the copy has only the entry).
+    browser.driver.goto(&format!("{}todos/active", server.url)).await?;
+    browser.wait_app().await?;
+    assert_eq!(browser.marker().await?.as_deref(), Some("v2"));
+    assert!(worker_running(&browser).await?, "the worker answered the app's route");
+    browser.quit().await
+}
+
 /// Script that makes `change` (using `tx`) in one read-write transaction over `stores` (a
 /// JS name or array of names) of the worker's IndexedDB bundle store, and waits for it.
 fn in_bundle_db(stores: &str, change: &str) -> String {
@@ -673,6 +738,7 @@ impl Stored {
                 "const names = []; const opfs = typeof navigator.storage?.getDirectory === 'function';\
                  if (opfs) { const root = await navigator.storage.getDirectory(); for await (const k of root.keys()) names.push('opfs:' + k); }\
                  for (const d of await indexedDB.databases()) names.push('idb:' + d.name);\
+                 for (const c of await caches.keys()) names.push('cache:' + c);\
                  return {opfs, names: names.sort()};",
             )
             .await?;
@@ -689,6 +755,7 @@ impl Stored {
                  while (performance.now() < end) {{\
                    if (opfs) {{ const root = await navigator.storage.getDirectory(); for await (const k of root.keys()) seen.add('opfs:' + k); }}\
                    for (const d of await indexedDB.databases()) seen.add('idb:' + d.name);\
+                   for (const c of await caches.keys()) seen.add('cache:' + c);\
                    await new Promise((r) => setTimeout(r, 25));\
                  }}\
                  return [...seen].sort();",
