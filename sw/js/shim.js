@@ -45,7 +45,9 @@
   // navigations are the app's routes, which the worker answers) and files without a query.
   // The page API always reaches the worker.
   const scope = self.registration.scope;
-  const cold = "stead-cold " + scope;
+  // Named under the scope as the worker's other storage is (`scope::key_for`).
+  const key = new URL(scope).pathname.replace(/^\/+|\/+$/g, "").replace(/[/%\\]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+  const cold = key ? "stead-cold@" + key : "stead-cold";
   const routes = typeof InstallEvent === "function" && typeof InstallEvent.prototype.addRoutes === "function";
   const MARKER = "_stead/cold";
   const url = (path) => new URL(path, scope).href;

@@ -76,8 +76,8 @@ const BATCH_BYTES_MAX: u64 = 1024 * 1024;
 /// A page heartbeat triggers an update check when the last one is older than this.
 const HEARTBEAT_CHECK_MS: f64 = 5.0 * 60.0 * 1000.0;
 /// A page's start checks for a new version unless one was checked this recently (its
-/// navigation, when the worker answered it, already did).
-const HELLO_CHECK_MS: f64 = 10.0 * 1000.0;
+/// navigation, when the worker answered it, did so a moment before).
+const HELLO_CHECK_MS: f64 = 3.0 * 1000.0;
 /// The channel every page of the origin listens on.
 pub const CHANNEL: &str = "stead";
 

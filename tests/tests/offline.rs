@@ -132,13 +132,17 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     })
     .await?;
 
+    // From a page that runs no script (the app's heartbeats would start the worker): an
+    // icon, which the worker serves as a navigation.
+    let icon = v2.files.iter().find(|f| f.path.starts_with("icons/")).expect("an icon");
+    browser.driver.goto(&format!("{}{}", server.url, icon.path)).await?;
+    browser.wait_controlled().await?;
     server.kill();
     browser.stop_workers().await?;
     wait_worker_stopped(&browser).await?;
-    let icon = v2.files.iter().find(|f| f.path.starts_with("icons/")).expect("an icon");
     let got = browser
         .js_async(&format!(
-            "const page = await fetch('./'); const icon = await fetch('{}');\
+            "const page = await fetch('/'); const icon = await fetch('/{}');\
              return {{version: page.headers.get('x-stead-version'), v2: (await page.text()).includes('stead-e2e'), icon: (await icon.arrayBuffer()).byteLength}};",
             icon.path
         ))
@@ -153,6 +157,41 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     browser.wait_app().await?;
     assert_eq!(browser.marker().await?.as_deref(), Some("v2"));
     assert!(worker_running(&browser).await?, "the worker answered the app's route");
+    browser.quit().await
+}
+
+/// A navigation the cold copy answers never reaches the worker: the page's start is what
+/// checks for a new version then.
+#[tokio::test]
+async fn a_page_loaded_from_the_cold_copy_still_finds_an_update() -> Result<()> {
+    let env = Env::get()?;
+    let dist = env.copy_dist()?;
+    let server = Server::start(&env, dist.path())?;
+    let browser = Browser::start(&env).await?;
+    if browser.lacks(Capability::StaticRoutes, "the whole test") {
+        return browser.quit().await;
+    }
+    let v1 = manifest(dist.path())?;
+    install(&browser, &server.url, &v1.version).await?;
+    let v2 = rebuild_with_marker(dist.path(), "v2")?;
+    // Past the install's own check, from a page that sends no heartbeats.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let icon = v1.files.iter().find(|f| f.path.starts_with("icons/")).expect("an icon");
+    browser.driver.goto(&format!("{}{}", server.url, icon.path)).await?;
+    browser.wait_controlled().await?;
+    browser.stop_workers().await?;
+    wait_worker_stopped(&browser).await?;
+
+    browser.driver.goto(&server.url).await?;
+    let source = browser.js("return performance.getEntriesByType('navigation')[0].workerFinalSourceType;").await?;
+    assert_eq!(source.as_str(), Some("cache"), "the cold copy answered the navigation");
+    browser.wait_app().await?;
+    assert_eq!(browser.marker().await?, None, "the copy served the installed version");
+    wait_for("the update prompt", Duration::from_secs(30), || async {
+        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
+    })
+    .await?;
+    assert_eq!(as_str(&browser.status().await?, "pending_version"), Some(v2.version.clone()));
     browser.quit().await
 }
 
