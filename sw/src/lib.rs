@@ -6,7 +6,9 @@
 //!
 //! - installs the app's bundle (`stead-bundle.json`) into OPFS, content-addressed and
 //!   verified, resuming where an interrupted install stopped ([`worker`]);
-//! - serves the active version's files from OPFS, offline or not ([`fetch`]);
+//! - serves the active version's files from OPFS, offline or not ([`fetch`]), and keeps
+//!   a Cache Storage copy that Chromium answers from while the worker is stopped
+//!   ([`cold`]);
 //! - checks for a new bundle on navigation and on page heartbeats, downloads only
 //!   changed contents, tells pages "update ready" on the `stead` BroadcastChannel and
 //!   switches when a page asks;
