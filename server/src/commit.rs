@@ -67,7 +67,7 @@ pub(crate) struct Write {
     pub(crate) stored: Vec<Entry>,
     /// The entries were relayed to the space before the commit (as far as each replica's
     /// next seq): once it commits, the space's vector advances to this.
-    pub(crate) relayed: Option<VersionVector>,
+    pub(crate) relayed: Option<crate::service::Relayed>,
     /// Storage failed: nothing of this write was committed. `sync` has counted its entries
     /// as stored, so the connection must close without generating from it.
     pub(crate) failed: Option<String>,

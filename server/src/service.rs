@@ -159,6 +159,14 @@ fn extent(entries: &[Entry]) -> VersionVector {
 /// What a connection learns about new entries of its space.
 pub(crate) type Note = Arc<Published>;
 
+/// Entries relayed before their commit: their extent, and the space's registrations at
+/// the relay.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    pub(crate) advanced: VersionVector,
+    pub(crate) joined: u64,
+}
+
 /// A connection's place in the hub; leaves it when dropped.
 pub(crate) struct Registration {
     service: Arc<Service>,
@@ -267,6 +275,11 @@ struct SpaceHub {
     /// Bumped when the vector must be read again, so a read that began before does not
     /// count as loaded.
     epoch: u64,
+    /// Registrations so far. A connection registered between an entry's relay and its
+    /// commit heard neither: the relay went before it joined, and its first sync step
+    /// read a vector without the entry. The commit then wakes the space (see
+    /// [`Service::committed`]).
+    joined: u64,
 }
 
 impl SpaceHub {
@@ -474,11 +487,13 @@ impl Service {
             vector: Arc::default(),
             loaded: false,
             epoch: 0,
+            joined: 0,
         });
         if hub.conns >= self.limits.max_conns_per_space {
             return None;
         }
         hub.conns += 1;
+        hub.joined += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         Some(Registration { service: self.clone(), space, id, rx: hub.notes.subscribe() })
     }
@@ -583,20 +598,26 @@ impl Service {
     /// Tells every connection of `space` but `from` about entries verified and inserted in
     /// a transaction not yet committed, without advancing the space's vector (see
     /// `commit::commit_group`); their extent, for [`Service::committed`].
-    pub(crate) fn relay(&self, space: SpaceId, from: u64, entries: Vec<Entry>) -> VersionVector {
+    pub(crate) fn relay(&self, space: SpaceId, from: u64, entries: Vec<Entry>) -> Relayed {
         let advanced = extent(&entries);
         let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hub.get(&space) {
+        let joined = hub.get(&space).map_or(0, |h| {
             let _ = h.notes.send(Arc::new(Published { from: Some(from), entries, shutdown: false, members: None }));
-        }
-        advanced
+            h.joined
+        });
+        Relayed { advanced, joined }
     }
 
-    /// Advances the vector of `space` past relayed entries now committed.
-    pub(crate) fn committed(&self, space: SpaceId, advanced: &VersionVector) {
+    /// Advances the vector of `space` past relayed entries now committed. A connection
+    /// that registered since the relay missed its note and synced from a vector without
+    /// those entries: an empty note wakes the space, and its next step sends them.
+    pub(crate) fn committed(&self, space: SpaceId, relayed: &Relayed) {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hub.get_mut(&space) {
-            h.merge(advanced);
+            h.merge(&relayed.advanced);
+            if h.joined != relayed.joined {
+                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: None }));
+            }
         }
     }
 
@@ -703,5 +724,33 @@ impl Service {
 
     pub(crate) fn connections(&self) -> usize {
         self.hub.lock().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.conns).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race behind a receiver that never got an entry (seen in `crash` and `hostile`
+    /// runs): it registered after the entry's relay and synced before its commit.
+    #[test]
+    fn a_connection_that_joins_between_a_relay_and_its_commit_is_woken_by_the_commit() {
+        let dir = tempfile::tempdir().expect("a folder");
+        let db = dir.path().join("stead.sqlite3");
+        let backend = crate::storage::open(db.to_str().expect("a UTF-8 path"), [0; 16]).expect("SQLite");
+        let service = Service::new(backend, Limits::default());
+        let space = SpaceId([7; 16]);
+        let writer = service.register(space).expect("registered");
+        let relayed = service.relay(space, writer.id, Vec::new());
+        let mut late = service.register(space).expect("registered");
+        assert!(late.rx.try_recv().is_err(), "the relay went before it joined");
+        service.committed(space, &relayed);
+        assert!(late.rx.try_recv().is_ok(), "the commit woke the connection that joined after the relay");
+
+        // With no registration between relay and commit, the commit sends nothing more.
+        let relayed = service.relay(space, writer.id, Vec::new());
+        assert!(late.rx.try_recv().is_ok(), "the relay itself");
+        service.committed(space, &relayed);
+        assert!(late.rx.try_recv().is_err(), "no note beyond the relay");
     }
 }
