@@ -40,6 +40,7 @@ pub fn use_install_prompt() -> InstallPrompt {
     {
         let (deferred, installed) = (deferred.clone(), installed.clone());
         use_effect_with((), move |_| {
+            let late = deferred.clone();
             let window = web_sys::window();
             let listeners = window.map(|w| {
                 let offered = {
@@ -58,6 +59,13 @@ pub fn use_install_prompt() -> InstallPrompt {
                 });
                 (offered, done)
             });
+            // An offer made between the first render (which read the early one) and this
+            // effect went to the page's early listener, not to ours: take it from there.
+            if late.is_none()
+                && let Some(e) = early_offer()
+            {
+                late.set(Some(e));
+            }
             move || drop(listeners)
         });
     }
