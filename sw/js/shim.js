@@ -51,14 +51,22 @@
   const routes = typeof InstallEvent === "function" && typeof InstallEvent.prototype.addRoutes === "function";
   const MARKER = "_stead/cold";
   const url = (path) => new URL(path, scope).href;
+  // Puts made during a first install (`early`), and the lines of those that succeeded.
+  const puts = [];
+  const putEarly = new Set();
   if (routes) self.__stead_cold = {
+    early(line, path, response) {
+      puts.push(caches.open(cold).then((c) => c.put(url(path), response)).then(() => putEarly.add(line), () => {}));
+    },
     // Which of `lines` (one `sha256 version path` per entry the copy must hold) the copy
-    // lacks, by index, or null when it holds exactly those; the marker lists what it holds.
+    // lacks, by index, or null when it holds exactly those; the marker lists what it holds,
+    // besides what this worker life put early.
     async missing(lines) {
+      await Promise.all(puts.splice(0));
       const marker = await (await caches.open(cold)).match(url(MARKER));
       const text = marker ? await marker.text() : null;
       if (text === lines.join("\n")) return null;
-      const held = new Set(text === null ? [] : text.split("\n"));
+      const held = new Set(text === null ? putEarly : [...putEarly, ...text.split("\n")]);
       return lines.flatMap((line, i) => (held.has(line) ? [] : [i]));
     },
     // Puts `put` ([path, Response] pairs) first, then deletes every entry but `paths`,
@@ -71,6 +79,7 @@
       const stale = (await cache.keys()).filter((r) => !wanted.has(r.url));
       await Promise.all(stale.map((r) => cache.delete(r)));
       await cache.put(url(MARKER), new Response(lines.join("\n")));
+      putEarly.clear();
     },
     drop: () => caches.delete(cold),
   };

@@ -12,10 +12,11 @@
 
 use std::{collections::HashSet, rc::Rc};
 
-use js_sys::{Array, Function, Promise, Reflect};
+use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
 use stead_core::bundle::{BundleFile, BundleManifest};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
+use web_sys::Blob;
 
 use crate::{SwError, worker::Worker};
 
@@ -73,6 +74,23 @@ pub async fn sync(w: &Rc<Worker>, versions: &[Rc<BundleManifest>]) -> Result<(),
         put.push(&Array::of2(&JsValue::from_str(path), &response));
     }
     call(&h, "sync", &Array::of3(&put, &paths, &lines)).await.map(drop)
+}
+
+/// At a first install, puts a downloaded file (already checked) into the copy from the
+/// bytes in hand, so the copy is written while the rest downloads rather than read back
+/// from the store after. The shim remembers what it put; [`sync`] waits for those puts and
+/// writes only what they missed (a stop in between loses that memory: then `sync` writes
+/// everything again).
+pub fn early(file: &BundleFile, bytes: &Uint8Array, version: &str) {
+    let Some(h) = helpers() else { return };
+    let put = || -> Result<(), JsValue> {
+        let blob = Blob::new_with_u8_array_sequence(&Array::of1(bytes))?;
+        let response = crate::fetch::stored_response(file, &blob, version)?;
+        let f: Function = Reflect::get(&h, &"early".into())?.unchecked_into();
+        f.call3(&h, &format!("{} {version} {}", file.sha256, file.path).into(), &file.path.as_str().into(), &response)?;
+        Ok(())
+    };
+    let _ = put();
 }
 
 /// Deletes the copy (the kill switch: a withdrawn app must not be served from it).

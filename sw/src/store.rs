@@ -35,7 +35,7 @@ use stead_core::bundle::BundleFile;
 use stead_store::idb::db;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, IdbDatabase, Response};
+use web_sys::{Blob, IdbDatabase};
 
 use crate::{
     SwError,
@@ -458,11 +458,11 @@ impl BundleStore {
         }
     }
 
-    /// Stores one content (see [`Writer::put`]) and writes it at once; in OPFS, returns
-    /// its pack for the state to list.
-    pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<Option<Pack>, SwError> {
+    /// Stores one content (see [`Writer::put_bytes`]) and writes it at once; in OPFS,
+    /// returns its pack for the state to list.
+    pub async fn put(&self, file: &BundleFile, bytes: Uint8Array) -> Result<Option<Pack>, SwError> {
         let writer = self.writer();
-        let written = writer.put(file, response).await?;
+        let written = writer.put_bytes(file, bytes).await?;
         Ok(written.or(writer.finish().await?))
     }
 
@@ -482,19 +482,11 @@ pub enum Writer {
 }
 
 impl Writer {
-    /// Reads a response body and checks its size and SHA-256 (the browser's own) against
-    /// `file`. Only when both match is it stored: in IndexedDB at once, in OPFS into the
-    /// pack being gathered, written when full (and then returned, for the state to list)
-    /// or by [`Writer::finish`]. Otherwise nothing is kept and the error says what
-    /// differed. The body is held in memory once while it is checked (bundle files are an
-    /// app's assets); the copy never passes through wasm.
-    pub async fn put(&self, file: &BundleFile, response: &Response) -> Result<Option<Pack>, SwError> {
-        let body = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
-        self.put_bytes(file, Uint8Array::new(&body)).await
-    }
-
-    /// [`Writer::put`] for bytes in hand, which may be a view into a larger buffer (a
-    /// batch download).
+    /// Checks `bytes` (a downloaded body, or a view into a batch download's) for size and
+    /// SHA-256 (the browser's own) against `file`. Only when both match is it stored: in
+    /// IndexedDB at once, in OPFS into the pack being gathered, written when full (and
+    /// then returned, for the state to list) or by [`Writer::finish`]. Otherwise nothing
+    /// is kept and the error says what differed. The bytes never pass through wasm.
     pub async fn put_bytes(&self, file: &BundleFile, bytes: Uint8Array) -> Result<Option<Pack>, SwError> {
         let size = u64::from(bytes.length());
         if size != file.size {

@@ -506,7 +506,7 @@ impl Worker {
         let writer = store.writer();
         let batching = Cell::new(true);
         let mut errors: Vec<SwError> = futures::stream::iter(batches(&manifest.files, &missing))
-            .map(|batch| self.download_batch(&store, &writer, &manifest.version, batch, &batching))
+            .map(|batch| self.download_batch(&store, &writer, &manifest.version, batch, &batching, active.is_none()))
             .buffer_unordered(DOWNLOADS_AT_ONCE)
             .filter_map(|r| async move { r.err() })
             .collect()
@@ -571,7 +571,8 @@ impl Worker {
     /// the batch fails or ends short (a server file that no longer matches the manifest, or
     /// the network: file by file, the error names the file). Every file is tried, as when they go in parallel: the
     /// next try needs only the rest. Each pack is listed as soon as it is written: an
-    /// install stopped later resumes after it.
+    /// install stopped later resumes after it. At a first install (`first`), each file
+    /// goes into the cold copy too, from the bytes in hand.
     async fn download_batch(
         &self,
         store: &BundleStore,
@@ -579,7 +580,9 @@ impl Worker {
         version: &str,
         batch: Vec<(usize, &BundleFile)>,
         batching: &Cell<bool>,
+        first: bool,
     ) -> Result<(), SwError> {
+        let cold = first.then_some(version);
         let mut first_error = Ok(());
         let mut keep = |done: Result<(), SwError>| {
             if first_error.is_ok() {
@@ -604,7 +607,7 @@ impl Worker {
                     for (_, file) in &batch {
                         // The sizes add up to the buffer's length, so each fits in u32.
                         let end = at + file.size as u32;
-                        keep(async { self.list_pack(store, writer.put_bytes(file, bytes.subarray(at, end)).await?).await }.await);
+                        keep(self.keep_bytes(store, writer, file, bytes.subarray(at, end), cold).await);
                         at = end;
                     }
                     return first_error;
@@ -612,18 +615,40 @@ impl Worker {
             }
         }
         for (_, file) in batch {
-            keep(async { self.list_pack(store, self.download(writer, file).await?).await }.await);
+            keep(async {
+                let bytes = self.download(file).await.map_err(|e| e.at(&file.path))?;
+                self.keep_bytes(store, writer, file, bytes, cold).await
+            }
+            .await);
         }
         first_error
     }
 
-    async fn download(&self, writer: &crate::store::Writer, file: &BundleFile) -> Result<Option<crate::pack::Pack>, SwError> {
+    async fn download(&self, file: &BundleFile) -> Result<js_sys::Uint8Array, SwError> {
         let url = web_sys::Url::new_with_base(&file.path, &self.base)?.href();
-        let response = self.fetch_fresh(&url).await.map_err(|e| e.at(&file.path))?;
+        let response = self.fetch_fresh(&url).await?;
         if !response.ok() {
             return Err(SwError::Http { path: file.path.clone(), status: response.status() });
         }
-        writer.put(file, &response).await.map_err(|e| e.at(&file.path))
+        let body = JsFuture::from(response.array_buffer()?).await.map_err(SwError::network)?;
+        Ok(js_sys::Uint8Array::new(&body))
+    }
+
+    /// Stores a downloaded file (checked by the writer) and lists its pack once written;
+    /// with `cold` (the version of a first install), puts it into the cold copy too.
+    async fn keep_bytes(
+        &self,
+        store: &BundleStore,
+        writer: &crate::store::Writer,
+        file: &BundleFile,
+        bytes: js_sys::Uint8Array,
+        cold: Option<&str>,
+    ) -> Result<(), SwError> {
+        let pack = writer.put_bytes(file, bytes.clone()).await.map_err(|e| e.at(&file.path))?;
+        if let Some(version) = cold {
+            crate::cold::early(file, &bytes, version);
+        }
+        self.list_pack(store, pack).await
     }
 
     /// Saves the versions and the meta with `change` made, and once saved makes it in
@@ -792,7 +817,7 @@ impl Worker {
             };
             let stored = async {
                 let store = place.open().await?;
-                match store.put(&file, &Response::new_with_opt_buffer_source(Some(&bytes))?).await? {
+                match store.put(&file, js_sys::Uint8Array::new(&bytes)).await? {
                     // The state the wipe removed, with only this pack in it.
                     Some(pack) => store.save(&crate::store::Versions { packs: vec![pack], ..Default::default() }).await,
                     None => Ok(()),

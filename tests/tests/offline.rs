@@ -119,6 +119,25 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     let v1 = manifest(dist.path())?;
     install(&browser, &server.url, &v1.version).await?;
 
+    // The first install writes the copy as its files download: by the time it is done, the
+    // copy holds every file and the entry, each with the worker's own headers.
+    let held = browser
+        .js_async(
+            "const c = await caches.open('stead-cold'); const held = {};\
+             for (const r of await c.keys()) {\
+               const res = await c.match(r);\
+               held[new URL(r.url).pathname] = [res.headers.get('etag'), res.headers.get('x-stead-version'), (await res.arrayBuffer()).byteLength];\
+             }\
+             return held;",
+        )
+        .await?;
+    let entry = v1.file(&v1.entry).expect("the entry is a bundle file");
+    let expect = |f: &stead_core::bundle::BundleFile| serde_json::json!([format!("\"{}\"", f.sha256), v1.version, f.size]);
+    assert_eq!(held["/"], expect(entry), "the entry under the scope's URL: {held}");
+    for f in &v1.files {
+        assert_eq!(held[format!("/{}", f.path)], expect(f), "{}: {held}", f.path);
+    }
+
     // An update moves the copy: its entry and its changed file are the new version's.
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
     browser.refresh().await?;
