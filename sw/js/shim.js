@@ -49,37 +49,75 @@
   const key = new URL(scope).pathname.replace(/^\/+|\/+$/g, "").replace(/[/%\\]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
   const cold = key ? "stead-cold@" + key : "stead-cold";
   const routes = typeof InstallEvent === "function" && typeof InstallEvent.prototype.addRoutes === "function";
+  // What the copy holds (never routed), and the wake page kept for tests to inspect.
   const MARKER = "_stead/cold";
+  const WAKE = "_stead/wake";
   const url = (path) => new URL(path, scope).href;
-  // Puts made during a first install (`early`), and the lines of those that succeeded.
-  const puts = [];
-  const putEarly = new Set();
+  // Stands in for the entry while the copy is written: the install puts it, a rewrite that
+  // changes the entry puts it first and the entry last. A page loaded from it starts the
+  // worker with a page-API request (never taken from the copy) and loads again, then from
+  // the running worker. Three tries a minute at most, so a worker that cannot start does
+  // not reload forever.
+  const wakePage = () =>
+    new Response(
+      '<!doctype html><meta charset="utf-8"><title>Starting</title><body><script>' +
+        'const k = "stead-wake", now = Date.now(), tries = JSON.parse(sessionStorage.getItem(k) || "[]").filter((t) => now - t < 60000);' +
+        "if (tries.length < 3) {" +
+        "  sessionStorage.setItem(k, JSON.stringify([...tries, now]));" +
+        '  fetch("_stead/v1/status", { cache: "no-store" }).catch(() => {}).finally(() => location.reload());' +
+        '} else document.body.textContent = "This app could not start. Reload to try again.";' +
+        "</script>",
+      { headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "content-security-policy": "frame-ancestors 'self'" } },
+    );
+  // When the running rewrite started: one at a time (a page's `hello` during the one after
+  // activation finds nothing to do); one whose caller failed between `missing` and `sync`
+  // stops counting after a minute.
+  let syncing = -Infinity;
   if (routes) self.__stead_cold = {
-    early(line, path, response) {
-      puts.push(caches.open(cold).then((c) => c.put(url(path), response)).then(() => putEarly.add(line), () => {}));
+    // At install, before the version serves: the wake page stands in for the entry until
+    // this worker, once active, writes the copy, and the marker forgets the entry so that
+    // write puts it back.
+    async prepare() {
+      const cache = await caches.open(cold);
+      await Promise.all([cache.put(url(""), wakePage()), cache.put(url(WAKE), wakePage())]);
+      const marker = await cache.match(url(MARKER));
+      if (marker) {
+        const held = (await marker.text()).split("\n").filter((line) => !line.endsWith(" "));
+        await cache.put(url(MARKER), new Response(held.join("\n")));
+      }
     },
-    // Which of `lines` (one `sha256 version path` per entry the copy must hold) the copy
-    // lacks, by index, or null when it holds exactly those; the marker lists what it holds,
-    // besides what this worker life put early.
+    // Which of `lines` (one `sha256 version path` per entry the copy must hold; the entry's
+    // path is "") the copy lacks, by index, or null when it holds exactly those or another
+    // rewrite is running; the marker lists what it holds.
     async missing(lines) {
-      await Promise.all(puts.splice(0));
+      if (performance.now() - syncing < 60000) return null;
       const marker = await (await caches.open(cold)).match(url(MARKER));
       const text = marker ? await marker.text() : null;
       if (text === lines.join("\n")) return null;
-      const held = new Set(text === null ? putEarly : [...putEarly, ...text.split("\n")]);
+      syncing = performance.now();
+      const held = new Set(text === null ? [] : text.split("\n"));
       return lines.flatMap((line, i) => (held.has(line) ? [] : [i]));
     },
-    // Puts `put` ([path, Response] pairs) first, then deletes every entry but `paths`,
-    // then writes the marker: a stop in between leaves extra entries, never a hole, and
-    // the next sync finishes the job.
+    // Puts `put` ([path, Response] pairs; a new entry last, behind the wake page), then
+    // deletes every entry but `paths`, then writes the marker. A stop in between leaves
+    // extra entries, or files the wake page's reload gets from the worker; the next sync
+    // finishes the job.
     async sync(put, paths, lines) {
-      const cache = await caches.open(cold);
-      await Promise.all(put.map(([path, response]) => cache.put(url(path), response)));
-      const wanted = new Set(paths.map(url));
-      const stale = (await cache.keys()).filter((r) => !wanted.has(r.url));
-      await Promise.all(stale.map((r) => cache.delete(r)));
-      await cache.put(url(MARKER), new Response(lines.join("\n")));
-      putEarly.clear();
+      try {
+        const cache = await caches.open(cold);
+        const entry = put.find(([path]) => path === "");
+        const files = put.filter(([path]) => path !== "");
+        if (entry && files.length) await cache.put(url(""), wakePage());
+        await Promise.all(files.map(([path, response]) => cache.put(url(path), response)));
+        const wanted = new Set([...paths, WAKE].map(url));
+        const stale = (await cache.keys()).filter((r) => !wanted.has(r.url));
+        await Promise.all(stale.map((r) => cache.delete(r)));
+        if (entry) await cache.put(url(""), entry[1]);
+        await cache.put(url(MARKER), new Response(lines.join("\n")));
+        start.cold_synced = performance.now();
+      } finally {
+        syncing = -Infinity;
+      }
     },
     drop: () => caches.delete(cold),
   };
@@ -100,10 +138,16 @@
           source: { cacheName: cold },
         },
       ]).catch((err) => console.warn("stead: no cold routes:", err));
+      e.waitUntil(self.__stead_cold.prepare());
     }
     wasm_bindgen.on_install(e);
   });
-  self.addEventListener("activate", (e) => wasm_bindgen.on_activate(e));
+  self.addEventListener("activate", (e) => {
+    wasm_bindgen.on_activate(e);
+    // The copy is written once this version serves, not during the install (which it
+    // would hold up): this worker says `hello` to itself, as a page's start does.
+    if (routes) (self.serviceWorker || self.registration.active)?.postMessage({ type: "hello" });
+  });
   self.addEventListener("fetch", (e) => wasm_bindgen.on_fetch(e));
   self.addEventListener("message", (e) => wasm_bindgen.on_message(e));
   self.addEventListener("sync", (e) => wasm_bindgen.on_sync(e));

@@ -8,15 +8,16 @@
 //! pages still use (the active version's content wins where paths meet). A rewrite puts
 //! what changed, then deletes what went, then writes a marker (`_stead/cold`, a path the
 //! routes never serve) listing what the copy holds, so one cut short by a stop is finished
-//! by the next.
+//! by the next. It never runs during the install (see `Worker::gc`): the shim puts a wake
+//! page for the entry there, which starts the worker and loads again, and a rewrite that
+//! changes the entry puts the wake page first and the entry last.
 
 use std::{collections::HashSet, rc::Rc};
 
-use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use js_sys::{Array, Function, Promise, Reflect};
 use stead_core::bundle::{BundleFile, BundleManifest};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::Blob;
 
 use crate::{SwError, worker::Worker};
 
@@ -74,23 +75,6 @@ pub async fn sync(w: &Rc<Worker>, versions: &[Rc<BundleManifest>]) -> Result<(),
         put.push(&Array::of2(&JsValue::from_str(path), &response));
     }
     call(&h, "sync", &Array::of3(&put, &paths, &lines)).await.map(drop)
-}
-
-/// At a first install, puts a downloaded file (already checked) into the copy from the
-/// bytes in hand, so the copy is written while the rest downloads rather than read back
-/// from the store after. The shim remembers what it put; [`sync`] waits for those puts and
-/// writes only what they missed (a stop in between loses that memory: then `sync` writes
-/// everything again).
-pub fn early(file: &BundleFile, bytes: &Uint8Array, version: &str) {
-    let Some(h) = helpers() else { return };
-    let put = || -> Result<(), JsValue> {
-        let blob = Blob::new_with_u8_array_sequence(&Array::of1(bytes))?;
-        let response = crate::fetch::stored_response(file, &blob, version)?;
-        let f: Function = Reflect::get(&h, &"early".into())?.unchecked_into();
-        f.call3(&h, &format!("{} {version} {}", file.sha256, file.path).into(), &file.path.as_str().into(), &response)?;
-        Ok(())
-    };
-    let _ = put();
 }
 
 /// Deletes the copy (the kill switch: a withdrawn app must not be served from it).

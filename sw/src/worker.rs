@@ -506,7 +506,7 @@ impl Worker {
         let writer = store.writer();
         let batching = Cell::new(true);
         let mut errors: Vec<SwError> = futures::stream::iter(batches(&manifest.files, &missing))
-            .map(|batch| self.download_batch(&store, &writer, &manifest.version, batch, &batching, active.is_none()))
+            .map(|batch| self.download_batch(&store, &writer, &manifest.version, batch, &batching))
             .buffer_unordered(DOWNLOADS_AT_ONCE)
             .filter_map(|r| async move { r.err() })
             .collect()
@@ -571,8 +571,7 @@ impl Worker {
     /// the batch fails or ends short (a server file that no longer matches the manifest, or
     /// the network: file by file, the error names the file). Every file is tried, as when they go in parallel: the
     /// next try needs only the rest. Each pack is listed as soon as it is written: an
-    /// install stopped later resumes after it. At a first install (`first`), each file
-    /// goes into the cold copy too, from the bytes in hand.
+    /// install stopped later resumes after it.
     async fn download_batch(
         &self,
         store: &BundleStore,
@@ -580,9 +579,7 @@ impl Worker {
         version: &str,
         batch: Vec<(usize, &BundleFile)>,
         batching: &Cell<bool>,
-        first: bool,
     ) -> Result<(), SwError> {
-        let cold = first.then_some(version);
         let mut first_error = Ok(());
         let mut keep = |done: Result<(), SwError>| {
             if first_error.is_ok() {
@@ -607,7 +604,7 @@ impl Worker {
                     for (_, file) in &batch {
                         // The sizes add up to the buffer's length, so each fits in u32.
                         let end = at + file.size as u32;
-                        keep(self.keep_bytes(store, writer, file, bytes.subarray(at, end), cold).await);
+                        keep(self.keep_bytes(store, writer, file, bytes.subarray(at, end)).await);
                         at = end;
                     }
                     return first_error;
@@ -617,7 +614,7 @@ impl Worker {
         for (_, file) in batch {
             keep(async {
                 let bytes = self.download(file).await.map_err(|e| e.at(&file.path))?;
-                self.keep_bytes(store, writer, file, bytes, cold).await
+                self.keep_bytes(store, writer, file, bytes).await
             }
             .await);
         }
@@ -634,20 +631,9 @@ impl Worker {
         Ok(js_sys::Uint8Array::new(&body))
     }
 
-    /// Stores a downloaded file (checked by the writer) and lists its pack once written;
-    /// with `cold` (the version of a first install), puts it into the cold copy too.
-    async fn keep_bytes(
-        &self,
-        store: &BundleStore,
-        writer: &crate::store::Writer,
-        file: &BundleFile,
-        bytes: js_sys::Uint8Array,
-        cold: Option<&str>,
-    ) -> Result<(), SwError> {
-        let pack = writer.put_bytes(file, bytes.clone()).await.map_err(|e| e.at(&file.path))?;
-        if let Some(version) = cold {
-            crate::cold::early(file, &bytes, version);
-        }
+    /// Stores a downloaded file (checked by the writer) and lists its pack once written.
+    async fn keep_bytes(&self, store: &BundleStore, writer: &crate::store::Writer, file: &BundleFile, bytes: js_sys::Uint8Array) -> Result<(), SwError> {
+        let pack = writer.put_bytes(file, bytes).await.map_err(|e| e.at(&file.path))?;
         self.list_pack(store, pack).await
     }
 
@@ -717,13 +703,13 @@ impl Worker {
                 s.blobs.remove(hash);
             }
         }
-        // An install without its cold copy would leave the cold routes answering from
-        // nothing; later, a copy that could not be rewritten is tried again at the next
-        // page start (`hello`).
-        match self.sync_cold().await {
-            Err(e) if self.installing.get() => Err(e),
-            _ => Ok(()),
+        // Not during the install: the copy waits until the version is active (the shim's
+        // `hello` to itself), and while it is written the shim's wake page stands in for
+        // the entry. A copy that could not be rewritten is tried again at the next `hello`.
+        if !self.installing.get() {
+            let _ = self.sync_cold().await;
         }
+        Ok(())
     }
 
     /// Brings the cold copy ([`crate::cold`]) in line with the active version and the

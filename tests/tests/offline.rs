@@ -104,6 +104,38 @@ async fn wait_worker_stopped(browser: &Browser) -> Result<()> {
     wait_for("the worker to stop", Duration::from_secs(10), || async { Ok((!worker_running(browser).await?).then_some(())) }).await
 }
 
+/// What the cold copy (`stead-cold`) holds: path → [etag, x-stead-version, body length].
+async fn cold_copy(browser: &Browser) -> Result<Value> {
+    browser
+        .js_async(
+            "const c = await caches.open('stead-cold'); const held = {};\
+             for (const r of await c.keys()) {\
+               const res = await c.match(r);\
+               held[new URL(r.url).pathname] = [res.headers.get('etag'), res.headers.get('x-stead-version'), (await res.arrayBuffer()).byteLength];\
+             }\
+             return held;",
+        )
+        .await
+}
+
+/// Waits until the cold copy holds exactly `m`: each file, and the entry under the
+/// scope's URL, with the worker's headers (the marker and the wake page besides).
+async fn wait_cold_copy(browser: &Browser, m: &stead_core::bundle::BundleManifest) -> Result<()> {
+    let line = |f: &stead_core::bundle::BundleFile| serde_json::json!([format!("\"{}\"", f.sha256), m.version, f.size]);
+    let mut want: serde_json::Map<String, Value> = m.files.iter().map(|f| (format!("/{}", f.path), line(f))).collect();
+    want.insert("/".into(), line(m.file(&m.entry).context("the entry is a bundle file")?));
+    let last = std::cell::RefCell::new(Value::Null);
+    let done = wait_for("the cold copy to hold the version", Duration::from_secs(30), || async {
+        let mut held = cold_copy(browser).await?;
+        let extra = held.as_object_mut().map(|h| [h.remove("/_stead/cold").is_some(), h.remove("/_stead/wake").is_some()]);
+        let ok = held.as_object() == Some(&want) && extra == Some([true, true]);
+        *last.borrow_mut() = held;
+        Ok(ok.then_some(()))
+    })
+    .await;
+    done.with_context(|| format!("the copy holds {}", last.borrow()))
+}
+
 /// While the worker is stopped, Chromium answers the app's files from the cold copy
 /// (`sw/src/cold.rs`) without starting it: offline, in the version the worker switched
 /// to last. A navigation to one of the app's own routes still reaches the worker.
@@ -119,24 +151,9 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     let v1 = manifest(dist.path())?;
     install(&browser, &server.url, &v1.version).await?;
 
-    // The first install writes the copy as its files download: by the time it is done, the
-    // copy holds every file and the entry, each with the worker's own headers.
-    let held = browser
-        .js_async(
-            "const c = await caches.open('stead-cold'); const held = {};\
-             for (const r of await c.keys()) {\
-               const res = await c.match(r);\
-               held[new URL(r.url).pathname] = [res.headers.get('etag'), res.headers.get('x-stead-version'), (await res.arrayBuffer()).byteLength];\
-             }\
-             return held;",
-        )
-        .await?;
-    let entry = v1.file(&v1.entry).expect("the entry is a bundle file");
-    let expect = |f: &stead_core::bundle::BundleFile| serde_json::json!([format!("\"{}\"", f.sha256), v1.version, f.size]);
-    assert_eq!(held["/"], expect(entry), "the entry under the scope's URL: {held}");
-    for f in &v1.files {
-        assert_eq!(held[format!("/{}", f.path)], expect(f), "{}: {held}", f.path);
-    }
+    // Once the version is active the worker writes the copy, with no page asking: every
+    // file and the entry, each with the worker's own headers.
+    wait_cold_copy(&browser, &v1).await?;
 
     // An update moves the copy: its entry and its changed file are the new version's.
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
@@ -179,6 +196,44 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     browser.quit().await
 }
 
+/// A stop in the middle of writing the copy (the wake page stands in for the entry, a file
+/// is not in yet, the marker is stale) still loads the app offline from a stopped worker:
+/// the wake page starts the worker and loads again, and the page's start finishes the copy.
+#[tokio::test]
+async fn offline_a_cold_copy_cut_short_still_loads_the_app_and_is_finished_by_it() -> Result<()> {
+    let env = Env::get()?;
+    let mut server = Server::start(&env, &env.dist)?;
+    let browser = Browser::start(&env).await?;
+    if browser.lacks(Capability::StaticRoutes, "the whole test") {
+        return browser.quit().await;
+    }
+    let m = manifest(&env.dist)?;
+    install(&browser, &server.url, &m.version).await?;
+    wait_cold_copy(&browser, &m).await?;
+    let icon = m.files.iter().find(|f| f.path.starts_with("icons/")).expect("an icon");
+    browser
+        .js_async(&format!(
+            "const c = await caches.open('stead-cold');\
+             await c.put('/', await c.match('/_stead/wake'));\
+             await c.delete('/{}'); await c.delete('/_stead/cold'); return true;",
+            icon.path
+        ))
+        .await?;
+
+    // From a page that runs no script, then the scope's URL with the worker stopped.
+    browser.driver.goto(&format!("{}{}", server.url, icon.path)).await?;
+    browser.wait_controlled().await?;
+    server.kill();
+    browser.stop_workers().await?;
+    wait_worker_stopped(&browser).await?;
+    browser.driver.goto(&server.url).await?;
+    browser.wait_app().await?;
+    let tries = browser.js("return JSON.parse(sessionStorage.getItem('stead-wake') || '[]').length").await?;
+    assert_eq!(tries.as_u64(), Some(1), "the wake page loaded once, then the app");
+    wait_cold_copy(&browser, &m).await?;
+    browser.quit().await
+}
+
 /// A navigation the cold copy answers never reaches the worker: the page's start is what
 /// checks for a new version then.
 #[tokio::test]
@@ -192,6 +247,7 @@ async fn a_page_loaded_from_the_cold_copy_still_finds_an_update() -> Result<()> 
     }
     let v1 = manifest(dist.path())?;
     install(&browser, &server.url, &v1.version).await?;
+    wait_cold_copy(&browser, &v1).await?;
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
     // Past the install's own check, from a page that sends no heartbeats.
     tokio::time::sleep(Duration::from_secs(4)).await;
