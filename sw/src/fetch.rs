@@ -165,7 +165,17 @@ async fn respond(
 
 fn file_response(request: &Request, file: &BundleFile, blob: &web_sys::Blob, version: &str) -> Result<Response, JsValue> {
     let not_modified = request.headers().get("if-none-match")?.is_some_and(|tag| tag == format!("\"{}\"", file.sha256));
-    file_response_with(file, (!not_modified).then_some(blob), version)
+    file_response_with(file, (!not_modified).then(|| hot(blob)).as_ref(), version)
+}
+
+/// The shim's copy in memory of a stored file it has served before (`__stead_hot`, which
+/// makes one on a first call), else the stored Blob itself.
+fn hot(blob: &web_sys::Blob) -> web_sys::Blob {
+    Reflect::get(&js_sys::global(), &"__stead_hot".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .and_then(|f| f.call1(&JsValue::NULL, blob).ok())
+        .map_or_else(|| blob.clone(), JsCast::unchecked_into)
 }
 
 /// A stored file's response as the worker serves it (for the cold copy, see [`crate::cold`]).

@@ -12,6 +12,7 @@ use stead_sw::{
     store::{BundleStore, Meta, Versions},
 };
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use js_sys::Uint8Array;
 use web_sys::Response;
 
 wasm_bindgen_test_configure!(run_in_service_worker);
@@ -26,8 +27,9 @@ fn bundle_file(path: &str, bytes: &[u8]) -> BundleFile {
     }
 }
 
-fn response(bytes: &[u8]) -> Response {
-    Response::new_with_opt_u8_array(Some(&mut bytes.to_vec())).unwrap()
+/// A downloaded body, as the worker holds it.
+fn held(bytes: &[u8]) -> Uint8Array {
+    Uint8Array::from(bytes)
 }
 
 /// A store in a folder of the test's own, so tests do not see each other's files.
@@ -44,7 +46,7 @@ async fn verified_content_is_stored_under_its_hash() {
     let (_, store) = fresh("t-verified").await;
     let body = vec![7u8; 300_000];
     let file = bundle_file("big.bin", &body);
-    let packs: Vec<Pack> = store.put(&file, &response(&body)).await.unwrap().into_iter().collect();
+    let packs: Vec<Pack> = store.put(&file, held(&body)).await.unwrap().into_iter().collect();
     let stored = store.stored(&packs).await.unwrap();
     assert_eq!(stored.get(&file.sha256), Some(&300_000));
     let f = store.file(&packs, &file.sha256).await.unwrap().unwrap();
@@ -64,9 +66,9 @@ async fn corrupt_content_is_refused_and_leaves_nothing() {
 /// of it is kept.
 async fn refuses_corrupt_content(store: &BundleStore) {
     let file = bundle_file("index.html", b"<h1>hello</h1>");
-    let err = store.put(&file, &response(b"<h1>hellO</h1>")).await.unwrap_err();
+    let err = store.put(&file, held(b"<h1>hellO</h1>")).await.unwrap_err();
     assert!(matches!(err, SwError::Hash { ref path, .. } if path == "index.html"), "{err}");
-    let err = store.put(&file, &response(b"<h1>hello</h1>!")).await.unwrap_err();
+    let err = store.put(&file, held(b"<h1>hello</h1>!")).await.unwrap_err();
     assert!(matches!(err, SwError::Size { expected: 14, actual: 15, .. }), "{err}");
     assert!(store.file(&[], &file.sha256).await.unwrap().is_none());
     assert!(store.stored(&[]).await.unwrap().is_empty());
@@ -146,7 +148,7 @@ async fn a_store_an_older_worker_wrote_holds_no_version_until_saved() {
 async fn wipe_removes_everything() {
     let (parent, store) = fresh("t-wipe").await;
     let file = bundle_file("a.txt", b"a");
-    store.put(&file, &response(b"a")).await.unwrap();
+    store.put(&file, held(b"a")).await.unwrap();
     BundleStore::wipe(&parent).await.unwrap();
     assert!(opfs::dir(&parent, "stead", false).await.unwrap().is_none());
     assert!(opfs::names(&parent).await.unwrap().is_empty());
@@ -189,8 +191,10 @@ async fn indexeddb_stores_verified_content_streamed_in_chunks() {
         source
     })
     .unwrap();
+    // Read whole, as the worker reads a download.
     let response = Response::new_with_opt_readable_stream(Some(&stream)).unwrap();
-    assert_eq!(store.put(&file, &response).await.unwrap(), None, "IndexedDB stores no packs");
+    let downloaded = wasm_bindgen_futures::JsFuture::from(response.array_buffer().unwrap()).await.unwrap();
+    assert_eq!(store.put(&file, Uint8Array::new(&downloaded)).await.unwrap(), None, "IndexedDB stores no packs");
     assert_eq!(store.stored(&[]).await.unwrap().get(&file.sha256), Some(&(body.len() as u64)));
     let blob = store.file(&[], &file.sha256).await.unwrap().unwrap();
     assert_eq!(bytes_of(&blob).await, body, "the stored bytes are the body, in order");
@@ -245,7 +249,7 @@ async fn indexeddb_state_and_deletes_survive_reopening() {
     let store = fresh_idb("t-idb-state").await;
     state_survives_reopening(&store, async || BundleStore::open_idb_named("t-idb-state").await.unwrap()).await;
     let a = bundle_file("a.txt", b"a");
-    store.put(&a, &response(b"a")).await.unwrap();
+    store.put(&a, held(b"a")).await.unwrap();
     let again = BundleStore::open_idb_named("t-idb-state").await.unwrap();
     assert_eq!(bytes_of(&again.file(&[], &a.sha256).await.unwrap().unwrap()).await, b"a");
     assert_eq!(again.gc(&HashSet::new(), false, &[], &[]).await.unwrap(), vec![a.sha256.clone()]);
@@ -263,7 +267,7 @@ async fn the_place_is_opfs_where_the_worker_can_write_it() {
     assert_eq!(store.place_name(), "opfs");
     // Detected again (a worker's next life), the store is found and holds what it held.
     let a = bundle_file("a.txt", b"kept");
-    let packs: Vec<Pack> = store.put(&a, &response(b"kept")).await.unwrap().into_iter().collect();
+    let packs: Vec<Pack> = store.put(&a, held(b"kept")).await.unwrap().into_iter().collect();
     let again = stead_sw::store::Place::detect().await.open().await.unwrap();
     assert_eq!(again.stored(&packs).await.unwrap().get(&a.sha256), Some(&4));
 }
@@ -292,7 +296,7 @@ async fn three_in_a_pack(store: &BundleStore) -> (Pack, Vec<(BundleFile, Vec<u8>
     let files: Vec<(BundleFile, Vec<u8>)> = bodies.into_iter().enumerate().map(|(i, b)| (bundle_file(&format!("f{i}"), &b), b)).collect();
     let writer = store.writer();
     for (f, b) in &files {
-        assert_eq!(writer.put(f, &response(b)).await.unwrap(), None, "not full: held back");
+        assert_eq!(writer.put_bytes(f, held(b)).await.unwrap(), None, "not full: held back");
     }
     (writer.finish().await.unwrap().expect("a pack"), files)
 }
@@ -327,10 +331,10 @@ async fn a_full_pack_is_written_while_the_install_goes_on() {
     let small = b"after the full one".to_vec();
     let writer = store.writer();
     let (fb, fs) = (bundle_file("big", &big), bundle_file("small", &small));
-    let full = writer.put(&fb, &response(&big)).await.unwrap().expect("the full pack is written at once");
+    let full = writer.put_bytes(&fb, held(&big)).await.unwrap().expect("the full pack is written at once");
     assert_eq!(pack_names(&parent).await.len(), 1);
     assert_eq!(read_all(&store, std::slice::from_ref(&full), &fb.sha256).await, Some(big));
-    assert_eq!(writer.put(&fs, &response(&small)).await.unwrap(), None);
+    assert_eq!(writer.put_bytes(&fs, held(&small)).await.unwrap(), None);
     let rest = writer.finish().await.unwrap().expect("the rest");
     assert_eq!(pack_names(&parent).await.len(), 2);
     assert_eq!(read_all(&store, &[full, rest], &fs.sha256).await, Some(small));

@@ -51,6 +51,27 @@ async fn a_first_visit_installs_every_file_and_the_worker_controls_the_page() ->
         .js_async("const r = await fetch('/'); return r.headers.get('x-stead-version');")
         .await?;
     assert_eq!(served_by.as_str(), Some(m.version.as_str()));
+
+    // Every file, asked for three times (the first answer comes from the store, later ones
+    // from the worker's copy in memory): the bundle's bytes each time.
+    let digests = browser
+        .js_async(&format!(
+            "const out = {{}};\
+             for (let round = 0; round < 3; round++) {{\
+               for (const path of {paths}) {{\
+                 const body = await (await fetch('/' + path)).arrayBuffer();\
+                 const hex = [...new Uint8Array(await crypto.subtle.digest('SHA-256', body))].map((b) => b.toString(16).padStart(2, '0')).join('');\
+                 (out[path] ||= []).push(hex);\
+               }}\
+               await new Promise((r) => setTimeout(r, 200));\
+             }}\
+             return out;",
+            paths = serde_json::json!(m.files.iter().map(|f| &f.path).collect::<Vec<_>>())
+        ))
+        .await?;
+    for f in &m.files {
+        assert_eq!(digests[&f.path], serde_json::json!([f.sha256, f.sha256, f.sha256]), "{}", f.path);
+    }
     browser.quit().await
 }
 
@@ -102,6 +123,19 @@ async fn worker_running(browser: &Browser) -> Result<bool> {
 
 async fn wait_worker_stopped(browser: &Browser) -> Result<()> {
     wait_for("the worker to stop", Duration::from_secs(10), || async { Ok((!worker_running(browser).await?).then_some(())) }).await
+}
+
+/// The page's update prompt, once it shows.
+async fn update_prompt(browser: &Browser) -> Result<WebElement> {
+    wait_for("the update prompt", Duration::from_secs(30), || async { Ok(browser.driver.find(By::Id("stead-update")).await.ok()) }).await
+}
+
+/// Waits until the page runs the build marked `marker` (`rebuild_with_marker`).
+async fn wait_marker(browser: &Browser, marker: &str) -> Result<()> {
+    wait_for("the new version to show", Duration::from_secs(30), || async {
+        Ok((browser.marker().await?.as_deref() == Some(marker)).then_some(()))
+    })
+    .await
 }
 
 /// What the cold copy (`stead-cold`) holds: path → [etag, x-stead-version, body length].
@@ -158,15 +192,9 @@ async fn offline_a_stopped_worker_s_files_come_from_its_cold_copy_without_starti
     // An update moves the copy: its entry and its changed file are the new version's.
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
     browser.refresh().await?;
-    let button = wait_for("the update prompt", Duration::from_secs(30), || async {
-        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
-    })
-    .await?;
+    let button = update_prompt(&browser).await?;
     button.click().await?;
-    wait_for("the new version to show", Duration::from_secs(30), || async {
-        Ok((browser.marker().await?.as_deref() == Some("v2")).then_some(()))
-    })
-    .await?;
+    wait_marker(&browser, "v2").await?;
 
     // From a page that runs no script (the app's heartbeats would start the worker): an
     // icon, which the worker serves as a navigation.
@@ -262,10 +290,7 @@ async fn a_page_loaded_from_the_cold_copy_still_finds_an_update() -> Result<()> 
     assert_eq!(source.as_str(), Some("cache"), "the cold copy answered the navigation");
     browser.wait_app().await?;
     assert_eq!(browser.marker().await?, None, "the copy served the installed version");
-    wait_for("the update prompt", Duration::from_secs(30), || async {
-        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
-    })
-    .await?;
+    update_prompt(&browser).await?;
     assert_eq!(as_str(&browser.status().await?, "pending_version"), Some(v2.version.clone()));
     browser.quit().await
 }
@@ -524,20 +549,14 @@ async fn an_update_downloads_only_changed_files_and_switches_when_asked() -> Res
     let v2 = rebuild_with_marker(dist.path(), "v2")?;
     assert_ne!(v1.version, v2.version);
     browser.refresh().await?;
-    let button = wait_for("the update prompt", Duration::from_secs(30), || async {
-        Ok(browser.driver.find(By::Id("stead-update")).await.ok())
-    })
-    .await?;
+    let button = update_prompt(&browser).await?;
     assert_eq!(browser.marker().await?, None, "the page still runs the old version");
     let status = browser.status().await?;
     assert_eq!(as_str(&status, "pending_version"), Some(v2.version.clone()));
     assert_eq!(as_str(&status, "active_version"), Some(v1.version.clone()));
 
     button.click().await?;
-    wait_for("the new version to show", Duration::from_secs(30), || async {
-        Ok((browser.marker().await?.as_deref() == Some("v2")).then_some(()))
-    })
-    .await?;
+    wait_marker(&browser, "v2").await?;
     let downloads: Vec<String> = proxy.take_downloads().into_iter().map(|(p, _)| p).collect();
     assert_eq!(downloads, ["/index.html"], "only the changed file was downloaded");
 
