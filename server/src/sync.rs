@@ -548,6 +548,12 @@ impl Conn {
             if out.more {
                 continue;
             }
+            if let Some((_, sync)) = &self.state
+                && !sync.knows_peer_vector()
+                && !self.recent.is_empty()
+            {
+                self.service.dropped_relayed(space, &self.recent);
+            }
             self.recent.clear();
             if let Some((c, m)) = self.refused.take().map(|r| *r) {
                 self.service.metrics.reject_code(c);

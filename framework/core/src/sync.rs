@@ -435,6 +435,11 @@ impl Sync {
         self.peer_proven
     }
 
+    /// Whether the peer said what it holds (its vector): until then nothing is sent.
+    pub fn knows_peer_vector(&self) -> bool {
+        self.their.is_some()
+    }
+
     /// Whether a fatal error ended the connection.
     pub fn is_closed(&self) -> bool {
         self.closed
