@@ -747,14 +747,19 @@ impl Service {
 mod tests {
     use super::*;
 
+    /// A service over a fresh SQLite database (the folder goes when dropped).
+    fn service() -> (tempfile::TempDir, Arc<Service>) {
+        let dir = tempfile::tempdir().expect("a folder");
+        let db = dir.path().join("stead.sqlite3");
+        let backend = crate::storage::open(db.to_str().expect("a UTF-8 path"), [0; 16]).expect("SQLite");
+        (dir, Service::new(backend, Limits::default()))
+    }
+
     /// The race behind a receiver that never got an entry (seen in `crash` and `hostile`
     /// runs): it registered after the entry's relay and synced before its commit.
     #[test]
     fn a_connection_that_joins_between_a_relay_and_its_commit_is_woken_by_the_commit() {
-        let dir = tempfile::tempdir().expect("a folder");
-        let db = dir.path().join("stead.sqlite3");
-        let backend = crate::storage::open(db.to_str().expect("a UTF-8 path"), [0; 16]).expect("SQLite");
-        let service = Service::new(backend, Limits::default());
+        let (_dir, service) = service();
         let space = SpaceId([7; 16]);
         let writer = service.register(space).expect("registered");
         let relayed = service.relay(space, writer.id, Vec::new());
@@ -775,10 +780,7 @@ mod tests {
     /// send them, and dropped them before their commit.
     #[test]
     fn relayed_entries_a_connection_drops_before_their_commit_wake_it_at_the_commit() {
-        let dir = tempfile::tempdir().expect("a folder");
-        let db = dir.path().join("stead.sqlite3");
-        let backend = crate::storage::open(db.to_str().expect("a UTF-8 path"), [0; 16]).expect("SQLite");
-        let service = Service::new(backend, Limits::default());
+        let (_dir, service) = service();
         let space = SpaceId([7; 16]);
         let writer = service.register(space).expect("registered");
         let mut reader = service.register(space).expect("registered");
