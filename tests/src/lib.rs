@@ -508,7 +508,12 @@ impl Browser {
     pub async fn refresh(&self) -> Result<()> {
         match self.engine {
             // WebKit's Refresh goes through the worker, as a user's reload does.
-            Engine::Chromium | Engine::WebKit => self.driver.refresh().await?,
+            Engine::Chromium | Engine::WebKit => {
+                if let Err(e) = self.driver.refresh().await {
+                    let seen = self.load_state().await;
+                    return Err(anyhow::Error::new(e).context(format!("the reload did not finish; the page then: {seen}")));
+                }
+            }
             Engine::Firefox => {
                 self.js("window.steadBeforeReload = true; setTimeout(() => location.reload(), 0);").await?;
                 wait_for("the page to reload", Duration::from_secs(30), || async {
@@ -519,6 +524,23 @@ impl Browser {
             }
         }
         Ok(())
+    }
+
+    /// What a page that did not finish loading shows: its address, ready state, and each
+    /// resource it got with when its answer ended (ms since the navigation), for a reload
+    /// that timed out. Never fails: a page too stuck to answer says so.
+    async fn load_state(&self) -> String {
+        let probe = self.js(
+            "const r = performance.getEntriesByType('resource').map((e) => `${e.name} ${Math.round(e.responseEnd)}`);\
+             const n = performance.getEntriesByType('navigation')[0];\
+             return { url: location.href, ready: document.readyState, controlled: !!navigator.serviceWorker.controller,\
+                      response_end: n ? Math.round(n.responseEnd) : null, resources: r };",
+        );
+        match tokio::time::timeout(Duration::from_secs(10), probe).await {
+            Ok(Ok(v)) => v.to_string(),
+            Ok(Err(e)) => format!("(no answer: {e})"),
+            Err(_) => "(no answer in 10 s)".to_owned(),
+        }
     }
 
     /// Waits until a service worker controls the page.

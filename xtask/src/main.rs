@@ -519,5 +519,6 @@ fn test(root: &Path, tools: &Tools) -> Result<()> {
         .env("CHROMEDRIVER", &tools.chromedriver)
         .env("CHROMIUM", &tools.chromium)
         .run()?;
+    step("every test passed");
     Ok(())
 }

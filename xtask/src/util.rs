@@ -12,8 +12,12 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// Prints a step's heading with the minutes and seconds since the first step, so a run's
+/// log shows where its time went (CI's clean clone builds and installs from cold).
 pub fn step(what: &str) {
-    eprintln!("\n==> {what}");
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let secs = START.get_or_init(std::time::Instant::now).elapsed().as_secs();
+    eprintln!("\n==> {what} [{}:{:02}]", secs / 60, secs % 60);
 }
 
 /// A command that echoes itself and fails with its exit status.
