@@ -280,10 +280,6 @@ struct SpaceHub {
     /// read a vector without the entry. The commit then wakes the space (see
     /// [`Service::committed`]).
     joined: u64,
-    /// A connection let relayed entries go before they were committed, unsent (its peer
-    /// had not said what it holds yet): neither its vector nor the database had them, so
-    /// the commit wakes the space (see [`Service::dropped_relayed`]).
-    wake: bool,
 }
 
 impl SpaceHub {
@@ -492,7 +488,6 @@ impl Service {
             loaded: false,
             epoch: 0,
             joined: 0,
-            wake: false,
         });
         if hub.conns >= self.limits.max_conns_per_space {
             return None;
@@ -620,20 +615,9 @@ impl Service {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hub.get_mut(&space) {
             h.merge(&relayed.advanced);
-            if h.joined != relayed.joined || std::mem::take(&mut h.wake) {
+            if h.joined != relayed.joined {
                 let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: None }));
             }
-        }
-    }
-
-    /// A connection drops `notes` it could not send. Entries among them not yet committed
-    /// are in neither the space's vector nor the database, so its next step would not
-    /// find them: the next commit wakes the space. Ones committed already are in both.
-    pub(crate) fn dropped_relayed(&self, space: SpaceId, notes: &[Note]) {
-        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hub.get_mut(&space) {
-            let uncommitted = notes.iter().flat_map(|n| n.entries.iter()).any(|e| h.vector.get(&e.header.replica).is_none_or(|next| *next <= e.header.seq));
-            h.wake |= uncommitted;
         }
     }
 
@@ -773,43 +757,5 @@ mod tests {
         assert!(late.rx.try_recv().is_ok(), "the relay itself");
         service.committed(space, &relayed);
         assert!(late.rx.try_recv().is_err(), "no note beyond the relay");
-    }
-
-    /// The race behind a receiver left one write behind after a power cut (`crash`): it
-    /// took the entries' relay before its peer had said what it holds, so it could not
-    /// send them, and dropped them before their commit.
-    #[test]
-    fn relayed_entries_a_connection_drops_before_their_commit_wake_it_at_the_commit() {
-        let (_dir, service) = service();
-        let space = SpaceId([7; 16]);
-        let writer = service.register(space).expect("registered");
-        let mut reader = service.register(space).expect("registered");
-        let entry = |seq| Entry {
-            header: stead_core::log::EntryHeader {
-                space,
-                replica: ReplicaId([3; 16]),
-                seq,
-                hlc: Default::default(),
-                prev: [0; 32],
-                payload_len: 0,
-            },
-            payload: Vec::new(),
-            sig: [0; 64],
-        };
-        let relayed = service.relay(space, writer.id, vec![entry(0), entry(1)]);
-        let note = reader.rx.try_recv().expect("the relay");
-        service.dropped_relayed(space, &[note]);
-        service.committed(space, &relayed);
-        assert!(reader.rx.try_recv().is_ok(), "the commit woke the connection that dropped the relay");
-
-        // Dropped once committed, they are in the vector: no wake is owed.
-        let relayed = service.relay(space, writer.id, vec![entry(2)]);
-        let note = reader.rx.try_recv().expect("the relay");
-        service.committed(space, &relayed);
-        service.dropped_relayed(space, &[note]);
-        let relayed = service.relay(space, writer.id, vec![entry(3)]);
-        assert!(reader.rx.try_recv().is_ok(), "the relay itself");
-        service.committed(space, &relayed);
-        assert!(reader.rx.try_recv().is_err(), "no wake for entries that were committed when dropped");
     }
 }
