@@ -91,6 +91,12 @@ impl SyncPeer for ReadPeer<'_> {
         }
         vector
     }
+    /// The space's vector alone: what the `Vector` frame says is stored. A client counts
+    /// its own entries in it as acknowledged, and relayed entries are not on disk until
+    /// their commit's fsync; a power cut in between would lose entries acknowledged so.
+    fn sync_stored_vector(&self) -> VersionVector {
+        self.vector.clone()
+    }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> stead_core::Result<Vec<Entry>> {
         let mut out: Vec<Entry> = Vec::new();
         let mut next = from_seq;
@@ -817,13 +823,14 @@ mod tests {
 
     use stead_core::env::{Clock, SeededRandom, SystemClock};
     use stead_core::ids::RecordId;
-    use stead_core::log::{Entry, Limits as EntryLimits};
+    use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
     use stead_core::ops::{Op, Value};
     use stead_core::replica::Replica;
     use stead_core::sync::{Frame, Sync, SyncConfig};
     use stead_core::testing::Space;
 
     use super::{Ctx, Note, Out, ReadPeer, generate, keep_uncommitted};
+    use crate::commit::{Prechecked, Write, commit_group};
     use crate::service::{Limits, Registration, Service};
 
     /// One connection's side of the server, driven as `Conn::step` drives it, and its
@@ -838,6 +845,8 @@ mod tests {
         client: Sync,
         /// The device's frames not yet delivered to the server.
         to_server: Vec<Vec<u8>>,
+        /// The `Vector` frames the server sent, in order.
+        vectors: Vec<VersionVector>,
     }
 
     impl Receiver {
@@ -852,24 +861,52 @@ mod tests {
             let reg = service.register(fixture.space).expect("registered");
             let sync = Sync::new(SyncConfig::default(), rng);
             let client = Sync::new(SyncConfig::client(), rng);
-            Receiver { service: service.clone(), ctx, reg, sync, recent: Vec::new(), device: fixture.open(device), client, to_server: Vec::new() }
+            let device = fixture.open(device);
+            Receiver { service: service.clone(), ctx, reg, sync, recent: Vec::new(), device, client, to_server: Vec::new(), vectors: Vec::new() }
         }
 
         /// Delivers the device's frames to the server, as far as the first `Vector` if
-        /// `hold_vector`.
+        /// `hold_vector`; an Entries frame is committed as `Conn::take_in` commits it.
         fn deliver(&mut self, hold_vector: bool) {
             while let Some(f) = self.client.generate(&self.device) {
                 self.to_server.push(f.encode());
             }
             let empty = Default::default();
-            let mut peer = ReadPeer { ctx: &self.ctx, vector: &empty, recent: &[], db: false, needed_db: Default::default() };
             while !self.to_server.is_empty() {
                 if hold_vector && self.to_server[0].first() == Some(&2) {
                     return;
                 }
                 let f = self.to_server.remove(0);
+                if f.first() == Some(&3) {
+                    self.commit(f);
+                    continue;
+                }
+                let mut peer = ReadPeer { ctx: &self.ctx, vector: &empty, recent: &[], db: false, needed_db: Default::default() };
                 self.sync.receive(&f, &mut peer, SystemClock.now_ms()).expect("the server takes the frame in");
             }
+        }
+
+        /// Commits an Entries frame of the device in a group of its own.
+        fn commit(&mut self, frame: Vec<u8>) {
+            let write = Write {
+                ctx: self.ctx.clone(),
+                sync: self.sync.clone(),
+                frames: vec![frame.into()],
+                checked: Prechecked::default(),
+                now_ms: SystemClock.now_ms(),
+                conn: self.reg.id,
+                stored: Vec::new(),
+                relayed: None,
+                failed: None,
+            };
+            let mut group = [write];
+            commit_group(&self.service, &mut group);
+            let [w] = group;
+            assert_eq!(w.failed, None);
+            if let Some(relayed) = &w.relayed {
+                self.service.committed(self.ctx.space, relayed);
+            }
+            self.sync = w.sync;
         }
 
         /// One step of the connection: the space's vector, the notes queued, what they
@@ -878,15 +915,19 @@ mod tests {
         fn step(&mut self) -> Vec<(u64, u64)> {
             let vector = self.service.load_vector(self.ctx.space).expect("the vector");
             while let Ok(n) = self.reg.rx.try_recv() {
-                self.recent.push(n);
+                if n.from != Some(self.reg.id) {
+                    self.recent.push(n);
+                }
             }
             let mut out = Out::default();
             generate(&self.ctx, &mut self.sync, &vector, &self.recent, true, &mut out);
             keep_uncommitted(&mut self.recent, self.service.vector(self.ctx.space).as_deref());
             let mut sent = Vec::new();
             for f in &out.frames {
-                if let Ok(Frame::Entries(es)) = Frame::decode(f, &EntryLimits::default()) {
-                    sent.push((es[0].header.seq, es[es.len() - 1].header.seq));
+                match Frame::decode(f, &EntryLimits::default()) {
+                    Ok(Frame::Entries(es)) => sent.push((es[0].header.seq, es[es.len() - 1].header.seq)),
+                    Ok(Frame::Vector(v)) => self.vectors.push(v),
+                    _ => {}
                 }
                 self.client.receive(f, &mut self.device, SystemClock.now_ms()).expect("the device takes the frame in");
             }
@@ -979,5 +1020,73 @@ mod tests {
             assert_eq!(receiver.step(), [(0, 2)], "committed first: {commit_first}");
             assert_eq!(receiver.device.version_vector().get(&writer), Some(&3));
         }
+    }
+
+    /// A device's own entries, uploaded by another device that had them relayed (its own
+    /// connection was lost before their `Ack`), are relayed again before their commit, and
+    /// its new connection says hello in between. The client engine counts its own entries
+    /// in the server's `Vector` as acknowledged, so that frame must not count them: a power
+    /// cut before the fsync would lose entries the device believes stored, and its kill
+    /// switch and pending count rely on that. The device sends them back instead; taken in
+    /// once the other device's commit is through, they are duplicates, relayed to no one,
+    /// and their `Ack` follows that commit.
+    #[test]
+    fn the_vector_frame_counts_only_committed_entries() {
+        let mut rng = SeededRandom::new(9);
+        let fixture = Space::new(3, &mut rng);
+        let writer = fixture.identities[0].replica;
+        let (_dir, service) = service();
+        let uploader = service.register(fixture.space).expect("registered");
+        let mut observer = service.register(fixture.space).expect("registered");
+        let mut own = Receiver::new(&service, &fixture, 0, &mut rng);
+        let entries: Vec<Entry> = (0..3)
+            .map(|k| {
+                let op = Op::Set { collection: "log".into(), record: RecordId([1; 16]), field: "n".into(), value: Value::Int(k) };
+                own.device.commit(vec![op], SystemClock.now_ms(), &mut rng).expect("a write")
+            })
+            .collect();
+        // What the engine counts as acknowledged: its `Ack`s and its own seq in the vector.
+        let acked = |r: &Receiver| {
+            let vectors = r.vectors.iter().filter_map(|v| v.get(&writer).copied());
+            vectors.chain(r.client.acked().get(&writer).copied()).max().unwrap_or(0)
+        };
+
+        let relayed = service.relay(fixture.space, uploader.id, entries.clone());
+        for _ in 0..2 {
+            own.deliver(false);
+            own.step();
+        }
+        assert!(own.sync.knows_peer_vector() && own.client.knows_peer_vector());
+        assert_eq!(own.recent.len(), 1, "the relayed entries are at hand, to send from memory");
+        assert_eq!(own.vectors.len(), 1);
+        assert_eq!(acked(&own), 0, "relayed, not committed: not acknowledged");
+
+        // The other device's commit.
+        let mut tx = service.backend.begin().expect("a transaction");
+        for e in &entries {
+            tx.insert(e, &stead_core::log::check_entry(e, fixture.space, &fixture.members, &EntryLimits::default()).expect("valid").hash()).expect("stored");
+        }
+        tx.commit().expect("committed");
+        service.committed(fixture.space, &relayed);
+        while observer.rx.try_recv().is_ok() {}
+
+        // The device sends back what the vector left out: duplicates, acknowledged now.
+        own.deliver(false);
+        assert!(observer.rx.try_recv().is_err(), "duplicates are relayed to no one");
+        assert_eq!(own.step(), []);
+        assert_eq!(acked(&own), 3);
+        for _ in 0..2 {
+            own.deliver(false);
+            assert_eq!(own.step(), [], "nothing more goes either way");
+        }
+        assert!(own.to_server.is_empty());
+
+        // A later connection's vector counts them.
+        let mut again = Receiver::new(&service, &fixture, 0, &mut rng);
+        for _ in 0..2 {
+            again.deliver(false);
+            again.step();
+        }
+        assert_eq!(again.vectors.first().and_then(|v| v.get(&writer)), Some(&3));
     }
 }

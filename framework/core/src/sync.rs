@@ -97,7 +97,8 @@ pub enum Frame {
     Hello { min: u16, max: u16, space: SpaceId, replica: ReplicaId, challenge: [u8; 32] },
     /// The sender's signature over the receiver's challenge.
     Proof { sig: [u8; 64] },
-    /// Replica → next seq the sender has.
+    /// Replica → next seq the sender has stored (what it sends may run past it, see
+    /// [`SyncPeer::sync_stored_vector`]).
     Vector(VersionVector),
     Entries(Vec<Entry>),
     /// The sender has durably stored `replica`'s entries up to `seq` inclusive.
@@ -271,7 +272,16 @@ pub fn check_invite(members: &crate::membership::Membership, invite: &[u8; 32], 
 pub trait SyncPeer {
     fn sync_space(&self) -> SpaceId;
     fn sync_replica(&self) -> ReplicaId;
+    /// Replica → next seq this side holds, and may send.
     fn sync_vector(&self) -> VersionVector;
+    /// Replica → next seq this side has durably stored: what its `Vector` frame tells the
+    /// peer. A peer counts its own entries in it as acknowledged (an `Ack` lost with an
+    /// earlier connection), so it must count nothing that could still be lost. The same as
+    /// `sync_vector` unless this side can send entries it has not stored yet (a server
+    /// relaying entries before their commit's fsync).
+    fn sync_stored_vector(&self) -> VersionVector {
+        self.sync_vector()
+    }
     fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>>;
     /// Verifies and durably stores an entry; `Ok(true)` when it was new.
     fn sync_ingest(&mut self, entry: Entry, now_ms: u64) -> Result<bool>;
@@ -492,7 +502,10 @@ impl Sync {
         }
         if self.vector_due {
             self.vector_due = false;
-            return Some(Frame::Vector(local.sync_vector()));
+            // What is stored, not all that may be sent: the peer counts its own entries in
+            // it as acknowledged. Past it the peer may send back entries it was sent;
+            // taken in again they are duplicates, acknowledged once stored.
+            return Some(Frame::Vector(local.sync_stored_vector()));
         }
         let their = self.their.as_ref()?;
         for (replica, next) in local.sync_vector() {

@@ -5,11 +5,11 @@ use proptest::prelude::*;
 use stead_core::env::SeededRandom;
 use stead_core::error::Error;
 use stead_core::ids::{RecordId, ReplicaId, SpaceId};
-use stead_core::log::Limits;
+use stead_core::log::{Entry, Limits, VersionVector};
 use stead_core::ops::{Op, Value};
 use stead_core::replica::{Replica, Snapshot};
 use stead_core::state::State;
-use stead_core::sync::{code, Frame, Sync, SyncConfig, PROTOCOL_MAX};
+use stead_core::sync::{code, Frame, Sync, SyncConfig, SyncPeer, PROTOCOL_MAX};
 use stead_core::testing::Space;
 
 // The same tests run on wasm32 in headless Chromium (`cargo test -p stead-core --target
@@ -26,7 +26,14 @@ fn set(r: u8, v: i64) -> Op {
 }
 
 /// Runs two syncs to quiescence, recording frame kinds a → b as letters.
-fn run(a: &mut Replica, sa: &mut Sync, b: &mut Replica, sb: &mut Sync) -> (String, Vec<Error>) {
+fn run(a: &mut dyn SyncPeer, sa: &mut Sync, b: &mut dyn SyncPeer, sb: &mut Sync) -> (String, Vec<Error>) {
+    let (trace, errors, _) = run_frames(a, sa, b, sb);
+    (trace, errors)
+}
+
+/// [`run`], with the frames a → b.
+fn run_frames(a: &mut dyn SyncPeer, sa: &mut Sync, b: &mut dyn SyncPeer, sb: &mut Sync) -> (String, Vec<Error>, Vec<Frame>) {
+    let mut sent = Vec::new();
     let mut trace = String::new();
     let mut errors = Vec::new();
     for _ in 0..1000 {
@@ -37,6 +44,7 @@ fn run(a: &mut Replica, sa: &mut Sync, b: &mut Replica, sb: &mut Sync) -> (Strin
             if let Err(e) = sb.receive(&f.encode(), b, NOW) {
                 errors.push(e);
             }
+            sent.push(f);
         }
         while let Some(f) = sb.generate(b) {
             quiet = false;
@@ -49,7 +57,7 @@ fn run(a: &mut Replica, sa: &mut Sync, b: &mut Replica, sb: &mut Sync) -> (Strin
             break;
         }
     }
-    (trace, errors)
+    (trace, errors, sent)
 }
 
 fn kind(f: &Frame) -> char {
@@ -113,6 +121,76 @@ fn a_server_acknowledges_entries_and_a_client_does_not() {
     let (trace, _) = run(&mut server, &mut ss, &mut client, &mut sc);
     assert_eq!(trace, "1");
     assert_eq!(server.state(), client.state());
+}
+
+/// A server that relays entries before their commit is durable: it holds them and may
+/// send them, but has stored less.
+struct Relaying {
+    replica: Replica,
+    stored: VersionVector,
+}
+
+impl SyncPeer for Relaying {
+    fn sync_space(&self) -> SpaceId {
+        self.replica.sync_space()
+    }
+    fn sync_replica(&self) -> ReplicaId {
+        self.replica.sync_replica()
+    }
+    fn sync_vector(&self) -> VersionVector {
+        self.replica.sync_vector()
+    }
+    fn sync_stored_vector(&self) -> VersionVector {
+        self.stored.clone()
+    }
+    fn sync_entries(&self, replica: ReplicaId, from_seq: u64, max_entries: usize, max_bytes: usize) -> stead_core::Result<Vec<Entry>> {
+        self.replica.sync_entries(replica, from_seq, max_entries, max_bytes)
+    }
+    fn sync_ingest(&mut self, entry: Entry, now_ms: u64) -> stead_core::Result<bool> {
+        self.replica.sync_ingest(entry, now_ms)
+    }
+    fn sync_sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.replica.sync_sign(msg)
+    }
+    fn sync_check_member(&self, replica: ReplicaId, msg: &[u8], sig: &[u8; 64]) -> bool {
+        self.replica.sync_check_member(replica, msg, sig)
+    }
+}
+
+#[test]
+fn a_vector_frame_says_what_is_stored() {
+    let mut rng = SeededRandom::new(12);
+    let space = Space::new(3, &mut rng);
+    let mut writer = space.open(0);
+    let entries: Vec<_> = (0..4).map(|i| writer.commit(vec![set(1, i)], NOW + i as u64, &mut rng).unwrap()).collect();
+    let id = writer.id();
+    // By default, what a side holds.
+    assert_eq!(writer.sync_stored_vector(), writer.version_vector());
+
+    let mut server = space.open(1);
+    for e in &entries {
+        server.ingest(e.clone(), NOW).unwrap();
+    }
+    let stored: VersionVector = [(id, 2)].into_iter().collect();
+    let mut server = Relaying { replica: server, stored: stored.clone() };
+
+    // A reader is sent all the server holds, past what its Vector says.
+    let mut reader = space.open(2);
+    let (mut ss, mut sr) = (Sync::new(SyncConfig::default(), &mut rng), Sync::new(SyncConfig::client(), &mut rng));
+    let (trace, errors, sent) = run_frames(&mut server, &mut ss, &mut reader, &mut sr);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(trace, "HhpvPV4", "the four entries, two of them past the vector");
+    assert!(sent.contains(&Frame::Vector(stored)));
+    assert_eq!(reader.version_vector(), writer.version_vector());
+
+    // The writer, told less than it holds, sends the rest back once: duplicates, and
+    // acknowledged as stored, and the exchange ends.
+    let (mut ss, mut sw) = (Sync::new(SyncConfig::default(), &mut rng), Sync::new(SyncConfig::client(), &mut rng));
+    let (trace, errors) = run(&mut server, &mut ss, &mut writer, &mut sw);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(trace, "HhpvPV2A", "the two entries past the vector, and their ack");
+    assert_eq!(sw.acked().get(&id), Some(&4));
+    assert_eq!(server.replica.version_vector(), writer.version_vector());
 }
 
 #[test]
