@@ -193,6 +193,44 @@ pub struct Engine {
     last_write: Cell<f64>,
     /// Whether a snapshot timer is waiting for writes to pause.
     snapshot_timer: Cell<bool>,
+    /// What holds the store's lock and since when (ms), and how many wait for it: status
+    /// shows them (`store`), so a request stuck behind the store says where.
+    store_held: RefCell<Option<(&'static str, f64)>>,
+    store_waiting: Cell<u32>,
+}
+
+/// The store, locked by [`Engine::lock_store`]; unlocking clears what status shows.
+struct StoreGuard<'a> {
+    guard: futures::lock::MutexGuard<'a, Backend>,
+    held: &'a RefCell<Option<(&'static str, f64)>>,
+}
+
+impl std::ops::Deref for StoreGuard<'_> {
+    type Target = Backend;
+    fn deref(&self) -> &Backend {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Backend {
+        &mut self.guard
+    }
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        *self.held.borrow_mut() = None;
+    }
+}
+
+/// Counts a waiter for the store's lock while it lives.
+struct Waiting<'a>(&'a Cell<u32>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -438,6 +476,8 @@ impl Engine {
             snapshot_stored: Cell::new(total),
             last_write: Cell::new(0.0),
             snapshot_timer: Cell::new(false),
+            store_held: RefCell::new(None),
+            store_waiting: Cell::new(0),
         }))
     }
 
@@ -464,8 +504,18 @@ impl Engine {
     /// Reads the whole log into memory (the store opens with its tail): what history and
     /// undo need before they run.
     pub async fn load_all(&self) -> Result<(), DataError> {
-        self.store.lock().await.load_all().await?;
+        self.lock_store("load_all").await.load_all().await?;
         Ok(())
+    }
+
+    /// Takes the store's lock for `why`, noting it for status.
+    async fn lock_store(&self, why: &'static str) -> StoreGuard<'_> {
+        self.store_waiting.set(self.store_waiting.get() + 1);
+        let waiting = Waiting(&self.store_waiting);
+        let guard = self.store.lock().await;
+        drop(waiting);
+        *self.store_held.borrow_mut() = Some((why, js_sys::Date::now()));
+        StoreGuard { guard, held: &self.store_held }
     }
 
     /// A damaged snapshot chunk was rebuilt without the old entries it needs (the store
@@ -510,7 +560,7 @@ impl Engine {
         }
         let me = self.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let loaded = me.store.lock().await.load(&wanted).await;
+            let loaded = me.lock_store("load_wanted").await.load(&wanted).await;
             match loaded {
                 Ok(()) => me.pump(),
                 Err(e) => {
@@ -547,7 +597,7 @@ impl Engine {
     /// Writes what the replica queued. On failure the replica is reopened from disk, so
     /// memory never stays ahead of what is stored.
     pub async fn flush(self: &Rc<Self>) -> Result<(), DataError> {
-        let mut store = self.store.lock().await;
+        let mut store = self.lock_store("flush").await;
         if !store.has_pending() {
             return Ok(());
         }
@@ -638,6 +688,13 @@ impl Engine {
             "members_dropped": s.members_dropped,
             "recovered": *self.recovered.borrow(),
             "snapshot_entries": self.snapshot_stored.get(),
+            // What holds the store (a write, a read of old entries) and for how long, and
+            // how many wait: `null` when it is free.
+            "store": self.store_held.borrow().map(|(why, since)| json!({
+                "held_by": why,
+                "held_ms": (js_sys::Date::now() - since).round(),
+                "waiting": self.store_waiting.get(),
+            })),
         })
     }
 

@@ -594,6 +594,9 @@ async fn a_space_past_its_snapshot_wakes_from_the_tail_and_still_sends_and_reads
     assert_eq!(history["body"]["history"].as_array().map(Vec::len), Some(2), "the create and the edit: {history}");
     let undone = api(&a, "POST", &format!("spaces/{space}/undo"), Some(json!({}))).await?;
     assert_eq!((undone["status"].clone(), undone["body"]["undone"].clone()), (json!(200), json!(true)), "{undone}");
+    // Those reads and the undo's write are done: nothing holds the log any more.
+    let s = api(&a, "GET", &format!("spaces/{space}/status"), None).await?;
+    assert!(s["body"].get("store").is_some_and(Value::is_null), "{s}");
 
     // Back online, every unacknowledged entry reaches the server, from before the snapshot too.
     let _server = server.restart(&env)?;
