@@ -573,7 +573,12 @@ impl Conn {
             if out.more {
                 continue;
             }
-            keep_uncommitted(&mut self.recent, self.service.vector(space).as_deref());
+            if !self.recent.is_empty() {
+                // The vector this step read: an older one only keeps more notes, which
+                // the next step drops, and the fan-out's steps take the hub's lock once.
+                let counted = vector.or_else(|| self.service.vector(space));
+                keep_uncommitted(&mut self.recent, counted.as_deref());
+            }
             if let Some((c, m)) = self.refused.take().map(|r| *r) {
                 self.service.metrics.reject_code(c);
                 return self.fail(c, m).await;
