@@ -351,16 +351,11 @@ async fn start_driver(mut command: Command, port: u16, name: &str) -> Result<(Pr
 impl Browser {
     /// A fresh browser of the engine `env` names.
     pub async fn start(env: &Env) -> Result<Browser> {
-        let browser = match env.engine {
+        match env.engine {
             Engine::Chromium => Self::start_chromium(env).await,
             Engine::Firefox => Self::start_firefox(env).await,
             Engine::WebKit => Self::start_webkit(env).await,
-        }?;
-        // Scripts wait up to a minute, past the 30 s default: a script that gives up on a
-        // request itself (the data suite's, after 40 s) then reports what the worker was
-        // doing, where the driver would only have said that the script timed out.
-        browser.driver.update_timeouts(TimeoutConfiguration::new(Some(Duration::from_secs(60)), None, None)).await?;
-        Ok(browser)
+        }
     }
 
     /// MiniBrowser in its automation session (storage in memory, like private browsing),
