@@ -314,9 +314,11 @@ fn in_bundle_db(stores: &str, change: &str) -> String {
 
 /// Damages the worker's state document (its versions) from the page, where the worker
 /// keeps it: `stead/state.bin` in OPFS, or the `state.bin` value in IndexedDB.
-async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
-    browser
-        .js_async(&format!(
+/// Damages the bundle's state document from the page; returns when the write ended, by the
+/// browser's clock (ms since the epoch, as status's `worker_started`).
+async fn damage_state(browser: &Browser, place: &str) -> Result<f64> {
+    let v = browser
+        .js_async(&(format!(
             "const bytes = new Uint8Array([115, 116, 101, 97, 100]); \
              if ({place:?} === 'opfs') {{ \
                const dir = await (await navigator.storage.getDirectory()).getDirectoryHandle('stead'); \
@@ -326,9 +328,9 @@ async fn damage_state(browser: &Browser, place: &str) -> Result<()> {
                {} \
              }}",
             in_bundle_db("'docs'", "tx.objectStore('docs').put(bytes, 'state.bin');")
-        ))
+        ) + " return Date.now();"))
         .await?;
-    Ok(())
+    v.as_f64().with_context(|| format!("damaging the state: {v}"))
 }
 
 /// The example installed, with nothing to wake its worker but the test.
@@ -378,8 +380,20 @@ async fn a_damaged_state_document_is_rebuilt_by_the_next_update_check() -> Resul
     } else {
         server.kill();
         browser.stop_workers().await?;
-        damage_state(&browser, &place).await?;
-        let s = browser.status().await?;
+        let damaged = damage_state(&browser, &place).await?;
+        // A wake can cross the stop (one full run in about 25 saw a life that began 135 ms
+        // after the check, before the write): such a life read the state before the damage,
+        // so it is stopped again until the one answering began after the write.
+        let mut s = browser.status().await?;
+        for _ in 0..3 {
+            if s["worker_started"].as_f64().is_none_or(|t| t >= damaged) {
+                break;
+            }
+            eprintln!("the worker answering began before the damage ({} < {damaged}): stopping it again", s["worker_started"]);
+            browser.stop_workers().await?;
+            s = browser.status().await?;
+        }
+        assert!(s["worker_started"].as_f64() >= Some(damaged), "the worker answering began after the damage: {s}");
         assert_eq!(s["active_version"], Value::Null, "no version is read from a damaged state: {s}");
         let error = as_str(&s, "last_error").unwrap_or_default();
         assert!(error.contains("the stored state is damaged"), "{error}");
