@@ -204,6 +204,9 @@ pub fn save_baseline(results: &[SuiteResult], path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `bench sw`'s floor under the 2 MB offline fetch (the page's own `blob:` URL, no worker).
+const FLOOR_METRIC: &str = "page_blob_url_2m";
+
 /// `bench sw`'s raw samples (`site,block,metric,sample,ms`) as a suite result. A block is
 /// one fresh browser per site (serving pairs, precache runs), its rounds interleaved A B B A
 /// inside it; a repetition is the median of up to 4 consecutive rounds of a block, so the
@@ -239,6 +242,27 @@ pub fn sw_result(csv: &str, quick: bool, env: Environment) -> Result<SuiteResult
                 }
             }
             reps = reps.max(rep);
+        }
+        if metric == FLOOR_METRIC {
+            // The same measurement in both sites' browsers: not a comparison of the two,
+            // but what no worker can go below, against each side's own 2 MB fetch.
+            r.ratio(RatioSpec {
+                name: "fetch_offline_2m floor: the page's own blob: URL, no worker / workbox".into(),
+                num: Key::new("sw", metric, "workbox"),
+                den: Key::new("sw", "fetch_offline_2m", "workbox"),
+                better: Better::Lower,
+                goal: None,
+                note: "the lowest fetch_offline_2m ratio a worker could reach, both measured in Workbox's browser".into(),
+            });
+            r.ratio(RatioSpec {
+                name: "fetch_offline_2m, stead / the floor".into(),
+                num: Key::new("sw", "fetch_offline_2m", "stead"),
+                den: Key::new("sw", metric, "stead"),
+                better: Better::Lower,
+                goal: None,
+                note: "Stead's 2 MB answer against the page's own blob: URL, both in Stead's browser".into(),
+            });
+            continue;
         }
         let goal = if metric.starts_with("fetch_offline") || metric == "reload_offline_dcl" {
             Some(0.8)

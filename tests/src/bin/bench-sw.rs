@@ -428,6 +428,31 @@ async fn fetch_times(browser: &Browser, urls: &[(String, usize)]) -> Result<Vec<
         .collect()
 }
 
+/// The floor under the 2 MB offline fetch: the same page fetching 2 MiB from a `blob:` URL
+/// of its own, which no worker sees, measured in each site's browser in the same rounds.
+const FLOOR_METRIC: &str = "page_blob_url_2m";
+const FLOOR_SIZE: usize = 2 << 20;
+
+/// Times the page's `fetch` + `arrayBuffer()` of a `blob:` URL over `size` bytes it holds
+/// (made on the first call, untimed): reading a body through the browser with no worker.
+async fn blob_url_time(browser: &Browser, size: usize) -> Result<f64> {
+    let v = browser
+        .js_async(&format!(
+            "if (!window.__benchBlob) {{ \
+               const b = new Uint8Array({size}); \
+               for (let i = 0; i < b.length; i += 65536) crypto.getRandomValues(b.subarray(i, i + 65536)); \
+               window.__benchBlob = URL.createObjectURL(new Blob([b])); \
+             }} \
+             const t0 = performance.now(); \
+             const r = await fetch(window.__benchBlob); const b = await r.arrayBuffer(); \
+             const t1 = performance.now(); \
+             if (b.byteLength !== {size}) throw new Error('blob: URL gave ' + b.byteLength + ' bytes'); \
+             return t1 - t0;"
+        ))
+        .await?;
+    v.as_f64().with_context(|| format!("the blob: URL fetch failed: {v}"))
+}
+
 /// One URL per class for round `round`, rotating through the class's files.
 fn round_urls(round: usize) -> Vec<(String, usize)> {
     ASSETS.iter().map(|&(class, count, size)| (format!("bench/{class}-{:03}.bin", round % count), size)).collect()
@@ -480,6 +505,9 @@ async fn serve_pair(
                 let times = fetch_times(browser, &round_urls(r + block)).await?;
                 for ((class, _, _), ms) in ASSETS.iter().zip(times) {
                     samples.push(site, block, &format!("fetch_{phase}_{class}"), r, ms);
+                }
+                if !online {
+                    samples.push(site, block, FLOOR_METRIC, r, blob_url_time(browser, FLOOR_SIZE).await?);
                 }
             }
         }
@@ -829,6 +857,17 @@ fn print_table(
             "{metric:<26} {n:>5} {ma:>10.3} {mb:>10.3} {ratio:>6.2}×  {goal_s:<6} {verdict:<7} {:>15} {:>15}",
             iqr(&a),
             iqr(&b)
+        );
+    }
+    let floor = median(&samples.values(Site::Workbox, FLOOR_METRIC));
+    let workbox_2m = median(&samples.values(Site::Workbox, "fetch_offline_2m"));
+    let stead_floor = median(&samples.values(Site::Stead, FLOOR_METRIC));
+    let stead_2m = median(&samples.values(Site::Stead, "fetch_offline_2m"));
+    if let (Some(f), Some(w), Some(sf), Some(s2)) = (floor, workbox_2m, stead_floor, stead_2m) {
+        println!(
+            "floor at 2 MB: the page's own blob: URL (no worker) takes {:.2}× Workbox's offline 2 MB fetch in the same browser; Stead's takes {:.2}× that floor in its own",
+            f / w,
+            s2 / sf
         );
     }
     println!();
