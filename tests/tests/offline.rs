@@ -313,9 +313,8 @@ fn in_bundle_db(stores: &str, change: &str) -> String {
 }
 
 /// Damages the worker's state document (its versions) from the page, where the worker
-/// keeps it: `stead/state.bin` in OPFS, or the `state.bin` value in IndexedDB.
-/// Damages the bundle's state document from the page; returns when the write ended, by the
-/// browser's clock (ms since the epoch, as status's `worker_started`).
+/// keeps it: `stead/state.bin` in OPFS, or the `state.bin` value in IndexedDB. Returns when
+/// the write ended, by the browser's clock (ms since the epoch, as status's `worker_started`).
 async fn damage_state(browser: &Browser, place: &str) -> Result<f64> {
     let v = browser
         .js_async(&(format!(

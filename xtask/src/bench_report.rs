@@ -410,6 +410,22 @@ mod tests {
     }
 
     #[test]
+    fn the_blob_url_floor_is_set_against_each_side_not_compared_between_them() {
+        let mut csv = String::from("site,block,metric,sample,ms\n");
+        for i in 0..4 {
+            csv.push_str(&format!("stead,0,fetch_offline_2m,{i},8\nworkbox,0,fetch_offline_2m,{i},10\n"));
+            csv.push_str(&format!("stead,0,{FLOOR_METRIC},{i},7.5\nworkbox,0,{FLOOR_METRIC},{i},7\n"));
+        }
+        let r = sw_result(&csv, false, Environment::default()).expect("parse");
+        let median = |prefix: &str| r.ratios.iter().find(|x| x.spec.name.starts_with(prefix)).and_then(|x| x.range).map(|x| x.median);
+        // Workbox's own floor against Workbox's fetch; Stead's fetch against Stead's floor.
+        assert_eq!(median("fetch_offline_2m floor"), Some(0.7));
+        assert_eq!(median("fetch_offline_2m, stead / the floor").map(|m| (m * 1000.0).round()), Some(1067.0));
+        assert_eq!(median("fetch_offline_2m, stead / workbox"), Some(0.8));
+        assert!(r.ratios.iter().all(|x| !x.spec.name.starts_with(FLOOR_METRIC)), "the floor is no race between the sites");
+    }
+
+    #[test]
     fn sw_samples_become_repetitions_of_up_to_four_rounds() {
         let mut csv = String::from("site,block,metric,sample,ms\n");
         for block in 0..2 {
