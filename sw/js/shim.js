@@ -80,9 +80,17 @@
   const wakePage = () =>
     new Response(
       '<!doctype html><meta charset="utf-8"><title>Starting</title><body><script>' +
-        'const k = "stead-wake", now = Date.now(), tries = JSON.parse(sessionStorage.getItem(k) || "[]").filter((t) => now - t < 60000);' +
+        // The tries are kept in sessionStorage and in the history entry's state (which a
+        // reload keeps), the longer list counting: storage that throws or holds something
+        // else neither stops the wake nor lets it reload forever.
+        'const k = "stead-wake", now = Date.now();' +
+        "const read = (f) => { try { const v = f(); return Array.isArray(v) ? v : []; } catch (e) { return []; } };" +
+        'const a = read(() => JSON.parse(sessionStorage.getItem(k) || "[]")), b = read(() => history.state[k]);' +
+        'const tries = (a.length >= b.length ? a : b).filter((t) => typeof t === "number" && now - t < 60000);' +
         "if (tries.length < 3) {" +
-        "  sessionStorage.setItem(k, JSON.stringify([...tries, now]));" +
+        "  const next = [...tries, now];" +
+        "  try { sessionStorage.setItem(k, JSON.stringify(next)); } catch (e) {}" +
+        "  try { history.replaceState({ ...(history.state || {}), [k]: next }, \"\"); } catch (e) {}" +
         '  fetch("_stead/v1/status", { cache: "no-store" }).catch(() => {}).finally(() => location.reload());' +
         '} else document.body.textContent = "This app could not start. Reload to try again.";' +
         "</script>",

@@ -248,9 +248,12 @@ async fn offline_a_cold_copy_cut_short_still_loads_the_app_and_is_finished_by_it
         ))
         .await?;
 
-    // From a page that runs no script, then the scope's URL with the worker stopped.
+    // From a page that runs no script, then the scope's URL with the worker stopped. The
+    // tab's sessionStorage holds something else under the wake page's key, which must not
+    // stop the wake.
     browser.driver.goto(&format!("{}{}", server.url, icon.path)).await?;
     browser.wait_controlled().await?;
+    browser.js("sessionStorage.setItem('stead-wake', '{not json'); return true;").await?;
     server.kill();
     browser.stop_workers().await?;
     wait_worker_stopped(&browser).await?;
