@@ -34,6 +34,23 @@ pub const STORED_SNAPSHOT_VERSION: u8 = 2;
 /// Records per stored chunk: what a first read decodes.
 const CHUNK_RECORDS: usize = 256;
 
+/// The meta key of a stored snapshot's chunk `n`. Saves alternate between two parities,
+/// so a crash mid-save leaves the previous snapshot's chunks whole.
+pub fn chunk_key(parity: u64, n: u64) -> String {
+    format!("snapshot-{parity}-{n}")
+}
+
+/// The parity (0 or 1) of a [`chunk_key`]; `None` for any other meta key. Stores that
+/// group metadata by how often it changes use it: chunks change only when a snapshot is
+/// saved, other keys (what the server acknowledged) with every sync.
+pub fn chunk_parity(key: &str) -> Option<usize> {
+    match key.strip_prefix("snapshot-")?.split_once('-')? {
+        ("0", _) => Some(0),
+        ("1", _) => Some(1),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How far ahead of local time a remote entry's clock may be.
@@ -181,7 +198,7 @@ impl Replica {
                 r.clock.observe(snap.hlc);
                 for chunk in stored.into_iter().flat_map(|(_, _, c)| c) {
                     let (coll, last) = (chunk.0.clone(), chunk.2);
-                    let key = format!("snapshot-{}-{}", r.snap_gen % 2, chunk.3);
+                    let key = chunk_key(r.snap_gen % 2, chunk.3);
                     let c = Chunk { collection: chunk.0, first: chunk.1, last, key, sha256: chunk.4, records: OnceCell::new() };
                     r.lazy.entry(coll).or_default().insert(last, c);
                 }
@@ -784,7 +801,7 @@ impl Replica {
                     part.iter().map(|id| (**id, records[*id].clone())).collect();
                 let bytes = encode_chunk(&slice);
                 let n = chunks.len() as u64;
-                self.store.put_meta(&format!("snapshot-{}-{n}", generation % 2), &bytes)?;
+                self.store.put_meta(&chunk_key(generation % 2, n), &bytes)?;
                 chunks.push((coll.clone(), *part[0], *part[part.len() - 1], n, Sha256::digest(&bytes).into()));
             }
         }
@@ -801,7 +818,7 @@ impl Replica {
         self.store.put_snapshot(&stored.encode())?;
         // Chunks of this parity from two saves ago that the new index does not name.
         for n in count..self.snap_counts.1 {
-            self.store.put_meta(&format!("snapshot-{}-{n}", generation % 2), &[])?;
+            self.store.put_meta(&chunk_key(generation % 2, n), &[])?;
         }
         self.snap_gen = generation;
         self.snap_counts = stored.counts;

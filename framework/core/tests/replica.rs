@@ -466,3 +466,16 @@ fn typed_verification_errors() {
     b.ingest(e0, NOW).unwrap();
     assert_eq!(b.ingest(e1, NOW).unwrap_err().to_string(), format!("replica {} is not a member of the space at seq 1", h.replica));
 }
+
+#[test]
+fn chunk_keys_name_their_parity_and_no_other_key_has_one() {
+    use stead_core::replica::{chunk_key, chunk_parity};
+    for parity in 0..2 {
+        for n in [0, 7, 1_000] {
+            assert_eq!(chunk_parity(&chunk_key(parity, n)), Some(parity as usize));
+        }
+    }
+    for other in ["acked", "membership", "schema", "snapshot", "snapshot-2-0", "snapshot-0", "snapshots-0-1", "blob-pending"] {
+        assert_eq!(chunk_parity(other), None, "{other}");
+    }
+}

@@ -245,3 +245,123 @@ async fn a_store_without_the_index_opens_whole_once_and_writes_it() {
     fourth.load_all().await.unwrap();
     assert_eq!(all(&fourth), written);
 }
+
+/// Waits `ms` without yielding: enough for a file rewritten after it to carry a later
+/// `lastModified`.
+fn spin(ms: f64) {
+    let until = js_sys::Date::now() + ms;
+    while js_sys::Date::now() < until {}
+}
+
+async fn modified(dir: &fs::Dir, name: &str) -> Option<f64> {
+    fs::file(dir, name).await.unwrap().map(|f| f.last_modified())
+}
+
+/// 600 records in 3 snapshot chunks of each parity (two saves), flushed.
+async fn chunked(space: &Space, dir: &fs::Dir, rng: &mut SeededRandom) -> (OpfsStore, Replica) {
+    let (mut store, mut replica) = open(space, dir).await;
+    for i in 0..600u32 {
+        let mut id = [0; 16];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        let op = Op::CounterAdd { collection: "c".into(), record: RecordId(id), field: "n".into(), delta: 1 };
+        replica.commit(vec![op], 1_000 + u64::from(i), rng).unwrap();
+        if i == 299 || i == 599 {
+            replica.save_snapshot().unwrap();
+        }
+    }
+    store.flush().await.unwrap();
+    (store, replica)
+}
+
+#[wasm_bindgen_test]
+async fn an_acknowledgement_rewrites_only_the_small_metadata_pack() {
+    let mut rng = SeededRandom::new(9);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-packs").await;
+    let (mut store, replica) = chunked(&space, &dir, &mut rng).await;
+    let chunks = [modified(&dir, "chunks-0.pack").await, modified(&dir, "chunks-1.pack").await];
+    assert!(chunks.iter().all(Option::is_some), "each parity has its pack");
+    spin(30.0);
+    // What the engine stores when the server acknowledges: one small key.
+    store.cache().put_meta("acked", &42u64.to_le_bytes()).unwrap();
+    assert_eq!(store.flush().await.unwrap(), 1);
+    assert_eq!([modified(&dir, "chunks-0.pack").await, modified(&dir, "chunks-1.pack").await], chunks, "the chunks were not written again");
+    let small = fs::size(&dir, "meta.pack").await.unwrap().unwrap();
+    assert!(small < 512, "meta.pack holds the small keys only: {small} bytes");
+
+    let (again, replica2) = open(&space, &dir).await;
+    assert!(again.recovered().is_none());
+    assert!(again.segments_read() * 2 < again.segment_count() as usize, "opened from the snapshot");
+    assert_eq!(again.cache().meta("acked").unwrap().as_deref(), Some(&42u64.to_le_bytes()[..]));
+    assert_eq!(replica2.state(), replica.state());
+}
+
+/// A `meta.pack` as versions before the chunk packs wrote it: every key in one file.
+fn old_meta_pack(keys: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"SMP1".to_vec();
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    for (k, v) in keys {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+#[wasm_bindgen_test]
+async fn a_store_with_every_key_in_meta_pack_opens_from_its_snapshot_and_moves_the_chunks() {
+    let mut rng = SeededRandom::new(10);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-packs-old").await;
+    let (store, replica) = chunked(&space, &dir, &mut rng).await;
+    let mut keys = vec![("schema".to_owned(), b"{}".to_vec())];
+    for parity in 0..2 {
+        for n in 0.. {
+            let key = stead_core::replica::chunk_key(parity, n);
+            match store.cache().meta(&key).unwrap() {
+                Some(v) => keys.push((key, v)),
+                None => break,
+            }
+        }
+    }
+    assert!(keys.len() > 4, "both saves made chunks: {}", keys.len());
+    drop(store);
+    fs::write_bytes(&dir, "meta.pack", &old_meta_pack(&keys)).await.unwrap();
+    assert!(fs::remove(&dir, "chunks-0.pack", false).await.unwrap());
+    assert!(fs::remove(&dir, "chunks-1.pack", false).await.unwrap());
+    let old_size = fs::size(&dir, "meta.pack").await.unwrap().unwrap();
+
+    let (mut again, replica2) = open(&space, &dir).await;
+    assert!(again.recovered().is_none());
+    assert!(again.segments_read() * 2 < again.segment_count() as usize, "opened from the snapshot");
+    assert_eq!(replica2.state(), replica.state());
+    // The next metadata write moves the chunks to their packs.
+    again.cache().put_meta("acked", &7u64.to_le_bytes()).unwrap();
+    again.flush().await.unwrap();
+    assert!(fs::size(&dir, "meta.pack").await.unwrap().unwrap() * 10 < old_size, "meta.pack shrank from {old_size} bytes");
+    let (third, replica3) = open(&space, &dir).await;
+    assert!(third.recovered().is_none());
+    assert!(third.segments_read() * 2 < third.segment_count() as usize, "opened from the snapshot");
+    assert_eq!(third.cache().meta("schema").unwrap().as_deref(), Some(&b"{}"[..]));
+    assert_eq!(replica3.state(), replica.state());
+}
+
+#[wasm_bindgen_test]
+async fn a_damaged_chunk_pack_is_reported_and_the_state_rebuilt_from_the_log() {
+    let mut rng = SeededRandom::new(11);
+    let space = Space::new(1, &mut rng);
+    let dir = fresh("test-packs-torn").await;
+    let (store, replica) = chunked(&space, &dir, &mut rng).await;
+    drop(store);
+    let mut bytes = fs::read_bytes(&dir, "chunks-0.pack").await.unwrap().unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    fs::write_bytes(&dir, "chunks-0.pack", &bytes).await.unwrap();
+    let (again, replica2) = open(&space, &dir).await;
+    assert_eq!(again.recovered().expect("the damage is reported").segment, "chunks-0.pack");
+    assert_eq!(again.segments_read() as u32, again.segment_count(), "the log is read whole");
+    assert_eq!(replica2.state(), replica.state());
+}

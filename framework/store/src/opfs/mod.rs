@@ -9,9 +9,13 @@
 //! - `snap-<generation>.bin` and `SNAPSHOT`, which names the current generation: a new
 //!   snapshot is written to a new file, then the pointer is switched, then the old file
 //!   removed.
-//! - `meta.pack`: every metadata key and value in one file with a CRC, rewritten whole
-//!   (atomically, on `close`) by a flush that changed metadata. One file, not one per key:
-//!   a snapshot's chunks are hundreds of keys, and OPFS pays per file on open.
+//! - `meta.pack`, `chunks-0.pack`, `chunks-1.pack`: the metadata, keys and values with a
+//!   CRC, grouped by how often they change. A snapshot's chunks (core's
+//!   [`chunk_key`](stead_core::replica::chunk_key)s, hundreds of them) go to the pack of
+//!   their parity, every other key (what the server acknowledged, membership, schema) to
+//!   `meta.pack`. A flush rewrites whole (atomically, on `close`) only the packs whose
+//!   keys changed: an acknowledgement from the server rewrites a few hundred bytes, not
+//!   every chunk of the snapshot. Packs, not a file per key: OPFS pays per file on open.
 //! - `segments.idx`: for each closed segment, its length and, per replica, the first and
 //!   last seq it holds (with a CRC), rewritten when a segment closes, after the segment's
 //!   last write. Opening reads only the segments holding entries past the snapshot (and
@@ -91,8 +95,10 @@ pub struct Recovered {
 pub struct OpfsStore {
     dir: Dir,
     log: Dir,
-    /// Every metadata key and value, as `meta.pack` holds them.
+    /// Every metadata key and value, as the packs hold them.
     meta: BTreeMap<String, Vec<u8>>,
+    /// Which of [`PACKS`] differ from what is on disk.
+    packs_dirty: [bool; 3],
     options: OpfsOptions,
     cache: CachedStore,
     /// The newest segment and its length.
@@ -199,12 +205,19 @@ fn unpack_index(bytes: &[u8]) -> Result<Index, String> {
     Ok(out)
 }
 
-const META_PACK: &str = "meta.pack";
+/// The metadata files: `meta.pack` holds every key but the snapshot's chunks, which go
+/// to the pack of their parity.
+const PACKS: [&str; 3] = ["meta.pack", "chunks-0.pack", "chunks-1.pack"];
 const META_MAGIC: &[u8; 4] = b"SMP1";
+
+/// Which of [`PACKS`] holds `key`.
+fn pack_of(key: &str) -> usize {
+    stead_core::replica::chunk_parity(key).map_or(0, |p| p + 1)
+}
 
 /// `"SMP1" ‖ u32 count ‖ (u32 key length ‖ key ‖ u32 value length ‖ value)* ‖ u32 CRC-32
 /// of everything before it`, little-endian.
-fn pack_meta(meta: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+fn pack_meta(meta: &[(&String, &Vec<u8>)]) -> Vec<u8> {
     let mut out = META_MAGIC.to_vec();
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     for (k, v) in meta {
@@ -240,6 +253,31 @@ fn unpack_meta(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
         out.insert(key, take(vl)?.to_vec());
     }
     Ok(out)
+}
+
+/// Merges what the packs hold (`None`: the file is not there) into one map, and says which
+/// packs must be written again. A `meta.pack` written before the chunks had packs of their
+/// own holds them too: they are kept where their own pack is missing, and both packs are
+/// marked for rewriting so the next metadata flush moves them.
+fn merge_packs(packs: Vec<Option<BTreeMap<String, Vec<u8>>>>) -> (BTreeMap<String, Vec<u8>>, [bool; 3]) {
+    let mut meta = BTreeMap::new();
+    let mut dirty = [false; 3];
+    let present: Vec<bool> = packs.iter().map(Option::is_some).collect();
+    for (i, pack) in packs.into_iter().enumerate() {
+        for (k, v) in pack.into_iter().flatten() {
+            let home = pack_of(&k);
+            if home == i {
+                meta.insert(k, v);
+            } else if i == 0 {
+                dirty[0] = true;
+                if !present[home] {
+                    dirty[home] = true;
+                    meta.insert(k, v);
+                }
+            }
+        }
+    }
+    (meta, dirty)
 }
 
 fn segment_name(i: u32) -> String {
@@ -482,24 +520,28 @@ impl OpfsStore {
     /// off a damaged tail. Older entries stay on disk until [`OpfsStore::load`].
     pub async fn open(dir: Dir, options: OpfsOptions) -> Result<OpfsStore, OpfsError> {
         let log = fs::dir(&dir, "log", true).await?.expect("created");
-        let (snapshot, meta, index) = futures::join!(read_snapshot(&dir), fs::read_bytes(&dir, META_PACK), fs::read_bytes(&dir, INDEX));
+        let packs = futures::future::join_all(PACKS.iter().map(|name| fs::read_bytes(&dir, name)));
+        let (snapshot, packs, index) = futures::join!(read_snapshot(&dir), packs, fs::read_bytes(&dir, INDEX));
         let (snapshot_gen, snapshot) = snapshot?;
         let mut recovered = None;
-        let meta = match meta? {
-            Some(bytes) => unpack_meta(&bytes).unwrap_or_else(|reason| {
-                tracing::warn!(%reason, "meta.pack is damaged; opening without metadata");
-                recovered = Some(Recovered {
-                    segment: META_PACK.into(),
-                    kept_bytes: 0,
-                    dropped_bytes: bytes.len() as u64,
-                    dropped_segments: 0,
-                    reason,
-                });
-                BTreeMap::new()
-            }),
-            None => BTreeMap::new(),
-        };
-        // The entries a snapshot covers are left on disk, unless the metadata holding its
+        let mut unpacked: Vec<Option<BTreeMap<String, Vec<u8>>>> = Vec::new();
+        for (name, bytes) in PACKS.iter().zip(packs) {
+            unpacked.push(bytes?.map(|bytes| {
+                unpack_meta(&bytes).unwrap_or_else(|reason| {
+                    tracing::warn!(%reason, pack = name, "a metadata pack is damaged; opening without its keys");
+                    recovered.get_or_insert(Recovered {
+                        segment: (*name).into(),
+                        kept_bytes: 0,
+                        dropped_bytes: bytes.len() as u64,
+                        dropped_segments: 0,
+                        reason,
+                    });
+                    BTreeMap::new()
+                })
+            }));
+        }
+        let (meta, packs_dirty) = merge_packs(unpacked);
+        // The entries a snapshot covers are left on disk, unless metadata holding its
         // chunks was lost (the replica then rebuilds them from the log).
         let covers = match &snapshot {
             Some(bytes) if recovered.is_none() => stead_core::replica::snapshot_vector(bytes).ok(),
@@ -528,6 +570,7 @@ impl OpfsStore {
             dir,
             log,
             meta,
+            packs_dirty,
             options,
             cache,
             segment: scan.segment,
@@ -627,8 +670,9 @@ impl OpfsStore {
         let writes = self.cache.take_pending();
         let count = writes.len();
         let mut batch: Vec<u8> = Vec::new();
-        // Metadata changes gather in memory and land as one rewrite of meta.pack, always
-        // before any later write of the queue, so the disk keeps the queue's order.
+        // Metadata changes gather in memory and land as one rewrite of each pack they
+        // touched, always before any later write of the queue, so the disk keeps the
+        // queue's order.
         let mut meta_dirty = false;
         for w in writes {
             match w {
@@ -641,6 +685,7 @@ impl OpfsStore {
                 Write::Meta(key, bytes) => {
                     check_key(&key)?;
                     self.write_batch(&mut batch).await?;
+                    self.packs_dirty[pack_of(&key)] = true;
                     self.meta.insert(key, bytes);
                     meta_dirty = true;
                 }
@@ -702,8 +747,18 @@ impl OpfsStore {
         Ok(fs::write_bytes(&self.dir, INDEX, &pack_index(&self.index)).await?)
     }
 
+    /// Rewrites the packs whose keys changed: the chunks' first, so a `meta.pack` that no
+    /// longer holds chunks (a store an older version wrote) lands after the packs that do.
     async fn write_meta(&mut self) -> Result<(), OpfsError> {
-        Ok(fs::write_bytes(&self.dir, META_PACK, &pack_meta(&self.meta)).await?)
+        for i in [1, 2, 0] {
+            if !self.packs_dirty[i] {
+                continue;
+            }
+            let keys: Vec<(&String, &Vec<u8>)> = self.meta.iter().filter(|(k, _)| pack_of(k) == i).collect();
+            fs::write_bytes(&self.dir, PACKS[i], &pack_meta(&keys)).await?;
+            self.packs_dirty[i] = false;
+        }
+        Ok(())
     }
 
     async fn write_snapshot(&mut self, bytes: &[u8]) -> Result<(), OpfsError> {
