@@ -125,16 +125,20 @@ impl Data {
             .await
             .map_err(|e| format!("reading the data engine: {e}"))?
             .ok_or("the data engine (stead-data.wasm) is not stored on this device yet: it is downloaded with the app's next update, online")?;
+        crate::worker::mark("data_found");
         let bytes: js_sys::ArrayBuffer =
             JsFuture::from(blob.array_buffer()).await.map_err(|e| format!("reading the data engine: {}", crate::store::describe(&e)))?.unchecked_into();
+        crate::worker::mark("data_read");
         let module = JsFuture::from(js_sys::WebAssembly::compile(&bytes))
             .await
             .map_err(|e| format!("compiling the data engine: {}", crate::store::describe(&e)))?;
+        crate::worker::mark("data_compiled");
         let init: Function = Reflect::get(&js_sys::global(), &"__stead_data_init".into())
             .ok()
             .and_then(|f| f.dyn_into().ok())
             .ok_or("this worker script carries no data engine glue")?;
         let exports = init.call1(&JsValue::NULL, &module).map_err(|e| format!("starting the data engine: {}", crate::store::describe(&e)))?;
+        crate::worker::mark("data_started");
         *self.bytes.borrow_mut() = Some(bytes);
         Ok(exports)
     }

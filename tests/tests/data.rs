@@ -500,6 +500,10 @@ async fn a_space_kept_in_indexeddb_survives_a_worker_restart_and_syncs() -> Resu
     let records = api(&a, "GET", &notes, None).await?;
     let ns: Vec<i64> = records["body"]["records"].as_array().unwrap().iter().map(|r| r["fields"]["n"].as_i64().unwrap()).collect();
     assert_eq!(ns, [0, 1, 2, 3, 4]);
+    // The worker's status shows where the data engine's load in this life went.
+    let profile = a.status().await?["start_profile"].clone();
+    let steps: Vec<Option<f64>> = ["data_found", "data_read", "data_compiled", "data_started"].iter().map(|k| profile[*k].as_f64()).collect();
+    assert!(steps.iter().all(Option::is_some) && steps.windows(2).all(|w| w[0] <= w[1]), "the data engine's load steps, in order: {profile}");
     wait_for("the IndexedDB space to be synced", Duration::from_secs(30), || async {
         let s = api(&a, "GET", &format!("spaces/{idb_space}/status"), None).await?;
         Ok((s["body"]["state"] == "online" && s["body"]["pending"] == 0).then_some(()))
