@@ -342,6 +342,9 @@ async fn a_store_with_every_key_in_meta_pack_opens_from_its_snapshot_and_moves_t
     again.cache().put_meta("acked", &7u64.to_le_bytes()).unwrap();
     again.flush().await.unwrap();
     assert!(fs::size(&dir, "meta.pack").await.unwrap().unwrap() * 10 < old_size, "meta.pack shrank from {old_size} bytes");
+    for pack in ["chunks-0.pack", "chunks-1.pack"] {
+        assert!(fs::size(&dir, pack).await.unwrap().is_some_and(|n| n > 1_000), "{pack} holds its parity's chunks again");
+    }
     let (third, replica3) = open(&space, &dir).await;
     assert!(third.recovered().is_none());
     assert!(third.segments_read() * 2 < third.segment_count() as usize, "opened from the snapshot");
