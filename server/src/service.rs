@@ -144,6 +144,15 @@ pub(crate) struct Published {
     /// The space's membership changed to this (version and log): a connection whose
     /// peer is no longer an active member closes before it sends anything after it.
     pub(crate) members: Option<(i64, Arc<Membership>)>,
+    /// `Frame::Entries` of exactly `entries`, encoded by the first connection that sends
+    /// them and shared by the rest: in a fan-out every receiver sends the same frame.
+    pub(crate) frame: OnceLock<axum::body::Bytes>,
+}
+
+impl Published {
+    pub(crate) fn new(from: Option<u64>, entries: Vec<Entry>) -> Note {
+        Arc::new(Published { from, entries, shutdown: false, members: None, frame: OnceLock::new() })
+    }
 }
 
 /// The next seq of each replica after `entries`.
@@ -428,7 +437,7 @@ impl Service {
             // A connection registered after this sees the flag set (see `sync::Conn::open`).
             let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
             for h in hub.values() {
-                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None }));
+                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None, frame: OnceLock::new() }));
             }
         }
         let wait = async {
@@ -560,7 +569,7 @@ impl Service {
     fn publish_members(&self, space: SpaceId, members: (i64, Arc<Membership>)) {
         let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hub.get(&space) {
-            let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members) }));
+            let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members), frame: OnceLock::new() }));
         }
     }
 
@@ -592,7 +601,7 @@ impl Service {
         let Some(h) = hub.get_mut(&space) else { return };
         h.merge(&extent(&entries));
         // No receiver is not an error: the space's connections are all gone.
-        let _ = h.notes.send(Arc::new(Published { from, entries, shutdown: false, members: None }));
+        let _ = h.notes.send(Published::new(from, entries));
     }
 
     /// Tells every connection of `space` but `from` about entries verified and inserted in
@@ -602,7 +611,7 @@ impl Service {
         let advanced = extent(&entries);
         let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         let joined = hub.get(&space).map_or(0, |h| {
-            let _ = h.notes.send(Arc::new(Published { from: Some(from), entries, shutdown: false, members: None }));
+            let _ = h.notes.send(Published::new(Some(from), entries));
             h.joined
         });
         Relayed { advanced, joined }
@@ -616,7 +625,7 @@ impl Service {
         if let Some(h) = hub.get_mut(&space) {
             h.merge(&relayed.advanced);
             if h.joined != relayed.joined {
-                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: None }));
+                let _ = h.notes.send(Published::new(None, Vec::new()));
             }
         }
     }

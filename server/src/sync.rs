@@ -15,8 +15,10 @@
 //! on tokio's blocking pool.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -131,7 +133,7 @@ impl SyncPeer for ReadPeer<'_> {
 /// What one generation produced.
 #[derive(Default)]
 struct Out {
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Bytes>,
     /// More frames are ready to generate.
     more: bool,
     /// The connection must close after sending `frames`.
@@ -164,7 +166,7 @@ fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note],
         if let Frame::Error { code: c, .. } = &f {
             ctx.service.metrics.reject_code(*c);
         }
-        out.frames.push(f.encode());
+        out.frames.push(encode(&f, recent));
         if out.frames.len() >= FRAMES_PER_STEP {
             out.more = true;
             break;
@@ -172,6 +174,18 @@ fn generate(ctx: &Ctx, sync: &mut Sync, vector: &VersionVector, recent: &[Note],
     }
     out.needed_db = peer.needed_db.get();
     out.close = sync.is_closed();
+}
+
+/// `frame` encoded; an `Entries` frame that holds exactly one note's entries (in a
+/// fan-out, what every receiver sends) is encoded once, by the first connection to send
+/// it, and shared by the rest.
+fn encode(frame: &Frame, recent: &[Note]) -> Bytes {
+    if let Frame::Entries(entries) = frame
+        && let Some(note) = recent.iter().find(|n| n.entries == *entries)
+    {
+        return note.frame.get_or_init(|| frame.encode().into()).clone();
+    }
+    frame.encode().into()
 }
 
 /// A token bucket on received frames.
@@ -230,7 +244,15 @@ const STOP: Flow = Flow::Break(());
 
 /// Sends one message, giving up after the send timeout; `false` ends the connection.
 async fn send(service: &Service, socket: &mut Socket, msg: Message) -> bool {
-    match tokio::time::timeout(service.limits.send_timeout, socket.send(msg)).await {
+    // Most sends complete at once (the kernel has room): the timer is set only for one
+    // that waits.
+    let mut sending = std::pin::pin!(socket.send(msg));
+    let done = std::future::poll_fn(|cx| Poll::Ready(sending.as_mut().poll(cx))).await;
+    let result = match done {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(service.limits.send_timeout, sending).await,
+    };
+    match result {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -556,7 +578,7 @@ impl Conn {
             }
             let n_out = out.frames.len();
             for frame in out.frames {
-                if !self.send(Message::Binary(frame.into())).await {
+                if !self.send(Message::Binary(frame)).await {
                     return STOP;
                 }
             }
@@ -751,7 +773,9 @@ impl Conn {
                 STOP
             }
             Event::Message(None) => STOP,
-            Event::Note(Ok(n)) => self.take_notes(Ok(n)).await,
+            // Only this one: the step that follows reads the vector and then takes in the
+            // notes queued behind it, which it would have to ask for again anyway.
+            Event::Note(Ok(n)) => self.take_note(n).await,
             // More than `Limits::queue` notes went by unread: this connection is too slow.
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
             Event::Note(Err(broadcast::error::RecvError::Closed)) => STOP,
@@ -764,23 +788,28 @@ impl Conn {
         let mut next = first;
         loop {
             match next {
-                Ok(n) if n.shutdown => return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await,
-                Ok(n) if n.members.is_some() => {
-                    if self.members_changed(n.members.clone().expect("checked")) {
-                        self.service.metrics.reject("unauthorized");
-                        return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
-                    }
-                }
-                Ok(n) => {
-                    if n.from != Some(self.reg.id) {
-                        self.recent.push(n);
-                    }
-                }
+                Ok(n) => self.take_note(n).await?,
                 Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
                 Err(_) => return GO,
             }
             next = self.reg.rx.try_recv();
         }
+    }
+
+    /// Takes in one note; `STOP` after closing when it ends the connection.
+    async fn take_note(&mut self, n: Note) -> Flow {
+        if n.shutdown {
+            return self.fail(code::SHUTTING_DOWN, "the server is shutting down").await;
+        }
+        if let Some(members) = &n.members {
+            if self.members_changed(members.clone()) {
+                self.service.metrics.reject("unauthorized");
+                return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
+            }
+        } else if n.from != Some(self.reg.id) {
+            self.recent.push(n);
+        }
+        GO
     }
 
     /// Takes in a new membership of the space; `true` when the peer is no longer an
@@ -826,6 +855,7 @@ mod tests {
 
     use std::sync::Arc;
 
+    use axum::body::Bytes;
     use stead_core::env::{Clock, SeededRandom, SystemClock};
     use stead_core::ids::RecordId;
     use stead_core::log::{Entry, Limits as EntryLimits, VersionVector};
@@ -852,6 +882,8 @@ mod tests {
         to_server: Vec<Vec<u8>>,
         /// The `Vector` frames the server sent, in order.
         vectors: Vec<VersionVector>,
+        /// The frames of the last step, as they went to the socket.
+        sent: Vec<Bytes>,
     }
 
     impl Receiver {
@@ -867,7 +899,7 @@ mod tests {
             let sync = Sync::new(SyncConfig::default(), rng);
             let client = Sync::new(SyncConfig::client(), rng);
             let device = fixture.open(device);
-            Receiver { service: service.clone(), ctx, reg, sync, recent: Vec::new(), device, client, to_server: Vec::new(), vectors: Vec::new() }
+            Receiver { service: service.clone(), ctx, reg, sync, recent: Vec::new(), device, client, to_server: Vec::new(), vectors: Vec::new(), sent: Vec::new() }
         }
 
         /// Delivers the device's frames to the server, as far as the first `Vector` if
@@ -936,6 +968,7 @@ mod tests {
                 }
                 self.client.receive(f, &mut self.device, SystemClock.now_ms()).expect("the device takes the frame in");
             }
+            self.sent = out.frames;
             sent
         }
     }
@@ -1024,6 +1057,60 @@ mod tests {
             receiver.deliver(false);
             assert_eq!(receiver.step(), [(0, 2)], "committed first: {commit_first}");
             assert_eq!(receiver.device.version_vector().get(&writer), Some(&3));
+        }
+    }
+
+    /// In a fan-out every receiver sends the same `Entries` frame: it is encoded once, by
+    /// the first, and the rest send those bytes. A receiver whose frame holds more than
+    /// one note (it was behind) encodes its own, and every device gets every entry.
+    #[test]
+    fn receivers_of_one_relayed_write_share_its_encoded_frame() {
+        let mut rng = SeededRandom::new(10);
+        let fixture = Space::new(3, &mut rng);
+        let mut entries = writes(&fixture, 0, 5, &mut rng);
+        let more = entries.split_off(4);
+        let writer = fixture.identities[0].replica;
+        let (_dir, service) = service();
+        let uploader = service.register(fixture.space).expect("registered");
+        let mut watcher = service.register(fixture.space).expect("registered");
+        let mut ahead = Receiver::new(&service, &fixture, 1, &mut rng);
+        let mut also = Receiver::new(&service, &fixture, 1, &mut rng);
+        let mut behind = Receiver::new(&service, &fixture, 2, &mut rng);
+        for _ in 0..4 {
+            for r in [&mut ahead, &mut also, &mut behind] {
+                r.deliver(false);
+                r.step();
+            }
+        }
+        let only = |r: &Receiver| {
+            assert_eq!(r.sent.len(), 1);
+            r.sent[0].clone()
+        };
+
+        service.relay(fixture.space, uploader.id, entries[..1].to_vec());
+        assert_eq!(ahead.step(), [(0, 0)]);
+        let first = watcher.rx.try_recv().expect("the first note");
+        service.relay(fixture.space, uploader.id, entries[1..].to_vec());
+        let second = watcher.rx.try_recv().expect("the second note");
+        assert_eq!(ahead.step(), [(1, 3)]);
+        assert_eq!(also.step(), [(0, 3)], "behind by a note as well: one frame of both");
+        assert_eq!(behind.step(), [(0, 3)]);
+        let shared = second.frame.get().expect("the second note's frame, encoded by its first sender").clone();
+        assert_eq!(only(&ahead).as_ptr(), shared.as_ptr(), "the first sender's bytes are the note's");
+        assert_eq!(shared, Frame::Entries(entries[1..].to_vec()).encode());
+        assert!(first.frame.get().is_some(), "the first note's frame, encoded by its one sender");
+        let (a, b) = (only(&also), only(&behind));
+        assert_ne!(a.as_ptr(), b.as_ptr(), "a frame of two notes is each connection's own");
+        assert_eq!(a, b);
+        assert_eq!(a, Frame::Entries(entries.clone()).encode());
+
+        // The next write reaches all three as the same bytes.
+        service.relay(fixture.space, uploader.id, more);
+        let third = watcher.rx.try_recv().expect("the third note");
+        for r in [&mut ahead, &mut also, &mut behind] {
+            assert_eq!(r.step(), [(4, 4)]);
+            assert_eq!(Some(only(r).as_ptr()), third.frame.get().map(|b| b.as_ptr()));
+            assert_eq!(r.device.version_vector().get(&writer), Some(&5));
         }
     }
 
