@@ -184,6 +184,41 @@ pub(crate) struct Registration {
     /// The space's notes. A connection more than `Limits::queue` notes behind is told it
     /// lagged: it is cut off and catches up when it reconnects.
     pub(crate) rx: broadcast::Receiver<Note>,
+    /// The space's count of notes sent ([`SpaceHub::sent`]) that this connection has
+    /// received: at the count, its part of the ring is empty.
+    taken: u64,
+}
+
+impl Registration {
+    /// The next note, when one comes.
+    pub(crate) async fn recv(&mut self) -> Result<Note, broadcast::error::RecvError> {
+        let n = self.rx.recv().await;
+        self.taken += u64::from(n.is_ok());
+        n
+    }
+
+    /// The next note, if one is queued.
+    pub(crate) fn try_recv(&mut self) -> Result<Note, broadcast::error::TryRecvError> {
+        let n = self.rx.try_recv();
+        self.taken += u64::from(n.is_ok());
+        n
+    }
+
+    /// Whether notes may be queued that were sent no later than `view` was read. An empty
+    /// ring is only known for sure under its tail lock, which every receiver of the space
+    /// and its sender contend for; the count read with the vector, under the hub's lock,
+    /// spares it.
+    pub(crate) fn may_hold_notes(&self, view: &SpaceView) -> bool {
+        view.sent != self.taken
+    }
+}
+
+/// What a connection's step reads of its space, under one lock.
+pub(crate) struct SpaceView {
+    /// The space's vector, if this node holds it (see [`Service::vector`]).
+    pub(crate) vector: Option<Arc<VersionVector>>,
+    /// Notes sent to the space's ring so far.
+    sent: u64,
 }
 
 impl Drop for Registration {
@@ -289,9 +324,18 @@ struct SpaceHub {
     /// read a vector without the entry. The commit then wakes the space (see
     /// [`Service::committed`]).
     joined: u64,
+    /// Notes sent to `notes` so far.
+    sent: u64,
 }
 
 impl SpaceHub {
+    /// Sends `n` to the space's connections.
+    fn note(&mut self, n: Note) {
+        // No receiver is not an error: the space's connections are all gone.
+        let _ = self.notes.send(n);
+        self.sent += 1;
+    }
+
     fn merge(&mut self, other: &VersionVector) {
         let mut changed = false;
         for (r, n) in other {
@@ -435,9 +479,9 @@ impl Service {
         self.shutdown.send_replace(true);
         {
             // A connection registered after this sees the flag set (see `sync::Conn::open`).
-            let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-            for h in hub.values() {
-                let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None, frame: OnceLock::new() }));
+            let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+            for h in hub.values_mut() {
+                h.note(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None, frame: OnceLock::new() }));
             }
         }
         let wait = async {
@@ -497,6 +541,7 @@ impl Service {
             loaded: false,
             epoch: 0,
             joined: 0,
+            sent: 0,
         });
         if hub.conns >= self.limits.max_conns_per_space {
             return None;
@@ -504,7 +549,7 @@ impl Service {
         hub.conns += 1;
         hub.joined += 1;
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        Some(Registration { service: self.clone(), space, id, rx: hub.notes.subscribe() })
+        Some(Registration { service: self.clone(), space, id, rx: hub.notes.subscribe(), taken: hub.sent })
     }
 
     /// How many entries `space` holds, if this node holds its vector: seqs start at 0
@@ -516,8 +561,16 @@ impl Service {
     /// The version vector of `space` if this node holds it (the space has connections here
     /// and its vector was read from the database).
     pub(crate) fn vector(&self, space: SpaceId) -> Option<Arc<VersionVector>> {
+        self.view(space).vector
+    }
+
+    /// The vector of `space` (as [`Service::vector`]) and the count of its notes sent.
+    pub(crate) fn view(&self, space: SpaceId) -> SpaceView {
         let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        hub.get(&space).filter(|h| h.loaded).map(|h| h.vector.clone())
+        match hub.get(&space) {
+            Some(h) => SpaceView { vector: h.loaded.then(|| h.vector.clone()), sent: h.sent },
+            None => SpaceView { vector: None, sent: u64::MAX },
+        }
     }
 
     /// The version vector of `space`, read from the database when this node does not hold
@@ -567,9 +620,9 @@ impl Service {
 
     /// Tells every connection of `space` its membership is now `members`.
     fn publish_members(&self, space: SpaceId, members: (i64, Arc<Membership>)) {
-        let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = hub.get(&space) {
-            let _ = h.notes.send(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members), frame: OnceLock::new() }));
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hub.get_mut(&space) {
+            h.note(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members), frame: OnceLock::new() }));
         }
     }
 
@@ -600,8 +653,7 @@ impl Service {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         let Some(h) = hub.get_mut(&space) else { return };
         h.merge(&extent(&entries));
-        // No receiver is not an error: the space's connections are all gone.
-        let _ = h.notes.send(Published::new(from, entries));
+        h.note(Published::new(from, entries));
     }
 
     /// Tells every connection of `space` but `from` about entries verified and inserted in
@@ -609,9 +661,9 @@ impl Service {
     /// `commit::commit_group`); their extent, for [`Service::committed`].
     pub(crate) fn relay(&self, space: SpaceId, from: u64, entries: Vec<Entry>) -> Relayed {
         let advanced = extent(&entries);
-        let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        let joined = hub.get(&space).map_or(0, |h| {
-            let _ = h.notes.send(Published::new(Some(from), entries));
+        let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        let joined = hub.get_mut(&space).map_or(0, |h| {
+            h.note(Published::new(Some(from), entries));
             h.joined
         });
         Relayed { advanced, joined }
@@ -625,7 +677,7 @@ impl Service {
         if let Some(h) = hub.get_mut(&space) {
             h.merge(&relayed.advanced);
             if h.joined != relayed.joined {
-                let _ = h.notes.send(Published::new(None, Vec::new()));
+                h.note(Published::new(None, Vec::new()));
             }
         }
     }
@@ -766,5 +818,37 @@ mod tests {
         assert!(late.rx.try_recv().is_ok(), "the relay itself");
         service.committed(space, &relayed);
         assert!(late.rx.try_recv().is_err(), "no note beyond the relay");
+    }
+
+    /// A step skips its look into the ring when the count read with the vector says the
+    /// connection has taken every note sent by then; a note of any kind must make it look.
+    #[test]
+    fn the_count_read_with_the_vector_tells_whether_notes_are_queued() {
+        let (_dir, service) = service();
+        let space = SpaceId([9; 16]);
+        let writer = service.register(space).expect("registered");
+        service.publish(space, Some(writer.id), Vec::new());
+        let mut reader = service.register(space).expect("registered");
+        assert!(!reader.may_hold_notes(&service.view(space)), "a note sent before it joined is not its to take");
+
+        service.publish(space, Some(writer.id), Vec::new());
+        let relayed = service.relay(space, writer.id, Vec::new());
+        service.publish(space, None, Vec::new());
+        let view = service.view(space);
+        for _ in 0..3 {
+            assert!(reader.may_hold_notes(&view), "a queued note is not skipped");
+            reader.try_recv().expect("the note");
+        }
+        assert!(!reader.may_hold_notes(&view), "every note sent by the view was taken");
+
+        // A note sent after the view was read is for the next step.
+        service.committed(space, &relayed);
+        service.publish(space, None, Vec::new());
+        assert!(!reader.may_hold_notes(&view));
+        let view = service.view(space);
+        assert!(reader.may_hold_notes(&view));
+        while reader.try_recv().is_ok() {}
+        assert!(!reader.may_hold_notes(&view));
+        drop(writer);
     }
 }

@@ -333,10 +333,18 @@ pub(crate) async fn connection(service: Arc<Service>, on_upgrade: OnUpgrade, pee
                     let c = &mut conn;
                     tokio::select! {
                         m = c.socket.next() => Event::Message(m),
-                        n = c.reg.rx.recv() => Event::Note(n),
+                        n = c.reg.recv() => Event::Note(n),
                     }
                 }
             },
+        };
+        // A fan-out's note: kept here, without a future of its own for `handle`.
+        let event = match event {
+            Event::Note(Ok(n)) if !n.shutdown && n.members.is_none() => {
+                conn.keep(n);
+                continue;
+            }
+            event => event,
         };
         let handling = Box::pin(conn.handle(event));
         if handling.await.is_break() {
@@ -542,16 +550,20 @@ impl Conn {
             // Generate what to send: from memory here, or on the blocking pool when the
             // space's vector or some entries must be read from the database.
             let mut out = Out::default();
-            let vector = self.service.vector(space);
+            let view = self.service.view(space);
             // A commit advances the vector and queues its note under the hub's lock, so
             // every entry the vector read here counts is in a note queued by now: taken in
             // before generating, those entries go from memory rather than from the database
             // (a connection woken by its peer's frame would otherwise see the vector ahead
-            // of its notes and read them back).
-            let queued = self.reg.rx.try_recv();
-            if self.take_notes(queued).await.is_break() {
-                return STOP;
+            // of its notes and read them back). A connection woken by a note has most
+            // often taken every note sent by then, and the count says so.
+            if self.reg.may_hold_notes(&view) {
+                let queued = self.reg.try_recv();
+                if self.take_notes(queued).await.is_break() {
+                    return STOP;
+                }
             }
+            let vector = view.vector;
             let (ctx, sync) = self.state.as_mut().expect("the state is here between steps");
             if let Some(v) = &vector {
                 generate(ctx, sync, v, &self.recent, false, &mut out);
@@ -792,7 +804,7 @@ impl Conn {
                 Err(broadcast::error::TryRecvError::Lagged(_)) => return self.too_slow().await,
                 Err(_) => return GO,
             }
-            next = self.reg.rx.try_recv();
+            next = self.reg.try_recv();
         }
     }
 
@@ -806,10 +818,17 @@ impl Conn {
                 self.service.metrics.reject("unauthorized");
                 return self.fail(code::UNAUTHORIZED, "this device was removed from the space").await;
             }
-        } else if n.from != Some(self.reg.id) {
-            self.recent.push(n);
+        } else {
+            self.keep(n);
         }
         GO
+    }
+
+    /// Keeps a note of entries to send, unless they are this connection's own.
+    fn keep(&mut self, n: Note) {
+        if n.from != Some(self.reg.id) {
+            self.recent.push(n);
+        }
     }
 
     /// Takes in a new membership of the space; `true` when the peer is no longer an
