@@ -133,6 +133,7 @@ impl Random for OsRandom {
 
 /// Entries newly committed to a space (none: another node committed, read the database),
 /// or the server shutting down.
+#[derive(Default)]
 pub(crate) struct Published {
     /// The connection that stored them, which need not hear of them again.
     pub(crate) from: Option<u64>,
@@ -151,7 +152,7 @@ pub(crate) struct Published {
 
 impl Published {
     pub(crate) fn new(from: Option<u64>, entries: Vec<Entry>) -> Note {
-        Arc::new(Published { from, entries, shutdown: false, members: None, frame: OnceLock::new() })
+        Arc::new(Published { from, entries, ..Published::default() })
     }
 }
 
@@ -481,7 +482,7 @@ impl Service {
             // A connection registered after this sees the flag set (see `sync::Conn::open`).
             let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
             for h in hub.values_mut() {
-                h.note(Arc::new(Published { from: None, entries: Vec::new(), shutdown: true, members: None, frame: OnceLock::new() }));
+                h.note(Arc::new(Published { shutdown: true, ..Published::default() }));
             }
         }
         let wait = async {
@@ -622,7 +623,7 @@ impl Service {
     fn publish_members(&self, space: SpaceId, members: (i64, Arc<Membership>)) {
         let mut hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hub.get_mut(&space) {
-            h.note(Arc::new(Published { from: None, entries: Vec::new(), shutdown: false, members: Some(members), frame: OnceLock::new() }));
+            h.note(Arc::new(Published { members: Some(members), ..Published::default() }));
         }
     }
 
