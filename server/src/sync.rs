@@ -789,8 +789,8 @@ impl Conn {
                 STOP
             }
             Event::Message(None) => STOP,
-            // A shutdown or membership note (`connection` keeps entries notes itself). Only
-            // this one: the step that follows takes in the notes queued behind it.
+            // Only this one: the step that follows reads the vector and then takes in the
+            // notes queued behind it, which it would have to ask for again anyway.
             Event::Note(Ok(n)) => self.take_note(n).await,
             // More than `Limits::queue` notes went by unread: this connection is too slow.
             Event::Note(Err(broadcast::error::RecvError::Lagged(_))) => self.too_slow().await,
